@@ -1,0 +1,30 @@
+"""Strict test configuration: float64, rank-promotion errors, Hypothesis profiles.
+
+Hypothesis profiles: ``ci`` (the default; derandomized, no deadline, modest example counts) and
+``long`` (many more examples), chosen with ``HYPOTHESIS_PROFILE=long``.
+"""
+
+import os
+
+import jax
+import pytest
+from hypothesis import HealthCheck, settings
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+settings.register_profile(
+    "ci", derandomize=True, deadline=None, max_examples=25, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile(
+    "long", deadline=None, max_examples=500, print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(params=[False, True], ids=["eager", "jit"])
+def maybe_jit(request):
+    """Parametrize a test over ``(identity, jax.jit)`` as rlax does."""
+    return jax.jit if request.param else (lambda f, **kw: f)

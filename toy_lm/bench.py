@@ -1,0 +1,131 @@
+"""``harm-horizon bench``: speed measured side by side in one run, printed as ratios.
+
+Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` computes) on ``2**20``,
+``2**22`` and ``2**24`` responses (``V=4, T=10..12`` and ``V=2, T=20..24``), reporting per size
+
+* ``seconds``: median wall time of several runs after a warm-up;
+* ``compile_seconds``: lowering and compiling the analysis kernels for that size, alone;
+* ``floor_seconds``: a memory-traffic floor measured in the same run - the time numpy takes to read
+  every input array once (a sum) and write every output array once (a fill);
+* ``ratio_to_floor`` = seconds / floor_seconds;
+* ``ratio_to_reference`` = reference seconds / seconds, the speed-up over the plain per-level numpy
+  implementation of :mod:`toy_lm.reference` (run once: it is slow).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+from toy_lm.errors import InputError
+
+TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
+LAMBDA = 0.5
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmarks with ratios measured in the same run")
+    p.add_argument("--suite", default="tree", choices=sorted(SUITES),
+                   help="which benchmark suite to run (default: tree)")
+    p.add_argument("--json", action="store_true", help="print a JSON list of result objects")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per size (default 3)")
+    p.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
+    p.set_defaults(func=run)
+
+
+def _instance(vocab_size, length, seed=0):
+    rng = np.random.default_rng(seed)
+    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+    tau = length // 2
+    harm = np.repeat((rng.random(vocab_size ** tau) < 0.5).astype(np.float64),
+                     vocab_size ** (length - tau))
+    return logits, harm
+
+
+def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
+    """Seconds numpy takes to read every input once and write every output once (best of runs)."""
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for x in inputs:
+            np.add.reduce(x, axis=None)
+        for shape, dtype in output_shapes:
+            np.empty(shape, dtype).fill(0)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _output_shapes(vocab_size, length):
+    shapes = [((vocab_size ** l,), np.float64) for l in range(length + 1)]          # H_l
+    shapes += [((vocab_size ** l,), np.bool_) for l in range(length + 1)]           # determined_l
+    shapes += [((vocab_size ** l, vocab_size), np.float64) for l in range(length)] * 2  # grad, eq
+    return shapes
+
+
+def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool = True) -> dict:
+    """One row of the tree suite (see the module docstring for the fields)."""
+    from toy_lm.analysis import analyze_tree, compile_kernels
+    from toy_lm.reference import reference_analysis
+
+    logits, harm = _instance(vocab_size, length)
+    compile_seconds = compile_kernels(vocab_size, length, lam=True)
+    analyze_tree(logits, harm, lam=LAMBDA)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        analyze_tree(logits, harm, lam=LAMBDA)
+        times.append(time.perf_counter() - start)
+    seconds = statistics.median(times)
+    floor = memory_floor(logits + [harm], _output_shapes(vocab_size, length))
+    row = {"name": f"tree V={vocab_size} T={length}", "vocab_size": vocab_size, "length": length,
+           "sequences": vocab_size ** length, "seconds": seconds,
+           "compile_seconds": compile_seconds, "floor_seconds": floor,
+           "ratio_to_floor": seconds / floor}
+    if reference:
+        start = time.perf_counter()
+        reference_analysis(logits, harm, lam=LAMBDA)
+        ref_seconds = time.perf_counter() - start
+        row.update(reference_seconds=ref_seconds, ratio_to_reference=ref_seconds / seconds)
+    return row
+
+
+def suite_tree(repeats: int, quick: bool, progress) -> list[dict]:
+    sizes = ((4, 6), (2, 12)) if quick else TREE_SIZES
+    rows = []
+    for vocab_size, length in sizes:
+        progress(f"tree V={vocab_size} T={length} ({vocab_size ** length:.3g} responses)")
+        rows.append(bench_tree(vocab_size, length, repeats))
+    return rows
+
+
+SUITES = {"tree": suite_tree}
+
+
+def run(args) -> int:
+    if args.repeats < 1:
+        raise InputError(f"--repeats {args.repeats} must be at least 1")
+
+    def progress(msg):
+        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    rows = SUITES[args.suite](args.repeats, args.quick, progress)
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        print()
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        keys = [k for k in rows[0] if k not in ("vocab_size", "length")]
+        table = Table(title=f"harm-horizon bench --suite {args.suite}")
+        for k in keys:
+            table.add_column(k, justify="right")
+        for row in rows:
+            table.add_row(*(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k])
+                            for k in keys))
+        Console().print(table)
+    return 0

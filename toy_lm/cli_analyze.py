@@ -1,0 +1,191 @@
+"""``harm-horizon analyze``: the full exact analysis of bring-your-own level tables.
+
+Input: one ``.npz`` with ``logits_0 ... logits_{T-1}`` (``(V**l, V)``, canonical order), ``harm``
+(``(V**T,)``) and optionally ``ref_logits_0 ... ref_logits_{T-1}``. Output: a per-position table (or
+JSON) and, with ``--out``, an ``.npz`` whose keys are documented in :func:`output_arrays`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+
+import numpy as np
+
+from toy_lm.errors import InputError
+from toy_lm.io import level_keys, load_npz, npz_shapes, save_npz_atomic
+from toy_lm.tables import check_enumeration_size, level_size, validate_harm, validate_tables
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze", help="exact per-position analysis of level tables (.npz) or a random instance",
+        description="Exact prefix-tree analysis: E[h], the horizon, I_t, |G| per level, "
+                    "determined fractions, and KL columns when a reference or --lam is given.")
+    p.add_argument("tables", nargs="?", metavar="TABLES.npz",
+                   help="logits_0 ... logits_{T-1}, harm, optional ref_logits_*")
+    p.add_argument("--random", nargs=3, type=int, metavar=("V", "T", "TAU"),
+                   help="analyze a random tabular policy with a harm decided by the first TAU tokens")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed for --random (default 0)")
+    p.add_argument("--save-tables", metavar="FILE", help="with --random: save the instance as .npz")
+    p.add_argument("--lam", type=float, metavar="LAMBDA",
+                   help="also compute the equilibrium policy pi*_lambda and its per-position KL")
+    p.add_argument("--mi", action="store_true",
+                   help="also compute the mutual-information form I_t^MI (binary harm only)")
+    p.add_argument("--out", metavar="OUT.npz", help="write every computed array to this .npz")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def read_tables(path: str):
+    """``(logits, harm, ref_logits or None)`` from an ``.npz``, checked header-first.
+
+    Every check that needs only shapes (keys present, consistent ``V`` and ``T``, enumeration
+    size) runs before any array is loaded.
+    """
+    shapes = npz_shapes(path)
+    keys = level_keys(shapes, "logits")
+    if not keys:
+        raise InputError(f"{path} has no logits_0 ... logits_(T-1) arrays (T = 0): need T >= 1")
+    if "harm" not in shapes:
+        raise InputError(f"{path} has no 'harm' array (shape (V**T,))")
+    first = shapes["logits_0"][0]
+    if len(first) != 2 or first[0] != 1:
+        raise InputError(f"logits_0 must have shape (1, V), got {first}")
+    vocab_size, length = int(first[1]), len(keys)
+    if vocab_size < 2:
+        raise InputError(f"V = {vocab_size} (from logits_0); the vocabulary needs V >= 2")
+    ref_keys = level_keys(shapes, "ref_logits")
+    if ref_keys and len(ref_keys) != length:
+        raise InputError(f"{len(ref_keys)} ref_logits_* tables for T = {length} logits tables; "
+                         "give all of ref_logits_0 ... ref_logits_(T-1) or none")
+    for key in keys + ref_keys:
+        level = int(key.rsplit("_", 1)[1])
+        expected = (level_size(vocab_size, level), vocab_size)
+        if shapes[key][0] != expected:
+            raise InputError(f"{key} has shape {shapes[key][0]}, expected {expected} "
+                             f"(V = {vocab_size} from logits_0, T = {length})")
+    if shapes["harm"][0] != (level_size(vocab_size, length),):
+        raise InputError(f"harm has shape {shapes['harm'][0]}, expected "
+                         f"({level_size(vocab_size, length)},) = (V**T,) for V = {vocab_size}, "
+                         f"T = {length}")
+    check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
+    data = load_npz(path, keys + ref_keys + ["harm"])
+    logits = [data[k] for k in keys]
+    validate_tables(logits, "logits")
+    harm = validate_harm(data["harm"], vocab_size, length)
+    ref = [data[k] for k in ref_keys] or None
+    if ref is not None:
+        validate_tables(ref, "ref_logits")
+    return logits, harm, ref
+
+
+def random_instance(vocab_size: int, length: int, tau: int, seed: int):
+    """A random tabular policy and a binary harm decided by the first ``tau`` tokens."""
+    import jax
+
+    from toy_lm.harms import random_decided_harm
+    from toy_lm.policies import TabularPolicy
+
+    if vocab_size < 2:
+        raise InputError(f"V = {vocab_size}; the vocabulary needs V >= 2")
+    if length < 1:
+        raise InputError(f"T = {length}; responses need T >= 1")
+    if not 0 <= tau <= length:
+        raise InputError(f"TAU = {tau} must satisfy 0 <= TAU <= T = {length}")
+    check_enumeration_size(vocab_size, length, what="the random instance")
+    key_policy, key_harm = jax.random.split(jax.random.key(seed))
+    policy = TabularPolicy(vocab_size, length)
+    logits = [np.asarray(t) for t in policy.level_tables(policy.init(key_policy))]
+    harm = np.asarray(random_decided_harm(key_harm, vocab_size, length, tau))
+    return logits, harm
+
+
+def output_arrays(result, lam) -> dict[str, np.ndarray]:
+    """The ``--out`` keys: ``expected_harm``, ``H_l``, ``grad_l``, ``determined_l``,
+    ``harm_information``, ``horizon``; with ``--lam``: ``equilibrium_logits_l`` (log-probabilities of
+    π*_λ) and ``equilibrium_kl``; with a reference: ``per_position_kl``; with ``--mi``:
+    ``harm_information_mi``."""
+    out = {"expected_harm": np.float64(result.expected_harm),
+           "harm_information": result.harm_information,
+           "horizon": np.int64(result.horizon)}
+    out.update({f"H_{l}": h for l, h in enumerate(result.cond_harm)})
+    out.update({f"grad_{l}": g for l, g in enumerate(result.logit_grads)})
+    out.update({f"determined_{l}": d for l, d in enumerate(result.determined)})
+    if lam is not None:
+        out.update({f"equilibrium_logits_{l}": e for l, e in enumerate(result.equilibrium_logits)})
+        out["equilibrium_kl"] = result.equilibrium_kl
+    if result.per_position_kl is not None:
+        out["per_position_kl"] = result.per_position_kl
+    if result.harm_information_mi is not None:
+        out["harm_information_mi"] = result.harm_information_mi
+    return out
+
+
+def summary(result, vocab_size: int, length: int, lam) -> dict:
+    """JSON-ready summary: sizes, ``E[h]``, horizon and one record per position."""
+    columns = {
+        "harm_information": result.harm_information,
+        "harm_information_mi": result.harm_information_mi,
+        "grad_abs_sum": result.grad_abs_sum(),
+        "determined_fraction": result.determined_fraction(),
+        "equilibrium_kl": result.equilibrium_kl,
+        "per_position_kl": result.per_position_kl,
+    }
+    positions = []
+    for t in range(1, length + 1):
+        row = {"position": t}
+        row.update({k: float(v[t - 1]) for k, v in columns.items() if v is not None})
+        positions.append(row)
+    return {"vocab_size": vocab_size, "length": length, "expected_harm": result.expected_harm,
+            "horizon": result.horizon, "lambda": lam, "positions": positions}
+
+
+def print_table(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    heads = {"position": "t", "harm_information": "I_t", "harm_information_mi": "I_t^MI (nats)",
+             "grad_abs_sum": "Σ|G| (level t-1)", "determined_fraction": "determined y_<t",
+             "equilibrium_kl": f"KL_t(π*_λ‖π), λ={info['lambda']}", "per_position_kl": "KL_t(π‖π_ref)"}
+    cols = [k for k in heads if k in info["positions"][0]]
+    from rich.text import Text
+
+    table = Table(title=Text(f"V={info['vocab_size']}  T={info['length']}  "
+                             f"E[h]={info['expected_harm']:.6g}  horizon τ*={info['horizon']}"))
+    for k in cols:
+        table.add_column(heads[k], justify="right")
+    for row in info["positions"]:
+        table.add_row(*(str(row[k]) if k == "position" else f"{row[k]:.4e}" for k in cols))
+    Console().print(table)
+
+
+def run(args) -> int:
+    from toy_lm.analysis import analyze_tree
+
+    if (args.tables is None) == (args.random is None):
+        raise InputError("give exactly one of TABLES.npz or --random V T TAU")
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam > 0):
+        raise InputError(f"--lam {args.lam} must be a positive finite number (the KL weight)")
+    if args.save_tables and args.random is None:
+        raise InputError("--save-tables only applies to --random")
+    if args.random is not None:
+        logits, harm = random_instance(*args.random, args.seed)
+        ref = None
+        if args.save_tables:
+            save_npz_atomic(args.save_tables, {**{f"logits_{l}": z for l, z in enumerate(logits)},
+                                               "harm": harm})
+    else:
+        logits, harm, ref = read_tables(args.tables)
+    vocab_size, length = logits[0].shape[1], len(logits)
+    result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi)
+    info = summary(result, vocab_size, length, args.lam)
+    if args.out:
+        save_npz_atomic(args.out, output_arrays(result, args.lam))
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(info)
+    return 0

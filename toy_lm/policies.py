@@ -1,0 +1,217 @@
+"""Autoregressive policies over a vocabulary of size ``V`` with responses of length ``T``.
+
+A policy is a frozen dataclass holding only its sizes (so it is hashable and can be a static
+argument of ``jax.jit``); its parameters are a separate pytree made by :meth:`Policy.init` from an
+explicit PRNG key. A subclass supplies two methods, as distrax's ``Distribution`` does:
+
+* :meth:`Policy.init` ``(key) -> params``,
+* :meth:`Policy.next_logits` ``(params, prefixes[B, l], prompt) -> logits[B, V]``,
+
+and everything else is derived in this base class: the canonical level tables
+(:meth:`Policy.level_tables`, the interchange format of THEORY.md), teacher-forced logits,
+sequence log-probabilities and sampling. Subclasses override a derived method only to make it
+faster (the tabular policy's tables *are* its parameters).
+
+Every policy may be conditioned on a prompt ``x`` from a finite set ``{0, ..., P-1}``
+(``num_prompts = P``); parameters then carry a leading prompt axis or a prompt embedding.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toy_lm.errors import InputError
+from toy_lm.precision import default_float
+from toy_lm.tables import all_prefixes, level_size
+
+Params = Any
+
+
+def _check_sizes(vocab_size: int, length: int, num_prompts: int) -> None:
+    for name, value, low in (("vocab_size", vocab_size, 2), ("length", length, 1),
+                             ("num_prompts", num_prompts, 1)):
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
+            raise InputError(f"{name} must be a Python int, got {type(value).__name__}")
+        if value < low:
+            raise InputError(f"{name}={value} is too small; it must be at least {low}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy(abc.ABC):
+    """Base class: an autoregressive policy ``π_θ(y) = Π_t π_θ(y_t | y_<t)``.
+
+    Attributes:
+      vocab_size: ``V``, a Python int >= 2.
+      length: ``T``, the response length, a Python int >= 1.
+      num_prompts: ``P``, how many prompts the policy is conditioned on (1: unconditioned).
+    """
+
+    vocab_size: int
+    length: int
+    num_prompts: int = 1
+
+    def __post_init__(self):
+        _check_sizes(self.vocab_size, self.length, self.num_prompts)
+
+    # -- what a subclass supplies -------------------------------------------------------------
+    @abc.abstractmethod
+    def init(self, key: jax.Array) -> Params:
+        """Parameters drawn deterministically from ``key``."""
+
+    @abc.abstractmethod
+    def next_logits(self, params: Params, prefixes: jax.Array, prompt=0) -> jax.Array:
+        """Logits ``z_θ(y_<t)`` of the next token.
+
+        Args:
+          params: the policy's parameters.
+          prefixes: int array ``(B, l)`` of prefixes, all of the same level ``l < T``.
+          prompt: prompt index (int or int scalar array).
+
+        Returns:
+          ``(B, V)`` logits.
+        """
+
+    # -- derived ------------------------------------------------------------------------------
+    def level_tables(self, params: Params, prompt=0) -> tuple[jax.Array, ...]:
+        """Canonical level tables: logits of every prefix, ``(V**l, V)`` for ``l = 0 ... T-1``."""
+        return tuple(
+            self.next_logits(params, jnp.asarray(all_prefixes(self.vocab_size, level)), prompt)
+            for level in range(self.length)
+        )
+
+    def teacher_forced_logits(self, params: Params, responses: jax.Array, prompt=0) -> jax.Array:
+        """Logits at every position of given responses: ``(B, T) -> (B, T, V)``."""
+        responses = _check_responses(responses, self.vocab_size, self.length)
+        return jnp.stack(
+            [self.next_logits(params, responses[:, :level], prompt) for level in range(self.length)],
+            axis=1,
+        )
+
+    def token_log_probs(self, params: Params, responses: jax.Array, prompt=0) -> jax.Array:
+        """``log π_θ(y_t | y_<t)`` for every position: ``(B, T) -> (B, T)``."""
+        responses = _check_responses(responses, self.vocab_size, self.length)
+        logp = jax.nn.log_softmax(self.teacher_forced_logits(params, responses, prompt), axis=-1)
+        return jnp.take_along_axis(logp, responses[..., None], axis=-1)[..., 0]
+
+    def log_prob(self, params: Params, responses: jax.Array, prompt=0) -> jax.Array:
+        """Sequence log-probability ``log π_θ(y)``: ``(B, T) -> (B,)``."""
+        return self.token_log_probs(params, responses, prompt).sum(axis=-1)
+
+    def sample(self, key: jax.Array, params: Params, num_samples: int, prompt=0) -> jax.Array:
+        """Draw ``num_samples`` responses ``(num_samples, T)`` (int32) autoregressively."""
+        tokens = jnp.zeros((num_samples, 0), jnp.int32)
+        for level in range(self.length):
+            logits = self.next_logits(params, tokens, prompt)
+            nxt = jax.random.categorical(jax.random.fold_in(key, level), logits, axis=-1)
+            tokens = jnp.concatenate([tokens, nxt[:, None].astype(jnp.int32)], axis=1)
+        return tokens
+
+
+def _check_responses(responses, vocab_size: int, length: int) -> jax.Array:
+    responses = jnp.asarray(responses)
+    if responses.ndim != 2 or responses.shape[1] != length:
+        raise InputError(f"responses must have shape (B, T={length}), got {responses.shape}")
+    return responses.astype(jnp.int32)
+
+
+def _prefix_rows(prefixes: jax.Array, vocab_size: int) -> jax.Array:
+    """Canonical row index of each prefix in ``(B, l)``: base-V value, ``y_1`` most significant."""
+    rows = jnp.zeros(prefixes.shape[:1], jnp.int32)
+    for j in range(prefixes.shape[1]):
+        rows = rows * vocab_size + prefixes[:, j]
+    return rows
+
+
+def _normal(key, shape, scale):
+    return scale * jax.random.normal(key, shape, default_float())
+
+
+@dataclasses.dataclass(frozen=True)
+class TabularPolicy(Policy):
+    """Free logits for every prefix: ``params[l]`` has shape ``(P, V**l, V)``.
+
+    The parameters *are* the canonical tables (one set per prompt), so :meth:`level_tables` is a
+    slice and the logit gradient ``G`` of THEORY.md is exactly the parameter gradient.
+    """
+
+    def init(self, key: jax.Array, *, scale: float = 1.0) -> tuple[jax.Array, ...]:
+        """Independent ``N(0, scale**2)`` logits for every prefix and prompt."""
+        keys = jax.random.split(key, self.length)
+        return tuple(
+            _normal(keys[level], (self.num_prompts, level_size(self.vocab_size, level),
+                                  self.vocab_size), scale)
+            for level in range(self.length)
+        )
+
+    def from_tables(self, tables, prompt_axis: bool = False) -> tuple[jax.Array, ...]:
+        """Parameters holding given level tables (adds the prompt axis unless present)."""
+        return tuple(jnp.asarray(t) if prompt_axis else jnp.asarray(t)[None] for t in tables)
+
+    def next_logits(self, params, prefixes, prompt=0):
+        level = prefixes.shape[1]
+        return params[level][prompt][_prefix_rows(prefixes, self.vocab_size)]
+
+    def level_tables(self, params, prompt=0):
+        return tuple(table[prompt] for table in params)
+
+
+@dataclasses.dataclass(frozen=True)
+class PositionalPolicy(Policy):
+    """Logits that depend on the position only: ``params`` has shape ``(P, T, V)``."""
+
+    def init(self, key: jax.Array, *, scale: float = 1.0) -> jax.Array:
+        return _normal(key, (self.num_prompts, self.length, self.vocab_size), scale)
+
+    def next_logits(self, params, prefixes, prompt=0):
+        level = prefixes.shape[1]
+        return jnp.broadcast_to(params[prompt, level], (prefixes.shape[0], self.vocab_size))
+
+    def level_tables(self, params, prompt=0):
+        return tuple(
+            jnp.broadcast_to(params[prompt, level], (level_size(self.vocab_size, level),
+                                                     self.vocab_size))
+            for level in range(self.length)
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class MarkovPolicy(Policy):
+    """Order-``k`` Markov logits: the last ``k`` tokens and the position.
+
+    ``params`` has shape ``(P, T, V**k, V)``: ``params[x, l, c]`` are the logits of ``y_{l+1}``
+    after context ``c``, the base-``V`` value of the last ``k`` tokens of the prefix left-padded
+    with token 0 (the layout of ``harm-horizon analyze-markov``'s ``markov_logits``). With the
+    canonical prefix order this context is simply ``row % V**k``.
+    """
+
+    order: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not isinstance(self.order, (int, np.integer)) or self.order < 0:
+            raise InputError(f"Markov order must be a non-negative int, got {self.order!r}")
+
+    @property
+    def num_contexts(self) -> int:
+        return level_size(self.vocab_size, self.order)
+
+    def init(self, key: jax.Array, *, scale: float = 1.0) -> jax.Array:
+        return _normal(key, (self.num_prompts, self.length, self.num_contexts, self.vocab_size),
+                       scale)
+
+    def next_logits(self, params, prefixes, prompt=0):
+        level = prefixes.shape[1]
+        context = _prefix_rows(prefixes, self.vocab_size) % self.num_contexts
+        return params[prompt, level][context]
+
+    def level_tables(self, params, prompt=0):
+        return tuple(
+            params[prompt, level][np.arange(level_size(self.vocab_size, level)) % self.num_contexts]
+            for level in range(self.length)
+        )
