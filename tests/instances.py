@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -22,10 +23,14 @@ from toy_lm.precision import eps_tolerance
 
 EPS = float(np.finfo(np.float64).eps)
 
-#: (V, T) pairs the property tests draw from (few, so compiled programs are reused).
-SIZES = ((2, 3), (3, 2), (2, 4), (3, 3))
-#: Smaller pairs for tests that evaluate neural policies level by level or differentiate them.
-SMALL_SIZES = ((2, 3), (3, 2))
+#: True under ``HYPOTHESIS_PROFILE=long``, which also widens the sizes drawn.
+LONG = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "long"
+#: (V, T) pairs the property tests draw from. Under ``ci`` they are few, so that the compiled
+#: programs are reused across examples and test files; ``long`` draws from many more.
+SIZES = ((2, 1), (2, 3), (3, 2), (2, 4), (3, 3), (4, 2), (2, 5), (3, 4), (4, 3)) if LONG else \
+    ((2, 3), (3, 2), (2, 4), (3, 3))
+#: Pairs for tests that compile bigger programs (neural policies, gradients, whole engines).
+SMALL_SIZES = ((2, 1), (2, 3), (3, 2), (2, 4), (3, 3), (4, 2)) if LONG else ((2, 3), (3, 2))
 
 POLICY_KINDS = ("tabular", "positional", "markov1", "markov2", "transformer", "mlp")
 HARM_KINDS = ("table_binary", "table_soft", "decided", "soft", "before_refusal", "pattern",

@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toy_lm.errors import InputError
 from toy_lm.harms import horizon_from_masks
 from toy_lm.tables import infer_sizes, is_binary, level_size
 from toy_lm.tree import _check_lam
@@ -177,12 +178,12 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
     if ref_logits is not None:
         infer_sizes(ref_logits, "ref_logits")
         if len(ref_logits) != length or np.shape(ref_logits[0]) != np.shape(logits[0]):
-            raise ValueError("ref_logits must have the same V and T as logits")
+            raise InputError(
+                f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "
+                f"have V={vocab_size}, T={length}; the reference policy must have the same sizes")
     if lam is not None:
         _check_lam(lam)
     if mutual_information and not is_binary(harm):
-        from toy_lm.errors import InputError
-
         raise InputError("the mutual-information form I_t^MI needs a binary harm (values 0 or 1)")
     dtype = np.dtype(jnp.result_type(float))
     harm = np.asarray(harm, dtype)
