@@ -89,8 +89,12 @@ def _binary_entropy(p):
 def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref_logits, lam, *,
                     with_lam, with_ref, with_mi, leaf):
     """One chunk of the backward pass; see :func:`analyze_tree` for the quantities."""
-    logp = jax.nn.log_softmax(logits, axis=1)
-    pi = jnp.exp(logp)
+    # One exp per entry serves both π (= e / s) and log π (= z - m - log s).
+    shifted_z = logits - jnp.max(logits, axis=1, keepdims=True)
+    e = jnp.exp(shifted_z)
+    total = jnp.sum(e, axis=1, keepdims=True)
+    pi = e / total
+    logp = shifted_z - jnp.log(total)
     # H and Δ with exact zeros where the children agree (see toy_lm.tree.backward_step).
     ref = child_h[:, :1]
     diff = child_h - ref
@@ -111,7 +115,7 @@ def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref
         top = jnp.max(logz_c, axis=1, keepdims=True)
         shifted = logz_c - top
         constant = jnp.all(shifted == 0, axis=1, keepdims=True)
-        tilted = jnp.exp(logp + shifted)  # π0(v) Z(uv) / max_v Z(uv)
+        tilted = pi * jnp.exp(shifted)  # π0(v) Z(uv) / max_v Z(uv)
         log_mass = jnp.where(constant, 0.0, jnp.log(jnp.sum(tilted, axis=1, keepdims=True)))
         logz = (top + log_mass)[:, 0]
         eq = jnp.where(constant, logp, logp + shifted - log_mass)
@@ -141,6 +145,21 @@ def _padded(x, rows: int, fill=0):
         return x
     pad = np.full((rows - x.shape[0],) + x.shape[1:], fill, x.dtype)
     return np.concatenate([x, pad])
+
+
+def _pipelined(dispatched, store) -> None:
+    """Consume ``(a, b, out)`` kernel results one call behind their dispatch.
+
+    JAX dispatches asynchronously: the next chunk's kernel is already queued (and running on
+    XLA's threads) while numpy copies the previous chunk's results into the output arrays.
+    """
+    pending = None
+    for item in dispatched:
+        if pending is not None:
+            store(*pending)
+        pending = item
+    if pending is not None:
+        store(*pending)
 
 
 def _combine_scaled(parts) -> float:
@@ -197,10 +216,13 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
         z = logits[level]
         n = level_size(vocab_size, level)
         nxt = np.empty(n * vocab_size, dtype)
-        for a, b in _chunks(n, chunk):
-            out = _forward_chunk(_padded(np.asarray(z[a:b], dtype), chunk),
-                                 _padded(probs[level][a:b], chunk))
+
+        def store_probs(a, b, out, nxt=nxt):
             nxt[a * vocab_size:b * vocab_size] = np.asarray(out)[: (b - a) * vocab_size]
+
+        _pipelined(((a, b, _forward_chunk(_padded(np.asarray(z[a:b], dtype), chunk),
+                                           _padded(probs[level][a:b], chunk)))
+                    for a, b in _chunks(n, chunk)), store_probs)
         probs.append(nxt)
 
     # Backward pass, leaves first.
@@ -220,20 +242,25 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
         kl_parts, infos, mis, refs = [], [], [], []
         child_h = cond[level + 1].reshape(n, vocab_size)
         child_det = dets[level + 1].reshape(n, vocab_size)
-        for a, b in _chunks(n, chunk):
-            m = b - a
-            out = _backward_chunk(
+        clogz = None if (leaf or not with_lam) else child_logz.reshape(n, vocab_size)
+        chb = None if (leaf or not mutual_information) else child_hb.reshape(n, vocab_size)
+
+        def dispatch(a, b, level=level, leaf=leaf, child_h=child_h, child_det=child_det,
+                     clogz=clogz, chb=chb):
+            return a, b, _backward_chunk(
                 _padded(np.asarray(logits[level][a:b], dtype), chunk),
                 _padded(probs[level][a:b], chunk),
                 _padded(child_h[a:b], chunk),
                 None if leaf else _padded(child_det[a:b], chunk, True),
-                None if (leaf or not with_lam) else
-                _padded(child_logz.reshape(n, vocab_size)[a:b], chunk),
-                None if (leaf or not mutual_information) else
-                _padded(child_hb.reshape(n, vocab_size)[a:b], chunk),
+                None if clogz is None else _padded(clogz[a:b], chunk),
+                None if chb is None else _padded(chb[a:b], chunk),
                 _padded(np.asarray(ref_logits[level][a:b], dtype), chunk) if with_ref else None,
                 lam_arr, with_lam=with_lam, with_ref=with_ref, with_mi=mutual_information,
                 leaf=leaf)
+
+        def store(a, b, out, h_l=h_l, det_l=det_l, g_l=g_l, logz_l=logz_l, eq_l=eq_l, hb_l=hb_l,
+                  kl_parts=kl_parts, infos=infos, mis=mis, refs=refs):
+            m = b - a
             h_l[a:b] = np.asarray(out["h"])[:m]
             det_l[a:b] = np.asarray(out["det"])[:m]
             g_l[a:b] = np.asarray(out["grads"])[:m]
@@ -247,6 +274,8 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
                 mis.append(out["mi"])
             if with_ref:
                 refs.append(out["ref_kl"])
+
+        _pipelined((dispatch(a, b) for a, b in _chunks(n, chunk)), store)
         cond[level], dets[level], grads[level] = h_l, det_l, g_l
         info[level] = float(np.sum(np.asarray(infos)))
         if with_lam:
