@@ -28,7 +28,7 @@ LONG = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "long"
 #: (V, T) pairs the property tests draw from. Under ``ci`` they are few, so that the compiled
 #: programs are reused across examples and test files; ``long`` draws from many more.
 SIZES = ((2, 1), (2, 3), (3, 2), (2, 4), (3, 3), (4, 2), (2, 5), (3, 4), (4, 3)) if LONG else \
-    ((2, 3), (3, 2), (2, 4), (3, 3))
+    ((2, 3), (3, 2), (2, 4))
 #: Pairs for tests that compile bigger programs (neural policies, gradients, whole engines).
 SMALL_SIZES = ((2, 1), (2, 3), (3, 2), (2, 4), (3, 3), (4, 2)) if LONG else ((2, 3), (3, 2))
 

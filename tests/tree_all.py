@@ -27,9 +27,11 @@ def _engine(tables, harm, base, lam):
         eq=eq,
         eq_kl=tree.per_position_kl(eq, base),
         eq_kl_normalized=tree.per_position_kl(eq, tree.log_policy(base)),
-        q_k=[tree.harmful_prefix_dist(base, harm, k) for k in range(len(tables) + 1)],
-        asr=[tree.prefill_asr(tables, harm, tree.harmful_prefix_dist(base, harm, k), k)
-             for k in range(len(tables) + 1)],
+        # One prefix length k = T // 2 for the two building blocks (each call re-walks the tree);
+        # the curve covers every k.
+        q_k=tree.harmful_prefix_dist(base, harm, len(tables) // 2),
+        asr=tree.prefill_asr(tables, harm, tree.harmful_prefix_dist(base, harm, len(tables) // 2),
+                             len(tables) // 2),
         asr_curve=tree.prefill_asr_curve(tables, harm, base),
     )
 
