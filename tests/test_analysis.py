@@ -170,3 +170,20 @@ def test_bad_arguments_are_refused():
 def test_compile_kernels_reports_seconds():
     seconds = compile_kernels(2, 3, lam=True, ref=True, mutual_information=True, chunk_rows=2)
     assert 0 < seconds < 600
+
+
+def test_large_vocabulary_reductions():
+    """V above UNROLL_MAX_V takes the plain-reduction path of the kernels: same answers."""
+    from toy_lm.analysis import UNROLL_MAX_V
+
+    vocab_size = UNROLL_MAX_V + 1
+    rng = np.random.default_rng(4)
+    tables = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(2)]
+    ref = [rng.normal(size=z.shape) for z in tables]
+    harm = np.repeat((rng.random(vocab_size) < 0.5).astype(float), vocab_size)
+    harm[:vocab_size] = np.arange(vocab_size) % 2  # the first prefix stays undetermined
+    got = output_arrays(analyze_tree(tables, harm, lam=0.7, ref_logits=ref), 0.7)
+    want = reference_analysis(tables, harm, lam=0.7, ref_logits=ref)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=bound(vocab_size, 2, lam=0.7),
+                                   err_msg=key)

@@ -75,10 +75,39 @@ class TreeAnalysis(NamedTuple):
         return np.array([float(np.abs(g).sum()) for g in self.logit_grads])
 
 
+#: Up to this vocabulary size the reductions over a row (``V`` entries) are unrolled into ``V - 1``
+#: elementwise operations on column slices, which XLA on CPU runs about 1.4x faster than a
+#: reduction over a tiny minor axis (measured side by side, V = 2 and 4, chunks of 2**15 rows).
+UNROLL_MAX_V = 8
+
+
+def _row_reduce(op, reduce, x):
+    """Reduce ``(C, V)`` over its rows to ``(C, 1)`` with the binary ``op`` (or ``reduce``)."""
+    if x.shape[1] > UNROLL_MAX_V:
+        return reduce(x, axis=1, keepdims=True)
+    acc = x[:, :1]
+    for v in range(1, x.shape[1]):
+        acc = op(acc, x[:, v:v + 1])
+    return acc
+
+
+def _row_sum(x):
+    return _row_reduce(jnp.add, jnp.sum, x)
+
+
+def _row_max(x):
+    return _row_reduce(jnp.maximum, jnp.max, x)
+
+
+def _row_all(x):
+    return _row_reduce(jnp.logical_and, jnp.all, x)
+
+
 @jax.jit
 def _forward_chunk(logits, probs):
     """``P(y_<=l v) = P(y_<=l) π(v | y_<=l)`` for a chunk of rows, flattened to children order."""
-    return (probs[:, None] * jax.nn.softmax(logits, axis=1)).reshape(-1)
+    e = jnp.exp(logits - _row_max(logits))
+    return (probs[:, None] * (e / _row_sum(e))).reshape(-1)
 
 
 def _binary_entropy(p):
@@ -90,36 +119,36 @@ def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref
                     with_lam, with_ref, with_mi, leaf):
     """One chunk of the backward pass; see :func:`analyze_tree` for the quantities."""
     # One exp per entry serves both π (= e / s) and log π (= z - m - log s).
-    shifted_z = logits - jnp.max(logits, axis=1, keepdims=True)
+    shifted_z = logits - _row_max(logits)
     e = jnp.exp(shifted_z)
-    total = jnp.sum(e, axis=1, keepdims=True)
+    total = _row_sum(e)
     pi = e / total
     logp = shifted_z - jnp.log(total)
     # H and Δ with exact zeros where the children agree (see toy_lm.tree.backward_step).
     ref = child_h[:, :1]
     diff = child_h - ref
-    mean = jnp.sum(pi * diff, axis=1, keepdims=True)
+    mean = _row_sum(pi * diff)
     h = (ref + mean)[:, 0]
     delta = diff - mean
     weight = probs[:, None] * pi
     grads = weight * delta
-    same = jnp.all(diff == 0, axis=1)
+    same = _row_all(diff == 0)[:, 0]
     out = dict(h=h, grads=grads, info=jnp.sum(grads * delta),
-               det=same if leaf else same & jnp.all(child_det, axis=1))
+               det=same if leaf else same & _row_all(child_det)[:, 0])
     if with_mi:
         hb = _binary_entropy(h)
         child_hb = _binary_entropy(child_h) if leaf else child_hb
-        out.update(hb=hb, mi=jnp.sum(weight * (hb[:, None] - child_hb)))
+        out.update(hb=hb, mi=jnp.sum(_row_sum(weight * (hb[:, None] - child_hb))))
     if with_lam:
         logz_c = -child_h / lam if leaf else child_logz
-        top = jnp.max(logz_c, axis=1, keepdims=True)
+        top = _row_max(logz_c)
         shifted = logz_c - top
-        constant = jnp.all(shifted == 0, axis=1, keepdims=True)
+        constant = _row_all(shifted == 0)
         tilted = pi * jnp.exp(shifted)  # π0(v) Z(uv) / max_v Z(uv)
-        log_mass = jnp.where(constant, 0.0, jnp.log(jnp.sum(tilted, axis=1, keepdims=True)))
+        log_mass = jnp.where(constant, 0.0, jnp.log(_row_sum(tilted)))
         logz = (top + log_mass)[:, 0]
         eq = jnp.where(constant, logp, logp + shifted - log_mass)
-        row_kl = jnp.sum(tilted * (shifted - log_mass), axis=1) * jnp.exp(-log_mass[:, 0])
+        row_kl = _row_sum(tilted * (shifted - log_mass))[:, 0] * jnp.exp(-log_mass[:, 0])
         row_kl = jnp.where(constant[:, 0], 0.0, row_kl)
         real = probs > 0
         scale = jnp.max(jnp.where(real, logz, -jnp.inf))
@@ -128,7 +157,8 @@ def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref
         out.update(logz=logz, eq=eq, eq_kl_num=jnp.sum(mass * row_kl), eq_kl_den=jnp.sum(mass),
                    eq_kl_scale=scale)
     if with_ref:
-        logq = jax.nn.log_softmax(ref_logits, axis=1)
+        shifted_q = ref_logits - _row_max(ref_logits)
+        logq = shifted_q - jnp.log(_row_sum(jnp.exp(shifted_q)))
         out["ref_kl"] = jnp.sum(weight * (logp - logq))
     return out
 
