@@ -6,7 +6,6 @@ Tolerances: the issue's acceptance bound is 1e-10 absolute on every ``--out`` ke
 below use ``c * (T+1) * V**T * eps(float64)`` (at most ~2e-11 here), which is tighter.
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -35,9 +34,10 @@ def reference_policy(inst):
 
 
 @settings(max_examples=examples(10))
-@given(instances(), st.sampled_from((None, 0.05, 0.5, 30.0)), st.booleans())
-def test_every_key_matches_engine_and_reference(inst, lam, with_ref):
+@given(instances(), st.sampled_from((None, 0.05, 0.5, 30.0)))
+def test_every_key_matches_engine_and_reference(inst, lam):
     V, T, harm = inst.vocab_size, inst.length, inst.harm
+    with_ref = lam is not None  # fewer kernel variants to compile; each flag is still covered
     ref = reference_policy(inst) if with_ref else None
     binary = is_binary(harm)
     # Chunks of 2 rows: several chunks per level, padded tails (V = 3), one compile for all T.

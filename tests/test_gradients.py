@@ -31,7 +31,7 @@ def leaves(tree_):
 
 
 @settings(max_examples=examples(6))
-@given(instances(sizes=SMALL_SIZES))
+@given(instances(sizes=SMALL_SIZES[:1]))
 def test_both_routes_agree_and_vanish_beyond_the_horizon(inst):
     """T3/T5 for any parameterization: g_t by stop-gradient autodiff equals g_t by the
     martingale surrogate; Σ_t g_t = ∇E[h]; g_t = 0 for t > τ* (exactly, by the surrogate)."""
@@ -55,16 +55,16 @@ def test_both_routes_agree_and_vanish_beyond_the_horizon(inst):
 
 def test_tabular_per_position_grads_are_the_logit_grads():
     """For free logits, g_t lives on the level-(t-1) table and equals G there (T4)."""
-    policy = TabularPolicy(3, 3)
+    policy = TabularPolicy(2, 3)
     params = policy.init(jax.random.key(0))
-    harm = jnp.asarray(harms.random_decided_harm(jax.random.key(1), 3, 3, 2))
+    harm = jnp.asarray([0.0, 1.0, 1.0, 1.0, 0.0, 0.0, 1.0, 0.0])
     g = routes(policy)(params, harm)[1]
     closed = tree.logit_grads(policy.level_tables(params), harm)
     for level in range(3):
         for t in range(3):
             want = closed[level] if t == level else 0.0
             np.testing.assert_allclose(np.asarray(g[level])[t, 0], want, rtol=0,
-                                       atol=tol(64 * 4 * 27, "(T+1) factors x V**T terms"))
+                                       atol=tol(64 * 4 * 8, "(T+1) factors x V**T terms"))
 
 
 def test_routes_check_detects_a_wrong_harm():

@@ -153,7 +153,7 @@ def check_engine(inst, lam, jit):
             assert abs(out["asr"] - np.sum(q * H_brute[k])) <= bound(inst, 64)
 
 
-@settings(max_examples=examples(8))
+@settings(max_examples=examples(6))
 @given(instances(sizes=SMALL_SIZES))
 def test_logit_grads_equal_autodiff(inst):
     """T4: the closed form equals jax.grad of Σ_y P(y) h(y) w.r.t. the logit tables, and is

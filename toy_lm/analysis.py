@@ -13,6 +13,18 @@ time does not grow with ``T`` (a program unrolled level by level compiled for mo
 H200 at ``V=4, T=12``). Chunks also keep XLA's working set in cache and avoid allocating a fresh
 array per level per operation. Results land in preallocated numpy arrays.
 
+Performance notes (XLA on a 2-core CPU, jax 0.10; see ``harm-horizon bench --suite tree``). XLA pays
+heavily for fresh large buffers (page faults: ``x + 1`` on 2**24 float64 takes ~10x longer into a
+fresh output than into a donated one) and for converting large numpy arrays (a 128 MB
+``device_put`` copies at ~1 GB/s), so whole levels are never handed to XLA: chunks of ``2**15``
+rows are copied in and out at cache speed, and the next chunk's kernel is dispatched before the
+previous chunk's results are copied out. Inside the kernels one ``exp`` per entry serves both
+``π`` and ``log π``, and reductions over a row (``V`` entries) are unrolled into elementwise ops on
+column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
+remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
+forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
+on this CPU, several times the memory-traffic floor of the benchmark.
+
 Equilibrium KL without a forward pass over ``π*``. ``π*_λ(y_<=l) = P0(y_<=l) Z_l(y_<=l) / Z_0`` and
 ``Z_0 = Σ_{y_<=l} P0(y_<=l) Z_l(y_<=l)`` at every level, so
 ``KL_t(π*||π0) = Σ P0 Z_{t-1} kl / Σ P0 Z_{t-1}`` over the prefixes ``y_<t``, where ``kl`` is the
