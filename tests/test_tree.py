@@ -28,7 +28,7 @@ def bound(inst, c=16):
 LAMBDAS = (0.05, 0.5, 3.0, 30.0)
 
 
-@settings(max_examples=examples(16))
+@settings(max_examples=examples(10))
 @given(instances(), st.sampled_from(LAMBDAS))
 def test_engine_against_brute_force_jit(inst, lam):
     check_engine(inst, lam, jit=True)
