@@ -13,6 +13,18 @@ time does not grow with ``T`` (a program unrolled level by level compiled for mo
 H200 at ``V=4, T=12``). Chunks also keep XLA's working set in cache and avoid allocating a fresh
 array per level per operation. Results land in preallocated numpy arrays.
 
+Performance notes (XLA on a 2-core CPU, jax 0.10; see ``harm-horizon bench --suite tree``). XLA pays
+heavily for fresh large buffers (page faults: ``x + 1`` on 2**24 float64 takes ~10x longer into a
+fresh output than into a donated one) and for converting large numpy arrays (a 128 MB
+``device_put`` copies at ~1 GB/s), so whole levels are never handed to XLA: chunks of ``2**15``
+rows are copied in and out at cache speed, and the next chunk's kernel is dispatched before the
+previous chunk's results are copied out. Inside the kernels one ``exp`` per entry serves both
+``π`` and ``log π``, and reductions over a row (``V`` entries) are unrolled into elementwise ops on
+column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
+remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
+forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
+on this CPU, several times the memory-traffic floor of the benchmark.
+
 Equilibrium KL without a forward pass over ``π*``. ``π*_λ(y_<=l) = P0(y_<=l) Z_l(y_<=l) / Z_0`` and
 ``Z_0 = Σ_{y_<=l} P0(y_<=l) Z_l(y_<=l)`` at every level, so
 ``KL_t(π*||π0) = Σ P0 Z_{t-1} kl / Σ P0 Z_{t-1}`` over the prefixes ``y_<t``, where ``kl`` is the
@@ -30,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toy_lm.errors import InputError
 from toy_lm.harms import horizon_from_masks
 from toy_lm.tables import infer_sizes, is_binary, level_size
 from toy_lm.tree import _check_lam
@@ -74,10 +87,39 @@ class TreeAnalysis(NamedTuple):
         return np.array([float(np.abs(g).sum()) for g in self.logit_grads])
 
 
+#: Up to this vocabulary size the reductions over a row (``V`` entries) are unrolled into ``V - 1``
+#: elementwise operations on column slices, which XLA on CPU runs about 1.4x faster than a
+#: reduction over a tiny minor axis (measured side by side, V = 2 and 4, chunks of 2**15 rows).
+UNROLL_MAX_V = 8
+
+
+def _row_reduce(op, reduce, x):
+    """Reduce ``(C, V)`` over its rows to ``(C, 1)`` with the binary ``op`` (or ``reduce``)."""
+    if x.shape[1] > UNROLL_MAX_V:
+        return reduce(x, axis=1, keepdims=True)
+    acc = x[:, :1]
+    for v in range(1, x.shape[1]):
+        acc = op(acc, x[:, v:v + 1])
+    return acc
+
+
+def _row_sum(x):
+    return _row_reduce(jnp.add, jnp.sum, x)
+
+
+def _row_max(x):
+    return _row_reduce(jnp.maximum, jnp.max, x)
+
+
+def _row_all(x):
+    return _row_reduce(jnp.logical_and, jnp.all, x)
+
+
 @jax.jit
 def _forward_chunk(logits, probs):
     """``P(y_<=l v) = P(y_<=l) π(v | y_<=l)`` for a chunk of rows, flattened to children order."""
-    return (probs[:, None] * jax.nn.softmax(logits, axis=1)).reshape(-1)
+    e = jnp.exp(logits - _row_max(logits))
+    return (probs[:, None] * (e / _row_sum(e))).reshape(-1)
 
 
 def _binary_entropy(p):
@@ -88,33 +130,37 @@ def _binary_entropy(p):
 def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref_logits, lam, *,
                     with_lam, with_ref, with_mi, leaf):
     """One chunk of the backward pass; see :func:`analyze_tree` for the quantities."""
-    logp = jax.nn.log_softmax(logits, axis=1)
-    pi = jnp.exp(logp)
+    # One exp per entry serves both π (= e / s) and log π (= z - m - log s).
+    shifted_z = logits - _row_max(logits)
+    e = jnp.exp(shifted_z)
+    total = _row_sum(e)
+    pi = e / total
+    logp = shifted_z - jnp.log(total)
     # H and Δ with exact zeros where the children agree (see toy_lm.tree.backward_step).
     ref = child_h[:, :1]
     diff = child_h - ref
-    mean = jnp.sum(pi * diff, axis=1, keepdims=True)
+    mean = _row_sum(pi * diff)
     h = (ref + mean)[:, 0]
     delta = diff - mean
     weight = probs[:, None] * pi
     grads = weight * delta
-    same = jnp.all(diff == 0, axis=1)
+    same = _row_all(diff == 0)[:, 0]
     out = dict(h=h, grads=grads, info=jnp.sum(grads * delta),
-               det=same if leaf else same & jnp.all(child_det, axis=1))
+               det=same if leaf else same & _row_all(child_det)[:, 0])
     if with_mi:
         hb = _binary_entropy(h)
         child_hb = _binary_entropy(child_h) if leaf else child_hb
-        out.update(hb=hb, mi=jnp.sum(weight * (hb[:, None] - child_hb)))
+        out.update(hb=hb, mi=jnp.sum(_row_sum(weight * (hb[:, None] - child_hb))))
     if with_lam:
         logz_c = -child_h / lam if leaf else child_logz
-        top = jnp.max(logz_c, axis=1, keepdims=True)
+        top = _row_max(logz_c)
         shifted = logz_c - top
-        constant = jnp.all(shifted == 0, axis=1, keepdims=True)
-        tilted = jnp.exp(logp + shifted)  # π0(v) Z(uv) / max_v Z(uv)
-        log_mass = jnp.where(constant, 0.0, jnp.log(jnp.sum(tilted, axis=1, keepdims=True)))
+        constant = _row_all(shifted == 0)
+        tilted = pi * jnp.exp(shifted)  # π0(v) Z(uv) / max_v Z(uv)
+        log_mass = jnp.where(constant, 0.0, jnp.log(_row_sum(tilted)))
         logz = (top + log_mass)[:, 0]
         eq = jnp.where(constant, logp, logp + shifted - log_mass)
-        row_kl = jnp.sum(tilted * (shifted - log_mass), axis=1) * jnp.exp(-log_mass[:, 0])
+        row_kl = _row_sum(tilted * (shifted - log_mass))[:, 0] * jnp.exp(-log_mass[:, 0])
         row_kl = jnp.where(constant[:, 0], 0.0, row_kl)
         real = probs > 0
         scale = jnp.max(jnp.where(real, logz, -jnp.inf))
@@ -123,7 +169,8 @@ def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref
         out.update(logz=logz, eq=eq, eq_kl_num=jnp.sum(mass * row_kl), eq_kl_den=jnp.sum(mass),
                    eq_kl_scale=scale)
     if with_ref:
-        logq = jax.nn.log_softmax(ref_logits, axis=1)
+        shifted_q = ref_logits - _row_max(ref_logits)
+        logq = shifted_q - jnp.log(_row_sum(jnp.exp(shifted_q)))
         out["ref_kl"] = jnp.sum(weight * (logp - logq))
     return out
 
@@ -140,6 +187,21 @@ def _padded(x, rows: int, fill=0):
         return x
     pad = np.full((rows - x.shape[0],) + x.shape[1:], fill, x.dtype)
     return np.concatenate([x, pad])
+
+
+def _pipelined(dispatched, store) -> None:
+    """Consume ``(a, b, out)`` kernel results one call behind their dispatch.
+
+    JAX dispatches asynchronously: the next chunk's kernel is already queued (and running on
+    XLA's threads) while numpy copies the previous chunk's results into the output arrays.
+    """
+    pending = None
+    for item in dispatched:
+        if pending is not None:
+            store(*pending)
+        pending = item
+    if pending is not None:
+        store(*pending)
 
 
 def _combine_scaled(parts) -> float:
@@ -177,12 +239,12 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
     if ref_logits is not None:
         infer_sizes(ref_logits, "ref_logits")
         if len(ref_logits) != length or np.shape(ref_logits[0]) != np.shape(logits[0]):
-            raise ValueError("ref_logits must have the same V and T as logits")
+            raise InputError(
+                f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "
+                f"have V={vocab_size}, T={length}; the reference policy must have the same sizes")
     if lam is not None:
         _check_lam(lam)
     if mutual_information and not is_binary(harm):
-        from toy_lm.errors import InputError
-
         raise InputError("the mutual-information form I_t^MI needs a binary harm (values 0 or 1)")
     dtype = np.dtype(jnp.result_type(float))
     harm = np.asarray(harm, dtype)
@@ -196,10 +258,13 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
         z = logits[level]
         n = level_size(vocab_size, level)
         nxt = np.empty(n * vocab_size, dtype)
-        for a, b in _chunks(n, chunk):
-            out = _forward_chunk(_padded(np.asarray(z[a:b], dtype), chunk),
-                                 _padded(probs[level][a:b], chunk))
+
+        def store_probs(a, b, out, nxt=nxt):
             nxt[a * vocab_size:b * vocab_size] = np.asarray(out)[: (b - a) * vocab_size]
+
+        _pipelined(((a, b, _forward_chunk(_padded(np.asarray(z[a:b], dtype), chunk),
+                                           _padded(probs[level][a:b], chunk)))
+                    for a, b in _chunks(n, chunk)), store_probs)
         probs.append(nxt)
 
     # Backward pass, leaves first.
@@ -219,20 +284,25 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
         kl_parts, infos, mis, refs = [], [], [], []
         child_h = cond[level + 1].reshape(n, vocab_size)
         child_det = dets[level + 1].reshape(n, vocab_size)
-        for a, b in _chunks(n, chunk):
-            m = b - a
-            out = _backward_chunk(
+        clogz = None if (leaf or not with_lam) else child_logz.reshape(n, vocab_size)
+        chb = None if (leaf or not mutual_information) else child_hb.reshape(n, vocab_size)
+
+        def dispatch(a, b, level=level, leaf=leaf, child_h=child_h, child_det=child_det,
+                     clogz=clogz, chb=chb):
+            return a, b, _backward_chunk(
                 _padded(np.asarray(logits[level][a:b], dtype), chunk),
                 _padded(probs[level][a:b], chunk),
                 _padded(child_h[a:b], chunk),
                 None if leaf else _padded(child_det[a:b], chunk, True),
-                None if (leaf or not with_lam) else
-                _padded(child_logz.reshape(n, vocab_size)[a:b], chunk),
-                None if (leaf or not mutual_information) else
-                _padded(child_hb.reshape(n, vocab_size)[a:b], chunk),
+                None if clogz is None else _padded(clogz[a:b], chunk),
+                None if chb is None else _padded(chb[a:b], chunk),
                 _padded(np.asarray(ref_logits[level][a:b], dtype), chunk) if with_ref else None,
                 lam_arr, with_lam=with_lam, with_ref=with_ref, with_mi=mutual_information,
                 leaf=leaf)
+
+        def store(a, b, out, h_l=h_l, det_l=det_l, g_l=g_l, logz_l=logz_l, eq_l=eq_l, hb_l=hb_l,
+                  kl_parts=kl_parts, infos=infos, mis=mis, refs=refs):
+            m = b - a
             h_l[a:b] = np.asarray(out["h"])[:m]
             det_l[a:b] = np.asarray(out["det"])[:m]
             g_l[a:b] = np.asarray(out["grads"])[:m]
@@ -246,6 +316,8 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
                 mis.append(out["mi"])
             if with_ref:
                 refs.append(out["ref_kl"])
+
+        _pipelined((dispatch(a, b) for a, b in _chunks(n, chunk)), store)
         cond[level], dets[level], grads[level] = h_l, det_l, g_l
         info[level] = float(np.sum(np.asarray(infos)))
         if with_lam:

@@ -24,7 +24,6 @@ import numpy as np
 
 from toy_lm.errors import InputError
 from toy_lm.precision import default_float
-from toy_lm.tables import level_size
 
 
 class Automaton(NamedTuple):

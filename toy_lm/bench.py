@@ -4,7 +4,8 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 ``2**22`` and ``2**24`` responses (``V=4, T=10..12`` and ``V=2, T=20..24``), reporting per size
 
 * ``seconds``: median wall time of several runs after a warm-up;
-* ``compile_seconds``: lowering and compiling the analysis kernels for that size, alone;
+* ``compile_seconds``: lowering and compiling the analysis kernels for that size, alone, from empty
+  caches (chunked kernels: the same for every ``T`` once ``V**(T-1)`` exceeds the chunk);
 * ``floor_seconds``: a memory-traffic floor measured in the same run - the time numpy takes to read
   every input array once (a sum) and write every output array once (a fill);
 * ``ratio_to_floor`` = seconds / floor_seconds;
@@ -71,7 +72,12 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
     from toy_lm.analysis import analyze_tree, compile_kernels
     from toy_lm.reference import reference_analysis
 
+    import jax
+
     logits, harm = _instance(vocab_size, length)
+    # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
+    # size's would report the time of a cache lookup instead of a compile.
+    jax.clear_caches()
     compile_seconds = compile_kernels(vocab_size, length, lam=True)
     analyze_tree(logits, harm, lam=LAMBDA)  # warm-up
     times = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 
 import numpy as np
@@ -170,6 +171,10 @@ def run(args) -> int:
         raise InputError(f"--lam {args.lam} must be a positive finite number (the KL weight)")
     if args.save_tables and args.random is None:
         raise InputError("--save-tables only applies to --random")
+    for flag, path in (("--out", args.out), ("--save-tables", args.save_tables)):
+        folder = os.path.dirname(os.path.abspath(path)) if path else None
+        if folder and not os.path.isdir(folder):  # refuse before the (long) computation
+            raise InputError(f"cannot write {flag} {path}: folder {folder} does not exist")
     if args.random is not None:
         logits, harm = random_instance(*args.random, args.seed)
         ref = None

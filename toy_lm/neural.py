@@ -99,7 +99,8 @@ class PrefixMLP(nnx.Module):
 
 
 def _graphdef(make):
-    return nnx.split(make(jax.random.key(0)))[0]
+    # Abstract construction: the graph structure without drawing (and compiling) random weights.
+    return nnx.split(nnx.eval_shape(lambda: make(jax.random.key(0))))[0]
 
 
 @dataclasses.dataclass(frozen=True)

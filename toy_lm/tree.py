@@ -200,7 +200,9 @@ def equilibrium_policy(base_logits: Tables, harm: jax.Array, lam) -> tuple[jax.A
 
     ``log π*_λ(v | y_<t) = log π0(v | y_<t) + log Z_t(y_<t v) - log Z_{t-1}(y_<t)``. At prefixes
     whose children all have the same ``Z`` (determined prefixes) the table equals ``log π0``
-    exactly, so ``KL_t(π*_λ || π0)`` is exactly 0 at and beyond the horizon (T7b).
+    exactly, so ``per_position_kl(eq, log_policy(base_logits))`` is exactly 0 at and beyond the
+    horizon (T7b). Against the raw ``base_logits`` it is 0 up to one re-normalization
+    (``log_softmax`` of an already normalized row moves it by a few ulp).
 
     Returns:
       ``T`` tables ``(V**l, V)`` of normalized log-probabilities.

@@ -1,0 +1,192 @@
+"""Tests of toy_lm.analysis.analyze_tree: the chunked full analysis equals the readable engine
+(toy_lm.tree), the numpy reference (toy_lm.reference) and the harm's own determined masks, on
+every output key, with the exact zeros the engine promises.
+
+Tolerances: the issue's acceptance bound is 1e-10 absolute on every ``--out`` key; the checks
+below use ``c * (T+1) * V**T * eps(float64)`` (at most ~2e-11 here), which is tighter.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from instances import examples, instances, tol
+from tree_all import engine
+
+from toy_lm import harms, tree
+from toy_lm.analysis import CHUNK_ROWS, analyze_tree, compile_kernels
+from toy_lm.cli_analyze import output_arrays
+from toy_lm.errors import InputError
+from toy_lm.reference import reference_analysis
+from toy_lm.tables import is_binary
+
+ISSUE_BOUND = 1e-10
+
+
+def bound(vocab_size, length, c=64, lam=1.0):
+    return tol(c * (length + 1) * vocab_size ** length * max(1.0, 1 / lam),
+               f"{c} x (T+1) factors x V**T terms (x 1/λ for log Z)")
+
+
+def reference_policy(inst):
+    return [np.asarray(z) * 0.5 - 0.2 * np.arange(z.shape[1]) for z in inst.tables]
+
+
+@settings(max_examples=examples(8))
+@given(instances(), st.sampled_from((None, 0.05, 0.5, 30.0)))
+def test_every_key_matches_engine_and_reference(inst, lam):
+    V, T, harm = inst.vocab_size, inst.length, inst.harm
+    with_ref = lam is not None  # fewer kernel variants to compile; each flag is still covered
+    ref = reference_policy(inst) if with_ref else None
+    binary = is_binary(harm)
+    # Chunks of 2 rows: several chunks per level, padded tails (V = 3), one compile for all T.
+    result = analyze_tree(inst.tables, harm, lam=lam, ref_logits=ref, mutual_information=binary,
+                          chunk_rows=2)
+    got = output_arrays(result, lam)
+    want = reference_analysis(inst.tables, harm, lam=lam, ref_logits=ref)
+    assert set(got) - {"harm_information_mi"} == set(want)
+    b = bound(V, T, lam=lam or 1.0)
+    for key, value in want.items():
+        value, mine = np.asarray(value), np.asarray(got[key])
+        assert mine.shape == value.shape, key
+        if value.dtype == np.bool_ or key == "horizon":
+            np.testing.assert_array_equal(mine, value, err_msg=key)
+        else:
+            assert mine.dtype == np.float64, key
+            np.testing.assert_allclose(mine, value, rtol=0, atol=min(b, ISSUE_BOUND), err_msg=key)
+
+    # The readable engine agrees too (including I_t^MI), and the masks are the harm's own.
+    tables = [jnp.asarray(z) for z in inst.tables]
+    out = engine(True)(tables, jnp.asarray(harm), tables, lam or 1.0)
+    for level in range(T + 1):
+        np.testing.assert_allclose(result.cond_harm[level], out["H"][level], rtol=0, atol=b)
+    for level in range(T):
+        np.testing.assert_allclose(result.logit_grads[level], out["grads"][level], rtol=0, atol=b)
+    np.testing.assert_allclose(result.harm_information, out["info"], rtol=0, atol=b)
+    if binary:
+        np.testing.assert_allclose(result.harm_information_mi, out["mi"], rtol=0, atol=b)
+    if lam is not None:
+        for level in range(T):
+            np.testing.assert_allclose(result.equilibrium_logits[level], out["eq"][level],
+                                       rtol=0, atol=b)
+        np.testing.assert_allclose(result.equilibrium_kl, out["eq_kl_normalized"], rtol=0, atol=b)
+    if with_ref:
+        kl = engine(True)(tables, jnp.asarray(harm), [jnp.asarray(z) for z in ref], 1.0)["kl"]
+        np.testing.assert_allclose(result.per_position_kl, kl, rtol=0, atol=b)
+    masks = harms.determined_masks(harm, V)
+    for got_mask, want_mask in zip(result.determined, masks):
+        np.testing.assert_array_equal(got_mask, want_mask)
+    assert result.horizon == harms.horizon_from_masks(masks)
+
+    # Exact zeros: G at determined prefixes, I_t (both forms) and equilibrium KL beyond τ*.
+    tau_star = result.horizon
+    for level in range(T):
+        assert np.all(result.logit_grads[level][masks[level]] == 0.0)
+    assert np.all(result.harm_information[tau_star:] == 0.0)
+    if binary:
+        assert np.all(result.harm_information_mi[tau_star:] == 0.0)
+    if lam is not None:
+        assert np.all(result.equilibrium_kl[tau_star:] == 0.0)
+        logp = tree.log_policy(inst.tables)
+        for level in range(T):
+            np.testing.assert_allclose(result.equilibrium_logits[level][masks[level]],
+                                       np.asarray(logp[level])[masks[level]], rtol=0,
+                                       atol=tol(8, "one log-softmax"))
+    np.testing.assert_array_equal(result.determined_fraction(),
+                                  [m.mean() for m in masks[:-1]])
+    np.testing.assert_allclose(result.grad_abs_sum(),
+                               [np.abs(g).sum() for g in result.logit_grads], rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("chunk_rows", [1, CHUNK_ROWS])
+def test_chunking_does_not_change_results(chunk_rows):
+    rng = np.random.default_rng(1)
+    tables = [rng.normal(size=(3 ** l, 3)) for l in range(4)]
+    ref = [rng.normal(size=(3 ** l, 3)) for l in range(4)]
+    harm = np.repeat((rng.random(27) < 0.5).astype(float), 3)
+    kwargs = dict(lam=0.3, ref_logits=ref, mutual_information=True)
+    base = output_arrays(analyze_tree(tables, harm, chunk_rows=2, **kwargs), 0.3)
+    other = output_arrays(analyze_tree(tables, harm, chunk_rows=chunk_rows, **kwargs), 0.3)
+    for key, value in base.items():
+        np.testing.assert_allclose(other[key], value, rtol=0, atol=bound(3, 4, lam=0.3),
+                                   err_msg=key)
+
+
+def test_every_key_check_detects_a_wrong_harm():
+    """Planted error: the analysis of a slightly different harm fails the 1e-10 comparison."""
+    rng = np.random.default_rng(0)
+    tables = [rng.normal(size=(3 ** l, 3)) for l in range(3)]
+    harm = (rng.random(27) < 0.5).astype(float)
+    moved = harm.copy()
+    moved[5] = 0.5 if harm[5] == 0 else 0.999
+    got = output_arrays(analyze_tree(tables, moved, lam=0.5), 0.5)
+    want = reference_analysis(tables, harm, lam=0.5)
+    bad = [k for k in want if not np.allclose(got[k], want[k], rtol=0, atol=ISSUE_BOUND)]
+    assert {"expected_harm", "H_0", "grad_2", "equilibrium_kl"} <= set(bad)
+
+
+def test_length_one_and_docstring_example():
+    tables = [np.zeros((2 ** l, 2)) for l in range(3)]
+    assert analyze_tree(tables, np.repeat([0.0, 1.0], 4)).expected_harm == 0.5
+    result = analyze_tree([np.array([[0.0, np.log(3.0)]])], np.array([1.0, 0.0]), lam=1.0)
+    assert abs(result.expected_harm - 0.25) <= tol(4, "two terms")
+    assert result.horizon == 1 and result.cond_harm[1].tolist() == [1.0, 0.0]
+
+
+def test_extreme_inputs_stay_finite_and_exact():
+    """λ = 1e-3 (Z down to e^-1000, log space) and logits of ±30 (probabilities ~1e-26)."""
+    rng = np.random.default_rng(3)
+    tables = [30 * np.sign(rng.normal(size=(3 ** l, 3))) for l in range(4)]
+    harm = np.repeat((rng.random(9) < 0.5).astype(float), 9)
+    ref = [np.zeros_like(z) for z in tables]
+    # Chunks of 2 and every option on: the kernels the property test above compiles.
+    result = analyze_tree(tables, harm, lam=1e-3, ref_logits=ref, mutual_information=True,
+                          chunk_rows=2)
+    want = reference_analysis(tables, harm, lam=1e-3, ref_logits=ref)
+    for level in range(4):
+        assert np.all(np.isfinite(result.equilibrium_logits[level]))
+        np.testing.assert_allclose(result.equilibrium_logits[level],
+                                   want[f"equilibrium_logits_{level}"], rtol=0,
+                                   atol=tol(64 * 5 * 81 * 1e3, "log-sum-exp at scale 1/λ"))
+    assert np.all(np.isfinite(result.equilibrium_kl))
+    assert np.all(result.equilibrium_kl[2:] == 0.0)
+    np.testing.assert_allclose(result.equilibrium_kl, want["equilibrium_kl"], rtol=1e-9,
+                               atol=tol(64 * 5 * 81, "(T+1) factors x V**T terms"))
+
+
+def test_bad_arguments_are_refused():
+    tables = [np.zeros((2 ** l, 2)) for l in range(2)]
+    harm = np.array([0.0, 1.0, 0.5, 0.5])
+    with pytest.raises(InputError, match="binary"):
+        analyze_tree(tables, harm, mutual_information=True)
+    with pytest.raises(InputError, match="lambda"):
+        analyze_tree(tables, harm, lam=0.0)
+    with pytest.raises(InputError, match="ref_logits"):
+        analyze_tree(tables, harm, ref_logits=[np.zeros((1, 3))])
+    with pytest.raises(InputError, match="ref_logits"):
+        analyze_tree(tables, harm, ref_logits=tables[:1])
+    with pytest.raises(InputError, match="logits_1"):
+        analyze_tree([np.zeros((1, 2)), np.zeros((3, 2))], harm)
+
+
+def test_compile_kernels_reports_seconds():
+    seconds = compile_kernels(2, 3, lam=True, ref=True, mutual_information=True, chunk_rows=2)
+    assert 0 < seconds < 600
+
+
+def test_large_vocabulary_reductions():
+    """V above UNROLL_MAX_V takes the plain-reduction path of the kernels: same answers."""
+    from toy_lm.analysis import UNROLL_MAX_V
+
+    vocab_size = UNROLL_MAX_V + 1
+    rng = np.random.default_rng(4)
+    tables = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(2)]
+    ref = [rng.normal(size=z.shape) for z in tables]
+    harm = np.repeat((rng.random(vocab_size) < 0.5).astype(float), vocab_size)
+    harm[:vocab_size] = np.arange(vocab_size) % 2  # the first prefix stays undetermined
+    got = output_arrays(analyze_tree(tables, harm, lam=0.7, ref_logits=ref), 0.7)
+    want = reference_analysis(tables, harm, lam=0.7, ref_logits=ref)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=bound(vocab_size, 2, lam=0.7),
+                                   err_msg=key)
