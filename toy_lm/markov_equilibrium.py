@@ -74,14 +74,18 @@ def log_partition_step(logp: jax.Array, child: jax.Array, *, scaled: bool = True
             jnp.where(constant, jnp.zeros_like(row_kl), row_kl))
 
 
-def _partition_scan(logits, dfa: Automaton, lam):
-    """``(log Z (T+1, C, S), row KL of π*_λ (T, C, S))`` for order >= 1 logits."""
+def _partition_scan(logits, dfa: Automaton, lam, scaled: bool | None = None):
+    """``(log Z (T+1, C, S), row KL of π*_λ (T, C, S))`` for order >= 1 logits.
+
+    ``scaled`` forces the scaled (True) or log-sum-exp (False) step; None decides from ``λ``.
+    """
     vocab_size = logits.shape[2]
     logp = log_policy(logits)
     last = jnp.broadcast_to(-jnp.asarray(dfa.verdict, logp.dtype) / lam,
                             logits.shape[1:2] + (dfa.transitions.shape[0],))
 
-    scaled = scaling_is_safe(lam, vocab_size, logp.dtype)
+    if scaled is None:
+        scaled = scaling_is_safe(lam, vocab_size, logp.dtype)
 
     def step(logz_next, logp_l):
         logz, row_kl = log_partition_step(_split(logp_l, vocab_size), children(logz_next, dfa),
@@ -93,14 +97,14 @@ def _partition_scan(logits, dfa: Automaton, lam):
     return jnp.concatenate([logzs, last[None]]), row_kl
 
 
-def log_partition(logits, dfa: Automaton, lam) -> jax.Array:
+def log_partition(logits, dfa: Automaton, lam, *, scaled: bool | None = None) -> jax.Array:
     """``log Z_l(c, s) = log E_π0[exp(-h/λ) | joint state (c, s) at level l]``, ``(T+1, C, S)``."""
     check_markov(logits, dfa)
     _check_lam(lam)
-    return _partition_scan(_at_least_order_one(logits), dfa, lam)[0]
+    return _partition_scan(_at_least_order_one(logits), dfa, lam, scaled)[0]
 
 
-def equilibrium_policy(logits, dfa: Automaton, lam) -> jax.Array:
+def equilibrium_policy(logits, dfa: Automaton, lam, *, scaled: bool | None = None) -> jax.Array:
     """Log-conditionals of ``π*_λ ∝ π0 exp(-h/λ)``, Markov in (context, state): ``(T, C, S, V)``.
 
     ``log π*_λ(v | c, s) = log π0(v|c) + log Z_{l+1}(c ⊕ v, δ(s,v)) - log Z_l(c, s)``, and exactly
@@ -111,7 +115,7 @@ def equilibrium_policy(logits, dfa: Automaton, lam) -> jax.Array:
     _check_lam(lam)
     logits = _at_least_order_one(logits)
     vocab_size = logits.shape[2]
-    logz, _ = _partition_scan(logits, dfa, lam)
+    logz, _ = _partition_scan(logits, dfa, lam, scaled)
 
     def level(args):
         logp_l, logz_l, logz_next = args
@@ -124,7 +128,8 @@ def equilibrium_policy(logits, dfa: Automaton, lam) -> jax.Array:
     return jax.lax.map(level, (log_policy(logits), logz[:-1], logz[1:]))
 
 
-def equilibrium_state_probs(logits, dfa: Automaton, lam) -> jax.Array:
+def equilibrium_state_probs(logits, dfa: Automaton, lam, *,
+                            scaled: bool | None = None) -> jax.Array:
     """``π*_λ(joint state (c, s) at level l) = p_l(c, s) Z_l(c, s) / Z_0``, ``(T+1, C, S)``.
 
     Computed in log space and normalized per level (``Σ_{c,s} p_l Z_l = Z_0`` at every level), so
@@ -133,7 +138,7 @@ def equilibrium_state_probs(logits, dfa: Automaton, lam) -> jax.Array:
     check_markov(logits, dfa)
     _check_lam(lam)
     logits = _at_least_order_one(logits)
-    logz, _ = _partition_scan(logits, dfa, lam)
+    logz, _ = _partition_scan(logits, dfa, lam, scaled)
     return _tilted(state_probs(logits, dfa), logz)
 
 
@@ -145,7 +150,7 @@ def _tilted(probs, logz):
     return mass / jnp.sum(mass, axis=(1, 2), keepdims=True)
 
 
-def equilibrium_kl(logits, dfa: Automaton, lam) -> jax.Array:
+def equilibrium_kl(logits, dfa: Automaton, lam, *, scaled: bool | None = None) -> jax.Array:
     """``KL_t(π*_λ || π0) = Σ_{c,s} π*_λ(c, s at level t-1) KL(π*(.|c,s) || π0(.|c))``: ``(T,)``.
 
     Exactly 0 at and beyond the horizon (T7b); ``Σ_t KL_t = KL(π*_λ || π0)`` (T7e).
@@ -153,6 +158,6 @@ def equilibrium_kl(logits, dfa: Automaton, lam) -> jax.Array:
     check_markov(logits, dfa)
     _check_lam(lam)
     logits = _at_least_order_one(logits)
-    logz, row_kl = _partition_scan(logits, dfa, lam)
+    logz, row_kl = _partition_scan(logits, dfa, lam, scaled)
     weights = _tilted(state_probs(logits, dfa)[:-1], logz[:-1])
     return jnp.sum(weights * row_kl, axis=(1, 2))
