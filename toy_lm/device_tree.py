@@ -190,7 +190,7 @@ def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: boo
     ``state`` leaves carry a leading device axis placed on ``mesh`` (see :mod:`toy_lm.sharded`);
     the kernels are called asynchronously, chunk after chunk.
     """
-    forward, _ = compiled_kernels(mesh, layout.chunk, jax.default_backend())
+    forward, _ = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
     for j in range(layout.depth if through_leaves else layout.depth - 1):
         for a in range(0, layout.rows(j), chunk):
@@ -200,7 +200,7 @@ def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: boo
 
 def backward_pass(state: dict, layout: ForestLayout, mesh, lam: float = 1.0) -> dict:
     """``H``, determined flags, ``G``, row shares of ``I_t`` (and ``log Z``, row KLs), leaves up."""
-    _, backward = compiled_kernels(mesh, layout.chunk, jax.default_backend())
+    _, backward = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
     lam = jnp.asarray(lam, state["logits"].dtype)
     for j in reversed(range(layout.depth)):

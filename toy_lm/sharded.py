@@ -78,8 +78,8 @@ def _equilibrium_kl(probs, logz, row_kl) -> float:
 
 def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
                     ref_logits: Sequence | None = None, mesh: Mesh | None = None,
-                    split: int | None = None,
-                    chunk_rows: int = device_tree.CHUNK_ROWS) -> TreeAnalysis:
+                    split: int | None = None, chunk_rows: int = device_tree.CHUNK_ROWS,
+                    dtype=None) -> TreeAnalysis:
     """The tree analysis of :func:`toy_lm.analysis.analyze_tree`, sharded over ``mesh``.
 
     Args:
@@ -88,6 +88,8 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
       mesh: a one-axis mesh ``("d",)`` (default: every device, :func:`make_mesh`).
       split: the split level ``m`` (default :func:`split_level`); results for a given ``m`` are
         bitwise identical for any number of devices.
+      dtype: the floating dtype of the buffers (default: JAX's default float, float64 under
+        x64); float32 is for GPUs, with the tolerance re-derived (:mod:`toy_lm.bench_gpu`).
 
     Returns:
       A :class:`toy_lm.analysis.TreeAnalysis` (without the equilibrium tables and ``I^MI``).
@@ -99,7 +101,7 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
     m = split_level(vocab_size, length, num_devices) if split is None else int(split)
     if not 0 <= m < length:
         raise ConfigError(f"split level m={m} must satisfy 0 <= m < T={length}")
-    dtype = np.dtype(jax.numpy.result_type(float))
+    dtype = np.dtype(jax.numpy.result_type(float) if dtype is None else dtype)
     subtrees = level_size(vocab_size, m)
     per_device = math.ceil(subtrees / num_devices)
     layout = device_tree.forest_layout(vocab_size, length - m, per_device, chunk_rows)
