@@ -13,6 +13,7 @@ import jax
 import numpy as np
 
 from toy_lm.automata import Automaton, automaton_harm_table, make_automaton
+from toy_lm.compile_options import CPU_COMPILER_OPTIONS
 from toy_lm.policies import MarkovPolicy
 from toy_lm.precision import Tolerance, eps_tolerance
 
@@ -133,5 +134,5 @@ def jit(fn, **static):
     key = (fn, tuple(sorted(static.items())))
     if key not in _JITTED:
         _JITTED[key] = jax.jit(lambda *args: fn(*args, **static),
-                               compiler_options={"xla_cpu_use_fusion_emitters": False})
+                               compiler_options=CPU_COMPILER_OPTIONS)
     return _JITTED[key]

@@ -18,7 +18,7 @@ import pytest
 from toy_lm.analysis import analyze_tree
 from toy_lm.errors import ConfigError
 from toy_lm.harms import random_decided_harm
-from toy_lm.sharded import analyze_sharded, make_mesh, split_level
+from toy_lm.sharded import analyze_sharded, split_level
 
 FIELDS = ("cond_harm", "logit_grads", "determined", "harm_information", "equilibrium_kl",
           "per_position_kl")
@@ -102,7 +102,8 @@ for vocab_size, length, chunk in ((2, 8, 4), (3, 5, 2)):
                           split=split, chunk_rows=chunk)
     identical = all(
         all(np.array_equal(x, y) for x, y in zip(getattr(four, f), getattr(one, f)))
-        if isinstance(getattr(four, f), tuple) else np.array_equal(getattr(four, f), getattr(one, f))
+        if isinstance(getattr(four, f), tuple)
+        else np.array_equal(getattr(four, f), getattr(one, f))
         for f in FIELDS) and four.expected_harm == one.expected_harm and four.horizon == one.horizon
     out["cases"].append({"V": vocab_size, "T": length, "mesh": int(four_mesh.devices.size),
                          "identical": bool(identical), "errors": max_errors(four, exact)})

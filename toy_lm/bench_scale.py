@@ -7,6 +7,8 @@ Suite ``markov`` (the DP engine, :func:`toy_lm.markov_analysis.analyze_markov` w
 * ``first_call_seconds``: the first analysis at this size in the process, compile included (the
   cost a fresh ``harm-horizon analyze-markov`` run pays), ``compile_seconds`` (the scan alone);
 * ``seconds``: median of ``repeats`` warm runs;
+* ``cpu_seconds``, ``first_call_cpu_seconds``: the same in CPU time of the process (all threads),
+  which on a shared machine tells what the run costs with the cores to itself;
 
 and one row pitting the DP engine against the tree engine (``analyze_tree`` on the expanded
 tables) at the largest ``T`` the tree engine can hold at ``V = 64`` (``ratio_tree_to_dp``), with the
@@ -52,6 +54,14 @@ def _timed(fn, *args, **kwargs):
     return time.perf_counter() - start, out
 
 
+def _timed_cpu(fn, *args, **kwargs):
+    """``(wall seconds, CPU seconds of this process, result)``: on a shared machine the CPU time
+    shows what the run costs when it has the cores to itself."""
+    cpu, wall = time.process_time(), time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
 def bench_markov(vocab_size: int, length: int, num_states: int, repeats: int) -> dict:
     import jax
     import jax.numpy as jnp
@@ -59,16 +69,19 @@ def bench_markov(vocab_size: int, length: int, num_states: int, repeats: int) ->
     from toy_lm.markov_analysis import _compiled, _scan, analyze_markov
 
     logits, dfa = markov_instance(vocab_size, length, num_states - 2)
-    first, res = _timed(analyze_markov, logits, dfa, lam=LAMBDA)
+    first, first_cpu, res = _timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)
     scan = _compiled(_scan, jax.default_backend(), ("with_lam", "scaled"))
     compile_seconds, _ = _timed(lambda: scan.lower(jnp.asarray(logits), dfa, jnp.asarray(LAMBDA),
                                                    with_lam=True, scaled=True).compile())
-    times = [_timed(analyze_markov, logits, dfa, lam=LAMBDA)[0] for _ in range(repeats)]
+    runs = [_timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)[:2] for _ in range(repeats)]
     return {"name": f"markov V={vocab_size} S={num_states} k=1 T={length}",
             "vocab_size": vocab_size, "length": length, "num_states": num_states, "order": 1,
             "log10_responses": length * math.log10(vocab_size),
-            "seconds": statistics.median(times), "first_call_seconds": first,
-            "compile_seconds": compile_seconds, "horizon": res.horizon,
+            "seconds": statistics.median(r[0] for r in runs), "first_call_seconds": first,
+            "compile_seconds": compile_seconds,
+            "cpu_seconds": statistics.median(r[1] for r in runs),
+            "first_call_cpu_seconds": first_cpu,
+            "horizon": res.horizon,
             "expected_harm": res.expected_harm}
 
 

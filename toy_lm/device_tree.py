@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toy_lm.compile_options import compiler_options
+
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
 
@@ -174,8 +176,7 @@ def compiled_kernels(mesh, chunk: int, backend: str):
 
         mapped = jax.shard_map(local, mesh=mesh, in_specs=(P("d"),) + (P(),) * n_scalars,
                                out_specs=P("d"))
-        options = {"xla_cpu_use_fusion_emitters": False} if backend == "cpu" else None
-        return jax.jit(mapped, donate_argnums=0, compiler_options=options)
+        return jax.jit(mapped, donate_argnums=0, compiler_options=compiler_options(backend))
 
     return per_device(forward_chunk, 2), per_device(backward_chunk, 4)
 

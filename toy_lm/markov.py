@@ -19,9 +19,9 @@ Here ``c ⊕ v = (c * V + v) mod V**k`` is the context after token ``v``. Positi
 
 Numerics for long horizons. ``p_l`` sums to 1 and ``H`` lies in ``[0, 1]`` at every level, so
 neither recursion can underflow or overflow as a whole; ``Z`` (:mod:`toy_lm.markov_equilibrium`)
-is kept in log space. As in :mod:`toy_lm.tree`, the backward recursions are written around the first child
-(``H = H_child0 + Σ_v π_v (H_child_v - H_child0)``), so a joint state whose children all agree (a
-determined state) gets its value, ``Δ = 0``, ``G = 0`` and ``KL = 0`` *exactly*.
+is kept in log space. As in :mod:`toy_lm.tree`, the backward recursions are written around the
+first child (``H = H_child0 + Σ_v π_v (H_child_v - H_child0)``), so a joint state whose children
+all agree (a determined state) gets its value, ``Δ = 0``, ``G = 0`` and ``KL = 0`` *exactly*.
 
 Order 0 (a positional policy, ``C = 1``) is handled by :func:`lift_order` to order 1.
 
@@ -149,7 +149,7 @@ def initial_state(contexts: int, dfa: Automaton, dtype) -> jax.Array:
 
 
 def state_probs(logits, dfa: Automaton) -> jax.Array:
-    """``p_l(c, s) = P_π(Y_<=l ends in joint state (c, s))`` for ``l = 0 ... T``: ``(T+1, C, S)``."""
+    """``p_l(c, s) = P_π(Y_<=l ends in joint state (c, s))``, ``l = 0 ... T``: ``(T+1, C, S)``."""
     check_markov(logits, dfa)
     logits = _at_least_order_one(logits)
     pi = jnp.exp(log_policy(logits))
@@ -215,7 +215,7 @@ def _per_level(logits, dfa: Automaton, fn):
 
 
 def information_terms(pi, p, diff, mean) -> jax.Array:
-    """``Σ_{c,s} p(c,s) Σ_v π(v|c) (diff - mean)²``: one level's ``I_t`` (exactly 0 if determined)."""
+    """``Σ_{c,s} p(c,s) Σ_v π(v|c) (diff - mean)²``: one level's ``I_t`` (0 if determined)."""
     delta = diff[None] - mean[..., None]
     return jnp.einsum("hls,hlv,hlsv->", p, pi, delta * delta)
 
@@ -226,7 +226,7 @@ def grad_terms(pi, p, diff, mean) -> jax.Array:
 
 
 def harm_information(logits, dfa: Automaton) -> jax.Array:
-    """``I_t = E[Δ_t²] = Σ_{c,s} p_{t-1}(c,s) Σ_v π(v|c) Δ_t(c,s,v)²`` for ``t = 1 ... T``: ``(T,)``.
+    """``I_t = E[Δ_t²] = Σ_{c,s} p_{t-1}(c,s) Σ_v π(v|c) Δ_t(c,s,v)²``, ``t = 1 ... T``: ``(T,)``.
 
     Exactly 0 at every position beyond the horizon; ``Σ_t I_t = Var_π(h)`` (T1).
     """
@@ -348,7 +348,7 @@ def _iterate(first: np.ndarray, update, count: int) -> np.ndarray:
 
 
 def determined(dfa: Automaton, length: int) -> np.ndarray:
-    """``det[l, s]``: after a level-``l`` prefix in state ``s`` the harm is already fixed, ``(T+1, S)``.
+    """``det[l, s]``: after a level-``l`` prefix in state ``s`` the harm is fixed, ``(T+1, S)``.
 
     Takes the remaining length into account: with ``r = T - l`` steps left, ``s`` is determined
     when the minimum and maximum verdict reachable in exactly ``r`` steps agree (the same exact

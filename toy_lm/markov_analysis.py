@@ -34,6 +34,7 @@ import numpy as np
 
 from toy_lm import markov, markov_equilibrium
 from toy_lm.automata import Automaton, level_states, make_automaton
+from toy_lm.compile_options import compiler_options
 from toy_lm.errors import InputError
 from toy_lm.tree import _check_lam
 
@@ -99,8 +100,8 @@ def _scan(logits, dfa, lam, *, with_lam: bool, scaled: bool):
             logp3 = split(jax.nn.log_softmax(z_bwd, axis=-1))
             h, _, _ = markov.backward_step(jnp.exp(logp3), markov.children(h_next, dfa))
             if unscaled:
-                logz_next, _ = markov_equilibrium.log_partition_step(logp3, markov.children(logz_next, dfa),
-                                                         scaled=False)
+                logz_next, _ = markov_equilibrium.log_partition_step(
+                    logp3, markov.children(logz_next, dfa), scaled=False)
         h = h.reshape(contexts, num_states)
         logz_next = logz_next.reshape(contexts, num_states)
         return (markov.forward_step(p, pi_fwd, dfa), h, logz_next), (p, h, logz_next)
@@ -145,16 +146,10 @@ def _level_sums(probs, last_p, values, logz, verdict, lam, beyond) -> dict:
     return out
 
 
-#: XLA:CPU compiles these programs about twice as fast without its new fusion emitters, at the
-#: same run time (measured on the 2-core CPU at T=4096, V=64, S=16: 0.64 s against 1.57 s of
-#: compile CPU time for the scan).
-_CPU_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-
-
 @functools.cache
 def _compiled(fn, backend: str, static=()):
     return jax.jit(fn, static_argnames=static,
-                   compiler_options=_CPU_OPTIONS if backend == "cpu" else None)
+                   compiler_options=compiler_options(backend))
 
 
 @jax.jit
@@ -212,10 +207,13 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
                              "as in markov_logits")
         order = max(order, ref_order)
         ref_logits = markov.lift_order(ref_logits, order)
-    logits = markov.lift_order(jnp.asarray(logits), order)
-    dtype = logits.dtype
+    dtype = jnp.result_type(float)
+    if isinstance(logits, jax.Array):
+        logits = logits.astype(dtype)
+    else:   # device_put: one copy of a numpy input (jnp.asarray makes two, ~0.1 s at 128 MB)
+        logits = jax.device_put(np.asarray(logits, dtype))
+    logits = markov.lift_order(logits, order)
     det, tau = markov.determined(dfa, length), markov.horizon(dfa, length)
-    beyond = np.arange(1, length + 1) > tau
     scaled = lam is not None and markov_equilibrium.scaling_is_safe(lam, vocab_size, dtype)
     core = _compiled(_scan, jax.default_backend(), ("with_lam", "scaled"))
     scanned = core(logits, dfa, jnp.asarray(1.0 if lam is None else lam, dtype),

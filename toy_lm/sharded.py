@@ -42,7 +42,7 @@ def make_mesh(devices=None) -> Mesh:
 
 
 def split_level(vocab_size: int, length: int, num_devices: int) -> int:
-    """The smallest ``m`` with ``V**m >= D`` (at most ``T - 1``): enough subtrees for every device."""
+    """The smallest ``m`` with ``V**m >= D`` (at most ``T - 1``): a subtree for every device."""
     m = 0
     while vocab_size ** m < num_devices and m < length - 1:
         m += 1
