@@ -105,3 +105,19 @@ def test_bad_inputs():
         analyze_markov(case.logits, case.dfa, ref_logits=case.ref_logits[:-1])
     with pytest.raises(InputError, match="lambda"):
         analyze_markov(case.logits, case.dfa, lam=0.0)
+
+
+def test_float32_within_the_rederived_tolerance():
+    """float32 (for GPUs) against float64 at T = 256: within eps(float32) x 16 (T+1) V², the float64
+    derivation with float32's epsilon (H is a convex combination per level, so rounding grows
+    like T times the V-term sums)."""
+    vocab_size, length = 8, 256
+    dfa = harmful_before_refusal(vocab_size, 3, [1, 2], [7])
+    logits = np.random.default_rng(2).normal(size=(length, vocab_size, vocab_size))
+    high = analyze_markov(logits, dfa, lam=0.5)
+    low = analyze_markov(logits, dfa, lam=0.5, dtype=np.float32)
+    assert low.cond_harm.dtype == np.float32 and high.cond_harm.dtype == np.float64
+    tol = float(np.finfo(np.float32).eps) * 16 * (length + 1) * vocab_size ** 2
+    for what in ("cond_harm", "harm_information", "equilibrium_kl"):
+        err = np.max(np.abs(getattr(low, what) - getattr(high, what)))
+        assert err <= tol, (what, err, tol)

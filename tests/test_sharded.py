@@ -91,7 +91,7 @@ from test_sharded import FIELDS, instance, max_errors
 from toy_lm.analysis import analyze_tree
 from toy_lm.sharded import analyze_sharded, make_mesh
 out = {"devices": len(jax.devices()), "cases": []}
-for vocab_size, length, chunk in ((2, 8, 4), (3, 5, 2)):
+for vocab_size, length, chunk in ((2, 7, 4), (3, 4, 2)):
     logits, ref, harm = instance(vocab_size, length, binary=False)
     exact = analyze_tree(logits, harm, lam=0.5, ref_logits=ref)
     four_mesh = make_mesh()

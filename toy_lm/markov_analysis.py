@@ -175,7 +175,7 @@ def _reference_kl(logits, ref_logits, probs):
 
 
 def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logits=None,
-                   logit_grads: bool = False) -> MarkovAnalysis:
+                   logit_grads: bool = False, dtype=None) -> MarkovAnalysis:
     """Run the complete dynamic-programming analysis of a Markov policy and an automaton harm.
 
     Args:
@@ -184,6 +184,8 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
       lam: KL weight ``λ > 0`` of ``π*_λ``; None skips the equilibrium.
       ref_logits: optional reference Markov logits ``(T, V**k', V)`` for ``KL_t(π || π_ref)``.
       logit_grads: also compute the tied logit gradients ``(T, C, V)`` (covariance form).
+      dtype: floating dtype of the computation (default JAX's default float, float64 under x64).
+        float32 is for GPUs; its error grows like ``eps(float32) * T * V²`` (see the tests).
 
     Returns:
       A :class:`MarkovAnalysis` of numpy arrays (context axis of the common lifted order).
@@ -207,7 +209,7 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
                              "as in markov_logits")
         order = max(order, ref_order)
         ref_logits = markov.lift_order(ref_logits, order)
-    dtype = jnp.result_type(float)
+    dtype = np.dtype(jnp.result_type(float) if dtype is None else dtype)
     if isinstance(logits, jax.Array):
         logits = logits.astype(dtype)
     else:   # device_put: one copy of a numpy input (jnp.asarray makes two, ~0.1 s at 128 MB)
