@@ -96,6 +96,8 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
     """
     vocab_size, length = infer_sizes(logits)
     harm = validate_harm(harm, vocab_size, length)
+    if ref_logits is not None and infer_sizes(ref_logits, "ref_logits") != (vocab_size, length):
+        raise ConfigError("ref_logits must have the same V and T as logits")
     mesh = make_mesh() if mesh is None else mesh
     num_devices = mesh.devices.size
     m = split_level(vocab_size, length, num_devices) if split is None else int(split)
