@@ -132,6 +132,7 @@ def test_markov_baseline_and_automaton_harm_match_the_tables():
                                rtol=0, atol=16 * 6 * 9 * np.finfo(np.float64).eps)
 
 
+@pytest.mark.slow
 def test_transformer_too_large_to_enumerate():
     """V = 64, T = 32 (64**32 responses): estimates with finite, shrinking intervals."""
     from toy_lm.neural import TransformerPolicy

@@ -170,10 +170,11 @@ def float32_check(device, vocab_size: int = 4, length: int = 10) -> dict:
             "within_tolerance": bool(max(err_h, err_i) <= tol)}
 
 
-def gpu_rows(device, repeats: int, progress, sizes=None, check_size=(4, 10)) -> list[dict]:
+def gpu_rows(device, repeats: int, progress, sizes=None, check_size=(4, 10),
+             dtypes=(np.float32, np.float64)) -> list[dict]:
     """The suite's rows on ``device`` (``sizes``: ``{dtype: (V, T)}``, default the largest)."""
     rows = []
-    for dtype in (np.float32, np.float64):
+    for dtype in dtypes:
         vocab_size, length = (sizes or {}).get(dtype) or largest_size(
             device_memory(device), np.dtype(dtype).itemsize)
         progress(f"gpu {np.dtype(dtype).name}: V={vocab_size} T={length} on "
