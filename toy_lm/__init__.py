@@ -30,6 +30,15 @@ from toy_lm.harms import horizon as horizon
 from toy_lm.harms import random_decided_harm as random_decided_harm
 from toy_lm.harms import response_horizons as response_horizons
 from toy_lm.harms import soft_harm as soft_harm
+from toy_lm.markov_analysis import MarkovAnalysis as MarkovAnalysis
+from toy_lm.markov_analysis import analyze_markov as analyze_markov
+from toy_lm.markov_analysis import expand_to_tree as expand_to_tree
+from toy_lm.montecarlo import Estimate as Estimate
+from toy_lm.montecarlo import cond_harm_mc as cond_harm_mc
+from toy_lm.montecarlo import harmful_prefixes as harmful_prefixes
+from toy_lm.montecarlo import per_position_kl_mc as per_position_kl_mc
+from toy_lm.montecarlo import prefill_asr_mc as prefill_asr_mc
+from toy_lm.montecarlo import reinforce_grads as reinforce_grads
 from toy_lm.neural import MLPPolicy as MLPPolicy
 from toy_lm.neural import TransformerPolicy as TransformerPolicy
 from toy_lm.policies import MarkovPolicy as MarkovPolicy
@@ -38,6 +47,7 @@ from toy_lm.policies import PositionalPolicy as PositionalPolicy
 from toy_lm.policies import TabularPolicy as TabularPolicy
 from toy_lm.precision import eps_tolerance as eps_tolerance
 from toy_lm.precision import require_x64 as require_x64
+from toy_lm.sharded import analyze_sharded as analyze_sharded
 from toy_lm.tables import all_prefixes as all_prefixes
 from toy_lm.tables import check_enumeration_size as check_enumeration_size
 from toy_lm.tree import cond_harm as cond_harm

@@ -22,6 +22,8 @@ import time
 
 import numpy as np
 
+from toy_lm.bench_gpu import suite_gpu
+from toy_lm.bench_scale import suite_markov, suite_mc
 from toy_lm.errors import InputError
 
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
@@ -108,7 +110,7 @@ def suite_tree(repeats: int, quick: bool, progress) -> list[dict]:
     return rows
 
 
-SUITES = {"tree": suite_tree}
+SUITES = {"tree": suite_tree, "markov": suite_markov, "mc": suite_mc, "gpu": suite_gpu}
 
 
 def run(args) -> int:

@@ -16,6 +16,7 @@ from toy_lm.errors import HarmHorizonError
 #: Modules providing subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "toy_lm.cli_analyze",
+    "toy_lm.cli_markov",
     "toy_lm.bench",
 )
 

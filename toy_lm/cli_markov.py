@@ -1,0 +1,189 @@
+"""``harm-horizon analyze-markov``: the dynamic-programming analysis of a Markov policy and an
+automaton harm, for responses far too long to enumerate.
+
+Input: one ``.npz`` with ``markov_logits`` ``(T, V**k, V)`` (row ``c`` of position ``t`` holds the
+logits after the context ``c``: the last ``k`` tokens read as a base-``V`` number, left-padded
+with token 0 for the first positions; the order ``k`` is inferred from ``V**k``),
+``dfa_transitions`` (int, ``(S, V)``), ``dfa_verdict`` (harm of each final state, ``(S,)``, in
+``[0, 1]``) and ``dfa_start`` (int). Output: a per-position table (or JSON) and, with ``--out``,
+an ``.npz`` whose keys :func:`output_arrays` documents.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+import numpy as np
+
+from toy_lm.errors import EnumerationTooLarge, InputError
+from toy_lm.io import load_npz, npz_shapes, save_npz_atomic
+from toy_lm.tables import _human, memory_budget
+
+KEYS = ("markov_logits", "dfa_transitions", "dfa_verdict", "dfa_start")
+#: Rows of the per-position table printed without ``--json`` (the rest go to --json / --out).
+TABLE_ROWS = 24
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "analyze-markov",
+        help="dynamic-programming analysis of a Markov policy and an automaton harm (.npz)",
+        description="Exact analysis by dynamic programming over (context x automaton state): "
+                    "E[h], the horizon, I_t, and with --lam the equilibrium KL per position.")
+    p.add_argument("model", metavar="MODEL.npz",
+                   help="markov_logits (T, V**k, V), dfa_transitions (S, V), dfa_verdict (S,), "
+                        "dfa_start")
+    p.add_argument("--lam", type=float, metavar="L",
+                   help="also compute the equilibrium pi*_lambda and KL_t(pi*_lambda || pi)")
+    p.add_argument("--out", metavar="OUT.npz", help="write the computed arrays to this .npz")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+
+
+def _check_shapes(path: str, shapes: dict) -> tuple[int, int, int, int]:
+    """``(T, C, V, S)`` from the headers alone, or :class:`InputError` naming the key."""
+    missing = [k for k in KEYS if k not in shapes]
+    if missing:
+        raise InputError(f"{path} lacks {', '.join(missing)}; analyze-markov needs "
+                         + ", ".join(KEYS))
+    (logits_shape, logits_dtype), (trans_shape, trans_dtype) = (shapes["markov_logits"],
+                                                                shapes["dfa_transitions"])
+    if len(logits_shape) != 3 or logits_shape[0] < 1 or logits_shape[2] < 2:
+        raise InputError(f"markov_logits has shape {logits_shape}; expected (T, V**k, V) with "
+                         "T >= 1 and V >= 2")
+    length, contexts, vocab_size = logits_shape
+    if not (np.issubdtype(logits_dtype, np.floating) or np.issubdtype(logits_dtype, np.integer)):
+        raise InputError(f"markov_logits has dtype {logits_dtype}; logits must be real numbers")
+    if len(trans_shape) != 2 or trans_shape[1] != vocab_size or trans_shape[0] < 1:
+        raise InputError(f"dfa_transitions has shape {trans_shape}; expected (S, V) with "
+                         f"V = {vocab_size} as in markov_logits")
+    if not np.issubdtype(trans_dtype, np.integer):
+        raise InputError(f"dfa_transitions has dtype {trans_dtype}; it must hold integer states")
+    num_states = trans_shape[0]
+    if shapes["dfa_verdict"][0] != (num_states,):
+        raise InputError(f"dfa_verdict has shape {shapes['dfa_verdict'][0]}; expected "
+                         f"(S,) = ({num_states},), one harm value per automaton state")
+    start_shape, start_dtype = shapes["dfa_start"]
+    if start_shape not in ((), (1,)) or not np.issubdtype(start_dtype, np.integer):
+        raise InputError(f"dfa_start must be one integer state, got shape {start_shape} and "
+                         f"dtype {start_dtype}")
+    return length, contexts, vocab_size, num_states
+
+
+def _check_memory(length: int, contexts: int, vocab_size: int, num_states: int) -> None:
+    """Refuse, before loading, tables that would not fit (about six ``(T+1, C, S)`` tables and
+    two ``(T, C, V)`` ones in float64)."""
+    need = 8 * (6 * (length + 1) * contexts * num_states + 2 * length * contexts * vocab_size)
+    budget = memory_budget()
+    if need > budget:
+        raise EnumerationTooLarge(
+            f"the dynamic programme at T={length}, V**k={contexts}, S={num_states} needs about "
+            f"{_human(need)}, more than the {_human(budget)} available; use a lower order, fewer "
+            "automaton states or a shorter T")
+
+
+def read_model(path: str):
+    """``(logits, dfa)`` from an ``.npz``, checked header-first, then values."""
+    from toy_lm.automata import make_automaton
+    from toy_lm.markov import markov_order
+
+    shapes = npz_shapes(path)
+    length, contexts, vocab_size, num_states = _check_shapes(path, shapes)
+    markov_order(vocab_size, contexts)
+    _check_memory(length, contexts, vocab_size, num_states)
+    data = load_npz(path, KEYS)
+    logits = np.asarray(data["markov_logits"], np.float64)
+    if not np.all(np.isfinite(logits)):
+        bad = int(logits.size - np.count_nonzero(np.isfinite(logits)))
+        raise InputError(f"markov_logits has {bad} non-finite entries (NaN or inf); logits must "
+                         "be finite (use e.g. -30 for a near-zero probability)")
+    dfa = make_automaton(data["dfa_transitions"], data["dfa_verdict"],
+                         int(np.asarray(data["dfa_start"]).reshape(-1)[0]))
+    return logits, dfa
+
+
+def output_arrays(result, lam) -> dict[str, np.ndarray]:
+    """The ``--out`` keys: ``expected_harm``, ``harm_information`` ``(T,)``, ``horizon``,
+    ``cond_harm`` ``(T+1, C, S)`` (H per level, context, state; context axis of order >= 1),
+    ``determined`` ``(T+1, S)``; with ``--lam``: ``equilibrium_kl`` ``(T,)``,
+    ``equilibrium_harm`` and ``log_partition`` ``(T+1, C, S)``."""
+    out = {"expected_harm": np.float64(result.expected_harm),
+           "harm_information": result.harm_information,
+           "horizon": np.int64(result.horizon),
+           "cond_harm": result.cond_harm,
+           "determined": result.determined}
+    if lam is not None:
+        out.update(equilibrium_kl=result.equilibrium_kl,
+                   equilibrium_harm=np.float64(result.equilibrium_harm),
+                   log_partition=result.log_partition)
+    return out
+
+
+def summary(result, logits_shape, num_states: int, lam) -> dict:
+    """JSON-ready summary: sizes, ``E[h]``, the horizon and one record per position."""
+    length, contexts, vocab_size = logits_shape
+    from toy_lm.markov import markov_order
+
+    reach_det = result.determined[:-1]
+    positions = []
+    for t in range(1, length + 1):
+        row = {"position": t, "harm_information": float(result.harm_information[t - 1]),
+               "determined_states": int(reach_det[t - 1].sum())}
+        if lam is not None:
+            row["equilibrium_kl"] = float(result.equilibrium_kl[t - 1])
+        positions.append(row)
+    info = {"vocab_size": vocab_size, "length": length,
+            "order": markov_order(vocab_size, contexts), "num_states": num_states,
+            "expected_harm": result.expected_harm, "horizon": result.horizon, "lambda": lam}
+    if lam is not None:
+        info["equilibrium_harm"] = result.equilibrium_harm
+    info["positions"] = positions
+    return info
+
+
+def print_table(info: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    title = (f"V={info['vocab_size']}  T={info['length']}  order={info['order']}  "
+             f"S={info['num_states']}  E[h]={info['expected_harm']:.6g}  "
+             f"horizon τ*={info['horizon']}")
+    table = Table(title=Text(title))
+    heads = {"position": "t", "harm_information": "I_t",
+             "determined_states": "determined states (of S) at level t-1",
+             "equilibrium_kl": f"KL_t(π*_λ‖π), λ={info['lambda']}"}
+    cols = [k for k in heads if k in info["positions"][0]]
+    for k in cols:
+        table.add_column(heads[k], justify="right")
+    for row in info["positions"][:TABLE_ROWS]:
+        table.add_row(*(f"{row[k]:.4e}" if isinstance(row[k], float) else str(row[k])
+                        for k in cols))
+    console = Console()
+    console.print(table)
+    if info["length"] > TABLE_ROWS:
+        console.print(f"... {info['length'] - TABLE_ROWS} more positions (use --json or --out)")
+
+
+def run(args) -> int:
+    from toy_lm.markov_analysis import analyze_markov
+
+    if args.lam is not None and not (math.isfinite(args.lam) and args.lam > 0):
+        raise InputError(f"--lam {args.lam} must be a positive finite number (the KL weight)")
+    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise InputError(f"cannot write {args.out}: folder "
+                         f"{os.path.dirname(os.path.abspath(args.out))} does not exist")
+    logits, dfa = read_model(args.model)
+    result = analyze_markov(logits, dfa, lam=args.lam)
+    info = summary(result, logits.shape, dfa.num_states, args.lam)
+    if args.out:
+        save_npz_atomic(args.out, output_arrays(result, args.lam))
+    if args.json:
+        json.dump(info, sys.stdout, indent=2)
+        print()
+    else:
+        print_table(info)
+    return 0
