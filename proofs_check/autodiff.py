@@ -61,6 +61,12 @@ def init_params(policy, key):
     return policy.init(key)
 
 
+@jit(static_argnames=("policy",))
+def level_tables(policy, params) -> tuple:
+    """``policy.level_tables(params)`` as one compiled program."""
+    return policy.level_tables(params)
+
+
 def score_tensor(policy, params, responses) -> jax.Array:
     """``s_t(y) = ∇_θ log π_θ(y_t|y_<t)`` for every response and position, ``(N, T, D)``.
 

@@ -29,7 +29,7 @@ from toy_lm.harms import random_decided_harm, soft_harm
 from toy_lm.neural import TransformerPolicy
 from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
 from proofs_check import enumeration
-from proofs_check.autodiff import init_params, parameter_quantities, to_numpy
+from proofs_check.autodiff import init_params, level_tables, parameter_quantities, to_numpy
 
 #: Parameterizations, by the name the CLI uses.
 POLICY_KINDS = ("tabular", "positional", "markov", "transformer")
@@ -153,10 +153,16 @@ class Instance:
         """:func:`~proofs_check.autodiff.parameter_quantities` of this instance, as numpy."""
         return to_numpy(parameter_quantities(self.policy, self.params, self.harm))
 
-    @property
+    @functools.cached_property
     def tables(self) -> tuple[np.ndarray, ...]:
-        """Canonical level tables ``(V**l, V)`` of the policy (logits)."""
-        return tuple(self.quantities["tables"])
+        """Canonical level tables ``(V**l, V)`` of the policy (logits).
+
+        Read from :attr:`quantities` when those are computed already, else from a small program
+        of their own (so that using the tables alone does not compile the whole bundle).
+        """
+        if "quantities" in self.__dict__:
+            return tuple(self.quantities["tables"])
+        return tuple(to_numpy(level_tables(self.policy, self.params)))
 
     @functools.cached_property
     def probs(self) -> np.ndarray:

@@ -3,15 +3,18 @@
 Composable pieces: :func:`vocab_sizes`, :func:`lengths`, :func:`policies` (every parameterization,
 parameters drawn from a seed), :func:`harms` (binary, soft or automaton harm, with a given or a
 random horizon) and :func:`instances` (a full :class:`~proofs_check.instances.Instance`, ready for
-any registered check or your own computation). Example - a property of the engine in four lines::
+any registered check or your own computation). Example - a property of the engine in a few lines::
 
+    import jax
     from hypothesis import given
     import toy_lm
     from proofs_check.strategies import instances
 
+    harm_information = jax.jit(toy_lm.harm_information)  # compiled once per tree shape
+
     @given(instances(max_vocab=3, max_length=4))
     def test_no_information_beyond_the_horizon(inst):
-        info = toy_lm.harm_information(inst.tables, inst.harm)
+        info = harm_information(inst.tables, inst.harm)
         assert all(float(i) == 0.0 for i in info[inst.horizon:])
 
 Every drawn policy shape ``(kind, V, T)`` compiles its programs once; keep the ranges small

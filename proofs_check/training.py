@@ -32,11 +32,12 @@ import numpy as np
 import optax
 
 from toy_lm import objectives, tree
+from toy_lm.precision import eps_tolerance
 from proofs_check import controls
 from proofs_check.autodiff import jit
 from proofs_check.common import ops
 from proofs_check.registry import register
-from proofs_check.results import compare, rounding_tolerance, stated_tolerance
+from proofs_check.results import compare, rounding_tolerance
 
 #: Optimizer steps of the exact-expectation training runs (natural gradient, step 1/λ).
 STEPS = 16
@@ -48,7 +49,7 @@ NATIVE_STEPS, NATIVE_LR = 30, 0.05
 #: ``L_λ(π) - L_λ(π*_λ) = λ KL(π‖π*_λ)`` exactly; natural gradient with step ``1/λ`` is soft policy
 #: iteration, exact after ``T <= STEPS`` steps up to rounding, so the gap is a rounding residual
 #: (``~ eps x V**T``); the bound leaves ``1e6`` eps of room.
-CONVERGENCE_TOLERANCE = 1e6 * float(np.finfo(np.float64).eps)
+CONVERGENCE_FACTOR = 1e6
 
 
 def scale_by_inverse_prefix_mass() -> optax.GradientTransformation:
@@ -211,9 +212,10 @@ def training_stays_shallow(inst, plant):
         parts.append(compare("KL_t(π_k‖π0) = 0 for t > τ*, every step", hist["kl_t"][:, tau:], 0.0,
                              tol, scale=float(np.max(hist["kl_t"])),
                              lhs_name="tree.per_position_kl(π_k, π0), t > τ*", rhs_name="0"))
-    conv = stated_tolerance(CONVERGENCE_TOLERANCE,
-                            f"1e6 eps: L_λ(π) - L_λ(π*) = λ KL(π‖π*); natural gradient with step "
-                            f"1/λ is soft policy iteration, exact after T <= {STEPS} steps")
+    conv = eps_tolerance(np.float64, CONVERGENCE_FACTOR,
+                         f"room for the rounding floor of L_λ: L_λ(π) - L_λ(π*) = λ KL(π‖π*), and "
+                         f"natural gradient with step 1/λ is soft policy iteration, exact after "
+                         f"T <= {STEPS} steps")
     parts.append(compare("converges to π*_λ: KL(π_S‖π*_λ) -> 0", hist["gap"][-1], 0.0, conv,
                          scale=float(hist["gap"][0]),
                          lhs_name=f"Σ_t KL_t(π_S‖π*_λ) after {STEPS} natural-gradient steps",
