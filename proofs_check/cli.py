@@ -14,6 +14,8 @@ import sys
 import tempfile
 import time
 
+from rich.markup import escape
+
 from toy_lm.errors import InputError
 
 POLICY_CHOICES = ("tabular", "positional", "markov", "transformer", "all")
@@ -66,8 +68,14 @@ def _write_json(path: str, records) -> None:
         raise
 
 
-def _list(checks) -> int:
+def _console():
+    """stdout console; 140 columns when not a terminal (files, pipes, CI logs)."""
     from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=140)
+
+
+def _list(checks) -> int:
     from rich.table import Table
 
     from proofs_check.controls import PLANTS
@@ -76,13 +84,16 @@ def _list(checks) -> int:
     for col in ("check", "statement", "planted errors"):
         table.add_column(col)
     for c in checks:
-        table.add_row(c.id, c.statement, "\n".join(f"{p}: {PLANTS[p].description}" for p in c.plants))
-    Console().print(table)
+        table.add_row(c.id, escape(c.statement),
+                      escape("\n".join(f"{p}: {PLANTS[p].description}" for p in c.plants)))
+    _console().print(table)
     return 0
 
 
-def _fmt(x: float) -> str:
-    return f"{x:.2e}" if isinstance(x, float) and x == x else str(x)
+def _fmt(x: float, kind: str = "exact") -> str:
+    """A number for the table; statistical errors are in standard errors, rate errors in slope."""
+    text = f"{x:.2e}" if isinstance(x, float) and x == x else str(x)
+    return text + {"statistical": " σ/√n", "rate": " slope"}.get(kind, "")
 
 
 def print_report(summaries, *, negative_controls: bool, console=None) -> None:
@@ -98,8 +109,9 @@ def print_report(summaries, *, negative_controls: bool, console=None) -> None:
             table.add_column(col, justify="right" if col in ("instances", "detected") else "left",
                              no_wrap=col != "planted error")
         for s in summaries:
-            table.add_row(s.check, s.plant, str(s.instances), str(s.failed),
-                          _fmt(s.worst.max_abs_error), _fmt(s.worst.tolerance),
+            table.add_row(s.check, escape(s.plant), str(s.instances), str(s.failed),
+                          _fmt(s.worst.max_abs_error, s.worst.kind),
+                          _fmt(s.worst.tolerance, s.worst.kind),
                           "[green]DETECTED[/]" if s.ok else "[red]MISSED[/]")
     else:
         table = Table(title="theorem checks (two independent computations each)")
@@ -107,8 +119,9 @@ def print_report(summaries, *, negative_controls: bool, console=None) -> None:
             table.add_column(col, justify="right" if col == "instances" else "left",
                              no_wrap=col != "statement")
         for s in summaries:
-            table.add_row(s.check, s.statement, str(s.instances), _fmt(s.worst.max_abs_error),
-                          _fmt(s.worst.tolerance),
+            table.add_row(s.check, escape(s.statement), str(s.instances),
+                          _fmt(s.worst.max_abs_error, s.worst.kind),
+                          _fmt(s.worst.tolerance, s.worst.kind),
                           "[green]PASS[/]" if s.ok else f"[red]FAIL[/] ({s.failed})")
     console.print(table)
 
@@ -122,13 +135,14 @@ def print_spill_over(results, console=None) -> None:
             if r.plant is None and "shared_weight_spill_over" in r.measurements]
     if not rows:
         return
-    table = Table(title="measured, not asserted: training shared weights on L_λ moves the policy "
-                        "beyond the horizon (T8)")
+    table = Table(title="measured, not asserted: training the shared weights themselves on L_λ "
+                        f"({escape(rows[0][1]['optimizer'])}) moves the policy beyond the horizon (T8)")
     for col in ("instance", "max Σ_{t>τ*} KL_t", "max Σ_{t<=τ*} KL_t", "max |Δ log π| determined"):
         table.add_column(col, no_wrap=col != "instance")
     for name, m in rows:
-        table.add_row(name, _fmt(m["max_kl_beyond_horizon"]), _fmt(m["max_kl_within_horizon"]),
-                      _fmt(m["max_determined_change"]))
+        beyond = m["max_kl_beyond_horizon"]
+        table.add_row(escape(name), "n/a (τ* = T)" if beyond is None else _fmt(beyond),
+                      _fmt(m["max_kl_within_horizon"]), _fmt(m["max_determined_change"]))
     (console or Console()).print(table)
 
 
@@ -153,7 +167,7 @@ def run(args) -> int:
     if not tasks:
         raise InputError("no check applies to the chosen instances; widen --theorem or the sizes")
     err = Console(stderr=True)
-    console = Console() if sys.stdout.isatty() else Console(width=140)
+    console = _console()
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         job = bar.add_task("checking", total=len(tasks))

@@ -184,12 +184,6 @@ class Instance:
         """``H_l`` for ``l = 0 ... T`` by direct sums over responses."""
         return enumeration.direct_cond_harm(self.probs, self.harm, self.vocab_size, self.length)
 
-    def replace(self, **changes) -> "Instance":
-        """A copy with some fields changed (caches are not carried over)."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        fields.update(changes)
-        return Instance(**fields)
-
 
 def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: int | None = None,
                   harm_kind: str = "binary", lam: float = 1.0) -> Instance:

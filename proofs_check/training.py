@@ -180,7 +180,8 @@ def shared_weight_spill_over(inst) -> dict:
     kl = np.asarray(hist["kl_t"])
     tau = inst.horizon
     return {"optimizer": f"adam(lr={NATIVE_LR}), {NATIVE_STEPS} steps on the policy's parameters",
-            "max_kl_beyond_horizon": float(np.max(kl[:, tau:].sum(axis=1), initial=0.0)),
+            "max_kl_beyond_horizon": (float(np.max(kl[:, tau:].sum(axis=1)))
+                                      if tau < inst.length else None),
             "max_kl_within_horizon": float(np.max(kl[:, :tau].sum(axis=1), initial=0.0)),
             "max_determined_change": float(np.max(np.asarray(hist["determined_change"])))}
 

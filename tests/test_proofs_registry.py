@@ -26,3 +26,13 @@ def test_select_by_statement():
     assert len(select(None)) == len(all_checks())
     with pytest.raises(InputError, match="T12"):
         select(["T12"])
+
+
+def test_public_api_is_importable():
+    import proofs_check
+    import proofs_check.strategies as strategies
+
+    for name in proofs_check.__all__:
+        assert getattr(proofs_check, name) is not None
+    for name in ("vocab_sizes", "lengths", "policies", "harms", "instances"):
+        assert callable(getattr(strategies, name))
