@@ -91,9 +91,9 @@ def _list(checks) -> int:
 
 
 def _fmt(x: float, kind: str = "exact") -> str:
-    """A number for the table; statistical errors are in standard errors, rate errors in slope."""
+    """A number for the table; statistical errors are in Bernstein radii, rate errors in slope."""
     text = f"{x:.2e}" if isinstance(x, float) and x == x else str(x)
-    return text + {"statistical": " σ/√n", "rate": " slope"}.get(kind, "")
+    return text + {"statistical": " radii", "rate": " slope"}.get(kind, "")
 
 
 def print_report(summaries, *, negative_controls: bool, console=None) -> None:
@@ -172,9 +172,10 @@ def run(args) -> int:
                   TimeElapsedColumn(), console=err, transient=True) as bar:
         job = bar.add_task("checking", total=len(tasks))
 
-        def advance(task):
+        def advance(task, done):
             label = task.check.id + (f" [{task.plant}]" if task.plant else "")
-            bar.update(job, advance=1, description=f"{label:>28} {task.instance.name:<36}")
+            bar.update(job, advance=int(done),
+                       description=escape(f"{label:>28} {task.instance.name:<33}"))
 
         results = run_tasks(tasks, advance)
     summaries = summarize(results)

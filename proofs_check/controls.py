@@ -32,16 +32,26 @@ def _below_determined_applies(inst) -> bool:
     return changed_below_determined(inst.harm, inst.vocab_size, inst.length, inst.determined) is not None
 
 
+def informative(inst) -> bool:
+    """The harm is not constant (``τ* >= 1``): otherwise most errors change nothing."""
+    return inst.horizon >= 1
+
+
+def has_determined_prefix(inst) -> bool:
+    """Some prefix shorter than ``T`` is determined (claims about them are not vacuous)."""
+    return any(bool(np.any(m)) for m in inst.determined[:-1])
+
+
 #: Every planted error, by name.
 PLANTS: dict[str, Plant] = {p.name: p for p in (
     Plant("shifted-H", "H_t shifted by one position: H_l(u) read as H_{l+1}(u0)",
-          lambda inst: inst.length >= 2),
+          lambda inst: inst.length >= 2 and informative(inst)),
     Plant("wrong-baseline-level", "baseline from the wrong level: H_{t-2} where H_{t-1} belongs",
-          lambda inst: inst.length >= 2 and 1 <= inst.horizon),
+          lambda inst: inst.length >= 2 and informative(inst)),
     Plant("no-stop-gradient", "stop-gradient dropped: every factor of P(y) differentiated",
-          lambda inst: inst.length >= 2),
+          lambda inst: inst.length >= 2 and informative(inst)),
     Plant("wrong-position-score", "the score of the wrong position: s_{t+1} (cyclically) for s_t",
-          lambda inst: inst.length >= 2),
+          lambda inst: inst.length >= 2 and informative(inst)),
     Plant("previous-position-score", "the score of the previous position s_{t-1} for s_t",
           lambda inst: inst.length >= 2),
     Plant("off-policy-weights", "conditional mean taken under the uniform policy instead of π"),
@@ -50,12 +60,14 @@ PLANTS: dict[str, Plant] = {p.name: p for p in (
           _below_determined_applies),
     Plant("horizon-off-by-one", "the claimed horizon is one less than the true τ*",
           lambda inst: inst.horizon >= 1),
-    Plant("lambda-sign", "λ with the wrong sign (π0 tilted by exp(+h/λ))"),
-    Plant("lambda-scale", "λ off by a factor of 2 on one side"),
+    Plant("lambda-sign", "λ with the wrong sign (π0 tilted by exp(+h/λ))", informative),
+    Plant("lambda-scale", "λ off by a factor of 2 on one side", informative),
     Plant("wrong-position-information", "I_{t+1} used where I_t belongs (I_{T+1} = 0)",
           lambda inst: inst.horizon >= 1),
-    Plant("not-at-base", "the policy differs from π0 also at determined prefixes"),
-    Plant("wrong-reference", "DPO reference policy differs from the initial policy"),
+    Plant("not-at-base", "the policy differs from π0 also at determined prefixes",
+          has_determined_prefix),
+    Plant("wrong-reference", "DPO reference policy differs from the initial policy",
+          lambda inst: informative(inst) and has_determined_prefix(inst)),
     Plant("mu-sign", "recovery weights μ with the wrong sign"),
     Plant("mu-dropped", "the recovery term left out of the closed form (μ = 0 on one side)"),
     Plant("costs-dropped", "the dense cost left out of the equilibrium (μ = 0)"),

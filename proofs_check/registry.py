@@ -30,6 +30,7 @@ class Check:
       plants: the planted errors it must detect (names in :data:`~proofs_check.controls.PLANTS`).
       applies: whether the statement applies to an instance (e.g. binary harm only).
       topic: the module it lives in (for listings).
+      plant_requires: extra conditions, per planted error, for it to be detectable by this check.
     """
 
     id: str
@@ -38,6 +39,7 @@ class Check:
     plants: tuple[str, ...]
     applies: Callable = lambda inst: True
     topic: str = ""
+    plant_requires: tuple = ()
 
     def run(self, instance, plant: str | None = None) -> CheckResult:
         """Run on one instance, optionally with a planted error; returns the timed result."""
@@ -50,14 +52,21 @@ class Check:
 
     def plants_for(self, instance) -> list[Plant]:
         """The planted errors of this check that apply to ``instance``."""
-        return [PLANTS[name] for name in self.plants if PLANTS[name].applies(instance)]
+        extra = dict(self.plant_requires)
+        return [PLANTS[name] for name in self.plants
+                if PLANTS[name].applies(instance) and extra.get(name, lambda inst: True)(instance)]
 
 
 REGISTRY: dict[str, Check] = {}
 
 
-def register(check_id: str, statement: str, *, plants: Sequence[str], applies=None):
-    """Decorator: register ``fn(instance, plant)`` as the check ``check_id``."""
+def register(check_id: str, statement: str, *, plants: Sequence[str], applies=None,
+             plant_requires=None):
+    """Decorator: register ``fn(instance, plant)`` as the check ``check_id``.
+
+    ``plant_requires`` maps a planted error to an extra condition on the instance under which this
+    check can see it (e.g. a claim about determined prefixes needs one to exist).
+    """
     unknown = [p for p in plants if p not in PLANTS]
     if unknown or not plants:
         raise ValueError(f"check {check_id}: needs known planted errors, got {list(plants)}")
@@ -66,7 +75,8 @@ def register(check_id: str, statement: str, *, plants: Sequence[str], applies=No
         if check_id in REGISTRY:
             raise ValueError(f"check {check_id} registered twice")
         REGISTRY[check_id] = Check(check_id, statement, fn, tuple(plants),
-                                   applies or (lambda inst: True), fn.__module__.rsplit(".", 1)[-1])
+                                   applies or (lambda inst: True), fn.__module__.rsplit(".", 1)[-1],
+                                   tuple((plant_requires or {}).items()))
         return fn
 
     return wrap

@@ -52,10 +52,13 @@ def _crashed(task: Task, err: BaseException) -> CheckResult:
                        plant=task.plant)
 
 
-def run_tasks(tasks: Sequence[Task], progress: Callable[[Task], None] | None = None) -> list[CheckResult]:
-    """Run tasks in order; ``progress(task)`` is called after each one."""
+def run_tasks(tasks: Sequence[Task], progress: Callable[[Task, bool], None] | None = None
+              ) -> list[CheckResult]:
+    """Run tasks in order; ``progress(task, done)`` is called before (False) and after (True) each."""
     results = []
     for task in tasks:
+        if progress is not None:
+            progress(task, False)
         try:
             result = task.check.run(task.instance, task.plant)
         except HarmHorizonError:
@@ -64,7 +67,7 @@ def run_tasks(tasks: Sequence[Task], progress: Callable[[Task], None] | None = N
             result = _crashed(task, err)
         results.append(result)
         if progress is not None:
-            progress(task)
+            progress(task, True)
     return results
 
 

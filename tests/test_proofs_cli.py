@@ -1,5 +1,6 @@
 """Tests of ``harm-horizon check``: held-out settings, JSON records, exit statuses."""
 
+import dataclasses
 import json
 
 import pytest
@@ -45,8 +46,7 @@ def test_a_failing_check_gives_exit_status_1(monkeypatch, capsys):
     def wrong(inst, plant):
         return [Part("planted", "a", "b", [], [], 1.0, 1.0, 0.0, "none", "float64", False)]
 
-    monkeypatch.setitem(registry.REGISTRY, "T4", broken.__class__(
-        broken.id, broken.statement, wrong, broken.plants, broken.applies, broken.topic))
+    monkeypatch.setitem(registry.REGISTRY, "T4", dataclasses.replace(broken, fn=wrong))
     assert main(["check", "--theorem", "T4", *HELD_OUT, "--policy", "tabular"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
@@ -57,8 +57,7 @@ def test_an_undetected_planted_error_gives_exit_status_1(monkeypatch, capsys):
     def blind(inst, plant):  # a check that cannot fail
         return [Part("blind", "a", "b", [], [], 0.0, 0.0, 1.0, "none", "float64", True)]
 
-    monkeypatch.setitem(registry.REGISTRY, "T4", broken.__class__(
-        broken.id, broken.statement, blind, broken.plants, broken.applies, broken.topic))
+    monkeypatch.setitem(registry.REGISTRY, "T4", dataclasses.replace(broken, fn=blind))
     assert main(["check", "--negative-controls", "--theorem", "T4", *HELD_OUT,
                  "--policy", "tabular"]) == 1
     assert "MISSED" in capsys.readouterr().out
