@@ -24,10 +24,11 @@ import jax
 import numpy as np
 
 from toy_lm.automata import Automaton, automaton_harm_table, harmful_before_refusal, make_automaton
-from toy_lm.errors import InputError
+from toy_lm.errors import InputError, PrecisionError
 from toy_lm.harms import random_decided_harm, soft_harm
 from toy_lm.neural import TransformerPolicy
 from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
+from toy_lm.precision import require_x64
 from proofs_check import enumeration
 from proofs_check.autodiff import init_params, level_tables, parameter_quantities, to_numpy
 
@@ -127,6 +128,12 @@ class Instance:
                 f"response (and DPO every pair), so keep V**T <= {MAX_RESPONSES}: lower --vocab "
                 "or --length")
         object.__setattr__(self, "harm", harm)
+        low = {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(self.params)
+               if np.issubdtype(leaf.dtype, np.floating) and leaf.dtype != np.float64}
+        if low:
+            raise PrecisionError(
+                f"instance {self.name!r} has {', '.join(sorted(low))} parameters; the checks are "
+                "exact in float64: call toy_lm.require_x64() before creating parameters")
 
     @property
     def vocab_size(self) -> int:
@@ -187,7 +194,7 @@ class Instance:
 
 def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: int | None = None,
                   harm_kind: str = "binary", lam: float = 1.0) -> Instance:
-    """A random instance of a parameterization.
+    """A random instance of a parameterization (turns float64 on, see :func:`toy_lm.require_x64`).
 
     Args:
       kind: one of :data:`POLICY_KINDS`.
@@ -199,6 +206,7 @@ def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: in
         :func:`recovery_cost_automaton`; needs ``V >= 3``).
       lam: ``λ``.
     """
+    require_x64()
     policy = make_policy(kind, vocab_size, length)
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     params = init_params(policy, key_policy)

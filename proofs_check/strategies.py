@@ -17,7 +17,8 @@ any registered check or your own computation). Example - a property of the engin
         info = harm_information(inst.tables, inst.harm)
         assert all(float(i) == 0.0 for i in info[inst.horizon:])
 
-Every drawn policy shape ``(kind, V, T)`` compiles its programs once; keep the ranges small
+Drawing a policy turns JAX's float64 mode on (:func:`toy_lm.require_x64`): the checks are exact
+in float64. Every drawn policy shape ``(kind, V, T)`` compiles its programs once; keep the ranges small
 (``V**T`` up to a few hundred) so a run stays fast. Shrinking goes towards small ``V``, ``T`` and
 seed 0.
 """
@@ -30,6 +31,7 @@ from hypothesis import strategies as st
 
 from toy_lm.automata import automaton_harm_table, harmful_before_refusal, pattern_harm
 from toy_lm.harms import random_decided_harm, soft_harm
+from toy_lm.precision import require_x64
 from proofs_check.autodiff import init_params
 from proofs_check.instances import (
     HARMFUL_TOKEN,
@@ -69,6 +71,7 @@ def policies(draw, *, vocab_size=None, length=None, kinds=POLICY_KINDS, max_voca
         ``"transformer"``).
       max_vocab, max_length: upper limits when drawing ``V`` / ``T``.
     """
+    require_x64()
     kind = draw(st.sampled_from(tuple(kinds)))
     v = vocab_size if vocab_size is not None else draw(vocab_sizes(2, max_vocab))
     t = length if length is not None else draw(lengths(1, max_length))

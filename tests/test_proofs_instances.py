@@ -49,3 +49,12 @@ def test_recovery_cost_is_undetermined_after_the_harm_is_decided():
     # harmful (1) -> cost state; refusal (2) afterwards -> recovered; refusal first -> safe.
     assert dfa.transitions[0, 1] == 1 and dfa.transitions[1, 2] == 2 and dfa.transitions[0, 2] == 3
     assert dfa.transitions[1, 0] == 1 and list(dfa.verdict) == [0, 1, 0, 0]
+
+
+def test_float32_parameters_are_refused():
+    from toy_lm.errors import PrecisionError
+
+    inst = instances.make_instance("tabular", 2, 2, seed=0, tau=1)
+    params32 = tuple(np.asarray(p, np.float32) for p in inst.params)
+    with pytest.raises(PrecisionError, match="require_x64"):
+        instances.Instance("f32", inst.policy, params32, inst.harm)
