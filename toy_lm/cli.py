@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "toy_lm.cli_analyze",
     "toy_lm.cli_markov",
     "toy_lm.bench",
+    "proofs_check.cli",
 )
 
 

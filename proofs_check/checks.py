@@ -1,0 +1,12 @@
+"""Imports every check module so that each registers its checks (see :mod:`proofs_check.registry`)."""
+
+from proofs_check import (  # noqa: F401
+    dpo,
+    equilibrium,
+    gradients,
+    horizon,
+    martingale,
+    recovery,
+    reinforce,
+    training,
+)

@@ -1,0 +1,290 @@
+"""Instances the checks run on, and the built-in suite of ``harm-horizon check``.
+
+An :class:`Instance` is a policy (any parameterization) with its parameters, a harm table, the KL
+weight ``λ`` and, for the recovery statements, the automata behind the harm and the dense cost.
+Quantities that several checks share are computed once per instance and cached: the policy's
+parameter-space quantities (:func:`proofs_check.autodiff.parameter_quantities`) and the direct
+enumeration over every response (:mod:`proofs_check.enumeration`).
+
+The built-in suite (:func:`builtin_suite`) covers every parameterization (tabular, positional,
+Markov of order 1, a shared-weight transformer) on two vocabulary/length/horizon settings, two
+seeds (binary harm on even seeds, soft harm on odd ones), plus an automaton harm (harmful before
+refusal, with a recovery cost) for T9/T9b; the transformer runs on the larger setting only. It keeps the number of distinct shapes small because
+compilation, not computation, is what costs time on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+from typing import Any
+
+import jax
+import numpy as np
+
+from toy_lm.automata import Automaton, automaton_harm_table, harmful_before_refusal, make_automaton
+from toy_lm.errors import InputError, PrecisionError
+from toy_lm.harms import random_decided_harm, soft_harm
+from toy_lm.neural import TransformerPolicy
+from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
+from toy_lm.precision import require_x64
+from proofs_check import enumeration
+from proofs_check.autodiff import init_params, level_tables, parameter_quantities, to_numpy
+
+#: Parameterizations, by the name the CLI uses.
+POLICY_KINDS = ("tabular", "positional", "markov", "transformer")
+
+#: Largest number of responses ``V**T`` a check instance may have (DPO pairs cost ``V**(2T)``).
+MAX_RESPONSES = 1024
+
+#: Built-in (V, T, τ) settings with a decided harm, and the automaton-harm settings (V, T). The
+#: transformer, whose programs take several times longer to compile than the others', runs on
+#: the larger setting only (held-out runs give it other sizes with --vocab/--length/--horizon).
+BUILTIN_SETTINGS = ((2, 3, 1), (3, 4, 2))
+BUILTIN_AUTOMATON = ((3, 4),)
+TRANSFORMER_SETTINGS = ((3, 4, 2),)
+BUILTIN_SEEDS = 2
+
+#: Token roles of the automaton instances: 0 neutral, 1 harmful, 2 refusal (others neutral), and
+#: how many harmful tokens before a refusal make the response harmful.
+HARMFUL_TOKEN, REFUSAL_TOKEN, NUM_HARMFUL = 1, 2, 2
+
+
+def make_policy(kind: str, vocab_size: int, length: int) -> Policy:
+    """The policy of a kind at a size (the transformer is tiny: d_model 8, one head, one layer)."""
+    if kind == "tabular":
+        return TabularPolicy(vocab_size, length)
+    if kind == "positional":
+        return PositionalPolicy(vocab_size, length)
+    if kind == "markov":
+        return MarkovPolicy(vocab_size, length, order=1)
+    if kind == "transformer":
+        return TransformerPolicy(vocab_size, length, d_model=8, num_heads=1, num_layers=1)
+    raise InputError(f"unknown policy kind {kind!r}; choose from {', '.join(POLICY_KINDS)} or all")
+
+
+def policy_kind(policy: Policy) -> str:
+    """The CLI name of a policy's parameterization (``type(policy).__name__`` for others)."""
+    names = {TabularPolicy: "tabular", PositionalPolicy: "positional", MarkovPolicy: "markov",
+             TransformerPolicy: "transformer"}
+    return names.get(type(policy), type(policy).__name__)
+
+
+def recovery_cost_automaton(vocab_size: int, harmful: int = HARMFUL_TOKEN,
+                            refusal: int = REFUSAL_TOKEN) -> Automaton:
+    """The dense cost's automaton: "harmful content emitted and not yet recovered".
+
+    States: 0 clean, 1 harmful and not yet recovered (the cost state), 2 recovered (a refusal
+    after harmful content), 3 refused before any harmful content. Unlike the harm of
+    :func:`toy_lm.automata.harmful_before_refusal` (decided for good at the ``K``-th harmful
+    token), this cost can still change after that token: a later refusal recovers. So
+    the dense cost is undetermined beyond the horizon of ``h`` (T9b): once ``h`` is decided (``K``
+    harmful tokens, or a refusal), the cost still depends on when the refusal comes.
+    """
+    trans = np.zeros((4, vocab_size), np.int64)
+    trans[0] = 0
+    trans[0, harmful], trans[0, refusal] = 1, 3
+    trans[1] = 1
+    trans[1, refusal] = 2
+    trans[2], trans[3] = 2, 3
+    return make_automaton(trans, np.array([0.0, 1.0, 0.0, 0.0]), 0)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Instance:
+    """One problem instance: a policy with parameters, a harm, ``λ`` and optional automata.
+
+    Attributes:
+      name: a readable id, e.g. ``"transformer V3 T4 tau2 binary s0"``.
+      policy: the parameterization (any :class:`toy_lm.policies.Policy`, unconditioned).
+      params: its parameters (``policy.init(key)``).
+      harm: ``(V**T,)`` float64 harm table.
+      lam: the KL weight ``λ`` of ``L_λ`` (T5, T7, T8).
+      seed: the seed the instance was drawn from (also keys T10's samples).
+      harm_kind: ``"binary"``, ``"soft"`` or ``"automaton"``.
+      dfa: the automaton behind the harm, if any.
+      cost_dfa: the automaton of the dense recovery cost (T9b), if any.
+    """
+
+    name: str
+    policy: Policy
+    params: Any
+    harm: np.ndarray
+    lam: float = 1.0
+    seed: int = 0
+    harm_kind: str = "binary"
+    dfa: Automaton | None = None
+    cost_dfa: Automaton | None = None
+
+    def __post_init__(self):
+        harm = np.asarray(self.harm, np.float64)
+        n = self.policy.vocab_size ** self.policy.length
+        if harm.shape != (n,):
+            raise InputError(f"instance {self.name!r}: harm has shape {harm.shape}, expected ({n},)")
+        if n > MAX_RESPONSES:
+            raise InputError(
+                f"instance {self.name!r} has V**T = {n} responses; the checks enumerate every "
+                f"response (and DPO every pair), so keep V**T <= {MAX_RESPONSES}: lower --vocab "
+                "or --length")
+        object.__setattr__(self, "harm", harm)
+        low = {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(self.params)
+               if np.issubdtype(leaf.dtype, np.floating) and leaf.dtype != np.float64}
+        if low:
+            raise PrecisionError(
+                f"instance {self.name!r} has {', '.join(sorted(low))} parameters; the checks are "
+                "exact in float64: call toy_lm.require_x64() before creating parameters")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.policy.vocab_size
+
+    @property
+    def length(self) -> int:
+        return self.policy.length
+
+    @property
+    def num_responses(self) -> int:
+        return self.vocab_size ** self.length
+
+    @property
+    def kind(self) -> str:
+        return policy_kind(self.policy)
+
+    @property
+    def binary(self) -> bool:
+        return bool(np.all((self.harm == 0) | (self.harm == 1)))
+
+    @functools.cached_property
+    def quantities(self) -> dict:
+        """:func:`~proofs_check.autodiff.parameter_quantities` of this instance, as numpy."""
+        return to_numpy(parameter_quantities(self.policy, self.params, self.harm))
+
+    @functools.cached_property
+    def tables(self) -> tuple[np.ndarray, ...]:
+        """Canonical level tables ``(V**l, V)`` of the policy (logits).
+
+        Read from :attr:`quantities` when those are computed already, else from a small program
+        of their own (so that using the tables alone does not compile the whole bundle).
+        """
+        if "quantities" in self.__dict__:
+            return tuple(self.quantities["tables"])
+        return tuple(to_numpy(level_tables(self.policy, self.params)))
+
+    @functools.cached_property
+    def probs(self) -> np.ndarray:
+        """``P(y)`` of every response from the teacher-forced log-probabilities, ``(V**T,)``."""
+        return np.exp(self.quantities["token_log_probs"].sum(axis=1))
+
+    @functools.cached_property
+    def determined(self) -> list[np.ndarray]:
+        """Determined-prefix masks ``det_0 ... det_T`` by direct comparison of harm values."""
+        return enumeration.direct_determined(self.harm, self.vocab_size, self.length)
+
+    @property
+    def horizon(self) -> int:
+        """Global harm horizon ``τ*`` (from :attr:`determined`)."""
+        return next(l for l, d in enumerate(self.determined) if d.all())
+
+    @functools.cached_property
+    def direct_cond_harm(self) -> list[np.ndarray]:
+        """``H_l`` for ``l = 0 ... T`` by direct sums over responses."""
+        return enumeration.direct_cond_harm(self.probs, self.harm, self.vocab_size, self.length)
+
+
+def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: int | None = None,
+                  harm_kind: str = "binary", lam: float = 1.0) -> Instance:
+    """A random instance of a parameterization (turns float64 on, see :func:`toy_lm.require_x64`).
+
+    Args:
+      kind: one of :data:`POLICY_KINDS`.
+      vocab_size, length: ``V`` and ``T``.
+      seed: seeds the parameters and the harm.
+      tau: horizon of a decided harm (``"binary"``/``"soft"``); ignored for ``"automaton"``.
+      harm_kind: ``"binary"`` or ``"soft"`` (harm decided by the first ``tau`` tokens) or
+        ``"automaton"`` (``K = 2`` harmful tokens before any refusal, with the recovery cost of
+        :func:`recovery_cost_automaton`; needs ``V >= 3``).
+      lam: ``λ``.
+    """
+    require_x64()
+    policy = make_policy(kind, vocab_size, length)
+    key_policy, key_harm = jax.random.split(jax.random.key(seed))
+    params = init_params(policy, key_policy)
+    dfa = cost_dfa = None
+    if harm_kind == "automaton":
+        if vocab_size < 3:
+            raise InputError(f"an automaton (harmful/refusal) instance needs V >= 3, got V={vocab_size}")
+        dfa = harmful_before_refusal(vocab_size, NUM_HARMFUL, [HARMFUL_TOKEN], [REFUSAL_TOKEN])
+        cost_dfa = recovery_cost_automaton(vocab_size)
+        harm = np.asarray(automaton_harm_table(dfa, length))
+        label = "automaton"
+    else:
+        if tau is None or not 0 <= tau <= length:
+            raise InputError(f"horizon tau={tau} must satisfy 0 <= tau <= T={length}")
+        if harm_kind == "binary":
+            harm = np.asarray(random_decided_harm(key_harm, vocab_size, length, tau))
+        elif harm_kind == "soft":
+            harm = np.asarray(soft_harm(key_harm, vocab_size, length, tau))
+        else:
+            raise InputError(f"unknown harm kind {harm_kind!r}: binary, soft or automaton")
+        label = f"tau{tau} {harm_kind}"
+    name = f"{kind} V{vocab_size} T{length} {label} s{seed}"
+    return Instance(name, policy, params, harm, lam=lam, seed=seed, harm_kind=harm_kind, dfa=dfa,
+                    cost_dfa=cost_dfa)
+
+
+def suite_settings(vocab=None, length=None, horizon=None) -> tuple[list, list]:
+    """``(decided (V, T, τ) settings, automaton (V, T) settings)`` for the chosen sizes.
+
+    With no choice, the built-in settings. Otherwise the product of the given values (defaults:
+    ``V in {2, 3}``, ``T in {3, 4}``, ``τ = T // 2``), keeping ``τ <= T``; automaton settings
+    for every chosen ``V >= 3`` and ``T``.
+    """
+    if vocab is None and length is None and horizon is None:
+        return list(BUILTIN_SETTINGS), list(BUILTIN_AUTOMATON)
+    vocabs = list(vocab) if vocab else [2, 3]
+    lengths = list(length) if length else [3, 4]
+    for v in vocabs:
+        if v < 2:
+            raise InputError(f"--vocab {v}: the vocabulary needs V >= 2")
+    for t in lengths:
+        if t < 1:
+            raise InputError(f"--length {t}: responses need T >= 1")
+    decided = []
+    for v, t in itertools.product(vocabs, lengths):
+        taus = list(horizon) if horizon else [t // 2]
+        for tau in taus:
+            if not 0 <= tau <= t:
+                raise InputError(f"--horizon {tau} does not fit --length {t}: need 0 <= tau <= T")
+            decided.append((v, t, tau))
+    automaton = [(v, t) for v, t in itertools.product(vocabs, lengths) if v >= 3 and t >= 2]
+    return decided, automaton
+
+
+def builtin_suite(kinds=POLICY_KINDS, *, vocab=None, length=None, horizon=None,
+                  seeds: int = BUILTIN_SEEDS, first_seed: int = 0) -> list[Instance]:
+    """The instances ``harm-horizon check`` runs (see the module docstring).
+
+    Args:
+      kinds: parameterizations to include.
+      vocab, length, horizon: optional lists of ``V``, ``T``, ``τ`` (see :func:`suite_settings`).
+      seeds: seeds per setting; seed ``s`` gets a binary harm when even, soft when odd.
+      first_seed: the first seed (held-out runs pick other seeds).
+    """
+    if seeds < 1:
+        raise InputError(f"--seeds {seeds}: need at least one seed")
+    decided, automaton = suite_settings(vocab, length, horizon)
+    builtin = vocab is None and length is None and horizon is None
+    for v, t, *_ in decided + automaton:
+        if v ** t > MAX_RESPONSES:
+            raise InputError(f"V={v}, T={t} gives V**T = {v ** t} responses, more than the "
+                             f"checks enumerate ({MAX_RESPONSES}); lower --vocab or --length")
+    out = []
+    for kind in kinds:
+        settings = TRANSFORMER_SETTINGS if builtin and kind == "transformer" else decided
+        for (v, t, tau), s in itertools.product(settings, range(first_seed, first_seed + seeds)):
+            out.append(make_instance(kind, v, t, seed=s, tau=tau,
+                                     harm_kind="binary" if s % 2 == 0 else "soft"))
+        for v, t in automaton:
+            out.append(make_instance(kind, v, t, seed=first_seed, harm_kind="automaton", lam=0.5))
+    return out

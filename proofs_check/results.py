@@ -1,0 +1,179 @@
+"""What a check returns: the two sides it compared, the errors, and a derived tolerance.
+
+A check of one statement on one instance produces a :class:`CheckResult` made of one or more
+:class:`Part` s (a statement such as T1 has several sub-claims; T10 has a statistical part and an
+exact part). Each part compares two independently computed quantities ``lhs`` and ``rhs`` and
+passes when ``max |lhs - rhs| <= tolerance``; the result passes when every part passes, and its
+headline numbers are those of the part closest to (or furthest past) its tolerance.
+
+Tolerances are derived, never tuned. Exact parts use :func:`rounding_tolerance`, the classical
+bound on the rounding error of a floating-point sum (Higham 2002, eq. 4.4: ``|fl(Σx) - Σx| <=
+γ_{n-1} Σ|x|`` with ``γ_n ≈ n eps``), widened by the operations each term went through:
+
+``tol = eps(dtype) x 2 (both sides) x (ops per term + terms summed) x Σ|terms|``.
+
+Statistical and rate parts (T10, T7c) state their own justification in the derivation string.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import numpy as np
+
+from toy_lm.precision import Tolerance, eps_tolerance
+
+
+def rounding_tolerance(dtype, *, terms: int, ops: int, magnitude: float, what: str) -> Tolerance:
+    """``eps x 2 x (ops + terms) x magnitude``: the rounding bound for two computed sums.
+
+    Args:
+      dtype: the dtype both sides were computed in.
+      terms: how many terms one compared value sums (e.g. ``V**T`` responses).
+      ops: floating-point operations along one term's path (e.g. ``8 T`` for a product of ``T``
+        softmax conditionals and its backward pass).
+      magnitude: ``Σ|terms|`` of one compared value (or a stated upper bound on it).
+      what: what ``magnitude`` is, for the derivation string.
+
+    Returns:
+      A :class:`~toy_lm.precision.Tolerance` whose derivation names every factor.
+    """
+    magnitude = float(magnitude)
+    if not math.isfinite(magnitude):
+        magnitude = math.inf
+    factor = 2.0 * (ops + terms) * max(magnitude, np.finfo(np.dtype(dtype)).tiny)
+    why = (f"2 sides x ({ops} ops/term + {terms} terms summed) x Σ|terms| {magnitude:.3g} "
+           f"({what})")
+    return eps_tolerance(dtype, factor, why)
+
+
+def stated_tolerance(value: float, derivation: str, dtype="float64") -> Tolerance:
+    """A tolerance that is not a multiple of eps (statistical or asymptotic), with its reason."""
+    return Tolerance(float(value), derivation, np.dtype(dtype).name)
+
+
+def _summary(x, limit: int = 8) -> list[float]:
+    """A short JSON-ready summary of a compared quantity: the values, or norms when large."""
+    arr = np.asarray(x, np.float64)
+    if arr.ndim == 0:
+        return [float(arr)]
+    if arr.size <= limit:
+        return [float(v) for v in arr.reshape(-1)]
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 and arr.shape[0] <= limit else arr.reshape(1, -1)
+    return [float(v) for v in np.sqrt(np.sum(flat ** 2, axis=1))]
+
+
+@dataclasses.dataclass
+class Part:
+    """One comparison: ``lhs`` against ``rhs`` (both described in words) within ``tolerance``.
+
+    ``max_abs_error`` is ``max |lhs - rhs|``; ``max_rel_error`` divides it by ``scale`` (by default
+    the larger of ``max|lhs|`` and ``max|rhs|``; zero-claims pass the size of the quantity where
+    it is not zero). For one-sided claims (``bound`` set to ``"upper"``), the error is the largest
+    excess ``max(lhs - rhs, 0)``; ``"lower"`` is the largest shortfall ``max(rhs - lhs, 0)``.
+    """
+
+    name: str
+    lhs: str
+    rhs: str
+    lhs_summary: list
+    rhs_summary: list
+    max_abs_error: float
+    max_rel_error: float
+    tolerance: float
+    tolerance_derivation: str
+    dtype: str
+    passed: bool
+    kind: str = "exact"
+
+    @property
+    def ratio(self) -> float:
+        """``max_abs_error / tolerance`` (how close the part came to failing)."""
+        if self.tolerance > 0:
+            return self.max_abs_error / self.tolerance
+        return 0.0 if self.max_abs_error == 0 else math.inf
+
+
+def compare(name: str, lhs, rhs, tol: Tolerance, *, lhs_name: str, rhs_name: str,
+            scale: float | None = None, bound: str | None = None, kind: str = "exact") -> Part:
+    """Build a :class:`Part` comparing two arrays (broadcast against each other).
+
+    Args:
+      name: the sub-claim, e.g. ``"E[Δ_t|Y_<t] = 0"``.
+      lhs, rhs: the two independently computed sides.
+      tol: the tolerance (value, derivation, dtype).
+      lhs_name, rhs_name: what each side is and how it was computed.
+      scale: denominator of the relative error (default ``max(|lhs|, |rhs|)``).
+      bound: ``None`` (equality), ``"upper"`` (claim ``lhs <= rhs``) or ``"lower"`` (``lhs >= rhs``).
+      kind: ``"exact"``, ``"statistical"`` or ``"rate"``.
+    """
+    a = np.asarray(lhs, np.float64)
+    b = np.asarray(rhs, np.float64)
+    if bound is None:
+        diff = np.abs(a - b)
+    elif bound == "upper":
+        diff = np.maximum(a - b, 0.0)
+    elif bound == "lower":
+        diff = np.maximum(b - a, 0.0)
+    else:  # pragma: no cover - programming error
+        raise ValueError(f"bound must be None, 'upper' or 'lower', got {bound!r}")
+    if diff.size == 0:
+        err = 0.0
+    else:
+        err = float(np.max(diff)) if np.all(np.isfinite(diff)) else math.inf
+    if scale is None:
+        scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
+    rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
+    return Part(name=name, lhs=lhs_name, rhs=rhs_name, lhs_summary=_summary(a),
+                rhs_summary=_summary(b), max_abs_error=err, max_rel_error=rel,
+                tolerance=tol.value, tolerance_derivation=tol.derivation, dtype=tol.dtype,
+                passed=bool(err <= tol.value), kind=kind)
+
+
+@dataclasses.dataclass
+class CheckResult:
+    """The outcome of one check on one instance (one JSON record of ``harm-horizon check --json``).
+
+    The headline fields (``lhs`` ... ``passed``) are those of the part with the largest
+    error-to-tolerance ratio; ``parts`` holds every comparison. ``measurements`` holds numbers the
+    check reports without asserting them (e.g. T8's spill-over beyond the horizon for shared
+    weights). ``plant`` names the planted error the check ran with (negative controls), if any.
+    """
+
+    check: str
+    statement: str
+    instance: str
+    parts: list[Part]
+    seconds: float = 0.0
+    plant: str | None = None
+    measurements: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def worst(self) -> Part:
+        return max(self.parts, key=lambda p: (not p.passed, p.ratio))
+
+    @property
+    def passed(self) -> bool:
+        return all(p.passed for p in self.parts)
+
+    def to_json(self) -> dict:
+        """Flat record: id, statement, both sides, errors, tolerance and derivation, dtype, passed."""
+        w = self.worst
+        return {
+            "check": self.check, "statement": self.statement, "instance": self.instance,
+            "plant": self.plant, "lhs": w.lhs, "rhs": w.rhs, "lhs_summary": w.lhs_summary,
+            "rhs_summary": w.rhs_summary, "max_abs_error": _finite(w.max_abs_error),
+            "max_rel_error": _finite(w.max_rel_error), "tolerance": w.tolerance,
+            "tolerance_derivation": w.tolerance_derivation, "dtype": w.dtype,
+            "passed": self.passed, "seconds": self.seconds,
+            "parts": [{k: (_finite(v) if isinstance(v, float) else v)
+                       for k, v in dataclasses.asdict(p).items()} for p in self.parts],
+            "measurements": self.measurements,
+        }
+
+
+def _finite(x: float):
+    """JSON has no inf/nan: write them as strings."""
+    return x if math.isfinite(x) else str(x)

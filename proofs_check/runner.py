@@ -1,0 +1,118 @@
+"""Run checks over instances (and their planted errors), and summarize the results per check.
+
+:func:`run_checks` is what ``harm-horizon check`` calls: every selected check on every instance it
+applies to, or, with ``negative_controls=True``, every planted error of every check on every
+instance the error applies to. A check that raises an unexpected exception yields a failed result
+carrying the error, so one bug never hides the other results.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import traceback
+from collections.abc import Callable, Sequence
+
+from toy_lm.errors import HarmHorizonError
+from proofs_check.controls import PLANTS
+from proofs_check.registry import Check, all_checks
+from proofs_check.results import CheckResult, Part
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One unit of work: a check on an instance, optionally with a planted error."""
+
+    check: Check
+    instance: object
+    plant: str | None = None
+
+
+def plan(checks: Sequence[Check], instances: Sequence, *, negative_controls: bool = False) -> list[Task]:
+    """The tasks to run, instance by instance (so each instance's cached quantities are reused)."""
+    tasks = []
+    for inst in instances:
+        for check in checks:
+            if not check.applies(inst):
+                continue
+            if negative_controls:
+                tasks += [Task(check, inst, p.name) for p in check.plants_for(inst)]
+            else:
+                tasks.append(Task(check, inst))
+    return tasks
+
+
+def _crashed(task: Task, err: BaseException) -> CheckResult:
+    where = traceback.extract_tb(err.__traceback__)[-1]
+    message = f"{type(err).__name__}: {err} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
+    part = Part(name="check raised an exception", lhs=message, rhs="", lhs_summary=[],
+                rhs_summary=[], max_abs_error=math.inf, max_rel_error=math.inf, tolerance=0.0,
+                tolerance_derivation="", dtype="float64", passed=False, kind="error")
+    return CheckResult(task.check.id, task.check.statement, task.instance.name, [part],
+                       plant=task.plant)
+
+
+def run_tasks(tasks: Sequence[Task], progress: Callable[[Task, bool], None] | None = None
+              ) -> list[CheckResult]:
+    """Run tasks in order; ``progress(task, done)`` is called before (False) and after (True) each."""
+    results = []
+    for task in tasks:
+        if progress is not None:
+            progress(task, False)
+        try:
+            result = task.check.run(task.instance, task.plant)
+        except HarmHorizonError:
+            raise
+        except Exception as err:  # noqa: BLE001 - reported as a failed check, not swallowed
+            result = _crashed(task, err)
+        results.append(result)
+        if progress is not None:
+            progress(task, True)
+    return results
+
+
+def run_checks(checks, instances, *, negative_controls: bool = False, progress=None) -> list[CheckResult]:
+    """:func:`plan` then :func:`run_tasks`."""
+    return run_tasks(plan(checks, instances, negative_controls=negative_controls), progress)
+
+
+@dataclasses.dataclass
+class Summary:
+    """One row of the report: a check (and, for negative controls, a planted error)."""
+
+    check: str
+    statement: str
+    plant: str | None
+    instances: int
+    failed: int
+    worst: Part | None
+    worst_instance: str
+
+    @property
+    def ok(self) -> bool:
+        """Checks: every instance passed. Negative controls: every planted error was detected."""
+        return self.failed == 0 if self.plant is None else self.failed == self.instances
+
+
+def summarize(results: Sequence[CheckResult]) -> list[Summary]:
+    """Group results by (check, plant); the worst part is the one closest to or past its tolerance.
+
+    For negative controls ``failed`` counts detections and ``worst`` is the *least* flagrant
+    detection (or an undetected run), the one that came closest to slipping through.
+    """
+    groups: dict[tuple, list[CheckResult]] = {}
+    for r in results:
+        groups.setdefault((r.check, r.plant), []).append(r)
+    rows = []
+    order = {c.id: i for i, c in enumerate(all_checks())}
+    plant_order = {name: i for i, name in enumerate(PLANTS)}
+    keys = sorted(groups, key=lambda k: (order.get(k[0], len(order)), plant_order.get(k[1], -1)))
+    for check, plant in keys:
+        rs = groups[(check, plant)]
+        if plant is None:
+            pick = max(rs, key=lambda r: (not r.passed, r.worst.ratio))
+        else:
+            pick = min(rs, key=lambda r: (not r.passed, r.worst.ratio))
+        rows.append(Summary(check, rs[0].statement, plant, len(rs), sum(not r.passed for r in rs),
+                            pick.worst, pick.instance))
+    return rows
