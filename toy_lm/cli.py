@@ -17,6 +17,7 @@ from toy_lm.errors import HarmHorizonError
 COMMAND_MODULES = (
     "toy_lm.cli_analyze",
     "toy_lm.bench",
+    "experiments.cli",
 )
 
 
