@@ -5,12 +5,15 @@ the base model's harmful responses (``attack.num_examples`` drawn from ``P_{π0}
 0 = the exact distribution). With ``attack.objective = "constrained"`` the fine-tuning goes through
 Qi et al.'s token-wise constrained loss with reference ``π_A`` and the ``β_t`` schedule of
 :func:`experiments.objectives.qi_betas` - their defence, applied by whoever runs the fine-tuning.
-The survival curve is the exact ``E[h]`` after every attack step.
+The survival curve is the exact ``E[h]`` before the attack and after every attack step.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -23,8 +26,33 @@ from toy_lm import tree
 from toy_lm.policies import Policy
 
 
-def _harmful_tables(policy: Policy, params):
-    return jax.jit(lambda p: policy.level_tables(p, HARMFUL))(params)
+@functools.lru_cache(maxsize=None)
+def _harmful_tables_program(policy: Policy):
+    return jax.jit(lambda p: policy.level_tables(p, HARMFUL))
+
+
+@functools.lru_cache(maxsize=None)
+def _attack_step(policy: Policy, optimizer: str, learning_rate: float):
+    """Compiled attack step ``(params, state, data) -> (params, state, E[h] before, E[h] after)``.
+
+    One program serves both attacks: ``data["constrained"]`` (0 or 1) selects the loss.
+    """
+    opt = make_optimizer(optimizer, learning_rate)
+
+    def loss_fn(p, d):
+        tables = policy.level_tables(p, HARMFUL)
+        constrained = constrained_loss(tables, d["reference"], d["weights"], d["betas"])
+        plain = supervised_loss(tables, d["weights"])
+        return d["constrained"] * constrained + (1 - d["constrained"]) * plain
+
+    def step(p, state, d):
+        before = tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
+        grads = jax.grad(loss_fn)(p, d)
+        updates, state = opt.update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+        return p, state, before, tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
+
+    return jax.jit(step)
 
 
 def attack_betas(cfg: RunConfig) -> np.ndarray:
@@ -46,38 +74,19 @@ def fine_tuning_attack(cfg: RunConfig, policy: Policy, world: RefusalWorld, para
     """Run one attack (``objective`` = ``sft`` or ``constrained``) from ``params``.
 
     Returns:
-      ``{"steps": [0..n], "expected_harm": [E[h] after each step], "prefill_asr": ASR(k) of the
-      attacked model after the last step}``.
+      ``{"steps": [0 ... n], "expected_harm": [E[h] before the attack, after each step]}``.
     """
     k = cfg.attack
     weights = harmful_attack_weights(cfg, world, base_tables, key)
-    reference = _harmful_tables(policy, params)
-    betas = attack_betas(cfg)
     opt = make_optimizer(k.optimizer, k.learning_rate)
-
-    def loss_fn(p, d):
-        tables = policy.level_tables(p, HARMFUL)
-        if objective == "constrained":
-            return constrained_loss(tables, d["reference"], d["weights"], d["betas"])
-        return supervised_loss(tables, d["weights"])
-
-    @jax.jit
-    def step(p, state, d):
-        grads = jax.grad(loss_fn)(p, d)
-        updates, state = opt.update(grads, state, p)
-        p = optax.apply_updates(p, updates)
-        return p, state, tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
-
-    d = {"reference": reference, "weights": weights, "betas": betas, "harm": world.harm}
-    harms = [float(_expected_harm(reference, world.harm))]
+    step = _attack_step(policy, k.optimizer, k.learning_rate)
+    d = {"reference": _harmful_tables_program(policy)(params),
+         "weights": tuple(jnp.asarray(w) for w in weights), "betas": jnp.asarray(attack_betas(cfg)),
+         "harm": world.harm, "constrained": jnp.asarray(float(objective == "constrained"))}
+    harms = []
     state = opt.init(params)
     for _ in range(k.steps):
-        params, state, harm = step(params, state, d)
-        harms.append(float(harm))
-    final = _harmful_tables(policy, params)
-    return {"steps": list(range(k.steps + 1)), "expected_harm": harms,
-            "prefill_asr": np.asarray(_asr_curve(final, world.harm, base_tables[HARMFUL])).tolist()}
-
-
-_expected_harm = jax.jit(tree.expected_harm)
-_asr_curve = jax.jit(tree.prefill_asr_curve)
+        params, state, before, after = step(params, state, d)
+        harms = harms or [float(before)]
+        harms.append(float(after))
+    return {"steps": list(range(k.steps + 1)), "expected_harm": harms}

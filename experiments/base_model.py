@@ -13,6 +13,7 @@ every alignment run; :func:`sft_gap` reports how far it is from the behaviour it
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import NamedTuple
@@ -26,7 +27,6 @@ from experiments import data
 from experiments.config import PolicyConfig, RunConfig
 from experiments.objectives import supervised_loss
 from experiments.world import PROMPTS, RefusalWorld
-from toy_lm import tree
 from toy_lm.errors import ConfigError
 from toy_lm.io import save_npz_atomic
 from toy_lm.neural import TransformerPolicy
@@ -56,9 +56,10 @@ def init_params(policy: Policy, cfg: PolicyConfig, key: jax.Array):
         shapes = [(policy.num_prompts, policy.vocab_size ** level, policy.vocab_size)
                   for level in range(policy.length)]
         sizes = [int(np.prod(s)) for s in shapes]
-        flat = cfg.init_scale * jax.random.normal(key, (sum(sizes),))
+        flat = cfg.init_scale * np.asarray(jax.random.normal(key, (sum(sizes),)))
         cuts = np.cumsum(sizes)[:-1]
-        return tuple(part.reshape(shape) for part, shape in zip(jnp.split(flat, cuts), shapes))
+        return tuple(jnp.asarray(part.reshape(shape)) for part, shape in zip(np.split(flat, cuts),
+                                                                              shapes))
     if isinstance(policy, MarkovPolicy):
         return policy.init(key, scale=cfg.init_scale)
     return policy.init(key)
@@ -69,9 +70,15 @@ def prompt_tables(policy: Policy, params) -> tuple[tuple, ...]:
     return tuple(policy.level_tables(params, prompt) for prompt in range(len(PROMPTS)))
 
 
+@functools.lru_cache(maxsize=None)
+def tables_program(policy: Policy):
+    """Compiled ``params -> prompt_tables`` (one program per policy, shared by every run)."""
+    return jax.jit(lambda p: prompt_tables(policy, p))
+
+
 def all_tables(policy: Policy, params) -> tuple[tuple, ...]:
     """:func:`prompt_tables` as numpy arrays, computed in one compiled call."""
-    return jax.tree_util.tree_map(np.asarray, jax.jit(lambda p: prompt_tables(policy, p))(params))
+    return jax.tree_util.tree_map(np.asarray, tables_program(policy)(params))
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
@@ -84,16 +91,13 @@ def behaviour_weights(world: RefusalWorld, key: jax.Array, num_examples: int):
     out = []
     for prompt, tables in enumerate(world.behaviour):
         if num_examples == 0:
-            out.append(tuple(np.asarray(w) for w in _policy_weights(tables)))
+            out.append(data.policy_weights(tables))
         else:
             examples = data.response_examples(data.response_probs(tables), world.vocab_size,
                                               world.length)
             sampled = data.sample_examples(jax.random.fold_in(key, prompt), examples, num_examples)
             out.append(data.level_weights(sampled, world.vocab_size, world.length))
     return tuple(out)
-
-
-_policy_weights = jax.jit(data.policy_weights)
 
 
 class BaseModel(NamedTuple):
@@ -105,14 +109,41 @@ class BaseModel(NamedTuple):
     seconds: float
 
 
-@jax.jit
-def _sequence_kl(tables, ref_tables):
-    return jnp.sum(tree.per_position_kl(tables, ref_tables))
-
-
 def sft_gap(tables, world: RefusalWorld) -> list[float]:
-    """``KL(behaviour ‖ π0)`` per prompt (sequence level, nats): how well SFT imitated."""
-    return [float(_sequence_kl(world.behaviour[x], tables[x])) for x in range(len(PROMPTS))]
+    """``KL(behaviour ‖ π0)`` per prompt (sequence level, nats): how well SFT imitated.
+
+    ``Σ_l Σ_{u,v} P_b(u) π_b(v|u) (log π_b(v|u) - log π0(v|u))`` (chain rule), in numpy.
+    """
+    out = []
+    for x in range(len(PROMPTS)):
+        weights = data.policy_weights(world.behaviour[x])
+        gap = 0.0
+        for w, zb, z in zip(weights, world.behaviour[x], tables[x]):
+            gap += float(np.sum(w * (_log_softmax(zb) - _log_softmax(z))))
+        out.append(gap)
+    return out
+
+
+def _log_softmax(z) -> np.ndarray:
+    z = np.asarray(z, np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+@functools.lru_cache(maxsize=None)
+def _sft_step(policy: Policy, optimizer: str, learning_rate: float):
+    opt = make_optimizer(optimizer, learning_rate)
+
+    def loss_fn(p, w):
+        tables = prompt_tables(policy, p)
+        return sum(supervised_loss(tables[x], w[x]) for x in range(len(PROMPTS))) / 2
+
+    def step(p, state, w):
+        grads = jax.grad(loss_fn)(p, w)
+        updates, state = opt.update(grads, state, p)
+        return optax.apply_updates(p, updates), state
+
+    return jax.jit(step)
 
 
 def train_base(cfg: RunConfig, world: RefusalWorld, policy: Policy, key: jax.Array) -> BaseModel:
@@ -122,17 +153,7 @@ def train_base(cfg: RunConfig, world: RefusalWorld, policy: Policy, key: jax.Arr
     params = init_params(policy, cfg.policy, init_key)
     weights = behaviour_weights(world, data_key, cfg.base.num_examples)
     opt = make_optimizer(cfg.base.optimizer, cfg.base.learning_rate)
-
-    def loss_fn(p, w):
-        tables = prompt_tables(policy, p)
-        return sum(supervised_loss(tables[x], w[x]) for x in range(len(PROMPTS))) / 2
-
-    @jax.jit
-    def step(p, state, w):
-        grads = jax.grad(loss_fn)(p, w)
-        updates, state = opt.update(grads, state, p)
-        return optax.apply_updates(p, updates), state
-
+    step = _sft_step(policy, cfg.base.optimizer, cfg.base.learning_rate)
     state = opt.init(params)
     for _ in range(cfg.base.steps):
         params, state = step(params, state, weights)

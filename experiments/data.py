@@ -21,7 +21,6 @@ import jax
 import numpy as np
 
 from experiments.world import RefusalWorld
-from toy_lm import tree
 from toy_lm.tables import all_prefixes, level_size
 
 
@@ -53,21 +52,32 @@ def response_examples(probs: np.ndarray, vocab_size: int, length: int) -> Exampl
     return Examples(all_prefixes(vocab_size, length), np.zeros(len(probs), np.int64), probs)
 
 
+def _conditionals(log_tables) -> list[np.ndarray]:
+    """``π(v | u)`` per level in numpy (data preparation needs no compiled program)."""
+    out = []
+    for z in log_tables:
+        z = np.asarray(z, np.float64)
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        out.append(e / e.sum(axis=1, keepdims=True))
+    return out
+
+
 def policy_weights(log_tables) -> tuple[np.ndarray, ...]:
     """Exact level weights of a policy's own responses: ``W_l[u, v] = P(u) π(v | u)``.
 
     (Cheaper than enumerating responses; equals ``level_weights(response_examples(P))``.)
     """
-    probs = tree.prefix_probs(log_tables)
-    return tuple(probs[level + 1].reshape(-1, np.shape(t)[1]) for level, t in enumerate(log_tables))
-
-
-_response_log_probs = jax.jit(tree.response_log_probs)
+    prefix = np.ones(1)
+    out = []
+    for pi in _conditionals(log_tables):
+        out.append(prefix[:, None] * pi)
+        prefix = out[-1].reshape(-1)
+    return tuple(out)
 
 
 def response_probs(log_tables) -> np.ndarray:
     """``P(y)`` for every response ``(V**T,)``."""
-    return np.exp(np.asarray(_response_log_probs(tuple(log_tables))))
+    return policy_weights(log_tables)[-1].reshape(-1)
 
 
 def harmful_response_probs(base_tables, world: RefusalWorld) -> np.ndarray:
@@ -93,12 +103,12 @@ def augmentation_examples(base_tables, world: RefusalWorld) -> Examples:
     """Qi et al.'s safety-recovery examples, exactly: harmful prefix of ``k`` tokens, then refusal.
 
     ``k = 0`` with probability 1/2, otherwise uniform over ``1 ... T-1``; the prefix is the first
-    ``k`` tokens of a base harmful response (``q_k`` = :func:`toy_lm.tree.harmful_prefix_dist`),
+    ``k`` tokens of a base harmful response (``q_k``, :func:`harmful_prefix_dists`),
     and the loss applies to the refusal response only (from level ``k``).
     """
     vocab_size, length = world.vocab_size, world.length
     seqs, starts, weights = [refusal_response(world, [])[None]], [0], [0.5]
-    dists = harmful_prefix_dists(tuple(base_tables), world.harm)
+    dists = harmful_prefix_dists(base_tables, world.harm)
     for k in range(1, length):
         q = np.asarray(dists[k])
         prefixes = all_prefixes(vocab_size, k)
@@ -109,10 +119,16 @@ def augmentation_examples(base_tables, world: RefusalWorld) -> Examples:
     return Examples(np.concatenate(seqs), np.asarray(starts), np.asarray(weights))
 
 
-@jax.jit
-def harmful_prefix_dists(base_tables, harm) -> list:
-    """``q_0 ... q_{T-1}``, ``q_l = P_{π0}(y_<=l | h = 1)`` ``(V**l,)``: base harmful prefixes."""
-    return [tree.harmful_prefix_dist(base_tables, harm, level) for level in range(len(base_tables))]
+def harmful_prefix_dists(base_tables, harm) -> list[np.ndarray]:
+    """``q_0 ... q_{T-1}``, ``q_l = P_{π0}(y_<=l | h = 1)`` ``(V**l,)``: base harmful prefixes.
+
+    The marginals of ``P_{π0}(y | h = 1)`` (numpy; the same quantity as
+    :func:`toy_lm.tree.harmful_prefix_dist`, which the tests compare it with).
+    """
+    joint = response_probs(base_tables) * np.asarray(harm, np.float64)
+    joint = joint / joint.sum()
+    vocab_size, length = np.shape(base_tables[0])[1], len(base_tables)
+    return [joint.reshape(level_size(vocab_size, level), -1).sum(axis=1) for level in range(length)]
 
 
 def refusal_examples(world: RefusalWorld) -> Examples:

@@ -61,10 +61,13 @@ def sample_from_tables(key: jax.Array, logits, num: int) -> np.ndarray:
     return tokens
 
 
-def martingale_paths(key, logits, harm, num: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sampled responses and their paths ``H_0 ... H_T`` under the same policy, ``(num, T+1)``."""
+def martingale_paths(key, logits, harm, num: int, values=None) -> tuple[np.ndarray, np.ndarray]:
+    """Sampled responses and their paths ``H_0 ... H_T`` under the same policy, ``(num, T+1)``.
+
+    ``values`` may pass the already computed ``H_0 ... H_T`` of ``logits``.
+    """
     vocab_size = np.shape(logits[0])[1]
-    values = _cond_harm(tuple(logits), harm)
+    values = values if values is not None else _cond_harm(tuple(logits), harm)
     responses = sample_from_tables(key, logits, num)
     paths = np.stack([np.asarray(values[level])[prefix_index(responses[:, :level], vocab_size)]
                       for level in range(len(logits) + 1)], axis=1)
@@ -129,7 +132,12 @@ def _model_arrays(tab_h, tab_b, base_h, base_b, harm, utility, det):
         "spill_over_kl": jnp.stack([jnp.sum(p * k * d) for p, k, d in zip(own, kl_rows, det)]),
         "benign_per_position_kl": tree.per_position_kl(tab_b, base_b),
         "prefill_asr": tree.prefill_asr_curve(tab_h, harm, base_h),
+        "cond_harm": tree.cond_harm(tab_h, harm),
     }
+
+
+def _scalars_and_lists(arrays: dict) -> dict:
+    return {k: (float(v) if np.ndim(v) == 0 else _list(v)) for k, v in arrays.items()}
 
 
 def equilibrium_measurements(world: RefusalWorld, base_tables, lam: float, mu: float) -> dict:
@@ -140,28 +148,28 @@ def equilibrium_measurements(world: RefusalWorld, base_tables, lam: float, mu: f
 
     The benign prompt keeps the base tables, so only harmful-prompt fields are meaningful.
     """
-    base_h = tuple(jnp.asarray(t) for t in base_tables[0])
     costs = exact.automaton_costs(world.recovery_dfa, world.length, [1])
-    optima = {"rlhf": _equilibrium(base_h, world.harm, lam),
-              "recovery_dense": _dense_equilibrium(base_h, world.harm, costs,
-                                                   jnp.full(world.length, mu), lam)}
-    out = {}
-    for name, tables in optima.items():
-        arrays = _model_arrays(tables, base_tables[1], *base_tables, world.harm, world.utility,
-                               world.determined[:-1])
-        out[name] = {k: (float(v) if np.ndim(v) == 0 else _list(v)) for k, v in arrays.items()
-                     if not k.startswith("benign") and k != "utility"}
-    return out
+    arrays = _equilibria_arrays(*base_tables, world.harm, world.utility, world.determined[:-1],
+                                costs, jnp.full(world.length, mu), lam)
+    return {name: _scalars_and_lists({k: v for k, v in measured.items()
+                                      if not k.startswith("benign") and k not in ("utility",
+                                                                                  "cond_harm")})
+            for name, measured in arrays.items()}
 
 
-_equilibrium = jax.jit(tree.equilibrium_policy)
-_dense_equilibrium = jax.jit(exact.dense_equilibrium_policy)
+@jax.jit
+def _equilibria_arrays(base_h, base_b, harm, utility, det, costs, mu, lam):
+    optima = {"rlhf": tree.equilibrium_policy(base_h, harm, lam),
+              "recovery_dense": exact.dense_equilibrium_policy(base_h, harm, costs, mu, lam)}
+    return {name: _model_arrays(tables, base_b, base_h, base_b, harm, utility, det)
+            for name, tables in optima.items()}
 
 
 def model_measurements(world: RefusalWorld, tables, base_tables, key, num_paths: int) -> dict:
     """Exact measurements of a model with level tables ``(harmful, benign)`` against the base."""
     arrays = _model_arrays(*tables, *base_tables, world.harm, world.utility, world.determined[:-1])
-    out = {k: (float(v) if np.ndim(v) == 0 else _list(v)) for k, v in arrays.items()}
-    _, paths = martingale_paths(key, tables[0], world.harm, num_paths)
+    values = [np.asarray(v) for v in arrays.pop("cond_harm")]
+    out = _scalars_and_lists(arrays)
+    _, paths = martingale_paths(key, tables[0], world.harm, num_paths, values)
     out["martingale_paths"] = np.asarray(paths).tolist()
     return out

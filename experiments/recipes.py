@@ -75,7 +75,7 @@ def _harmful_prompt_loss(cfg: RunConfig, world: RefusalWorld, base_h):
     if a.objective == "rlhf":
         return (lambda t, d: exact.kl_regularized_loss(t, d["base"][0], d["harm"], a.lam)), {}
     if a.objective == "recovery_prefill":
-        extra = {"q": datasets.harmful_prefix_dists(tuple(base_h), world.harm)[1:],
+        extra = {"q": [jnp.asarray(q) for q in datasets.harmful_prefix_dists(base_h, world.harm)[1:]],
                  "mu": jnp.full(world.length - 1, a.mu)}
         return (lambda t, d: exact.recovery_prefill_loss(t, d["harm"], d["q"], d["mu"])
                 + _kl(t, d["base"][0], a.lam)), extra

@@ -8,7 +8,8 @@ Three tables, each row carrying the run id, the package version and the *full* c
   ``prefill_asr_floor`` and ``harm_information`` at the same index, and the run's scalars
   (``expected_harm``, ``utility``, their base values, the attacks' final ``E[h]``);
 * ``training`` - one row per run, recorded training step and position: ``grad_norm`` (the
-  position x step map), with the step's ``loss``, ``expected_harm`` and ``utility``;
+  position x step map), with the step's ``loss``, and the ``expected_harm`` and ``utility`` of
+  the parameters that step started from (where the gradient was taken);
 * ``attack`` - one row per run, attack objective and attack step: ``expected_harm``.
 """
 
@@ -75,8 +76,8 @@ def training_rows(result: dict) -> list[dict]:
     for step, norms in zip(hist["grad_steps"], hist["grad_norms"]):
         for index, norm in enumerate(norms):
             rows.append({**ident, "step": step, "position": index + 1, "grad_norm": norm,
-                         "loss": hist["loss"][step], "expected_harm": hist["expected_harm"][step + 1],
-                         "utility": hist["utility"][step + 1]})
+                         "loss": hist["loss"][step], "expected_harm": hist["expected_harm"][step],
+                         "utility": hist["utility"][step]})
     return rows
 
 

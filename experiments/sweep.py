@@ -101,22 +101,42 @@ def _format_seconds(seconds: float) -> str:
 
 
 def _run_one(args) -> tuple[str, float, str | None]:
-    """Worker: run one configuration (given as a dict) into ``out``; never raises."""
+    """Worker: run one configuration (given as a dict) into ``out``; never raises a user error."""
     config_dict, out = args
     start = time.perf_counter()
+    cfg = config_from_dict(config_dict)
     try:
-        cfg = config_from_dict(config_dict)
         train_and_evaluate(cfg, out)
         return run_id(cfg), time.perf_counter() - start, None
     except HarmHorizonError as err:
-        return run_id(config_from_dict(config_dict)), time.perf_counter() - start, str(err)
+        return run_id(cfg), time.perf_counter() - start, str(err)
+
+
+def _train_base(args) -> str:
+    """Worker: train and cache the base model of one configuration."""
+    from experiments.base_model import make_policy
+    from experiments.world import make_world
+
+    config_dict, out = args
+    cfg = config_from_dict(config_dict)
+    world = make_world(cfg.world)
+    get_base(cfg, world, make_policy(cfg.policy, world), out)
+    return os.path.basename(base_cache_path(out, cfg))
+
+
+#: XLA settings of the worker processes: one thread each, so that parallel workers share the cores
+#: instead of competing for them. Every sweep computation runs in such a worker (even with one
+#: job), so a sweep's numbers do not depend on --jobs; a run made in a process with other
+#: settings (``harm-horizon train``) agrees with them to rounding (about 1e-15).
+WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
 def _init_worker():  # pragma: no cover - runs in the worker processes
-    # One XLA thread per worker: the workers already keep every core busy.
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()
+    from toy_lm.precision import require_x64
+
     enable_compilation_cache()
+    require_x64()
 
 
 def clean_partial_files(out: str) -> int:
@@ -132,20 +152,14 @@ def pending(configs: list[RunConfig], out: str) -> list[RunConfig]:
     return [c for c in configs if not os.path.exists(result_path(out, c))]
 
 
-def prepare_bases(configs: list[RunConfig], out: str, log: Callable[[str], None]) -> None:
-    """Train (once, here) each base model the pending runs need, so workers only load them."""
-    from experiments.base_model import make_policy
-    from experiments.world import make_world
-
-    done = set()
+def missing_bases(configs: list[RunConfig], out: str) -> list[RunConfig]:
+    """One configuration per base model that the runs need and the cache lacks."""
+    found = {}
     for cfg in configs:
         path = base_cache_path(out, cfg)
-        if path in done or os.path.exists(path):
-            continue
-        log(f"training base model {os.path.basename(path)} ({cfg.policy.kind}, seed {cfg.seed})")
-        world = make_world(cfg.world)
-        get_base(cfg, world, make_policy(cfg.policy, world), out)
-        done.add(path)
+        if path not in found and not os.path.exists(path):
+            found[path] = cfg
+    return list(found.values())
 
 
 def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
@@ -155,7 +169,8 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
     Args:
       configs: the sweep's configurations.
       out: output folder (created); results in ``out/runs``, tables in ``out``.
-      jobs: parallel worker processes (1: run here, in this process).
+      jobs: parallel worker processes (every run happens in a worker, see
+        :data:`WORKER_XLA_FLAGS`).
       log: progress sink (default: stderr).
 
     Returns:
@@ -174,10 +189,7 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
     todo = pending(configs, out)
     log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
         f" ({jobs} parallel)")
-    failures = []
-    if todo:
-        prepare_bases(todo, out, log)
-        failures = _execute(todo, out, jobs, log)
+    failures = _execute(todo, out, jobs, log) if todo else []
     done = [c for c in configs if os.path.exists(result_path(out, c))]
     results = [results_mod.read_result(result_path(out, c)) for c in done]
     if results:
@@ -190,31 +202,28 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
 
 
 def _execute(todo, out, jobs, log) -> list[str]:
-    start = time.perf_counter()
-    tasks = [(config_to_dict(c), out) for c in todo]
+    """Train the missing base models, then run ``todo``, in a pool of worker processes."""
     failures = []
-
-    def report(index, rid, seconds, error):
-        elapsed = time.perf_counter() - start
-        remaining = len(tasks) - index
-        eta = elapsed / index * remaining
-        status = f"FAILED: {error}" if error else f"done in {_format_seconds(seconds)}"
-        log(f"[{index}/{len(tasks)}] {rid} {status}; elapsed {_format_seconds(elapsed)}, "
-            f"ETA {_format_seconds(eta)}")
-        if error:
-            failures.append(f"{rid}: {error}")
-
-    if jobs == 1 or len(tasks) == 1:
-        for index, task in enumerate(tasks, 1):
-            report(index, *_run_one(task))
-        return failures
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), _init_worker)
+    bases = missing_bases(todo, out)
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), _init_worker)
     try:
-        for index, outcome in enumerate(pool.imap_unordered(_run_one, tasks), 1):
-            report(index, *outcome)
+        if bases:
+            log(f"training {len(bases)} base model(s)")
+            for name in pool.imap_unordered(_train_base, [(config_to_dict(c), out) for c in bases]):
+                log(f"base model {name} ready")
+        start = time.perf_counter()
+        tasks = [(config_to_dict(c), out) for c in todo]
+        for index, (rid, seconds, error) in enumerate(pool.imap_unordered(_run_one, tasks), 1):
+            elapsed = time.perf_counter() - start
+            eta = elapsed / index * (len(tasks) - index)
+            status = f"FAILED: {error}" if error else f"done in {_format_seconds(seconds)}"
+            log(f"[{index}/{len(tasks)}] {rid} {status}; elapsed {_format_seconds(elapsed)}, "
+                f"ETA {_format_seconds(eta)}")
+            if error:
+                failures.append(f"{rid}: {error}")
         pool.close()
     except BaseException:
-        pool.terminate()  # Ctrl-C or kill: finished runs are on disk; nothing partial is kept
+        pool.terminate()  # Ctrl-C or a kill: finished runs are on disk, nothing partial is kept
         raise
     finally:
         pool.join()

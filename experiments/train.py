@@ -12,6 +12,8 @@ fixed tag per stage, so the same configuration gives the same numbers.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -75,9 +77,9 @@ def package_version() -> str:
 
 
 class History(NamedTuple):
-    """Per-step training record: ``loss``, exact ``expected_harm`` and ``utility`` (``steps + 1``
-    values, the first before any update) and ``grad_norms`` ``(recorded steps, T)`` at
-    ``grad_steps``."""
+    """Per-step training record: ``loss``, exact ``expected_harm`` and ``utility`` of the
+    parameters each step started from (the values after the last step are the run's measured
+    ones), and ``grad_norms`` ``(recorded steps, T)`` at ``grad_steps``."""
 
     loss: list
     expected_harm: list
@@ -92,39 +94,50 @@ def _only_position(cotangent: tuple, position: int) -> tuple:
                  for t, c in enumerate(cotangent))
 
 
-def make_step(objective: Objective, optimizer: optax.GradientTransformation, length: int,
+def make_step(objective: Objective, optimizer: optax.GradientTransformation, policy: Policy,
               with_map: bool):
-    """A jitted optax step ``(params, state, key, data) -> (params, state, loss, norms (T,))``.
+    """A jitted optax step ``(params, state, key, data, harm, utility) -> (params, state, loss,
+    norms (T,), E[h], E[u])`` where ``E[h]`` (harmful prompt) and ``E[u]`` (benign prompt) are
+    exact and belong to the parameters *before* the update.
 
     With ``with_map`` the gradient is assembled as ``Σ_t g_t`` from the ``T`` per-position
     pull-backs (so the recorded norms are of exactly what was applied); without it, one pull-back.
     """
+    length = policy.length
 
-    def step(params, state, key, data):
+    def step(params, state, key, data, harm, utility):
+        before = (tree.expected_harm(policy.level_tables(params, HARMFUL), harm),
+                  tree.expected_harm(policy.level_tables(params, BENIGN), utility))
         batch = objective.prepare(params, key, data)
         feats, pullback = jax.vjp(lambda p: objective.features(p, batch), params)
         loss, cotangent = jax.value_and_grad(objective.loss)(feats, batch, data)
         if with_map:
             per_position = [pullback(_only_position(cotangent, t))[0] for t in range(length)]
             grads = jax.tree_util.tree_map(lambda *g: sum(g), *per_position)
-            norms = jnp.stack([optax.global_norm(g) for g in per_position])
+            norms = jnp.stack([optax.tree.norm(g) for g in per_position])
         else:
             (grads,) = pullback(cotangent)
             norms = jnp.full((length,), jnp.nan)
         updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state, loss, norms
+        return (optax.apply_updates(params, updates), state, loss, norms) + before
 
     return jax.jit(step)
 
 
-def make_evaluate(policy: Policy):
-    """Jitted ``(params, harm, utility) -> (E[h] harmful prompt, E[u] benign prompt)``, exact."""
+_STEPS: dict = {}
 
-    def evaluate(params, harm, utility):
-        return (tree.expected_harm(policy.level_tables(params, HARMFUL), harm),
-                tree.expected_harm(policy.level_tables(params, BENIGN), utility))
 
-    return jax.jit(evaluate)
+def compiled_step(cfg: RunConfig, policy: Policy, objective: Objective, with_map: bool):
+    """:func:`make_step` for ``cfg``, shared by every run whose step is the same program.
+
+    An objective's functions depend only on the policy, the world and the alignment settings (its
+    arrays travel in ``objective.data``), so those - not the seed or the step count - are the key.
+    """
+    key = (policy, cfg.world, dataclasses.replace(cfg.align, steps=0, grad_map_every=1), with_map)
+    if key not in _STEPS:
+        optimizer = base_model.make_optimizer(cfg.align.optimizer, cfg.align.learning_rate)
+        _STEPS[key] = make_step(objective, optimizer, policy, with_map)
+    return _STEPS[key]
 
 
 def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWorld, params,
@@ -132,17 +145,15 @@ def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWo
     """``align.steps`` optax steps of ``objective`` from ``params``; returns ``(params, History)``."""
     a = cfg.align
     optimizer = base_model.make_optimizer(a.optimizer, a.learning_rate)
-    evaluate = make_evaluate(policy)
-    step_map = make_step(objective, optimizer, world.length, True)
-    step_plain = make_step(objective, optimizer, world.length, False) if a.grad_map_every > 1 else None
+    step_map = compiled_step(cfg, policy, objective, True)
+    step_plain = compiled_step(cfg, policy, objective, False) if a.grad_map_every > 1 else None
     state = optimizer.init(params)
-    harm, util = evaluate(params, world.harm, world.utility)
-    hist = History([], [float(harm)], [float(util)], [], [])
+    hist = History([], [], [], [], [])
     for i in range(a.steps):
         recorded = i % a.grad_map_every == 0
         step = step_map if recorded else step_plain
-        params, state, loss, norms = step(params, state, jax.random.fold_in(key, i), objective.data)
-        harm, util = evaluate(params, world.harm, world.utility)
+        params, state, loss, norms, harm, util = step(params, state, jax.random.fold_in(key, i),
+                                                      objective.data, world.harm, world.utility)
         if not np.isfinite(float(loss)):
             raise InputError(f"training diverged at step {i} (loss {float(loss)}); lower "
                              f"align.learning_rate={a.learning_rate}")
@@ -224,15 +235,18 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
                              jax.random.fold_in(key, _ALIGN))
     align_seconds = time.perf_counter() - start - base_seconds
     tables = base_model.all_tables(policy, params)
+    aligned = measure.model_measurements(world, tables, base.tables,
+                                         jax.random.fold_in(key, _MEASURE), cfg.measure.num_paths)
+    if cfg.align.objective != "none":  # the history ends with the trained model's values
+        hist.expected_harm.append(aligned["expected_harm"])
+        hist.utility.append(aligned["utility"])
     result = {
         "run_id": run_id(cfg),
         "version": package_version(),
         "config": config_to_dict(cfg),
         "base": {**measure.base_measurements(world, base.tables, cfg.measure.equilibrium_lams),
                  "sft_gap": base.sft_gap},
-        "aligned": measure.model_measurements(world, tables, base.tables,
-                                              jax.random.fold_in(key, _MEASURE),
-                                              cfg.measure.num_paths),
+        "aligned": aligned,
         "equilibria": measure.equilibrium_measurements(world, base.tables, cfg.align.lam,
                                                        cfg.align.mu),
         "training": hist._asdict(),
