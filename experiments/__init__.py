@@ -10,7 +10,7 @@ from experiments.attack import fine_tuning_attack as fine_tuning_attack
 from experiments.attack import fine_tuning_attacks as fine_tuning_attacks
 from experiments.base_model import make_policy as make_policy
 from experiments.base_model import train_base as train_base
-from experiments.config import PRESETS as PRESETS
+from experiments.presets import PRESETS as PRESETS
 from experiments.config import AlignConfig as AlignConfig
 from experiments.config import AttackConfig as AttackConfig
 from experiments.config import BaseConfig as BaseConfig
@@ -19,7 +19,7 @@ from experiments.config import PolicyConfig as PolicyConfig
 from experiments.config import RunConfig as RunConfig
 from experiments.config import WorldConfig as WorldConfig
 from experiments.config import config_hash as config_hash
-from experiments.config import load_config as load_config
+from experiments.presets import load_config as load_config
 from experiments.config import with_overrides as with_overrides
 from experiments.figures import make_figures as make_figures
 from experiments.headline import run_headline as run_headline

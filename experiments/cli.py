@@ -85,7 +85,7 @@ def _check_jobs(jobs: int) -> None:
 def run_train(args) -> int:
     _setup()
     from experiments import figures, results
-    from experiments.config import load_config
+    from experiments.presets import load_config
     from experiments.train import result_path, train_and_evaluate
 
     cfg = load_config(args.config)

@@ -35,7 +35,8 @@ import time
 import numpy as np
 
 from experiments import figures, sweep
-from experiments.config import RunConfig, preset, with_overrides
+from experiments.config import RunConfig, with_overrides
+from experiments.presets import preset
 from experiments.train import package_version, write_json_atomic
 
 OBJECTIVES = ("none", "rlhf", "dpo", "augmentation", "recovery_prefill", "recovery_dense")

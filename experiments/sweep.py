@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 
 from experiments import results as results_mod
-from experiments.config import (PRESETS, RunConfig, config_from_dict, config_from_source,
-                                config_to_dict, read_config_file, with_overrides)
+from experiments.config import RunConfig, config_from_dict, config_to_dict, with_overrides
+from experiments.presets import PRESETS, config_from_source, read_config_file
 from experiments.train import (base_cache_path, enable_compilation_cache, get_base, result_path,
                                run_id, train_and_evaluate, write_json_atomic)
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from experiments import attack, base_model, train
-from experiments.config import preset, with_overrides
+from experiments.config import with_overrides
+from experiments.presets import preset
 from experiments.world import make_world
 
 

@@ -6,11 +6,13 @@ import json
 import pytest
 
 from experiments import config
-from experiments.config import ConfigError, RunConfig, load_config, with_overrides
+from experiments import presets
+from experiments.config import ConfigError, RunConfig, with_overrides
+from experiments.presets import load_config
 
 
 def test_every_preset_is_valid_and_named():
-    for name, cfg in config.PRESETS.items():
+    for name, cfg in presets.PRESETS.items():
         assert cfg.name == name
         config.validate(cfg)
 
@@ -74,7 +76,7 @@ def test_hash_ignores_the_name_and_sees_every_setting():
 
 
 def test_load_from_preset_toml_and_json(tmp_path):
-    assert load_config("quick") is config.PRESETS["quick"]
+    assert load_config("quick") is presets.PRESETS["quick"]
     toml = tmp_path / "run.toml"
     toml.write_text('preset = "tiny"\nseed = 4\n[align]\nobjective = "augmentation"\n'
                     '[sweep]\ngrid = {seed = [1, 2]}\n')

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from experiments import figures
-from experiments.config import preset, with_overrides
+from experiments.config import with_overrides
+from experiments.presets import preset
 from experiments.train import train_and_evaluate
 
 

@@ -24,16 +24,16 @@ def _setup(seed=0):
     return policy, params, base, harm
 
 
-def test_dpo_blocks_equal_the_shared_exact_definition(maybe_jit):
+def test_dpo_blocks_equal_the_shared_exact_definition():
     policy, params, base, harm = _setup()
     tables = policy.level_tables(params)
     blocks = obj.dpo_pair_blocks(harm, chunk=5)  # several chunks, one padded
     for beta in (0.1, 1.0):
-        ours = maybe_jit(lambda t, b: obj.dpo_loss_blocks(t, b, blocks, beta))(tables, base)
-        shared = exact.dpo_loss(tables, base, harm, beta)
+        ours, g_ours = jax.jit(jax.value_and_grad(
+            lambda t: obj.dpo_loss_blocks(t, base, blocks, beta)))(tables)
+        shared, g_shared = jax.jit(jax.value_and_grad(
+            lambda t: exact.dpo_loss(t, base, harm, beta)))(tables)
         assert abs(float(ours) - float(shared)) < 64 * EPS * len(harm) ** 2
-        g_ours = jax.grad(lambda t: obj.dpo_loss_blocks(t, base, blocks, beta))(tables)
-        g_shared = jax.grad(lambda t: exact.dpo_loss(t, base, harm, beta))(tables)
         for a, b in zip(g_ours, g_shared):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
     # planted error: the pairs of the opposite preference give a different loss

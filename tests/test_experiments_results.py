@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from experiments import results
-from experiments.config import config_hash, preset, with_overrides
+from experiments.config import config_hash, with_overrides
+from experiments.presets import preset
 from experiments.train import package_version, train_and_evaluate
 
 

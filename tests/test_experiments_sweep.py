@@ -11,7 +11,8 @@ import time
 import pytest
 
 from experiments import sweep
-from experiments.config import ConfigError, preset
+from experiments.config import ConfigError
+from experiments.presets import preset
 from experiments.train import CACHE_ENV
 
 SWEEP_TOML = """preset = "tiny"

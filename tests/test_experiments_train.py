@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from experiments import base_model, recipes, train
-from experiments.config import preset, with_overrides
+from experiments.config import with_overrides
+from experiments.presets import preset
 from experiments.measure import row_kl
 from experiments.world import HARMFUL, make_world
 
@@ -132,15 +133,16 @@ def test_base_model_cache_round_trip(tmp_path):
 
 @pytest.mark.parametrize("kind, extra", [
     ("markov", {}),
-    ("transformer", {"policy.d_model": 8, "base.steps": 30, "base.learning_rate": 0.03,
-                     "align.optimizer": "adam", "align.learning_rate": 0.03}),
+    ("transformer", {"policy.d_model": 8, "base.steps": 10, "base.learning_rate": 0.03,
+                     "align.optimizer": "adam", "align.learning_rate": 0.03, "align.steps": 1}),
 ])
 def test_shared_weight_policies_train_and_measure_spill_over(kind, extra):
-    cfg = with_overrides(preset("tiny"), {"policy.kind": kind, "align.steps": 3,
-                                          "attack.steps": 0, "measure.num_paths": 2, **extra})
+    cfg = with_overrides(preset("tiny"), {"policy.kind": kind, "align.steps": 3, "attack.steps": 0,
+                                          "measure.num_paths": 2, **extra})
     result = train.train_and_evaluate(cfg, None)
     aligned = result["aligned"]
     assert result["training"]["expected_harm"][-1] < result["training"]["expected_harm"][0]
+    assert len(result["training"]["grad_norms"]) == cfg.align.steps
     assert all(np.isfinite(aligned["per_position_kl"]))
     # shared weights: the conditionals at determined prefixes move too (measured, not assumed)
     assert sum(aligned["spill_over_kl"]) > 0
