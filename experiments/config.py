@@ -243,7 +243,6 @@ def validate(cfg: RunConfig) -> None:
     for name in ("beta_first", "beta_early", "beta_late"):
         _positive(f"attack.{name}", getattr(k, name))
     _positive_int("attack.early_until", k.early_until)
-    _need(k.steps == 0 or k.num_examples >= 0, "attack.num_examples must be >= 0")
     _positive_int("measure.num_paths", m.num_paths, 0)
     _need(isinstance(m.equilibrium_lams, tuple) and len(m.equilibrium_lams) > 0,
           "measure.equilibrium_lams must be a non-empty list of positive numbers")

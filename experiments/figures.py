@@ -89,7 +89,7 @@ def plot_kl(results, folder) -> list[str]:
         ax.set_title(title)
         ax.set_xlabel("position t")
         ax.set_xticks(positions)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     axes[0].set_ylabel("KL(π ‖ π0) at position t\n(teacher-forced on base harmful responses)")
     fig.suptitle(f"Where alignment changes the model (typical harmful response "
                  f"'{results[0]['base']['typical_harmful_response']}', horizon τ = {horizon})")
@@ -123,7 +123,7 @@ def plot_asr(results, folder) -> list[str]:
     ax.set_ylabel("ASR(k) = E[h | forced harmful prefix]")
     ax.set_xticks(ks)
     ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     ax.set_title("Prefill attack")
     return _save(fig, folder, "prefill_asr")
 
@@ -222,7 +222,7 @@ def plot_attack(results, folder) -> list[str]:
     ax.set_ylabel("E[h]")
     ax.set_ylim(0, 1.02)
     ax.set_title("Fine-tuning attack survival")
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     return _save(fig, folder, "attack_survival")
 
 

@@ -171,8 +171,36 @@ def build_summary(results: list[dict], quick: bool, seconds: float) -> dict:
         "horizon": horizon_note(base, world),
         "objectives": per_objective,
         "shape": shape_criteria(per_objective, base),
+        "findings": findings(per_objective, base, results),
         "seconds": seconds,
     }
+
+
+def _fmt(values) -> str:
+    return "[" + ", ".join("-" if v is None else f"{v:.3f}" for v in values) + "]"
+
+
+def findings(per_objective: dict, base: dict, results: list[dict]) -> list[str]:
+    """One sentence of numbers per objective (no verdicts: those are in ``shape``)."""
+    ks = _undetermined_ks(base)
+    steps = results[0]["config"]["align"]["steps"]
+    lines = [f"base: E[h] = {base['expected_harm']:.3f}; ASR(k) for the undecided k = {ks}: "
+             f"{_fmt([base['prefill_asr'][k] for k in ks])}; harm information I_t = "
+             f"{_fmt(base['harm_information'])}."]
+    for name, entry in per_objective.items():
+        if name == "base":
+            continue
+        trained = "" if name.endswith("_equilibrium") else f" after {steps} steps"
+        beyond = sum(entry["per_position_kl_beyond_horizon"])
+        centroid = entry["kl_centroid"]
+        lines.append(
+            f"{name} ({entry['role']}){trained}: E[h] = {entry['expected_harm']:.3f}; "
+            f"ASR(k) = {_fmt([entry['prefill_asr'][k] for k in ks])} "
+            f"(relative to base {_fmt([entry['asr_relative_to_base'][k] for k in ks])}); "
+            f"teacher-forced KL_t = {_fmt(entry['per_position_kl'])}, centroid "
+            f"{'-' if centroid is None else f'{centroid:.2f}'}; KL at already-decided prefixes "
+            f"{beyond:.3g}.")
+    return lines
 
 
 def config_to_dict_without_objective(config: dict) -> dict:
