@@ -13,7 +13,6 @@ fixed tag per stage, so the same configuration gives the same numbers.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
