@@ -89,7 +89,10 @@ def plot_kl(results, folder) -> list[str]:
         ax.set_title(title)
         ax.set_xlabel("position t")
         ax.set_xticks(positions)
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16))
+        else:
+            ax.text(0.5, 0.5, "no run of this group", ha="center", transform=ax.transAxes)
     axes[0].set_ylabel("KL(π ‖ π0) at position t\n(teacher-forced on base harmful responses)")
     fig.suptitle(f"Where alignment changes the model (typical harmful response "
                  f"'{results[0]['base']['typical_harmful_response']}', horizon τ = {horizon})")

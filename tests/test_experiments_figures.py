@@ -31,6 +31,11 @@ def test_all_figures_are_written(tmp_path, tiny_results):
         assert "<svg" in fh.read(2000)
 
 
+def test_a_single_run_draws_without_warnings(tmp_path, tiny_results):
+    # warnings are errors in this suite: an empty panel must not make matplotlib warn
+    assert len(figures.make_figures(str(tmp_path), tiny_results[1:2])) == 12
+
+
 def test_labels_name_objectives_and_varying_settings(tiny_results):
     assert figures.labels(tiny_results) == ["base", "KL-regularized RLHF", "recovery augmentation"]
     twice = [tiny_results[1], dict(tiny_results[1], config={
