@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "toy_lm.cli_markov",
     "toy_lm.bench",
     "proofs_check.cli",
+    "experiments.cli",
 )
 
 

@@ -1,0 +1,92 @@
+"""The fine-tuning attack: a few optax steps of SFT on harmful completions of the harmful prompt.
+
+Starting from an aligned model ``π_A``, the attacker minimizes the cross-entropy of a small set of
+the base model's harmful responses (``attack.num_examples`` drawn from ``P_{π0}(y | h = 1)``;
+0 = the exact distribution). With ``attack.objective = "constrained"`` the fine-tuning goes through
+Qi et al.'s token-wise constrained loss with reference ``π_A`` and the ``β_t`` schedule of
+:func:`experiments.objectives.qi_betas` - their defence, applied by whoever runs the fine-tuning.
+The survival curve is the exact ``E[h]`` before the attack and after every attack step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments.base_model import make_optimizer
+from experiments.config import RunConfig
+from experiments.objectives import constrained_loss, qi_betas, supervised_loss
+from experiments.recipes import harmful_attack_weights
+from experiments.world import HARMFUL, RefusalWorld
+from toy_lm import tree
+from toy_lm.policies import Policy
+
+
+@functools.lru_cache(maxsize=None)
+def _harmful_tables_program(policy: Policy):
+    return jax.jit(lambda p: policy.level_tables(p, HARMFUL))
+
+
+@functools.lru_cache(maxsize=None)
+def _attack_step(policy: Policy, optimizer: str, learning_rate: float):
+    """Compiled attack step ``(params, state, data) -> (params, state, E[h] before, E[h] after)``.
+
+    One program serves both attacks: ``data["constrained"]`` (0 or 1) selects the loss.
+    """
+    opt = make_optimizer(optimizer, learning_rate)
+
+    def loss_fn(p, d):
+        tables = policy.level_tables(p, HARMFUL)
+        constrained = constrained_loss(tables, d["reference"], d["weights"], d["betas"])
+        plain = supervised_loss(tables, d["weights"])
+        return d["constrained"] * constrained + (1 - d["constrained"]) * plain
+
+    def step(p, state, d):
+        before = tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
+        grads = jax.grad(loss_fn)(p, d)
+        updates, state = opt.update(grads, state, p)
+        p = optax.apply_updates(p, updates)
+        return p, state, before, tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
+
+    return jax.jit(step)
+
+
+def attack_betas(cfg: RunConfig) -> np.ndarray:
+    """``β_1 ... β_T`` of the constrained attack objective."""
+    k = cfg.attack
+    return qi_betas(cfg.world.length, k.beta_first, k.beta_early, k.early_until, k.beta_late)
+
+
+def fine_tuning_attacks(cfg: RunConfig, policy: Policy, world: RefusalWorld, params, base_tables,
+                        key: jax.Array) -> dict:
+    """The attacks of ``cfg.attack`` (``sft``, ``constrained`` or both): ``{objective: curve}``."""
+    names = ("sft", "constrained") if cfg.attack.objective == "both" else (cfg.attack.objective,)
+    return {name: fine_tuning_attack(cfg, policy, world, params, base_tables, key, name)
+            for name in names}
+
+
+def fine_tuning_attack(cfg: RunConfig, policy: Policy, world: RefusalWorld, params, base_tables,
+                       key: jax.Array, objective: str) -> dict:
+    """Run one attack (``objective`` = ``sft`` or ``constrained``) from ``params``.
+
+    Returns:
+      ``{"steps": [0 ... n], "expected_harm": [E[h] before the attack, after each step]}``.
+    """
+    k = cfg.attack
+    weights = harmful_attack_weights(cfg, world, base_tables, key)
+    opt = make_optimizer(k.optimizer, k.learning_rate)
+    step = _attack_step(policy, k.optimizer, k.learning_rate)
+    d = {"reference": _harmful_tables_program(policy)(params),
+         "weights": tuple(jnp.asarray(w) for w in weights), "betas": jnp.asarray(attack_betas(cfg)),
+         "harm": world.harm, "constrained": jnp.asarray(float(objective == "constrained"))}
+    harms = []
+    state = opt.init(params)
+    for _ in range(k.steps):
+        params, state, before, after = step(params, state, d)
+        harms = harms or [float(before)]
+        harms.append(float(after))
+    return {"steps": list(range(k.steps + 1)), "expected_harm": harms}

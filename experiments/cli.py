@@ -1,0 +1,145 @@
+"""``harm-horizon train | sweep | figures | experiment``: thin commands over :mod:`experiments`.
+
+* ``harm-horizon train CONFIG [--out DIR]`` - one run of a preset or a ``.toml``/``.json`` file;
+* ``harm-horizon sweep CONFIG --out DIR [--jobs N]`` - a sweep (built-in name or file with a
+  ``[sweep]`` table), resumable: rerun the same command to finish an interrupted sweep;
+* ``harm-horizon figures DIR`` - the figures of a sweep or experiment folder;
+* ``harm-horizon experiment shallow-vs-deep [--quick] --out DIR`` - the headline experiment.
+"""
+
+from __future__ import annotations
+
+import os
+
+from toy_lm.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train and measure one configuration",
+                              description="One run: base model by SFT, alignment, exact "
+                              "measurements, fine-tuning attack. CONFIG is a preset name "
+                              "(default, quick, transformer, quick-transformer, markov) or a "
+                              ".toml/.json file.")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("--out", default=None, metavar="DIR",
+                   help="output folder (default: results/<config name>)")
+    p.add_argument("--figures", action="store_true", help="also draw the figures")
+    p.set_defaults(func=run_train)
+
+    p = subparsers.add_parser("sweep", help="run a grid or list of configurations (resumable)",
+                              description="Run a sweep; interrupted, the same command completes "
+                              "the missing runs only. CONFIG is a built-in sweep (quick, "
+                              "objectives, lambda, baselines) or a file with a [sweep] table.")
+    p.add_argument("config", metavar="CONFIG")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="parallel worker processes (default: 2, or 1 on one core)")
+    p.set_defaults(func=run_sweep)
+
+    p = subparsers.add_parser("figures", help="draw the figures of a results folder",
+                              description="PNG and SVG figures into DIR/figures.")
+    p.add_argument("dir", metavar="DIR")
+    p.set_defaults(func=run_figures)
+
+    p = subparsers.add_parser("experiment", help="run a named experiment (shallow-vs-deep)",
+                              description="The headline experiment: base, KL-regularized RLHF, "
+                              "DPO, recovery augmentation and the recovery penalty, with figures "
+                              "and summary.json.")
+    p.add_argument("name", choices=("shallow-vs-deep",))
+    p.add_argument("--quick", action="store_true", help="the small, fast variant (minutes on 2 cores)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                   help="parallel worker processes (default: 2, or 1 on one core)")
+    p.add_argument("--policy", default="tabular", choices=("tabular", "markov", "transformer"),
+                   help="policy parameterization (default: tabular)")
+    p.set_defaults(func=run_experiment)
+
+
+def _fmt(values) -> str:
+    return "[" + " ".join(f"{v:.3f}" for v in values) + "]"
+
+
+def _print_runs(results) -> None:
+    from experiments.figures import labels
+
+    base = results[0]["base"]
+    print(f"base: E[h] {base['expected_harm']:.3f}  utility {base['utility']:.3f}  "
+          f"ASR(k) {_fmt(base['prefill_asr'])}  I_t {_fmt(base['harm_information'])}")
+    for result, name in zip(results, labels(results)):
+        a = result["aligned"]
+        print(f"{name}: E[h] {a['expected_harm']:.3f}  utility {a['utility']:.3f}  "
+              f"ASR(k) {_fmt(a['prefill_asr'])}  KL_t {_fmt(a['per_position_kl'])}")
+
+
+def _setup() -> None:
+    from experiments.train import enable_compilation_cache
+
+    enable_compilation_cache()
+
+
+def _check_jobs(jobs: int) -> None:
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs} must be at least 1")
+
+
+def run_train(args) -> int:
+    _setup()
+    from experiments import figures, results
+    from experiments.presets import load_config
+    from experiments.train import result_path, train_and_evaluate
+
+    cfg = load_config(args.config)
+    out = args.out or os.path.join("results", cfg.name)
+    result = train_and_evaluate(cfg, out)
+    results.write_tables([result], out)
+    if args.figures:
+        figures.make_figures(out, [result])
+    _print_runs([result])
+    print(f"result: {result_path(out, cfg)} ({result['seconds']['total']:.1f} s)")
+    return 0
+
+
+def run_sweep(args) -> int:
+    _setup()
+    from experiments import sweep
+
+    _check_jobs(args.jobs)
+    configs = sweep.load_sweep(args.config)
+    results = sweep.run_sweep(configs, args.out, jobs=args.jobs)
+    _print_runs(results)
+    return 0
+
+
+def run_figures(args) -> int:
+    from experiments import figures
+
+    paths = figures.make_figures(args.dir)
+    print(f"wrote {len(paths)} files into {os.path.join(args.dir, 'figures')}")
+    return 0
+
+
+def run_experiment(args) -> int:
+    _setup()
+    from experiments import headline
+
+    _check_jobs(args.jobs)
+    summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs, policy=args.policy)
+    base = summary["base"]
+    print(f"shallow-vs-deep ({'quick' if args.quick else 'full'}, {summary['policy']}) in "
+          f"{summary['seconds']:.0f} s")
+    print(summary["horizon"]["explanation"])
+    print(f"{'objective':<28} {'E[h]':>6} {'utility':>8}  prefill ASR(k)            "
+          "KL_t teacher-forced")
+    print(f"{'base':<28} {base['expected_harm']:>6.3f} {base['utility']:>8.3f}  "
+          f"{_fmt(base['prefill_asr'])}")
+    for name, row in summary["objectives"].items():
+        if name != "base":
+            utility = f"{row['utility']:>8.3f}" if "utility" in row else f"{'-':>8}"
+            print(f"{name:<28} {row['expected_harm']:>6.3f} {utility}  "
+                  f"{_fmt(row['prefill_asr'])}  {_fmt(row['per_position_kl'])}")
+    for key, value in summary["shape"].items():
+        if isinstance(value, dict):
+            print(f"{key}: {value['holds']}")
+    print(f"summary: {os.path.join(args.out, 'summary.json')}; figures: "
+          f"{os.path.join(args.out, 'figures')}")
+    return 0

@@ -1,0 +1,94 @@
+"""Built-in configurations and configuration files.
+
+A configuration comes from :func:`load_config`:
+
+* a built-in preset name (:data:`PRESETS`): ``default`` (the refusal world of
+  :class:`~experiments.config.WorldConfig`, tabular policies, plain gradient descent), ``quick``
+  (fewer steps), ``tiny`` (``T = 4``, ``K = 2``, for tests), ``transformer``,
+  ``quick-transformer`` (a shared-weight causal transformer trained with Adam) and ``markov``;
+* a ``.toml`` or ``.json`` file whose top-level ``preset`` key (optional, default ``default``)
+  names the preset it starts from and whose other keys override it section by section::
+
+      preset = "quick"
+      seed = 1
+      [align]
+      objective = "augmentation"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+
+from experiments.config import RunConfig, config_from_dict, with_overrides
+from toy_lm.errors import ConfigError
+
+
+# -- presets and files --------------------------------------------------------------------------
+def _presets() -> dict[str, RunConfig]:
+    default = RunConfig(name="default")
+    quick = with_overrides(default, {
+        "name": "quick", "base.steps": 300, "align.steps": 200, "measure.num_paths": 16})
+    tiny = with_overrides(default, {
+        "name": "tiny", "world.length": 4, "world.num_harmful": 2, "base.steps": 150,
+        "align.steps": 40, "attack.steps": 4, "measure.num_paths": 4,
+        "measure.equilibrium_lams": [3.0, 30.0]})
+    transformer_overrides = {
+        "policy.kind": "transformer", "base.steps": 600, "base.learning_rate": 0.01,
+        "align.optimizer": "adam", "align.learning_rate": 0.01, "align.grad_map_every": 5,
+        "attack.optimizer": "adam", "attack.learning_rate": 0.01}
+    transformer = with_overrides(default, {"name": "transformer", **transformer_overrides})
+    quick_transformer = with_overrides(quick, {"name": "quick-transformer",
+                                               **transformer_overrides, "base.steps": 400,
+                                               "align.steps": 150})
+    markov = with_overrides(default, {"name": "markov", "policy.kind": "markov"})
+    return {c.name: c for c in (default, quick, tiny, transformer, quick_transformer, markov)}
+
+
+PRESETS: dict[str, RunConfig] = _presets()
+
+
+def read_config_file(path: str) -> dict:
+    """The raw dict of a ``.toml`` or ``.json`` configuration file."""
+    if not os.path.exists(path):
+        raise ConfigError(f"cannot read configuration {path}: no such file, and not a preset "
+                          f"name ({', '.join(PRESETS)})")
+    try:
+        if path.endswith(".toml"):
+            with open(path, "rb") as fh:
+                return tomllib.load(fh)
+        if path.endswith(".json"):
+            with open(path) as fh:
+                data = json.load(fh)
+            if not isinstance(data, dict):
+                raise ConfigError(f"{path}: the top level must be an object of settings")
+            return data
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot parse {path}: {err}".replace("\n", " ")) from None
+    except OSError as err:
+        raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
+    raise ConfigError(f"configuration file {path} must end in .toml or .json")
+
+
+def preset(name: str) -> RunConfig:
+    """A built-in configuration by name."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def config_from_source(data: dict) -> RunConfig:
+    """A config from a file's dict: its ``preset`` (default ``default``) plus its overrides."""
+    data = dict(data)
+    start = preset(data.pop("preset", "default"))
+    return config_from_dict(data, start)
+
+
+def load_config(spec: str) -> RunConfig:
+    """A :class:`RunConfig` from a preset name or a ``.toml``/``.json`` file path."""
+    if spec in PRESETS:
+        return PRESETS[spec]
+    data = read_config_file(spec)
+    data.pop("sweep", None)
+    return config_from_source(data)

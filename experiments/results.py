@@ -1,0 +1,154 @@
+"""Tidy result tables (CSV and Parquet) assembled from the per-run JSON results.
+
+Three tables, each row carrying the run id, the package version and the *full* configuration
+(flattened to ``section.field`` columns):
+
+* ``results`` - one row per run and position ``t = 1 ... T`` (``prefix_length k = t - 1``): the
+  per-position KL columns, ``prefill_asr`` at ``k``, the base model's ``prefill_asr``,
+  ``prefill_asr_floor`` and ``harm_information`` at the same index, and the run's scalars
+  (``expected_harm``, ``utility``, their base values, the attacks' final ``E[h]``);
+* ``training`` - one row per run, recorded training step and position: ``grad_norm`` (the
+  position x step map), with the step's ``loss``, and the ``expected_harm`` and ``utility`` of
+  the parameters that step started from (where the gradient was taken);
+* ``attack`` - one row per run, attack objective and attack step: ``expected_harm``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from experiments.config import config_from_dict, flat_config
+from toy_lm.errors import InputError
+
+TABLES = ("results", "training", "attack")
+
+_PER_POSITION = ("per_position_kl", "per_position_kl_beyond_horizon", "per_position_kl_own",
+                 "spill_over_kl", "benign_per_position_kl", "prefill_asr")
+_BASE_PER_POSITION = ("prefill_asr", "prefill_asr_floor", "harm_information",
+                      "determined_fraction")
+
+
+def read_result(path: str) -> dict:
+    """One run's result JSON."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputError(f"cannot read result {path}: {err}") from None
+
+
+def _identity(result: dict) -> dict:
+    cfg = config_from_dict(result["config"])
+    return {"run_id": result["run_id"], "version": result["version"], **flat_config(cfg)}
+
+
+def results_rows(result: dict) -> list[dict]:
+    """Rows of the ``results`` table for one run (one per position)."""
+    ident = _identity(result)
+    base, aligned = result["base"], result["aligned"]
+    scalars = {"expected_harm": aligned["expected_harm"], "utility": aligned["utility"],
+               "base_expected_harm": base["expected_harm"], "base_utility": base["utility"],
+               "harmful_path_horizon": base["harmful_path_horizon"],
+               "global_horizon": base["global_horizon"], "seconds": result["seconds"]["total"]}
+    for name, curve in result.get("attack", {}).items():
+        scalars[f"attack_{name}_final_harm"] = curve["expected_harm"][-1]
+    rows = []
+    for index in range(len(aligned["per_position_kl"])):
+        row = {**ident, "position": index + 1, "prefix_length": index}
+        row.update({name: aligned[name][index] for name in _PER_POSITION})
+        row.update({f"base_{name}": base[name][index] for name in _BASE_PER_POSITION})
+        row.update(scalars)
+        rows.append(row)
+    return rows
+
+
+def training_rows(result: dict) -> list[dict]:
+    """Rows of the ``training`` table (recorded step x position)."""
+    ident = _identity(result)
+    hist = result["training"]
+    rows = []
+    for step, norms in zip(hist["grad_steps"], hist["grad_norms"]):
+        for index, norm in enumerate(norms):
+            rows.append({**ident, "step": step, "position": index + 1, "grad_norm": norm,
+                         "loss": hist["loss"][step], "expected_harm": hist["expected_harm"][step],
+                         "utility": hist["utility"][step]})
+    return rows
+
+
+def attack_rows(result: dict) -> list[dict]:
+    """Rows of the ``attack`` table (attack objective x step)."""
+    ident = _identity(result)
+    return [{**ident, "attack_objective": name, "attack_step": step, "expected_harm": harm}
+            for name, curve in result.get("attack", {}).items()
+            for step, harm in zip(curve["steps"], curve["expected_harm"])]
+
+
+def _atomic(path: str, write) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=folder)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_table(rows: list[dict], path_stem: str) -> list[str]:
+    """Write ``rows`` to ``<stem>.csv`` and ``<stem>.parquet`` atomically; returns the paths."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write_parquet(tmp):
+        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+        pq.write_table(table, tmp)
+
+    _atomic(f"{path_stem}.csv", write_csv)
+    _atomic(f"{path_stem}.parquet", write_parquet)
+    return [f"{path_stem}.csv", f"{path_stem}.parquet"]
+
+
+def write_tables(results: list[dict], out: str) -> list[str]:
+    """Write the three tables of ``results`` into ``out``; returns the written paths."""
+    paths = []
+    builders = {"results": results_rows, "training": training_rows, "attack": attack_rows}
+    for name in TABLES:
+        rows = [row for result in results for row in builders[name](result)]
+        if rows:
+            paths += write_table(rows, os.path.join(out, name))
+    return paths
+
+
+def load_results(out: str) -> list[dict]:
+    """The results of a sweep or experiment folder, in the order of its ``sweep.json``.
+
+    Falls back to every ``runs/*.json`` (sorted) when there is no ``sweep.json``.
+    """
+    if not os.path.isdir(out):
+        raise InputError(f"{out} is not a folder of results (expected runs/*.json inside)")
+    listing = os.path.join(out, "sweep.json")
+    if os.path.exists(listing):
+        ids = [run["run_id"] for run in read_result(listing)["runs"]]
+    else:
+        folder = os.path.join(out, "runs")
+        names = os.listdir(folder) if os.path.isdir(folder) else []
+        ids = sorted(f[:-5] for f in names if f.endswith(".json") and not f.startswith("."))
+    paths = [os.path.join(out, "runs", f"{rid}.json") for rid in ids]
+    found = [read_result(p) for p in paths if os.path.exists(p)]
+    if not found:
+        raise InputError(f"no finished runs in {out} (expected {out}/runs/<run id>.json); run "
+                         "`harm-horizon sweep` or `harm-horizon experiment` first")
+    return found

@@ -1,0 +1,230 @@
+"""Sweeps: many runs, in parallel processes, resumable, with progress and an estimated time left.
+
+A sweep is a list of :class:`~experiments.config.RunConfig`: a base configuration, optionally a
+list of ``runs`` (dotted overrides each), crossed with a ``grid`` (``{"align.objective": [...],
+"seed": [0, 1]}``). In a ``.toml`` file::
+
+    preset = "quick"
+    [align]
+    steps = 100
+    [sweep]
+    grid = { "align.objective" = ["rlhf", "dpo"], "seed" = [0, 1] }
+
+Resuming. Each run writes its result to ``OUT/runs/<run id>.json`` (the hash of its configuration)
+through a temporary file and a rename, so a file exists only when the run finished. Started again
+with the same command after a Ctrl-C or a kill, a sweep runs only the configurations without a
+result file, then assembles the tables from the files: no row lost, none duplicated. Runs are
+deterministic in their seed, so a rerun gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import multiprocessing
+import os
+import sys
+import time
+from collections.abc import Callable
+
+from experiments import results as results_mod
+from experiments.config import RunConfig, config_from_dict, config_to_dict, with_overrides
+from experiments.presets import PRESETS, config_from_source, read_config_file
+from experiments.train import (base_cache_path, enable_compilation_cache, get_base, result_path,
+                               run_id, train_and_evaluate, write_json_atomic)
+from toy_lm.errors import ConfigError, HarmHorizonError, InputError
+
+#: Built-in sweeps: name -> (preset, grid).
+SWEEPS = {
+    "quick": ("quick", {"align.objective": ["rlhf", "dpo", "augmentation", "recovery_prefill"]}),
+    "objectives": ("default", {"align.objective": ["rlhf", "reinforce", "dpo", "dpo_sampled",
+                                                   "sft_refusal", "augmentation",
+                                                   "recovery_prefill", "recovery_dense"]}),
+    "lambda": ("default", {"align.lam": [0.1, 0.3, 1.0, 3.0]}),
+    "baselines": ("quick", {"align.objective": ["reinforce"],
+                            "align.baseline": ["none", "value", "mean"]}),
+}
+
+
+def expand(base: RunConfig, grid: dict | None = None, runs: list | None = None) -> list[RunConfig]:
+    """The configurations of a sweep: each of ``runs`` (or the base alone) crossed with ``grid``.
+
+    Names are ``<base name>-<i>`` followed by the overridden values; duplicates (same hash) are
+    kept once.
+    """
+    grid = grid or {}
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"sweep.grid[{key!r}] must be a non-empty list of values")
+    starts = [(with_overrides(base, r), r) for r in runs] if runs else [(base, {})]
+    configs, seen = [], set()
+    keys = list(grid)
+    for start, run_overrides in starts:
+        for values in itertools.product(*(grid[k] for k in keys)):
+            overrides = dict(zip(keys, values))
+            label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in {**run_overrides,
+                                                                   **overrides}.items())
+            cfg = with_overrides(start, {**overrides, "name": f"{base.name}-{len(configs):03d}"
+                                         + (f"[{label}]" if label else "")})
+            if run_id(cfg) not in seen:
+                seen.add(run_id(cfg))
+                configs.append(cfg)
+    return configs
+
+
+def load_sweep(spec: str) -> list[RunConfig]:
+    """A sweep from a built-in name (:data:`SWEEPS`), a preset name (one run) or a file."""
+    if spec in SWEEPS:
+        start, grid = SWEEPS[spec]
+        return expand(with_overrides(PRESETS[start], {"name": f"sweep-{spec}"}), grid)
+    if spec in PRESETS:
+        return [PRESETS[spec]]
+    data = read_config_file(spec)
+    sweep = data.pop("sweep", {})
+    if not isinstance(sweep, dict):
+        raise ConfigError(f"{spec}: [sweep] must be a table with 'grid' and/or 'runs'")
+    unknown = sorted(set(sweep) - {"grid", "runs"})
+    if unknown:
+        raise ConfigError(f"{spec}: unknown sweep setting {unknown[0]!r}; use grid and/or runs")
+    runs = sweep.get("runs")
+    if runs is not None and (not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs)):
+        raise ConfigError(f"{spec}: sweep.runs must be a list of tables of dotted overrides")
+    grid = sweep.get("grid", {})
+    if not isinstance(grid, dict):
+        raise ConfigError(f"{spec}: sweep.grid must be a table of lists")
+    return expand(config_from_source(data), grid, runs)
+
+
+def _format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _run_one(args) -> tuple[str, float, str | None]:
+    """Worker: run one configuration (given as a dict) into ``out``; never raises a user error."""
+    config_dict, out = args
+    start = time.perf_counter()
+    cfg = config_from_dict(config_dict)
+    try:
+        train_and_evaluate(cfg, out)
+        return run_id(cfg), time.perf_counter() - start, None
+    except HarmHorizonError as err:
+        return run_id(cfg), time.perf_counter() - start, str(err)
+
+
+def _train_base(args) -> str:
+    """Worker: train and cache the base model of one configuration."""
+    from experiments.base_model import make_policy
+    from experiments.world import make_world
+
+    config_dict, out = args
+    cfg = config_from_dict(config_dict)
+    world = make_world(cfg.world)
+    get_base(cfg, world, make_policy(cfg.policy, world), out)
+    return os.path.basename(base_cache_path(out, cfg))
+
+
+#: XLA settings of the worker processes: one thread each, so that parallel workers share the cores
+#: instead of competing for them. Every sweep computation runs in such a worker (even with one
+#: job), so a sweep's numbers do not depend on --jobs; a run made in a process with other
+#: settings (``harm-horizon train``) agrees with them to rounding (about 1e-15).
+WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def _init_worker():  # pragma: no cover - runs in the worker processes
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()
+    from toy_lm.precision import require_x64
+
+    enable_compilation_cache()
+    require_x64()
+
+
+def clean_partial_files(out: str) -> int:
+    """Remove temporary files left by an interrupted run; returns how many."""
+    stale = glob.glob(os.path.join(out, "**", ".partial-*"), recursive=True)
+    for path in stale:
+        os.unlink(path)
+    return len(stale)
+
+
+def pending(configs: list[RunConfig], out: str) -> list[RunConfig]:
+    """The configurations without a result file in ``out``."""
+    return [c for c in configs if not os.path.exists(result_path(out, c))]
+
+
+def missing_bases(configs: list[RunConfig], out: str) -> list[RunConfig]:
+    """One configuration per base model that the runs need and the cache lacks."""
+    found = {}
+    for cfg in configs:
+        path = base_cache_path(out, cfg)
+        if path not in found and not os.path.exists(path):
+            found[path] = cfg
+    return list(found.values())
+
+
+def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
+              log: Callable[[str], None] | None = None) -> list[dict]:
+    """Run every configuration without a result in ``out``; then write the tidy tables.
+
+    Args:
+      configs: the sweep's configurations.
+      out: output folder (created); results in ``out/runs``, tables in ``out``.
+      jobs: parallel worker processes (every run happens in a worker, see
+        :data:`WORKER_XLA_FLAGS`).
+      log: progress sink (default: stderr).
+
+    Returns:
+      The result dicts of all ``configs``, in order.
+    """
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    if not configs:
+        raise ConfigError("the sweep has no runs")
+    if jobs < 1:
+        raise ConfigError(f"--jobs={jobs} must be at least 1")
+    os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    if clean_partial_files(out):
+        log("removed partial files of an interrupted run")
+    write_json_atomic(os.path.join(out, "sweep.json"),
+                      {"runs": [{"run_id": run_id(c), "config": config_to_dict(c)} for c in configs]})
+    todo = pending(configs, out)
+    log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
+        f" ({jobs} parallel)")
+    failures = _execute(todo, out, jobs, log) if todo else []
+    done = [c for c in configs if os.path.exists(result_path(out, c))]
+    results = [results_mod.read_result(result_path(out, c)) for c in done]
+    if results:
+        paths = results_mod.write_tables(results, out)
+        log(f"tables: {', '.join(os.path.relpath(p, out) for p in paths)}")
+    if failures:
+        raise InputError(f"{len(failures)} of {len(todo)} runs failed (rerun the same command to "
+                         f"retry them); first: {failures[0]}")
+    return results
+
+
+def _execute(todo, out, jobs, log) -> list[str]:
+    """Train the missing base models, then run ``todo``, in a pool of worker processes."""
+    failures = []
+    bases = missing_bases(todo, out)
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), _init_worker)
+    try:
+        if bases:
+            log(f"training {len(bases)} base model(s)")
+            for name in pool.imap_unordered(_train_base, [(config_to_dict(c), out) for c in bases]):
+                log(f"base model {name} ready")
+        start = time.perf_counter()
+        tasks = [(config_to_dict(c), out) for c in todo]
+        for index, (rid, seconds, error) in enumerate(pool.imap_unordered(_run_one, tasks), 1):
+            elapsed = time.perf_counter() - start
+            eta = elapsed / index * (len(tasks) - index)
+            status = f"FAILED: {error}" if error else f"done in {_format_seconds(seconds)}"
+            log(f"[{index}/{len(tasks)}] {rid} {status}; elapsed {_format_seconds(elapsed)}, "
+                f"ETA {_format_seconds(eta)}")
+            if error:
+                failures.append(f"{rid}: {error}")
+        pool.close()
+    except BaseException:
+        pool.terminate()  # Ctrl-C or a kill: finished runs are on disk, nothing partial is kept
+        raise
+    finally:
+        pool.join()
+    return failures

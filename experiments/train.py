@@ -1,0 +1,260 @@
+"""Optax training loops and ``train_and_evaluate(config, workdir)``, one full run.
+
+A run: build the refusal world; train (or load from the work directory's cache) the base model
+``π0`` by SFT; align it with the configured objective for ``align.steps`` optax steps, recording at
+every step the loss, the exact ``E[h]`` and utility, and the per-position gradient norms ``‖g_t‖``
+(the position x step map); measure the aligned model exactly (:mod:`experiments.measure`); run
+the fine-tuning attacks; write one JSON result, atomically, to ``workdir/runs/<run id>.json``.
+
+Randomness: everything derives from ``jax.random.key(config.seed)`` through ``fold_in`` with a
+fixed tag per stage, so the same configuration gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+import time
+from importlib import metadata
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from experiments import attack, base_model, measure
+from experiments.config import RunConfig, config_hash, config_to_dict
+from experiments.recipes import Objective, make_objective
+from experiments.world import BENIGN, HARMFUL, RefusalWorld, make_world
+from toy_lm import tree
+from toy_lm.errors import InputError
+from toy_lm.policies import Policy
+from toy_lm.precision import require_x64
+
+# fold_in tags of the stages of a run
+_BASE, _ALIGN, _ATTACK, _MEASURE = 1, 2, 3, 4
+
+
+#: Environment variable naming the folder of JAX's persistent compilation cache ("off" disables it).
+CACHE_ENV = "HARM_HORIZON_JAX_CACHE"
+
+
+def enable_compilation_cache() -> str | None:
+    """Turn on JAX's persistent compilation cache (``$HARM_HORIZON_JAX_CACHE`` or
+    ``~/.cache/harm-horizon/jax``); returns the folder, or None when disabled.
+
+    Compiling the small programs of a run takes longer than running them on a CPU; the cache lets
+    the processes of a sweep, and later commands, reuse what an earlier run compiled.
+    """
+    folder = os.environ.get(CACHE_ENV)
+    if folder is not None and folder.strip().lower() in ("", "0", "off", "false", "no"):
+        return None
+    if folder is None:
+        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(root, "harm-horizon", "jax")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return None
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return folder
+
+
+def package_version() -> str:
+    """The installed harm-horizon version (recorded in every result row)."""
+    try:
+        return metadata.version("harm-horizon")
+    except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        import toy_lm
+
+        return toy_lm.__version__
+
+
+class History(NamedTuple):
+    """Per-step training record: ``loss``, exact ``expected_harm`` and ``utility`` of the
+    parameters each step started from (the values after the last step are the run's measured
+    ones), and ``grad_norms`` ``(recorded steps, T)`` at ``grad_steps``."""
+
+    loss: list
+    expected_harm: list
+    utility: list
+    grad_steps: list
+    grad_norms: list
+
+
+def _only_position(cotangent: tuple, position: int) -> tuple:
+    """The features' cotangent with every position but ``position`` zeroed."""
+    return tuple(c if t == position else jax.tree_util.tree_map(jnp.zeros_like, c)
+                 for t, c in enumerate(cotangent))
+
+
+def make_step(objective: Objective, optimizer: optax.GradientTransformation, policy: Policy,
+              with_map: bool):
+    """A jitted optax step ``(params, state, key, data, harm, utility) -> (params, state, loss,
+    norms (T,), E[h], E[u])`` where ``E[h]`` (harmful prompt) and ``E[u]`` (benign prompt) are
+    exact and belong to the parameters *before* the update.
+
+    With ``with_map`` the gradient is assembled as ``Σ_t g_t`` from the ``T`` per-position
+    pull-backs (so the recorded norms are of exactly what was applied); without it, one pull-back.
+    """
+    length = policy.length
+
+    def step(params, state, key, data, harm, utility):
+        before = (tree.expected_harm(policy.level_tables(params, HARMFUL), harm),
+                  tree.expected_harm(policy.level_tables(params, BENIGN), utility))
+        batch = objective.prepare(params, key, data)
+        feats, pullback = jax.vjp(lambda p: objective.features(p, batch), params)
+        loss, cotangent = jax.value_and_grad(objective.loss)(feats, batch, data)
+        if with_map:
+            per_position = [pullback(_only_position(cotangent, t))[0] for t in range(length)]
+            grads = jax.tree_util.tree_map(lambda *g: sum(g), *per_position)
+            norms = jnp.stack([optax.tree.norm(g) for g in per_position])
+        else:
+            (grads,) = pullback(cotangent)
+            norms = jnp.full((length,), jnp.nan)
+        updates, state = optimizer.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state, loss, norms) + before
+
+    return jax.jit(step)
+
+
+_STEPS: dict = {}
+
+
+def compiled_step(cfg: RunConfig, policy: Policy, objective: Objective, with_map: bool):
+    """:func:`make_step` for ``cfg``, shared by every run whose step is the same program.
+
+    An objective's functions depend only on the policy, the world and the alignment settings (its
+    arrays travel in ``objective.data``), so those - not the seed or the step count - are the key.
+    """
+    key = (policy, cfg.world, dataclasses.replace(cfg.align, steps=0, grad_map_every=1), with_map)
+    if key not in _STEPS:
+        optimizer = base_model.make_optimizer(cfg.align.optimizer, cfg.align.learning_rate)
+        _STEPS[key] = make_step(objective, optimizer, policy, with_map)
+    return _STEPS[key]
+
+
+def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWorld, params,
+          key: jax.Array):
+    """``align.steps`` optax steps of ``objective`` from ``params``; returns ``(params, History)``."""
+    a = cfg.align
+    optimizer = base_model.make_optimizer(a.optimizer, a.learning_rate)
+    step_map = compiled_step(cfg, policy, objective, True)
+    step_plain = compiled_step(cfg, policy, objective, False) if a.grad_map_every > 1 else None
+    state = optimizer.init(params)
+    hist = History([], [], [], [], [])
+    for i in range(a.steps):
+        recorded = i % a.grad_map_every == 0
+        step = step_map if recorded else step_plain
+        params, state, loss, norms, harm, util = step(params, state, jax.random.fold_in(key, i),
+                                                      objective.data, world.harm, world.utility)
+        if not np.isfinite(float(loss)):
+            raise InputError(f"training diverged at step {i} (loss {float(loss)}); lower "
+                             f"align.learning_rate={a.learning_rate}")
+        hist.loss.append(float(loss))
+        hist.expected_harm.append(float(harm))
+        hist.utility.append(float(util))
+        if recorded:
+            hist.grad_steps.append(i)
+            hist.grad_norms.append(np.asarray(norms).tolist())
+    return params, hist
+
+
+def base_cache_path(workdir: str, cfg: RunConfig) -> str:
+    """Where the base model of ``cfg`` is cached: keyed by (world, policy, base, seed)."""
+    keyed = {k: v for k, v in config_to_dict(cfg).items() if k in ("world", "policy", "base", "seed")}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+    return os.path.join(workdir, "bases", f"base-{digest}.npz")
+
+
+def get_base(cfg: RunConfig, world: RefusalWorld, policy: Policy, workdir: str | None):
+    """The base model of ``cfg``: from the cache in ``workdir`` or trained (and cached)."""
+    path = base_cache_path(workdir, cfg) if workdir else None
+    if path:
+        cached = base_model.load_base(path, policy, cfg.policy)
+        if cached is not None:
+            return cached
+    base = base_model.train_base(cfg, world, policy,
+                                 jax.random.fold_in(jax.random.key(cfg.seed), _BASE))
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        base_model.save_base(path, base)
+    return base
+
+
+def run_id(cfg: RunConfig) -> str:
+    """The identity of a run: the hash of its configuration."""
+    return config_hash(cfg)
+
+
+def result_path(workdir: str, cfg: RunConfig) -> str:
+    return os.path.join(workdir, "runs", f"{run_id(cfg)}.json")
+
+
+def write_json_atomic(path: str, payload: dict) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename (never a partial file)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(payload, fh)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
+    """One run of ``cfg``; returns the result dict and, with ``workdir``, writes it there.
+
+    Returns:
+      ``{"run_id", "version", "config", "seconds", "base", "aligned", "training", "attack"}``
+      (see :mod:`experiments.measure` for the measured fields).
+    """
+    require_x64()
+    start = time.perf_counter()
+    world = make_world(cfg.world)
+    policy = base_model.make_policy(cfg.policy, world)
+    key = jax.random.key(cfg.seed)
+    base = get_base(cfg, world, policy, workdir)
+    base_seconds = time.perf_counter() - start
+
+    params = base.params
+    hist = History([], [], [], [], [])
+    if cfg.align.objective != "none":
+        objective = make_objective(cfg, policy, world, base.params, base.tables)
+        params, hist = align(cfg, policy, objective, world, params,
+                             jax.random.fold_in(key, _ALIGN))
+    align_seconds = time.perf_counter() - start - base_seconds
+    tables = base_model.all_tables(policy, params)
+    aligned = measure.model_measurements(world, tables, base.tables,
+                                         jax.random.fold_in(key, _MEASURE), cfg.measure.num_paths)
+    if cfg.align.objective != "none":  # the history ends with the trained model's values
+        hist.expected_harm.append(aligned["expected_harm"])
+        hist.utility.append(aligned["utility"])
+    result = {
+        "run_id": run_id(cfg),
+        "version": package_version(),
+        "config": config_to_dict(cfg),
+        "base": {**measure.base_measurements(world, base.tables, cfg.measure.equilibrium_lams),
+                 "sft_gap": base.sft_gap},
+        "aligned": aligned,
+        "equilibria": measure.equilibrium_measurements(world, base.tables, cfg.align.lam,
+                                                       cfg.align.mu),
+        "training": hist._asdict(),
+        "attack": attack.fine_tuning_attacks(cfg, policy, world, params, base.tables,
+                                             jax.random.fold_in(key, _ATTACK))
+        if cfg.attack.steps > 0 else {},
+    }
+    result["seconds"] = {"base": base_seconds, "align": align_seconds,
+                         "total": time.perf_counter() - start}
+    if workdir is not None:
+        write_json_atomic(result_path(workdir, cfg), result)
+    return result
