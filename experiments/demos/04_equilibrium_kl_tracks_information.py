@@ -21,8 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.demos._support import setup
-from toy_lm import (TabularPolicy, equilibrium_policy, expected_harm, harm_information,
-                    per_position_kl, random_decided_harm)
+from toy_lm import TabularPolicy, analyze_tree, expected_harm, harm_information, random_decided_harm
 
 demo = setup("04_equilibrium_kl_tracks_information")
 V, T, TAU, SEED = 3, 4, 2, 0
@@ -38,12 +37,11 @@ demo.instance(policy="tabular", vocab=V, length=T, horizon=TAU, seed=SEED)
 # %% [markdown]
 # ## Sweep λ
 #
-# For each `λ` we build `π*_λ` exactly (level tables by the `Z` recursion) and measure
-# `KL_t(π*_λ ‖ π0)` position by position.
+# For each `λ` the exact engine builds `π*_λ` (level tables by the `Z` recursion) and measures
+# `KL_t(π*_λ ‖ π0)` position by position (`analyze_tree(..., lam=λ).equilibrium_kl`).
 
 # %%
-kl = np.stack([np.asarray(per_position_kl(equilibrium_policy(base, harm, lam), base))
-               for lam in LAMBDAS])                       # (len(LAMBDAS), T)
+kl = np.stack([analyze_tree(base, harm, lam=lam).equilibrium_kl for lam in LAMBDAS])  # (Λ, T)
 informative = info > 1e-12
 ratio = 2 * LAMBDAS[:, None] ** 2 * kl[:, informative] / info[informative]
 large = LAMBDAS >= 3
@@ -74,7 +72,7 @@ demo.note(
     harm_information=info,
     kl_beyond_horizon_max=float(np.abs(kl[:, ~informative]).max()),
     ratio_at_lambda_3_30_300=[ratio[i].tolist() for i in pick],
-    error_slopes=slopes,
+    error_slopes=np.array(slopes),
     small_lambda_total_kl=float(kl[0].sum()),
     minus_log_p_safe=float(-np.log(1 - float(expected_harm(base, harm)))),
 )
