@@ -1,0 +1,83 @@
+"""What every demonstration shares: where figures go, quick mode, and a record for the report.
+
+A demo calls :func:`setup` first; the returned :class:`Demo` saves figures (PNG and SVG) into the
+demo's output folder, records the numbers the text refers to and the instances it used (so the
+report can run ``harm-horizon check`` on exactly those), and :meth:`Demo.finish` writes
+``record.json``. The runner sets ``HARM_HORIZON_DEMO_OUT`` and ``HARM_HORIZON_DEMO_QUICK``; run
+directly, a demo writes into ``demo_out/<name>`` in full mode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+
+OUT_ENV = "HARM_HORIZON_DEMO_OUT"
+QUICK_ENV = "HARM_HORIZON_DEMO_QUICK"
+
+
+@dataclasses.dataclass
+class Demo:
+    """A running demonstration: output folder, quick flag and what it recorded."""
+
+    name: str
+    out_dir: Path
+    quick: bool
+    figures: list = dataclasses.field(default_factory=list)
+    numbers: dict = dataclasses.field(default_factory=dict)
+    instances: list = dataclasses.field(default_factory=list)
+
+    def save(self, fig, stem: str, caption: str) -> None:
+        """Save ``fig`` as ``<stem>.png`` and ``<stem>.svg`` with a caption for the report."""
+        import matplotlib.pyplot as plt
+
+        fig.tight_layout()
+        for ext in ("png", "svg"):
+            fig.savefig(self.out_dir / f"{stem}.{ext}", dpi=110)
+        plt.close(fig)
+        self.figures.append({"file": f"{stem}.png", "caption": caption})
+
+    def note(self, **numbers) -> None:
+        """Record numbers (floats, ints, lists) that the demo's text talks about."""
+        self.numbers.update({k: _plain(v) for k, v in numbers.items()})
+        for key, value in numbers.items():
+            print(f"  {key} = {_plain(value)}")
+
+    def instance(self, **spec) -> None:
+        """Record an instance (policy kind, V, T, horizon, seed, ...) for the report's checks."""
+        self.instances.append({k: _plain(v) for k, v in spec.items()})
+
+    def finish(self) -> None:
+        record = {"name": self.name, "quick": self.quick, "figures": self.figures,
+                  "numbers": self.numbers, "instances": self.instances}
+        (self.out_dir / "record.json").write_text(json.dumps(record, indent=2))
+        print(f"[{self.name}] figures and record in {self.out_dir}")
+
+
+def _plain(value):
+    try:
+        import numpy as np
+
+        if isinstance(value, np.ndarray) or hasattr(value, "tolist"):
+            return np.asarray(value).tolist()
+        if isinstance(value, np.generic):
+            return value.item()
+    except ImportError:  # pragma: no cover
+        pass
+    return value
+
+
+def setup(name: str) -> Demo:
+    """Turn on float64 and the Agg backend, make the output folder, return the :class:`Demo`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from toy_lm.precision import require_x64
+
+    require_x64()
+    out_dir = Path(os.environ.get(OUT_ENV) or Path("demo_out") / name)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quick = os.environ.get(QUICK_ENV, "0") not in ("", "0", "false")
+    return Demo(name=name, out_dir=out_dir, quick=quick)
