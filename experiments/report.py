@@ -34,14 +34,42 @@ def demo_scripts(only=None) -> list[Path]:
 
 @dataclasses.dataclass
 class DemoRun:
+    """One executed demo: where it wrote, how long it took, its error (if any) and check results."""
+
     script: Path
     out_dir: Path
     seconds: float
     error: str | None
+    checks: list = dataclasses.field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(r["passed"] for r in self.checks)
 
 
-def run_demos(out_dir, *, quick: bool = False, only=None, progress=print) -> list[DemoRun]:
-    """Execute the demos, each writing into ``out_dir/<script stem>``."""
+def run_instance_checks(demo, progress=print) -> list[dict]:
+    """Run each registered ``(instance, theorems)`` of a finished demo; one JSON record per result."""
+    from proofs_check import select
+
+    records = []
+    for instance, theorems in demo.check_instances:
+        for check in select(theorems):
+            if not check.applies(instance):
+                continue
+            record = check.run(instance).to_json()
+            records.append(record)
+            if not record["passed"]:
+                progress(f"[demo] check {record['check']} FAILED on {record['instance']}")
+    return records
+
+
+def run_demos(out_dir, *, quick: bool = False, only=None, with_checks: bool = True,
+              progress=print) -> list[DemoRun]:
+    """Execute the demos, each writing into ``out_dir/<script stem>``.
+
+    With ``with_checks``, the theorem checks of :mod:`proofs_check` then run on the instances each
+    demo registered with ``demo.instance(...)`` (the same policy, parameters and harm it showed).
+    """
     from experiments.demos._support import OUT_ENV, QUICK_ENV
 
     out_dir = Path(out_dir)
@@ -55,15 +83,20 @@ def run_demos(out_dir, *, quick: bool = False, only=None, progress=print) -> lis
             os.environ[QUICK_ENV] = "1" if quick else "0"
             progress(f"[demo] {script.stem} ...")
             start = time.perf_counter()
-            error = None
+            error, checks = None, []
             try:
-                runpy.run_path(str(script), run_name="__main__")
+                namespace = runpy.run_path(str(script), run_name="__main__")
             except Exception:  # a failing demo is reported, the others still run
                 error = traceback.format_exc(limit=5)
                 progress(f"[demo] {script.stem} FAILED:\n{error}")
             seconds = time.perf_counter() - start
             progress(f"[demo] {script.stem} done in {seconds:.1f} s")
-            runs.append(DemoRun(script, target, seconds, error))
+            if error is None and with_checks and "demo" in namespace:
+                start = time.perf_counter()
+                checks = run_instance_checks(namespace["demo"], progress)
+                progress(f"[demo] {script.stem}: {len(checks)} theorem checks in "
+                         f"{time.perf_counter() - start:.1f} s")
+            runs.append(DemoRun(script, target, seconds, error, checks))
     finally:
         for k, v in saved.items():
             if v is None:
@@ -171,19 +204,22 @@ def demo_section(run: DemoRun, check_results: list[dict]) -> str:
         parts.append(f'<div class="error"><b>This demo failed:</b><pre>{html.escape(run.error)}'
                      "</pre></div>")
     parts.append(_numbers_table(record.get("numbers", {})))
+    notes = [i for i in record.get("instances", []) if i.get("note")]
     parts.append(_checks_table(check_results))
+    parts.extend(f"<p><small>Checked instance <code>{html.escape(i['name'])}</code>: "
+                 f"{html.escape(i['note'])}.</small></p>" for i in notes)
     parts.append(f"<p><small>ran in {run.seconds:.1f} s"
                  f"{' (quick mode)' if record.get('quick') else ''}</small></p></section>")
     return "\n".join(parts)
 
 
-def build_report(runs: list[DemoRun], out_dir, checks: dict[str, list[dict]]) -> Path:
-    """Write ``out_dir/report.html`` and return its path."""
+def build_report(runs: list[DemoRun], out_dir) -> Path:
+    """Write ``out_dir/report.html`` (atomically) and return its path."""
     from toy_lm import __version__
 
     nav = "".join(f'<li><a href="#{r.script.stem}">{html.escape(r.script.stem)}</a></li>'
                   for r in runs)
-    body = "\n<hr>\n".join(demo_section(r, checks.get(r.script.stem, [])) for r in runs)
+    body = "\n<hr>\n".join(demo_section(r, r.checks) for r in runs)
     page = (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
         "<title>harm-horizon: why alignment gradients stop at the harm horizon</title>"

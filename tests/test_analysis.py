@@ -190,3 +190,13 @@ def test_large_vocabulary_reductions():
     for key, value in want.items():
         np.testing.assert_allclose(got[key], value, rtol=0, atol=bound(vocab_size, 2, lam=0.7),
                                    err_msg=key)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", ["logits", "ref_logits"])
+def test_non_finite_tables_are_refused_not_analyzed(bad, where):
+    tables = [np.zeros((2 ** l, 2)) for l in range(3)]
+    ref = [np.zeros((2 ** l, 2)) for l in range(3)]
+    (tables if where == "logits" else ref)[2][1, 0] = bad
+    with pytest.raises(InputError, match=f"{where}_2 has 1 non-finite"):
+        analyze_tree(tables, np.repeat([0.0, 1.0], 4), ref_logits=ref)

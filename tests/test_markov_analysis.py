@@ -121,3 +121,14 @@ def test_float32_within_the_rederived_tolerance():
     for what in ("cond_harm", "harm_information", "equilibrium_kl"):
         err = np.max(np.abs(getattr(low, what) - getattr(high, what)))
         assert err <= tol, (what, err, tol)
+
+
+@pytest.mark.parametrize("bad", [np.nan, -np.inf])
+def test_non_finite_markov_logits_are_refused(bad):
+    dfa = harmful_before_refusal(3, 2, [1], [2])
+    logits = np.zeros((4, 3, 3))
+    logits[2, 1, 0] = bad
+    with pytest.raises(InputError, match="markov_logits has non-finite"):
+        analyze_markov(logits, dfa)
+    with pytest.raises(InputError, match="ref_logits has non-finite"):
+        analyze_markov(np.zeros((4, 3, 3)), dfa, ref_logits=logits)

@@ -79,7 +79,9 @@ def test_per_position_kl_agrees_with_exact(setup, estimator):
     truth = setup["exact"].per_position_kl
     assert np.all(est.covers(truth, EXACT_ATOL)), (est.mean, truth)
     if estimator == "full":   # position 1 has one prefix: the full estimator is exact there
-        assert est.stderr[0] < 1e-15
+        # Every sample evaluates the same row KL; only rounding (a few ulp of each of the V
+        # terms of the row sum) separates them, so the standard error is at most that spread.
+        assert est.stderr[0] <= 4 * V * np.finfo(np.float64).eps * max(1.0, truth[0])
 
 
 @pytest.mark.parametrize("baseline", [None, "batch_mean", "exact"])

@@ -44,7 +44,7 @@ import numpy as np
 
 from toy_lm.errors import InputError
 from toy_lm.harms import horizon_from_masks
-from toy_lm.tables import infer_sizes, is_binary, level_size
+from toy_lm.tables import infer_sizes, is_binary, level_size, validate_tables
 from toy_lm.tree import _check_lam
 
 #: Default number of prefixes per chunk.
@@ -235,9 +235,9 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
       >>> analyze_tree(tables, harm).expected_harm
       0.5
     """
-    vocab_size, length = infer_sizes(logits)
+    vocab_size, length = validate_tables(logits)
     if ref_logits is not None:
-        infer_sizes(ref_logits, "ref_logits")
+        validate_tables(ref_logits, "ref_logits")
         if len(ref_logits) != length or np.shape(ref_logits[0]) != np.shape(logits[0]):
             raise InputError(
                 f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "

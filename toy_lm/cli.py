@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "toy_lm.bench",
     "proofs_check.cli",
     "experiments.cli",
+    "experiments.cli_demo",
 )
 
 

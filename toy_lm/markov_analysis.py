@@ -199,6 +199,10 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
     """
     length, vocab_size, order = markov.check_markov(logits, dfa)
     dfa = make_automaton(dfa.transitions, dfa.verdict, dfa.start)
+    for name, table in (("markov_logits", logits), ("ref_logits", ref_logits)):
+        if table is not None and not np.all(np.isfinite(np.asarray(table))):
+            raise InputError(f"{name} has non-finite entries (NaN or inf); logits must be finite "
+                             "(use a large negative number, e.g. -30, for a near-zero probability)")
     if lam is not None:
         _check_lam(lam)
     order = max(order, 1)

@@ -141,13 +141,15 @@ class TabularPolicy(Policy):
     """
 
     def init(self, key: jax.Array, *, scale: float = 1.0) -> tuple[jax.Array, ...]:
-        """Independent ``N(0, scale**2)`` logits for every prefix and prompt."""
-        keys = jax.random.split(key, self.length)
-        return tuple(
-            _normal(keys[level], (self.num_prompts, level_size(self.vocab_size, level),
-                                  self.vocab_size), scale)
-            for level in range(self.length)
-        )
+        """Independent ``N(0, scale**2)`` logits for every prefix and prompt.
+
+        One draw for all levels, then split: one compiled random program whatever ``T`` is (a draw
+        per level would compile one per level shape).
+        """
+        sizes = [level_size(self.vocab_size, level) for level in range(self.length)]
+        draw = _normal(key, (self.num_prompts, sum(sizes), self.vocab_size), scale)
+        bounds = np.cumsum([0] + sizes)
+        return tuple(draw[:, a:b] for a, b in zip(bounds[:-1], bounds[1:]))
 
     def from_tables(self, tables, prompt_axis: bool = False) -> tuple[jax.Array, ...]:
         """Parameters holding given level tables (adds the prompt axis unless present)."""

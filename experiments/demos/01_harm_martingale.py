@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.demos._support import setup
+from proofs_check import Instance
 from toy_lm import (TabularPolicy, automaton_harm_table, cond_harm, harm_information,
                     harmful_before_refusal, horizon, random_decided_harm, response_horizons,
                     response_log_probs)
@@ -32,33 +33,36 @@ SEED, NUM_PATHS = 0, 12 if demo.quick else 24
 # ## Two harms on the same kind of policy
 #
 # *Decided early:* a random binary harm that depends only on the first `TAU = 3` tokens
-# (V = 3, T = 7). *Refusal world:* an automaton harm over V = 4 tokens (0 neutral, 1 harmful
+# (V = 3, T = 6). *Refusal world:* an automaton harm over V = 4 tokens (0 neutral, 1 harmful
 # content, 2 refusal, 3 filler) that fires when K = 2 harmful tokens appear before any refusal —
-# a refusal ends the harmful path safely, so harm can be averted at many positions.
+# a refusal ends the harmful path safely, so harm can be averted at many positions (T = 5).
 
 # %%
 def paths(policy, params, harm, key, num):
     """Sampled responses and their H_t paths (levels 0..T), computed exactly."""
     tables = policy.level_tables(params)
-    values = cond_harm(tables, harm)
+    values = jax.jit(cond_harm)(tables, harm)  # one compiled program, not op by op
     ys = np.asarray(policy.sample(key, params, num))
     h_paths = np.stack([np.asarray(values[l])[prefix_index(ys[:, :l], policy.vocab_size)]
                         for l in range(policy.length + 1)], axis=1)
     taus = response_horizons(np.asarray(harm), policy.vocab_size)[
         prefix_index(ys, policy.vocab_size)]
-    return ys, h_paths, taus, np.asarray(harm_information(tables, harm))
+    return ys, h_paths, taus, np.asarray(jax.jit(harm_information)(tables, harm))
 
 
 k_pol, k_harm, k_samp, k_pol2, k_samp2 = jax.random.split(jax.random.key(SEED), 5)
-early = TabularPolicy(3, 7)
+early = TabularPolicy(3, 6)
 early_params = early.init(k_pol)
-early_harm = random_decided_harm(k_harm, 3, 7, 3)
-demo.instance(policy="tabular", vocab=3, length=7, horizon=3, seed=SEED)
+early_harm = random_decided_harm(k_harm, 3, 6, 3)
 
-world = TabularPolicy(4, 7)
+world = TabularPolicy(4, 5)
 world_params = world.init(k_pol2)
 dfa = harmful_before_refusal(4, 2, harmful_tokens=[1], refusal_tokens=[2])
-world_harm = automaton_harm_table(dfa, 7)
+world_harm = automaton_harm_table(dfa, 5)
+demo.instance(Instance("01 decided early (tabular V3 T6)", early, early_params, early_harm,
+                       seed=SEED), ["T1"])
+demo.instance(Instance("01 refusal world (tabular V4 T5)", world, world_params, world_harm,
+                       seed=SEED, harm_kind="automaton", dfa=dfa), ["T1"])
 
 cases = {
     "decided by the first 3 tokens": (early, early_params, early_harm, k_samp),
@@ -87,7 +91,7 @@ for col, (title, (policy, params, harm, key)) in enumerate(cases.items()):
     axes[1, col].set(xlabel="position t", ylabel="I_t = E[Δ_t²]",
                      title="harm information: where the harm variance gets resolved")
     flat_after = bool(np.all([np.all(p[t:] == p[t]) for p, t in zip(h_paths, taus)]))
-    probs = np.exp(np.asarray(response_log_probs(policy.level_tables(params))))
+    probs = np.exp(np.asarray(jax.jit(response_log_probs)(policy.level_tables(params))))
     var_h = float(probs @ np.asarray(harm) ** 2 - (probs @ np.asarray(harm)) ** 2)
     demo.note(**{f"case{col}_tau_star": tau_star, f"case{col}_taus": taus,
                  f"case{col}_I_t": info, f"case{col}_flat_after_tau": flat_after,

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.demos._support import setup
+from proofs_check import Instance
 from toy_lm import (TransformerPolicy, cond_harm, per_position_grads_autodiff,
                     per_position_grads_surrogate, random_decided_harm, response_log_probs,
                     total_grad)
@@ -32,7 +33,8 @@ k_pol, k_harm = jax.random.split(jax.random.key(SEED))
 params = policy.init(k_pol)
 harm = random_decided_harm(k_harm, V, T, TAU)
 tables_fn = policy.level_tables
-demo.instance(policy="transformer", vocab=V, length=T, horizon=TAU, seed=SEED)
+demo.instance(Instance("02 transformer V3 T4 tau2", policy, params, harm, seed=SEED),
+              ["T2", "T3", "T4", "T5"])
 
 # %% [markdown]
 # ## Three routes to `g_t`
@@ -50,20 +52,25 @@ def flat_per_position(tree):
     return np.concatenate([np.asarray(x).reshape(x.shape[0], -1) for x in leaves], axis=1)
 
 
-g_autodiff = flat_per_position(per_position_grads_autodiff(tables_fn, params, harm))
-g_surrogate = flat_per_position(per_position_grads_surrogate(tables_fn, params, harm))
+# Each route is one jitted program: compiling it whole is much faster than running op by op.
+g_autodiff = flat_per_position(
+    jax.jit(lambda p: per_position_grads_autodiff(tables_fn, p, harm))(params))
+g_surrogate = flat_per_position(
+    jax.jit(lambda p: per_position_grads_surrogate(tables_fn, p, harm))(params))
 
 responses = jnp.asarray(all_prefixes(V, T))
-jac = jax.jacrev(lambda p: policy.token_log_probs(p, responses))(params)  # leaves (Y, T, ...)
+jac = jax.jit(jax.jacrev(lambda p: policy.token_log_probs(p, responses)))(params)  # (Y, T, ...)
 scores = np.concatenate([np.asarray(x).reshape(len(responses), T, -1)
                          for x in jax.tree_util.tree_leaves(jac)], axis=2).transpose(1, 0, 2)
-prob = np.exp(np.asarray(response_log_probs(tables_fn(params))))
-values = cond_harm(tables_fn(params), harm)
+tables = jax.jit(tables_fn)(params)
+prob = np.exp(np.asarray(jax.jit(response_log_probs)(tables)))
+values = jax.jit(cond_harm)(tables, harm)
 g_covariance = np.stack([
     np.einsum("y,y,yp->p", prob,
               np.asarray(values[t])[prefix_index(np.asarray(responses)[:, :t], V)], scores[t - 1])
     for t in range(1, T + 1)])
-full = flat_per_position(jax.tree_util.tree_map(lambda x: x[None], total_grad(tables_fn, params, harm)))[0]
+full = flat_per_position(jax.tree_util.tree_map(
+    lambda x: x[None], jax.jit(lambda p: total_grad(tables_fn, p, harm))(params)))[0]
 
 # %% [markdown]
 # ## Side by side

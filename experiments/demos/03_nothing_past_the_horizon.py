@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.demos._support import setup
+from proofs_check import Instance
 from toy_lm import (TabularPolicy, cond_harm, horizon, logit_grads, prefix_probs,
                     random_decided_harm)
 from toy_lm.tables import prefix_index
@@ -31,7 +32,8 @@ k_pol, k_harm, k_samp = jax.random.split(jax.random.key(SEED), 3)
 params = policy.init(k_pol)
 harm = random_decided_harm(k_harm, V, T, TAU)
 tables = policy.level_tables(params)
-demo.instance(policy="tabular", vocab=V, length=T, horizon=TAU, seed=SEED)
+demo.instance(Instance("03 tabular V3 T6 tau3", policy, params, harm, seed=SEED),
+              ["T4", "T5", "T10"])
 
 # %% [markdown]
 # ## Exact logit gradients, level by level

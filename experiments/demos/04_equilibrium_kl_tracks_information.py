@@ -21,6 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from experiments.demos._support import setup
+from proofs_check import Instance
 from toy_lm import TabularPolicy, analyze_tree, expected_harm, harm_information, random_decided_harm
 
 demo = setup("04_equilibrium_kl_tracks_information")
@@ -29,10 +30,11 @@ LAMBDAS = np.unique(np.concatenate([np.logspace(-1.5, 2.5, 9 if demo.quick else 
                                      [3.0, 30.0, 300.0]]))
 policy = TabularPolicy(V, T)
 k_pol, k_harm = jax.random.split(jax.random.key(SEED))
-base = policy.level_tables(policy.init(k_pol))
+params = policy.init(k_pol)
+base = policy.level_tables(params)
 harm = random_decided_harm(k_harm, V, T, TAU)
 info = np.asarray(harm_information(base, harm))
-demo.instance(policy="tabular", vocab=V, length=T, horizon=TAU, seed=SEED)
+demo.instance(Instance("04 tabular V3 T4 tau2", policy, params, harm, seed=SEED), ["T7"])
 
 # %% [markdown]
 # ## Sweep λ

@@ -2,8 +2,7 @@
 
 A demo calls :func:`setup` first; the returned :class:`Demo` saves figures (PNG and SVG) into the
 demo's output folder, records the numbers the text refers to and the instances it used (so the
-report can run ``harm-horizon check`` on exactly those), and :meth:`Demo.finish` writes
-``record.json``. The runner sets ``HARM_HORIZON_DEMO_OUT`` and ``HARM_HORIZON_DEMO_QUICK``; run
+report can run ``harm-horizon check`` on exactly those), keeping ``record.json`` up to date. The runner sets ``HARM_HORIZON_DEMO_OUT`` and ``HARM_HORIZON_DEMO_QUICK``; run
 directly, a demo writes into ``demo_out/<name>`` in full mode.
 """
 
@@ -28,6 +27,7 @@ class Demo:
     figures: list = dataclasses.field(default_factory=list)
     numbers: dict = dataclasses.field(default_factory=dict)
     instances: list = dataclasses.field(default_factory=list)
+    check_instances: list = dataclasses.field(default_factory=list)
 
     def save(self, fig, stem: str, caption: str) -> None:
         """Save ``fig`` as ``<stem>.png`` and ``<stem>.svg`` with a caption for the report."""
@@ -38,22 +38,32 @@ class Demo:
             fig.savefig(self.out_dir / f"{stem}.{ext}", dpi=110)
         plt.close(fig)
         self.figures.append({"file": f"{stem}.png", "caption": caption})
+        self._write()
 
     def note(self, **numbers) -> None:
         """Record numbers (floats, ints, lists) that the demo's text talks about."""
         self.numbers.update({k: _plain(v) for k, v in numbers.items()})
         for key, value in numbers.items():
             print(f"  {key} = {_plain(value)}")
+        self._write()
 
-    def instance(self, **spec) -> None:
-        """Record an instance (policy kind, V, T, horizon, seed, ...) for the report's checks."""
-        self.instances.append({k: _plain(v) for k, v in spec.items()})
+    def instance(self, instance, theorems, note: str = "") -> None:
+        """Register a :class:`proofs_check.Instance` the report runs ``theorems`` on.
 
-    def finish(self) -> None:
+        Pass the demo's own policy, parameters and harm, so the report checks exactly what the
+        demo shows (``note`` says so when it cannot, e.g. a tree too large to enumerate).
+        """
+        self.check_instances.append((instance, tuple(theorems)))
+        self.instances.append({"name": instance.name, "theorems": list(theorems), "note": note})
+        self._write()
+
+    def _write(self) -> None:
+        """Rewrite ``record.json`` (after every change, so a demo needs no closing call)."""
         record = {"name": self.name, "quick": self.quick, "figures": self.figures,
                   "numbers": self.numbers, "instances": self.instances}
-        (self.out_dir / "record.json").write_text(json.dumps(record, indent=2))
-        print(f"[{self.name}] figures and record in {self.out_dir}")
+        tmp = self.out_dir / "record.json.partial"
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(self.out_dir / "record.json")
 
 
 def _plain(value):

@@ -1,0 +1,49 @@
+"""``harm-horizon demo``: run the numbered demonstrations and write one self-contained HTML report."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from toy_lm.errors import InputError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "demo", help="run the teaching demonstrations and write a self-contained HTML report",
+        description="Runs experiments/demos/NN_*.py in order, then the theorem checks on the "
+                    "instances each demo used, and writes OUT/report.html (figures embedded).")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if needed)")
+    p.add_argument("--quick", action="store_true", help="smaller settings (what the tests run)")
+    p.add_argument("--only", nargs="+", type=int, metavar="N", help="only these demo numbers")
+    p.add_argument("--no-checks", action="store_true",
+                   help="skip the theorem checks on the demos' instances")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from experiments.report import build_report, demo_scripts, run_demos
+
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InputError(f"--out {args.out} exists and is not a folder; choose another path")
+    if args.only:
+        known = sorted(int(s.name[:2]) for s in demo_scripts())
+        unknown = sorted(set(args.only) - set(known))
+        if unknown:
+            raise InputError(f"--only {unknown}: no such demo; choose from {known}")
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create --out {args.out}: {err.strerror}") from None
+
+    def progress(msg):
+        print(msg, file=sys.stderr, flush=True)
+
+    runs = run_demos(args.out, quick=args.quick, only=args.only, with_checks=not args.no_checks,
+                     progress=progress)
+    path = build_report(runs, args.out)
+    failed = [r.script.stem for r in runs if not r.ok]
+    checks = sum(len(r.checks) for r in runs)
+    print(f"report: {path} ({len(runs)} demos, {checks} theorem checks"
+          f"{', failed: ' + ', '.join(failed) if failed else ', all passed'})")
+    return 1 if failed else 0
