@@ -15,7 +15,7 @@ from instances import examples, instances, tol
 from tree_all import engine
 
 from toy_lm import harms, tree
-from toy_lm.analysis import CHUNK_ROWS, analyze_tree, compile_kernels
+from toy_lm.analysis import BACKENDS, CHUNK_ROWS, analyze_tree, compile_kernels
 from toy_lm.cli_analyze import output_arrays
 from toy_lm.errors import InputError
 from toy_lm.reference import reference_analysis
@@ -33,16 +33,18 @@ def reference_policy(inst):
     return [np.asarray(z) * 0.5 - 0.2 * np.arange(z.shape[1]) for z in inst.tables]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=examples(8))
-@given(instances(), st.sampled_from((None, 0.05, 0.5, 30.0)))
-def test_every_key_matches_engine_and_reference(inst, lam):
+@given(inst=instances(), lam=st.sampled_from((None, 0.05, 0.5, 30.0)))
+def test_every_key_matches_engine_and_reference(backend, inst, lam):
     V, T, harm = inst.vocab_size, inst.length, inst.harm
     with_ref = lam is not None  # fewer kernel variants to compile; each flag is still covered
     ref = reference_policy(inst) if with_ref else None
     binary = is_binary(harm)
-    # Chunks of 2 rows: several chunks per level, padded tails (V = 3), one compile for all T.
+    # XLA: chunks of 2 rows, so several chunks per level, padded tails (V = 3), one compile for
+    # all T. (Numba's blocks of 1024 rows are split in test_backends_agree_on_multi_block_levels.)
     result = analyze_tree(inst.tables, harm, lam=lam, ref_logits=ref, mutual_information=binary,
-                          chunk_rows=2)
+                          backend=backend, chunk_rows=2)
     got = output_arrays(result, lam)
     want = reference_analysis(inst.tables, harm, lam=lam, ref_logits=ref)
     assert set(got) - {"harm_information_mi"} == set(want)
@@ -106,8 +108,9 @@ def test_chunking_does_not_change_results(chunk_rows):
     ref = [rng.normal(size=(3 ** l, 3)) for l in range(4)]
     harm = np.repeat((rng.random(27) < 0.5).astype(float), 3)
     kwargs = dict(lam=0.3, ref_logits=ref, mutual_information=True)
-    base = output_arrays(analyze_tree(tables, harm, chunk_rows=2, **kwargs), 0.3)
-    other = output_arrays(analyze_tree(tables, harm, chunk_rows=chunk_rows, **kwargs), 0.3)
+    base = output_arrays(analyze_tree(tables, harm, backend="xla", chunk_rows=2, **kwargs), 0.3)
+    other = output_arrays(analyze_tree(tables, harm, backend="xla", chunk_rows=chunk_rows,
+                                       **kwargs), 0.3)
     for key, value in base.items():
         np.testing.assert_allclose(other[key], value, rtol=0, atol=bound(3, 4, lam=0.3),
                                    err_msg=key)
@@ -134,7 +137,8 @@ def test_length_one_and_docstring_example():
     assert result.horizon == 1 and result.cond_harm[1].tolist() == [1.0, 0.0]
 
 
-def test_extreme_inputs_stay_finite_and_exact():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_inputs_stay_finite_and_exact(backend):
     """λ = 1e-3 (Z down to e^-1000, log space) and logits of ±30 (probabilities ~1e-26)."""
     rng = np.random.default_rng(3)
     tables = [30 * np.sign(rng.normal(size=(3 ** l, 3))) for l in range(4)]
@@ -142,7 +146,7 @@ def test_extreme_inputs_stay_finite_and_exact():
     ref = [np.zeros_like(z) for z in tables]
     # Chunks of 2 and every option on: the kernels the property test above compiles.
     result = analyze_tree(tables, harm, lam=1e-3, ref_logits=ref, mutual_information=True,
-                          chunk_rows=2)
+                          backend=backend, chunk_rows=2)
     want = reference_analysis(tables, harm, lam=1e-3, ref_logits=ref)
     for level in range(4):
         assert np.all(np.isfinite(result.equilibrium_logits[level]))
@@ -168,6 +172,10 @@ def test_bad_arguments_are_refused():
         analyze_tree(tables, harm, ref_logits=tables[:1])
     with pytest.raises(InputError, match="logits_1"):
         analyze_tree([np.zeros((1, 2)), np.zeros((3, 2))], harm)
+    with pytest.raises(InputError, match=r"harm has shape \(3,\) .* need \(4,\)"):
+        analyze_tree(tables, harm[:3])
+    with pytest.raises(InputError, match="unknown backend 'cuda'"):
+        analyze_tree(tables, harm, backend="cuda")
 
 
 def test_compile_kernels_reports_seconds():
@@ -175,8 +183,10 @@ def test_compile_kernels_reports_seconds():
     assert 0 < seconds < 600
 
 
-def test_large_vocabulary_reductions():
-    """V above UNROLL_MAX_V takes the plain-reduction path of the kernels: same answers."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_large_vocabulary_reductions(backend):
+    """V above UNROLL_MAX_V takes the plain-reduction path of the XLA kernels, and V > 4 the
+    generic (not vocabulary-specialized) block function of the Numba kernels: same answers."""
     from toy_lm.analysis import UNROLL_MAX_V
 
     vocab_size = UNROLL_MAX_V + 1
@@ -185,11 +195,57 @@ def test_large_vocabulary_reductions():
     ref = [rng.normal(size=z.shape) for z in tables]
     harm = np.repeat((rng.random(vocab_size) < 0.5).astype(float), vocab_size)
     harm[:vocab_size] = np.arange(vocab_size) % 2  # the first prefix stays undetermined
-    got = output_arrays(analyze_tree(tables, harm, lam=0.7, ref_logits=ref), 0.7)
+    got = output_arrays(analyze_tree(tables, harm, lam=0.7, ref_logits=ref, backend=backend), 0.7)
     want = reference_analysis(tables, harm, lam=0.7, ref_logits=ref)
     for key, value in want.items():
         np.testing.assert_allclose(got[key], value, rtol=0, atol=bound(vocab_size, 2, lam=0.7),
                                    err_msg=key)
+
+
+@pytest.mark.parametrize("vocab_size, length", [(3, 8), (2, 12), (4, 7), (5, 6)])
+def test_backends_agree_on_multi_block_levels(vocab_size, length):
+    """Levels of several Numba blocks (1024 rows; a partial last block for V = 3 and 5), for the
+    vocabulary-specialized block functions (V = 2, 3, 4) and the generic one (V = 5): every
+    output, every option, against the numpy reference and the XLA backend."""
+    rng = np.random.default_rng(vocab_size)
+    tables = [2 * rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+    ref = [rng.normal(size=z.shape) for z in tables]
+    tau = length - 2
+    harm = np.repeat((rng.random(vocab_size ** tau) < 0.5).astype(float),
+                     vocab_size ** (length - tau))
+    assert vocab_size ** (length - 1) > 1024
+    kwargs = dict(lam=0.3, ref_logits=ref, mutual_information=True)
+    fast = analyze_tree(tables, harm, backend="numba", **kwargs)
+    xla = analyze_tree(tables, harm, backend="xla", **kwargs)
+    got, other = output_arrays(fast, 0.3), output_arrays(xla, 0.3)
+    want = reference_analysis(tables, harm, lam=0.3, ref_logits=ref)
+    b = min(bound(vocab_size, length, lam=0.3), ISSUE_BOUND)
+    for key, value in want.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=b, err_msg=key)
+        np.testing.assert_allclose(got[key], other[key], rtol=0, atol=b, err_msg=key)
+    np.testing.assert_allclose(fast.harm_information_mi, xla.harm_information_mi, rtol=0, atol=b)
+    assert fast.horizon == xla.horizon == length - 2
+    assert np.all(fast.equilibrium_kl[tau:] == 0.0) and np.all(fast.harm_information[tau:] == 0.0)
+
+
+def test_numba_results_do_not_depend_on_the_thread_count():
+    """Level sums are accumulated per block of fixed size and combined in block order."""
+    import numba
+
+    rng = np.random.default_rng(7)
+    tables = [rng.normal(size=(3 ** l, 3)) for l in range(8)]
+    harm = rng.random(3 ** 8)
+    kwargs = dict(lam=0.4, ref_logits=[0.5 * z for z in tables])
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = output_arrays(analyze_tree(tables, harm, **kwargs), 0.4)
+        numba.set_num_threads(before)
+        many = output_arrays(analyze_tree(tables, harm, **kwargs), 0.4)
+    finally:
+        numba.set_num_threads(before)
+    for key, value in one.items():
+        np.testing.assert_array_equal(many[key], value, err_msg=key)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])

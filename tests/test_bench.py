@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from toy_lm import bench
+from toy_lm import analysis, bench
 from toy_lm.cli import main
 
 KEYS = {"name", "sequences", "seconds", "compile_seconds", "floor_seconds", "ratio_to_floor",
@@ -23,6 +23,20 @@ def keep_caches(monkeypatch):
     return calls
 
 
+@pytest.fixture(autouse=True)
+def numba_compiles(monkeypatch):
+    """Compiling the Numba kernels from scratch takes about 40 s on 2 cores; the default suite
+    records the call (test_compile_numba_kernels_from_scratch, marked slow, runs it for real)."""
+    calls = []
+
+    def fake():
+        calls.append(1)
+        return 1.0
+
+    monkeypatch.setattr(analysis, "compile_numba_kernels", fake)
+    return calls
+
+
 def test_memory_floor_reads_and_writes():
     inputs = [np.ones(1000), np.ones((10, 4))]
     floor = bench.memory_floor(inputs, [((100,), np.float64), ((5, 4), np.bool_)], repeats=2)
@@ -35,9 +49,11 @@ def test_output_shapes_cover_every_output():
     assert sorted(s for s, _ in shapes) == sorted([(1,), (3,), (9,)] * 2 + [(1, 3), (3, 3)] * 2)
 
 
-def test_bench_tree_row_is_consistent(keep_caches):
+def test_bench_tree_row_is_consistent(keep_caches, numba_compiles):
     row = bench.bench_tree(2, 4, repeats=1)
-    assert keep_caches  # compile time is measured from empty caches
+    assert keep_caches  # XLA compile time is measured from empty caches
+    assert numba_compiles and row["compile_seconds"] == 1.0  # and the Numba one from scratch
+    assert row["xla_seconds"] > 0 and row["xla_compile_seconds"] > 0
     assert KEYS <= set(row)
     assert row["sequences"] == 16
     assert all(row[k] > 0 for k in ("seconds", "compile_seconds", "floor_seconds"))
@@ -45,9 +61,10 @@ def test_bench_tree_row_is_consistent(keep_caches):
     assert row["ratio_to_reference"] == pytest.approx(row["reference_seconds"] / row["seconds"])
 
 
-def test_cli_bench_json(capsys):
+def test_cli_bench_json(capsys, numba_compiles):
     status = main(["bench", "--suite", "tree", "--json", "--quick", "--repeats", "1"])
     assert status == 0
+    assert len(numba_compiles) == 1  # once for every size: the kernels do not depend on V or T
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list) and len(rows) == 2
     for row in rows:
@@ -59,3 +76,14 @@ def test_cli_bench_refuses_zero_repeats(capsys):
     assert main(["bench", "--repeats", "0", "--quick"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--repeats 0" in err[0]
+
+
+@pytest.mark.slow
+def test_compile_numba_kernels_from_scratch(monkeypatch):
+    """The real from-scratch compile (about 40 s): it takes time and leaves working kernels."""
+    monkeypatch.undo()
+    seconds = analysis.compile_numba_kernels()
+    assert seconds > 0
+    tables = [np.zeros((3 ** l, 3)) for l in range(3)]
+    assert analysis.analyze_tree(tables, np.repeat([0.0, 1.0, 1.0], 9)).expected_harm == (
+        pytest.approx(2 / 3, abs=1e-15))

@@ -164,8 +164,7 @@ def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref
         row_kl = jnp.where(constant[:, 0], 0.0, row_kl)
         real = probs > 0
         scale = jnp.max(jnp.where(real, logz, -jnp.inf))
-        scale = jnp.where(jnp.isfinite(scale), scale, 0.0)
-        mass = probs * jnp.exp(logz - scale)
+        mass = probs * jnp.exp(logz - jnp.where(jnp.isfinite(scale), scale, 0.0))
         out.update(logz=logz, eq=eq, eq_kl_num=jnp.sum(mass * row_kl), eq_kl_den=jnp.sum(mass),
                    eq_kl_scale=scale)
     if with_ref:
@@ -207,14 +206,49 @@ def _pipelined(dispatched, store) -> None:
 def _combine_scaled(parts) -> float:
     """``Σ num_c e^{m_c} / Σ den_c e^{m_c}`` from per-chunk ``(num, den, m)`` triples."""
     nums, dens, scales = (np.array([float(p[i]) for p in parts]) for i in range(3))
-    weights = np.exp(scales - scales.max())
+    return _combine_scaled_arrays(nums, dens, scales)
+
+
+def _combine_scaled_arrays(nums, dens, scales) -> float:
+    """``Σ num_c e^{m_c} / Σ den_c e^{m_c}`` from arrays of per-chunk values.
+
+    A chunk with no prefix of positive probability has ``m_c = -inf`` and weight 0.
+    """
+    scales = np.asarray(scales, float)
+    finite = np.isfinite(scales)
+    if not finite.any():
+        return 0.0
+    weights = np.where(finite, np.exp(np.where(finite, scales, 0.0) - scales[finite].max()), 0.0)
     den = float(np.sum(dens * weights))
     return float(np.sum(nums * weights)) / den if den > 0 else 0.0
 
 
+def _validate(logits, harm, lam, ref_logits, mutual_information) -> tuple[int, int]:
+    vocab_size, length = validate_tables(logits)
+    if ref_logits is not None:
+        validate_tables(ref_logits, "ref_logits")
+        if len(ref_logits) != length or np.shape(ref_logits[0]) != np.shape(logits[0]):
+            raise InputError(
+                f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "
+                f"have V={vocab_size}, T={length}; the reference policy must have the same sizes")
+    if lam is not None:
+        _check_lam(lam)
+    if np.shape(harm) != (vocab_size ** length,):
+        raise InputError(
+            f"harm has shape {np.shape(harm)} but the tables (V={vocab_size}, T={length}) need "
+            f"({vocab_size ** length},): one value per response, in canonical order")
+    if mutual_information and not is_binary(harm):
+        raise InputError("the mutual-information form I_t^MI needs a binary harm (values 0 or 1)")
+    return vocab_size, length
+
+
+#: The implementations :func:`analyze_tree` can run.
+BACKENDS = ("numba", "xla")
+
+
 def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
                  ref_logits: Sequence | None = None, mutual_information: bool = False,
-                 chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
+                 backend: str = "numba", chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
     """Run the complete analysis of a policy (level tables) and a harm.
 
     Args:
@@ -223,7 +257,12 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
       lam: KL weight ``λ > 0`` of the equilibrium ``π*_λ``; None skips the equilibrium.
       ref_logits: optional reference tables for ``KL_t(π || π_ref)``.
       mutual_information: also compute ``I_t^MI`` (requires a binary harm).
-      chunk_rows: prefixes per kernel call; every level runs the same two compiled kernels.
+      backend: ``"numba"`` (default; compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64,
+        every core, results written in place) or ``"xla"`` (the jitted chunk kernels of this
+        module, on JAX's default device, in JAX's default float dtype). Both compute the same
+        quantities with the same exact-zero conventions; the tests hold them to each other.
+      chunk_rows: ``"xla"`` only: prefixes per kernel call (every level runs the same two
+        compiled kernels).
 
     Returns:
       A :class:`TreeAnalysis` of numpy arrays.
@@ -235,17 +274,97 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
       >>> analyze_tree(tables, harm).expected_harm
       0.5
     """
-    vocab_size, length = validate_tables(logits)
-    if ref_logits is not None:
-        validate_tables(ref_logits, "ref_logits")
-        if len(ref_logits) != length or np.shape(ref_logits[0]) != np.shape(logits[0]):
-            raise InputError(
-                f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "
-                f"have V={vocab_size}, T={length}; the reference policy must have the same sizes")
-    if lam is not None:
-        _check_lam(lam)
-    if mutual_information and not is_binary(harm):
-        raise InputError("the mutual-information form I_t^MI needs a binary harm (values 0 or 1)")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    _validate(logits, harm, lam, ref_logits, mutual_information)
+    if backend == "numba":
+        return _analyze_tree_numba(logits, harm, lam=lam, ref_logits=ref_logits,
+                                   mutual_information=mutual_information)
+    return _analyze_tree_xla(logits, harm, lam=lam, ref_logits=ref_logits,
+                             mutual_information=mutual_information, chunk_rows=chunk_rows)
+
+
+def _float64_table(x) -> np.ndarray:
+    """``x`` as a C-contiguous float64 numpy array (no copy when it already is one)."""
+    return np.ascontiguousarray(np.asarray(x), dtype=np.float64)
+
+
+def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
+                        ref_logits: Sequence | None, mutual_information: bool) -> TreeAnalysis:
+    """:func:`analyze_tree` with the compiled kernels: a backward pass, then a forward pass."""
+    from toy_lm import cpu_kernels as kernels
+
+    vocab_size, length = infer_sizes(logits)
+    f64 = np.float64
+    harm = _float64_table(harm)
+    with_lam, with_ref, with_mi = lam is not None, ref_logits is not None, mutual_information
+    lam_value = float(lam) if with_lam else 1.0
+    # Placeholders of the kernels' argument types for what a call does not use (one compiled
+    # signature serves every call).
+    vec0, bool0, tab0 = np.zeros(0, f64), np.zeros(0, np.bool_), np.zeros((0, vocab_size), f64)
+
+    cond = [None] * length + [harm]
+    dets = [None] * length + [np.ones(harm.shape, bool)]
+    grads, eqs = [None] * length, [None] * length
+    logz, row_kl, row_ref, row_mi = ([None] * length for _ in range(4))
+    child_logz = child_hb = vec0
+    for level in reversed(range(length)):
+        n = level_size(vocab_size, level)
+        leaf = level == length - 1
+        h_l, det_l, pi_l = np.empty(n, f64), np.empty(n, np.bool_), np.empty((n, vocab_size), f64)
+        logz_l, kl_l = (np.empty(n, f64) if with_lam else vec0 for _ in range(2))
+        eq_l = np.empty((n, vocab_size), f64) if with_lam else tab0
+        ref_l = np.empty(n, f64) if with_ref else vec0
+        hb_l, mi_l = (np.empty(n, f64) if with_mi else vec0 for _ in range(2))
+        kernels.backward_level(
+            _float64_table(logits[level]), cond[level + 1], bool0 if leaf else dets[level + 1],
+            vec0 if leaf else child_logz, vec0 if leaf else child_hb,
+            _float64_table(ref_logits[level]) if with_ref else tab0, lam_value, leaf, with_lam,
+            with_ref, with_mi, h_l, det_l, pi_l, logz_l, eq_l, kl_l, ref_l, hb_l, mi_l)
+        cond[level], dets[level], grads[level] = h_l, det_l, pi_l
+        logz[level], row_kl[level], row_ref[level], row_mi[level] = logz_l, kl_l, ref_l, mi_l
+        child_logz, child_hb = logz_l, hb_l
+        if with_lam:
+            eqs[level] = eq_l
+
+    info, mi, eq_kl, ref_kl = (np.zeros(length) for _ in range(4))
+    probs = np.ones(1, f64)
+    for level in range(length):
+        n = level_size(vocab_size, level)
+        last = level == length - 1
+        next_probs = vec0 if last else np.empty(n * vocab_size, f64)
+        sums = np.zeros(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
+        kernels.forward_level(probs, grads[level], cond[level], cond[level + 1], logz[level],
+                              row_kl[level], row_ref[level], row_mi[level], with_lam, with_ref,
+                              with_mi, next_probs, last, sums)
+        info[level] = float(np.sum(sums[:, 0]))
+        if with_lam:
+            eq_kl[level] = _combine_scaled_arrays(sums[:, 1], sums[:, 2], sums[:, 3])
+        if with_ref:
+            ref_kl[level] = float(np.sum(sums[:, 4]))
+        if with_mi:
+            mi[level] = float(np.sum(sums[:, 5]))
+        probs = next_probs
+
+    return TreeAnalysis(
+        expected_harm=float(cond[0][0]),
+        cond_harm=tuple(cond),
+        logit_grads=tuple(grads),
+        determined=tuple(dets),
+        harm_information=info,
+        harm_information_mi=mi if with_mi else None,
+        horizon=horizon_from_masks(dets),
+        equilibrium_logits=tuple(eqs) if with_lam else None,
+        equilibrium_kl=eq_kl if with_lam else None,
+        per_position_kl=ref_kl if with_ref else None,
+    )
+
+
+def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
+                      ref_logits: Sequence | None = None, mutual_information: bool = False,
+                      chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
+    """:func:`analyze_tree` with the jitted XLA chunk kernels (forward pass, then backward)."""
+    vocab_size, length = infer_sizes(logits)
     dtype = np.dtype(jnp.result_type(float))
     harm = np.asarray(harm, dtype)
     chunk = max(1, min(int(chunk_rows), level_size(vocab_size, length - 1)))
@@ -343,9 +462,30 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
     )
 
 
+def compile_numba_kernels() -> float:
+    """Seconds to compile every Numba kernel of ``backend="numba"`` from scratch.
+
+    The kernels have one signature for every ``V``, ``T`` and option (the vocabulary-specialized
+    block functions for ``V = 2, 3, 4`` are compiled together with the generic one), so this is
+    the whole compile cost. It flushes and rewrites the on-disk cache.
+    """
+    import time
+
+    from toy_lm import cpu_kernels as kernels
+
+    # Create every signature first (loaded from the disk cache when there is one).
+    _analyze_tree_numba([np.zeros((5 ** l, 5)) for l in range(2)], np.zeros(25), lam=1.0,
+                        ref_logits=None, mutual_information=False)
+    start = time.perf_counter()
+    for dispatcher in (kernels._backward_block, kernels._forward_block, kernels.backward_level,
+                       kernels.forward_level):
+        dispatcher.recompile()
+    return time.perf_counter() - start
+
+
 def compile_kernels(vocab_size: int, length: int, *, lam: bool = True, ref: bool = False,
                     mutual_information: bool = False, chunk_rows: int = CHUNK_ROWS) -> float:
-    """Seconds to lower and compile every kernel :func:`analyze_tree` uses at this size."""
+    """Seconds to lower and compile every kernel ``backend="xla"`` uses at this size."""
     import time
 
     dtype = np.dtype(jnp.result_type(float))
