@@ -1,10 +1,22 @@
-"""The full prefix-tree analysis in two chunked passes (what ``harm-horizon analyze`` runs).
+"""The full prefix-tree analysis in two passes (what ``harm-horizon analyze`` runs).
 
 :mod:`toy_lm.tree` states each quantity as its own readable, jittable function; computing them one
-by one re-walks the tree many times. :func:`analyze_tree` computes everything in one forward pass
-(prefix probabilities) and one backward pass that produces, level by level, ``H``, the logit
-gradients ``G``, the determined masks, ``I_t`` (both forms), the equilibrium tables of ``π*_λ`` and
-their per-position KL, and the KL against a reference policy.
+by one re-walks the tree many times. :func:`analyze_tree` computes everything in two passes over
+the levels and produces ``H``, the logit gradients ``G``, the determined masks, ``I_t`` (both
+forms), the equilibrium tables of ``π*_λ`` and their per-position KL, and the KL against a
+reference policy. Two implementations (``backend=``):
+
+* ``"numba"`` (default): the compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64. A backward
+  pass (leaves first) computes per level ``π``, ``H``, the masks, ``log Z``, the equilibrium tables
+  and the per-row KLs; a forward pass then computes the prefix probabilities and turns ``π`` into
+  the logit gradients in place, with ``I_t`` and the probability-weighted sums. One kernel call per
+  level and pass writes straight into the output arrays, on every core. Compiled once per install
+  (about 40 s on 2 cores, cached on disk; see :func:`compile_numba_kernels`).
+* ``"xla"``: the jitted chunk kernels below (forward pass first, then backward), on JAX's default
+  device and float dtype. Kept as an independent second implementation (the tests hold the two to
+  each other and to the numpy reference) and for comparison in the benchmark.
+
+The rest of this docstring describes the XLA path.
 
 Chunks and compile time. Each pass applies one jitted kernel to fixed-size chunks of rows
 (``chunk_rows`` prefixes; a smaller level, or the tail of a level, is padded with rows of zero
@@ -13,7 +25,8 @@ time does not grow with ``T`` (a program unrolled level by level compiled for mo
 H200 at ``V=4, T=12``). Chunks also keep XLA's working set in cache and avoid allocating a fresh
 array per level per operation. Results land in preallocated numpy arrays.
 
-Performance notes (XLA on a 2-core CPU, jax 0.10; see ``harm-horizon bench --suite tree``). XLA pays
+Performance notes (XLA on a 2-core CPU, jax 0.10; see ``harm-horizon bench --suite tree``, whose
+rows carry ``xla_seconds`` next to the default backend's ``seconds``). XLA pays
 heavily for fresh large buffers (page faults: ``x + 1`` on 2**24 float64 takes ~10x longer into a
 fresh output than into a donated one) and for converting large numpy arrays (a 128 MB
 ``device_put`` copies at ~1 GB/s), so whole levels are never handed to XLA: chunks of ``2**15``
@@ -23,7 +36,8 @@ previous chunk's results are copied out. Inside the kernels one ``exp`` per entr
 column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
 remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
 forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
-on this CPU, several times the memory-traffic floor of the benchmark.
+on this CPU, several times the memory-traffic floor of the benchmark (which is why the default
+backend is the Numba one).
 
 Equilibrium KL without a forward pass over ``π*``. ``π*_λ(y_<=l) = P0(y_<=l) Z_l(y_<=l) / Z_0`` and
 ``Z_0 = Σ_{y_<=l} P0(y_<=l) Z_l(y_<=l)`` at every level, so
