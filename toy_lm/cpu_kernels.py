@@ -69,8 +69,7 @@ def _backward_block(start, vocab, z, child_h, child_det, child_logz, child_hb, r
             m = max(m, z[i, v])
         for v in range(vocab):
             x[r * vocab + v] = z[i, v] - m
-    for j in range(width):
-        e[j] = fexp(x[j])
+    _row_exp(x, e, rows, vocab, row_a)
     # π, H (exact zeros where the children agree), determined masks.
     for r in range(rows):
         i = start + r
@@ -145,8 +144,9 @@ def _backward_block(start, vocab, z, child_h, child_det, child_logz, child_hb, r
         row_b[r] = top
         for v in range(vocab):
             y[r * vocab + v] -= top
+    _row_exp(y, t, rows, vocab, row_a)
     for j in range(width):
-        t[j] = fexp(y[j]) * e[j]         # tilted = π exp(log Z_child - top)
+        t[j] *= e[j]                     # tilted = π exp(log Z_child - top)
     for r in range(rows):
         mass = 0.0
         for v in range(vocab):
@@ -174,6 +174,26 @@ def _backward_block(start, vocab, z, child_h, child_det, child_logz, child_hb, r
                 eq_out[i, v] = x[j] + shift
                 acc += t[j] * shift
             kl_out[i] = acc / row_a[r]
+
+
+@nb.njit(inline="always")
+def _row_exp(x, out, rows, vocab, scratch):
+    """``out[j] = exp(x[j])`` for a block whose rows each hold a 0.0 at their maximum.
+
+    For ``V = 2`` the other entry of a row is its minimum, so one ``exp`` per row suffices (half
+    the work, bitwise the same result: ``fexp(0.0) == 1.0`` exactly); otherwise one flat loop.
+    """
+    if vocab == 2:
+        for r in range(rows):
+            scratch[r] = min(x[2 * r], x[2 * r + 1])
+        for r in range(rows):
+            scratch[r] = fexp(scratch[r])
+        for r in range(rows):
+            out[2 * r] = 1.0 if x[2 * r] == 0.0 else scratch[r]
+            out[2 * r + 1] = 1.0 if x[2 * r + 1] == 0.0 else scratch[r]
+    else:
+        for j in range(rows * vocab):
+            out[j] = fexp(x[j])
 
 
 @nb.njit(**_JIT)
@@ -224,31 +244,34 @@ def _forward_block(start, vocab, probs, grads, h, child_h, logz, row_kl, row_ref
     n = grads.shape[0]
     stop = min(n, start + BLOCK)
     info = 0.0
+    if not last:
+        for i in range(start, stop):
+            p = probs[i]
+            for v in range(vocab):
+                next_probs[i * vocab + v] = p * grads[i, v]
     for i in range(start, stop):
         p = probs[i]
         hi = h[i]
         base = i * vocab
         for v in range(vocab):
-            w = p * grads[i, v]
-            if not last:
-                next_probs[base + v] = w
             d = child_h[base + v] - hi
-            g = w * d
+            g = (p * grads[i, v]) * d
             grads[i, v] = g
             info += g * d
     sums[start // BLOCK, 0] = info
     if with_lam:
         scale = -np.inf
         for i in range(start, stop):
-            if probs[i] > 0.0:
-                scale = max(scale, logz[i])
+            scale = max(scale, logz[i] if probs[i] > 0.0 else -np.inf)
         num = 0.0
         den = 0.0
         if scale > -np.inf:              # else no prefix of positive probability: weight 0
+            mass = np.empty(stop - start)
+            for i in range(start, stop):   # a flat loop: the exp vectorizes
+                mass[i - start] = probs[i] * fexp(logz[i] - scale)
             for i in range(start, stop):
-                mass = probs[i] * fexp(logz[i] - scale)
-                num += mass * row_kl[i]
-                den += mass
+                num += mass[i - start] * row_kl[i]
+                den += mass[i - start]
         sums[start // BLOCK, 1] = num
         sums[start // BLOCK, 2] = den
         sums[start // BLOCK, 3] = scale
@@ -278,5 +301,12 @@ def forward_level(probs, grads, h, child_h, logz, row_kl, row_ref, row_mi, with_
     """
     n, vocab = grads.shape
     for b in nb.prange((n + BLOCK - 1) // BLOCK):
-        _forward_block(b * BLOCK, vocab, probs, grads, h, child_h, logz, row_kl, row_ref, row_mi,
-                       with_lam, with_ref, with_mi, next_probs, last, sums)
+        if vocab == 2:                   # specialized block functions, as in backward_level
+            _forward_block(b * BLOCK, 2, probs, grads, h, child_h, logz, row_kl, row_ref, row_mi,
+                           with_lam, with_ref, with_mi, next_probs, last, sums)
+        elif vocab == 4:
+            _forward_block(b * BLOCK, 4, probs, grads, h, child_h, logz, row_kl, row_ref, row_mi,
+                           with_lam, with_ref, with_mi, next_probs, last, sums)
+        else:
+            _forward_block(b * BLOCK, vocab, probs, grads, h, child_h, logz, row_kl, row_ref,
+                           row_mi, with_lam, with_ref, with_mi, next_probs, last, sums)
