@@ -184,6 +184,11 @@ def run(args) -> int:
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
+    from toy_lm.cpu_kernels import cached_on_disk
+
+    if not cached_on_disk():
+        print("[analyze] compiling the analysis kernels (once after install, about 40 s on 2 cores;"
+              " cached on disk afterwards)", file=sys.stderr, flush=True)
     result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi)
     info = summary(result, vocab_size, length, args.lam)
     if args.out:

@@ -40,10 +40,12 @@ demo.instance(Instance("04 tabular V3 T4 tau2", policy, params, harm, seed=SEED)
 # ## Sweep λ
 #
 # For each `λ` the exact engine builds `π*_λ` (level tables by the `Z` recursion) and measures
-# `KL_t(π*_λ ‖ π0)` position by position (`analyze_tree(..., lam=λ).equilibrium_kl`).
+# `KL_t(π*_λ ‖ π0)` position by position (`analyze_tree(..., lam=λ).equilibrium_kl`; the XLA
+# backend compiles in a second, the default Numba one in about 40 s the first time after install).
 
 # %%
-kl = np.stack([analyze_tree(base, harm, lam=lam).equilibrium_kl for lam in LAMBDAS])  # (Λ, T)
+kl = np.stack([analyze_tree(base, harm, lam=lam, backend="xla").equilibrium_kl
+               for lam in LAMBDAS])  # (Λ, T)
 informative = info > 1e-12
 ratio = 2 * LAMBDAS[:, None] ** 2 * kl[:, informative] / info[informative]
 large = LAMBDAS >= 3
