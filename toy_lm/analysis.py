@@ -298,9 +298,31 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
                              mutual_information=mutual_information, chunk_rows=chunk_rows)
 
 
+def _result(cond, grads, dets, info, mi, eqs, eq_kl, ref_kl) -> TreeAnalysis:
+    """Assemble a :class:`TreeAnalysis` from the per-level lists (None: not computed)."""
+    return TreeAnalysis(
+        expected_harm=float(cond[0][0]),
+        cond_harm=tuple(cond),
+        logit_grads=tuple(grads),
+        determined=tuple(dets),
+        harm_information=info,
+        harm_information_mi=mi,
+        horizon=horizon_from_masks(dets),
+        equilibrium_logits=None if eqs is None else tuple(eqs),
+        equilibrium_kl=eq_kl,
+        per_position_kl=ref_kl,
+    )
+
+
 def _float64_table(x) -> np.ndarray:
-    """``x`` as a C-contiguous float64 numpy array (no copy when it already is one)."""
-    return np.ascontiguousarray(np.asarray(x), dtype=np.float64)
+    """``x`` as a read-only, C-contiguous float64 numpy array (no copy when it already is one).
+
+    Read-only always: numpy views of JAX arrays are read-only and Numba compiles a separate
+    signature for read-only arrays, so marking every input alike keeps one compiled signature.
+    """
+    view = np.ascontiguousarray(np.asarray(x), dtype=np.float64).view()
+    view.flags.writeable = False
+    return view
 
 
 def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
@@ -316,6 +338,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
     # Placeholders of the kernels' argument types for what a call does not use (one compiled
     # signature serves every call).
     vec0, bool0, tab0 = np.zeros(0, f64), np.zeros(0, np.bool_), np.zeros((0, vocab_size), f64)
+    no_ref = _float64_table(tab0)
 
     cond = [None] * length + [harm]
     dets = [None] * length + [np.ones(harm.shape, bool)]
@@ -331,9 +354,10 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         ref_l = np.empty(n, f64) if with_ref else vec0
         hb_l, mi_l = (np.empty(n, f64) if with_mi else vec0 for _ in range(2))
         kernels.backward_level(
-            _float64_table(logits[level]), cond[level + 1], bool0 if leaf else dets[level + 1],
+            _float64_table(logits[level]), _float64_table(cond[level + 1]),
+            bool0 if leaf else dets[level + 1],
             vec0 if leaf else child_logz, vec0 if leaf else child_hb,
-            _float64_table(ref_logits[level]) if with_ref else tab0, lam_value, leaf, with_lam,
+            _float64_table(ref_logits[level]) if with_ref else no_ref, lam_value, leaf, with_lam,
             with_ref, with_mi, h_l, det_l, pi_l, logz_l, eq_l, kl_l, ref_l, hb_l, mi_l)
         cond[level], dets[level], grads[level] = h_l, det_l, pi_l
         logz[level], row_kl[level], row_ref[level], row_mi[level] = logz_l, kl_l, ref_l, mi_l
@@ -348,7 +372,8 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         last = level == length - 1
         next_probs = vec0 if last else np.empty(n * vocab_size, f64)
         sums = np.zeros(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
-        kernels.forward_level(probs, grads[level], cond[level], cond[level + 1], logz[level],
+        kernels.forward_level(probs, grads[level], _float64_table(cond[level]),
+                              _float64_table(cond[level + 1]), logz[level],
                               row_kl[level], row_ref[level], row_mi[level], with_lam, with_ref,
                               with_mi, next_probs, last, sums)
         info[level] = float(np.sum(sums[:, 0]))
@@ -360,18 +385,8 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
             mi[level] = float(np.sum(sums[:, 5]))
         probs = next_probs
 
-    return TreeAnalysis(
-        expected_harm=float(cond[0][0]),
-        cond_harm=tuple(cond),
-        logit_grads=tuple(grads),
-        determined=tuple(dets),
-        harm_information=info,
-        harm_information_mi=mi if with_mi else None,
-        horizon=horizon_from_masks(dets),
-        equilibrium_logits=tuple(eqs) if with_lam else None,
-        equilibrium_kl=eq_kl if with_lam else None,
-        per_position_kl=ref_kl if with_ref else None,
-    )
+    return _result(cond, grads, dets, info, mi if with_mi else None, eqs if with_lam else None,
+                   eq_kl if with_lam else None, ref_kl if with_ref else None)
 
 
 def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
@@ -462,25 +477,16 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
         if with_ref:
             ref_kl[level] = float(np.sum(np.asarray(refs)))
 
-    return TreeAnalysis(
-        expected_harm=float(cond[0][0]),
-        cond_harm=tuple(cond),
-        logit_grads=tuple(grads),
-        determined=tuple(dets),
-        harm_information=info,
-        harm_information_mi=mi if mutual_information else None,
-        horizon=horizon_from_masks(dets),
-        equilibrium_logits=tuple(eqs) if with_lam else None,
-        equilibrium_kl=eq_kl if with_lam else None,
-        per_position_kl=ref_kl if with_ref else None,
-    )
+    return _result(cond, grads, dets, info, mi if mutual_information else None,
+                   eqs if with_lam else None, eq_kl if with_lam else None,
+                   ref_kl if with_ref else None)
 
 
 def compile_numba_kernels() -> float:
     """Seconds to compile every Numba kernel of ``backend="numba"`` from scratch.
 
     The kernels have one signature for every ``V``, ``T`` and option (the vocabulary-specialized
-    block functions for ``V = 2, 3, 4`` are compiled together with the generic one), so this is
+    block functions for ``V = 2, 4`` are compiled together with the generic one), so this is
     the whole compile cost. It flushes and rewrites the on-disk cache.
     """
     import time

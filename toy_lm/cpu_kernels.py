@@ -221,13 +221,10 @@ def backward_level(z, child_h, child_det, child_logz, child_hb, ref_z, lam, leaf
     inv_lam = 1.0 / lam
     for b in nb.prange((n + BLOCK - 1) // BLOCK):
         # A constant vocabulary size compiles a block function specialized to it (loops over a
-        # row fully unrolled, about 15% faster at V = 4); other sizes share the generic one.
+        # row fully unrolled, about 15% faster at V = 4); other sizes share the generic one (each
+        # specialization adds about 10 s to the one-time compile).
         if vocab == 2:
             _backward_block(b * BLOCK, 2, z, child_h, child_det, child_logz, child_hb, ref_z,
-                            inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out, pi_out,
-                            logz_out, eq_out, kl_out, ref_out, hb_out, mi_out)
-        elif vocab == 3:
-            _backward_block(b * BLOCK, 3, z, child_h, child_det, child_logz, child_hb, ref_z,
                             inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out, pi_out,
                             logz_out, eq_out, kl_out, ref_out, hb_out, mi_out)
         elif vocab == 4:
