@@ -147,6 +147,19 @@ def _backward_block(start, vocab, z, child_h, child_det, child_logz, child_hb, r
         row_b[r] = top
         for v in range(vocab):
             y[r * vocab + v] -= top
+    varying = False
+    for j in range(width):
+        varying |= y[j] != 0.0
+    if not varying:
+        # Every row's children share one Z (e.g. beyond the harm horizon): π* = π exactly, and
+        # the tilted masses below would all be 1. The same values as the constant branch below.
+        for r in range(rows):
+            i = start + r
+            logz_out[i] = row_b[r]
+            kl_out[i] = 0.0
+            for v in range(vocab):
+                eq_out[i, v] = x[r * vocab + v]
+        return
     _row_exp(y, t, rows, vocab, row_a)
     for j in range(width):
         t[j] *= e[j]                     # tilted = π exp(log Z_child - top)
