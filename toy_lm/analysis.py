@@ -372,12 +372,15 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         last = level == length - 1
         next_probs = vec0 if last else np.empty(n * vocab_size, f64)
         sums = np.zeros(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
+        # A level where π* = π at every prefix (beyond the harm horizon) has KL_t = 0 exactly:
+        # skip its probability-weighted sums.
+        level_lam = with_lam and bool(np.any(row_kl[level]))
         kernels.forward_level(probs, grads[level], _float64_table(cond[level]),
                               _float64_table(cond[level + 1]), logz[level],
-                              row_kl[level], row_ref[level], row_mi[level], with_lam, with_ref,
+                              row_kl[level], row_ref[level], row_mi[level], level_lam, with_ref,
                               with_mi, next_probs, last, sums)
         info[level] = float(np.sum(sums[:, 0]))
-        if with_lam:
+        if level_lam:
             eq_kl[level] = _combine_scaled_arrays(sums[:, 1], sums[:, 2], sums[:, 3])
         if with_ref:
             ref_kl[level] = float(np.sum(sums[:, 4]))
