@@ -6,8 +6,13 @@ into about 17 separate fused loops over each chunk, and JAX must copy every chun
 numpy; Numba lets one loop nest per level read the inputs and write straight into the output
 arrays, on every core (``prange`` over blocks of rows), with the vectorizable ``exp`` / ``log``
 of :mod:`toy_lm.fastmath`. Measured side by side on a 2-core CPU at ``2**24`` responses
-(``harm-horizon bench --suite tree``, float64): V = 4, T = 12 in 0.26 s (XLA: 0.65 s; the
-memory-traffic floor 0.10 s); V = 2, T = 24 in 0.35-0.5 s (XLA: 1.2 s; floor 0.10-0.14 s).
+(``harm-horizon bench --suite tree``, float64, three runs): V = 4, T = 12 in 0.15-0.21 s (XLA:
+0.55-0.58 s; the memory-traffic floor 0.08-0.10 s); V = 2, T = 24 in 0.37-0.43 s (XLA: 1.4-1.9 s;
+floor 0.11-0.16 s).
+
+Determined prefixes. Where every child of a prefix has the same partition function (beyond the
+harm horizon), ``π* = π`` exactly: a block of such rows skips the tilt ``exp``/``log`` work, and a
+level of them skips the equilibrium-KL sums of the forward pass.
 
 Structure of a block (``BLOCK`` rows, ``V`` entries each). Row-wise logic (maxima, sums over a
 row, the exact-zero tests) runs in short loops over ``v``; every ``exp`` and ``log`` runs in a flat
