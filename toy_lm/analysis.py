@@ -237,8 +237,9 @@ def _combine_scaled_arrays(nums, dens, scales) -> float:
     return float(np.sum(nums * weights)) / den if den > 0 else 0.0
 
 
-def _validate(logits, harm, lam, ref_logits, mutual_information) -> tuple[int, int]:
-    vocab_size, length = validate_tables(logits)
+def _validate(logits, harm, lam, ref_logits, mutual_information,
+              check_finite: bool = True) -> tuple[int, int]:
+    vocab_size, length = validate_tables(logits, check_finite=check_finite)
     if ref_logits is not None:
         validate_tables(ref_logits, "ref_logits")
         if len(ref_logits) != length or np.shape(ref_logits[0]) != np.shape(logits[0]):
@@ -290,7 +291,9 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    _validate(logits, harm, lam, ref_logits, mutual_information)
+    # The Numba kernels test every logit for finiteness as they read it (an extra pass over the
+    # largest input would cost about a tenth of the analysis) and raise the same error.
+    _validate(logits, harm, lam, ref_logits, mutual_information, check_finite=backend != "numba")
     if backend == "numba":
         return _analyze_tree_numba(logits, harm, lam=lam, ref_logits=ref_logits,
                                    mutual_information=mutual_information)
@@ -327,69 +330,91 @@ def _float64_table(x) -> np.ndarray:
 
 def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
                         ref_logits: Sequence | None, mutual_information: bool) -> TreeAnalysis:
-    """:func:`analyze_tree` with the compiled kernels: a backward pass, then a forward pass."""
+    """:func:`analyze_tree` with the compiled kernels: prefix probabilities top-down, then one
+    pass leaves first that computes everything else."""
     from toy_lm import cpu_kernels as kernels
 
     vocab_size, length = infer_sizes(logits)
     f64 = np.float64
     harm = _float64_table(harm)
+    tables = [_float64_table(z) for z in logits]
+    flat = [z.reshape(-1) for z in tables]              # the kernels index rows of V entries
     with_lam, with_ref, with_mi = lam is not None, ref_logits is not None, mutual_information
     lam_value = float(lam) if with_lam else 1.0
     # Placeholders of the kernels' argument types for what a call does not use (one compiled
     # signature serves every call).
-    vec0, bool0, tab0 = np.zeros(0, f64), np.zeros(0, np.bool_), np.zeros((0, vocab_size), f64)
-    no_ref = _float64_table(tab0)
+    vec0, bool0 = np.zeros(0, f64), np.zeros(0, np.bool_)
+    no_ref = _float64_table(vec0)
+    sizes = [level_size(vocab_size, level) for level in range(length)]
+
+    # Top-down: P_{l+1} goes into the memory of level l's gradient output, which the pass below
+    # overwrites only after level l + 1 (the last reader of P_{l+1}) is done.
+    grads = [np.empty((n, vocab_size), f64) for n in sizes]
+    one = np.ones(1, f64)
+    probs = [one] + [g.reshape(-1) for g in grads[:-1]]
+    for level in range(length - 1):
+        kernels.probs_level(vocab_size, flat[level], probs[level], probs[level + 1])
 
     cond = [None] * length + [harm]
     dets = [None] * length + [np.ones(harm.shape, bool)]
-    grads, eqs = [None] * length, [None] * length
-    logz, row_kl, row_ref, row_mi = ([None] * length for _ in range(4))
+    eqs = [None] * length
+    info, mi, ref_kl = (np.zeros(length) for _ in range(3))
+    kl_parts = [None] * length
+    # log Z and the binary entropies are needed one level up only: two buffers, used in turn.
+    buffers = [(np.empty(n, f64) if with_lam else vec0, np.empty(n, f64) if with_mi else vec0)
+               for n in sizes[::-1][:2]]
     child_logz = child_hb = vec0
     for level in reversed(range(length)):
-        n = level_size(vocab_size, level)
+        n = sizes[level]
         leaf = level == length - 1
-        h_l, det_l, pi_l = np.empty(n, f64), np.empty(n, np.bool_), np.empty((n, vocab_size), f64)
-        logz_l, kl_l = (np.empty(n, f64) if with_lam else vec0 for _ in range(2))
-        eq_l = np.empty((n, vocab_size), f64) if with_lam else tab0
-        ref_l = np.empty(n, f64) if with_ref else vec0
-        hb_l, mi_l = (np.empty(n, f64) if with_mi else vec0 for _ in range(2))
-        kernels.backward_level(
-            _float64_table(logits[level]), _float64_table(cond[level + 1]),
-            bool0 if leaf else dets[level + 1],
-            vec0 if leaf else child_logz, vec0 if leaf else child_hb,
-            _float64_table(ref_logits[level]) if with_ref else no_ref, lam_value, leaf, with_lam,
-            with_ref, with_mi, h_l, det_l, pi_l, logz_l, eq_l, kl_l, ref_l, hb_l, mi_l)
-        cond[level], dets[level], grads[level] = h_l, det_l, pi_l
-        logz[level], row_kl[level], row_ref[level], row_mi[level] = logz_l, kl_l, ref_l, mi_l
-        child_logz, child_hb = logz_l, hb_l
-        if with_lam:
-            eqs[level] = eq_l
-
-    info, mi, eq_kl, ref_kl = (np.zeros(length) for _ in range(4))
-    probs = np.ones(1, f64)
-    for level in range(length):
-        n = level_size(vocab_size, level)
-        last = level == length - 1
-        next_probs = vec0 if last else np.empty(n * vocab_size, f64)
-        sums = np.zeros(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
-        # A level where π* = π at every prefix (beyond the harm horizon) has KL_t = 0 exactly:
-        # skip its probability-weighted sums.
-        level_lam = with_lam and bool(np.any(row_kl[level]))
-        kernels.forward_level(probs, grads[level], _float64_table(cond[level]),
-                              _float64_table(cond[level + 1]), logz[level],
-                              row_kl[level], row_ref[level], row_mi[level], level_lam, with_ref,
-                              with_mi, next_probs, last, sums)
+        h_l, det_l = np.empty(n, f64), np.empty(n, np.bool_)
+        logz_buf, hb_buf = buffers[(length - 1 - level) % 2]
+        logz_l, hb_l = logz_buf[:n], hb_buf[:n]
+        eq_l = np.empty((n, vocab_size), f64) if with_lam else None
+        sums = np.empty(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
+        kernels.analysis_level(
+            vocab_size, flat[level], probs[level], cond[level + 1],
+            bool0 if leaf else dets[level + 1], vec0 if leaf else child_logz,
+            vec0 if leaf else child_hb,
+            _float64_table(ref_logits[level]).reshape(-1) if with_ref else no_ref, lam_value,
+            leaf, with_lam, with_ref, with_mi, h_l, det_l, grads[level].reshape(-1), logz_l,
+            vec0 if eq_l is None else eq_l.reshape(-1), hb_l, sums)
+        if np.any(sums[:, 5]):
+            _refuse_non_finite(tables[level], f"logits_{level}")
+        cond[level], dets[level], eqs[level] = h_l, det_l, eq_l
         info[level] = float(np.sum(sums[:, 0]))
-        if level_lam:
-            eq_kl[level] = _combine_scaled_arrays(sums[:, 1], sums[:, 2], sums[:, 3])
+        if with_lam:
+            kl_parts[level] = sums[:, 1:3].copy()
         if with_ref:
-            ref_kl[level] = float(np.sum(sums[:, 4]))
+            ref_kl[level] = float(np.sum(sums[:, 3]))
         if with_mi:
-            mi[level] = float(np.sum(sums[:, 5]))
-        probs = next_probs
+            mi[level] = float(np.sum(sums[:, 4]))
+        child_logz, child_hb = logz_l, hb_l
 
+    eq_kl = None
+    if with_lam:
+        # KL_t = Σ_u P(u) Z(u) KL(π*(.|u) || π(.|u)) / Z(root): block numerators at their own scale,
+        # combined in log space (Z(u) / Z(root) can exceed the float range when λ is small).
+        log_root = float(child_logz[0])
+        eq_kl = np.array([_combine_log_scaled(parts[:, 0], parts[:, 1], log_root)
+                          for parts in kl_parts])
     return _result(cond, grads, dets, info, mi if with_mi else None, eqs if with_lam else None,
-                   eq_kl if with_lam else None, ref_kl if with_ref else None)
+                   eq_kl, ref_kl if with_ref else None)
+
+
+def _combine_log_scaled(nums, scales, log_total) -> float:
+    """``Σ_b num_b e^{s_b} / e^{log_total}`` for ``num_b >= 0``, in log space."""
+    keep = (nums > 0) & np.isfinite(scales)
+    if not keep.any():
+        return 0.0
+    return float(np.sum(np.exp(np.log(nums[keep]) + scales[keep] - log_total)))
+
+
+def _refuse_non_finite(table, name) -> None:
+    bad = int(table.size - np.count_nonzero(np.isfinite(table)))
+    raise InputError(
+        f"{name} has {bad} non-finite entries (NaN or inf); logits must be finite "
+        "(use a large negative number, e.g. -30, for a near-zero probability)")
 
 
 def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
@@ -500,8 +525,7 @@ def compile_numba_kernels() -> float:
     _analyze_tree_numba([np.zeros((5 ** l, 5)) for l in range(2)], np.zeros(25), lam=1.0,
                         ref_logits=None, mutual_information=False)
     start = time.perf_counter()
-    for dispatcher in (kernels._backward_block, kernels._forward_block, kernels.backward_level,
-                       kernels.forward_level):
+    for dispatcher in kernels.KERNELS:
         dispatcher.recompile()
     return time.perf_counter() - start
 

@@ -54,64 +54,154 @@ def _binary_entropy(p):
     return -(_xlogx(p) + _xlogx(1.0 - p))
 
 
-@nb.njit(**_BLOCK_JIT)
-def _backward_block(start, vocab, z, child_h, child_det, child_logz, child_hb, ref_z, inv_lam, leaf,
-                    with_lam, with_ref, with_mi, h_out, det_out, pi_out, logz_out, eq_out, kl_out,
-                    ref_out, hb_out, mi_out):
-    """Rows ``start ... start + BLOCK - 1`` of :func:`backward_level`."""
-    n = z.shape[0]
-    rows = min(n, start + BLOCK) - start
-    width = rows * vocab
-    x = np.empty(width)          # z - max z, then log π
-    e = np.empty(width)          # exp(z - max z), then π
-    y = np.empty(width)          # log Z_child - top
-    t = np.empty(width)          # exp(y)
-    row_a = np.empty(rows)
-    row_b = np.empty(rows)
-    row_c = np.empty(rows)
-    # Softmax: shifted logits, then one flat vectorized exp.
+@nb.njit(inline="always")
+def _shifted_logits(z, rows, vocab, x):
+    """``x = z - max`` per row (``z`` holds the block's rows); False when an entry is not finite."""
     for r in range(rows):
-        i = start + r
-        m = z[i, 0]
+        m = z[r * vocab]
         for v in range(1, vocab):
-            m = max(m, z[i, v])
+            m = max(m, z[r * vocab + v])
         for v in range(vocab):
-            x[r * vocab + v] = z[i, v] - m
-    _row_exp(x, e, rows, vocab, row_a)
-    # π, H (exact zeros where the children agree), determined masks.
+            x[r * vocab + v] = z[r * vocab + v] - m
+    finite = True
+    for j in range(rows * vocab):
+        finite &= z[j] - z[j] == 0.0    # NaN for NaN or ±inf
+    return finite
+
+
+@nb.njit(inline="always")
+def _softmax(z, rows, vocab, x, e, row):
+    """The block's logit rows ``z``: ``x = z - max``, ``e = π``, ``row = Σ exp(z - max)``;
+    returns False when an entry of ``z`` is not finite."""
+    finite = _shifted_logits(z, rows, vocab, x)
+    _row_exp(x, e, rows, vocab, row)
     for r in range(rows):
-        i = start + r
-        base = i * vocab
         total = 0.0
         for v in range(vocab):
             total += e[r * vocab + v]
-        row_a[r] = total
-        ref = child_h[base]
+        row[r] = total
+    for r in range(rows):
+        for v in range(vocab):
+            e[r * vocab + v] = e[r * vocab + v] / row[r]
+    return finite
+
+
+@nb.njit(**_BLOCK_JIT)
+def _probs_block(start, vocab, z, probs, next_probs):
+    """Rows ``start ... start + BLOCK - 1`` of :func:`probs_level`."""
+    rows = min(probs.shape[0], start + BLOCK) - start
+    first = start * vocab
+    x = np.empty(rows * vocab)
+    e = np.empty(rows * vocab)
+    row = np.empty(rows)
+    _softmax(z[first:first + rows * vocab], rows, vocab, x, e, row)
+    # Views of the block's rows: indices derived from range loops alone let LLVM vectorize (an
+    # offset index costs a negative-index check that blocks it).
+    p = probs[start:start + rows]
+    out = next_probs[first:first + rows * vocab]
+    for r in range(rows):
+        for v in range(vocab):
+            out[r * vocab + v] = p[r] * e[r * vocab + v]
+
+
+@nb.njit(**_JIT)
+def probs_level(vocab, z, probs, next_probs):
+    """The prefix probabilities one level down: ``next_probs[i*V + v] = probs[i] π(v | i)``.
+
+    ``z`` ``(n*V,)`` logits (flat), ``probs`` ``(n,)`` = ``P_l``, ``next_probs`` ``(n*V,)`` =
+    ``P_{l+1}`` (the caller passes the memory of the level's gradient output, see
+    :func:`analysis_level`).
+    """
+    n = probs.shape[0]
+    for b in nb.prange((n + BLOCK - 1) // BLOCK):
+        if vocab == 2:                   # specialized block functions, as in analysis_level
+            _probs_block(b * BLOCK, 2, z, probs, next_probs)
+        elif vocab == 4:
+            _probs_block(b * BLOCK, 4, z, probs, next_probs)
+        else:
+            _probs_block(b * BLOCK, vocab, z, probs, next_probs)
+
+
+@nb.njit(**_BLOCK_JIT)
+def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, child_hb, ref_z,
+                    inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out, grad_out,
+                    logz_out, eq_out, hb_out, sums):
+    """Rows ``start ... start + BLOCK - 1`` of :func:`analysis_level`.
+
+    Each loop touches few arrays: LLVM then vectorizes it across rows (with more arrays it gives
+    up on the run-time checks that the arrays do not overlap).
+    """
+    n = probs.shape[0]
+    rows = min(n, start + BLOCK) - start
+    width = rows * vocab
+    first = start * vocab
+    block = start // BLOCK
+    x = np.empty(width)          # z - max z, then log π
+    e = np.empty(width)          # π
+    y = np.empty(width)          # log Z_child - top
+    t = np.empty(width)          # exp(y), then the tilted masses
+    h = np.empty(rows)
+    row_a = np.empty(rows)
+    row_b = np.empty(rows)
+    row_c = np.empty(rows)
+    # Views of the block's rows: indices derived from range loops alone let LLVM vectorize (an
+    # offset index costs a negative-index check that blocks it).
+    stop = first + width
+    p = probs[start:start + rows]
+    ch = child_h[first:stop]
+    h_o, det_o = h_out[start:start + rows], det_out[start:start + rows]
+    g_o = grad_out[first:stop]
+    sums[block, 5] = 0.0 if _softmax(z[first:stop], rows, vocab, x, e, row_a) else 1.0
+    # H (exact zeros where the children agree) and the determined masks.
+    for r in range(rows):
+        ref = ch[r * vocab]
         mean = 0.0
+        for v in range(vocab):
+            mean += e[r * vocab + v] * (ch[r * vocab + v] - ref)
+        h[r] = ref + mean
+    for r in range(rows):
+        h_o[r] = h[r]
+    for r in range(rows):
+        ref = ch[r * vocab]
         same = True
         for v in range(vocab):
-            p = e[r * vocab + v] / total
-            e[r * vocab + v] = p
-            pi_out[i, v] = p
-            d = child_h[base + v] - ref
-            mean += p * d
-            same &= d == 0.0
-        h_out[i] = ref + mean
-        if not leaf:
-            for v in range(vocab):
-                same &= child_det[base + v]
-        det_out[i] = same
-    if with_mi:
+            same &= ch[r * vocab + v] == ref
+        det_o[r] = same
+    if not leaf:
+        cd = child_det[first:stop]
         for r in range(rows):
-            i = start + r
-            base = i * vocab
-            hb = _binary_entropy(h_out[i])
-            hb_out[i] = hb
+            same = det_o[r]
+            for v in range(vocab):
+                same &= cd[r * vocab + v]
+            det_o[r] = same
+    # The logit gradients P π (H_child - H) and this block's part of I_t = Σ P π (H_child - H)².
+    # (Sums across rows run through _block_sum, outside the row loops.)
+    for r in range(rows):
+        for v in range(vocab):
+            j = r * vocab + v
+            t[j] = (p[r] * e[j]) * (ch[j] - h[r])
+    for j in range(width):
+        g_o[j] = t[j]
+    for r in range(rows):
+        info = 0.0
+        for v in range(vocab):
+            j = r * vocab + v
+            info += t[j] * (ch[j] - h[r])
+        row_c[r] = info
+    sums[block, 0] = _block_sum(row_c, rows)
+    if with_mi:
+        hb_o = hb_out[start:start + rows]
+        chb = child_hb[first:stop]
+        for r in range(rows):
+            hb = _binary_entropy(h[r])
+            hb_o[r] = hb
             acc = 0.0
             for v in range(vocab):
-                hbc = _binary_entropy(child_h[base + v]) if leaf else child_hb[base + v]
-                acc += e[r * vocab + v] * (hb - hbc)
-            mi_out[i] = acc
+                j = r * vocab + v
+                hbc = _binary_entropy(ch[j]) if leaf else chb[j]
+                acc += e[j] * (hb - hbc)
+            row_c[r] = p[r] * acc
+        sums[block, 4] = _block_sum(row_c, rows)
     if not (with_lam or with_ref):
         return
     # log π = (z - max) - log Σ exp(z - max).
@@ -121,49 +211,54 @@ def _backward_block(start, vocab, z, child_h, child_det, child_logz, child_hb, r
         for v in range(vocab):
             x[r * vocab + v] -= row_a[r]
     if with_ref:
+        rz = ref_z[first:stop]
         for r in range(rows):
-            i = start + r
-            m = ref_z[i, 0]
+            m = rz[r * vocab]
             for v in range(1, vocab):
-                m = max(m, ref_z[i, v])
+                m = max(m, rz[r * vocab + v])
             total = 0.0
             for v in range(vocab):
-                total += fexp(ref_z[i, v] - m)
+                total += fexp(rz[r * vocab + v] - m)
             lq = m + flog(total)
             acc = 0.0
             for v in range(vocab):
                 j = r * vocab + v
-                acc += e[j] * (x[j] - (ref_z[i, v] - lq))
-            ref_out[i] = acc
+                acc += e[j] * (x[j] - (rz[j] - lq))
+            row_c[r] = p[r] * acc
+        sums[block, 3] = _block_sum(row_c, rows)
     if not with_lam:
         return
     # Partition functions: y = log Z_child - top, one flat exp, then the row sums.
-    first = start * vocab
     if leaf:
         for j in range(width):
-            y[j] = -child_h[first + j] * inv_lam
+            y[j] = -ch[j] * inv_lam
     else:
+        clz = child_logz[first:stop]
         for j in range(width):
-            y[j] = child_logz[first + j]
+            y[j] = clz[j]
     for r in range(rows):
         top = y[r * vocab]
         for v in range(1, vocab):
             top = max(top, y[r * vocab + v])
         row_b[r] = top
+    for r in range(rows):
         for v in range(vocab):
-            y[r * vocab + v] -= top
+            y[r * vocab + v] -= row_b[r]
     varying = False
     for j in range(width):
         varying |= y[j] != 0.0
+    # This block's part of the equilibrium KL: Σ P Z KL(π*(.|u) || π(.|u)) at scale e^-scale
+    # (the caller divides by Z at the root: Σ_u P(u) Z(u) over a level is the root's Z).
+    sums[block, 1] = 0.0
+    sums[block, 2] = -np.inf
+    lz_o, eq_o = logz_out[start:start + rows], eq_out[first:stop]
     if not varying:
         # Every row's children share one Z (e.g. beyond the harm horizon): π* = π exactly, and
         # the tilted masses below would all be 1. The same values as the constant branch below.
         for r in range(rows):
-            i = start + r
-            logz_out[i] = row_b[r]
-            kl_out[i] = 0.0
-            for v in range(vocab):
-                eq_out[i, v] = x[r * vocab + v]
+            lz_o[r] = row_b[r]
+        for j in range(width):
+            eq_o[j] = x[j]
         return
     _row_exp(y, t, rows, vocab, row_a)
     for j in range(width):
@@ -176,25 +271,43 @@ def _backward_block(start, vocab, z, child_h, child_det, child_logz, child_hb, r
     for r in range(rows):
         row_c[r] = flog(row_a[r])        # log of the tilted mass
     for r in range(rows):
-        i = start + r
         constant = True
         for v in range(vocab):
             constant &= y[r * vocab + v] == 0.0
         if constant:                     # every child has the same Z: π* = π exactly
-            logz_out[i] = row_b[r]
-            kl_out[i] = 0.0
+            lz_o[r] = row_b[r]
+            row_c[r] = 0.0               # the row's KL
             for v in range(vocab):
-                eq_out[i, v] = x[r * vocab + v]
+                eq_o[r * vocab + v] = x[r * vocab + v]
         else:
             log_mass = row_c[r]
-            logz_out[i] = row_b[r] + log_mass
+            lz_o[r] = row_b[r] + log_mass
             acc = 0.0
             for v in range(vocab):
                 j = r * vocab + v
                 shift = y[j] - log_mass
-                eq_out[i, v] = x[j] + shift
+                eq_o[j] = x[j] + shift
                 acc += t[j] * shift
-            kl_out[i] = acc / row_a[r]
+            row_c[r] = acc / row_a[r]
+    scale = -np.inf
+    for r in range(rows):
+        if p[r] > 0.0:
+            scale = max(scale, lz_o[r])
+    if scale > -np.inf:                  # else no prefix of positive probability: weight 0
+        for r in range(rows):            # a flat loop: the exp vectorizes
+            row_b[r] = p[r] * fexp(lz_o[r] - scale) * row_c[r]
+        sums[block, 1] = _block_sum(row_b, rows)
+        sums[block, 2] = scale
+
+
+@nb.njit(cache=True, error_model="numpy", fastmath=KERNEL_FASTMATH | {"reassoc"})
+def _block_sum(a, n):
+    """``Σ a[:n]``, reassociated (only here) so that LLVM vectorizes it: a fixed order, the same
+    on every run and for every thread count."""
+    total = 0.0
+    for j in range(n):
+        total += a[j]
+    return total
 
 
 @nb.njit(inline="always")
@@ -218,116 +331,42 @@ def _row_exp(x, out, rows, vocab, scratch):
 
 
 @nb.njit(**_JIT)
-def backward_level(z, child_h, child_det, child_logz, child_hb, ref_z, lam, leaf, with_lam,
-                   with_ref, with_mi, h_out, det_out, pi_out, logz_out, eq_out, kl_out,
-                   ref_out, hb_out, mi_out):
-    """One level of the backward pass, leaves first.
+def analysis_level(vocab, z, probs, child_h, child_det, child_logz, child_hb, ref_z, lam, leaf,
+                   with_lam, with_ref, with_mi, h_out, det_out, grad_out, logz_out, eq_out,
+                   hb_out, sums):
+    """One level of the analysis, leaves first (after :func:`probs_level` has run on every level).
 
-    Inputs (``n`` prefixes): ``z`` ``(n, V)`` logits; ``child_h`` ``(n*V,)`` = ``H_{l+1}`` (the
-    harm at the leaf level); ``child_det`` ``(n*V,)`` bool (ignored at the leaf level);
-    ``child_logz`` ``(n*V,)`` = ``log Z_{l+1}`` (ignored at the leaf level, where it is ``-h/λ``);
-    ``child_hb`` the children's binary entropies (MI only; ignored at the leaf level);
-    ``ref_z`` ``(n, V)`` reference logits (``with_ref`` only).
+    Inputs (``n`` prefixes): ``z`` ``(n, V)`` logits; ``probs`` ``(n,)`` = ``P_l``; ``child_h``
+    ``(n*V,)`` = ``H_{l+1}`` (the harm at the leaf level); ``child_det`` ``(n*V,)`` bool (ignored
+    at the leaf level); ``child_logz`` ``(n*V,)`` = ``log Z_{l+1}`` (ignored at the leaf level,
+    where it is ``-h/λ``); ``child_hb`` the children's binary entropies (MI only; ignored at the
+    leaf level); ``ref_z`` ``(n, V)`` reference logits (``with_ref`` only).
 
-    Outputs: ``h_out``, ``det_out``; ``pi_out`` ``(n, V)`` = ``π(v | prefix)`` (the forward pass
-    turns it into the logit gradients in place); with ``with_lam``: ``logz_out``, ``eq_out``
-    (log-probabilities of ``π*_λ``) and ``kl_out`` = ``KL(π*(.|u) || π(.|u))`` per row; with
-    ``with_ref``: ``ref_out`` = ``KL(π(.|u) || π_ref(.|u))`` per row; with ``with_mi``:
-    ``hb_out`` = binary entropy of ``H_l`` and ``mi_out`` = ``Σ_v π (hb - hb_child)`` per row.
+    Outputs: ``h_out``, ``det_out``, ``grad_out`` ``(n, V)`` = the logit gradients
+    ``P π (H_{l+1} - H_l)``; with ``with_lam``: ``logz_out`` and ``eq_out`` (log-probabilities of
+    ``π*_λ``); with ``with_mi``: ``hb_out`` = binary entropy of ``H_l``. ``sums[b]`` receives
+    block ``b``'s ``(I_t part, equilibrium-KL numerator Σ P Z_u/e^s KL(π*(.|u) || π(.|u)),
+    its scale s (-inf for none), Σ P KL(π || π_ref), Σ P (MI part), 1.0 if a logit is not finite
+    else 0.0)``.
     """
-    n, vocab = z.shape
+    n = probs.shape[0]
     inv_lam = 1.0 / lam
     for b in nb.prange((n + BLOCK - 1) // BLOCK):
         # A constant vocabulary size compiles a block function specialized to it (loops over a
         # row fully unrolled, about 15% faster at V = 4); other sizes share the generic one (each
         # specialization adds about 10 s to the one-time compile).
         if vocab == 2:
-            _backward_block(b * BLOCK, 2, z, child_h, child_det, child_logz, child_hb, ref_z,
-                            inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out, pi_out,
-                            logz_out, eq_out, kl_out, ref_out, hb_out, mi_out)
+            _analysis_block(b * BLOCK, 2, z, probs, child_h, child_det, child_logz, child_hb,
+                            ref_z, inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out,
+                            grad_out, logz_out, eq_out, hb_out, sums)
         elif vocab == 4:
-            _backward_block(b * BLOCK, 4, z, child_h, child_det, child_logz, child_hb, ref_z,
-                            inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out, pi_out,
-                            logz_out, eq_out, kl_out, ref_out, hb_out, mi_out)
+            _analysis_block(b * BLOCK, 4, z, probs, child_h, child_det, child_logz, child_hb,
+                            ref_z, inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out,
+                            grad_out, logz_out, eq_out, hb_out, sums)
         else:
-            _backward_block(b * BLOCK, vocab, z, child_h, child_det, child_logz, child_hb, ref_z,
-                            inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out, pi_out,
-                            logz_out, eq_out, kl_out, ref_out, hb_out, mi_out)
-
-
-@nb.njit(**_BLOCK_JIT)
-def _forward_block(start, vocab, probs, grads, h, child_h, logz, row_kl, row_ref, row_mi, with_lam,
-                   with_ref, with_mi, next_probs, last, sums):
-    """Rows ``start ... start + BLOCK - 1`` of :func:`forward_level`."""
-    n = grads.shape[0]
-    stop = min(n, start + BLOCK)
-    info = 0.0
-    if not last:
-        for i in range(start, stop):
-            p = probs[i]
-            for v in range(vocab):
-                next_probs[i * vocab + v] = p * grads[i, v]
-    for i in range(start, stop):
-        p = probs[i]
-        hi = h[i]
-        base = i * vocab
-        for v in range(vocab):
-            d = child_h[base + v] - hi
-            g = (p * grads[i, v]) * d
-            grads[i, v] = g
-            info += g * d
-    sums[start // BLOCK, 0] = info
-    if with_lam:
-        scale = -np.inf
-        for i in range(start, stop):
-            scale = max(scale, logz[i] if probs[i] > 0.0 else -np.inf)
-        num = 0.0
-        den = 0.0
-        if scale > -np.inf:              # else no prefix of positive probability: weight 0
-            mass = np.empty(stop - start)
-            for i in range(start, stop):   # a flat loop: the exp vectorizes
-                mass[i - start] = probs[i] * fexp(logz[i] - scale)
-            for i in range(start, stop):
-                num += mass[i - start] * row_kl[i]
-                den += mass[i - start]
-        sums[start // BLOCK, 1] = num
-        sums[start // BLOCK, 2] = den
-        sums[start // BLOCK, 3] = scale
-    if with_ref:
-        acc = 0.0
-        for i in range(start, stop):
-            acc += probs[i] * row_ref[i]
-        sums[start // BLOCK, 4] = acc
-    if with_mi:
-        acc = 0.0
-        for i in range(start, stop):
-            acc += probs[i] * row_mi[i]
-        sums[start // BLOCK, 5] = acc
-
-
-@nb.njit(**_JIT)
-def forward_level(probs, grads, h, child_h, logz, row_kl, row_ref, row_mi, with_lam, with_ref,
-                  with_mi, next_probs, last, sums):
-    """One level of the forward pass, after the backward pass.
-
-    ``probs`` ``(n,)`` = ``P_l``; ``grads`` ``(n, V)`` holds ``π`` on entry and the logit gradients
-    ``P_l π (H_{l+1} - H_l)`` on exit; ``next_probs`` ``(n*V,)`` receives ``P_{l+1}`` unless
-    ``last``. ``sums[b]`` receives block ``b``'s ``(I_t part, KL numerator, KL denominator,
-    KL scale, reference KL, MI)``: the equilibrium-KL weights are ``P_l Z_l`` taken relative to the
-    block's largest ``log Z_l`` over prefixes of positive probability, ``-inf`` when there is none
-    (the caller combines blocks with a common scale).
-    """
-    n, vocab = grads.shape
-    for b in nb.prange((n + BLOCK - 1) // BLOCK):
-        if vocab == 2:                   # specialized block functions, as in backward_level
-            _forward_block(b * BLOCK, 2, probs, grads, h, child_h, logz, row_kl, row_ref, row_mi,
-                           with_lam, with_ref, with_mi, next_probs, last, sums)
-        elif vocab == 4:
-            _forward_block(b * BLOCK, 4, probs, grads, h, child_h, logz, row_kl, row_ref, row_mi,
-                           with_lam, with_ref, with_mi, next_probs, last, sums)
-        else:
-            _forward_block(b * BLOCK, vocab, probs, grads, h, child_h, logz, row_kl, row_ref,
-                           row_mi, with_lam, with_ref, with_mi, next_probs, last, sums)
+            _analysis_block(b * BLOCK, vocab, z, probs, child_h, child_det, child_logz, child_hb,
+                            ref_z, inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out,
+                            grad_out, logz_out, eq_out, hb_out, sums)
 
 
 def cached_on_disk() -> bool:
@@ -336,7 +375,10 @@ def cached_on_disk() -> bool:
     False means the next call compiles (about 40 s on 2 cores); the CLI says so before it starts.
     """
     try:
-        return all(os.path.exists(d._cache._cache_file._index_path)
-                   for d in (_backward_block, _forward_block, backward_level, forward_level))
+        return all(os.path.exists(d._cache._cache_file._index_path) for d in KERNELS)
     except AttributeError:  # a Numba version with another cache layout
         return True
+
+
+#: Every compiled function (what :func:`toy_lm.analysis.compile_numba_kernels` recompiles).
+KERNELS = (_block_sum, _probs_block, probs_level, _analysis_block, analysis_level)

@@ -88,14 +88,16 @@ def infer_sizes(tables: Sequence, name: str = "logits") -> tuple[int, int]:
     return vocab_size, len(tables)
 
 
-def validate_tables(tables: Sequence, name: str = "logits") -> tuple[int, int]:
-    """:func:`infer_sizes` plus a finiteness check on every entry (numpy arrays only)."""
+def validate_tables(tables: Sequence, name: str = "logits",
+                    check_finite: bool = True) -> tuple[int, int]:
+    """:func:`infer_sizes`, a dtype check and (unless ``check_finite=False``, for callers that
+    test finiteness themselves) a finiteness check on every entry."""
     vocab_size, length = infer_sizes(tables, name)
     for level, table in enumerate(tables):
         arr = np.asarray(table)
         if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers")
-        if not np.all(np.isfinite(arr)):
+        if check_finite and not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise InputError(
                 f"{name}_{level} has {bad} non-finite entries (NaN or inf); logits must be finite "
