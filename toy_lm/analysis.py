@@ -374,7 +374,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         sums = np.empty(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
         kernels.analysis_level(
             vocab_size, flat[level], probs[level], cond[level + 1],
-            bool0 if leaf else dets[level + 1], vec0 if leaf else child_logz,
+            bool0 if leaf else dets[level + 1], no_ref if leaf else _float64_table(child_logz),
             vec0 if leaf else child_hb,
             _float64_table(ref_logits[level]).reshape(-1) if with_ref else no_ref, lam_value,
             leaf, with_lam, with_ref, with_mi, h_l, det_l, grads[level].reshape(-1), logz_l,

@@ -73,6 +73,27 @@ def _shifted_logits(z, rows, vocab, x):
 def _softmax(z, rows, vocab, x, e, row):
     """The block's logit rows ``z``: ``x = z - max``, ``e = π``, ``row = Σ exp(z - max)``;
     returns False when an entry of ``z`` is not finite."""
+    if vocab == 2:
+        # One loop, one exp per row (of the smaller entry; the larger one's is 1.0 exactly): the
+        # same values as the general branch.
+        finite = True
+        for r in range(rows):
+            a = z[2 * r]
+            b = z[2 * r + 1]
+            m = max(a, b)
+            xa = a - m
+            xb = b - m
+            x[2 * r] = xa
+            x[2 * r + 1] = xb
+            small = fexp(min(xa, xb))
+            ea = 1.0 if xa == 0.0 else small
+            eb = 1.0 if xb == 0.0 else small
+            total = ea + eb
+            row[r] = total
+            e[2 * r] = ea / total
+            e[2 * r + 1] = eb / total
+            finite &= (a - a == 0.0) & (b - b == 0.0)     # NaN for NaN or ±inf
+        return finite
     finite = _shifted_logits(z, rows, vocab, x)
     _row_exp(x, e, rows, vocab, row)
     for r in range(rows):
@@ -140,7 +161,7 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
     e = np.empty(width)          # π
     y = np.empty(width)          # log Z_child - top
     t = np.empty(width)          # exp(y), then the tilted masses
-    h = np.empty(rows)
+    h = np.empty(rows)           # (separate allocations: LLVM knows that they do not overlap)
     row_a = np.empty(rows)
     row_b = np.empty(rows)
     row_c = np.empty(rows)
@@ -206,10 +227,9 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
         return
     # log π = (z - max) - log Σ exp(z - max).
     for r in range(rows):
-        row_a[r] = flog(row_a[r])
-    for r in range(rows):
+        log_total = flog(row_a[r])
         for v in range(vocab):
-            x[r * vocab + v] -= row_a[r]
+            x[r * vocab + v] -= log_total
     if with_ref:
         rz = ref_z[first:stop]
         for r in range(rows):
@@ -228,25 +248,20 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
         sums[block, 3] = _block_sum(row_c, rows)
     if not with_lam:
         return
-    # Partition functions: y = log Z_child - top, one flat exp, then the row sums.
-    if leaf:
-        for j in range(width):
-            y[j] = -ch[j] * inv_lam
-    else:
-        clz = child_logz[first:stop]
-        for j in range(width):
-            y[j] = clz[j]
-    for r in range(rows):
-        top = y[r * vocab]
-        for v in range(1, vocab):
-            top = max(top, y[r * vocab + v])
-        row_b[r] = top
-    for r in range(rows):
-        for v in range(vocab):
-            y[r * vocab + v] -= row_b[r]
+    # Partition functions: y = log Z_child - top (log Z_child = -h / λ at the leaves), one flat
+    # exp, then the row sums.
+    src = ch if leaf else child_logz[first:stop]
+    factor = -inv_lam if leaf else 1.0
     varying = False
-    for j in range(width):
-        varying |= y[j] != 0.0
+    for r in range(rows):
+        top = src[r * vocab] * factor
+        for v in range(1, vocab):
+            top = max(top, src[r * vocab + v] * factor)
+        row_b[r] = top
+        for v in range(vocab):
+            shifted = src[r * vocab + v] * factor - top
+            y[r * vocab + v] = shifted
+            varying |= shifted != 0.0
     # This block's part of the equilibrium KL: Σ P Z KL(π*(.|u) || π(.|u)) at scale e^-scale
     # (the caller divides by Z at the root: Σ_u P(u) Z(u) over a level is the root's Z).
     sums[block, 1] = 0.0
