@@ -250,9 +250,23 @@ def test_numba_results_do_not_depend_on_the_thread_count():
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", ["logits", "ref_logits"])
-def test_non_finite_tables_are_refused_not_analyzed(bad, where):
+@pytest.mark.parametrize("level", [0, 1, 2])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_tables_are_refused_not_analyzed(bad, where, level, backend):
+    """The Numba kernels test the logits themselves as they read them (no numpy pre-pass):
+    every level, both backends, the same message."""
     tables = [np.zeros((2 ** l, 2)) for l in range(3)]
     ref = [np.zeros((2 ** l, 2)) for l in range(3)]
-    (tables if where == "logits" else ref)[2][1, 0] = bad
-    with pytest.raises(InputError, match=f"{where}_2 has 1 non-finite"):
-        analyze_tree(tables, np.repeat([0.0, 1.0], 4), ref_logits=ref)
+    (tables if where == "logits" else ref)[level][-1, level % 2] = bad
+    with pytest.raises(InputError, match=f"{where}_{level} has 1 non-finite"):
+        analyze_tree(tables, np.repeat([0.0, 1.0], 4), lam=0.5, ref_logits=ref, backend=backend)
+
+
+def test_non_finite_logits_are_found_in_any_block_of_a_large_level():
+    """A NaN in the last block of a level of several blocks (V = 3: the generic kernel)."""
+    rng = np.random.default_rng(5)
+    tables = [rng.normal(size=(3 ** l, 3)) for l in range(8)]
+    tables[7][-1, 2] = np.nan
+    harm = (rng.random(3 ** 8) < 0.5).astype(float)
+    with pytest.raises(InputError, match="logits_7 has 1 non-finite"):
+        analyze_tree(tables, harm, lam=0.5)

@@ -6,12 +6,13 @@ the levels and produces ``H``, the logit gradients ``G``, the determined masks, 
 forms), the equilibrium tables of ``π*_λ`` and their per-position KL, and the KL against a
 reference policy. Two implementations (``backend=``):
 
-* ``"numba"`` (default): the compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64. A backward
-  pass (leaves first) computes per level ``π``, ``H``, the masks, ``log Z``, the equilibrium tables
-  and the per-row KLs; a forward pass then computes the prefix probabilities and turns ``π`` into
-  the logit gradients in place, with ``I_t`` and the probability-weighted sums. One kernel call per
-  level and pass writes straight into the output arrays, on every core. Compiled once per install
-  (about 40 s on 2 cores, cached on disk; see :func:`compile_numba_kernels`).
+* ``"numba"`` (default): the compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64. A
+  top-down pass writes the prefix probabilities; one pass leaves first then computes per level
+  ``π``, ``H``, the masks, the logit gradients, ``log Z``, the equilibrium tables and the level
+  sums (``I_t``, the equilibrium and reference KLs, the MI form). One kernel call per level and
+  pass writes straight into the output arrays, on every core, and tests the logits for
+  finiteness as it reads them. Compiled once per install (about 40 s on 2 cores, cached on disk;
+  see :func:`compile_numba_kernels`).
 * ``"xla"``: the jitted chunk kernels below (forward pass first, then backward), on JAX's default
   device and float dtype. Kept as an independent second implementation (the tests hold the two to
   each other and to the numpy reference) and for comparison in the benchmark.

@@ -5,27 +5,40 @@ functions and memory traffic. XLA on CPU (the ``backend="xla"`` path) splits the
 into about 17 separate fused loops over each chunk, and JAX must copy every chunk in and out of
 numpy; Numba lets one loop nest per level read the inputs and write straight into the output
 arrays, on every core (``prange`` over blocks of rows), with the vectorizable ``exp`` / ``log``
-of :mod:`toy_lm.fastmath`. Measured side by side on a 2-core CPU at ``2**24`` responses
-(``harm-horizon bench --suite tree``, float64, three runs): V = 4, T = 12 in 0.15-0.21 s (XLA:
-0.55-0.58 s; the memory-traffic floor 0.08-0.10 s); V = 2, T = 24 in 0.37-0.43 s (XLA: 1.4-1.9 s;
-floor 0.11-0.16 s).
+of :mod:`toy_lm.fastmath`.
+
+Two passes. :func:`probs_level` runs top-down and writes the prefix probabilities ``P_{l+1}``
+into the memory of level ``l``'s gradient output (the same size, ``V**(l+1)`` values).
+:func:`analysis_level` then runs leaves first and computes everything else for a level in one
+call: ``π``, ``H``, the masks, the logit gradients ``P π (H_child - H)`` (overwriting ``P_{l+1}``,
+whose last reader, level ``l + 1``, is done), ``log Z``, the equilibrium tables, and the
+level's sums (``I_t``, the equilibrium KL numerators, the reference KL, the MI form) per block.
+No per-row KL or ``π`` array goes to memory, and the equilibrium KL needs no forward pass:
+``Σ_u P(u) Z(u)`` over any level is the root's ``Z``, so ``KL_t`` is the sum of the block
+numerators divided by ``Z(root)`` (combined in log space by the caller).
+
+Measured side by side on a 2-core CPU at ``2**24`` responses (``harm-horizon bench --suite tree``,
+float64; see README for the table): V = 4, T = 12 in 0.13-0.17 s, V = 2, T = 24 in 0.24-0.25 s,
+1.3-2.6x the memory-traffic floor measured in the same run; the XLA backend takes 0.34-0.71 s.
 
 Determined prefixes. Where every child of a prefix has the same partition function (beyond the
-harm horizon), ``π* = π`` exactly: a block of such rows skips the tilt ``exp``/``log`` work, and a
-level of them skips the equilibrium-KL sums of the forward pass.
+harm horizon), ``π* = π`` exactly: a block of such rows skips the tilt ``exp``/``log`` work and
+adds nothing to the equilibrium KL.
 
-Structure of a block (``BLOCK`` rows, ``V`` entries each). Row-wise logic (maxima, sums over a
-row, the exact-zero tests) runs in short loops over ``v``; every ``exp`` and ``log`` runs in a flat
-loop over the block's entries or rows, which LLVM vectorizes.
+Vectorization. LLVM vectorizes a loop across rows only when every index derives from the loop
+counters (an offset index brings a negative-index check that blocks it), no floating-point sum
+runs across rows inside it (those go through :func:`_block_sum`), and the arrays it touches are
+few and provably distinct (separate allocations, not views of one scratch buffer). The block
+functions are written in that style: views of the block's rows, short loops over ``v`` inside
+loops over rows, every ``exp`` and ``log`` in a loop of its own or with few companions. For
+``V = 2`` the softmax is one loop with one ``exp`` per row.
 
-Determinism. Sums over a level (``I_t``, the KL numerators) are accumulated per block of a fixed
-size, in a fixed order, and combined in block order by the caller: results do not depend on the
-number of threads.
+Determinism. Sums over a level are accumulated per block of a fixed size, in a fixed order, and
+combined in block order by the caller: results do not depend on the number of threads.
 
 The formulas are those of the XLA kernels in :mod:`toy_lm.analysis` (the same exact-zero
 conventions, see :mod:`toy_lm.tree`): ``H = c + Σ π (H_child - c)`` with ``c`` the first child,
-log-space partition functions ``log Z = top + log Σ π exp(log Z_child - top)``, and the
-equilibrium KL weighted by ``P0 Z`` at a common scale.
+log-space partition functions ``log Z = top + log Σ π exp(log Z_child - top)``.
 """
 
 from __future__ import annotations
