@@ -374,7 +374,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         eq_l = np.empty((n, vocab_size), f64) if with_lam else None
         sums = np.empty(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
         kernels.analysis_level(
-            vocab_size, flat[level], probs[level], cond[level + 1],
+            vocab_size, flat[level], probs[level], _float64_table(cond[level + 1]),
             bool0 if leaf else dets[level + 1], no_ref if leaf else _float64_table(child_logz),
             vec0 if leaf else child_hb,
             _float64_table(ref_logits[level]).reshape(-1) if with_ref else no_ref, lam_value,
