@@ -11,7 +11,7 @@ reference policy. Two implementations (``backend=``):
   ``π``, ``H``, the masks, the logit gradients, ``log Z``, the equilibrium tables and the level
   sums (``I_t``, the equilibrium and reference KLs, the MI form). One kernel call per level and
   pass writes straight into the output arrays, on every core, and tests the logits for
-  finiteness as it reads them. Compiled once per install (about 40 s on 2 cores, cached on disk;
+  finiteness as it reads them. Compiled once per install (about 45-60 s on 2 cores, cached on disk;
   see :func:`compile_numba_kernels`).
 * ``"xla"``: the jitted chunk kernels below (forward pass first, then backward), on JAX's default
   device and float dtype. Kept as an independent second implementation (the tests hold the two to

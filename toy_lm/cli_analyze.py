@@ -187,7 +187,7 @@ def run(args) -> int:
     from toy_lm.cpu_kernels import cached_on_disk
 
     if not cached_on_disk():
-        print("[analyze] compiling the analysis kernels (once after install, about 40 s on 2 cores;"
+        print("[analyze] compiling the analysis kernels (once after install, about a minute on 2 cores;"
               " cached on disk afterwards)", file=sys.stderr, flush=True)
     result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi)
     info = summary(result, vocab_size, length, args.lam)
