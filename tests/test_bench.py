@@ -25,7 +25,7 @@ def keep_caches(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def numba_compiles(monkeypatch):
-    """Compiling the Numba kernels from scratch takes about 40 s on 2 cores; the default suite
+    """Compiling the Numba kernels from scratch takes about 45-60 s on 2 cores; the default suite
     records the call (test_compile_numba_kernels_from_scratch, marked slow, runs it for real)."""
     calls = []
 
@@ -80,7 +80,7 @@ def test_cli_bench_refuses_zero_repeats(capsys):
 
 @pytest.mark.slow
 def test_compile_numba_kernels_from_scratch(monkeypatch):
-    """The real from-scratch compile (about 40 s): it takes time and leaves working kernels."""
+    """The real from-scratch compile (about 45-60 s): it takes time and leaves working kernels."""
     monkeypatch.undo()
     seconds = analysis.compile_numba_kernels()
     assert seconds > 0
