@@ -18,10 +18,10 @@ No per-row KL or ``π`` array goes to memory, and the equilibrium KL needs no fo
 numerators divided by ``Z(root)`` (combined in log space by the caller).
 
 Measured side by side on a 2-core CPU at ``2**24`` responses (``harm-horizon bench --suite tree``,
-float64; see README): V = 4, T = 12 in 0.13-0.15 s and V = 2, T = 24 in 0.27-0.28 s, 1.45-2.0x the
+float64; see README): V = 4, T = 12 in 0.13-0.17 s and V = 2, T = 24 in 0.27-0.28 s, 1.45-2.3x the
 memory-traffic floor measured in the same run (the previous design, a backward pass storing
 ``π`` and per-row KLs and then a forward pass, took 0.15-0.21 s and 0.37-0.43 s); the XLA
-backend takes 3-5x as long.
+backend takes 3-6x as long.
 
 Determined prefixes. Where every child of a prefix has the same partition function (beyond the
 harm horizon), ``π* = π`` exactly: a block of such rows skips the tilt ``exp``/``log`` work and
