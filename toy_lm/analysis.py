@@ -59,7 +59,7 @@ import numpy as np
 
 from toy_lm.errors import InputError
 from toy_lm.harms import horizon_from_masks
-from toy_lm.tables import infer_sizes, is_binary, level_size, validate_tables
+from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
 from toy_lm.tree import _check_lam
 
 #: Default number of prefixes per chunk.
@@ -381,7 +381,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
             leaf, with_lam, with_ref, with_mi, h_l, det_l, grads[level].reshape(-1), logz_l,
             vec0 if eq_l is None else eq_l.reshape(-1), hb_l, sums)
         if np.any(sums[:, 5]):
-            _refuse_non_finite(tables[level], f"logits_{level}")
+            raise non_finite_error(tables[level], f"logits_{level}")
         cond[level], dets[level], eqs[level] = h_l, det_l, eq_l
         info[level] = float(np.sum(sums[:, 0]))
         if with_lam:
@@ -409,13 +409,6 @@ def _combine_log_scaled(nums, scales, log_total) -> float:
     if not keep.any():
         return 0.0
     return float(np.sum(np.exp(np.log(nums[keep]) + scales[keep] - log_total)))
-
-
-def _refuse_non_finite(table, name) -> None:
-    bad = int(table.size - np.count_nonzero(np.isfinite(table)))
-    raise InputError(
-        f"{name} has {bad} non-finite entries (NaN or inf); logits must be finite "
-        "(use a large negative number, e.g. -30, for a near-zero probability)")
 
 
 def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,

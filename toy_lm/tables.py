@@ -98,12 +98,16 @@ def validate_tables(tables: Sequence, name: str = "logits",
         if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
             raise InputError(f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers")
         if check_finite and not np.all(np.isfinite(arr)):
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise InputError(
-                f"{name}_{level} has {bad} non-finite entries (NaN or inf); logits must be finite "
-                "(use a large negative number, e.g. -30, for a near-zero probability)"
-            )
+            raise non_finite_error(arr, f"{name}_{level}")
     return vocab_size, length
+
+
+def non_finite_error(table, name: str) -> InputError:
+    """The error for a logit table ``name`` with NaN or infinite entries (counts them)."""
+    bad = int(np.size(table) - np.count_nonzero(np.isfinite(table)))
+    return InputError(
+        f"{name} has {bad} non-finite entries (NaN or inf); logits must be finite "
+        "(use a large negative number, e.g. -30, for a near-zero probability)")
 
 
 def validate_harm(harm, vocab_size: int, length: int) -> np.ndarray:
