@@ -404,11 +404,15 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
 
 
 def _combine_log_scaled(nums, scales, log_total) -> float:
-    """``Σ_b num_b e^{s_b} / e^{log_total}`` for ``num_b >= 0``, in log space."""
-    keep = (nums > 0) & np.isfinite(scales)
+    """``Σ_b num_b e^{s_b} / e^{log_total}``, each term in log space (``s_b = -inf``: no term).
+
+    A numerator is a sum of KLs, so ``>= 0`` up to rounding; its sign is kept all the same.
+    """
+    keep = (nums != 0) & np.isfinite(scales)
     if not keep.any():
         return 0.0
-    return float(np.sum(np.exp(np.log(nums[keep]) + scales[keep] - log_total)))
+    terms = np.exp(np.log(np.abs(nums[keep])) + scales[keep] - log_total)
+    return float(np.sum(np.sign(nums[keep]) * terms))
 
 
 def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
