@@ -130,8 +130,8 @@ def suite_tree(repeats: int, quick: bool, progress) -> list[dict]:
 
 
 #: Timed runs per size when ``--repeats`` is not given. The tree suite's runs take well under a
-#: second each; a median of 5 rides out the occasional stall of a shared 2-core VM (a vCPU
-#: descheduled for ~0.1 s holds up both threads of a parallel level).
+#: second each; a median of 5 rides out the occasional stall of a shared 2-core VM (most likely
+#: a vCPU descheduled for ~0.1 s, holding up both threads of a parallel level).
 DEFAULT_REPEATS = {"tree": 5}
 
 SUITES = {"tree": suite_tree, "markov": suite_markov, "mc": suite_mc, "gpu": suite_gpu}
