@@ -85,6 +85,16 @@ def _shifted_logits(z, rows, vocab, x):
 
 
 @nb.njit(inline="always")
+def _row_sums(a, rows, vocab, out):
+    """``out[r] = Σ_v a[r*V + v]``, in order over ``v``."""
+    for r in range(rows):
+        total = 0.0
+        for v in range(vocab):
+            total += a[r * vocab + v]
+        out[r] = total
+
+
+@nb.njit(inline="always")
 def _softmax(z, rows, vocab, x, e, row):
     """The block's logit rows ``z``: ``x = z - max``, ``e = π``, ``row = Σ exp(z - max)``;
     returns False when an entry of ``z`` is not finite."""
@@ -111,11 +121,7 @@ def _softmax(z, rows, vocab, x, e, row):
         return finite
     finite = _shifted_logits(z, rows, vocab, x)
     _row_exp(x, e, rows, vocab, row)
-    for r in range(rows):
-        total = 0.0
-        for v in range(vocab):
-            total += e[r * vocab + v]
-        row[r] = total
+    _row_sums(e, rows, vocab, row)
     for r in range(rows):
         for v in range(vocab):
             e[r * vocab + v] = e[r * vocab + v] / row[r]
@@ -308,11 +314,7 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
     _row_exp(y, t, rows, vocab, row_a)
     for j in range(width):
         t[j] *= e[j]                     # tilted = π exp(log Z_child - top)
-    for r in range(rows):
-        mass = 0.0
-        for v in range(vocab):
-            mass += t[r * vocab + v]
-        row_a[r] = mass
+    _row_sums(t, rows, vocab, row_a)
     for r in range(rows):
         row_c[r] = flog(row_a[r])        # log of the tilted mass
     for r in range(rows):
