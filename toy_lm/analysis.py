@@ -59,6 +59,7 @@ import numpy as np
 
 from toy_lm.errors import InputError
 from toy_lm.harms import horizon_from_masks
+from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
 from toy_lm.tree import _check_lam
 
@@ -308,7 +309,8 @@ def _result(cond, grads, dets, info, mi, eqs, eq_kl, ref_kl) -> TreeAnalysis:
         expected_harm=float(cond[0][0]),
         cond_harm=tuple(cond),
         logit_grads=tuple(grads),
-        determined=tuple(dets),
+        determined=tuple(point("analysis.determined", d, level=level, cond=cond, dets=dets)
+                         for level, d in enumerate(dets)),
         harm_information=info,
         harm_information_mi=mi,
         horizon=horizon_from_masks(dets),
@@ -383,7 +385,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         if np.any(sums[:, 5]):
             raise non_finite_error(tables[level], f"logits_{level}")
         cond[level], dets[level], eqs[level] = h_l, det_l, eq_l
-        info[level] = float(np.sum(sums[:, 0]))
+        info[level] = float(np.sum(point("analysis.numba.level_sums", sums, level=level)[:, 0]))
         if with_lam:
             kl_parts[level] = sums[:, 1:3].copy()
         if with_ref:
@@ -466,7 +468,7 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
             return a, b, _backward_chunk(
                 _padded(np.asarray(logits[level][a:b], dtype), chunk),
                 _padded(probs[level][a:b], chunk),
-                _padded(child_h[a:b], chunk),
+                _padded(point("analysis.xla.child_h", child_h[a:b], start=a, full=child_h), chunk),
                 None if leaf else _padded(child_det[a:b], chunk, True),
                 None if clogz is None else _padded(clogz[a:b], chunk),
                 None if chb is None else _padded(chb[a:b], chunk),
@@ -493,7 +495,7 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
 
         _pipelined((dispatch(a, b) for a, b in _chunks(n, chunk)), store)
         cond[level], dets[level], grads[level] = h_l, det_l, g_l
-        info[level] = float(np.sum(np.asarray(infos)))
+        info[level] = float(np.sum(point("analysis.xla.level_sums", np.asarray(infos), level=level)))
         if with_lam:
             eqs[level], child_logz = eq_l, logz_l
             eq_kl[level] = _combine_scaled(kl_parts)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from toy_lm import tree
+from toy_lm.mutation import point
 
 TablesFn = Callable[..., tuple]
 
@@ -53,10 +54,12 @@ def per_position_grads_autodiff(tables_fn: TablesFn, params, harm: jax.Array):
     def live_at_each_position(p):
         tables = tables_fn(p)
         frozen = [jax.lax.stop_gradient(z) for z in tables]
-        return jnp.stack([
-            _sequence_expectation(frozen[:level] + [tables[level]] + frozen[level + 1:], harm)
-            for level in range(len(tables))
-        ])
+        def live_at(level):
+            live = point("gradients.autodiff.live", level, length=len(tables))
+            return frozen[:live] + [tables[live]] + frozen[live + 1:]
+
+        return jnp.stack([_sequence_expectation(live_at(level), harm)
+                          for level in range(len(tables))])
 
     return jax.jacrev(live_at_each_position)(params)
 
@@ -68,8 +71,9 @@ def martingale_surrogate(tables_fn: TablesFn, params, harm: jax.Array) -> jax.Ar
     """
     tables = tables_fn(params)
     frozen = [jax.lax.stop_gradient(z) for z in tables]
-    probs = tree.prefix_probs(frozen)
-    deltas = tree.increments(frozen, harm)
+    weights = point("gradients.surrogate.weights", frozen, live=tables)
+    probs = tree.prefix_probs(weights)
+    deltas = tree.increments(weights, harm)
     out = []
     for level, z in enumerate(tables):
         logp = jax.nn.log_softmax(z, axis=-1).reshape(-1)

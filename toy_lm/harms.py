@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.errors import InputError
+from toy_lm.mutation import point
 from toy_lm.precision import default_float
 from toy_lm.tables import level_size, validate_harm
 
@@ -87,8 +88,8 @@ def determined_masks(harm, vocab_size: int) -> tuple[np.ndarray, ...]:
     lo, hi = harm, harm
     masks = [np.ones(harm.shape, bool)]
     for _ in range(length):
-        lo = lo.reshape(-1, vocab_size).min(axis=1)
-        hi = hi.reshape(-1, vocab_size).max(axis=1)
+        lo = point("harms.range.children", lo.reshape(-1, vocab_size)).min(axis=1)
+        hi = point("harms.range.children", hi.reshape(-1, vocab_size)).max(axis=1)
         masks.append(lo == hi)
     return tuple(reversed(masks))
 

@@ -39,6 +39,7 @@ import numpy as np
 
 from toy_lm.automata import Automaton
 from toy_lm.errors import InputError
+from toy_lm.mutation import point
 
 
 # -- shapes and layout --------------------------------------------------------------------------
@@ -89,7 +90,7 @@ def child_index(dfa: Automaton) -> jax.Array:
     """``(S, V)`` flat index ``v * S + δ(s, v)`` of each child in a ``(V, S)`` block."""
     trans = jnp.asarray(dfa.transitions)
     num_states, vocab_size = trans.shape
-    return jnp.arange(vocab_size)[None, :] * num_states + trans
+    return jnp.arange(vocab_size)[None, :] * num_states + point("markov.child_state", trans)
 
 
 def children(table: jax.Array, dfa: Automaton) -> jax.Array:
@@ -124,7 +125,7 @@ def backward_step(pi: jax.Array, child: jax.Array):
       states whose children all agree.
     """
     diff = child - child[..., :1]
-    mean = jnp.einsum("hlv,lsv->hls", pi, diff)
+    mean = jnp.einsum("hlv,lsv->hls", point("markov.backward.weights", pi), diff)
     return child[None, ..., 0] + mean, diff, mean
 
 

@@ -36,6 +36,7 @@ from toy_lm import markov, markov_equilibrium
 from toy_lm.automata import Automaton, level_states, make_automaton
 from toy_lm.compile_options import compiler_options
 from toy_lm.errors import InputError
+from toy_lm.mutation import point
 from toy_lm.tree import _check_lam
 
 
@@ -91,7 +92,7 @@ def _scan(logits, dfa, lam, *, with_lam: bool, scaled: bool):
             child, child_logz = both[..., 0], both[..., 1]
             top = jnp.max(child_logz, axis=-1, keepdims=True)
             rhs = jnp.concatenate([child - child[..., :1], jnp.exp(child_logz - top)], axis=1)
-            pi3 = split(jax.nn.softmax(z_bwd, axis=-1))
+            pi3 = point("markov.backward.weights", split(jax.nn.softmax(z_bwd, axis=-1)))
             mean, sigma = jnp.split(jnp.einsum("hlv,lsv->hls", pi3, rhs), 2, axis=2)
             h = child[None, ..., 0] + mean
             constant = jnp.all(child_logz == top, axis=-1)[None]

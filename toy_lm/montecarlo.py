@@ -37,6 +37,7 @@ import scipy.stats
 
 from toy_lm.automata import Automaton
 from toy_lm.errors import InputError
+from toy_lm.mutation import point
 from toy_lm.policies import Policy
 
 HarmFn = Callable[[jax.Array], jax.Array]
@@ -300,7 +301,8 @@ def table_baseline(cond_harm, vocab_size: int) -> Callable:
         rows = jnp.zeros(responses.shape[:1], jnp.int64)
         cols = []
         for t in range(responses.shape[1]):
-            cols.append(tables[t][rows])
+            cols.append(point("montecarlo.baseline", tables[t][rows], t=t, tables=tables, rows=rows,
+                              tokens=responses[:, t]))
             rows = rows * vocab_size + responses[:, t]
         return jnp.stack(cols, axis=1)
 

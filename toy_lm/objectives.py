@@ -26,11 +26,13 @@ import numpy as np
 from toy_lm import tree
 from toy_lm.automata import Automaton, level_states
 from toy_lm.errors import InputError
+from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, level_size
 
 
 def kl_regularized_loss(logits, base_logits, harm, lam) -> jax.Array:
     """``L_λ(π) = E_π[h] + λ Σ_t KL_t(π‖π0)``; its minimizer is ``π*_λ ∝ π0 exp(-h/λ)``."""
+    logits, base_logits = point("objectives.kl.pair", (logits, base_logits))
     return tree.expected_harm(logits, harm) + lam * jnp.sum(tree.per_position_kl(logits, base_logits))
 
 
@@ -49,7 +51,8 @@ def recovery_prefill_loss(logits, harm, prefix_dists: Sequence, mu) -> jax.Array
         raise InputError(f"need T-1 = {length - 1} prefix distributions q_1 ... q_(T-1), "
                          f"got {len(prefix_dists)}")
     values = tree.cond_harm(logits, harm)
-    asr = jnp.stack([jnp.sum(jnp.asarray(q) * values[k]) for k, q in enumerate(prefix_dists, 1)])
+    asr = jnp.stack([jnp.sum(point("objectives.recovery.dist", jnp.asarray(q), k=k) * values[k])
+                     for k, q in enumerate(prefix_dists, 1)])
     return values[0][0] + jnp.sum(jnp.asarray(mu) * asr)
 
 
@@ -92,7 +95,8 @@ def dense_total_cost(harm, costs: Sequence, mu, vocab_size: int) -> jax.Array:
     _check_costs(costs, length)
     total = jnp.asarray(harm)
     for t, (c, m) in enumerate(zip(costs, jnp.asarray(mu)), 1):
-        total = total + m * jnp.repeat(jnp.asarray(c), level_size(vocab_size, length - t))
+        c = point("objectives.dense.cost", jnp.asarray(c), position=t, length=length)
+        total = total + m * jnp.repeat(c, level_size(vocab_size, length - t))
     return total
 
 
@@ -120,5 +124,6 @@ def dpo_loss(logits, ref_logits, harm, beta) -> jax.Array:
     ratio = tree.response_log_probs(logits) - ref_logp
     harm = jnp.asarray(harm)
     pair_weight = jnp.exp(ref_logp[:, None] + ref_logp[None, :]) * (harm[:, None] < harm[None, :])
-    margin = beta * (ratio[:, None] - ratio[None, :])
+    margin = point("objectives.dpo.margin", beta * (ratio[:, None] - ratio[None, :]), ratio=ratio,
+                   beta=beta)
     return jnp.sum(pair_weight * -jax.nn.log_sigmoid(margin))

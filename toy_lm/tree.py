@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes
 
 Tables = Sequence[jax.Array]
@@ -41,8 +42,9 @@ def prefix_probs(logits: Tables) -> tuple[jax.Array, ...]:
       ``T + 1`` arrays, ``P_l`` of shape ``(V**l,)``; ``P_0 = [1]``.
     """
     probs = [jnp.ones((1,), jnp.result_type(float))]
-    for logp in log_policy(logits):
-        probs.append((probs[-1][:, None] * jnp.exp(logp)).reshape(-1))
+    for level, logp in enumerate(log_policy(logits)):
+        step = point("tree.prefix_probs.step", probs[-1][:, None] * jnp.exp(logp), level=level)
+        probs.append(step.reshape(-1))
     return tuple(probs)
 
 
@@ -56,9 +58,9 @@ def backward_step(pi: jax.Array, child: jax.Array) -> tuple[jax.Array, jax.Array
     Returns:
       ``(parent (n,), delta (n, V))`` with ``delta = child - parent`` (the increments).
     """
-    ref = child[:, :1]
+    ref = point("tree.backward.reference", child[:, :1], child=child)
     diff = child - ref
-    mean = jnp.sum(pi * diff, axis=1, keepdims=True)
+    mean = jnp.sum(point("tree.backward.weights", pi) * diff, axis=1, keepdims=True)
     return (ref + mean)[:, 0], diff - mean
 
 
@@ -112,7 +114,8 @@ def logit_grads(logits: Tables, harm: jax.Array) -> tuple[jax.Array, ...]:
     probs = prefix_probs(logits)
     deltas = increments(logits, harm)
     return tuple(
-        probs[level][:, None] * jnp.exp(logp) * deltas[level].reshape(-1, vocab_size)
+        point("tree.grads.prefix_weight", probs[level], level=level)[:, None] * jnp.exp(logp)
+        * deltas[level].reshape(-1, vocab_size)
         for level, logp in enumerate(log_policy(logits))
     )
 
@@ -124,7 +127,8 @@ def harm_information(logits: Tables, harm: jax.Array) -> jax.Array:
     """
     probs = prefix_probs(logits)
     deltas = increments(logits, harm)
-    return jnp.stack([jnp.sum(probs[t] * deltas[t - 1] ** 2) for t in range(1, len(deltas) + 1)])
+    return jnp.stack([jnp.sum(point("tree.information.weight", probs[t], level=t) * deltas[t - 1] ** 2)
+                      for t in range(1, len(deltas) + 1)])
 
 
 def _bernoulli_kl(p: jax.Array, q: jax.Array) -> jax.Array:
@@ -146,7 +150,7 @@ def harm_information_mi(logits: Tables, harm: jax.Array) -> jax.Array:
     out = []
     for level, logp in enumerate(log_policy(logits)):
         child = values[level + 1].reshape(-1, vocab_size)
-        kl = _bernoulli_kl(child, values[level][:, None])
+        kl = point("tree.mi.kl", _bernoulli_kl(child, values[level][:, None]))
         out.append(jnp.sum(probs[level][:, None] * jnp.exp(logp) * kl))
     return jnp.stack(out)
 
@@ -160,9 +164,11 @@ def per_position_kl(logits: Tables, ref_logits: Tables) -> jax.Array:
     infer_sizes(ref_logits, "ref_logits")
     probs = prefix_probs(logits)
     out = []
-    for level, (logp, logq) in enumerate(zip(log_policy(logits), log_policy(ref_logits))):
+    for level, pair in enumerate(zip(log_policy(logits), log_policy(ref_logits))):
+        logp, logq = point("tree.kl.rows", pair, level=level)
         kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=1)
-        out.append(jnp.sum(probs[level] * kl))
+        out.append(jnp.sum(point("tree.kl.weight", probs[level], level=level, ref_logits=ref_logits)
+                           * kl))
     return jnp.stack(out)
 
 
@@ -185,7 +191,7 @@ def log_partition(base_logits: Tables, harm: jax.Array, lam) -> tuple[jax.Array,
     """``log Z_l(y_<=l) = log E_{π0}[exp(-h/λ) | y_<=l]`` for ``l = 0 ... T`` (log space, no underflow)."""
     _check_lam(lam)
     vocab_size, _ = infer_sizes(base_logits)
-    values = [-jnp.asarray(harm) / lam]
+    values = [point("tree.tilt", -jnp.asarray(harm) / lam)]
     for logp in reversed(log_policy(base_logits)):
         child = values[-1].reshape(-1, vocab_size)
         top = jnp.max(child, axis=1, keepdims=True)
@@ -211,8 +217,10 @@ def equilibrium_policy(base_logits: Tables, harm: jax.Array, lam) -> tuple[jax.A
     logz = log_partition(base_logits, harm, lam)
     tables = []
     for level, logp in enumerate(log_policy(base_logits)):
-        child = logz[level + 1].reshape(-1, vocab_size)
-        constant = jnp.all(child == child[:, :1], axis=1, keepdims=True)
+        child = point("tree.partition.level", logz[level + 1], level=level, logz=logz)
+        child = child.reshape(-1, vocab_size)
+        constant = point("tree.equilibrium.constant",
+                         jnp.all(child == child[:, :1], axis=1, keepdims=True), child=child)
         tables.append(jnp.where(constant, logp, logp + child - logz[level][:, None]))
     return tuple(tables)
 
