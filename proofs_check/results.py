@@ -69,6 +69,11 @@ def _summary(x, limit: int = 8) -> list[float]:
 class Part:
     """One comparison: ``lhs`` against ``rhs`` (both described in words) within ``tolerance``.
 
+    ``compared`` counts the compared values: a part that compared nothing is "n/a", never a pass.
+    ``independent`` is False when both sides come from engine code (such a part can still fail,
+    but an engine mutant it flags does not count as killed: see :mod:`proofs_check.mutants`).
+    ``dtype`` is read from the compared arrays, not from the tolerance.
+
     ``max_abs_error`` is ``max |lhs - rhs|``; ``max_rel_error`` divides it by ``scale`` (by default
     the larger of ``max|lhs|`` and ``max|rhs|``; zero-claims pass the size of the quantity where
     it is not zero). For one-sided claims (``bound`` set to ``"upper"``), the error is the largest
@@ -87,6 +92,17 @@ class Part:
     dtype: str
     passed: bool
     kind: str = "exact"
+    compared: int = 1
+    independent: bool = True
+
+    @property
+    def status(self) -> str:
+        """``"pass"``, ``"fail"``, ``"n/a"`` (nothing was compared) or ``"error"`` (it raised)."""
+        if self.kind == "error":
+            return "error"
+        if self.compared == 0:
+            return "n/a"
+        return "pass" if self.passed else "fail"
 
     @property
     def ratio(self) -> float:
@@ -96,8 +112,15 @@ class Part:
         return 0.0 if self.max_abs_error == 0 else math.inf
 
 
+def _data_dtype(*sides) -> str:
+    """The dtype of the compared arrays (Python numbers, such as a claimed 0, carry none)."""
+    dtypes = [np.asarray(x).dtype for x in sides if not isinstance(x, (int, float))]
+    return np.result_type(*dtypes).name if dtypes else "float64"
+
+
 def compare(name: str, lhs, rhs, tol: Tolerance, *, lhs_name: str, rhs_name: str,
-            scale: float | None = None, bound: str | None = None, kind: str = "exact") -> Part:
+            scale: float | None = None, bound: str | None = None, kind: str = "exact",
+            independent: bool = True) -> Part:
     """Build a :class:`Part` comparing two arrays (broadcast against each other).
 
     Args:
@@ -108,7 +131,9 @@ def compare(name: str, lhs, rhs, tol: Tolerance, *, lhs_name: str, rhs_name: str
       scale: denominator of the relative error (default ``max(|lhs|, |rhs|)``).
       bound: ``None`` (equality), ``"upper"`` (claim ``lhs <= rhs``) or ``"lower"`` (``lhs >= rhs``).
       kind: ``"exact"``, ``"statistical"`` or ``"rate"``.
+      independent: False when both sides are computed by engine code.
     """
+    dtype = _data_dtype(lhs, rhs)
     a = np.asarray(lhs, np.float64)
     b = np.asarray(rhs, np.float64)
     if bound is None:
@@ -128,8 +153,9 @@ def compare(name: str, lhs, rhs, tol: Tolerance, *, lhs_name: str, rhs_name: str
     rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
     return Part(name=name, lhs=lhs_name, rhs=rhs_name, lhs_summary=_summary(a),
                 rhs_summary=_summary(b), max_abs_error=err, max_rel_error=rel,
-                tolerance=tol.value, tolerance_derivation=tol.derivation, dtype=tol.dtype,
-                passed=bool(err <= tol.value), kind=kind)
+                tolerance=tol.value, tolerance_derivation=tol.derivation, dtype=dtype,
+                passed=bool(err <= tol.value), kind=kind, compared=int(diff.size),
+                independent=independent)
 
 
 @dataclasses.dataclass
@@ -152,11 +178,33 @@ class CheckResult:
 
     @property
     def worst(self) -> Part:
-        return max(self.parts, key=lambda p: (not p.passed, p.ratio))
+        """The compared part closest to (or furthest past) its tolerance (an n/a one if none)."""
+        live = [p for p in self.parts if p.status != "n/a"] or self.parts
+        return max(live, key=lambda p: (p.status in ("fail", "error"), p.ratio))
+
+    @property
+    def status(self) -> str:
+        """``"error"`` if it raised, ``"fail"`` if a comparison failed, ``"n/a"`` if nothing was
+        compared, else ``"pass"``."""
+        statuses = {p.status for p in self.parts}
+        for s in ("error", "fail", "pass"):
+            if s in statuses:
+                return s
+        return "n/a"
 
     @property
     def passed(self) -> bool:
-        return all(p.passed for p in self.parts)
+        """True only when something was compared and every comparison held."""
+        return self.status == "pass"
+
+    @property
+    def comparisons(self) -> int:
+        """How many values were compared over all parts."""
+        return sum(p.compared for p in self.parts if p.status != "error")
+
+    def killed_by_comparison(self) -> bool:
+        """A failed comparison between an engine and an independent side (not an exception)."""
+        return any(p.status == "fail" and p.independent for p in self.parts)
 
     def to_json(self) -> dict:
         """Flat record: id, statement, both sides, errors, tolerance and derivation, dtype, passed."""
@@ -167,9 +215,11 @@ class CheckResult:
             "rhs_summary": w.rhs_summary, "max_abs_error": _finite(w.max_abs_error),
             "max_rel_error": _finite(w.max_rel_error), "tolerance": w.tolerance,
             "tolerance_derivation": w.tolerance_derivation, "dtype": w.dtype,
-            "passed": self.passed, "seconds": self.seconds,
-            "parts": [{k: (_finite(v) if isinstance(v, float) else v)
-                       for k, v in dataclasses.asdict(p).items()} for p in self.parts],
+            "passed": self.passed, "status": self.status, "comparisons": self.comparisons,
+            "seconds": self.seconds,
+            "parts": [{**{k: (_finite(v) if isinstance(v, float) else v)
+                          for k, v in dataclasses.asdict(p).items()}, "status": p.status}
+                      for p in self.parts],
             "measurements": self.measurements,
         }
 

@@ -29,11 +29,14 @@ class Task:
 
 
 def plan(checks: Sequence[Check], instances: Sequence, *, negative_controls: bool = False) -> list[Task]:
-    """The tasks to run, instance by instance (so each instance's cached quantities are reused)."""
+    """The tasks to run, instance by instance (so each instance's cached quantities are reused).
+
+    A check runs on an instance when it applies to it and reads the instance's engine.
+    """
     tasks = []
     for inst in instances:
         for check in checks:
-            if not check.applies(inst):
+            if inst.engine not in check.engines or not check.applies(inst):
                 continue
             if negative_controls:
                 tasks += [Task(check, inst, p.name) for p in check.plants_for(inst)]
@@ -47,7 +50,7 @@ def _crashed(task: Task, err: BaseException) -> CheckResult:
     message = f"{type(err).__name__}: {err} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
     part = Part(name="check raised an exception", lhs=message, rhs="", lhs_summary=[],
                 rhs_summary=[], max_abs_error=math.inf, max_rel_error=math.inf, tolerance=0.0,
-                tolerance_derivation="", dtype="float64", passed=False, kind="error")
+                tolerance_derivation="", dtype="", passed=False, kind="error", compared=0)
     return CheckResult(task.check.id, task.check.statement, task.instance.name, [part],
                        plant=task.plant)
 
@@ -78,7 +81,12 @@ def run_checks(checks, instances, *, negative_controls: bool = False, progress=N
 
 @dataclasses.dataclass
 class Summary:
-    """One row of the report: a check (and, for negative controls, a planted error)."""
+    """One row of the report: a check (and, for negative controls, a planted error).
+
+    ``failed`` counts runs whose comparison failed (for negative controls: detections), ``errors``
+    runs that raised (never a detection), ``na`` runs that compared nothing, and ``comparisons``
+    the values compared over all runs.
+    """
 
     check: str
     statement: str
@@ -87,11 +95,29 @@ class Summary:
     failed: int
     worst: Part | None
     worst_instance: str
+    errors: int = 0
+    na: int = 0
+    comparisons: int = 0
 
     @property
     def ok(self) -> bool:
-        """Checks: every instance passed. Negative controls: every planted error was detected."""
-        return self.failed == 0 if self.plant is None else self.failed == self.instances
+        """Checks: no failure, no error, and at least one comparison was made. Negative controls:
+        every run flagged the planted error by a failed comparison (an exception is no detection)."""
+        if self.errors:
+            return False
+        if self.plant is None:
+            return self.failed == 0 and self.comparisons > 0
+        return self.failed == self.instances
+
+    @property
+    def status(self) -> str:
+        if self.plant is not None:
+            return "DETECTED" if self.ok else ("ERROR" if self.errors else "MISSED")
+        if self.errors:
+            return "ERROR"
+        if self.failed:
+            return "FAIL"
+        return "PASS" if self.comparisons else "N/A"
 
 
 def summarize(results: Sequence[CheckResult]) -> list[Summary]:
@@ -110,9 +136,12 @@ def summarize(results: Sequence[CheckResult]) -> list[Summary]:
     for check, plant in keys:
         rs = groups[(check, plant)]
         if plant is None:
-            pick = max(rs, key=lambda r: (not r.passed, r.worst.ratio))
+            pick = max(rs, key=lambda r: (r.status in ("fail", "error"), r.worst.ratio))
         else:
-            pick = min(rs, key=lambda r: (not r.passed, r.worst.ratio))
-        rows.append(Summary(check, rs[0].statement, plant, len(rs), sum(not r.passed for r in rs),
-                            pick.worst, pick.instance))
+            pick = min(rs, key=lambda r: (r.status != "fail", r.worst.ratio))
+        rows.append(Summary(check, rs[0].statement, plant, len(rs),
+                            sum(r.status == "fail" for r in rs), pick.worst, pick.instance,
+                            errors=sum(r.status == "error" for r in rs),
+                            na=sum(r.status == "n/a" for r in rs),
+                            comparisons=sum(r.comparisons for r in rs)))
     return rows
