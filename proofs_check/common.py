@@ -55,3 +55,10 @@ def level_blocks(values_per_response: np.ndarray, vocab_size: int, level: int) -
     """Reshape ``(V**T, ...)`` to ``(V**l, V**(T-l), ...)``: responses grouped by level-l prefix."""
     values = np.asarray(values_per_response)
     return values.reshape((vocab_size ** level, -1) + values.shape[1:])
+
+
+def outputs(inst, harm=None) -> dict:
+    """The outputs of the instance's engine (:func:`proofs_check.engines.engine_outputs`)."""
+    from proofs_check.engines import engine_outputs
+
+    return engine_outputs(inst, harm)

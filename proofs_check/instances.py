@@ -7,7 +7,7 @@ parameter-space quantities (:func:`proofs_check.autodiff.parameter_quantities`) 
 enumeration over every response (:mod:`proofs_check.enumeration`).
 
 The built-in suite (:func:`builtin_suite`) covers every parameterization (tabular, positional,
-Markov of order 1, a shared-weight transformer) on two vocabulary/length/horizon settings, two
+Markov of order 1, a shared-weight transformer, an MLP) on two vocabulary/length/horizon settings, two
 seeds (binary harm on even seeds, soft harm on odd ones), plus an automaton harm (harmful before
 refusal, with a recovery cost) for T9/T9b; the transformer runs on the larger setting only. It keeps the number of distinct shapes small because
 compilation, not computation, is what costs time on a CPU.
@@ -26,14 +26,14 @@ import numpy as np
 from toy_lm.automata import Automaton, automaton_harm_table, harmful_before_refusal, make_automaton
 from toy_lm.errors import InputError, PrecisionError
 from toy_lm.harms import random_decided_harm, soft_harm
-from toy_lm.neural import TransformerPolicy
+from toy_lm.neural import MLPPolicy, TransformerPolicy
 from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
 from toy_lm.precision import require_x64
 from proofs_check import enumeration
 from proofs_check.autodiff import init_params, level_tables, parameter_quantities, to_numpy
 
 #: Parameterizations, by the name the CLI uses.
-POLICY_KINDS = ("tabular", "positional", "markov", "transformer")
+POLICY_KINDS = ("tabular", "positional", "markov", "transformer", "mlp")
 
 #: Largest number of responses ``V**T`` a check instance may have (DPO pairs cost ``V**(2T)``).
 MAX_RESPONSES = 1024
@@ -44,7 +44,25 @@ MAX_RESPONSES = 1024
 BUILTIN_SETTINGS = ((2, 3, 1), (3, 4, 2))
 BUILTIN_AUTOMATON = ((3, 4),)
 TRANSFORMER_SETTINGS = ((3, 4, 2),)
+
+#: Built-in settings per kind where they differ from :data:`BUILTIN_SETTINGS` (the MLP runs on its
+#: :data:`EXTRA_INSTANCES` entry only: its programs compile as slowly as the transformer's).
+BUILTIN_ONLY_EXTRA = {"transformer": TRANSFORMER_SETTINGS, "mlp": ()}
 BUILTIN_SEEDS = 2
+
+#: Further built-in instances, each for a case the settings above miss: (kind, V, T, τ, harm kind,
+#: λ, rare). ``mixed``: the harmful-before-refusal verdict of the first τ tokens, so the response
+#: horizons τ(y) vary (a refusal decides at once) while τ* < T, over 1024 responses; ``ties``: a
+#: soft harm with repeated values; ``rare``: one prefix of probability about 1e-13; λ at 1e-2 and 1e3.
+EXTRA_INSTANCES = (
+    ("tabular", 4, 5, 3, "mixed", 1.0, False),
+    ("tabular", 3, 4, 2, "ties", 1e-2, True),
+    ("mlp", 3, 4, 2, "soft", 1e3, False),
+    ("transformer", 2, 3, 1, "binary", 1.0, False),
+)
+
+#: Logit that makes a prefix rare: ``π(0|0) ≈ e^-30 ≈ 1e-13`` at the level-1 prefix ``0``.
+RARE_LOGIT = -30.0
 
 #: Token roles of the automaton instances: 0 neutral, 1 harmful, 2 refusal (others neutral), and
 #: how many harmful tokens before a refusal make the response harmful.
@@ -61,13 +79,15 @@ def make_policy(kind: str, vocab_size: int, length: int) -> Policy:
         return MarkovPolicy(vocab_size, length, order=1)
     if kind == "transformer":
         return TransformerPolicy(vocab_size, length, d_model=8, num_heads=1, num_layers=1)
+    if kind == "mlp":
+        return MLPPolicy(vocab_size, length, hidden=8)
     raise InputError(f"unknown policy kind {kind!r}; choose from {', '.join(POLICY_KINDS)} or all")
 
 
 def policy_kind(policy: Policy) -> str:
     """The CLI name of a policy's parameterization (``type(policy).__name__`` for others)."""
     names = {TabularPolicy: "tabular", PositionalPolicy: "positional", MarkovPolicy: "markov",
-             TransformerPolicy: "transformer"}
+             TransformerPolicy: "transformer", MLPPolicy: "mlp"}
     return names.get(type(policy), type(policy).__name__)
 
 
@@ -105,6 +125,8 @@ class Instance:
       harm_kind: ``"binary"``, ``"soft"`` or ``"automaton"``.
       dfa: the automaton behind the harm, if any.
       cost_dfa: the automaton of the dense recovery cost (T9b), if any.
+      engine: the engine whose outputs the engine-reading checks compare (see
+        :mod:`proofs_check.engines`); ``"tree"`` by default.
     """
 
     name: str
@@ -116,6 +138,7 @@ class Instance:
     harm_kind: str = "binary"
     dfa: Automaton | None = None
     cost_dfa: Automaton | None = None
+    engine: str = "tree"
 
     def __post_init__(self):
         harm = np.asarray(self.harm, np.float64)
@@ -192,8 +215,26 @@ class Instance:
         return enumeration.direct_cond_harm(self.probs, self.harm, self.vocab_size, self.length)
 
 
+#: Cached values that do not depend on any engine: shared by an instance's copies for other engines.
+ENGINE_FREE_CACHE = ("quantities", "tables", "probs", "determined", "direct_cond_harm")
+
+
+def with_engine(inst: Instance, engine: str) -> Instance:
+    """The same instance, read through another engine (``name [engine]``).
+
+    Engine-free cached values (the policy's parameter-space quantities, the tables, the direct
+    enumeration) are shared; engine outputs are not.
+    """
+    name = inst.name if engine == "tree" else f"{inst.name} [{engine}]"
+    out = dataclasses.replace(inst, name=name, engine=engine)
+    for key in ENGINE_FREE_CACHE:
+        if key in inst.__dict__:
+            out.__dict__[key] = inst.__dict__[key]
+    return out
+
+
 def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: int | None = None,
-                  harm_kind: str = "binary", lam: float = 1.0) -> Instance:
+                  harm_kind: str = "binary", lam: float = 1.0, rare: bool = False) -> Instance:
     """A random instance of a parameterization (turns float64 on, see :func:`toy_lm.require_x64`).
 
     Args:
@@ -201,15 +242,22 @@ def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: in
       vocab_size, length: ``V`` and ``T``.
       seed: seeds the parameters and the harm.
       tau: horizon of a decided harm (``"binary"``/``"soft"``); ignored for ``"automaton"``.
-      harm_kind: ``"binary"`` or ``"soft"`` (harm decided by the first ``tau`` tokens) or
-        ``"automaton"`` (``K = 2`` harmful tokens before any refusal, with the recovery cost of
-        :func:`recovery_cost_automaton`; needs ``V >= 3``).
+      harm_kind: ``"binary"`` or ``"soft"`` (harm decided by the first ``tau`` tokens),
+        ``"ties"`` (soft, values in ``{0, 1/2, 1}``), ``"automaton"`` (``K = 2`` harmful tokens
+        before any refusal, with the recovery cost of :func:`recovery_cost_automaton`; needs
+        ``V >= 3``) or ``"mixed"`` (that automaton's verdict on the first ``tau`` tokens: varying
+        response horizons, ``τ* <= tau``).
       lam: ``λ``.
+      rare: tabular only: make the level-2 prefix ``00`` rare (probability about 1e-13).
     """
     require_x64()
     policy = make_policy(kind, vocab_size, length)
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     params = init_params(policy, key_policy)
+    if rare:
+        if kind != "tabular" or length < 2:
+            raise InputError("a rare prefix is built into tabular instances with T >= 2 only")
+        params = tuple(params[:1]) + (params[1].at[0, 0, 0].set(RARE_LOGIT),) + tuple(params[2:])
     dfa = cost_dfa = None
     if harm_kind == "automaton":
         if vocab_size < 3:
@@ -218,6 +266,15 @@ def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: in
         cost_dfa = recovery_cost_automaton(vocab_size)
         harm = np.asarray(automaton_harm_table(dfa, length))
         label = "automaton"
+    elif harm_kind == "mixed":
+        if vocab_size < 3 or tau is None or not 1 <= tau <= length:
+            raise InputError(f"a mixed-horizon instance needs V >= 3 and 1 <= tau <= T, got "
+                             f"V={vocab_size}, tau={tau}")
+        dfa = harmful_before_refusal(vocab_size, NUM_HARMFUL, [HARMFUL_TOKEN], [REFUSAL_TOKEN])
+        first = np.asarray(automaton_harm_table(dfa, tau))
+        harm = np.repeat(first, vocab_size ** (length - tau))
+        dfa = None   # the automaton reads the whole response; this harm reads the first tau tokens
+        label = f"tau{tau} mixed"
     else:
         if tau is None or not 0 <= tau <= length:
             raise InputError(f"horizon tau={tau} must satisfy 0 <= tau <= T={length}")
@@ -225,10 +282,16 @@ def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: in
             harm = np.asarray(random_decided_harm(key_harm, vocab_size, length, tau))
         elif harm_kind == "soft":
             harm = np.asarray(soft_harm(key_harm, vocab_size, length, tau))
+        elif harm_kind == "ties":
+            harm = np.round(2 * np.asarray(soft_harm(key_harm, vocab_size, length, tau))) / 2
         else:
-            raise InputError(f"unknown harm kind {harm_kind!r}: binary, soft or automaton")
+            raise InputError(f"unknown harm kind {harm_kind!r}: binary, soft, ties, automaton or mixed")
         label = f"tau{tau} {harm_kind}"
     name = f"{kind} V{vocab_size} T{length} {label} s{seed}"
+    if lam != 1.0 and harm_kind != "automaton":
+        name += f" lam{lam:g}"
+    if rare:
+        name += " rare"
     return Instance(name, policy, params, harm, lam=lam, seed=seed, harm_kind=harm_kind, dfa=dfa,
                     cost_dfa=cost_dfa)
 
@@ -281,10 +344,16 @@ def builtin_suite(kinds=POLICY_KINDS, *, vocab=None, length=None, horizon=None,
                              f"checks enumerate ({MAX_RESPONSES}); lower --vocab or --length")
     out = []
     for kind in kinds:
-        settings = TRANSFORMER_SETTINGS if builtin and kind == "transformer" else decided
+        settings = decided
+        if builtin and kind in BUILTIN_ONLY_EXTRA:
+            settings = BUILTIN_ONLY_EXTRA[kind]
         for (v, t, tau), s in itertools.product(settings, range(first_seed, first_seed + seeds)):
             out.append(make_instance(kind, v, t, seed=s, tau=tau,
                                      harm_kind="binary" if s % 2 == 0 else "soft"))
-        for v, t in automaton:
+        for v, t in automaton if not (builtin and kind == "mlp") else ():
             out.append(make_instance(kind, v, t, seed=first_seed, harm_kind="automaton", lam=0.5))
+    if builtin:
+        out += [make_instance(kind, v, t, seed=first_seed, tau=tau, harm_kind=harm_kind, lam=lam,
+                              rare=rare)
+                for kind, v, t, tau, harm_kind, lam, rare in EXTRA_INSTANCES if kind in kinds]
     return out

@@ -3,7 +3,7 @@
 A check is a function ``(instance, plant) -> parts`` (or ``(parts, measurements)``) registered
 with its id, a one-line statement, the planted errors it must catch and the instances it applies
 to. :meth:`Check.run` wraps the parts into a :class:`~proofs_check.results.CheckResult` and times
-it. Ids: ``T1`` ... ``T11``; sub-claims carry a suffix (``T1-sum``, ``T3-total``, ``T7a`` ... ``T7e``,
+it. Ids: ``T1`` ... ``T13``; sub-claims carry a suffix (``T1-sum``, ``T3-total``, ``T7a`` ... ``T7e``,
 ``T9-train``, ``T9b``, ``T11-train``). :func:`select` picks checks by statement: ``T7`` selects
 ``T7a`` ... ``T7e``, ``T1`` selects ``T1`` and ``T1-*`` but not ``T10``/``T11``.
 """
@@ -31,6 +31,9 @@ class Check:
       applies: whether the statement applies to an instance (e.g. binary harm only).
       topic: the module it lives in (for listings).
       plant_requires: extra conditions, per planted error, for it to be detectable by this check.
+      engines: the engines whose outputs it reads (:mod:`proofs_check.engines`); it runs on an
+        instance read through any of them. Checks of autodiff, objectives and training read the
+        ``tree`` engine only.
     """
 
     id: str
@@ -40,6 +43,7 @@ class Check:
     applies: Callable = lambda inst: True
     topic: str = ""
     plant_requires: tuple = ()
+    engines: tuple[str, ...] = ("tree",)
 
     def run(self, instance, plant: str | None = None) -> CheckResult:
         """Run on one instance, optionally with a planted error; returns the timed result."""
@@ -61,7 +65,7 @@ REGISTRY: dict[str, Check] = {}
 
 
 def register(check_id: str, statement: str, *, plants: Sequence[str], applies=None,
-             plant_requires=None):
+             plant_requires=None, engines: Sequence[str] = ("tree",)):
     """Decorator: register ``fn(instance, plant)`` as the check ``check_id``.
 
     ``plant_requires`` maps a planted error to an extra condition on the instance under which this
@@ -76,7 +80,7 @@ def register(check_id: str, statement: str, *, plants: Sequence[str], applies=No
             raise ValueError(f"check {check_id} registered twice")
         REGISTRY[check_id] = Check(check_id, statement, fn, tuple(plants),
                                    applies or (lambda inst: True), fn.__module__.rsplit(".", 1)[-1],
-                                   tuple((plant_requires or {}).items()))
+                                   tuple((plant_requires or {}).items()), tuple(engines))
         return fn
 
     return wrap
