@@ -5,6 +5,7 @@ from proofs_check import (  # noqa: F401
     equilibrium,
     gradients,
     horizon,
+    information,
     martingale,
     recovery,
     reinforce,

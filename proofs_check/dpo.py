@@ -26,7 +26,7 @@ from proofs_check.results import compare, rounding_tolerance
 from proofs_check.training import frozen_tolerance, train_tables
 
 #: DPO temperature.
-BETA = 1.0
+BETA = 0.5
 
 #: Steps and learning rate of T11-train (plain gradient descent).
 DPO_STEPS, DPO_LR = 16, 1.0

@@ -1,10 +1,11 @@
 """T1 (the harm martingale) and T2 (the score has conditional mean zero).
 
-T1. ``H_t = E[h | Y_<=t]`` is a martingale: ``E[Δ_t | Y_<t] = 0`` at every prefix;
-``Σ_t Δ_t = h(Y) - E h`` for every response; ``E[Δ_s Δ_t] = 0`` for ``s ≠ t``;
-``Var(h) = Σ_t I_t``. The engine's ``Δ_t`` (backward recursion, :func:`toy_lm.tree.increments`)
-and ``I_t`` (:func:`toy_lm.tree.harm_information`) are tested against sums over whole responses
-with ``P(y)`` from the teacher-forced log-probabilities.
+T1. The engine's ``H_t`` equals ``E[h | Y_<=t]`` summed directly over every continuation, and is a
+martingale: ``E[Δ_t | Y_<t] = 0`` at every prefix; ``Σ_t Δ_t = h(Y) - E h`` for every response;
+``E[Δ_s Δ_t] = 0`` for ``s ≠ t``; ``Var(h) = Σ_t I_t``. ``Δ_t`` is the plain difference of the
+engine's ``H`` (the engines' own increments are re-centred against ``π`` by construction, so the
+martingale claims on them would hold for any ``H``); ``I_t`` is the engine's. Every engine
+(:mod:`proofs_check.engines`) is checked; ``P(y)`` comes from the teacher-forced log-probabilities.
 
 T2. ``E[s_t | Y_<t] = 0`` with ``s_t = ∇_θ log π_θ(y_t|y_<t)`` by autodiff of the teacher-forced
 log-probabilities, averaged by direct sums over the responses extending each prefix.
@@ -15,22 +16,38 @@ from __future__ import annotations
 import numpy as np
 
 from proofs_check import controls, enumeration
-from proofs_check.common import engine, expect, level_blocks, ops, score_magnitude
+from proofs_check.common import expect, level_blocks, ops, outputs, score_magnitude
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
 
 
-def _engine_increments(inst, plant):
-    """The engine's ``Δ_1 ... Δ_T`` (or wrong ones under a planted error)."""
-    eng = engine(inst)
+#: Engines whose ``H`` and ``I_t`` these checks read.
+ENGINES = ("tree", "analysis", "xla", "markov")
+
+
+def engine_values(inst, plant) -> list[np.ndarray]:
+    """The engine's ``H_0 ... H_T`` (or wrong ones under a planted error)."""
+    values = [np.asarray(v) for v in outputs(inst)["cond_harm"]]
     if plant == "shifted-H":
-        return controls.increments_of(controls.shifted_levels(eng["cond_harm"]), inst.vocab_size)
+        return controls.shifted_levels(values)
+    if plant == "uniform-H":   # H computed with uniform instead of π weights
+        return enumeration.direct_cond_harm(np.full(inst.num_responses, 1.0 / inst.num_responses),
+                                            inst.harm, inst.vocab_size, inst.length)
+    return values
+
+
+def differences(values, vocab_size: int) -> list[np.ndarray]:
+    """``Δ_t = H_t - H_{t-1}`` by plain subtraction (not re-centred: a wrong ``H`` shows)."""
+    return [values[t] - np.repeat(values[t - 1], vocab_size) for t in range(1, len(values))]
+
+
+def _engine_increments(inst, plant):
     if plant == "wrong-baseline-level":
-        values = eng["cond_harm"]
+        values = engine_values(inst, None)
         baselines = controls.wrong_level_baseline(values, inst.vocab_size)
         return [values[t] - np.repeat(baselines[t - 1], inst.vocab_size)
                 for t in range(1, inst.length + 1)]
-    return list(eng["increments"])
+    return differences(engine_values(inst, plant), inst.vocab_size)
 
 
 def _per_response(deltas, inst) -> np.ndarray:
@@ -38,23 +55,31 @@ def _per_response(deltas, inst) -> np.ndarray:
     return np.stack([enumeration.expand(d, inst.vocab_size, inst.length) for d in deltas], axis=1)
 
 
-@register("T1", "E[Δ_t | Y_<t] = 0 at every prefix (Δ_t from the backward recursion)",
-          plants=["shifted-H"])
+@register("T1", "H_t = E[h | Y_<=t] (engine against direct sums) and E[Δ_t | Y_<t] = 0 at every prefix",
+          plants=["shifted-H", "uniform-H"], engines=ENGINES)
 def martingale_mean(inst, plant):
+    values = engine_values(inst, plant)
+    direct = inst.direct_cond_harm
+    flat = lambda vs: np.concatenate([np.asarray(v).reshape(-1) for v in vs])
+    tol_h = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst), magnitude=1.0,
+                               what="Σ_{y ⊒ u} P(y|u) |h(y)| <= 1")
     conditionals = enumeration.direct_conditionals(inst.probs, inst.vocab_size, inst.length)
-    deltas = _engine_increments(inst, plant)
+    deltas = differences(values, inst.vocab_size)
     means = [np.sum(pi * d.reshape(-1, inst.vocab_size), axis=1)
              for pi, d in zip(conditionals, deltas)]
-    lhs = np.concatenate(means)
     scale = max(float(np.max(np.abs(d))) for d in deltas)
     tol = rounding_tolerance(np.float64, terms=inst.vocab_size, ops=ops(inst), magnitude=max(scale, 1.0),
                              what="|Δ_t| <= 1, Σ_v π(v|u) = 1")
-    return [compare("E[Δ_t|Y_<t] = 0", lhs, 0.0, tol, scale=scale,
-                    lhs_name="Σ_v π(v|u) Δ_t(uv), π by direct marginals, Δ_t by tree.increments",
+    return [compare("H_t(u) = E[h | Y_<=t = u]", flat(values), flat(direct), tol_h,
+                    lhs_name=f"H_0 ... H_T from the {inst.engine} engine",
+                    rhs_name="Σ_{y ⊒ u} P(y) h(y) / Σ_{y ⊒ u} P(y) (direct sums over responses)"),
+            compare("E[Δ_t|Y_<t] = 0", np.concatenate(means), 0.0, tol, scale=scale,
+                    lhs_name="Σ_v π(v|u) (H_t(uv) - H_{t-1}(u)), π by direct marginals, H by the engine",
                     rhs_name="0")]
 
 
-@register("T1-sum", "Σ_t Δ_t(y) = h(y) - E h for every response y", plants=["shifted-H"])
+@register("T1-sum", "Σ_t Δ_t(y) = h(y) - E h for every response y", plants=["shifted-H"],
+          engines=ENGINES)
 def martingale_telescopes(inst, plant):
     deltas = _per_response(_engine_increments(inst, plant), inst)
     lhs = deltas.sum(axis=1)
@@ -63,13 +88,13 @@ def martingale_telescopes(inst, plant):
                              magnitude=float(np.max(np.abs(deltas).sum(axis=1))) + 1.0,
                              what="Σ_t |Δ_t| + |h|")
     return [compare("Σ_t Δ_t = h - E h", lhs, rhs, tol,
-                    lhs_name="Σ_t Δ_t(y) from tree.increments",
+                    lhs_name="Σ_t (H_t(y) - H_{t-1}(y)), H by the engine",
                     rhs_name="h(y) - Σ_y P(y) h(y) (direct sum)")]
 
 
 @register("T1-orth", "E[Δ_s Δ_t] = 0 for s ≠ t (orthogonal increments)",
           plants=["wrong-baseline-level"],
-          applies=lambda inst: inst.length >= 2)
+          applies=lambda inst: inst.length >= 2, engines=ENGINES)
 def martingale_orthogonal(inst, plant):
     deltas = _per_response(_engine_increments(inst, plant), inst)
     pairs = [(s, t) for s in range(inst.length) for t in range(s + 1, inst.length)]
@@ -79,26 +104,26 @@ def martingale_orthogonal(inst, plant):
     tol = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst), magnitude=mag,
                              what="Σ_y P(y)|Δ_s Δ_t|")
     return [compare("E[Δ_s Δ_t] = 0, s < t", lhs, 0.0, tol, scale=scale,
-                    lhs_name="Σ_y P(y) Δ_s(y) Δ_t(y), P direct, Δ from tree.increments",
+                    lhs_name="Σ_y P(y) Δ_s(y) Δ_t(y), P direct, Δ = differences of the engine's H",
                     rhs_name="0")]
 
 
 @register("T1-var", "Var(h) = Σ_t I_t (harm variance resolved position by position)",
-          plants=["shifted-H"])
+          plants=["shifted-H"], engines=ENGINES)
 def variance_decomposition(inst, plant):
     mean = float(np.sum(inst.probs * inst.harm))
     lhs = float(np.sum(inst.probs * (inst.harm - mean) ** 2))
-    eng = engine(inst)
     if plant == "shifted-H":
+        marg = enumeration.prefix_marginals(inst.probs, inst.vocab_size, inst.length)
         deltas = _engine_increments(inst, plant)
-        info = np.array([np.sum(eng["prefix_probs"][t + 1] * d ** 2) for t, d in enumerate(deltas)])
+        info = np.array([np.sum(marg[t + 1] * d ** 2) for t, d in enumerate(deltas)])
     else:
-        info = eng["harm_information"]
+        info = np.asarray(outputs(inst)["harm_information"])
     tol = rounding_tolerance(np.float64, terms=inst.num_responses * inst.length, ops=ops(inst),
                              magnitude=1.0, what="Σ P(y) Δ_t² <= 1 and Σ P(y)(h - Eh)² <= 1")
     return [compare("Var(h) = Σ_t I_t", lhs, float(np.sum(info)), tol,
                     lhs_name="Σ_y P(y) (h(y) - E h)² (direct)",
-                    rhs_name="Σ_t I_t from tree.harm_information")]
+                    rhs_name=f"Σ_t I_t from the {inst.engine} engine")]
 
 
 def _score_conditional_means(inst, scores, weights) -> list[np.ndarray]:

@@ -2,7 +2,7 @@
 there with the baseline ``H_{t-1}``.
 
 Samples ``Y_1 ... Y_n`` (:data:`NUM_SAMPLES`) are drawn i.i.d. from ``π`` with a fixed seed (the
-instance's), as whole responses from the enumerated ``P(y)``, and ``s_t(Y_i)`` is read from the
+instance's) by the toolkit's own sampler (``Policy.sample``), and ``s_t(Y_i)`` is read from the
 score tensor (autodiff of the teacher-forced log-probabilities), so the estimator
 ``ĝ_t = (1/n) Σ_i h(Y_i) s_t(Y_i)`` is a genuine Monte Carlo average. Three parts:
 
@@ -22,6 +22,7 @@ import math
 
 import numpy as np
 
+from toy_lm.montecarlo import table_baseline
 from proofs_check import controls, enumeration
 from proofs_check.common import engine, expect, ops
 from proofs_check.registry import register
@@ -46,10 +47,21 @@ def bernstein_radius(sigma, bound, num_samples: int, log_term: float):
     return a + np.sqrt(a ** 2 + 2 * sigma ** 2 * log_term / num_samples)
 
 
+def sample_responses(inst, num_samples: int = NUM_SAMPLES) -> np.ndarray:
+    """``n`` responses ``(n, T)`` drawn by the toolkit's own sampler (:func:`toy_lm.montecarlo.sample`,
+    i.e. ``Policy.sample``), keyed by the instance's seed."""
+    import jax
+
+    from toy_lm.montecarlo import sample
+
+    key = jax.random.fold_in(jax.random.key(inst.seed), 10)
+    return np.asarray(sample(key, inst.policy, inst.params, num_samples))
+
+
 def sample_rows(inst, num_samples: int = NUM_SAMPLES) -> np.ndarray:
-    """Canonical indices of ``n`` responses drawn i.i.d. from ``P(y)``, seeded by the instance."""
-    rng = np.random.default_rng([inst.seed, 10])
-    return rng.choice(inst.num_responses, size=num_samples, p=inst.probs / inst.probs.sum())
+    """Canonical indices (base-``V`` digits, ``y_1`` first) of :func:`sample_responses`."""
+    responses = sample_responses(inst, num_samples)
+    return responses @ (inst.vocab_size ** np.arange(inst.length - 1, -1, -1))
 
 
 @register("T10", "REINFORCE h(Y)s_t(Y) is unbiased for g_t; beyond τ* it is pure noise, and with the "
@@ -90,24 +102,43 @@ def reinforce(inst, plant):
     measurements = {"num_samples": n, "max_error_in_radii": float(np.max(normalized)),
                     "max_error_in_standard_errors": float(np.max(
                         np.abs(estimate - exact) / (sigma / math.sqrt(n) + rounding.value)))}
-    values = engine(inst)["cond_harm"]
-    baselines = list(values[:-1])
+    values = [np.asarray(v) for v in engine(inst)["cond_harm"]]
     if plant == "wrong-baseline-level":
-        baselines = controls.wrong_level_baseline(values, inst.vocab_size)
-    # A sample's estimate is a function of its response: checking each distinct sampled response
-    # once is checking every sample.
-    sampled = np.unique(rows)
+        values = controls.wrong_level_baseline(values, inst.vocab_size)
+    responses = sample_responses(inst)
+    # b_t(Y_<t) = H_{t-1}(Y_<t) through the toolkit's own exact baseline (toy_lm.montecarlo).
+    baseline = np.asarray(table_baseline(values, inst.vocab_size)(responses))   # (n, T)
     per_sample = [np.zeros(0)]
     for t in range(1, inst.length + 1):
-        determined = enumeration.expand(inst.determined[t - 1], inst.vocab_size, inst.length)
-        base = enumeration.expand(baselines[t - 1], inst.vocab_size, inst.length)
-        keep = sampled[determined[sampled]]
-        per_sample.append(((harm[keep] - base[keep])[:, None] * scores[keep, t - 1]).reshape(-1))
+        determined = enumeration.expand(inst.determined[t - 1], inst.vocab_size, inst.length)[rows]
+        keep = rows[determined]
+        per_sample.append(((harm[keep] - baseline[determined, t - 1])[:, None]
+                           * scores[keep, t - 1]).reshape(-1))
     per_sample = np.concatenate(per_sample)
+    # Unbiased with the baseline: mean_i (h(Y_i) - b_t(Y_i,<t)) s_t(Y_i) against g_t, with σ² and the
+    # range of (h - H_{t-1}) s_t from direct sums (H by enumeration, not the engine).
+    direct_base = np.stack([enumeration.expand(inst.direct_cond_harm[t], inst.vocab_size, inst.length)
+                            for t in range(inst.length)], axis=1)               # (N, T)
+    centred = (harm[:, None] - direct_base)[:, :, None] * scores                  # (N, T, D)
+    b_estimate = np.mean((harm[rows, None] - baseline)[:, :, None] * scores[rows], axis=0)
+    b_mean = expect(probs, centred)
+    b_sigma = np.sqrt(np.maximum(expect(probs, centred ** 2) - b_mean ** 2, 0.0))
+    b_spread = np.max(np.abs(centred[support] - b_mean[None]), axis=0)
+    b_radius = bernstein_radius(b_sigma, b_spread, n, log_term)
+    parts.append(compare("|ĝ_b - g| <= Bernstein radius with the baseline H_{t-1}",
+                         np.abs(b_estimate - exact) / (b_radius + rounding.value), 0.0,
+                         stated_tolerance(1.0, f"1 radius: as above, for (h - H_(t-1)) s_t with exact "
+                                               f"σ² and range; this part's false-alarm probability "
+                                               f"is <= {FAMILY_RISK:g} too"),
+                         kind="statistical", scale=1.0,
+                         lhs_name="|mean_i (h - b_t) s_t - g_t| / ε, b = toy_lm.montecarlo."
+                                  "table_baseline of the engine's H, samples from Policy.sample",
+                         rhs_name="0 (g_t by stop-gradient autodiff)"))
     parts.append(compare("(h - H_{t-1}) s_t = 0 per sample once Y_<t is determined", per_sample, 0.0,
                          rounding, scale=float(np.max(np.abs(scores))),
-                         lhs_name="(h(Y_i) - H_{t-1}(Y_i,<t)) s_t(Y_i) for every sample and t with "
-                                  "Y_i,<t determined (t > τ(Y_i) ⊇ t > τ*; engine H)", rhs_name="0"))
+                         lhs_name="(h(Y_i) - b_t(Y_i,<t)) s_t(Y_i) for every sample and t with Y_i,<t "
+                                  "determined, b = toy_lm.montecarlo.table_baseline of the engine's H, "
+                                  "samples from Policy.sample", rhs_name="0"))
     if tau < inst.length and np.any(harm != 0):  # (h ≡ 0 makes the estimator identically 0)
         variance = sigma[tau:] ** 2
         floor = 1e3 * rounding.value
