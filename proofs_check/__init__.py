@@ -1,8 +1,10 @@
 """proofs_check: every statement of THEORY.md section 3 as a named, runnable, falsifiable check.
 
-Each check compares two independent computations (the exact engine or autodiff against direct
+Each check compares two independent computations (an engine's output or autodiff against direct
 sums over every response, or a closed form) within a tolerance derived from the dtype's machine
-epsilon, on every parameterization, and has planted errors it must flag (negative controls).
+epsilon, on every parameterization and every engine (:mod:`proofs_check.engines`), has planted
+errors it must flag (negative controls), and the engines carry planted bugs it must kill
+(:mod:`proofs_check.mutants`).
 
 Quick use::
 
@@ -16,6 +18,10 @@ own property tests: :mod:`proofs_check.strategies`.
 """
 
 from proofs_check.controls import PLANTS as PLANTS
+from proofs_check.engines import ENGINES as ENGINES
+from proofs_check.engines import available_engines as available_engines
+from proofs_check.engines import engine_outputs as engine_outputs
+from proofs_check.engines import read_through as read_through
 from proofs_check.controls import Plant as Plant
 from proofs_check.instances import POLICY_KINDS as POLICY_KINDS
 from proofs_check.instances import Instance as Instance
@@ -23,6 +29,10 @@ from proofs_check.instances import builtin_suite as builtin_suite
 from proofs_check.instances import make_instance as make_instance
 from proofs_check.instances import make_policy as make_policy
 from proofs_check.instances import recovery_cost_automaton as recovery_cost_automaton
+from proofs_check.instances import with_engine as with_engine
+from proofs_check.mutants import MUTANTS as MUTANTS
+from proofs_check.mutants import Mutant as Mutant
+from proofs_check.mutants import run_mutants as run_mutants
 from proofs_check.registry import REGISTRY as REGISTRY
 from proofs_check.registry import Check as Check
 from proofs_check.registry import all_checks as all_checks
@@ -34,7 +44,8 @@ from proofs_check.runner import run_checks as run_checks
 from proofs_check.runner import summarize as summarize
 
 __all__ = [
-    "PLANTS", "POLICY_KINDS", "REGISTRY", "Check", "CheckResult", "Instance", "Part", "Plant",
-    "all_checks", "builtin_suite", "make_instance", "make_policy", "recovery_cost_automaton",
-    "rounding_tolerance", "run_checks", "select", "summarize",
+    "ENGINES", "MUTANTS", "PLANTS", "POLICY_KINDS", "REGISTRY", "Check", "CheckResult", "Instance",
+    "Mutant", "Part", "Plant", "all_checks", "available_engines", "builtin_suite", "engine_outputs",
+    "make_instance", "make_policy", "read_through", "recovery_cost_automaton", "rounding_tolerance",
+    "run_checks", "run_mutants", "select", "summarize", "with_engine",
 ]

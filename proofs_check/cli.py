@@ -18,12 +18,13 @@ from rich.markup import escape
 
 from toy_lm.errors import InputError
 
-POLICY_CHOICES = ("tabular", "positional", "markov", "transformer", "all")
+POLICY_CHOICES = ("tabular", "positional", "markov", "transformer", "mlp", "all")
+ENGINE_CHOICES = ("tree", "analysis", "xla", "markov", "all")
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "check", help="run the theorem checks T1-T11 (the main job)",
+        "check", help="run the theorem checks T1-T13 on every engine (the main job)",
         description="Check every statement of THEORY.md section 3 on a suite of exact instances: "
                     "each check compares two independent computations within a tolerance "
                     "derived from float64 machine epsilon. With no options: every check on the "
@@ -44,7 +45,69 @@ def register(subparsers) -> None:
     p.add_argument("--negative-controls", action="store_true",
                    help="run each check against its planted errors; fail unless all are detected")
     p.add_argument("--list", action="store_true", help="list the checks and their planted errors")
+    p.add_argument("--engine", nargs="+", choices=ENGINE_CHOICES, default=["all"],
+                   help="engines whose outputs the engine-reading checks compare: tree (the readable "
+                        "functions), analysis (analyze_tree, Numba), xla (analyze_tree, XLA chunks), "
+                        "markov (the DP, on Markov x automaton instances); default: all available")
+    p.add_argument("--mutants", nargs="*", metavar="NAME", default=None,
+                   help="plant each engine mutant (proofs_check.mutants; or only the named ones) and "
+                        "report which checks kill it by a failed comparison; fail if one survives")
     p.set_defaults(func=run)
+
+
+def _engines(chosen) -> tuple[str, ...]:
+    """The engines to check; ``all`` means every engine available on this machine."""
+    from proofs_check.engines import ENGINES, available_engines
+
+    if "all" in chosen:
+        return available_engines()
+    missing = [e for e in chosen if e not in available_engines()]
+    if missing:
+        raise InputError(f"--engine {' '.join(missing)}: not available here (the analysis engine "
+                         "needs numba: pip install numba)")
+    return tuple(e for e in ENGINES if e in chosen)
+
+
+def run_mutants(args) -> int:
+    """``check --mutants``: every engine mutant against the checks that read what it changes."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from proofs_check.mutants import MUTANTS, run_mutants as run_all
+
+    start = time.perf_counter()
+    err = Console(stderr=True)
+
+    def progress(mutant, done):
+        if not done:
+            err.print(f"[{time.perf_counter() - start:6.0f} s] mutant {escape(mutant.name)} ...",
+                      highlight=False)
+
+    known = {m.name: m for m in MUTANTS}
+    unknown = [n for n in args.mutants if n not in known]
+    if unknown:
+        raise InputError(f"--mutants {' '.join(unknown)}: no such mutant; choose from "
+                         f"{', '.join(known)}")
+    reports = run_all([known[n] for n in args.mutants] if args.mutants else MUTANTS, progress)
+    table = Table(title="engine mutants: each must be killed by a failed comparison with an "
+                        "independent side (an exception is not a kill)")
+    for col in ("mutant", "bug", "size", "killed by", "status"):
+        table.add_column(col, no_wrap=col in ("mutant", "size", "status"))
+    colour = {"KILLED": "green", "EQUIVALENT": "yellow"}
+    for r in reports:
+        killed = ", ".join(r.killed_by) or "-"
+        note = r.equivalent if r.status == "EQUIVALENT" else "; ".join(r.errors)[:200]
+        table.add_row(escape(r.name), escape(r.description + (f" [{note}]" if note else "")),
+                      f"{r.size:.1e}", escape(killed), f"[{colour.get(r.status, 'red')}]{r.status}[/]")
+    console = _console()
+    console.print(table)
+    live = [r for r in reports if not r.equivalent]
+    killed = sum(r.status == "KILLED" for r in live)
+    console.print(f"mutation score {killed}/{len(live)} (equivalent mutants excluded: "
+                  f"{len(reports) - len(live)}) in {time.perf_counter() - start:.0f} s")
+    if args.json:
+        _write_json(args.json, [r.to_json() for r in reports])
+    return 0 if killed == len(live) else 1
 
 
 def _kinds(policies) -> tuple[str, ...]:
@@ -102,8 +165,10 @@ def print_report(summaries, *, negative_controls: bool, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
+    colour = {"PASS": "green", "DETECTED": "green", "N/A": "yellow"}
     if negative_controls:
-        table = Table(title="negative controls: every planted error must be flagged")
+        table = Table(title="negative controls: every planted error must be flagged by a failed "
+                            "comparison (an exception is not a detection)")
         for col in ("check", "planted error", "instances", "detected", "weakest detection", "tolerance",
                     "status"):
             table.add_column(col, justify="right" if col in ("instances", "detected") else "left",
@@ -112,17 +177,21 @@ def print_report(summaries, *, negative_controls: bool, console=None) -> None:
             table.add_row(s.check, escape(s.plant), str(s.instances), str(s.failed),
                           _fmt(s.worst.max_abs_error, s.worst.kind),
                           _fmt(s.worst.tolerance, s.worst.kind),
-                          "[green]DETECTED[/]" if s.ok else "[red]MISSED[/]")
+                          f"[{colour.get(s.status, 'red')}]{s.status}[/]"
+                          + (f" ({s.errors} raised)" if s.errors else ""))
     else:
         table = Table(title="theorem checks (two independent computations each)")
-        for col in ("check", "statement", "instances", "worst error", "tolerance", "status"):
-            table.add_column(col, justify="right" if col == "instances" else "left",
+        for col in ("check", "statement", "instances", "compared", "worst error", "tolerance",
+                    "dtype", "status"):
+            table.add_column(col, justify="right" if col in ("instances", "compared") else "left",
                              no_wrap=col != "statement")
         for s in summaries:
-            table.add_row(s.check, escape(s.statement), str(s.instances),
-                          _fmt(s.worst.max_abs_error, s.worst.kind),
-                          _fmt(s.worst.tolerance, s.worst.kind),
-                          "[green]PASS[/]" if s.ok else f"[red]FAIL[/] ({s.failed})")
+            count = "" if s.status == "PASS" else f" ({s.failed + s.errors})"
+            table.add_row(s.check, escape(s.statement),
+                          str(s.instances) + (f" ({s.na} n/a)" if s.na else ""),
+                          str(s.comparisons), _fmt(s.worst.max_abs_error, s.worst.kind),
+                          _fmt(s.worst.tolerance, s.worst.kind), s.worst.dtype,
+                          f"[{colour.get(s.status, 'red')}]{s.status}[/]{count if s.status in ('FAIL', 'ERROR') else ''}")
     console.print(table)
 
 
@@ -151,6 +220,7 @@ def run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from proofs_check import instances as suite
+    from proofs_check.engines import read_through
     from proofs_check.registry import select
     from proofs_check.runner import plan, run_tasks, summarize
 
@@ -159,10 +229,13 @@ def run(args) -> int:
         return _list(checks)
     if args.json:
         _write_json(args.json, [])  # fail early on an unwritable path, before the long run
+    if args.mutants is not None:
+        return run_mutants(args)
     start = time.perf_counter()
     instances = suite.builtin_suite(
         _kinds(args.policy), vocab=args.vocab, length=args.length, horizon=args.horizon,
         seeds=suite.BUILTIN_SEEDS if args.seeds is None else args.seeds, first_seed=args.first_seed)
+    instances = read_through(instances, _engines(args.engine))
     tasks = plan(checks, instances, negative_controls=args.negative_controls)
     if not tasks:
         raise InputError("no check applies to the chosen instances; widen --theorem or the sizes")
