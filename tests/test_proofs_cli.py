@@ -20,7 +20,9 @@ def test_held_out_settings_pass_every_check_on_every_parameterization(tmp_path, 
     assert "all good" in out and "theorem checks" in out
     records = json.loads(path.read_text())
     assert {r["instance"].split()[0] for r in records} == {"tabular", "positional", "markov",
-                                                           "transformer"}
+                                                           "transformer", "mlp"}
+    assert {r["instance"].rsplit("[", 1)[-1] for r in records if "[" in r["instance"]} >= {
+        "xla]", "markov]"}
     assert {r["check"] for r in records} == {c.id for c in registry.all_checks()}
     for r in records:
         assert r["passed"] is True and r["plant"] is None

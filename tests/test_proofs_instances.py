@@ -11,13 +11,25 @@ def test_builtin_suite_covers_every_parameterization_setting_and_harm_kind():
     suite = instances.builtin_suite()
     kinds = {inst.kind for inst in suite}
     assert kinds == set(instances.POLICY_KINDS)
-    assert {inst.harm_kind for inst in suite} == {"binary", "soft", "automaton"}
-    assert {(i.vocab_size, i.length) for i in suite if i.kind == "tabular"} == {(2, 3), (3, 4)}
+    assert {inst.harm_kind for inst in suite} == {"binary", "soft", "ties", "automaton", "mixed"}
+    assert {(i.vocab_size, i.length) for i in suite if i.kind == "tabular"} == {(2, 3), (3, 4), (4, 5)}
+    assert {(i.vocab_size, i.length) for i in suite if i.kind == "transformer"} == {(2, 3), (3, 4)}
+    assert max(i.num_responses for i in suite) >= 1024
+    assert {1e-2, 1e3} <= {i.lam for i in suite}
     assert {i.horizon for i in suite if i.harm_kind == "binary"} == {1, 2}
     assert len({inst.name for inst in suite}) == len(suite)
     for inst in suite:
         if inst.harm_kind == "automaton":
             assert inst.dfa is not None and inst.cost_dfa is not None
+    mixed = next(i for i in suite if i.harm_kind == "mixed")
+    from toy_lm.harms import response_horizons
+
+    taus = response_horizons(mixed.harm, mixed.vocab_size)
+    assert len(set(taus.tolist())) > 1 and mixed.horizon < mixed.length   # τ(y) varies, τ* < T
+    rare = next(i for i in suite if "rare" in i.name)
+    from proofs_check.enumeration import prefix_marginals
+
+    assert 1e-15 < float(prefix_marginals(rare.probs, rare.vocab_size, rare.length)[2][0]) < 1e-11
 
 
 def test_chosen_sizes_make_the_product_and_check_horizons():
