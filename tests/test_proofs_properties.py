@@ -12,6 +12,8 @@ soft, decided by the first ``τ`` tokens with ``τ = 0 ... 3``; a pattern or har
 automaton; or the recovery instance with its dense cost, for T9/T9b) and ``λ ∈ [0.1, 10]``. Other
 parameterizations and sizes are covered by test_proofs_checks.py and test_strategies.py.
 Examples per check: a fifth of the profile's (5 in ``ci``, 100 with ``HYPOTHESIS_PROFILE=long``).
+``-m slow`` adds the same two properties over every parameterization (positional, Markov and the
+transformer too, whose programs take several times longer to compile).
 """
 
 import numpy as np
@@ -19,10 +21,12 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from proofs_check import all_checks
+from proofs_check import POLICY_KINDS, all_checks
 from proofs_check.strategies import instances
 
 SHAPE = dict(kinds=("tabular",), min_vocab=3, max_vocab=3, min_length=3, max_length=3)
+#: The opt-in (slow) run: every parameterization at the same size (four shapes to compile).
+EVERY_KIND = dict(SHAPE, kinds=POLICY_KINDS)
 CHECKS = {c.id: c for c in all_checks()}
 EXAMPLES = max(3, settings.default.max_examples // 5)
 
@@ -46,26 +50,51 @@ def test_the_named_checks_are_registered():
     assert set(NAMED) <= set(CHECKS), sorted(set(NAMED) - set(CHECKS))
 
 
-@pytest.mark.parametrize("check_id", list(CHECKS))
-@settings(max_examples=EXAMPLES)
-@given(data=st.data())
-def test_check_holds_on_drawn_instances(check_id, data):
+def _holds(check_id, data, shape):
     check = CHECKS[check_id]
-    inst = data.draw(instances(**SHAPE).filter(check.applies), label="instance")
+    inst = data.draw(instances(**shape).filter(check.applies), label="instance")
     note(f"{inst.name}, λ = {inst.lam!r}, seed = {inst.seed}")
     result = check.run(inst)
     assert result.parts, f"{check_id} compared nothing on {inst.name}"
     assert result.passed, describe(inst, result)
 
 
-@pytest.mark.parametrize("check_id", list(CHECKS))
-@settings(max_examples=EXAMPLES)
-@given(data=st.data())
-def test_planted_errors_make_the_check_fail(check_id, data):
+def _detects(check_id, data, shape):
     check = CHECKS[check_id]
-    inst = data.draw(instances(**SHAPE).filter(lambda i: check.applies(i) and check.plants_for(i)),
+    inst = data.draw(instances(**shape).filter(lambda i: check.applies(i) and check.plants_for(i)),
                      label="instance")
     note(f"{inst.name}, λ = {inst.lam!r}, seed = {inst.seed}")
     for plant in check.plants_for(inst):
         result = check.run(inst, plant.name)  # an exception here fails the test: not a detection
         assert not result.passed, f"planted {plant.name} not detected:\n" + describe(inst, result)
+
+
+@pytest.mark.parametrize("check_id", list(CHECKS))
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_check_holds_on_drawn_instances(check_id, data):
+    _holds(check_id, data, SHAPE)
+
+
+@pytest.mark.parametrize("check_id", list(CHECKS))
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_planted_errors_make_the_check_fail(check_id, data):
+    _detects(check_id, data, SHAPE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check_id", list(CHECKS))
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_check_holds_on_every_kind(check_id, data):
+    _holds(check_id, data, EVERY_KIND)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("check_id", list(CHECKS))
+@settings(max_examples=EXAMPLES)
+@given(data=st.data())
+def test_planted_errors_make_the_check_fail_on_every_kind(check_id, data):
+    _detects(check_id, data, EVERY_KIND)
+
