@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
-from proofs_check import POLICY_KINDS, all_checks
+from proofs_check import POLICY_KINDS, all_checks, make_instance
 from proofs_check.strategies import instances
 
 SHAPE = dict(kinds=("tabular",), min_vocab=3, max_vocab=3, min_length=3, max_length=3)
@@ -98,3 +98,17 @@ def test_check_holds_on_every_kind(check_id, data):
 def test_planted_errors_make_the_check_fail_on_every_kind(check_id, data):
     _detects(check_id, data, EVERY_KIND)
 
+
+def test_t9_train_holds_at_large_lambda():
+    """Found by the ``long`` profile: T9-train fails on a true instance at ``λ = 10``.
+
+    T9-train runs plain gradient descent with a fixed step 1.0 on ``L_rec + λ KL``; the KL term's
+    curvature at a prefix ``u`` is about ``λ P(u)`` times the Fisher matrix of ``π(.|u)``, so for
+    ``λ`` near 10 the step exceeds the stability limit ``2 / curvature``: the loss oscillates and
+    grows, ``ASR(k)`` need not fall (this instance), rounding residuals at determined prefixes
+    grow about 1.9x per step past the (linear-in-steps) tolerance, and the planted ``mu-sign``
+    can go undetected. The statement is true here; the check's step size is the defect.
+    """
+    inst = make_instance("tabular", 3, 3, seed=5, harm_kind="automaton", lam=10.0)
+    result = CHECKS["T9-train"].run(inst)
+    assert result.passed, describe(inst, result)
