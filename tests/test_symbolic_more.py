@@ -538,3 +538,37 @@ def test_t13_mutual_information_exact(length):
             for kw in (dict(uniform=True), dict(parent_weight=True)):
                 assert not all((mi[t - 1] - tree.kl_form(t, **kw)).is_zero() for t in positions), kw
     assert checked >= 8 * length
+
+
+@pytest.mark.parametrize("length", [2, 3], ids=["T2", "T3"])
+def test_t7e_chain_rule_exact_at_rational_points(length):
+    """T7e again with the logs themselves, exactly: binary harm, rational ``π0`` and ``w = e^{-1/λ}``.
+
+    Every ``Z_t(u)`` is rational, so each ``log(π*(v|u)/π0(v|u)) = log(Z(uv)/Z(u))`` and
+    ``log(π*(y)/π0(y)) = h(y) log w - log Z_0`` is an exact :class:`LogQ`. Planted: ``KL_t``
+    weighted by ``π0``'s prefix probabilities (undetectable where only the root's row moves, as
+    for ``h = y_1``: there both weights are 1; so asserted for the harm of the last token).
+    """
+    rng = random.Random(700 + length)
+    for index, harm in enumerate(_binary_harms(length, rng)):
+        tree = RationalTree(length, rng, harm)
+        w = Fraction(rng.randint(1, 9), 10)
+        tilt = {y: w ** harm[y] for y in tree.responses}
+        levels = [u for level in range(length + 1) for u in prefixes(level)]
+        Z = {u: sum(tree.path(y, len(u), length) * tilt[y] for y in tree.extensions(u)) for u in levels}
+        star = lambda u, v: tree.pi(u, v) * Z[u + (v,)] / Z[u]  # noqa: E731
+        star_prob = {u: Fraction(1) for u in levels}
+        for u in levels:
+            for t in range(1, len(u) + 1):
+                star_prob[u] *= star(u[:t - 1], u[t - 1])
+
+        def per_position(weights):
+            return lsum(weights[u] * star(u, v) * (LogQ.log(Z[u + (v,)]) - LogQ.log(Z[u]))
+                        for u in levels if len(u) < length for v in range(V))
+
+        closed = {y: tree.prob(y) * tilt[y] / Z[()] for y in tree.responses}
+        assert all(closed[y] == star_prob[y] for y in tree.responses)  # T7a at this point
+        whole = lsum(closed[y] * (harm[y] * LogQ.log(w) - LogQ.log(Z[()])) for y in tree.responses)
+        assert (per_position(star_prob) - whole).is_zero()
+        if index == 1:  # h = y_T: rows at level T - 1 move, where π* and π0 weights differ
+            assert not (per_position({u: tree.prob(u) for u in levels}) - whole).is_zero()
