@@ -114,14 +114,16 @@ def harms(draw, vocab_size: int, length: int, *, horizon=None, kinds=HARM_KINDS)
 
 @st.composite
 def instances(draw, *, kinds=POLICY_KINDS, harm_kinds=HARM_KINDS, max_vocab: int = 3,
-              max_length: int = 4, min_length: int = 1, horizon=None,
+              max_length: int = 4, min_length: int = 1, min_vocab: int = 2, horizon=None,
               lams=st.floats(min_value=0.1, max_value=10.0)):
     """A full :class:`~proofs_check.instances.Instance`: policy, parameters, harm and ``λ``.
 
     Automaton instances drawn here (``V >= 3``, ``"automaton"`` in ``harm_kinds``) carry the
     harmful-before-refusal automaton and the recovery cost automaton, so T9/T9b apply to them.
+    ``min_vocab = max_vocab`` and ``min_length = max_length`` fix one tree shape per policy kind
+    (one compilation of each program).
     """
-    v = draw(vocab_sizes(2, max_vocab))
+    v = draw(vocab_sizes(min_vocab, max_vocab))
     t = draw(lengths(min_length, max_length))
     policy, params = draw(policies(vocab_size=v, length=t, kinds=kinds))
     lam = draw(lams)
