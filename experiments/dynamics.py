@@ -62,13 +62,15 @@ _harmful_prefix_dists = jax.jit(lambda base, harm: [tree.harmful_prefix_dist(bas
 
 @dataclasses.dataclass(frozen=True)
 class Setting:
-    """The experiment's knobs: world and ``λ`` from ``config``, learning rates and budgets."""
+    """The experiment's knobs: world and ``λ`` from ``config``, learning rates, budgets, and the
+    tabular optimizers (the transformer is trained with Adam; no transformer budgets: skipped)."""
 
     config: RunConfig
     transformer: RunConfig
     budgets: tuple[int, ...]
     transformer_budgets: tuple[int, ...]
     learning_rates: dict
+    optimizers: tuple[str, ...] = TABULAR_OPTIMIZERS
 
     @property
     def lam(self) -> float:
@@ -152,7 +154,8 @@ def train_and_track(params, base, harm, lam, forced: Forced, threshold, budgets,
     """Train to ``max(budgets)`` steps; ``H^π`` at every budget and the recovery record per prefix.
 
     Returns:
-      ``(snapshots {budget: parts}, recovered_at, mass_at_recovery)`` (``-1`` / ``0``: not recovered).
+      ``(snapshots {budget: parts}, recovered_at, mass_at_recovery, mass over all steps)``
+      (``-1`` / ``0``: not recovered).
     """
     tables_of = (lambda p: p) if policy is None else (lambda p: policy.level_tables(p, HARMFUL))
     opt = make_optimizer(name, learning_rate)
@@ -172,15 +175,17 @@ def train_and_track(params, base, harm, lam, forced: Forced, threshold, budgets,
             log(f"  {label or name}: {done} steps, undecided ASR "
                 f"{np.mean(snapshots[done]['undecided_conditional']):.3f} "
                 f"({time.perf_counter() - start:.0f} s)")
-    return snapshots, np.asarray(track[0]), np.asarray(track[2])
+    return snapshots, np.asarray(track[0]), np.asarray(track[2]), np.asarray(track[1])
 
 
-def recovery_fit(prob, recovered, mass, budget: int, learning_rate: float) -> dict:
+def recovery_fit(prob, recovered, mass, total_mass, budget: int, learning_rate: float) -> dict:
     """Steps to recover against ``P_π0(u)`` and against the mean ``P̄(u) = Σ_n P_{π_n}(u) / N``.
 
     T14 predicts ``N_u ≈ c_u / (η P̄(u))`` for plain gradient descent, ``c_u`` the subtree's own
     gradient-flow time (log-log slope ``-1`` against ``P̄`` when ``c_u`` does not vary with
-    ``P``); ``η Σ_n P_{π_n}(u)`` at recovery is that ``c_u``.
+    ``P``); ``η Σ_n P_{π_n}(u)`` at recovery is that ``c_u``. For the prefixes not recovered
+    within the budget, ``η Σ_n P_{π_n}(u)`` over all steps says whether the budget was simply too
+    short in those units (below the recovered prefixes' ``c_u``).
     """
     hit = recovered > 0
     mean_p = np.where(hit, mass / np.maximum(recovered, 1), np.nan)
@@ -188,10 +193,17 @@ def recovery_fit(prob, recovered, mass, budget: int, learning_rate: float) -> di
     return {"slope_vs_P0": fitted_slope(prob[hit], recovered[hit]),
             "slope_vs_mean_P": fitted_slope(mean_p[hit], recovered[hit]),
             "recovered": int(hit.sum()), "censored": int((~hit).sum()), "budget": budget,
-            "eta_sum_P_at_recovery": ({"median": float(np.median(c_u)), "min": float(c_u.min()),
-                                       "max": float(c_u.max())} if hit.any() else None),
+            "eta_sum_P_at_recovery": _spread(c_u),
+            "eta_sum_P_censored": _spread(learning_rate * total_mass[~hit]),
+            "P0_range_recovered": _spread(prob[hit]),
             "points": [[float(p), int(r) if r > 0 else None, float(m) if r > 0 else None]
                        for p, r, m in zip(prob, recovered, mean_p)]}
+
+
+def _spread(values) -> dict | None:
+    values = np.asarray(values)
+    return ({"median": float(np.median(values)), "min": float(values.min()),
+             "max": float(values.max())} if values.size else None)
 
 
 def shares(parts: dict, forced: Forced) -> dict:
@@ -217,12 +229,12 @@ def _family(params, base, harm, lam, forced, setting, budgets, optimizers, polic
     trained, recovery = {}, {}
     for name in optimizers:
         lr = setting.learning_rates[name]
-        snaps, rec, mass = train_and_track(params, base, harm, lam, forced, threshold, budgets,
+        snaps, rec, mass, total = train_and_track(params, base, harm, lam, forced, threshold, budgets,
                                            name=name, learning_rate=lr, policy=policy, log=log,
                                            label=prefix + name)
         trained[prefix + name] = {str(b): s for b, s in snaps.items()}
         recovery[prefix + name] = recovery_fit(prob[fit_mask], rec[fit_mask], mass[fit_mask],
-                                               max(budgets), lr)
+                                               total[fit_mask], max(budgets), lr)
     return rows, trained, recovery
 
 
@@ -242,7 +254,7 @@ def run_dynamics(out: str, quick: bool = False, log=print, setting: Setting | No
     log(f"optimum-vs-dynamics: V={world.vocab_size}, T={world.length}, K={world.num_harmful}, "
         f"λ={lam}; {len(forced.levels)} undecided forced prefixes")
     models, trained, recovery = _family(base, base, harm, lam, forced, setting, setting.budgets,
-                                        TABULAR_OPTIMIZERS, None, log, "")
+                                        setting.optimizers, None, log, "")
     if setting.transformer_budgets:
         tcfg = setting.transformer
         policy = make_policy(tcfg.policy, world)
@@ -312,5 +324,8 @@ def findings(s: dict) -> list[str]:
                    f"steps, over {fit['recovered']} recovered prefixes ({fit['censored']} not "
                    f"recovered within {fit['budget']} steps)"
                    + (f"; η Σ_n P_πn(u) at recovery: median {spread['median']:.3g} "
-                      f"(range {spread['min']:.3g} .. {spread['max']:.3g})." if spread else "."))
+                      f"(range {spread['min']:.3g} .. {spread['max']:.3g})" if spread else "")
+                   + (f"; over the whole budget at the others: at most "
+                      f"{fit['eta_sum_P_censored']['max']:.3g}" if fit["eta_sum_P_censored"] else "")
+                   + ".")
     return out

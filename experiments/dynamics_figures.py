@@ -3,10 +3,12 @@
 * ``asr_vs_budget`` - the prefill attack's harm rate at *undecided* forced prefixes (conditional,
   averaged over ``k``) against the training budget, per optimizer, with the base and the optimum
   ``π*_λ`` as horizontal lines; at decided prefixes it is 1 for every model and is not drawn;
-* ``asr_split`` - ``ASR(k)`` of the base, the optimum and each optimizer's final policy, with the
+* ``asr_split`` - ``ASR(k)`` of the base, the optimum and each optimizer's final policy (plain
+  gradient descent also at the smaller budgets, thin lines labelled with the step count), with the
   decided part (the same for every model) shaded;
 * ``steps_to_recover`` - steps until ``H^π_k(u)`` is half-way to the optimum, against ``P_π0(u)``,
-  log-log, with the line ``1/(η P)`` of THEORY.md T14 and the fitted slope; prefixes not recovered
+  log-log, with the line ``c/(η P)`` of THEORY.md T14 (``c`` the median ``η Σ_n P_{π_n}(u)`` at
+  recovery under plain gradient descent) and the fitted slopes; prefixes not recovered
   within the budget are drawn at the budget as open triangles.
 """
 
@@ -66,6 +68,12 @@ def plot_asr_split(s: dict, folder: str) -> list[str]:
         if not name.startswith("transformer"):
             ax.plot(ks, parts["asr"], "-^", color=COLORS.get(name),
                     label=f"{NAMES.get(name, name)}, {max(s['budgets'])} steps")
+    gd = s["trained"].get("gd", {})
+    for budget in sorted(gd, key=int)[:-1]:  # plain GD on the way there (thin, fading in)
+        ax.plot(ks, gd[budget]["asr"], "-", lw=0.8, color=COLORS["gd"],
+                alpha=0.3 + 0.6 * int(budget) / max(s["budgets"]))
+        ax.annotate(f"{budget}", (ks[0], gd[budget]["asr"][0]), fontsize=7, color=COLORS["gd"],
+                    xytext=(-18, 0), textcoords="offset points")
     ax.set(xlabel="k = forced harmful prefix length", ylabel="ASR(k)", ylim=(-0.02, 1.02),
            xticks=ks, title="Prefill ASR(k): decided part (objective) vs undecided part (optimizer)")
     ax.legend(fontsize=8)
@@ -74,7 +82,6 @@ def plot_asr_split(s: dict, folder: str) -> list[str]:
 
 def plot_steps_to_recover(s: dict, folder: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    lo = np.inf
     for name, fit in s["recovery"].items():
         pts = [(p, r) for p, r, _ in fit["points"]]
         hit = np.array([(p, r) for p, r in pts if r is not None]).reshape(-1, 2)
@@ -85,15 +92,17 @@ def plot_steps_to_recover(s: dict, folder: str) -> list[str]:
         if miss.size:
             ax.scatter(miss, np.full(miss.size, fit["budget"]), s=14, marker="^",
                        facecolors="none", edgecolors=color)
-        if hit.size:
-            lo = min(lo, hit[:, 0].min())
     eta = s["learning_rates"]["gd"]
-    ps = np.logspace(np.log10(min(lo, 1e-3)) if np.isfinite(lo) else -4, 0, 50)
-    ax.plot(ps, 1.0 / (eta * ps), "k--", lw=1, label="1/(η P) (T14)")
+    spread = s["recovery"].get("gd", {}).get("eta_sum_P_at_recovery")
+    c = spread["median"] if spread else 1.0
+    top = 10 * max(fit["budget"] for fit in s["recovery"].values())
+    ps = np.logspace(np.log10(c / (eta * top)), 0, 50)
+    ax.plot(ps, c / (eta * ps), "k--", lw=1,
+            label=f"c/(η P), T14; c = {c:.3g} = median η Σ_n P_πn(u) at recovery (plain GD)")
     ax.set(xscale="log", yscale="log", xlabel="P_π0(u), probability of reaching the forced prefix",
            ylabel="steps until H(u) is half-way to the optimum",
            title="Steps to recover at undecided prefixes (open: not within the budget)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
     return _save(fig, folder, "steps_to_recover")
 
 

@@ -1,6 +1,8 @@
-"""experiments.dynamics (``optimum-vs-dynamics``) on a small setting: the split, the summary,
-the figures, and the CLI's one-line errors. The full ``--quick`` run is a slow test."""
+"""experiments.dynamics (``optimum-vs-dynamics``): the split, the summary, the figures, and the
+CLI's one-line errors. Fast: the ``tiny`` world, two optimizers, one budget, no transformer. Slow
+(``-m slow``): every optimizer and the transformer on the tiny world, and the ``--quick`` CLI run."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -22,12 +24,27 @@ def small_setting() -> dynamics.Setting:
                             {"gd": 1.0, "natural": 1.0, "adam": 0.01})
 
 
+def test_fast_small_run(tmp_path):
+    setting = dataclasses.replace(small_setting(), budgets=(20,), transformer_budgets=(),
+                                  optimizers=("gd", "natural"))
+    s = dynamics.run_dynamics(str(tmp_path), setting=setting, log=lambda msg: None)
+    dec = np.asarray(s["split"]["decided_mass"])
+    np.testing.assert_allclose(dec + np.asarray(s["split"]["undecided_mass"]), 1.0, atol=1e-12)
+    for parts in (*s["models"].values(), *s["final"].values()):
+        np.testing.assert_allclose(parts["decided_part"], dec, atol=1e-12)
+    assert set(s["trained"]) == {"gd", "natural"}
+    assert s["recovery"]["natural"]["recovered"] >= s["recovery"]["gd"]["recovered"]
+    assert json.loads((tmp_path / "summary.json").read_text())["experiment"] == "optimum-vs-dynamics"
+    assert all((tmp_path / rel).stat().st_size > 1000 for rel in s["figures"])
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ovd")
     return out, dynamics.run_dynamics(str(out), setting=small_setting(), log=lambda msg: None)
 
 
+@pytest.mark.slow
 def test_summary_splits_the_attack_into_decided_and_undecided(run):
     out, s = run
     on_disk = json.loads((out / "summary.json").read_text())
@@ -47,6 +64,7 @@ def test_summary_splits_the_attack_into_decided_and_undecided(run):
     assert list(s["trained"]["gd"]) == ["10", "20"] and list(s["trained"]["transformer_adam"]) == ["10"]
 
 
+@pytest.mark.slow
 def test_recovery_records_and_fit(run):
     _, s = run
     for name, fit in s["recovery"].items():
@@ -59,6 +77,7 @@ def test_recovery_records_and_fit(run):
     assert s["findings"] and all(isinstance(line, str) for line in s["findings"])
 
 
+@pytest.mark.slow
 def test_figures_are_written(run):
     out, s = run
     assert len(s["figures"]) == 6

@@ -57,8 +57,9 @@ ax1.legend(fontsize=8)
 for name, fit in s["recovery"].items():
     pts = np.array([(p, r) for p, r, _ in fit["points"] if r is not None]).reshape(-1, 2)
     ax2.scatter(pts[:, 0], pts[:, 1], s=12, label=f"{name} (slope {fit['slope_vs_P0']:.2f})")
-grid = np.logspace(-6, 0, 20)
-ax2.plot(grid, 1 / (s["learning_rates"]["gd"] * grid), "k--", lw=1, label="1/(η P)")
+c = s["recovery"]["gd"]["eta_sum_P_at_recovery"]["median"]  # T14: recovery when η Σ_n P_πn(u) ≈ c_u
+grid = np.logspace(np.log10(c / (3 * max(s["budgets"]))), 0, 20)
+ax2.plot(grid, c / (s["learning_rates"]["gd"] * grid), "k--", lw=1, label=f"{c:.3g}/(η P)")
 ax2.set(xscale="log", yscale="log", xlabel="P_π0(u)", ylabel="steps until H(u) is half-way to π*",
         title="steps to recover at undecided forced prefixes", ylim=(0.5, 3 * max(s["budgets"])))
 ax2.legend(fontsize=8)
