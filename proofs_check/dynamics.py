@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toy_lm import objectives
 from proofs_check.autodiff import jit
+from proofs_check.enumeration import log_softmax
 from proofs_check.common import ops
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
@@ -71,7 +73,7 @@ def ancestors(inst, level: int, row: int) -> tuple:
                  for l in range(inst.length))
 
 
-def _continuation_log_probs(sub) -> jax.Array:
+def continuation_log_probs(sub) -> jax.Array:
     """``log π_u(y')`` of every continuation ``y'`` of ``u`` (``V**m``), summed position by position."""
     vocab, depth = sub[0].shape[-1], len(sub)
     index = jnp.arange(vocab ** depth)
@@ -84,15 +86,15 @@ def _continuation_log_probs(sub) -> jax.Array:
 
 def subtree_loss(sub, sub_base, sub_harm, lam) -> jax.Array:
     """``L_λ^u = Σ_{y'} π_u(y') h(uy') + λ Σ_{y'} π_u(y') log(π_u(y')/π0_u(y'))`` by direct sums."""
-    logp = _continuation_log_probs(sub)
+    logp = continuation_log_probs(sub)
     probs = jnp.exp(logp)
-    return jnp.sum(probs * sub_harm) + lam * jnp.sum(probs * (logp - _continuation_log_probs(sub_base)))
+    return jnp.sum(probs * sub_harm) + lam * jnp.sum(probs * (logp - continuation_log_probs(sub_base)))
 
 
 def _fisher_diagonal(sub) -> list:
     """``P_u(w) π(v|w) = P_u(wv)``: direct sums of continuation probabilities, ``(V**d, V)`` each."""
     vocab, depth = sub[0].shape[-1], len(sub)
-    probs = jnp.exp(_continuation_log_probs(sub))
+    probs = jnp.exp(continuation_log_probs(sub))
     return [probs.reshape(vocab ** (d + 1), -1).sum(axis=1).reshape(-1, vocab) for d in range(depth)]
 
 
@@ -113,19 +115,11 @@ def train_subtree(sub, sub_base, sub_harm, lam, learning_rate, *, steps: int, na
 @jit(static_argnames=("policy", "steps"))
 def train_shared_gd(policy, params, harm, lam, learning_rate, *, steps: int):
     """Plain gradient descent on ``L_λ`` through a policy's own parameters; the final level tables."""
-    from toy_lm import objectives
-
     base = jax.lax.stop_gradient(policy.level_tables(params))
     grad = jax.grad(lambda p: objectives.kl_regularized_loss(policy.level_tables(p), base, harm, lam))
     final = jax.lax.fori_loop(0, steps, lambda _, p: jax.tree_util.tree_map(
         lambda a, g: a - learning_rate * g, p, grad(p)), params)
     return policy.level_tables(final)
-
-
-def _log_softmax(rows) -> np.ndarray:
-    rows = np.asarray(rows)
-    return rows - np.log(np.sum(np.exp(rows - rows.max(-1, keepdims=True)), -1, keepdims=True)) \
-        - rows.max(-1, keepdims=True)
 
 
 def shared_weight_gap(inst, prefixes) -> dict:
@@ -145,8 +139,8 @@ def shared_weight_gap(inst, prefixes) -> dict:
         alone = train_subtree([jnp.asarray(z) for z in start], [jnp.asarray(z) for z in start],
                               jnp.asarray(_subtree_harm(inst.harm, inst, level, row)), inst.lam,
                               GD_LR * mass, steps=STEPS, natural=False)
-        moved = [_log_softmax(a) - _log_softmax(z) for a, z in zip(subtree(final, level, row), start)]
-        predicted = [_log_softmax(np.asarray(a)) - _log_softmax(z) for a, z in zip(alone, start)]
+        moved = [log_softmax(a) - log_softmax(z) for a, z in zip(subtree(final, level, row), start)]
+        predicted = [log_softmax(np.asarray(a)) - log_softmax(z) for a, z in zip(alone, start)]
         size = lambda ds: max(float(np.max(np.abs(d))) for d in ds)
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(moved, predicted))
         out.append({"level": level, "P_u": mass, "shared_change": size(moved),

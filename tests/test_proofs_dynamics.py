@@ -54,7 +54,7 @@ def test_gradient_identity_below_u(tabular):
                    for z in inst.tables)  # away from π0, so the KL term contributes
     base = tuple(jnp.asarray(z) for z in inst.tables)
     whole = jax.grad(objectives.kl_regularized_loss)(tables, base, jnp.asarray(inst.harm), inst.lam)
-    probs = np.exp(np.asarray(dynamics._continuation_log_probs([z for z in tables])))
+    probs = np.exp(np.asarray(dynamics.continuation_log_probs([z for z in tables])))
     for level, row in dynamics.checked_prefixes(inst):
         block = inst.vocab_size ** (inst.length - level)
         p_u = probs[row * block:(row + 1) * block].sum()

@@ -86,7 +86,9 @@ demo.note(decided_mass_per_k=split["decided_mass"], undecided_mass_per_k=split["
 #   analysis describes, is still above the optimum after the largest budget (see the numbers
 #   above): the step it takes below `u` is scaled by `P_π(u)` (T14, checked exactly by
 #   `harm-horizon check --theorem T14`). Natural gradient (which divides the factor out) and Adam
-#   (which normalizes the step's size, up to its ε) reach the optimum there. So "regardless of optimization quality" is wrong for undecided prefixes: what keeps them
-#   shallow is the training dynamics, and a better optimizer (or more steps) removes it.
+#   (which normalizes the step's size, up to its ε) reach the optimum there. So "regardless of
+#   optimization quality" is wrong for undecided prefixes: what keeps them shallow is the
+#   training dynamics; a better optimizer removes it, and plain gradient descent needs about
+#   `c/(η P_π(u))` steps there (the right panel).
 # * Steps to recover at a prefix also depend on `π(refusal|u)` (the softmax gradient carries that
 #   factor too), which is why the points scatter around the `1/(η P)` line rather than lie on it.
