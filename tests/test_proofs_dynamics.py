@@ -80,3 +80,13 @@ def test_shared_weights_gap_is_measured_not_asserted():
     for row in gap:
         assert np.isfinite(row["relative_error"]) and row["relative_error"] >= 0
         assert row["predicted_change"] > 0
+
+
+def test_registered_and_selected_by_statement():
+    from proofs_check import select
+
+    assert [c.id for c in select(["T14"])] == ["T14", "T14-natural"]
+    assert REGISTRY["T14"].topic == "dynamics"
+    assert set(REGISTRY["T14"].plants) == {"prefix-mass-dropped", "ancestors-not-frozen",
+                                           "lambda-scale"}
+    assert set(REGISTRY["T14-natural"].plants) == {"prefix-mass-added", "lambda-scale"}
