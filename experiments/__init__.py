@@ -2,7 +2,8 @@
 
 Train base models by SFT, align them with the standard objectives and the fixes (optax), measure
 them exactly, sweep, tabulate and plot. Entry points: :func:`train_and_evaluate` (one run),
-:func:`run_sweep`, :func:`make_figures`, :func:`run_headline` (``shallow-vs-deep``), and the
+:func:`run_sweep`, :func:`make_figures`, :func:`run_headline` (``shallow-vs-deep``),
+:func:`run_dynamics` (``optimum-vs-dynamics``), and the
 ``harm-horizon train | sweep | figures | experiment`` commands.
 """
 
@@ -21,6 +22,7 @@ from experiments.config import WorldConfig as WorldConfig
 from experiments.config import config_hash as config_hash
 from experiments.presets import load_config as load_config
 from experiments.config import with_overrides as with_overrides
+from experiments.dynamics import run_dynamics as run_dynamics
 from experiments.figures import make_figures as make_figures
 from experiments.headline import run_headline as run_headline
 from experiments.measure import base_measurements as base_measurements

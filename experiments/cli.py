@@ -4,7 +4,9 @@
 * ``harm-horizon sweep CONFIG --out DIR [--jobs N]`` - a sweep (built-in name or file with a
   ``[sweep]`` table), resumable: rerun the same command to finish an interrupted sweep;
 * ``harm-horizon figures DIR`` - the figures of a sweep or experiment folder;
-* ``harm-horizon experiment shallow-vs-deep [--quick] --out DIR`` - the headline experiment.
+* ``harm-horizon experiment shallow-vs-deep [--quick] --out DIR`` - the headline experiment;
+* ``harm-horizon experiment optimum-vs-dynamics [--quick] --out DIR`` - which part of shallowness
+  the objective explains and which the optimizer does (THEORY.md T14).
 """
 
 from __future__ import annotations
@@ -41,11 +43,15 @@ def register(subparsers) -> None:
     p.add_argument("dir", metavar="DIR")
     p.set_defaults(func=run_figures)
 
-    p = subparsers.add_parser("experiment", help="run a named experiment (shallow-vs-deep)",
-                              description="The headline experiment: base, KL-regularized RLHF, "
-                              "DPO, recovery augmentation and the recovery penalty, with figures "
-                              "and summary.json.")
-    p.add_argument("name", choices=("shallow-vs-deep",))
+    p = subparsers.add_parser("experiment", help="run a named experiment (shallow-vs-deep, "
+                              "optimum-vs-dynamics)",
+                              description="shallow-vs-deep, the headline experiment: base, "
+                              "KL-regularized RLHF, DPO, recovery augmentation and the recovery "
+                              "penalty. optimum-vs-dynamics: prefill ASR at decided and undecided "
+                              "forced prefixes for the optimum and for plain gradient descent, "
+                              "natural gradient and Adam over budgets 10 ... 10^4 (THEORY.md T14). "
+                              "Both write figures and summary.json.")
+    p.add_argument("name", choices=("shallow-vs-deep", "optimum-vs-dynamics"))
     p.add_argument("--quick", action="store_true", help="the small, fast variant (minutes on 2 cores)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
@@ -120,9 +126,11 @@ def run_figures(args) -> int:
 
 def run_experiment(args) -> int:
     _setup()
+    _check_jobs(args.jobs)
+    if args.name == "optimum-vs-dynamics":
+        return run_optimum_vs_dynamics(args)
     from experiments import headline
 
-    _check_jobs(args.jobs)
     summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs, policy=args.policy)
     base = summary["base"]
     print(f"shallow-vs-deep ({'quick' if args.quick else 'full'}, {summary['policy']}) in "
@@ -140,6 +148,21 @@ def run_experiment(args) -> int:
     for key, value in summary["shape"].items():
         if isinstance(value, dict):
             print(f"{key}: {value['holds']}")
+    print(f"summary: {os.path.join(args.out, 'summary.json')}; figures: "
+          f"{os.path.join(args.out, 'figures')}")
+    return 0
+
+
+def run_optimum_vs_dynamics(args) -> int:
+    from experiments.dynamics import run_dynamics
+
+    if args.policy != "tabular":
+        raise ConfigError("--policy does not apply to optimum-vs-dynamics: it always trains tabular "
+                          "policies (plain GD, natural gradient, Adam) and a transformer with Adam")
+    summary = run_dynamics(args.out, quick=args.quick)
+    print(f"optimum-vs-dynamics ({'quick' if args.quick else 'full'}) in {summary['seconds']:.0f} s")
+    for line in summary["findings"]:
+        print(line)
     print(f"summary: {os.path.join(args.out, 'summary.json')}; figures: "
           f"{os.path.join(args.out, 'figures')}")
     return 0

@@ -2,6 +2,7 @@
 
 from proofs_check import (  # noqa: F401
     dpo,
+    dynamics,
     equilibrium,
     gradients,
     horizon,

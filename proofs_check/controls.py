@@ -78,6 +78,12 @@ PLANTS: dict[str, Plant] = {p.name: p for p in (
     Plant("mu-sign", "recovery weights μ with the wrong sign"),
     Plant("mu-dropped", "the recovery term left out of the closed form (μ = 0 on one side)"),
     Plant("costs-dropped", "the dense cost left out of the equilibrium (μ = 0)"),
+    Plant("prefix-mass-dropped", "the subtree trained alone with step η instead of η P_π(u)",
+          lambda inst: inst.horizon >= 2),
+    Plant("prefix-mass-added", "natural gradient on the subtree alone with step η P_π(u), not η",
+          lambda inst: inst.horizon >= 2),
+    Plant("ancestors-not-frozen", "the logits above u trained too, so P_π(u) drifts",
+          lambda inst: inst.horizon >= 2),
 )}
 
 

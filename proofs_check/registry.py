@@ -3,8 +3,8 @@
 A check is a function ``(instance, plant) -> parts`` (or ``(parts, measurements)``) registered
 with its id, a one-line statement, the planted errors it must catch and the instances it applies
 to. :meth:`Check.run` wraps the parts into a :class:`~proofs_check.results.CheckResult` and times
-it. Ids: ``T1`` ... ``T13``; sub-claims carry a suffix (``T1-sum``, ``T3-total``, ``T7a`` ... ``T7e``,
-``T9-train``, ``T9b``, ``T11-train``). :func:`select` picks checks by statement: ``T7`` selects
+it. Ids: ``T1`` ... ``T14``; sub-claims carry a suffix (``T1-sum``, ``T3-total``, ``T7a`` ... ``T7e``,
+``T9-train``, ``T9b``, ``T11-train``, ``T14-natural``). :func:`select` picks checks by statement: ``T7`` selects
 ``T7a`` ... ``T7e``, ``T1`` selects ``T1`` and ``T1-*`` but not ``T10``/``T11``.
 """
 

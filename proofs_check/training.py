@@ -66,6 +66,18 @@ def scale_by_inverse_prefix_mass() -> optax.GradientTransformation:
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def freeze_rows(frozen) -> optax.GradientTransformation:
+    """Zero the update of every frozen row: ``frozen`` holds one ``(V**l,)`` bool mask per level.
+
+    With the rows of ``u``'s ancestors frozen, ``P_π(u)`` stays exactly constant (THEORY.md T14).
+    """
+
+    def update(updates, state, params=None):
+        return tuple(jnp.where(f[:, None], 0.0, g) for f, g in zip(frozen, updates)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
 def _loss(objective: str, tables, args):
     if objective == "kl":
         base, harm, lam = args
@@ -91,7 +103,7 @@ def _max_change_at_determined(tables, base, masks):
 
 @jit(static_argnames=("objective", "steps", "optimizer"))
 def train_tables(start, base, masks, args, *, objective: str, steps: int, optimizer: str,
-                 learning_rate, target=None):
+                 learning_rate, target=None, frozen=None):
     """Train tabular logits on an exact objective, recording per-step metrics.
 
     Args:
@@ -104,6 +116,8 @@ def train_tables(start, base, masks, args, *, objective: str, steps: int, optimi
       optimizer: ``"natural"`` (:func:`scale_by_inverse_prefix_mass` then SGD) or ``"sgd"`` (static).
       learning_rate: the step size.
       target: optional tables of a target policy; the per-step gap ``KL(π_k‖target)`` is recorded.
+      frozen: optional ``(V**l,)`` bool masks, one per level: rows that never move
+        (:func:`freeze_rows`).
 
     Returns:
       ``(final tables, metrics)``; metrics hold ``(steps + 1,)`` arrays (step 0 = start):
@@ -114,6 +128,8 @@ def train_tables(start, base, masks, args, *, objective: str, steps: int, optimi
     opt = optax.sgd(learning_rate)
     if optimizer == "natural":
         opt = optax.chain(scale_by_inverse_prefix_mass(), opt)
+    if frozen is not None:
+        opt = optax.chain(opt, freeze_rows(tuple(frozen)))
 
     def metrics(z):
         gap = jnp.sum(tree.per_position_kl(z, target)) if target is not None else jnp.zeros(())

@@ -20,7 +20,7 @@ def test_every_demo_runs_and_every_check_passes(demo_run):
     out, status, _ = demo_run
     assert status == 0
     scripts = report.demo_scripts()
-    assert [s.name[:2] for s in scripts] == ["01", "02", "03", "04", "05", "06"]
+    assert [s.name[:2] for s in scripts] == ["01", "02", "03", "04", "05", "06", "07"]
     for script in scripts:
         record = json.loads((out / script.stem / "record.json").read_text())
         assert record["quick"] is True
@@ -50,7 +50,7 @@ def test_report_carries_text_numbers_and_check_results(demo_run):
         assert cells[0][0] == "markdown" and "Question." in cells[0][1]
         assert cells[-1][0] == "markdown" and "What you should now believe" in cells[-1][1]
         assert f'id="{script.stem}"' in page
-    assert page.count("Theorem checks on this demo's instances") == 6
+    assert page.count("Theorem checks on this demo's instances") == 7
     assert 'class="fail"' not in page and 'class="pass"' in page
     assert "numbers this run measured" in page
 
