@@ -179,7 +179,7 @@ _ENGINE_ALL = ("tree", "analysis", "xla", "markov")
 #: The catalogue.
 MUTANTS: tuple[Mutant, ...] = (
     Mutant("H-uniform-weights", "backward step averages the children uniformly instead of by π",
-           {"tree.backward.weights": blend(_uniform_like)}, H_CHECKS + ("T9", "T10", "T13")),
+           {"tree.backward.weights": blend(_uniform_like)}, H_CHECKS + ("T9", "T10", "T13", "T14")),
     Mutant("H-temperature", "backward step uses π² (renormalized), a temperature slip",
            {"tree.backward.weights": blend(lambda pi, **_: pi ** 2 / (pi ** 2).sum(-1, keepdims=True))},
            H_CHECKS + ("T13",)),
@@ -194,7 +194,7 @@ MUTANTS: tuple[Mutant, ...] = (
                       "c, and constant children still give exact zeros; only rounding can differ"),
     Mutant("P-drop-conditional", "prefix-probability pass forgets the conditional: P_{l+1}(uv) = P_l(u)",
            {"tree.prefix_probs.step": blend(lambda x, **_: 0.0 * x + x.sum(axis=1, keepdims=True))},
-           GRAD_CHECKS + INFO_CHECKS + ("T7b", "T13", "T3", "T6")),
+           GRAD_CHECKS + INFO_CHECKS + ("T7b", "T13", "T3", "T6", "T14-natural")),
     Mutant("I-parent-probability", "I_t weighted by the parent's probability P_{t-1}(y_<t) instead "
            "of the child's P_t(y_<=t)",
            {"tree.information.weight": blend(_parent_prob)}, INFO_CHECKS),
@@ -203,7 +203,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("KL-weighted-by-base-prefixes", "KL_t weighted by π0's prefix probabilities instead of π's",
            {"tree.kl.weight": blend(_base_prefix_weight)}, EQ_CHECKS + ("T8", "T5-kl")),
     Mutant("KL-direction-swapped", "row KL computed as KL(π0 ‖ π) instead of KL(π ‖ π0)",
-           {"tree.kl.rows": _swap_pair}, EQ_CHECKS + ("T8",), structural=True),
+           {"tree.kl.rows": _swap_pair}, EQ_CHECKS + ("T8", "T14"), structural=True),
     Mutant("tilt-scale", "tilt exp(-h/λ) with λ off by a factor 1 + 1e-4",
            {"tree.tilt": lambda x, **_: x * (1.0 + STRENGTH)}, EQ_CHECKS),
     Mutant("tilt-sign", "tilt exp(+h/λ) (sign slip), blended",
@@ -226,7 +226,7 @@ MUTANTS: tuple[Mutant, ...] = (
            {"objectives.dpo.margin": blend(_dpo_beta_one_side)},
            ("T11", "T11-train")),
     Mutant("L-lambda-KL-reversed", "L_λ regularizes with KL(π0 ‖ π) instead of KL(π ‖ π0)",
-           {"objectives.kl.pair": _swap_pair}, ("T5-kl", "T8"), structural=True),
+           {"objectives.kl.pair": _swap_pair}, ("T5-kl", "T8", "T14", "T14-natural"), structural=True),
     Mutant("recovery-q-uniform", "ASR(k) averaged over uniform forced prefixes instead of q_k",
            {"objectives.recovery.dist": blend(_uniform_like)}, ("T9", "T9-train")),
     Mutant("dense-cost-last-dropped", "dense cost loop stops one position early (c_T left out)",
