@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 
 from toy_lm.errors import ConfigError
+from toy_lm.outputs import check_output_folder
 
 
 def register(subparsers) -> None:
@@ -88,8 +89,11 @@ def run_train(args) -> int:
     from experiments.presets import load_config
     from experiments.train import result_path, train_and_evaluate
 
+    from experiments.config import check_run_memory
+
     cfg = load_config(args.config)
-    out = args.out or os.path.join("results", cfg.name)
+    out = check_output_folder(args.out or os.path.join("results", cfg.name), flag="--out")
+    check_run_memory(cfg)
     result = train_and_evaluate(cfg, out)
     results.write_tables([result], out)
     if args.figures:
@@ -105,6 +109,7 @@ def run_sweep(args) -> int:
 
     _check_jobs(args.jobs)
     configs = sweep.load_sweep(args.config)
+    check_output_folder(args.out, flag="--out")
     results = sweep.run_sweep(configs, args.out, jobs=args.jobs)
     _print_runs(results)
     return 0
@@ -123,6 +128,7 @@ def run_experiment(args) -> int:
     from experiments import headline
 
     _check_jobs(args.jobs)
+    check_output_folder(args.out, flag="--out")
     summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs, policy=args.policy)
     base = summary["base"]
     print(f"shallow-vs-deep ({'quick' if args.quick else 'full'}, {summary['policy']}) in "

@@ -3,6 +3,11 @@
 Each subcommand lives in its own module with a ``register(subparsers)`` function that adds its
 parser and sets ``func``; this module only assembles them, turns float64 on, and turns every
 :class:`~toy_lm.errors.HarmHorizonError` into one line on stderr and exit status 2 (no traceback).
+
+SIGINT and SIGTERM are handled from the first line of :func:`main`, before the subcommands (and
+with them numpy, JAX and numba) are imported: either ends the run with one line and exit status
+130 or 143, after removing temporary output files (:mod:`toy_lm.signals`). Only this module's
+imports (the standard library and :mod:`toy_lm.errors`) run before that.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import argparse
 import importlib
 import sys
 
+from toy_lm import signals
 from toy_lm.errors import HarmHorizonError
 
 #: Modules providing subcommands, in the order ``--help`` lists them.
@@ -43,22 +49,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
-    """Run the CLI; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        from toy_lm.precision import require_x64
+def one_line(text: str) -> str:
+    """A message on one line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(text).split())
 
-        require_x64()
-        status = args.func(args)
-    except HarmHorizonError as err:
-        print(f"harm-horizon {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"harm-horizon {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(status or 0)
+
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit status (0, 1 for failed checks, 2 for a named input or
+    configuration error, 130/143 after SIGINT/SIGTERM)."""
+    previous = signals.install()
+    command = "harm-horizon"
+    status = 0
+    try:
+        try:
+            args = build_parser().parse_args(argv)
+            command = f"harm-horizon {args.command}"
+            from toy_lm.precision import require_x64
+
+            require_x64()
+            status = int(args.func(args) or 0)
+        except HarmHorizonError as err:
+            print(f"{command}: error: {one_line(err)}", file=sys.stderr)
+            status = 2
+        except KeyboardInterrupt as err:
+            status = signals.exit_status(getattr(err, "signum", 2))
+        finally:
+            signals.remove_tracked()
+        signum = signals.received()
+        if signum is not None or status in (130, 143):
+            signum = signum or status - 128
+            print(f"{command}: interrupted by {signals.signal_name(signum)}; nothing partial "
+                  "was written (finished outputs are kept)", file=sys.stderr)
+            return signals.exit_status(signum)
+        return status
+    finally:
+        signals.restore(previous)
 
 
 if __name__ == "__main__":  # pragma: no cover
