@@ -72,6 +72,9 @@ def read_tables(path: str):
         raise InputError(f"harm has shape {shapes['harm'][0]}, expected "
                          f"({level_size(vocab_size, length)},) = (V**T,) for V = {vocab_size}, "
                          f"T = {length}")
+    for key in keys + ref_keys + ["harm"]:
+        if shapes[key][1].kind not in ("biuf" if key == "harm" else "iuf"):
+            raise InputError(f"{key} has dtype {shapes[key][1]}; it must hold real numbers")
     need = check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
     loaded = npz_nbytes(shapes, keys + ref_keys + ["harm"])
     if need + loaded > memory_budget():   # inputs in a wider dtype than float64, or many refs

@@ -3,9 +3,11 @@
 The CLI calls :func:`install` before it imports anything heavy (numpy, JAX, numba), so a signal at
 any moment of a run, start-up included, ends it the same way: the handler records the signal and
 raises :class:`Interrupted` (a ``KeyboardInterrupt``, so SIGTERM unwinds exactly like Ctrl-C and
-every ``finally``/``except BaseException`` cleanup runs). The record survives even when the
-exception is raised inside a callback that swallows it (JAX's garbage-collection hooks print and
-drop exceptions), and :func:`received` lets the entry point exit 130 / 143 regardless: a run
+every ``finally``/``except BaseException`` cleanup runs). When the exception is raised inside
+a callback that cannot propagate it (JAX's garbage-collection hook, a weakref callback of the
+import system), Python hands it to ``sys.unraisablehook``; ours prints nothing and delivers the
+signal again a moment later from a helper thread (``_thread.interrupt_main``), so it is raised at
+an ordinary point of the main thread. The record also lets the entry point exit 130 / 143 regardless (:func:`received`): a run
 that was interrupted never ends with status 0.
 
 Temporary output files register themselves (:func:`track`) until they are renamed into place;
@@ -14,9 +16,12 @@ Temporary output files register themselves (:func:`track`) until they are rename
 
 from __future__ import annotations
 
+import _thread
 import os
 import signal
+import sys
 import threading
+import time
 
 #: Signals that end a run cleanly; the exit status is ``128 + signal number`` (130, 143).
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -38,21 +43,50 @@ def _handler(signum, frame):
     raise Interrupted(signum)
 
 
+_active: list[bool] = []
+
+
+def _redeliver(signum: int) -> None:
+    time.sleep(0.01)   # let the main thread leave the callback that swallowed the first one
+    if _active:
+        _thread.interrupt_main(signum)
+
+
+def _unraisable(unraisable) -> None:
+    """Redeliver an :class:`Interrupted` that a callback could not raise; pass others on."""
+    if not isinstance(unraisable.exc_value, Interrupted):
+        sys.__unraisablehook__(unraisable)
+        return
+    signum = unraisable.exc_value.signum
+    for _ in range(3):   # a new signal may land while the thread starts: then start it again
+        try:
+            threading.Thread(target=_redeliver, args=(signum,), daemon=True).start()
+            return
+        except Interrupted:
+            continue
+
+
 def install() -> dict | None:
-    """Handle SIGINT and SIGTERM (main thread only); returns the previous handlers for
-    :func:`restore`, or None when not in the main thread (then nothing is changed)."""
+    """Handle SIGINT and SIGTERM (main thread only); returns what :func:`restore` puts back, or
+    None when not in the main thread (then nothing is changed)."""
     if threading.current_thread() is not threading.main_thread():
         return None
     _received.clear()
-    previous = {}
+    previous = {"hook": sys.unraisablehook}
     for signum in HANDLED:
         previous[signum] = signal.signal(signum, _handler)
+    sys.unraisablehook = _unraisable
+    _active[:] = [True]
     return previous
 
 
 def restore(previous: dict | None) -> None:
-    """Put back the handlers :func:`install` replaced."""
-    for signum, handler in (previous or {}).items():
+    """Put back the handlers and the unraisable hook :func:`install` replaced."""
+    previous = dict(previous or {})
+    _active.clear()
+    if "hook" in previous:
+        sys.unraisablehook = previous.pop("hook")
+    for signum, handler in previous.items():
         signal.signal(signum, handler)
 
 

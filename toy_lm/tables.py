@@ -98,8 +98,9 @@ def validate_tables(tables: Sequence, name: str = "logits",
     vocab_size, length = infer_sizes(tables, name)
     for level, table in enumerate(tables):
         arr = np.asarray(table)
-        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
-            raise InputError(f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers")
+        if arr.dtype.kind not in "iuf":   # not bool, complex, timedelta, strings, objects
+            raise InputError(f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers "
+                             "(integer or floating)")
         if check_finite and not np.all(np.isfinite(arr)):
             raise non_finite_error(arr, f"{name}_{level}")
     return vocab_size, length
@@ -122,8 +123,7 @@ def validate_harm(harm, vocab_size: int, length: int) -> np.ndarray:
             f"harm has shape {arr.shape}, expected {expected} (V**T responses with V={vocab_size}, "
             f"T={length})"
         )
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-            or arr.dtype == np.bool_):
+    if arr.dtype.kind not in "biuf":
         raise InputError(f"harm has dtype {arr.dtype}; it must hold numbers in [0, 1]")
     arr = arr.astype(np.float64)
     if np.isnan(arr).any():
