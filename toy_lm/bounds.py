@@ -34,15 +34,16 @@ def check_lam(value, name: str = "lambda", error: type[HarmHorizonError] = Input
     ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
           and math.isfinite(value) and value >= MIN_LAMBDA)
     if not ok:
-        raise error(f"{name}={value!r} must be a finite number >= {MIN_LAMBDA!r} (the smallest "
-                    "normal float64; below it 1/λ overflows and π*_λ cannot be computed)")
+        raise error(f"{_named(name, value)} must be a positive finite number, at least "
+                    f"{MIN_LAMBDA!r} (the smallest normal float64; below it 1/λ overflows and "
+                    "π*_λ cannot be computed)")
     return float(value)
 
 
 def check_seed(value, name: str = "seed", error: type[HarmHorizonError] = InputError) -> int:
     """``value`` when it is an integer in ``0 ... 2**63 - 1``; else ``error``."""
     if not (_is_int(value) and 0 <= value <= MAX_SEED):
-        raise error(f"{name}={_short(value)} must be an integer from 0 to 2**63 - 1 = {MAX_SEED}")
+        raise error(f"{_named(name, value)} must be an integer from 0 to 2**63 - 1 = {MAX_SEED}")
     return value
 
 
@@ -50,9 +51,14 @@ def check_count(value, name: str, low: int, high: int,
                 error: type[HarmHorizonError] = InputError, why: str = "") -> int:
     """``value`` when it is an integer in ``low ... high``; else ``error`` naming the range."""
     if not (_is_int(value) and low <= value <= high):
-        raise error(f"{name}={_short(value)} must be an integer from {low} to {high}"
+        raise error(f"{_named(name, value)} must be an integer from {low} to {high}"
                     + (f" ({why})" if why else ""))
     return value
+
+
+def _named(name: str, value) -> str:
+    """``--flag value`` for options, ``setting=value`` for configuration settings."""
+    return f"{name}{' ' if name.startswith('-') else '='}{_short(value)}"
 
 
 def _short(value) -> str:

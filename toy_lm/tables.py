@@ -154,8 +154,8 @@ def _parse_bytes(text: str) -> int:
         value = math.nan
     if not (math.isfinite(value) and 1 <= value <= MAX_MEMORY_LIMIT):
         raise InputError(
-            f"{MEMORY_LIMIT_ENV}={text!r} is not a usable memory limit; write a number of bytes "
-            f"from 1 to 2**60, optionally with K, M, G or T, e.g. 8G (or unset it)")
+            f"{MEMORY_LIMIT_ENV}={text!r} is not a size the memory guard can use; write a number "
+            "of bytes from 1 to 2**60, optionally with K, M, G or T, e.g. 8G (or unset it)")
     return int(value)
 
 
