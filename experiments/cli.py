@@ -92,7 +92,8 @@ def run_train(args) -> int:
     from experiments.config import check_run_memory
 
     cfg = load_config(args.config)
-    out = check_output_folder(args.out or os.path.join("results", cfg.name), flag="--out")
+    out = check_output_folder(os.path.join("results", cfg.name) if args.out is None else args.out,
+                              flag="--out")
     check_run_memory(cfg)
     result = train_and_evaluate(cfg, out)
     results.write_tables([result], out)

@@ -233,7 +233,7 @@ def validate(cfg: RunConfig) -> None:
     _need(w.smoothing * len(w.vocab) < 0.5, f"world.smoothing={w.smoothing} is too large for "
           f"V={len(w.vocab)}; use smoothing < 0.5 / V")
     _choice("policy.kind", p.kind, POLICY_KINDS)
-    _positive_int("policy.markov_order", p.markov_order, 0, w.length)
+    _positive_int("policy.markov_order", p.markov_order, 0, w.length)   # k > T adds nothing
     _positive_int("policy.d_model", p.d_model, 1, MAX_WIDTH)
     _positive_int("policy.num_heads", p.num_heads, 1, MAX_WIDTH)
     _positive_int("policy.num_layers", p.num_layers, 1, MAX_LAYERS)
