@@ -16,15 +16,16 @@ Three tables, each row carrying the run id, the package version and the *full* c
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from experiments.config import config_from_dict, flat_config
 from toy_lm.errors import InputError
+from toy_lm.outputs import write_atomic
 
 TABLES = ("results", "training", "attack")
 
@@ -89,35 +90,17 @@ def attack_rows(result: dict) -> list[dict]:
             for step, harm in zip(curve["steps"], curve["expected_harm"])]
 
 
-def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_table(rows: list[dict], path_stem: str) -> list[str]:
     """Write ``rows`` to ``<stem>.csv`` and ``<stem>.parquet`` atomically; returns the paths."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write_parquet(tmp):
-        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-        pq.write_table(table, tmp)
-
-    _atomic(f"{path_stem}.csv", write_csv)
-    _atomic(f"{path_stem}.parquet", write_parquet)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    data = text.getvalue().encode()
+    write_atomic(f"{path_stem}.csv", lambda fh: fh.write(data), tag="tables")
+    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+    write_atomic(f"{path_stem}.parquet", lambda fh: pq.write_table(table, fh), tag="tables")
     return [f"{path_stem}.csv", f"{path_stem}.parquet"]
 
 
