@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from toy_lm import signals
@@ -37,16 +38,39 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommand -> the module that registers it. A run imports only its command's module (a bad
+#: option is refused before JAX, matplotlib and the other commands load); ``--help`` imports all.
+COMMANDS = {"analyze": "toy_lm.cli_analyze", "analyze-markov": "toy_lm.cli_markov",
+            "bench": "toy_lm.bench", "check": "proofs_check.cli", "train": "experiments.cli",
+            "sweep": "experiments.cli", "figures": "experiments.cli",
+            "experiment": "experiments.cli", "demo": "experiments.cli_demo"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or only of ``command`` when it is one of :data:`COMMANDS`."""
     parser = _Parser(
         prog="harm-horizon",
         description="Exact, checkable theory of shallow alignment on toy autoregressive policies.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for name in COMMAND_MODULES:
+    modules = [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(subparsers)
     return parser
+
+
+def _enable_x64() -> None:
+    """float64 on: through ``$JAX_ENABLE_X64`` when JAX is not loaded yet (so a refused input
+    never waits for JAX to import), else :func:`toy_lm.precision.require_x64`."""
+    env = os.environ.get("JAX_ENABLE_X64")
+    if "jax" in sys.modules or (env is not None and env.strip().lower() in ("0", "false", "no",
+                                                                              "off")):
+        from toy_lm.precision import require_x64
+
+        require_x64()   # refuses JAX_ENABLE_X64=0 with its one-line message
+    else:
+        os.environ["JAX_ENABLE_X64"] = "1"
 
 
 def one_line(text: str) -> str:
@@ -62,17 +86,19 @@ def main(argv=None) -> int:
     status = 0
     try:
         try:
-            args = build_parser().parse_args(argv)
+            argv = sys.argv[1:] if argv is None else list(argv)
+            args = build_parser(argv[0] if argv else None).parse_args(argv)
             command = f"harm-horizon {args.command}"
-            from toy_lm.precision import require_x64
-
-            require_x64()
+            _enable_x64()
             status = int(args.func(args) or 0)
         except HarmHorizonError as err:
             print(f"{command}: error: {one_line(err)}", file=sys.stderr)
             status = 2
         except KeyboardInterrupt as err:
             status = signals.exit_status(getattr(err, "signum", 2))
+        except BrokenPipeError:   # the reader of stdout went away (``| head``): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            status = 141
         finally:
             signals.remove_tracked()
         signum = signals.received()

@@ -93,11 +93,6 @@ def read_tables(path: str):
 
 def random_instance(vocab_size: int, length: int, tau: int, seed: int):
     """A random tabular policy and a binary harm decided by the first ``tau`` tokens."""
-    import jax
-
-    from toy_lm.harms import random_decided_harm
-    from toy_lm.policies import TabularPolicy
-
     check_seed(seed, "--seed")
     if vocab_size < 2:
         raise InputError(f"V = {vocab_size}; the vocabulary needs V >= 2")
@@ -106,6 +101,11 @@ def random_instance(vocab_size: int, length: int, tau: int, seed: int):
     if not 0 <= tau <= length:
         raise InputError(f"TAU = {tau} must satisfy 0 <= TAU <= T = {length}")
     check_enumeration_size(vocab_size, length, what="the random instance")
+    import jax   # after the checks: a refused instance never waits for JAX to load
+
+    from toy_lm.harms import random_decided_harm
+    from toy_lm.policies import TabularPolicy
+
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     policy = TabularPolicy(vocab_size, length)
     logits = [np.asarray(t) for t in policy.level_tables(policy.init(key_policy))]
@@ -173,8 +173,6 @@ def print_table(info: dict) -> None:
 
 
 def run(args) -> int:
-    from toy_lm.analysis import analyze_tree
-
     if (args.tables is None) == (args.random is None):
         raise InputError("give exactly one of TABLES.npz or --random V T TAU")
     if args.lam is not None:
@@ -196,6 +194,7 @@ def run(args) -> int:
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
+    from toy_lm.analysis import analyze_tree   # after every check: refusals do not load JAX
     from toy_lm.cpu_kernels import cached_on_disk
 
     if not cached_on_disk():

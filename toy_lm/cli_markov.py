@@ -97,12 +97,12 @@ def _check_memory(path: str, shapes: dict, length: int, contexts: int, vocab_siz
 
 def read_model(path: str):
     """``(logits, dfa)`` from an ``.npz``, checked header-first, then values."""
-    from toy_lm.automata import make_automaton
-    from toy_lm.markov import markov_order
-
     shapes = npz_shapes(path)
     length, contexts, vocab_size, num_states = _check_shapes(path, shapes)
     _check_memory(path, shapes, length, contexts, vocab_size, num_states)
+    from toy_lm.automata import make_automaton   # after the header checks (JAX loads here)
+    from toy_lm.markov import markov_order
+
     markov_order(vocab_size, contexts)
     data = load_npz(path, KEYS)
     logits = np.asarray(data["markov_logits"], np.float64)
@@ -179,13 +179,13 @@ def print_table(info: dict) -> None:
 
 
 def run(args) -> int:
-    from toy_lm.markov_analysis import analyze_markov
-
     if args.lam is not None:
         check_lam(args.lam, "--lam")
     if args.out is not None:   # refuse before the computation
         check_output(args.out, flag="--out", tag="analyze-markov", inputs=[args.model])
     logits, dfa = read_model(args.model)
+    from toy_lm.markov_analysis import analyze_markov
+
     result = analyze_markov(logits, dfa, lam=args.lam)
     info = summary(result, logits.shape, dfa.num_states, args.lam)
     text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
