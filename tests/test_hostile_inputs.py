@@ -499,3 +499,71 @@ def test_sweep_damaged_files_and_lock(tmp_path):
                 pass
     with sweep.folder_lock(str(tmp_path)):   # released when the holder ends
         pass
+
+
+def test_unwritable_folder_and_full_disk_are_one_output_error(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OutputError, match="not writable"):
+        outputs.check_output(str(tmp_path / "x.npz"), flag="--out", tag="t")
+    monkeypatch.setattr(tempfile, "mkstemp", real)
+
+    def full(fh):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OutputError, match="No space left"):
+        outputs.write_atomic(str(tmp_path / "x.npz"), full, tag="t")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("command", ["train", "sweep"])
+def test_results_folder_that_is_a_file_is_refused_before_training(tmp_path, capsys, command):
+    afile = tmp_path / "afile"
+    afile.write_text("keep")
+    status, _, err = run_cli([command, "tiny" if command == "train" else "quick", "--out",
+                              str(afile)], capsys)
+    assert_one_line_refusal(status, err, command)
+    assert afile.read_text() == "keep"
+
+
+def test_sweep_workers_die_with_their_parent(tmp_path):
+    """A worker set up like the sweep's (``_die_with_parent``) ends when its parent is killed."""
+    flag = tmp_path / "up"
+    worker = ("import sys, time\n"
+              "from experiments.sweep import _die_with_parent\n"
+              "_die_with_parent(int(sys.argv[1]))\n"
+              "open(sys.argv[2], 'w').write('up')\n"
+              "time.sleep(120)\n")
+    parent = ("import os, subprocess, sys, time\n"
+              f"p = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid()), "
+              "sys.argv[1]])\n"
+              "print(p.pid, flush=True)\n"
+              "time.sleep(120)\n")
+    proc = subprocess.Popen([sys.executable, "-c", parent, str(flag)], stdout=subprocess.PIPE,
+                            text=True)
+    worker_pid = int(proc.stdout.readline())
+    deadline = time.monotonic() + 60
+    while not flag.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert flag.exists()
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 5   # the watchdog polls every second
+    while time.monotonic() < deadline:
+        try:
+            os.kill(worker_pid, 0)
+        except ProcessLookupError:
+            return
+        with open(f"/proc/{worker_pid}/stat") as fh:
+            if fh.read().split()[2] == "Z":   # dead, not yet reaped
+                return
+        time.sleep(0.05)
+    pytest.fail(f"worker {worker_pid} outlived its parent by 5 s")
