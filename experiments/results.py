@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from experiments.config import config_from_dict, flat_config
 from toy_lm.errors import InputError
+from toy_lm.io import open_input
 from toy_lm.outputs import write_atomic
 
 TABLES = ("results", "training", "attack")
@@ -36,12 +37,14 @@ _BASE_PER_POSITION = ("prefill_asr", "prefill_asr_floor", "harm_information",
 
 
 def read_result(path: str) -> dict:
-    """One run's result JSON."""
+    """One run's result JSON (a regular file; anything unreadable is one InputError)."""
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read result {path}: {err}") from None
+        with open_input(path, "result") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except InputError:
+        raise
+    except (OSError, ValueError, RecursionError) as err:   # JSON, UTF-8 and I/O errors
+        raise InputError(f"cannot read result {path}: {' '.join(str(err).split())}") from None
 
 
 def _identity(result: dict) -> dict:
@@ -124,13 +127,22 @@ def load_results(out: str) -> list[dict]:
         raise InputError(f"{out} is not a folder of results (expected runs/*.json inside)")
     listing = os.path.join(out, "sweep.json")
     if os.path.exists(listing):
-        ids = [run["run_id"] for run in read_result(listing)["runs"]]
+        try:
+            ids = [str(run["run_id"]) for run in read_result(listing)["runs"]]
+        except (KeyError, TypeError):
+            raise InputError(f"{listing} is damaged (no list of runs with run ids); rerun the "
+                             "sweep to rewrite it") from None
     else:
         folder = os.path.join(out, "runs")
         names = os.listdir(folder) if os.path.isdir(folder) else []
         ids = sorted(f[:-5] for f in names if f.endswith(".json") and not f.startswith("."))
     paths = [os.path.join(out, "runs", f"{rid}.json") for rid in ids]
     found = [read_result(p) for p in paths if os.path.exists(p)]
+    for path, result in zip([p for p in paths if os.path.exists(p)], found):
+        if not (isinstance(result, dict)
+                and all(k in result for k in ("run_id", "config", "base", "aligned", "training"))):
+            raise InputError(f"{path} is not a complete run result (damaged or replaced); rerun "
+                             "the sweep or experiment to redo that run")
     if not found:
         raise InputError(f"no finished runs in {out} (expected {out}/runs/<run id>.json); run "
                          "`harm-horizon sweep` or `harm-horizon experiment` first")
