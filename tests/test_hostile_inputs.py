@@ -567,3 +567,21 @@ def test_sweep_workers_die_with_their_parent(tmp_path):
                 return
         time.sleep(0.05)
     pytest.fail(f"worker {worker_pid} outlived its parent by 5 s")
+
+
+def test_damaged_results_are_one_line_or_rerun(tmp_path, capsys):
+    from experiments.base_model import load_base, make_policy
+    from experiments.presets import PRESETS
+    from experiments.world import make_world
+
+    os.makedirs(tmp_path / "runs")
+    (tmp_path / "runs" / "abc.json").write_text("{}")
+    status, _, err = run_cli(["figures", str(tmp_path)], capsys)
+    assert_one_line_refusal(status, err, "figures")
+    assert "abc.json is not a complete run result" in err
+    cfg = PRESETS["tiny"]
+    policy = make_policy(cfg.policy, make_world(cfg.world))
+    base = tmp_path / "base-x.npz"
+    np.savez(base, leaf_0=np.zeros(3), sft_gap=np.zeros(2), seconds=np.zeros(()))
+    base.write_bytes(base.read_bytes()[:100])   # truncated: retrained, not fatal
+    assert load_base(str(base), policy, cfg.policy) is None
