@@ -27,8 +27,8 @@ from experiments import data
 from experiments.config import PolicyConfig, RunConfig
 from experiments.objectives import supervised_loss
 from experiments.world import PROMPTS, RefusalWorld
-from toy_lm.errors import ConfigError
-from toy_lm.io import save_npz_atomic
+from toy_lm.errors import ConfigError, InputError
+from toy_lm.io import load_npz, npz_shapes, save_npz_atomic
 from toy_lm.neural import TransformerPolicy
 from toy_lm.policies import MarkovPolicy, Policy, TabularPolicy
 
@@ -177,11 +177,17 @@ def load_base(path: str, policy: Policy, cfg: PolicyConfig) -> BaseModel | None:
         return None
     template = init_params(policy, cfg, jax.random.key(0))
     treedef = jax.tree_util.tree_structure(template)
-    try:
-        with np.load(path) as npz:
-            leaves = [jnp.asarray(npz[f"leaf_{i}"]) for i in range(treedef.num_leaves)]
-            gap, seconds = [float(v) for v in npz["sft_gap"]], float(npz["seconds"])
-    except (OSError, KeyError, ValueError):
+    keys = [f"leaf_{i}" for i in range(treedef.num_leaves)] + ["sft_gap", "seconds"]
+    try:   # a damaged cache (truncated, rewritten, wrong shapes) is retrained, not fatal
+        if set(keys) - set(npz_shapes(path)):
+            return None
+        npz = load_npz(path, keys)
+        leaves = [jnp.asarray(npz[f"leaf_{i}"]) for i in range(treedef.num_leaves)]
+        gap, seconds = [float(v) for v in npz["sft_gap"]], float(npz["seconds"])
+        if [np.shape(x) for x in leaves] != [np.shape(x) for x in
+                                             jax.tree_util.tree_leaves(template)]:
+            return None
+    except (InputError, TypeError, ValueError):
         return None
     params = jax.tree_util.tree_unflatten(treedef, leaves)
     tables = all_tables(policy, params)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 
 from toy_lm.errors import ConfigError
+from toy_lm.outputs import check_output_folder
 
 
 def register(subparsers) -> None:
@@ -94,8 +95,12 @@ def run_train(args) -> int:
     from experiments.presets import load_config
     from experiments.train import result_path, train_and_evaluate
 
+    from experiments.config import check_run_memory
+
     cfg = load_config(args.config)
-    out = args.out or os.path.join("results", cfg.name)
+    out = check_output_folder(os.path.join("results", cfg.name) if args.out is None else args.out,
+                              flag="--out")
+    check_run_memory(cfg)
     result = train_and_evaluate(cfg, out)
     results.write_tables([result], out)
     if args.figures:
@@ -111,6 +116,7 @@ def run_sweep(args) -> int:
 
     _check_jobs(args.jobs)
     configs = sweep.load_sweep(args.config)
+    check_output_folder(args.out, flag="--out")
     results = sweep.run_sweep(configs, args.out, jobs=args.jobs)
     _print_runs(results)
     return 0
@@ -127,6 +133,7 @@ def run_figures(args) -> int:
 def run_experiment(args) -> int:
     _setup()
     _check_jobs(args.jobs)
+    check_output_folder(args.out, flag="--out")
     if args.name == "optimum-vs-dynamics":
         return run_optimum_vs_dynamics(args)
     from experiments import headline

@@ -20,6 +20,7 @@ import json
 import math
 from typing import Any
 
+from toy_lm.bounds import MAX_SEED, check_lam
 from toy_lm.errors import ConfigError
 
 #: The roles a token can play in the refusal world (see :mod:`experiments.world`).
@@ -174,9 +175,24 @@ def _need(condition: bool, message: str) -> None:
         raise ConfigError(message)
 
 
-def _positive_int(name, value, low=1):
-    _need(isinstance(value, int) and not isinstance(value, bool) and value >= low,
-          f"{name}={value!r} must be an integer >= {low}")
+def _positive_int(name, value, low=1, high=None):
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+    ok = ok and (high is None or value <= high)
+    shown = f"~10^{len(str(abs(value))) - 1}" if ok is False and isinstance(value, int) and \
+        abs(value) >= 10**15 else repr(value)
+    _need(ok, f"{name}={shown} must be an integer >= {low}"
+          + ("" if high is None else f" and <= {high}"))
+
+
+#: Upper bounds of the size settings (far above any sensible run; memory is checked separately
+#: by :func:`check_run_memory` before anything is allocated).
+MAX_LENGTH = 64
+MAX_STEPS = 10**7
+MAX_EXAMPLES = 10**7
+MAX_BATCH = 10**6
+MAX_PATHS = 10**6
+MAX_WIDTH = 4096
+MAX_LAYERS = 64
 
 
 def _probability(name, value, *, open_low=False):
@@ -199,12 +215,12 @@ def validate(cfg: RunConfig) -> None:
     """Check every field of a :class:`RunConfig`; raises :class:`ConfigError` on the first problem."""
     w, p, b, a, k, m = cfg.world, cfg.policy, cfg.base, cfg.align, cfg.attack, cfg.measure
     _need(isinstance(cfg.name, str) and cfg.name != "", "name must be a non-empty string")
-    _positive_int("seed", cfg.seed, 0)
+    _positive_int("seed", cfg.seed, 0, MAX_SEED)
     _need(isinstance(w.vocab, tuple) and all(r in ROLES for r in w.vocab),
           f"world.vocab={list(w.vocab)!r} may only contain the roles {', '.join(ROLES)}")
     missing = [r for r in ROLES if r not in w.vocab]
     _need(not missing, f"world.vocab lacks the role(s) {', '.join(missing)}; every role needs a token")
-    _positive_int("world.length", w.length)
+    _positive_int("world.length", w.length, 1, MAX_LENGTH)
     _positive_int("world.num_harmful", w.num_harmful)
     _need(w.num_harmful <= w.length, f"world.num_harmful K={w.num_harmful} exceeds world.length "
           f"T={w.length}: harm could never occur; use K <= T")
@@ -217,37 +233,79 @@ def validate(cfg: RunConfig) -> None:
     _need(w.smoothing * len(w.vocab) < 0.5, f"world.smoothing={w.smoothing} is too large for "
           f"V={len(w.vocab)}; use smoothing < 0.5 / V")
     _choice("policy.kind", p.kind, POLICY_KINDS)
-    _positive_int("policy.markov_order", p.markov_order, 0)
-    for name in ("d_model", "num_heads", "num_layers"):
-        _positive_int(f"policy.{name}", getattr(p, name))
+    _positive_int("policy.markov_order", p.markov_order, 0, w.length)   # k > T adds nothing
+    _positive_int("policy.d_model", p.d_model, 1, MAX_WIDTH)
+    _positive_int("policy.num_heads", p.num_heads, 1, MAX_WIDTH)
+    _positive_int("policy.num_layers", p.num_layers, 1, MAX_LAYERS)
     _need(p.d_model % p.num_heads == 0,
           f"policy.d_model={p.d_model} must be divisible by policy.num_heads={p.num_heads}")
     _positive("policy.init_scale", p.init_scale, allow_zero=True)
     for section, c in (("base", b), ("align", a), ("attack", k)):
-        _positive_int(f"{section}.steps", c.steps, 0)
+        _positive_int(f"{section}.steps", c.steps, 0, MAX_STEPS)
         _positive(f"{section}.learning_rate", c.learning_rate)
         _choice(f"{section}.optimizer", c.optimizer, OPTIMIZERS)
-        _positive_int(f"{section}.num_examples", c.num_examples, 0)
+        _positive_int(f"{section}.num_examples", c.num_examples, 0, MAX_EXAMPLES)
     _choice("align.objective", a.objective, OBJECTIVES)
     _choice("align.baseline", a.baseline, BASELINES)
     _need(a.baseline == "none" or a.objective == "reinforce",
           f"align.baseline={a.baseline!r} only applies to objective 'reinforce'")
-    _positive("align.lam", a.lam)
+    check_lam(a.lam, "align.lam", ConfigError)
     _positive("align.beta", a.beta)
     _positive("align.mu", a.mu, allow_zero=True)
-    _positive_int("align.batch_size", a.batch_size, 2)
+    _positive_int("align.batch_size", a.batch_size, 2, MAX_BATCH)
     _probability("align.utility_weight", a.utility_weight)
     _need(a.utility_weight < 1, "align.utility_weight must be < 1 (the harmful prompt needs weight)")
-    _positive_int("align.grad_map_every", a.grad_map_every)
+    _positive_int("align.grad_map_every", a.grad_map_every, 1, MAX_STEPS)
     _choice("attack.objective", k.objective, ATTACK_OBJECTIVES)
     for name in ("beta_first", "beta_early", "beta_late"):
         _positive(f"attack.{name}", getattr(k, name))
-    _positive_int("attack.early_until", k.early_until)
-    _positive_int("measure.num_paths", m.num_paths, 0)
+    _positive_int("attack.early_until", k.early_until, 1, MAX_LENGTH)
+    _positive_int("measure.num_paths", m.num_paths, 0, MAX_PATHS)
     _need(isinstance(m.equilibrium_lams, tuple) and len(m.equilibrium_lams) > 0,
           "measure.equilibrium_lams must be a non-empty list of positive numbers")
     for lam in m.equilibrium_lams:
-        _positive("measure.equilibrium_lams entry", lam)
+        check_lam(lam, "measure.equilibrium_lams entry", ConfigError)
+
+
+def estimate_run_bytes(cfg: RunConfig) -> int:
+    """A generous estimate of a run's peak memory (bytes), from its sizes alone.
+
+    Counts, in float64 over two prompts: ten copies of the full tables ``Σ_l V**l x V`` (params,
+    gradients, optimizer moments, base and aligned tables, measurements); the Markov tables
+    ``T x V**k x V`` likewise; the sampled data ``N x T x V`` of each ``num_examples`` and
+    ``batch_size`` (eight copies: logits, log-probabilities, gradients); the transformer's
+    activations over every prefix ``V**T x T x (d_model + T x heads)`` per layer (four copies);
+    and the martingale paths ``num_paths x (T + 1) x V``.
+    """
+    w, p, a = cfg.world, cfg.policy, cfg.align
+    vocab, length = len(w.vocab), w.length
+    leaves = vocab ** length
+    tables = 2 * sum(vocab ** l for l in range(length)) * vocab
+    floats = 10 * tables
+    if p.kind == "markov":
+        floats += 10 * 2 * length * vocab ** p.markov_order * vocab
+    if p.kind == "transformer":
+        floats += 4 * p.num_layers * leaves * length * (p.d_model + length * p.num_heads)
+        floats += 16 * p.num_layers * p.d_model * p.d_model
+    examples = max(cfg.base.num_examples, a.num_examples, cfg.attack.num_examples, a.batch_size)
+    floats += 8 * 2 * examples * length * vocab
+    floats += 4 * cfg.measure.num_paths * (length + 1) * vocab
+    return 8 * floats
+
+
+def check_run_memory(cfg: RunConfig) -> int:
+    """Refuse, before anything is allocated, a run whose :func:`estimate_run_bytes` exceeds the
+    memory budget (``$HARM_HORIZON_MEMORY_LIMIT`` or 80% of available memory); returns it."""
+    from toy_lm.tables import human_bytes, memory_budget
+
+    need, budget = estimate_run_bytes(cfg), memory_budget()
+    if need > budget:
+        raise ConfigError(
+            f"run {cfg.name!r} needs about {human_bytes(need)} (estimated from world.length, "
+            "policy sizes, num_examples, batch_size and measure.num_paths), more than the "
+            f"{human_bytes(budget)} available; lower the largest of these (limit set by "
+            "HARM_HORIZON_MEMORY_LIMIT)")
+    return need
 
 
 # -- dict <-> config ----------------------------------------------------------------------------

@@ -22,7 +22,8 @@ import os
 import tomllib
 
 from experiments.config import RunConfig, config_from_dict, with_overrides
-from toy_lm.errors import ConfigError
+from toy_lm.errors import ConfigError, InputError
+from toy_lm.io import open_input
 
 
 # -- presets and files --------------------------------------------------------------------------
@@ -49,31 +50,46 @@ def _presets() -> dict[str, RunConfig]:
 PRESETS: dict[str, RunConfig] = _presets()
 
 
+#: Configuration files larger than this are refused unread (a real one is a few hundred bytes).
+MAX_CONFIG_BYTES = 2**20
+
+
 def read_config_file(path: str) -> dict:
-    """The raw dict of a ``.toml`` or ``.json`` configuration file."""
-    if not os.path.exists(path):
-        raise ConfigError(f"cannot read configuration {path}: no such file, and not a preset "
-                          f"name ({', '.join(PRESETS)})")
+    """The raw dict of a ``.toml`` or ``.json`` configuration file (a regular file of at most
+    :data:`MAX_CONFIG_BYTES`, valid UTF-8)."""
+    if not path.endswith((".toml", ".json")):
+        if not os.path.exists(path):
+            raise ConfigError(f"cannot read configuration {path}: no such file, and not a preset "
+                              f"name ({', '.join(PRESETS)})")
+        raise ConfigError(f"configuration file {path} must end in .toml or .json")
     try:
-        if path.endswith(".toml"):
-            with open(path, "rb") as fh:
-                return tomllib.load(fh)
-        if path.endswith(".json"):
-            with open(path) as fh:
-                data = json.load(fh)
-            if not isinstance(data, dict):
-                raise ConfigError(f"{path}: the top level must be an object of settings")
-            return data
-    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"cannot parse {path}: {err}".replace("\n", " ")) from None
+        with open_input(path, "configuration") as fh:
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    except InputError as err:
+        hint = "" if os.path.exists(path) else f", and not a preset name ({', '.join(PRESETS)})"
+        raise ConfigError(f"{err}{hint}") from None
     except OSError as err:
         raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
-    raise ConfigError(f"configuration file {path} must end in .toml or .json")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"configuration {path} is larger than {MAX_CONFIG_BYTES} bytes; a "
+                          "configuration states a few settings")
+    try:
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"cannot parse {path}: not valid UTF-8 (byte {err.start})") from None
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ConfigError(f"cannot parse {path}: {err}".replace("\n", " ")) from None
+    except RecursionError:
+        raise ConfigError(f"cannot parse {path}: nested too deeply") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be an object of settings")
+    return data
 
 
 def preset(name: str) -> RunConfig:
     """A built-in configuration by name."""
-    if name not in PRESETS:
+    if not isinstance(name, str) or name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     return PRESETS[name]
 

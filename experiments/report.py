@@ -229,8 +229,9 @@ def build_report(runs: list[DemoRun], out_dir) -> Path:
         "exactly on small models. Every number and figure below was produced by the run that wrote "
         f"this file (harm-horizon {__version__}); the theorem statements are in THEORY.md.</p>"
         f"<nav><b>Contents</b><ol>{nav}</ol></nav>{body}</body></html>")
+    from toy_lm.outputs import write_atomic
+
     path = Path(out_dir) / "report.html"
-    tmp = path.with_suffix(".html.partial")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(path)
+    data = page.encode("utf-8")
+    write_atomic(str(path), lambda fh: fh.write(data), tag="demo")
     return path

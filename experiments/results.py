@@ -16,15 +16,17 @@ Three tables, each row carrying the run id, the package version and the *full* c
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
-import tempfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from experiments.config import config_from_dict, flat_config
 from toy_lm.errors import InputError
+from toy_lm.io import open_input
+from toy_lm.outputs import write_atomic
 
 TABLES = ("results", "training", "attack")
 
@@ -35,12 +37,14 @@ _BASE_PER_POSITION = ("prefill_asr", "prefill_asr_floor", "harm_information",
 
 
 def read_result(path: str) -> dict:
-    """One run's result JSON."""
+    """One run's result JSON (a regular file; anything unreadable is one InputError)."""
     try:
-        with open(path) as fh:
-            return json.load(fh)
-    except (OSError, json.JSONDecodeError) as err:
-        raise InputError(f"cannot read result {path}: {err}") from None
+        with open_input(path, "result") as fh:
+            return json.loads(fh.read().decode("utf-8"))
+    except InputError:
+        raise
+    except (OSError, ValueError, RecursionError) as err:   # JSON, UTF-8 and I/O errors
+        raise InputError(f"cannot read result {path}: {' '.join(str(err).split())}") from None
 
 
 def _identity(result: dict) -> dict:
@@ -89,35 +93,17 @@ def attack_rows(result: dict) -> list[dict]:
             for step, harm in zip(curve["steps"], curve["expected_harm"])]
 
 
-def _atomic(path: str, write) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=folder)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def write_table(rows: list[dict], path_stem: str) -> list[str]:
     """Write ``rows`` to ``<stem>.csv`` and ``<stem>.parquet`` atomically; returns the paths."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
-
-    def write_csv(tmp):
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, columns)
-            writer.writeheader()
-            writer.writerows(rows)
-
-    def write_parquet(tmp):
-        table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-        pq.write_table(table, tmp)
-
-    _atomic(f"{path_stem}.csv", write_csv)
-    _atomic(f"{path_stem}.parquet", write_parquet)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    data = text.getvalue().encode()
+    write_atomic(f"{path_stem}.csv", lambda fh: fh.write(data), tag="tables")
+    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+    write_atomic(f"{path_stem}.parquet", lambda fh: pq.write_table(table, fh), tag="tables")
     return [f"{path_stem}.csv", f"{path_stem}.parquet"]
 
 
@@ -141,13 +127,22 @@ def load_results(out: str) -> list[dict]:
         raise InputError(f"{out} is not a folder of results (expected runs/*.json inside)")
     listing = os.path.join(out, "sweep.json")
     if os.path.exists(listing):
-        ids = [run["run_id"] for run in read_result(listing)["runs"]]
+        try:
+            ids = [str(run["run_id"]) for run in read_result(listing)["runs"]]
+        except (KeyError, TypeError):
+            raise InputError(f"{listing} is damaged (no list of runs with run ids); rerun the "
+                             "sweep to rewrite it") from None
     else:
         folder = os.path.join(out, "runs")
         names = os.listdir(folder) if os.path.isdir(folder) else []
         ids = sorted(f[:-5] for f in names if f.endswith(".json") and not f.startswith("."))
     paths = [os.path.join(out, "runs", f"{rid}.json") for rid in ids]
     found = [read_result(p) for p in paths if os.path.exists(p)]
+    for path, result in zip([p for p in paths if os.path.exists(p)], found):
+        if not (isinstance(result, dict)
+                and all(k in result for k in ("run_id", "config", "base", "aligned", "training"))):
+            raise InputError(f"{path} is not a complete run result (damaged or replaced); rerun "
+                             "the sweep or experiment to redo that run")
     if not found:
         raise InputError(f"no finished runs in {out} (expected {out}/runs/<run id>.json); run "
                          "`harm-horizon sweep` or `harm-horizon experiment` first")

@@ -14,25 +14,36 @@ Resuming. Each run writes its result to ``OUT/runs/<run id>.json`` (the hash of 
 through a temporary file and a rename, so a file exists only when the run finished. Started again
 with the same command after a Ctrl-C or a kill, a sweep runs only the configurations without a
 result file, then assembles the tables from the files: no row lost, none duplicated. Runs are
-deterministic in their seed, so a rerun gives the same numbers.
+deterministic in their seed, so a rerun gives the same numbers. A result file that does not
+read back as this run's result (truncated, emptied, replaced) counts as missing and is run again.
+
+Safety. One sweep at a time per folder: ``OUT/.sweep.lock`` (an ``flock``, released by the kernel
+when the process ends, however it ends) makes a second sweep in the same folder refuse at once.
+Workers die with their parent (``PR_SET_PDEATHSIG`` on Linux, and a parent-pid watchdog
+everywhere), so a killed sweep leaves no worker behind to write late results.
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import itertools
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable
 
 from experiments import results as results_mod
-from experiments.config import RunConfig, config_from_dict, config_to_dict, with_overrides
+from experiments.config import (RunConfig, check_run_memory, config_from_dict, config_to_dict,
+                                with_overrides)
 from experiments.presets import PRESETS, config_from_source, read_config_file
 from experiments.train import (base_cache_path, enable_compilation_cache, get_base, result_path,
                                run_id, train_and_evaluate, write_json_atomic)
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
+from toy_lm.outputs import check_output_folder
 
 #: Built-in sweeps: name -> (preset, grid).
 SWEEPS = {
@@ -131,7 +142,28 @@ def _train_base(args) -> str:
 WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
-def _init_worker():  # pragma: no cover - runs in the worker processes
+def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the worker processes
+    """End this worker when the sweep process ``parent`` ends (SIGKILL included)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass   # not Linux: the watchdog below does it within a second
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    if os.getppid() != parent:
+        os._exit(1)
+    threading.Thread(target=watch, daemon=True).start()
+
+
+def _init_worker(parent: int):  # pragma: no cover - runs in the worker processes
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C and ends the pool
+    _die_with_parent(parent)
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()
     from toy_lm.precision import require_x64
 
@@ -147,9 +179,44 @@ def clean_partial_files(out: str) -> int:
     return len(stale)
 
 
+def finished(cfg: RunConfig, out: str) -> bool:
+    """Whether ``out`` holds a readable result of ``cfg`` (a JSON object with its run id)."""
+    path = result_path(out, cfg)
+    if not os.path.exists(path):
+        return False
+    try:
+        result = results_mod.read_result(path)
+    except InputError:
+        return False
+    return (isinstance(result, dict) and result.get("run_id") == run_id(cfg)
+            and all(k in result for k in ("config", "base", "aligned", "training")))
+
+
 def pending(configs: list[RunConfig], out: str) -> list[RunConfig]:
-    """The configurations without a result file in ``out``."""
-    return [c for c in configs if not os.path.exists(result_path(out, c))]
+    """The configurations without a readable result file in ``out`` (damaged ones run again)."""
+    return [c for c in configs if not finished(c, out)]
+
+
+@contextlib.contextmanager
+def folder_lock(out: str):
+    """Hold ``out/.sweep.lock`` for one sweep; a second sweep in ``out`` refuses at once."""
+    import fcntl
+
+    path = os.path.join(out, ".sweep.lock")
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
+            raise ConfigError(f"another sweep (pid {holder}) is running in {out}; wait for it to "
+                              "finish (then rerun to complete any missing runs) or use another "
+                              "--out") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def missing_bases(configs: list[RunConfig], out: str) -> list[RunConfig]:
@@ -181,16 +248,28 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
         raise ConfigError("the sweep has no runs")
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be at least 1")
+    check_output_folder(out, flag="--out")
+    for cfg in configs:
+        check_run_memory(cfg)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
+    with folder_lock(out):
+        return _locked_sweep(configs, out, jobs, log)
+
+
+def _locked_sweep(configs, out, jobs, log) -> list[dict]:
     if clean_partial_files(out):
         log("removed partial files of an interrupted run")
     write_json_atomic(os.path.join(out, "sweep.json"),
                       {"runs": [{"run_id": run_id(c), "config": config_to_dict(c)} for c in configs]})
     todo = pending(configs, out)
+    damaged = [c for c in todo if os.path.exists(result_path(out, c))]
+    if damaged:
+        log(f"{len(damaged)} damaged result file(s) (e.g. {result_path(out, damaged[0])}) will be "
+            "run again")
     log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
         f" ({jobs} parallel)")
     failures = _execute(todo, out, jobs, log) if todo else []
-    done = [c for c in configs if os.path.exists(result_path(out, c))]
+    done = [c for c in configs if finished(c, out)]
     results = [results_mod.read_result(result_path(out, c)) for c in done]
     if results:
         paths = results_mod.write_tables(results, out)
@@ -205,7 +284,8 @@ def _execute(todo, out, jobs, log) -> list[str]:
     """Train the missing base models, then run ``todo``, in a pool of worker processes."""
     failures = []
     bases = missing_bases(todo, out)
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), _init_worker)
+    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), _init_worker,
+                                                     (os.getpid(),))
     try:
         if bases:
             log(f"training {len(bases)} base model(s)")

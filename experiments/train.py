@@ -16,7 +16,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import time
 from importlib import metadata
 from typing import NamedTuple
@@ -27,11 +26,12 @@ import numpy as np
 import optax
 
 from experiments import attack, base_model, measure
-from experiments.config import RunConfig, config_hash, config_to_dict
+from experiments.config import RunConfig, check_run_memory, config_hash, config_to_dict
 from experiments.recipes import Objective, make_objective
 from experiments.world import BENIGN, HARMFUL, RefusalWorld, make_world
 from toy_lm import tree
 from toy_lm.errors import InputError
+from toy_lm.outputs import write_atomic
 from toy_lm.policies import Policy
 from toy_lm.precision import require_x64
 
@@ -197,18 +197,10 @@ def result_path(workdir: str, cfg: RunConfig) -> str:
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (never a partial file)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(payload, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write JSON to ``path`` whole or not at all (:func:`toy_lm.outputs.write_atomic`)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    text = json.dumps(payload)
+    write_atomic(path, lambda fh: fh.write(text.encode()), tag="run")
 
 
 def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
@@ -219,6 +211,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
       (see :mod:`experiments.measure` for the measured fields).
     """
     require_x64()
+    check_run_memory(cfg)
     start = time.perf_counter()
     world = make_world(cfg.world)
     policy = base_model.make_policy(cfg.policy, world)

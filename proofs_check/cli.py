@@ -8,15 +8,14 @@ everything passes (or, with ``--negative-controls``, every planted error is dete
 
 from __future__ import annotations
 
-import json
-import os
 import sys
-import tempfile
 import time
 
 from rich.markup import escape
 
+from toy_lm.bounds import MAX_SEED, check_count
 from toy_lm.errors import InputError
+from toy_lm.outputs import check_output, null_nonfinite, write_json
 
 POLICY_CHOICES = ("tabular", "positional", "markov", "transformer", "mlp", "all")
 ENGINE_CHOICES = ("tree", "analysis", "xla", "markov", "all")
@@ -117,18 +116,26 @@ def _kinds(policies) -> tuple[str, ...]:
 
 
 def _write_json(path: str, records) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise InputError(f"--json {path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=directory, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(records, fh, indent=1, ensure_ascii=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_json(path, null_nonfinite(records), tag="check", flag="--json", indent=1)
+
+
+#: Bounds of the size options: V**T <= 1024 responses (instances.MAX_RESPONSES) caps V and T.
+MAX_SEEDS = 1000
+
+
+def _check_bounds(args) -> None:
+    """Refuse out-of-range sizes and empty check ids before any instance is built."""
+    for theorem in args.theorem or []:
+        if not theorem.strip():
+            raise InputError("--theorem got an empty id; give ids such as T3 T5 (see --list)")
+    for flag, values, low, high in (("--vocab", args.vocab, 2, 1024),
+                                    ("--length", args.length, 1, 10),
+                                    ("--horizon", args.horizon, 0, 10)):
+        for value in values or []:
+            check_count(value, flag, low, high, why="the checks enumerate V**T <= 1024 responses")
+    if args.seeds is not None:
+        check_count(args.seeds, "--seeds", 1, MAX_SEEDS)
+    check_count(args.first_seed, "--first-seed", 0, MAX_SEED - MAX_SEEDS)
 
 
 def _console():
@@ -224,11 +231,12 @@ def run(args) -> int:
     from proofs_check.registry import select
     from proofs_check.runner import plan, run_tasks, summarize
 
+    _check_bounds(args)
     checks = select(args.theorem)
     if args.list:
         return _list(checks)
-    if args.json:
-        _write_json(args.json, [])  # fail early on an unwritable path, before the long run
+    if args.json is not None:
+        check_output(args.json, flag="--json", tag="check")  # before the long run; target untouched
     if args.mutants is not None:
         return run_mutants(args)
     start = time.perf_counter()
@@ -260,6 +268,6 @@ def run(args) -> int:
     console.print(f"{len(results)} runs on {len(instances)} instances in "
                   f"{time.perf_counter() - start:.1f} s: "
                   + (f"[red]{len(bad)} {what}[/]" if bad else "[green]all good[/]"))
-    if args.json:
+    if args.json is not None:
         _write_json(args.json, [r.to_json() for r in results])
     return 1 if bad else 0

@@ -3,69 +3,98 @@
 Index convention (everywhere): a *level* ``l = 0 ... T`` is a prefix length; a *position*
 ``t = 1 ... T`` is a token index, chosen by the level-``(t-1)`` conditional. See
 :mod:`toy_lm.tables` for the canonical table layout.
+
+Names are re-exported lazily (PEP 562): ``import toy_lm`` loads no engine, so the command-line
+entry point (:mod:`toy_lm.cli`) installs its signal handlers before numpy, JAX and numba load.
 """
 
-from toy_lm.analysis import TreeAnalysis as TreeAnalysis
-from toy_lm.analysis import analyze_tree as analyze_tree
-from toy_lm.automata import Automaton as Automaton
-from toy_lm.automata import automaton_determined_masks as automaton_determined_masks
-from toy_lm.automata import automaton_harm_table as automaton_harm_table
-from toy_lm.automata import determined_states as determined_states
-from toy_lm.automata import harmful_before_refusal as harmful_before_refusal
-from toy_lm.automata import level_states as level_states
-from toy_lm.automata import make_automaton as make_automaton
-from toy_lm.automata import pattern_harm as pattern_harm
-from toy_lm.errors import ConfigError as ConfigError
-from toy_lm.errors import EnumerationTooLarge as EnumerationTooLarge
-from toy_lm.errors import HarmHorizonError as HarmHorizonError
-from toy_lm.errors import InputError as InputError
-from toy_lm.errors import PrecisionError as PrecisionError
-from toy_lm.gradients import per_position_grads_autodiff as per_position_grads_autodiff
-from toy_lm.gradients import per_position_grads_surrogate as per_position_grads_surrogate
-from toy_lm.gradients import per_position_norms as per_position_norms
-from toy_lm.gradients import total_grad as total_grad
-from toy_lm.harms import determined_masks as determined_masks
-from toy_lm.harms import harm_table as harm_table
-from toy_lm.harms import horizon as horizon
-from toy_lm.harms import random_decided_harm as random_decided_harm
-from toy_lm.harms import response_horizons as response_horizons
-from toy_lm.harms import soft_harm as soft_harm
-from toy_lm.markov_analysis import MarkovAnalysis as MarkovAnalysis
-from toy_lm.markov_analysis import analyze_markov as analyze_markov
-from toy_lm.markov_analysis import expand_to_tree as expand_to_tree
-from toy_lm.montecarlo import Estimate as Estimate
-from toy_lm.montecarlo import cond_harm_mc as cond_harm_mc
-from toy_lm.montecarlo import harmful_prefixes as harmful_prefixes
-from toy_lm.montecarlo import per_position_kl_mc as per_position_kl_mc
-from toy_lm.montecarlo import prefill_asr_mc as prefill_asr_mc
-from toy_lm.montecarlo import reinforce_grads as reinforce_grads
-from toy_lm.neural import MLPPolicy as MLPPolicy
-from toy_lm.neural import TransformerPolicy as TransformerPolicy
-from toy_lm.policies import MarkovPolicy as MarkovPolicy
-from toy_lm.policies import Policy as Policy
-from toy_lm.policies import PositionalPolicy as PositionalPolicy
-from toy_lm.policies import TabularPolicy as TabularPolicy
-from toy_lm.precision import eps_tolerance as eps_tolerance
-from toy_lm.precision import require_x64 as require_x64
-from toy_lm.sharded import analyze_sharded as analyze_sharded
-from toy_lm.tables import all_prefixes as all_prefixes
-from toy_lm.tables import check_enumeration_size as check_enumeration_size
-from toy_lm.tree import cond_harm as cond_harm
-from toy_lm.tree import equilibrium_policy as equilibrium_policy
-from toy_lm.tree import expected_harm as expected_harm
-from toy_lm.tree import harm_information as harm_information
-from toy_lm.tree import harm_information_mi as harm_information_mi
-from toy_lm.tree import harmful_prefix_dist as harmful_prefix_dist
-from toy_lm.tree import increments as increments
-from toy_lm.tree import log_partition as log_partition
-from toy_lm.tree import log_policy as log_policy
-from toy_lm.tree import logit_grads as logit_grads
-from toy_lm.tree import per_position_kl as per_position_kl
-from toy_lm.tree import prefill_asr as prefill_asr
-from toy_lm.tree import prefill_asr_curve as prefill_asr_curve
-from toy_lm.tree import prefix_probs as prefix_probs
-from toy_lm.tree import response_log_probs as response_log_probs
+import importlib
+
+#: Public name -> the module that defines it.
+_EXPORTS = {
+    "TreeAnalysis": "toy_lm.analysis",
+    "analyze_tree": "toy_lm.analysis",
+    "Automaton": "toy_lm.automata",
+    "automaton_determined_masks": "toy_lm.automata",
+    "automaton_harm_table": "toy_lm.automata",
+    "determined_states": "toy_lm.automata",
+    "harmful_before_refusal": "toy_lm.automata",
+    "level_states": "toy_lm.automata",
+    "make_automaton": "toy_lm.automata",
+    "pattern_harm": "toy_lm.automata",
+    "ConfigError": "toy_lm.errors",
+    "EnumerationTooLarge": "toy_lm.errors",
+    "HarmHorizonError": "toy_lm.errors",
+    "InputError": "toy_lm.errors",
+    "PrecisionError": "toy_lm.errors",
+    "OutputError": "toy_lm.errors",
+    "MIN_LAMBDA": "toy_lm.bounds",
+    "open_input": "toy_lm.io",
+    "check_output": "toy_lm.outputs",
+    "write_atomic": "toy_lm.outputs",
+    "per_position_grads_autodiff": "toy_lm.gradients",
+    "per_position_grads_surrogate": "toy_lm.gradients",
+    "per_position_norms": "toy_lm.gradients",
+    "total_grad": "toy_lm.gradients",
+    "determined_masks": "toy_lm.harms",
+    "harm_table": "toy_lm.harms",
+    "horizon": "toy_lm.harms",
+    "random_decided_harm": "toy_lm.harms",
+    "response_horizons": "toy_lm.harms",
+    "soft_harm": "toy_lm.harms",
+    "MarkovAnalysis": "toy_lm.markov_analysis",
+    "analyze_markov": "toy_lm.markov_analysis",
+    "expand_to_tree": "toy_lm.markov_analysis",
+    "Estimate": "toy_lm.montecarlo",
+    "cond_harm_mc": "toy_lm.montecarlo",
+    "harmful_prefixes": "toy_lm.montecarlo",
+    "per_position_kl_mc": "toy_lm.montecarlo",
+    "prefill_asr_mc": "toy_lm.montecarlo",
+    "reinforce_grads": "toy_lm.montecarlo",
+    "MLPPolicy": "toy_lm.neural",
+    "TransformerPolicy": "toy_lm.neural",
+    "MarkovPolicy": "toy_lm.policies",
+    "Policy": "toy_lm.policies",
+    "PositionalPolicy": "toy_lm.policies",
+    "TabularPolicy": "toy_lm.policies",
+    "eps_tolerance": "toy_lm.precision",
+    "require_x64": "toy_lm.precision",
+    "analyze_sharded": "toy_lm.sharded",
+    "all_prefixes": "toy_lm.tables",
+    "check_enumeration_size": "toy_lm.tables",
+    "cond_harm": "toy_lm.tree",
+    "equilibrium_policy": "toy_lm.tree",
+    "expected_harm": "toy_lm.tree",
+    "harm_information": "toy_lm.tree",
+    "harm_information_mi": "toy_lm.tree",
+    "harmful_prefix_dist": "toy_lm.tree",
+    "increments": "toy_lm.tree",
+    "log_partition": "toy_lm.tree",
+    "log_policy": "toy_lm.tree",
+    "logit_grads": "toy_lm.tree",
+    "per_position_kl": "toy_lm.tree",
+    "prefill_asr": "toy_lm.tree",
+    "prefill_asr_curve": "toy_lm.tree",
+    "prefix_probs": "toy_lm.tree",
+    "response_log_probs": "toy_lm.tree",
+}
 
 __version__ = "0.1.0"
 
-__all__ = [name for name in dir() if not name.startswith("_")]
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name):
+    module = _EXPORTS.get(name)
+    if module is None:   # a submodule used as an attribute (``toy_lm.tree``) imports on demand
+        try:
+            return importlib.import_module(f"toy_lm.{name}")
+        except ModuleNotFoundError:
+            raise AttributeError(f"module 'toy_lm' has no attribute {name!r}") from None
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -3,14 +3,21 @@
 Each subcommand lives in its own module with a ``register(subparsers)`` function that adds its
 parser and sets ``func``; this module only assembles them, turns float64 on, and turns every
 :class:`~toy_lm.errors.HarmHorizonError` into one line on stderr and exit status 2 (no traceback).
+
+SIGINT and SIGTERM are handled from the first line of :func:`main`, before the subcommands (and
+with them numpy, JAX and numba) are imported: either ends the run with one line and exit status
+130 or 143, after removing temporary output files (:mod:`toy_lm.signals`). Only this module's
+imports (the standard library and :mod:`toy_lm.errors`) run before that.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
+from toy_lm import signals
 from toy_lm.errors import HarmHorizonError
 
 #: Modules providing subcommands, in the order ``--help`` lists them.
@@ -31,34 +38,78 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
+#: Subcommand -> the module that registers it. A run imports only its command's module (a bad
+#: option is refused before JAX, matplotlib and the other commands load); ``--help`` imports all.
+COMMANDS = {"analyze": "toy_lm.cli_analyze", "analyze-markov": "toy_lm.cli_markov",
+            "bench": "toy_lm.bench", "check": "proofs_check.cli", "train": "experiments.cli",
+            "sweep": "experiments.cli", "figures": "experiments.cli",
+            "experiment": "experiments.cli", "demo": "experiments.cli_demo"}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of every subcommand, or only of ``command`` when it is one of :data:`COMMANDS`."""
     parser = _Parser(
         prog="harm-horizon",
         description="Exact, checkable theory of shallow alignment on toy autoregressive policies.",
     )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    for name in COMMAND_MODULES:
+    modules = [COMMANDS[command]] if command in COMMANDS else COMMAND_MODULES
+    for name in modules:
         importlib.import_module(name).register(subparsers)
     return parser
 
 
-def main(argv=None) -> int:
-    """Run the CLI; returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
+def _enable_x64() -> None:
+    """float64 on: through ``$JAX_ENABLE_X64`` when JAX is not loaded yet (so a refused input
+    never waits for JAX to import), else :func:`toy_lm.precision.require_x64`."""
+    env = os.environ.get("JAX_ENABLE_X64")
+    if "jax" in sys.modules or (env is not None and env.strip().lower() in ("0", "false", "no",
+                                                                              "off")):
         from toy_lm.precision import require_x64
 
-        require_x64()
-        status = args.func(args)
-    except HarmHorizonError as err:
-        print(f"harm-horizon {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"harm-horizon {args.command}: interrupted", file=sys.stderr)
-        return 130
-    return int(status or 0)
+        require_x64()   # refuses JAX_ENABLE_X64=0 with its one-line message
+    else:
+        os.environ["JAX_ENABLE_X64"] = "1"
+
+
+def one_line(text: str) -> str:
+    """A message on one line (newlines and runs of spaces collapsed)."""
+    return " ".join(str(text).split())
+
+
+def main(argv=None) -> int:
+    """Run the CLI; returns the exit status (0, 1 for failed checks, 2 for a named input or
+    configuration error, 130/143 after SIGINT/SIGTERM)."""
+    previous = signals.install()
+    command = "harm-horizon"
+    status = 0
+    try:
+        try:
+            argv = sys.argv[1:] if argv is None else list(argv)
+            args = build_parser(argv[0] if argv else None).parse_args(argv)
+            command = f"harm-horizon {args.command}"
+            _enable_x64()
+            status = int(args.func(args) or 0)
+        except HarmHorizonError as err:
+            print(f"{command}: error: {one_line(err)}", file=sys.stderr)
+            status = 2
+        except KeyboardInterrupt as err:
+            status = signals.exit_status(getattr(err, "signum", 2))
+        except BrokenPipeError:   # the reader of stdout went away (``| head``): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            status = 141
+        finally:
+            signals.remove_tracked()
+        signum = signals.received()
+        if signum is not None or status in (130, 143):
+            signum = signum or status - 128
+            print(f"{command}: interrupted by {signals.signal_name(signum)}; nothing partial "
+                  "was written (finished outputs are kept)", file=sys.stderr)
+            return signals.exit_status(signum)
+        return status
+    finally:
+        signals.restore(previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

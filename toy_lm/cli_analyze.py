@@ -7,16 +7,17 @@ JSON) and, with ``--out``, an ``.npz`` whose keys are documented in :func:`outpu
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import sys
 
 import numpy as np
 
-from toy_lm.errors import InputError
-from toy_lm.io import level_keys, load_npz, npz_shapes, save_npz_atomic
-from toy_lm.tables import check_enumeration_size, level_size, validate_harm, validate_tables
+from toy_lm.bounds import check_lam, check_seed
+from toy_lm.errors import EnumerationTooLarge, InputError
+from toy_lm.io import level_keys, load_npz, npz_nbytes, npz_shapes
+from toy_lm.outputs import check_output, json_text, save_npz
+from toy_lm.tables import (check_enumeration_size, human_bytes, level_size, memory_budget,
+                           validate_harm, validate_tables)
 
 
 def register(subparsers) -> None:
@@ -71,7 +72,15 @@ def read_tables(path: str):
         raise InputError(f"harm has shape {shapes['harm'][0]}, expected "
                          f"({level_size(vocab_size, length)},) = (V**T,) for V = {vocab_size}, "
                          f"T = {length}")
-    check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
+    for key in keys + ref_keys + ["harm"]:
+        if shapes[key][1].kind not in ("biuf" if key == "harm" else "iuf"):
+            raise InputError(f"{key} has dtype {shapes[key][1]}; it must hold real numbers")
+    need = check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
+    loaded = npz_nbytes(shapes, keys + ref_keys + ["harm"])
+    if need + loaded > memory_budget():   # inputs in a wider dtype than float64, or many refs
+        raise EnumerationTooLarge(f"analyzing {path} needs about {human_bytes(need + loaded)} "
+                                  f"(the analysis and the {human_bytes(loaded)} of arrays read), "
+                                  f"more than the {human_bytes(memory_budget())} available")
     data = load_npz(path, keys + ref_keys + ["harm"])
     logits = [data[k] for k in keys]
     validate_tables(logits, "logits")
@@ -84,11 +93,7 @@ def read_tables(path: str):
 
 def random_instance(vocab_size: int, length: int, tau: int, seed: int):
     """A random tabular policy and a binary harm decided by the first ``tau`` tokens."""
-    import jax
-
-    from toy_lm.harms import random_decided_harm
-    from toy_lm.policies import TabularPolicy
-
+    check_seed(seed, "--seed")
     if vocab_size < 2:
         raise InputError(f"V = {vocab_size}; the vocabulary needs V >= 2")
     if length < 1:
@@ -96,6 +101,11 @@ def random_instance(vocab_size: int, length: int, tau: int, seed: int):
     if not 0 <= tau <= length:
         raise InputError(f"TAU = {tau} must satisfy 0 <= TAU <= T = {length}")
     check_enumeration_size(vocab_size, length, what="the random instance")
+    import jax   # after the checks: a refused instance never waits for JAX to load
+
+    from toy_lm.harms import random_decided_harm
+    from toy_lm.policies import TabularPolicy
+
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     policy = TabularPolicy(vocab_size, length)
     logits = [np.asarray(t) for t in policy.level_tables(policy.init(key_policy))]
@@ -163,27 +173,28 @@ def print_table(info: dict) -> None:
 
 
 def run(args) -> int:
-    from toy_lm.analysis import analyze_tree
-
     if (args.tables is None) == (args.random is None):
         raise InputError("give exactly one of TABLES.npz or --random V T TAU")
-    if args.lam is not None and not (math.isfinite(args.lam) and args.lam > 0):
-        raise InputError(f"--lam {args.lam} must be a positive finite number (the KL weight)")
-    if args.save_tables and args.random is None:
+    if args.lam is not None:
+        check_lam(args.lam, "--lam")
+    if args.save_tables is not None and args.random is None:
         raise InputError("--save-tables only applies to --random")
     for flag, path in (("--out", args.out), ("--save-tables", args.save_tables)):
-        folder = os.path.dirname(os.path.abspath(path)) if path else None
-        if folder and not os.path.isdir(folder):  # refuse before the (long) computation
-            raise InputError(f"cannot write {flag} {path}: folder {folder} does not exist")
+        if path is not None:   # refuse before the (long) computation
+            check_output(path, flag=flag, tag="analyze", inputs=[args.tables])
+    if (args.out is not None and args.save_tables is not None
+            and os.path.abspath(args.out) == os.path.abspath(args.save_tables)):
+        raise InputError(f"--out and --save-tables are the same file {args.out}; give two names")
     if args.random is not None:
         logits, harm = random_instance(*args.random, args.seed)
         ref = None
-        if args.save_tables:
-            save_npz_atomic(args.save_tables, {**{f"logits_{l}": z for l, z in enumerate(logits)},
-                                               "harm": harm})
+        if args.save_tables is not None:
+            save_npz(args.save_tables, {**{f"logits_{l}": z for l, z in enumerate(logits)},
+                                        "harm": harm}, tag="analyze", flag="--save-tables")
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
+    from toy_lm.analysis import analyze_tree   # after every check: refusals do not load JAX
     from toy_lm.cpu_kernels import cached_on_disk
 
     if not cached_on_disk():
@@ -191,11 +202,11 @@ def run(args) -> int:
               " cached on disk afterwards)", file=sys.stderr, flush=True)
     result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi)
     info = summary(result, vocab_size, length, args.lam)
-    if args.out:
-        save_npz_atomic(args.out, output_arrays(result, args.lam))
+    text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
+    if args.out is not None:
+        save_npz(args.out, output_arrays(result, args.lam), tag="analyze", flag="--out")
     if args.json:
-        json.dump(info, sys.stdout, indent=2)
-        print()
+        print(text)
     else:
         print_table(info)
     return 0

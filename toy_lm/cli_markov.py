@@ -11,16 +11,15 @@ an ``.npz`` whose keys :func:`output_arrays` documents.
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import sys
 
 import numpy as np
 
+from toy_lm.bounds import check_lam
 from toy_lm.errors import EnumerationTooLarge, InputError
-from toy_lm.io import load_npz, npz_shapes, save_npz_atomic
-from toy_lm.tables import _human, memory_budget
+from toy_lm.io import load_npz, npz_nbytes, npz_shapes
+from toy_lm.outputs import check_output, json_text, save_npz
+from toy_lm.tables import human_bytes, memory_budget
 
 KEYS = ("markov_logits", "dfa_transitions", "dfa_verdict", "dfa_start")
 #: Rows of the per-position table printed without ``--json`` (the rest go to --json / --out).
@@ -55,45 +54,56 @@ def _check_shapes(path: str, shapes: dict) -> tuple[int, int, int, int]:
         raise InputError(f"markov_logits has shape {logits_shape}; expected (T, V**k, V) with "
                          "T >= 1 and V >= 2")
     length, contexts, vocab_size = logits_shape
-    if not (np.issubdtype(logits_dtype, np.floating) or np.issubdtype(logits_dtype, np.integer)):
-        raise InputError(f"markov_logits has dtype {logits_dtype}; logits must be real numbers")
+    if logits_dtype.kind not in "iuf":
+        raise InputError(f"markov_logits has dtype {logits_dtype}; logits must be real numbers "
+                         "(integer or floating)")
     if len(trans_shape) != 2 or trans_shape[1] != vocab_size or trans_shape[0] < 1:
         raise InputError(f"dfa_transitions has shape {trans_shape}; expected (S, V) with "
                          f"V = {vocab_size} as in markov_logits")
-    if not np.issubdtype(trans_dtype, np.integer):
+    if trans_dtype.kind not in "iu":
         raise InputError(f"dfa_transitions has dtype {trans_dtype}; it must hold integer states")
     num_states = trans_shape[0]
     if shapes["dfa_verdict"][0] != (num_states,):
         raise InputError(f"dfa_verdict has shape {shapes['dfa_verdict'][0]}; expected "
                          f"(S,) = ({num_states},), one harm value per automaton state")
+    if shapes["dfa_verdict"][1].kind not in "biuf":
+        raise InputError(f"dfa_verdict has dtype {shapes['dfa_verdict'][1]}; it must hold real "
+                         "numbers in [0, 1]")
     start_shape, start_dtype = shapes["dfa_start"]
-    if start_shape not in ((), (1,)) or not np.issubdtype(start_dtype, np.integer):
+    if start_shape not in ((), (1,)) or start_dtype.kind not in "iu":
         raise InputError(f"dfa_start must be one integer state, got shape {start_shape} and "
                          f"dtype {start_dtype}")
     return length, contexts, vocab_size, num_states
 
 
-def _check_memory(length: int, contexts: int, vocab_size: int, num_states: int) -> None:
-    """Refuse, before loading, tables that would not fit (about six ``(T+1, C, S)`` tables and
-    two ``(T, C, V)`` ones in float64)."""
-    need = 8 * (6 * (length + 1) * contexts * num_states + 2 * length * contexts * vocab_size)
+def _check_memory(path: str, shapes: dict, length: int, contexts: int, vocab_size: int,
+                  num_states: int) -> None:
+    """Refuse, before loading, a model that would not fit: every array of the file once loaded,
+    its float64/int64 copies, and the engine's tables over (level, context, state) with the
+    context axis lifted to order >= 1 (``C >= V``): about six ``(T+1, C, S)`` tables, two
+    ``(T, C, V)`` logit tables, and four ``(S, V)`` transition-sized work arrays."""
+    lifted = max(contexts, vocab_size)
+    engine = 8 * (6 * (length + 1) * lifted * num_states + 2 * length * lifted * vocab_size
+                  + 4 * num_states * vocab_size + 4 * (length + 1) * num_states)
+    need = npz_nbytes(shapes, KEYS) + 8 * length * contexts * vocab_size + engine
     budget = memory_budget()
     if need > budget:
         raise EnumerationTooLarge(
-            f"the dynamic programme at T={length}, V**k={contexts}, S={num_states} needs about "
-            f"{_human(need)}, more than the {_human(budget)} available; use a lower order, fewer "
-            "automaton states or a shorter T")
+            f"{path}: the dynamic programme at T={length}, V**k={contexts} (lifted to "
+            f"{lifted}), V={vocab_size}, S={num_states} needs about {human_bytes(need)}, more "
+            f"than the {human_bytes(budget)} available; use a lower order, fewer automaton states, "
+            "a smaller V or a shorter T (limit set by HARM_HORIZON_MEMORY_LIMIT)")
 
 
 def read_model(path: str):
     """``(logits, dfa)`` from an ``.npz``, checked header-first, then values."""
-    from toy_lm.automata import make_automaton
-    from toy_lm.markov import markov_order
-
     shapes = npz_shapes(path)
     length, contexts, vocab_size, num_states = _check_shapes(path, shapes)
+    _check_memory(path, shapes, length, contexts, vocab_size, num_states)
+    from toy_lm.automata import make_automaton   # after the header checks (JAX loads here)
+    from toy_lm.markov import markov_order
+
     markov_order(vocab_size, contexts)
-    _check_memory(length, contexts, vocab_size, num_states)
     data = load_npz(path, KEYS)
     logits = np.asarray(data["markov_logits"], np.float64)
     if not np.all(np.isfinite(logits)):
@@ -169,21 +179,20 @@ def print_table(info: dict) -> None:
 
 
 def run(args) -> int:
+    if args.lam is not None:
+        check_lam(args.lam, "--lam")
+    if args.out is not None:   # refuse before the computation
+        check_output(args.out, flag="--out", tag="analyze-markov", inputs=[args.model])
+    logits, dfa = read_model(args.model)
     from toy_lm.markov_analysis import analyze_markov
 
-    if args.lam is not None and not (math.isfinite(args.lam) and args.lam > 0):
-        raise InputError(f"--lam {args.lam} must be a positive finite number (the KL weight)")
-    if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
-        raise InputError(f"cannot write {args.out}: folder "
-                         f"{os.path.dirname(os.path.abspath(args.out))} does not exist")
-    logits, dfa = read_model(args.model)
     result = analyze_markov(logits, dfa, lam=args.lam)
     info = summary(result, logits.shape, dfa.num_states, args.lam)
-    if args.out:
-        save_npz_atomic(args.out, output_arrays(result, args.lam))
+    text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
+    if args.out is not None:
+        save_npz(args.out, output_arrays(result, args.lam), tag="analyze-markov", flag="--out")
     if args.json:
-        json.dump(info, sys.stdout, indent=2)
-        print()
+        print(text)
     else:
         print_table(info)
     return 0

@@ -26,3 +26,8 @@ class PrecisionError(HarmHorizonError):
 
 class ConfigError(HarmHorizonError):
     """A configuration (objective, sizes, learning rate, ...) is invalid."""
+
+
+class OutputError(HarmHorizonError):
+    """An output path cannot or must not be written (a device, a link, the input itself, a
+    missing or read-only folder, a full disk); refused before the computation where possible."""

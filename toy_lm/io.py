@@ -1,87 +1,183 @@
-"""Reading and writing the ``.npz`` interchange files, checked before anything large is loaded.
+"""Reading the ``.npz`` interchange files: regular files only, sized from headers before any read.
 
-:func:`npz_shapes` reads only the array headers of an ``.npz`` file, so the size guard can refuse a
-too-large enumeration before a single table is loaded. :func:`save_npz_atomic` writes to a
-temporary file in the destination folder and renames it into place, so an interrupted or failed
-run never leaves a partial output file.
+:func:`open_input` is the one way an input file is opened: it refuses anything but a regular file
+(a directory, ``/dev/zero``, a FIFO, a socket) from ``stat`` before opening, and opens with
+``O_NONBLOCK`` so that even a file swapped for a FIFO in between cannot block. :func:`npz_shapes`
+reads only the array headers, checks that each array's declared size matches the bytes its
+archive member holds (so the sizes are facts, not claims) and returns them; the callers' memory
+guards use :func:`npz_nbytes` before :func:`load_npz` reads a single value. Every way an archive
+can be damaged (bad zip, bad deflate data, bad header, truncation) is one :class:`InputError`.
+
+Outputs are written by :mod:`toy_lm.outputs`; :func:`save_npz_atomic` remains here as its
+``.npz`` shorthand.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-import tempfile
+import stat
 import zipfile
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
 
 from toy_lm.errors import InputError
 
+#: Everything a damaged archive or header can raise while it is read.
+_DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError,
+            TypeError, OverflowError, RecursionError, MemoryError, NotImplementedError,
+            KeyError, IndexError, UnicodeDecodeError)
+
+
+def open_input(path: str, what: str = "input"):
+    """Open a regular file for binary reading, refusing anything else without blocking.
+
+    Raises:
+      InputError: missing, unreadable, empty name, or not a regular file.
+    """
+    if not isinstance(path, str) or not path:
+        raise InputError(f"the {what} file name is empty")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(f"cannot read {path}: no such file") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {(err.strerror or str(err)).lower()}") from None
+    _require_regular(path, st.st_mode, what)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {(err.strerror or str(err)).lower()}") from None
+    try:
+        _require_regular(path, os.fstat(fd).st_mode, what)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb")
+
+
+def _require_regular(path: str, mode: int, what: str) -> None:
+    if stat.S_ISDIR(mode):
+        raise InputError(f"cannot read {path}: it is a directory, expected the {what} file")
+    if not stat.S_ISREG(mode):
+        kind = ("a character device" if stat.S_ISCHR(mode) else "a FIFO (named pipe)"
+                if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+                else "a block device" if stat.S_ISBLK(mode) else "not a regular file")
+        raise InputError(f"cannot read {path}: it is {kind}; the {what} must be a regular file")
+
+
+def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo):
+    """``(shape, dtype)`` of one ``.npy`` member, after checking its size against the header."""
+    with archive.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
+        elif version in ((2, 0), (3, 0)):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"unknown .npy format version {version}")
+        header_bytes = fh.tell()
+    shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"negative dimension in shape {shape}")
+    if not dtype.hasobject:   # object arrays are pickles, refused when loaded
+        declared = math.prod(shape) * dtype.itemsize
+        if header_bytes + declared != info.file_size:
+            raise ValueError(f"{info.filename} declares shape {_short(shape)} of {dtype} "
+                             f"({_count(declared)} bytes) but holds "
+                             f"{info.file_size - header_bytes} bytes of data (truncated or damaged)")
+    return shape, dtype
+
+
+def _short(shape) -> str:
+    """A shape for a message, with astronomically large dimensions abbreviated."""
+    return "(" + ", ".join(_count(n) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _count(n: int) -> str:
+    """An integer for a message; beyond 12 digits as ``~10^d`` (never overflows a float)."""
+    n = int(n)
+    return str(n) if abs(n) < 10**12 else f"~10^{len(str(abs(n))) - 1}"
+
 
 def npz_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """``{key: (shape, dtype)}`` of every array in an ``.npz`` file, reading headers only.
 
+    Each member's declared size is checked against the uncompressed size its archive entry
+    records, which bounds what a later read can return (no zip bomb, no truncation surprise).
+
     Raises:
-      InputError: when the file is missing, unreadable or not an ``.npz`` archive.
+      InputError: when the file is missing, not a regular file, unreadable or not a valid
+        ``.npz`` archive.
     """
-    if not os.path.exists(path):
-        raise InputError(f"cannot read {path}: no such file")
-    if os.path.isdir(path):
-        raise InputError(f"cannot read {path}: it is a directory, expected an .npz file")
-    try:
-        out = {}
-        with zipfile.ZipFile(path) as archive:
-            for name in archive.namelist():
-                if not name.endswith(".npy"):
-                    continue
-                with archive.open(name) as fh:
-                    version = np.lib.format.read_magic(fh)
-                    if version == (1, 0):
-                        shape, _, dtype = np.lib.format.read_array_header_1_0(fh)
-                    else:
-                        shape, _, dtype = np.lib.format.read_array_header_2_0(fh)
-                out[name[: -len(".npy")]] = (tuple(shape), np.dtype(dtype))
-        return out
-    except PermissionError:
-        raise InputError(f"cannot read {path}: permission denied") from None
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as err:
-        raise InputError(f"cannot read {path}: not a valid .npz archive ({err})") from None
+    with open_input(path, "input .npz") as fh:
+        try:
+            out = {}
+            with zipfile.ZipFile(fh) as archive:
+                for info in archive.infolist():
+                    if info.filename.endswith(".npy"):
+                        out[info.filename[: -len(".npy")]] = _member_header(archive, info)
+            return out
+        except PermissionError:
+            raise InputError(f"cannot read {path}: permission denied") from None
+        except _DAMAGED as err:
+            raise InputError(f"cannot read {path}: not a valid .npz archive "
+                             f"({_one_line(err)})") from None
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
+
+
+def npz_nbytes(shapes: Mapping, keys=None) -> int:
+    """Bytes the arrays ``keys`` (default: all) of :func:`npz_shapes` occupy once loaded."""
+    keys = shapes if keys is None else keys
+    return sum(math.prod(shapes[k][0]) * shapes[k][1].itemsize for k in keys)
 
 
 def level_keys(keys, prefix: str) -> list[str]:
-    """The keys ``prefix_0, prefix_1, ...`` present, checked to be consecutive from 0."""
+    """The keys ``prefix_0, prefix_1, ...`` present, checked to be consecutive from 0.
+
+    Raises:
+      InputError: for a gap, or a non-canonical name such as ``prefix_01`` (which would collide
+        with ``prefix_1``).
+    """
     pattern = re.compile(rf"^{re.escape(prefix)}_(\d+)$")
-    levels = sorted(int(m.group(1)) for k in keys if (m := pattern.match(k)))
+    found = [(k, m.group(1)) for k in keys if (m := pattern.match(k))]
+    odd = sorted(k for k, digits in found if digits != str(int(digits)))
+    if odd:
+        raise InputError(f"key {odd[0]} is not a level name; write {prefix}_<l> with l = 0, 1, "
+                         "2, ... in plain decimal (no leading zeros)")
+    levels = sorted(int(digits) for _, digits in found)
     if levels != list(range(len(levels))):
-        missing = sorted(set(range(max(levels) + 1)) - set(levels)) if levels else []
+        missing = sorted(set(range(len(levels))) - set(levels))
         raise InputError(
-            f"{prefix}_* keys must be {prefix}_0 ... {prefix}_(T-1) without gaps; "
-            f"missing {', '.join(f'{prefix}_{i}' for i in missing)}"
+            f"{prefix}_* keys must be {prefix}_0 ... {prefix}_(T-1) without gaps; found "
+            f"{len(levels)} keys, missing {', '.join(f'{prefix}_{i}' for i in missing[:5])}"
+            + (" ..." if len(missing) > 5 else "")
         )
     return [f"{prefix}_{i}" for i in levels]
 
 
 def load_npz(path: str, keys) -> dict[str, np.ndarray]:
     """Load the named arrays of an ``.npz`` file (``allow_pickle=False``)."""
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {k: np.asarray(data[k]) for k in keys}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise InputError(f"cannot read {path}: {err}") from None
+    with open_input(path, "input .npz") as fh:
+        try:
+            with np.load(fh, allow_pickle=False) as data:
+                return {k: np.asarray(data[k]) for k in keys}
+        except _DAMAGED as err:
+            raise InputError(f"cannot read {path}: {_one_line(err)}") from None
 
 
-def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` as ``.npz``, atomically (temporary file, then rename)."""
+def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray], *, tag: str = "npz") -> None:
+    """Write ``arrays`` to ``path`` as ``.npz`` through :func:`toy_lm.outputs.save_npz`."""
+    from toy_lm.outputs import save_npz
+
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise InputError(f"cannot write {path}: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    save_npz(path, arrays, tag=tag)

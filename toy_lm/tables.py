@@ -15,6 +15,7 @@ each prefix on one row. Harm is a vector of shape ``(V**T,)`` in the same order.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -25,6 +26,8 @@ from toy_lm.errors import EnumerationTooLarge, InputError
 #: Environment variable that caps the memory the size guard lets an enumeration use (bytes, or
 #: with a K/M/G suffix). Without it the guard uses 80% of the memory the OS reports available.
 MEMORY_LIMIT_ENV = "HARM_HORIZON_MEMORY_LIMIT"
+#: The largest value the variable may take (1 EiB; anything larger is a typo).
+MAX_MEMORY_LIMIT = 2**60
 
 
 def level_size(vocab_size: int, level: int) -> int:
@@ -95,8 +98,9 @@ def validate_tables(tables: Sequence, name: str = "logits",
     vocab_size, length = infer_sizes(tables, name)
     for level, table in enumerate(tables):
         arr = np.asarray(table)
-        if not np.issubdtype(arr.dtype, np.floating) and not np.issubdtype(arr.dtype, np.integer):
-            raise InputError(f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers")
+        if arr.dtype.kind not in "iuf":   # not bool, complex, timedelta, strings, objects
+            raise InputError(f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers "
+                             "(integer or floating)")
         if check_finite and not np.all(np.isfinite(arr)):
             raise non_finite_error(arr, f"{name}_{level}")
     return vocab_size, length
@@ -119,16 +123,15 @@ def validate_harm(harm, vocab_size: int, length: int) -> np.ndarray:
             f"harm has shape {arr.shape}, expected {expected} (V**T responses with V={vocab_size}, "
             f"T={length})"
         )
-    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)
-            or arr.dtype == np.bool_):
+    if arr.dtype.kind not in "biuf":
         raise InputError(f"harm has dtype {arr.dtype}; it must hold numbers in [0, 1]")
     arr = arr.astype(np.float64)
     if np.isnan(arr).any():
         raise InputError(f"harm has {int(np.isnan(arr).sum())} NaN entries; harm must lie in [0, 1]")
     if (arr < 0).any() or (arr > 1).any():
         raise InputError(
-            f"harm has values outside [0, 1] (min {arr.min():.6g}, max {arr.max():.6g}); "
-            "rescale it to [0, 1]"
+            f"harm has {int(((arr < 0) | (arr > 1)).sum())} values outside [0, 1] (min "
+            f"{float(arr.min())!r}, max {float(arr.max())!r}); rescale or clip it to [0, 1]"
         )
     return arr
 
@@ -140,23 +143,26 @@ def is_binary(harm) -> bool:
 
 
 def _parse_bytes(text: str) -> int:
-    text = text.strip().upper().removesuffix("B")
-    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(text[-1:], 1)
+    """Bytes from ``$HARM_HORIZON_MEMORY_LIMIT``: a positive finite number, optional K/M/G/T."""
+    body = text.strip().upper().removesuffix("B")
+    scale = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(body[-1:], 1)
     if scale != 1:
-        text = text[:-1]
+        body = body[:-1]
     try:
-        return int(float(text) * scale)
+        value = float(body) * scale
     except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 1 <= value <= MAX_MEMORY_LIMIT):
         raise InputError(
-            f"{MEMORY_LIMIT_ENV}={os.environ.get(MEMORY_LIMIT_ENV)!r} is not a size; "
-            "write bytes or a number with K, M or G, e.g. 8G"
-        ) from None
+            f"{MEMORY_LIMIT_ENV}={text!r} is not a size the memory guard can use; write a number "
+            "of bytes from 1 to 2**60, optionally with K, M, G or T, e.g. 8G (or unset it)")
+    return int(value)
 
 
 def memory_budget() -> int:
     """Bytes an enumeration may use: ``$HARM_HORIZON_MEMORY_LIMIT`` or 80% of available memory."""
     env = os.environ.get(MEMORY_LIMIT_ENV)
-    if env:
+    if env is not None and env.strip():   # empty means unset
         return _parse_bytes(env)
     available = None
     try:
@@ -192,26 +198,47 @@ def check_enumeration_size(vocab_size: int, length: int, *, what: str = "the pre
                            itemsize: int = 8, budget: int | None = None) -> int:
     """Refuse, before allocating anything, an enumeration that would not fit in memory.
 
+    Sizes far beyond any budget are refused from logarithms (``V**T`` is never formed when
+    ``T log V`` alone exceeds the budget), so the guard answers at once for any ``V`` and ``T``.
+
     Returns:
       The estimated bytes, when they fit.
 
     Raises:
       EnumerationTooLarge: with the estimate, the budget, and what to use instead.
     """
-    need = estimate_tree_bytes(vocab_size, length, itemsize=itemsize)
     budget = memory_budget() if budget is None else budget
+    advice = ("use the Markov x automaton dynamic-programming engine (harm-horizon analyze-markov) "
+              "or the Monte Carlo estimators for models this large, or a smaller V or T (limit set "
+              f"by {MEMORY_LIMIT_ENV})")
+    # The leaves alone are V**T entries: when log2 of that exceeds log2 of the budget, refuse.
+    log2_leaves = length * math.log2(vocab_size)
+    if log2_leaves > math.log2(max(budget, 2)) + 1:
+        raise EnumerationTooLarge(
+            f"{what} at V={vocab_size}, T={length} enumerates {vocab_size}**{length} = "
+            f"{log_size(vocab_size, length)} responses, far more than the {human_bytes(budget)} "
+            f"available hold; {advice}")
+    need = estimate_tree_bytes(vocab_size, length, itemsize=itemsize)
     if need > budget:
         raise EnumerationTooLarge(
             f"{what} at V={vocab_size}, T={length} enumerates {vocab_size}**{length} = "
-            f"{level_size(vocab_size, length):.3e} responses and needs about {_human(need)} "
-            f"(estimated), more than the {_human(budget)} available; use the Markov x automaton "
-            "dynamic-programming engine (harm-horizon analyze-markov) or the Monte Carlo "
-            f"estimators for models this large, or a smaller V or T (limit set by {MEMORY_LIMIT_ENV})"
-        )
+            f"{log_size(vocab_size, length)} responses and needs about {human_bytes(need)} "
+            f"(estimated), more than the {human_bytes(budget)} available; {advice}")
     return need
 
 
-def _human(nbytes: float) -> str:
+def log_size(base: int, exponent: int) -> str:
+    """``base**exponent`` for a message, from logarithms (never forms the number)."""
+    digits = exponent * math.log10(base)
+    if digits < 15:
+        return f"{base ** exponent:.3e}"
+    return f"~1e{int(digits)}"
+
+
+def human_bytes(nbytes: float) -> str:
+    """``1.5 GiB``-style size for messages (any size: beyond TiB as a power of ten)."""
+    if nbytes >= 2**80:
+        return f"~1e{len(str(int(nbytes))) - 1} B"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if nbytes < 1024 or unit == "TiB":
             return f"{nbytes:.1f} {unit}"

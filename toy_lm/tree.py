@@ -18,6 +18,7 @@ References:
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -181,10 +182,11 @@ def response_log_probs(logits: Tables) -> jax.Array:
 
 
 def _check_lam(lam) -> None:
-    if isinstance(lam, (int, float)) and not lam > 0:
-        from toy_lm.errors import InputError
+    """A concrete ``λ`` must be a finite number >= :data:`toy_lm.bounds.MIN_LAMBDA`."""
+    if isinstance(lam, numbers.Real):
+        from toy_lm.bounds import check_lam
 
-        raise InputError(f"lambda={lam!r} must be a positive number (the KL weight of L_λ)")
+        check_lam(float(lam), "lambda")
 
 
 def log_partition(base_logits: Tables, harm: jax.Array, lam) -> tuple[jax.Array, ...]:

@@ -61,9 +61,10 @@ class Demo:
         """Rewrite ``record.json`` (after every change, so a demo needs no closing call)."""
         record = {"name": self.name, "quick": self.quick, "figures": self.figures,
                   "numbers": self.numbers, "instances": self.instances}
-        tmp = self.out_dir / "record.json.partial"
-        tmp.write_text(json.dumps(record, indent=2))
-        tmp.replace(self.out_dir / "record.json")
+        from toy_lm.outputs import write_atomic
+
+        data = json.dumps(record, indent=2).encode()
+        write_atomic(str(self.out_dir / "record.json"), lambda fh: fh.write(data), tag="demo")
 
 
 def _plain(value):
