@@ -23,7 +23,7 @@ ENGINE_CHOICES = ("tree", "analysis", "xla", "markov", "all")
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "check", help="run the theorem checks T1-T13 on every engine (the main job)",
+        "check", help="run the theorem checks T1-T14 on every engine (the main job)",
         description="Check every statement of THEORY.md section 3 on a suite of exact instances: "
                     "each check compares two independent computations within a tolerance "
                     "derived from float64 machine epsilon. With no options: every check on the "
