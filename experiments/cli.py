@@ -34,6 +34,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel worker processes (default: 2, or 1 on one core)")
+    p.add_argument("--per-run", action="store_true",
+                   help="one run at a time (the reference path) instead of vectorized batches")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="most runs per vectorized batch (default 256; memory may cap it lower)")
     p.set_defaults(func=run_sweep)
 
     p = subparsers.add_parser("figures", help="draw the figures of a results folder",
@@ -105,7 +109,8 @@ def run_sweep(args) -> int:
 
     _check_jobs(args.jobs)
     configs = sweep.load_sweep(args.config)
-    results = sweep.run_sweep(configs, args.out, jobs=args.jobs)
+    results = sweep.run_sweep(configs, args.out, jobs=args.jobs, per_run=args.per_run,
+                              batch_size=args.batch_size)
     _print_runs(results)
     return 0
 
