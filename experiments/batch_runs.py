@@ -28,6 +28,7 @@ from experiments.train import (ATTACK_TAG, BASE_TAG, base_cache_path, divergence
                                package_version, run_id)
 from experiments.vectorized import BaseInputs, RunInputs, base_program, group_key, run_program
 from experiments.world import make_world
+from toy_lm.compile_options import compiler_options
 from toy_lm.errors import HarmHorizonError, InputError
 
 
@@ -53,9 +54,9 @@ def _world(world_cfg):
     return make_world(world_cfg)
 
 
-def train_bases(configs: list[RunConfig], out: str) -> int:
+def train_bases(configs: list[RunConfig], out: str) -> BatchReport:
     """Train the base models of ``configs`` (one per configuration, one SFT program) into the
-    cache of ``out``; returns how many."""
+    cache of ``out``."""
     start = time.perf_counter()
     cfg = configs[0]
     world = _world(cfg.world)
@@ -64,12 +65,14 @@ def train_bases(configs: list[RunConfig], out: str) -> int:
     for c in configs:
         data_key = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), BASE_TAG))[1]
         weights.append(behaviour_weights(world, data_key, c.base.num_examples))
-    program = base_program(cfg, policy)
-    params = program(np.asarray([c.seed for c in configs], np.int64),
-                     np.asarray([c.policy.init_scale for c in configs], np.float64),
-                     np.asarray([c.base.learning_rate for c in configs], np.float64),
-                     _stack(weights))
-    params = jax.device_get(params)
+    args = (np.asarray([c.seed for c in configs], np.int64),
+            np.asarray([c.policy.init_scale for c in configs], np.float64),
+            np.asarray([c.base.learning_rate for c in configs], np.float64), _stack(weights))
+    compile_start = time.perf_counter()
+    program = base_program(cfg, policy).lower(*args).compile(
+        compiler_options(jax.default_backend()))
+    compile_seconds = time.perf_counter() - compile_start
+    params = jax.device_get(program(*args))
     seconds = (time.perf_counter() - start) / len(configs)
     for index, c in enumerate(configs):
         own = jax.tree_util.tree_map(lambda x: x[index], params)
@@ -77,11 +80,12 @@ def train_bases(configs: list[RunConfig], out: str) -> int:
         path = base_cache_path(out, c)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         save_base(path, BaseModel(own, tables, sft_gap(tables, world), seconds))
-    return len(configs)
+    return BatchReport(len(configs), [], time.perf_counter() - start, compile_seconds)
 
 
 _SETTINGS = tuple(objective_settings(RunConfig()))
 _PROGRAMS: dict = {}
+
 
 
 def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: int):
@@ -91,7 +95,8 @@ def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: i
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
-    compiled = run_program(cfg, policy, world, objective).lower(inputs, bases).compile()
+    compiled = run_program(cfg, policy, world, objective).lower(inputs, bases).compile(
+        compiler_options(jax.default_backend()))
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     if memory is not None:

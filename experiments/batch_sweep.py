@@ -115,7 +115,7 @@ def init_worker(flags: str) -> None:  # pragma: no cover - runs in the worker pr
     require_x64()
 
 
-def _bases_task(args) -> int:
+def _bases_task(args):
     configs, out = args
     return batch_runs.train_bases([config_from_dict(c) for c in configs], out)
 
@@ -156,8 +156,9 @@ def execute(todo: list[RunConfig], out: str, jobs: int, log: Callable[[str], Non
             if base_groups:
                 log(f"training {sum(map(len, base_groups))} base model(s) in "
                     f"{len(base_groups)} program(s)")
-                for count in pool.imap_unordered(_bases_task, [(g, out) for g in base_groups]):
-                    log(f"{count} base model(s) ready")
+                for report in pool.imap_unordered(_bases_task, [(g, out) for g in base_groups]):
+                    log(f"{report.runs} base model(s) ready in {report.seconds:.1f} s (compile "
+                        f"{report.compile_seconds:.1f} s)")
             start = time.perf_counter()
             done = 0
             tasks = [(b, out, budget) for b in batches]

@@ -179,10 +179,14 @@ def equilibria_from_arrays(arrays: dict) -> dict:
 @jax.jit
 def equilibria_arrays(base_h, base_b, harm, utility, det, costs, mu, lam):
     """The exact optima of :func:`equilibrium_measurements`, measured by :func:`model_arrays`."""
-    optima = {"rlhf": tree.equilibrium_policy(base_h, harm, lam),
-              "recovery_dense": exact.dense_equilibrium_policy(base_h, harm, costs, mu, lam)}
     return {name: model_arrays(tables, base_b, base_h, base_b, harm, utility, det)
-            for name, tables in optima.items()}
+            for name, tables in equilibrium_optima(base_h, harm, costs, mu, lam).items()}
+
+
+def equilibrium_optima(base_h, harm, costs, mu, lam) -> dict:
+    """Level tables of ``π*_λ`` (``rlhf``) and of the dense recovery optimum (``recovery_dense``)."""
+    return {"rlhf": tree.equilibrium_policy(base_h, harm, lam),
+            "recovery_dense": exact.dense_equilibrium_policy(base_h, harm, costs, mu, lam)}
 
 
 def model_measurements(world: RefusalWorld, tables, base_tables, key, num_paths: int) -> dict:

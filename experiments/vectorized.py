@@ -134,6 +134,22 @@ def _attack_curve(policy, opt, steps, params, d):
     return jnp.concatenate([before[:1], after])
 
 
+def _measurements(world, det, costs, tables, base_tables, mu, lam):
+    """:func:`experiments.measure.model_arrays` of the aligned model and of the two optima of
+    :func:`experiments.measure.equilibria_arrays`, as one mapped program over the three."""
+    base_h, base_b = base_tables
+    optima = measure.equilibrium_optima(base_h, world.harm, costs,
+                                        jnp.full(world.length, mu), lam)
+    names = list(optima)
+    harmful = [tables[HARMFUL]] + [optima[n] for n in names]
+    benign = [tables[1]] + [base_b] * len(names)
+    stack = lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
+    arrays = jax.vmap(measure.model_arrays, in_axes=(0, 0, None, None, None, None, None))(
+        stack(harmful), stack(benign), base_h, base_b, world.harm, world.utility, det)
+    part = lambda i: jax.tree_util.tree_map(lambda x: x[i], arrays)  # noqa: E731
+    return part(0), {n: part(i + 1) for i, n in enumerate(names)}
+
+
 def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: Objective):
     """``jit(vmap(run))``: ``(RunInputs, BaseInputs) -> dict`` of per-run arrays, batch axis first.
 
@@ -175,19 +191,18 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
             out.update(zip(("loss", "grad_norms", "expected_harm", "utility"), hist))
         tables = prompt_tables(policy, params)
         out["tables"] = tables[HARMFUL]
-        out["aligned"] = measure.model_arrays(*tables, *base_tables, world.harm, world.utility,
-                                              det)
-        out["equilibria"] = measure.equilibria_arrays(
-            *base_tables, world.harm, world.utility, det, costs,
-            jnp.full(world.length, run.settings["mu"]), run.settings["lam"])
+        out["aligned"], out["equilibria"] = _measurements(
+            world, det, costs, tables, base_tables, run.settings["mu"], run.settings["lam"])
         if k.steps > 0:
             opt = make_optimizer(k.optimizer, run.attack_learning_rate)
             d = {"reference": tables[HARMFUL], "weights": pick(bases.attack_weights),
                  "betas": run.betas, "harm": world.harm}
-            out["attack"] = {name: _attack_curve(policy, opt, k.steps, params,
-                                                 {**d, "constrained": jnp.asarray(
-                                                     float(name == "constrained"))})
-                             for name in attack_names(cfg)}
+            names = attack_names(cfg)
+            flags = jnp.asarray([float(name == "constrained") for name in names])
+            # both attacks as one mapped program (the loss is selected by data)
+            curves = jax.vmap(lambda flag: _attack_curve(policy, opt, k.steps, params,
+                                                         {**d, "constrained": flag}))(flags)
+            out["attack"] = {name: curves[i] for i, name in enumerate(names)}
         out["uniforms"] = jax.random.uniform(jax.random.fold_in(key, MEASURE_TAG),
                                              (cfg.measure.num_paths, world.length))
         return out
