@@ -1,8 +1,10 @@
 """``harm-horizon train | sweep | figures | experiment``: thin commands over :mod:`experiments`.
 
 * ``harm-horizon train CONFIG [--out DIR]`` - one run of a preset or a ``.toml``/``.json`` file;
-* ``harm-horizon sweep CONFIG --out DIR [--jobs N]`` - a sweep (built-in name or file with a
-  ``[sweep]`` table), resumable: rerun the same command to finish an interrupted sweep;
+* ``harm-horizon sweep CONFIG --out DIR [--jobs N] [--per-run] [--batch-size N]`` - a sweep
+  (built-in name or file with a ``[sweep]`` table), vectorized (one compiled program per group
+  of runs) unless ``--per-run``; resumable: rerun the same command to finish an interrupted
+  sweep;
 * ``harm-horizon figures DIR`` - the figures of a sweep or experiment folder;
 * ``harm-horizon experiment shallow-vs-deep [--quick] --out DIR`` - the headline experiment.
 """
