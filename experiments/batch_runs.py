@@ -91,7 +91,8 @@ _PROGRAMS: dict = {}
 def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: int):
     """The group's program compiled for these input shapes; ``None`` when XLA's memory analysis
     says it would not fit ``budget``. Returns ``(compiled or None, compile seconds)``."""
-    key = (group_key(cfg), inputs.seed.shape[0], jax.tree_util.tree_structure(bases))
+    key = (group_key(cfg), inputs.seed.shape[0],
+           tuple(np.shape(x) for x in jax.tree_util.tree_leaves((inputs, bases))))
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
@@ -110,21 +111,30 @@ def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: i
 
 def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> BatchReport:
     """Run ``configs`` (one group) as one call padded to ``size`` runs; write their results."""
-    start = time.perf_counter()
+    start, count = time.perf_counter(), len(configs)
     cfg = configs[0]
     world = _world(cfg.world)
     policy = make_policy(cfg.policy, world)
-    paths = list(dict.fromkeys(base_cache_path(out, c) for c in configs))
-    bases, data, attack, failures = {}, [], [], []
+    bases, data, attack, failures, broken = {}, [], [], [], set()
     for c in configs:
         path = base_cache_path(out, c)
-        if path in bases:
+        if path in bases or path in broken:
             continue
-        bases[path] = load_base(path, policy, c.policy)
-        objective = make_objective(c, policy, world, bases[path].params, bases[path].tables)
+        base = load_base(path, policy, c.policy)
+        try:  # a run whose objective cannot be built fails alone, as on the per-run path
+            objective = make_objective(c, policy, world, base.params, base.tables)
+        except HarmHorizonError as err:
+            broken.add(path)
+            failures += [f"{run_id(r)}: {err}" for r in configs if base_cache_path(out, r) == path]
+            continue
+        bases[path] = base
         data.append({k: v for k, v in objective.data.items() if k not in _SETTINGS})
-        attack.append(harmful_attack_weights(c, world, bases[path].tables, jax.random.fold_in(
+        attack.append(harmful_attack_weights(c, world, base.tables, jax.random.fold_in(
             jax.random.key(c.seed), ATTACK_TAG)) if c.attack.steps > 0 else ())
+    configs = [c for c in configs if base_cache_path(out, c) not in broken]
+    if not configs:
+        return BatchReport(count, failures, time.perf_counter() - start, 0.0)
+    paths = list(bases)
     padded = _pad(configs, size)
     inputs = RunInputs(
         seed=np.asarray([c.seed for c in padded], np.int64),
@@ -133,15 +143,16 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
         attack_learning_rate=np.asarray([c.attack.learning_rate for c in padded], np.float64),
         settings=_stack([objective_settings(c) for c in padded]),
         betas=np.stack([attack_betas(c) for c in padded]))
-    base_inputs = BaseInputs(_stack([bases[p].params for p in paths]), _stack(data),
-                             _stack(attack))
+    # padded to one base per run, so that every batch of the group has the same shapes
+    base_inputs = BaseInputs(_stack(_pad([bases[p].params for p in paths], size)),
+                             _stack(_pad(data, size)), _stack(_pad(attack, size)))
     compiled, compile_seconds = _compiled(cfg, policy, world, objective, inputs, base_inputs,
                                           budget)
     if compiled is None and size > 1:  # XLA says it would not fit: two half batches
         half = (size + 1) // 2
         reports = [run_batch(part, half, out, budget)
                    for part in (configs[:half], configs[half:]) if part]
-        return BatchReport(len(configs), sum((r.failures for r in reports), []),
+        return BatchReport(count, failures + sum((r.failures for r in reports), []),
                            time.perf_counter() - start,
                            compile_seconds + sum(r.compile_seconds for r in reports))
     arrays = jax.device_get(compiled(inputs, base_inputs))
@@ -155,7 +166,7 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
         except HarmHorizonError as err:
             failures.append(f"{run_id(c)}: {err}")
     write_results_atomic(out, results)
-    return BatchReport(len(configs), failures, time.perf_counter() - start, compile_seconds)
+    return BatchReport(count, failures, time.perf_counter() - start, compile_seconds)
 
 
 _BASE_MEASURED: dict = {}
