@@ -4,7 +4,8 @@
 process per run path of :mod:`experiments.sweep`, the reference):
 
 1. the runs are grouped by program (:func:`experiments.vectorized.group_key`); a run that cannot
-   be vectorized is named in the log with the reason and goes through the per-run path;
+   be vectorized, or that is alone in its group, goes through the per-run path, and the log
+   says so and why;
 2. the missing base models are trained, one mapped SFT program per base group, and cached where
    the per-run path caches them;
 3. each group is cut into batches of equal size (the last padded with copies of its last run,
@@ -38,6 +39,8 @@ from toy_lm.tables import memory_budget
 #: Most runs in one batch by default: beyond this a batch's arrays leave the CPU caches and a
 #: run gets no cheaper (``harm-horizon bench --suite sweep`` measures it).
 DEFAULT_BATCH = 256
+#: A group of fewer runs goes through the per-run path (one run gains nothing from ``vmap``).
+MIN_GROUP_RUNS = 2
 
 
 class Batch(NamedTuple):
@@ -92,7 +95,12 @@ def split_vectorizable(configs: list[RunConfig]) -> tuple[list[list[RunConfig]],
                 reasons.append(reason)
         else:
             groups.setdefault(group_key(cfg), []).append(cfg)
-    return list(groups.values()), single, reasons
+    lone = [g[0] for g in groups.values() if len(g) < MIN_GROUP_RUNS]
+    if lone:
+        single += lone
+        reasons.append(f"{len(lone)} run(s) alone in their program: nothing to map over, "
+                       "so they go one by one (small programs compile quicker)")
+    return [g for g in groups.values() if len(g) >= MIN_GROUP_RUNS], single, reasons
 
 
 def missing_base_groups(configs: list[RunConfig], out: str) -> list[list[dict]]:

@@ -69,8 +69,10 @@ def test_groups_and_batches():
     assert max(b.size for b in small) == 2  # memory caps the batch
     transformer = with_overrides(configs[0], {"policy.kind": "transformer"})
     assert "not vectorized" in not_vectorizable(transformer)
-    groups, single, reasons = batch_sweep.split_vectorizable([transformer, configs[0]])
+    groups, single, reasons = batch_sweep.split_vectorizable([transformer, *configs[:2]])
     assert single == [transformer] and len(groups) == 1 and len(reasons) == 1
+    groups, single, reasons = batch_sweep.split_vectorizable(configs[:1])  # alone: per run
+    assert single == configs[:1] and not groups and "alone" in reasons[0]
 
 
 def _table(out, name):
