@@ -110,6 +110,8 @@ def run_sweep(args) -> int:
     from experiments import sweep
 
     _check_jobs(args.jobs)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size} must be at least 1")
     configs = sweep.load_sweep(args.config)
     results = sweep.run_sweep(configs, args.out, jobs=args.jobs, per_run=args.per_run,
                               batch_size=args.batch_size)

@@ -75,6 +75,15 @@ def test_groups_and_batches():
     assert single == configs[:1] and not groups and "alone" in reasons[0]
 
 
+def test_bad_batch_size_is_one_line_and_status_2(tmp_path, capsys):
+    from toy_lm.cli import main
+
+    assert main(["sweep", "tiny", "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size=0 must be at least 1" in err and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "o")
+
+
 def _table(out, name):
     path = os.path.join(out, f"{name}.csv")
     if not os.path.exists(path):
