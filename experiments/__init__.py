@@ -1,13 +1,15 @@
 """experiments: the toy counterpart of Qi et al. 2025 in a configurable refusal world.
 
 Train base models by SFT, align them with the standard objectives and the fixes (optax), measure
-them exactly, sweep, tabulate and plot. Entry points: :func:`train_and_evaluate` (one run),
-:func:`run_sweep`, :func:`make_figures`, :func:`run_headline` (``shallow-vs-deep``),
-:func:`run_dynamics` (``optimum-vs-dynamics``), and the
+them exactly, sweep (whole grids as one vmapped program per group: :func:`run_program`),
+tabulate and plot. Entry points: :func:`train_and_evaluate` (one run), :func:`run_sweep`,
+:func:`make_figures`, :func:`run_headline` (``shallow-vs-deep``), :func:`run_dynamics`
+(``optimum-vs-dynamics``), and the
 ``harm-horizon train | sweep | figures | experiment`` commands.
 """
 
 from experiments.attack import fine_tuning_attack as fine_tuning_attack
+from experiments.batch_sweep import plan_batches as plan_batches
 from experiments.attack import fine_tuning_attacks as fine_tuning_attacks
 from experiments.base_model import make_policy as make_policy
 from experiments.base_model import train_base as train_base
@@ -39,6 +41,9 @@ from experiments.results import write_tables as write_tables
 from experiments.sweep import load_sweep as load_sweep
 from experiments.sweep import run_sweep as run_sweep
 from experiments.train import train_and_evaluate as train_and_evaluate
+from experiments.vectorized import base_program as base_program
+from experiments.vectorized import group_key as group_key
+from experiments.vectorized import run_program as run_program
 from experiments.world import RefusalWorld as RefusalWorld
 from experiments.world import make_world as make_world
 

@@ -33,11 +33,14 @@ def _harmful_tables_program(policy: Policy):
 
 @functools.lru_cache(maxsize=None)
 def _attack_step(policy: Policy, optimizer: str, learning_rate: float):
-    """Compiled attack step ``(params, state, data) -> (params, state, E[h] before, E[h] after)``.
+    return jax.jit(attack_step_function(policy, make_optimizer(optimizer, learning_rate)))
+
+
+def attack_step_function(policy: Policy, opt: optax.GradientTransformation):
+    """A pure attack step ``(params, state, data) -> (params, state, E[h] before, E[h] after)``.
 
     One program serves both attacks: ``data["constrained"]`` (0 or 1) selects the loss.
     """
-    opt = make_optimizer(optimizer, learning_rate)
 
     def loss_fn(p, d):
         tables = policy.level_tables(p, HARMFUL)
@@ -52,7 +55,7 @@ def _attack_step(policy: Policy, optimizer: str, learning_rate: float):
         p = optax.apply_updates(p, updates)
         return p, state, before, tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
 
-    return jax.jit(step)
+    return step
 
 
 def attack_betas(cfg: RunConfig) -> np.ndarray:
@@ -64,9 +67,13 @@ def attack_betas(cfg: RunConfig) -> np.ndarray:
 def fine_tuning_attacks(cfg: RunConfig, policy: Policy, world: RefusalWorld, params, base_tables,
                         key: jax.Array) -> dict:
     """The attacks of ``cfg.attack`` (``sft``, ``constrained`` or both): ``{objective: curve}``."""
-    names = ("sft", "constrained") if cfg.attack.objective == "both" else (cfg.attack.objective,)
     return {name: fine_tuning_attack(cfg, policy, world, params, base_tables, key, name)
-            for name in names}
+            for name in attack_names(cfg)}
+
+
+def attack_names(cfg: RunConfig) -> tuple[str, ...]:
+    """The attacks a run makes: ``("sft",)``, ``("constrained",)`` or both."""
+    return ("sft", "constrained") if cfg.attack.objective == "both" else (cfg.attack.objective,)
 
 
 def fine_tuning_attack(cfg: RunConfig, policy: Policy, world: RefusalWorld, params, base_tables,

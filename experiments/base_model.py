@@ -53,8 +53,7 @@ def init_params(policy: Policy, cfg: PolicyConfig, key: jax.Array):
     program to compile instead of one per level shape, which dominates a small run's time).
     """
     if isinstance(policy, TabularPolicy):
-        shapes = [(policy.num_prompts, policy.vocab_size ** level, policy.vocab_size)
-                  for level in range(policy.length)]
+        shapes = tabular_shapes(policy)
         sizes = [int(np.prod(s)) for s in shapes]
         flat = cfg.init_scale * np.asarray(jax.random.normal(key, (sum(sizes),)))
         cuts = np.cumsum(sizes)[:-1]
@@ -62,6 +61,27 @@ def init_params(policy: Policy, cfg: PolicyConfig, key: jax.Array):
                                                                               shapes))
     if isinstance(policy, MarkovPolicy):
         return policy.init(key, scale=cfg.init_scale)
+    return policy.init(key)
+
+
+def tabular_shapes(policy: TabularPolicy) -> list[tuple[int, int, int]]:
+    """Shapes ``(P, V**l, V)`` of the tabular parameters, ``l = 0 ... T-1``."""
+    return [(policy.num_prompts, policy.vocab_size ** level, policy.vocab_size)
+            for level in range(policy.length)]
+
+
+def init_params_pure(policy: Policy, init_scale, key: jax.Array):
+    """:func:`init_params` in jax operations only, with ``init_scale`` an array (so that
+    ``jax.vmap`` can map it); the same numbers (one normal draw, scaled, cut into levels)."""
+    if isinstance(policy, TabularPolicy):
+        shapes = tabular_shapes(policy)
+        sizes = [int(np.prod(s)) for s in shapes]
+        flat = init_scale * jax.random.normal(key, (sum(sizes),))
+        bounds = np.cumsum([0] + sizes)
+        return tuple(flat[a:b].reshape(shape) for a, b, shape in zip(bounds[:-1], bounds[1:],
+                                                                       shapes))
+    if isinstance(policy, MarkovPolicy):
+        return policy.init(key, scale=init_scale)
     return policy.init(key)
 
 
@@ -132,7 +152,12 @@ def _log_softmax(z) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _sft_step(policy: Policy, optimizer: str, learning_rate: float):
-    opt = make_optimizer(optimizer, learning_rate)
+    return jax.jit(sft_step_function(policy, make_optimizer(optimizer, learning_rate)))
+
+
+def sft_step_function(policy: Policy, opt: optax.GradientTransformation):
+    """A pure SFT step ``(params, state, weights) -> (params, state)`` of ``L_SFT`` (weights per
+    prompt, :func:`behaviour_weights`)."""
 
     def loss_fn(p, w):
         tables = prompt_tables(policy, p)
@@ -143,7 +168,7 @@ def _sft_step(policy: Policy, optimizer: str, learning_rate: float):
         updates, state = opt.update(grads, state, p)
         return optax.apply_updates(p, updates), state
 
-    return jax.jit(step)
+    return step
 
 
 def train_base(cfg: RunConfig, world: RefusalWorld, policy: Policy, key: jax.Array) -> BaseModel:

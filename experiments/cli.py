@@ -1,8 +1,10 @@
 """``harm-horizon train | sweep | figures | experiment``: thin commands over :mod:`experiments`.
 
 * ``harm-horizon train CONFIG [--out DIR]`` - one run of a preset or a ``.toml``/``.json`` file;
-* ``harm-horizon sweep CONFIG --out DIR [--jobs N]`` - a sweep (built-in name or file with a
-  ``[sweep]`` table), resumable: rerun the same command to finish an interrupted sweep;
+* ``harm-horizon sweep CONFIG --out DIR [--jobs N] [--per-run] [--batch-size N]`` - a sweep
+  (built-in name or file with a ``[sweep]`` table), vectorized (one compiled program per group
+  of runs) unless ``--per-run``; resumable: rerun the same command to finish an interrupted
+  sweep;
 * ``harm-horizon figures DIR`` - the figures of a sweep or experiment folder;
 * ``harm-horizon experiment shallow-vs-deep [--quick] --out DIR`` - the headline experiment;
 * ``harm-horizon experiment optimum-vs-dynamics [--quick] --out DIR`` - which part of shallowness
@@ -37,6 +39,10 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel worker processes (default: 2, or 1 on one core)")
+    p.add_argument("--per-run", action="store_true",
+                   help="one run at a time (the reference path) instead of vectorized batches")
+    p.add_argument("--batch-size", type=int, default=None, metavar="N",
+                   help="most runs per vectorized batch (default 256; memory may cap it lower)")
     p.set_defaults(func=run_sweep)
 
     p = subparsers.add_parser("figures", help="draw the figures of a results folder",
@@ -115,9 +121,12 @@ def run_sweep(args) -> int:
     from experiments import sweep
 
     _check_jobs(args.jobs)
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size={args.batch_size} must be at least 1")
     configs = sweep.load_sweep(args.config)
     check_output_folder(args.out, flag="--out")
-    results = sweep.run_sweep(configs, args.out, jobs=args.jobs)
+    results = sweep.run_sweep(configs, args.out, jobs=args.jobs, per_run=args.per_run,
+                              batch_size=args.batch_size)
     _print_runs(results)
     return 0
 

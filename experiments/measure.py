@@ -49,8 +49,14 @@ def row_kl(logits, ref_logits) -> list:
 
 def sample_from_tables(key: jax.Array, logits, num: int) -> np.ndarray:
     """``num`` responses ``(num, T)`` drawn from level tables (inverse CDF of uniforms from ``key``)."""
+    return tokens_from_uniforms(logits, np.asarray(jax.random.uniform(key, (num, len(logits)))))
+
+
+def tokens_from_uniforms(logits, uniforms) -> np.ndarray:
+    """Responses ``(num, T)`` from level tables by the inverse CDF of ``uniforms`` ``(num, T)``."""
     vocab_size = np.shape(logits[0])[1]
-    uniforms = np.asarray(jax.random.uniform(key, (num, len(logits))))
+    uniforms = np.asarray(uniforms)
+    num = uniforms.shape[0]
     tokens = np.zeros((num, 0), np.int64)
     for level, z in enumerate(logits):
         z = np.asarray(z)[prefix_index(tokens, vocab_size)]
@@ -66,12 +72,15 @@ def martingale_paths(key, logits, harm, num: int, values=None) -> tuple[np.ndarr
 
     ``values`` may pass the already computed ``H_0 ... H_T`` of ``logits``.
     """
-    vocab_size = np.shape(logits[0])[1]
     values = values if values is not None else _cond_harm(tuple(logits), harm)
     responses = sample_from_tables(key, logits, num)
-    paths = np.stack([np.asarray(values[level])[prefix_index(responses[:, :level], vocab_size)]
-                      for level in range(len(logits) + 1)], axis=1)
-    return responses, paths
+    return responses, value_paths(values, responses, np.shape(logits[0])[1])
+
+
+def value_paths(values, responses, vocab_size: int) -> np.ndarray:
+    """``H_0(y_<1) ... H_T(y)`` along each response, ``(num, T+1)``, from ``values`` ``H_l``."""
+    return np.stack([np.asarray(values[level])[prefix_index(responses[:, :level], vocab_size)]
+                     for level in range(responses.shape[1] + 1)], axis=1)
 
 
 _cond_harm = jax.jit(tree.cond_harm)
@@ -118,7 +127,8 @@ def base_measurements(world: RefusalWorld, base_tables, equilibrium_lams) -> dic
 
 
 @jax.jit
-def _model_arrays(tab_h, tab_b, base_h, base_b, harm, utility, det):
+def model_arrays(tab_h, tab_b, base_h, base_b, harm, utility, det):
+    """The exact arrays behind :func:`model_measurements` (jitted; ``jax.vmap`` maps it)."""
     qs = [tree.harmful_prefix_dist(base_h, harm, level) for level in range(len(base_h))]
     kl_rows = row_kl(tab_h, base_h)
     own = tree.prefix_probs(tab_h)
@@ -148,9 +158,18 @@ def equilibrium_measurements(world: RefusalWorld, base_tables, lam: float, mu: f
 
     The benign prompt keeps the base tables, so only harmful-prompt fields are meaningful.
     """
-    costs = exact.automaton_costs(world.recovery_dfa, world.length, [1])
-    arrays = _equilibria_arrays(*base_tables, world.harm, world.utility, world.determined[:-1],
-                                costs, jnp.full(world.length, mu), lam)
+    arrays = equilibria_arrays(*base_tables, world.harm, world.utility, world.determined[:-1],
+                               recovery_costs(world), jnp.full(world.length, mu), lam)
+    return equilibria_from_arrays(arrays)
+
+
+def recovery_costs(world: RefusalWorld):
+    """The dense recovery costs ``c_t`` of the world (:func:`toy_lm.objectives.automaton_costs`)."""
+    return exact.automaton_costs(world.recovery_dfa, world.length, [1])
+
+
+def equilibria_from_arrays(arrays: dict) -> dict:
+    """:func:`equilibrium_measurements` from the arrays of :func:`equilibria_arrays`."""
     return {name: _scalars_and_lists({k: v for k, v in measured.items()
                                       if not k.startswith("benign") and k not in ("utility",
                                                                                   "cond_harm")})
@@ -158,18 +177,32 @@ def equilibrium_measurements(world: RefusalWorld, base_tables, lam: float, mu: f
 
 
 @jax.jit
-def _equilibria_arrays(base_h, base_b, harm, utility, det, costs, mu, lam):
-    optima = {"rlhf": tree.equilibrium_policy(base_h, harm, lam),
-              "recovery_dense": exact.dense_equilibrium_policy(base_h, harm, costs, mu, lam)}
-    return {name: _model_arrays(tables, base_b, base_h, base_b, harm, utility, det)
-            for name, tables in optima.items()}
+def equilibria_arrays(base_h, base_b, harm, utility, det, costs, mu, lam):
+    """The exact optima of :func:`equilibrium_measurements`, measured by :func:`model_arrays`."""
+    return {name: model_arrays(tables, base_b, base_h, base_b, harm, utility, det)
+            for name, tables in equilibrium_optima(base_h, harm, costs, mu, lam).items()}
+
+
+def equilibrium_optima(base_h, harm, costs, mu, lam) -> dict:
+    """Level tables of ``π*_λ`` (``rlhf``) and of the dense recovery optimum (``recovery_dense``)."""
+    return {"rlhf": tree.equilibrium_policy(base_h, harm, lam),
+            "recovery_dense": exact.dense_equilibrium_policy(base_h, harm, costs, mu, lam)}
 
 
 def model_measurements(world: RefusalWorld, tables, base_tables, key, num_paths: int) -> dict:
     """Exact measurements of a model with level tables ``(harmful, benign)`` against the base."""
-    arrays = _model_arrays(*tables, *base_tables, world.harm, world.utility, world.determined[:-1])
+    arrays = model_arrays(*tables, *base_tables, world.harm, world.utility, world.determined[:-1])
+    uniforms = jax.random.uniform(key, (num_paths, world.length))
+    return model_from_arrays(world, arrays, tables[0], uniforms)
+
+
+def model_from_arrays(world: RefusalWorld, arrays: dict, tables_harmful, uniforms) -> dict:
+    """:func:`model_measurements` from the arrays of :func:`model_arrays` (``cond_harm``
+    included), the harmful prompt's level tables and the uniforms ``(num_paths, T)`` of the
+    martingale paths (``jax.random.uniform(key, (num_paths, T))``)."""
+    arrays = dict(arrays)
     values = [np.asarray(v) for v in arrays.pop("cond_harm")]
     out = _scalars_and_lists(arrays)
-    _, paths = martingale_paths(key, tables[0], world.harm, num_paths, values)
-    out["martingale_paths"] = np.asarray(paths).tolist()
+    responses = tokens_from_uniforms(tables_harmful, uniforms)
+    out["martingale_paths"] = value_paths(values, responses, world.vocab_size).tolist()
     return out

@@ -8,9 +8,11 @@ responses for the sampled ones. The gradient of the loss with respect to the ent
 at position ``t`` differentiated, THEORY.md section 2), and ``Σ_t g_t`` is the full gradient;
 :mod:`experiments.train` records ``‖g_t‖`` at every step (the position x step map).
 
-``data`` holds every array an objective needs (base tables, costs, supervision weights): it is
-passed to the compiled step as an argument rather than baked in as constants, so runs that differ
-only in data share one compiled program.
+``data`` holds every array an objective needs (base tables, costs, supervision weights) and its
+scalar settings (:func:`objective_settings`: ``λ``, ``β``, ``μ``, the prompt weights, the
+baseline): it is passed to the compiled step as an argument rather than baked in as constants, so
+runs that differ only in data share one compiled program - and :mod:`experiments.vectorized`
+maps one program over many runs' data with ``jax.vmap``.
 
 Prompts are weighted ``p(harmful) = 1 - w``, ``p(benign) = w`` with ``w = align.utility_weight``;
 the cost of the harmful prompt is the harm ``h``, that of the benign prompt ``1 - u``.
@@ -23,6 +25,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from experiments import data as datasets
 from experiments import objectives as sampled
@@ -49,6 +52,21 @@ def prompt_weights(cfg: RunConfig) -> tuple[float, float]:
     return 1.0 - cfg.align.utility_weight, cfg.align.utility_weight
 
 
+#: ``align.baseline`` as data: the code of each REINFORCE baseline.
+BASELINE_CODES = {"none": 0, "value": 1, "mean": 2}
+
+
+def objective_settings(cfg: RunConfig) -> dict:
+    """The scalar settings of every objective, as data (float64 / int arrays of shape ``()``):
+    ``lam`` (``λ``), ``beta`` (``β``), ``mu`` (``μ``), ``prompt_weights`` ``(p(harmful),
+    p(benign))`` and ``baseline`` (:data:`BASELINE_CODES`)."""
+    a = cfg.align
+    w_harm, w_benign = prompt_weights(cfg)
+    return {"lam": np.float64(a.lam), "beta": np.float64(a.beta), "mu": np.float64(a.mu),
+            "prompt_weights": (np.float64(w_harm), np.float64(w_benign)),
+            "baseline": np.int32(BASELINE_CODES[a.baseline])}
+
+
 def _no_batch(params, key, data):
     return None
 
@@ -73,20 +91,20 @@ def _harmful_prompt_loss(cfg: RunConfig, world: RefusalWorld, base_h):
     """``(loss(tables, data), extra data)`` of the harmful prompt for the exact objectives."""
     a = cfg.align
     if a.objective == "rlhf":
-        return (lambda t, d: exact.kl_regularized_loss(t, d["base"][0], d["harm"], a.lam)), {}
+        return (lambda t, d: exact.kl_regularized_loss(t, d["base"][0], d["harm"], d["lam"])), {}
     if a.objective == "recovery_prefill":
-        extra = {"q": [jnp.asarray(q) for q in datasets.harmful_prefix_dists(base_h, world.harm)[1:]],
-                 "mu": jnp.full(world.length - 1, a.mu)}
-        return (lambda t, d: exact.recovery_prefill_loss(t, d["harm"], d["q"], d["mu"])
-                + _kl(t, d["base"][0], a.lam)), extra
+        extra = {"q": [jnp.asarray(q) for q in datasets.harmful_prefix_dists(base_h, world.harm)[1:]]}
+        return (lambda t, d: exact.recovery_prefill_loss(t, d["harm"], d["q"],
+                                                         jnp.full(world.length - 1, d["mu"]))
+                + _kl(t, d["base"][0], d["lam"])), extra
     if a.objective == "recovery_dense":
-        extra = {"c": exact.automaton_costs(world.recovery_dfa, world.length, [1]),
-                 "mu": jnp.full(world.length, a.mu)}
-        return (lambda t, d: exact.dense_recovery_loss(t, d["harm"], d["c"], d["mu"])
-                + _kl(t, d["base"][0], a.lam)), extra
+        extra = {"c": exact.automaton_costs(world.recovery_dfa, world.length, [1])}
+        return (lambda t, d: exact.dense_recovery_loss(t, d["harm"], d["c"],
+                                                       jnp.full(world.length, d["mu"]))
+                + _kl(t, d["base"][0], d["lam"])), extra
     if a.objective == "dpo":
         extra = {"pairs": sampled.dpo_pair_blocks(world.harm)}
-        return (lambda t, d: sampled.dpo_loss_blocks(t, d["base"][0], d["pairs"], a.beta)), extra
+        return (lambda t, d: sampled.dpo_loss_blocks(t, d["base"][0], d["pairs"], d["beta"])), extra
     key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
     examples = (datasets.refusal_examples(world) if a.objective == "sft_refusal"
                 else datasets.augmentation_examples(base_h, world))
@@ -99,11 +117,12 @@ def _benign_prompt_loss(cfg: RunConfig, world: RefusalWorld, base_b):
     """The benign prompt's part: the same family of objective, with utility as the reward."""
     a = cfg.align
     if a.objective in ("rlhf", "recovery_prefill", "recovery_dense"):
-        return (lambda t, d: exact.kl_regularized_loss(t, d["base"][1], d["unhelpful"], a.lam)), {}
+        return (lambda t, d: exact.kl_regularized_loss(t, d["base"][1], d["unhelpful"],
+                                                       d["lam"])), {}
     if a.objective == "dpo":
         extra = {"pairs_benign": sampled.dpo_pair_blocks(world.costs[1])}
         return (lambda t, d: sampled.dpo_loss_blocks(t, d["base"][1], d["pairs_benign"],
-                                                     a.beta)), extra
+                                                     d["beta"])), extra
     key = jax.random.fold_in(jax.random.key(cfg.seed), 8)
     helpful = datasets.response_examples(datasets.helpful_response_probs(base_b, world),
                                          world.vocab_size, world.length)
@@ -114,14 +133,15 @@ def _benign_prompt_loss(cfg: RunConfig, world: RefusalWorld, base_b):
 
 def exact_objective(cfg: RunConfig, policy: Policy, world: RefusalWorld, base_tables) -> Objective:
     """The exact-expectation objectives: rlhf, dpo, recovery_*, sft_refusal, augmentation."""
-    w_harm, w_benign = prompt_weights(cfg)
     harm_loss, harm_data = _harmful_prompt_loss(cfg, world, base_tables[HARMFUL])
     benign_loss, benign_data = _benign_prompt_loss(cfg, world, base_tables[1])
     data = {"base": tuple(tuple(jnp.asarray(t) for t in b) for b in base_tables),
-            "harm": world.harm, "unhelpful": world.costs[1], **harm_data, **benign_data}
+            "harm": world.harm, "unhelpful": world.costs[1], **harm_data, **benign_data,
+            **objective_settings(cfg)}
 
     def loss(feats, batch, d):
         tables_h, tables_b = _tables(feats)
+        w_harm, w_benign = d["prompt_weights"]
         return w_harm * harm_loss(tables_h, d) + w_benign * benign_loss(tables_b, d)
 
     return Objective(cfg.align.objective, data, _no_batch, _table_features(policy), loss)
@@ -144,14 +164,22 @@ def _token_logp(feats, responses, which, prompt):
     return jnp.take_along_axis(logp, responses[..., None], axis=-1)[..., 0]
 
 
-def _sample_data(world: RefusalWorld, base_params) -> dict:
-    return {"base_params": base_params, "costs": tuple(world.costs)}
+def _sample_data(cfg: RunConfig, world: RefusalWorld, base_params) -> dict:
+    return {"base_params": base_params, "costs": tuple(world.costs), **objective_settings(cfg)}
+
+
+def _baseline(code, returns, values, responses, vocab_size: int) -> jax.Array:
+    """The baseline selected by ``code`` (:data:`BASELINE_CODES`), ``(B, T)``; data, not a branch,
+    so that runs with different baselines share one program (``returns - 0`` is ``returns``)."""
+    value = sampled.value_baseline(values, responses, vocab_size)
+    mean = sampled.mean_baseline(returns)
+    return jnp.where(code == BASELINE_CODES["value"], value,
+                     jnp.where(code == BASELINE_CODES["mean"], mean, 0.0))
 
 
 def reinforce_objective(cfg, policy, world, base_params) -> Objective:
     """REINFORCE for ``Σ_x p(x) (E_π[c_x] + λ KL_x)`` with baseline none, ``H_{t-1}`` or mean."""
     a = cfg.align
-    weights = prompt_weights(cfg)
     vocab_size = world.vocab_size
 
     def prepare(params, key, d):
@@ -161,29 +189,25 @@ def reinforce_objective(cfg, policy, world, base_params) -> Objective:
             log_ratio = (policy.token_log_probs(params, y, x)
                          - policy.token_log_probs(d["base_params"], y, x))
             cost = d["costs"][x][prefix_index(y, vocab_size)]
-            returns = sampled.returns_to_go(cost, log_ratio, a.lam)
-            if a.baseline == "value":
-                values = tree.cond_harm(policy.level_tables(params, x), d["costs"][x])
-                returns = returns - sampled.value_baseline(values, y, vocab_size)
-            elif a.baseline == "mean":
-                returns = returns - sampled.mean_baseline(returns)
+            returns = sampled.returns_to_go(cost, log_ratio, d["lam"])
+            values = tree.cond_harm(policy.level_tables(params, x), d["costs"][x])
+            returns = returns - _baseline(d["baseline"], returns, values, y, vocab_size)
             responses.append(y)
             advantages.append(jax.lax.stop_gradient(returns))
         return {"y": tuple(responses), "advantage": tuple(advantages)}
 
     def loss(feats, batch, d):
-        return sum(weights[x] * sampled.reinforce_surrogate(
+        return sum(d["prompt_weights"][x] * sampled.reinforce_surrogate(
             _token_logp(feats, batch["y"][x], 0, x), batch["advantage"][x])
             for x in range(len(PROMPTS)))
 
-    return Objective("reinforce", _sample_data(world, base_params), prepare,
+    return Objective("reinforce", _sample_data(cfg, world, base_params), prepare,
                      _sample_features(policy, ("y",)), loss)
 
 
 def sampled_dpo_objective(cfg, policy, world, base_params) -> Objective:
     """DPO on fresh pairs from ``π_ref = π0`` at every step, labelled by the prompt's cost."""
     a = cfg.align
-    weights = prompt_weights(cfg)
 
     def prepare(params, key, d):
         out = {"a": [], "b": [], "ref_a": [], "ref_b": [], "pref": []}
@@ -205,11 +229,11 @@ def sampled_dpo_objective(cfg, policy, world, base_params) -> Objective:
         for x in range(len(PROMPTS)):
             lp_a = _token_logp(feats, batch["a"][x], 0, x).sum(axis=1)
             lp_b = _token_logp(feats, batch["b"][x], 1, x).sum(axis=1)
-            total = total + weights[x] * sampled.sampled_dpo_loss(
-                lp_a, lp_b, batch["ref_a"][x], batch["ref_b"][x], batch["pref"][x], a.beta)
+            total = total + d["prompt_weights"][x] * sampled.sampled_dpo_loss(
+                lp_a, lp_b, batch["ref_a"][x], batch["ref_b"][x], batch["pref"][x], d["beta"])
         return total
 
-    return Objective("dpo_sampled", _sample_data(world, base_params), prepare,
+    return Objective("dpo_sampled", _sample_data(cfg, world, base_params), prepare,
                      _sample_features(policy, ("a", "b")), loss)
 
 

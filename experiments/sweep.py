@@ -230,7 +230,8 @@ def missing_bases(configs: list[RunConfig], out: str) -> list[RunConfig]:
 
 
 def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
-              log: Callable[[str], None] | None = None) -> list[dict]:
+              log: Callable[[str], None] | None = None, per_run: bool = False,
+              batch_size: int | None = None) -> list[dict]:
     """Run every configuration without a result in ``out``; then write the tidy tables.
 
     Args:
@@ -239,6 +240,10 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
       jobs: parallel worker processes (every run happens in a worker, see
         :data:`WORKER_XLA_FLAGS`).
       log: progress sink (default: stderr).
+      per_run: one run at a time (the reference path) instead of the vectorized batches of
+        :mod:`experiments.batch_sweep`, which run whole groups of runs as one compiled program.
+      batch_size: most runs per vectorized batch (default
+        :data:`experiments.batch_sweep.DEFAULT_BATCH`).
 
     Returns:
       The result dicts of all ``configs``, in order.
@@ -253,10 +258,10 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
         check_run_memory(cfg)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     with folder_lock(out):
-        return _locked_sweep(configs, out, jobs, log)
+        return _locked_sweep(configs, out, jobs, log, per_run, batch_size)
 
 
-def _locked_sweep(configs, out, jobs, log) -> list[dict]:
+def _locked_sweep(configs, out, jobs, log, per_run: bool, batch_size: int | None) -> list[dict]:
     if clean_partial_files(out):
         log("removed partial files of an interrupted run")
     write_json_atomic(os.path.join(out, "sweep.json"),
@@ -268,7 +273,7 @@ def _locked_sweep(configs, out, jobs, log) -> list[dict]:
             "run again")
     log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
         f" ({jobs} parallel)")
-    failures = _execute(todo, out, jobs, log) if todo else []
+    failures = _dispatch(todo, out, jobs, log, per_run, batch_size) if todo else []
     done = [c for c in configs if finished(c, out)]
     results = [results_mod.read_result(result_path(out, c)) for c in done]
     if results:
@@ -278,6 +283,18 @@ def _locked_sweep(configs, out, jobs, log) -> list[dict]:
         raise InputError(f"{len(failures)} of {len(todo)} runs failed (rerun the same command to "
                          f"retry them); first: {failures[0]}")
     return results
+
+
+def _dispatch(todo, out, jobs, log, per_run: bool, batch_size: int | None) -> list[str]:
+    """The per-run path, or the vectorized one with the per-run path for what does not vectorize."""
+    if per_run:
+        return _execute(todo, out, jobs, log)
+    from experiments import batch_sweep
+
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size} must be at least 1")
+    return batch_sweep.execute(todo, out, jobs, log, WORKER_XLA_FLAGS,
+                               lambda single: _execute(single, out, jobs, log), batch_size)
 
 
 def _execute(todo, out, jobs, log) -> list[str]:

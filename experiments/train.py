@@ -35,8 +35,8 @@ from toy_lm.outputs import write_atomic
 from toy_lm.policies import Policy
 from toy_lm.precision import require_x64
 
-# fold_in tags of the stages of a run
-_BASE, _ALIGN, _ATTACK, _MEASURE = 1, 2, 3, 4
+#: ``fold_in`` tags of the stages of a run (base model, alignment, attack, measurement).
+BASE_TAG, ALIGN_TAG, ATTACK_TAG, MEASURE_TAG = 1, 2, 3, 4
 
 
 #: Environment variable naming the folder of JAX's persistent compilation cache ("off" disables it).
@@ -95,7 +95,13 @@ def _only_position(cotangent: tuple, position: int) -> tuple:
 
 def make_step(objective: Objective, optimizer: optax.GradientTransformation, policy: Policy,
               with_map: bool):
-    """A jitted optax step ``(params, state, key, data, harm, utility) -> (params, state, loss,
+    """:func:`step_function`, jitted."""
+    return jax.jit(step_function(objective, optimizer, policy, with_map))
+
+
+def step_function(objective: Objective, optimizer: optax.GradientTransformation, policy: Policy,
+                  with_map: bool):
+    """A pure optax step ``(params, state, key, data, harm, utility) -> (params, state, loss,
     norms (T,), E[h], E[u])`` where ``E[h]`` (harmful prompt) and ``E[u]`` (benign prompt) are
     exact and belong to the parameters *before* the update.
 
@@ -120,7 +126,7 @@ def make_step(objective: Objective, optimizer: optax.GradientTransformation, pol
         updates, state = optimizer.update(grads, state, params)
         return (optax.apply_updates(params, updates), state, loss, norms) + before
 
-    return jax.jit(step)
+    return step
 
 
 _STEPS: dict = {}
@@ -154,8 +160,7 @@ def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWo
         params, state, loss, norms, harm, util = step(params, state, jax.random.fold_in(key, i),
                                                       objective.data, world.harm, world.utility)
         if not np.isfinite(float(loss)):
-            raise InputError(f"training diverged at step {i} (loss {float(loss)}); lower "
-                             f"align.learning_rate={a.learning_rate}")
+            raise InputError(divergence_message(cfg, i, float(loss)))
         hist.loss.append(float(loss))
         hist.expected_harm.append(float(harm))
         hist.utility.append(float(util))
@@ -163,6 +168,12 @@ def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWo
             hist.grad_steps.append(i)
             hist.grad_norms.append(np.asarray(norms).tolist())
     return params, hist
+
+
+def divergence_message(cfg: RunConfig, step: int, loss: float) -> str:
+    """The error of a run whose loss became non-finite at ``step``."""
+    return (f"training diverged at step {step} (loss {loss}); lower "
+            f"align.learning_rate={cfg.align.learning_rate}")
 
 
 def base_cache_path(workdir: str, cfg: RunConfig) -> str:
@@ -180,7 +191,7 @@ def get_base(cfg: RunConfig, world: RefusalWorld, policy: Policy, workdir: str |
         if cached is not None:
             return cached
     base = base_model.train_base(cfg, world, policy,
-                                 jax.random.fold_in(jax.random.key(cfg.seed), _BASE))
+                                 jax.random.fold_in(jax.random.key(cfg.seed), BASE_TAG))
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         base_model.save_base(path, base)
@@ -224,11 +235,11 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
     if cfg.align.objective != "none":
         objective = make_objective(cfg, policy, world, base.params, base.tables)
         params, hist = align(cfg, policy, objective, world, params,
-                             jax.random.fold_in(key, _ALIGN))
+                             jax.random.fold_in(key, ALIGN_TAG))
     align_seconds = time.perf_counter() - start - base_seconds
     tables = base_model.all_tables(policy, params)
     aligned = measure.model_measurements(world, tables, base.tables,
-                                         jax.random.fold_in(key, _MEASURE), cfg.measure.num_paths)
+                                         jax.random.fold_in(key, MEASURE_TAG), cfg.measure.num_paths)
     if cfg.align.objective != "none":  # the history ends with the trained model's values
         hist.expected_harm.append(aligned["expected_harm"])
         hist.utility.append(aligned["utility"])
@@ -243,7 +254,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
                                                        cfg.align.mu),
         "training": hist._asdict(),
         "attack": attack.fine_tuning_attacks(cfg, policy, world, params, base.tables,
-                                             jax.random.fold_in(key, _ATTACK))
+                                             jax.random.fold_in(key, ATTACK_TAG))
         if cfg.attack.steps > 0 else {},
     }
     result["seconds"] = {"base": base_seconds, "align": align_seconds,

@@ -134,7 +134,16 @@ def suite_tree(repeats: int, quick: bool, progress) -> list[dict]:
 #: a vCPU descheduled for ~0.1 s, holding up both threads of a parallel level).
 DEFAULT_REPEATS = {"tree": 5}
 
-SUITES = {"tree": suite_tree, "markov": suite_markov, "mc": suite_mc, "gpu": suite_gpu}
+def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
+    """Runs per minute of ``harm-horizon sweep``, per-run vs vectorized
+    (:mod:`experiments.bench_sweep`; imported here so that ``toy_lm`` does not need it)."""
+    from experiments.bench_sweep import suite_sweep as run_suite
+
+    return run_suite(repeats, quick, progress)
+
+
+SUITES = {"tree": suite_tree, "markov": suite_markov, "mc": suite_mc, "gpu": suite_gpu,
+          "sweep": suite_sweep}
 
 
 def run(args) -> int:

@@ -1,0 +1,210 @@
+"""Whole training runs as one pure function, ``jax.vmap``-ed over a grid and compiled once.
+
+A run of :func:`experiments.train.train_and_evaluate` is, once its base model ``π0`` is known, a
+pure function of a few numbers - the seed, ``λ``, ``β``, ``μ``, the prompt weights, the
+REINFORCE baseline, the learning rates, the attack's ``β_t`` - and of arrays that depend only on
+``π0`` (the objective's data, the attack's dataset). :func:`run_program` writes it so:
+``lax.scan`` runs the alignment steps and each attack's steps, the exact measurements follow,
+and ``jax.vmap`` maps the whole over a batch of runs; the SFT of the base models is mapped the same
+way by :func:`base_program`. Every step is the per-run path's own step function
+(:func:`experiments.train.step_function`, :func:`experiments.base_model.sft_step_function`,
+:func:`experiments.attack.attack_step_function`), so both paths compute the same quantities.
+
+Runs whose programs differ in shape or structure (``V``, ``T``, policy kind, objective, step
+counts, optimizer kinds, sample sizes...) fall in different *groups* (:func:`group_key`): one
+compiled program per group. The fields that may vary inside a group are :data:`VECTOR_FIELDS`.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import measure
+from experiments.attack import attack_names, attack_step_function
+from experiments.base_model import (init_params_pure, make_optimizer, prompt_tables,
+                                    sft_step_function)
+from experiments.config import RunConfig, config_to_dict
+from experiments.recipes import Objective
+from experiments.train import ALIGN_TAG, BASE_TAG, MEASURE_TAG, step_function
+from experiments.world import HARMFUL, RefusalWorld
+from toy_lm.policies import Policy
+
+#: Settings that may differ between the runs of one compiled program (they are data).
+VECTOR_FIELDS = ("name", "seed", "policy.init_scale", "base.learning_rate", "align.lam",
+                 "align.beta", "align.mu", "align.learning_rate", "align.utility_weight",
+                 "align.baseline", "attack.learning_rate", "attack.beta_first",
+                 "attack.beta_early", "attack.early_until", "attack.beta_late",
+                 "measure.equilibrium_lams")
+#: Settings that may differ between the base models trained by one compiled SFT program.
+BASE_VECTOR_FIELDS = ("seed", "policy.init_scale", "base.learning_rate")
+#: Policy kinds whose runs vectorize (the transformer's Flax modules run per run).
+VECTOR_POLICIES = ("tabular", "markov")
+
+
+def _key_without(cfg: RunConfig, fields, sections) -> str:
+    data = config_to_dict(cfg)
+    out = {}
+    for section in sections:
+        value = data[section]
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{section}.{k}" not in fields}
+        elif section in fields:
+            continue
+        out[section] = value
+    return json.dumps(out, sort_keys=True)
+
+
+def group_key(cfg: RunConfig) -> str:
+    """The identity of a run's compiled program: every setting but :data:`VECTOR_FIELDS`."""
+    return _key_without(cfg, VECTOR_FIELDS, list(config_to_dict(cfg)))
+
+
+def base_group_key(cfg: RunConfig) -> str:
+    """The identity of a base model's compiled SFT program (world, policy, base settings)."""
+    return _key_without(cfg, BASE_VECTOR_FIELDS, ("world", "policy", "base"))
+
+
+def not_vectorizable(cfg: RunConfig) -> str | None:
+    """Why a run cannot join a vectorized group (``None`` when it can)."""
+    if cfg.policy.kind not in VECTOR_POLICIES:
+        return (f"policy.kind={cfg.policy.kind!r} is not vectorized (Flax modules); its runs go "
+                "one by one")
+    return None
+
+
+def base_program(cfg: RunConfig, policy: Policy):
+    """``jit(vmap(sft))``: ``(seeds (B,), init_scales (B,), learning_rates (B,), weights) ->
+    params``, every argument and result with a leading batch axis; ``weights`` are the
+    behaviour's level weights per prompt (:func:`experiments.base_model.behaviour_weights`)."""
+    b = cfg.base
+
+    def one(seed, init_scale, learning_rate, weights):
+        init_key, _ = jax.random.split(jax.random.fold_in(jax.random.key(seed), BASE_TAG))
+        params = init_params_pure(policy, init_scale, init_key)
+        opt = make_optimizer(b.optimizer, learning_rate)
+        step = sft_step_function(policy, opt)
+
+        def body(carry, _):
+            return step(*carry, weights), None
+
+        (params, _), _ = jax.lax.scan(body, (params, opt.init(params)), None, length=b.steps)
+        return params
+
+    return jax.jit(jax.vmap(one))
+
+
+class RunInputs(NamedTuple):
+    """The mapped inputs of :func:`run_program`, each with a leading batch axis ``(B, ...)``.
+
+    ``base_index`` picks the run's base model among the group's unique ones; ``settings`` is
+    :func:`experiments.recipes.objective_settings` of each run; ``betas`` ``(B, T)`` the
+    constrained attack's ``β_t``.
+    """
+
+    seed: np.ndarray
+    base_index: np.ndarray
+    align_learning_rate: np.ndarray
+    attack_learning_rate: np.ndarray
+    settings: dict
+    betas: np.ndarray
+
+
+class BaseInputs(NamedTuple):
+    """The group's unique base models (leading axis ``U``): parameters, the objective's data
+    without its settings, and the fine-tuning attack's level weights."""
+
+    params: object
+    objective_data: dict
+    attack_weights: tuple
+
+
+def _attack_curve(policy, opt, steps, params, d):
+    step = attack_step_function(policy, opt)
+
+    def body(carry, _):
+        p, state, before, after = step(*carry, d)
+        return (p, state), (before, after)
+
+    _, (before, after) = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
+    return jnp.concatenate([before[:1], after])
+
+
+def _measurements(world, det, costs, tables, base_tables, mu, lam):
+    """:func:`experiments.measure.model_arrays` of the aligned model and of the two optima of
+    :func:`experiments.measure.equilibria_arrays`, as one mapped program over the three."""
+    base_h, base_b = base_tables
+    optima = measure.equilibrium_optima(base_h, world.harm, costs,
+                                        jnp.full(world.length, mu), lam)
+    names = list(optima)
+    harmful = [tables[HARMFUL]] + [optima[n] for n in names]
+    benign = [tables[1]] + [base_b] * len(names)
+    stack = lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
+    arrays = jax.vmap(measure.model_arrays, in_axes=(0, 0, None, None, None, None, None))(
+        stack(harmful), stack(benign), base_h, base_b, world.harm, world.utility, det)
+    part = lambda i: jax.tree_util.tree_map(lambda x: x[i], arrays)  # noqa: E731
+    return part(0), {n: part(i + 1) for i, n in enumerate(names)}
+
+
+def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: Objective):
+    """``jit(vmap(run))``: ``(RunInputs, BaseInputs) -> dict`` of per-run arrays, batch axis first.
+
+    The outputs: ``loss``, ``expected_harm``, ``utility`` ``(B, steps)`` and ``grad_norms``
+    ``(B, steps, T)`` (NaN at unrecorded steps) of the alignment; ``tables`` (the aligned
+    harmful prompt's level tables); ``aligned`` (:func:`experiments.measure.model_arrays`);
+    ``equilibria`` (:func:`experiments.measure.equilibria_arrays`); ``attack`` ``{name: (B,
+    steps + 1)}`` the exact ``E[h]`` before and after every attack step; ``uniforms`` ``(B,
+    num_paths, T)`` the draws of the martingale paths (:func:`experiments.measure.martingale_paths`).
+    """
+    a, k = cfg.align, cfg.attack
+    det = tuple(jnp.asarray(d) for d in world.determined[:-1])
+    costs = measure.recovery_costs(world)
+
+    def one(run: RunInputs, bases: BaseInputs):
+        key = jax.random.key(run.seed)
+        pick = lambda tree: jax.tree_util.tree_map(lambda x: x[run.base_index], tree)  # noqa: E731
+        base_params = pick(bases.params)
+        base_tables = prompt_tables(policy, base_params)
+        params, out = base_params, {}
+        if a.objective != "none":
+            data = {**pick(bases.objective_data), **run.settings}
+            opt = make_optimizer(a.optimizer, run.align_learning_rate)
+            step_map = step_function(objective, opt, policy, True)
+            step_plain = step_function(objective, opt, policy, False)
+            align_key = jax.random.fold_in(key, ALIGN_TAG)
+
+            def body(carry, i):
+                args = (*carry, jax.random.fold_in(align_key, i), data, world.harm, world.utility)
+                if a.grad_map_every == 1:
+                    p, state, *rest = step_map(*args)
+                else:
+                    p, state, *rest = jax.lax.cond(i % a.grad_map_every == 0, step_map,
+                                                   step_plain, *args)
+                return (p, state), tuple(rest)
+
+            (params, _), hist = jax.lax.scan(body, (params, opt.init(params)),
+                                             jnp.arange(a.steps))
+            out.update(zip(("loss", "grad_norms", "expected_harm", "utility"), hist))
+        tables = prompt_tables(policy, params)
+        out["tables"] = tables[HARMFUL]
+        out["aligned"], out["equilibria"] = _measurements(
+            world, det, costs, tables, base_tables, run.settings["mu"], run.settings["lam"])
+        if k.steps > 0:
+            opt = make_optimizer(k.optimizer, run.attack_learning_rate)
+            d = {"reference": tables[HARMFUL], "weights": pick(bases.attack_weights),
+                 "betas": run.betas, "harm": world.harm}
+            names = attack_names(cfg)
+            flags = jnp.asarray([float(name == "constrained") for name in names])
+            # both attacks as one mapped program (the loss is selected by data)
+            curves = jax.vmap(lambda flag: _attack_curve(policy, opt, k.steps, params,
+                                                         {**d, "constrained": flag}))(flags)
+            out["attack"] = {name: curves[i] for i, name in enumerate(names)}
+        out["uniforms"] = jax.random.uniform(jax.random.fold_in(key, MEASURE_TAG),
+                                             (cfg.measure.num_paths, world.length))
+        return out
+
+    return jax.jit(jax.vmap(one, in_axes=(0, None)))

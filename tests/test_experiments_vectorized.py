@@ -1,0 +1,206 @@
+"""experiments.vectorized / batch_runs / batch_sweep: a vectorized sweep writes the per-run path's
+tables (every column of every table, curves included, to rounding), and resumes after a kill."""
+
+import csv
+import glob
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from experiments import batch_sweep, sweep
+from experiments.config import with_overrides
+from experiments.presets import preset
+from experiments.results import TABLES
+from experiments.train import CACHE_ENV
+from experiments.vectorized import group_key, not_vectorizable
+
+#: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
+SMALL = {"world.length": 2, "world.num_harmful": 1, "base.steps": 30, "align.steps": 6,
+         "attack.steps": 2, "measure.num_paths": 4, "measure.equilibrium_lams": [3.0, 30.0]}
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    folder = str(tmp_path_factory.mktemp("jax-cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, folder)
+        yield folder
+
+
+def draw_configs(seed: int, objective: str, count: int) -> list:
+    """``count`` configurations of one program, every mapped setting drawn at random."""
+    rng = np.random.default_rng(seed)
+    start = with_overrides(preset("tiny"), {**SMALL, "align.objective": objective})
+    configs = []
+    for index in range(count):
+        overrides = {
+            "name": f"draw-{index}", "seed": int(rng.integers(0, 3)),
+            "policy.init_scale": float(rng.uniform(0.05, 0.5)),
+            "base.learning_rate": float(rng.uniform(0.05, 0.2)),
+            "align.lam": float(rng.uniform(0.1, 3.0)), "align.beta": float(rng.uniform(0.05, 1)),
+            "align.mu": float(rng.uniform(0.0, 2.0)),
+            "align.learning_rate": float(rng.uniform(0.2, 1.5)),
+            "align.utility_weight": float(rng.uniform(0.0, 0.9)),
+            "attack.learning_rate": float(rng.uniform(0.2, 1.5)),
+            "attack.beta_first": float(rng.uniform(0.1, 2.0))}
+        if objective == "reinforce":
+            overrides["align.baseline"] = ("none", "value", "mean")[index % 3]
+        configs.append(with_overrides(start, overrides))
+    return configs
+
+
+def test_groups_and_batches():
+    configs = draw_configs(0, "rlhf", 5) + draw_configs(0, "dpo", 2)
+    groups, single, reasons = batch_sweep.split_vectorizable(configs)
+    assert [len(g) for g in groups] == [5, 2] and not single and not reasons
+    assert len({group_key(c) for c in groups[0]}) == 1
+    batches = batch_sweep.plan_batches(groups, jobs=2, batch_size=2, budget=10**12)
+    # 5 runs in batches of at most 2: three batches of 2 (the last padded); 2 runs: two of 1
+    assert [(b.group, len(b.configs), b.size) for b in batches] == [
+        (0, 2, 2), (0, 2, 2), (0, 1, 2), (1, 1, 1), (1, 1, 1)]
+    need = batch_sweep.estimated_run_bytes(configs[0])
+    small = batch_sweep.plan_batches(groups[:1], jobs=1, budget=2 * need)
+    assert max(b.size for b in small) == 2  # memory caps the batch
+    transformer = with_overrides(configs[0], {"policy.kind": "transformer"})
+    assert "not vectorized" in not_vectorizable(transformer)
+    groups, single, reasons = batch_sweep.split_vectorizable([transformer, *configs[:2]])
+    assert single == [transformer] and len(groups) == 1 and len(reasons) == 1
+    groups, single, reasons = batch_sweep.split_vectorizable(configs[:1])  # alone: per run
+    assert single == configs[:1] and not groups and "alone" in reasons[0]
+
+
+def test_bad_batch_size_is_one_line_and_status_2(tmp_path, capsys):
+    from toy_lm.cli import main
+
+    assert main(["sweep", "tiny", "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--batch-size=0 must be at least 1" in err and err.count("\n") == 1
+    assert not os.path.exists(tmp_path / "o")
+
+
+def _table(out, name):
+    path = os.path.join(out, f"{name}.csv")
+    if not os.path.exists(path):
+        return []
+    with open(path) as fh:
+        return list(csv.DictReader(fh))
+
+
+def tolerance(configs) -> float:
+    """eps(float64) x (every optimizer step of a run: base, alignment, attacks) x the terms of the
+    largest exact sum (the ``2 V**T`` responses of both prompts): rounding that differs between
+    the batched and the single program, carried along every step."""
+    eps = np.finfo(np.float64).eps
+    return max(eps * (c.base.steps + c.align.steps + 2 * c.attack.steps)
+               * 2 * len(c.world.vocab) ** c.world.length for c in configs)
+
+
+def assert_same_tables(reference, vectorized, tol):
+    compared = 0
+    for name in TABLES:
+        ref, vec = _table(reference, name), _table(vectorized, name)
+        assert len(ref) == len(vec), f"{name}: {len(ref)} rows per run, {len(vec)} vectorized"
+        for row_ref, row_vec in zip(ref, vec):
+            assert row_ref.keys() == row_vec.keys()
+            for column, a in row_ref.items():
+                if column == "seconds":  # a timing, not a result
+                    continue
+                b = row_vec[column]
+                try:
+                    x, y = float(a), float(b)
+                except ValueError:
+                    assert a == b, (name, column)
+                    continue
+                if math.isnan(x) or math.isnan(y):
+                    assert math.isnan(x) and math.isnan(y), (name, column, a, b)
+                    continue
+                assert abs(x - y) <= tol * max(1.0, abs(x)), (name, column, a, b, tol)
+                compared += 1
+    assert compared > 0
+    return compared
+
+
+def _both_paths(tmp_path, configs):
+    reference, vectorized = str(tmp_path / "per-run"), str(tmp_path / "vectorized")
+    lines = []
+    sweep.run_sweep(configs, reference, jobs=1, per_run=True, log=lines.append)
+    # batches of 2: the second batch is padded, and its runs may need fewer base models
+    sweep.run_sweep(configs, vectorized, jobs=1, log=lines.append, batch_size=2)
+    assert any(line.startswith("vectorized:") for line in lines)
+    return reference, vectorized
+
+
+def test_vectorized_sweep_equals_the_per_run_path(tmp_path, compile_cache):
+    configs = draw_configs(1, "rlhf", 3)
+    reference, vectorized = _both_paths(tmp_path, configs)
+    assert assert_same_tables(reference, vectorized, tolerance(configs)) > 100
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["reinforce", "dpo", "dpo_sampled", "sft_refusal",
+                                       "augmentation", "recovery_prefill", "recovery_dense",
+                                       "none"])
+def test_every_objective_vectorizes_to_the_same_tables(tmp_path, compile_cache, objective):
+    configs = draw_configs(2, objective, 3)
+    reference, vectorized = _both_paths(tmp_path, configs)
+    assert_same_tables(reference, vectorized, tolerance(configs))
+
+
+def test_a_planted_difference_is_caught(tmp_path):
+    """The comparison can fail: a result changed in its 12th digit is reported."""
+    configs = draw_configs(1, "rlhf", 1)
+    out = str(tmp_path / "a")
+    sweep.run_sweep(configs, out, jobs=1, log=lambda line: None)
+    rows = _table(out, "results")
+    other = str(tmp_path / "b")
+    os.makedirs(other)
+    rows[0]["expected_harm"] = str(float(rows[0]["expected_harm"]) * (1 + 1e-11))
+    with open(os.path.join(other, "results.csv"), "w", newline="") as fh:
+        writer = csv.DictWriter(fh, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    for name in TABLES[1:]:
+        for ext in (".csv",):
+            src = os.path.join(out, name + ext)
+            if os.path.exists(src):
+                with open(src) as fh, open(os.path.join(other, name + ext), "w") as dst:
+                    dst.write(fh.read())
+    with pytest.raises(AssertionError, match="expected_harm"):
+        assert_same_tables(out, other, tolerance(configs))
+
+
+def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_path,
+                                                                           compile_cache):
+    spec = tmp_path / "grid.toml"
+    spec.write_text('preset = "tiny"\n[world]\nlength = 2\nnum_harmful = 1\n[base]\nsteps = 30\n'
+                    '[align]\nsteps = 6\n[attack]\nsteps = 2\n'
+                    '[sweep]\ngrid = { "align.lam" = [0.3, 1.0, 3.0], "seed" = [0] }\n')
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "toy_lm.cli", "sweep", str(spec), "--out", str(out),
+           "--jobs", "1", "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    runs = os.path.join(out, "runs", "*.json")
+    deadline = time.time() + 600
+    while not glob.glob(runs) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker
+    proc.wait()
+    done_before = len(glob.glob(runs))
+    assert 1 <= done_before < 3, "the kill should land after the first batch and before the last"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert f"{done_before} already done, {3 - done_before} to run" in again.stderr
+    assert "ETA" in again.stderr and "batch of 1 runs" in again.stderr
+    configs = sweep.load_sweep(str(spec))
+    rows = _table(str(out), "results")
+    keys = [(r["run_id"], r["position"]) for r in rows]
+    assert len(keys) == len(set(keys)) == 3 * 2
+    assert {k[0] for k in keys} == {sweep.run_id(c) for c in configs}
+    assert not glob.glob(os.path.join(out, "**", ".partial-*"), recursive=True)
