@@ -28,7 +28,7 @@ def python_blocks(text: str) -> list[str]:
 
 def test_the_readme_has_python_blocks():
     blocks = python_blocks(README.read_text(encoding="utf-8"))
-    assert len(blocks) >= 2 and all(b.strip() for b in blocks)
+    assert len(blocks) >= 3 and all(b.strip() for b in blocks)
 
 
 def test_python_blocks_are_found():

@@ -181,18 +181,25 @@ def run(args) -> int:
         if args.save_tables:
             save_npz_atomic(args.save_tables, {**{f"logits_{l}": z for l, z in enumerate(logits)},
                                                "harm": harm})
+            print(f"wrote {args.save_tables}", file=sys.stderr)
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
     from toy_lm.cpu_kernels import cached_on_disk
+    from toy_lm.progress import heartbeat
 
+    status = "analyzing"
     if not cached_on_disk():
-        print("[analyze] compiling the analysis kernels (once after install, about a minute on 2 cores;"
-              " cached on disk afterwards)", file=sys.stderr, flush=True)
-    result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi)
+        status = ("compiling the analysis kernels (once after install, about a minute on 2 cores;"
+                  " cached on disk afterwards)")
+        print(f"[analyze] {status}", file=sys.stderr, flush=True)
+    with heartbeat("analyze", status):
+        result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref,
+                              mutual_information=args.mi)
     info = summary(result, vocab_size, length, args.lam)
     if args.out:
         save_npz_atomic(args.out, output_arrays(result, args.lam))
+        print(f"wrote {args.out}", file=sys.stderr)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()

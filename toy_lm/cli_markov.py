@@ -33,9 +33,15 @@ def register(subparsers) -> None:
         help="dynamic-programming analysis of a Markov policy and an automaton harm (.npz)",
         description="Exact analysis by dynamic programming over (context x automaton state): "
                     "E[h], the horizon, I_t, and with --lam the equilibrium KL per position.")
-    p.add_argument("model", metavar="MODEL.npz",
+    p.add_argument("model", metavar="MODEL.npz", nargs="?",
                    help="markov_logits (T, V**k, V), dfa_transitions (S, V), dfa_verdict (S,), "
-                        "dfa_start")
+                        "dfa_start (format: toy_lm.markov_model)")
+    p.add_argument("--random", nargs=3, type=int, metavar=("V", "T", "K"),
+                   help="analyze a random order-K Markov policy with the harm 'two harmful tokens "
+                        "(1) before any refusal (2)' instead of a file (V >= 3)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed for --random (default 0)")
+    p.add_argument("--save-model", metavar="FILE",
+                   help="with --random: save the model as .npz (the input format of MODEL.npz)")
     p.add_argument("--lam", type=float, metavar="L",
                    help="also compute the equilibrium pi*_lambda and KL_t(pi*_lambda || pi)")
     p.add_argument("--out", metavar="OUT.npz", help="write the computed arrays to this .npz")
@@ -47,8 +53,9 @@ def _check_shapes(path: str, shapes: dict) -> tuple[int, int, int, int]:
     """``(T, C, V, S)`` from the headers alone, or :class:`InputError` naming the key."""
     missing = [k for k in KEYS if k not in shapes]
     if missing:
-        raise InputError(f"{path} lacks {', '.join(missing)}; analyze-markov needs "
-                         + ", ".join(KEYS))
+        raise InputError(f"{path} lacks {', '.join(missing)}; make a model file with "
+                         "toy_lm.markov_model.save_markov_model or analyze-markov --random V T K "
+                         "--save-model FILE")
     (logits_shape, logits_dtype), (trans_shape, trans_dtype) = (shapes["markov_logits"],
                                                                 shapes["dfa_transitions"])
     if len(logits_shape) != 3 or logits_shape[0] < 1 or logits_shape[2] < 2:
@@ -176,11 +183,24 @@ def run(args) -> int:
     if args.out and not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise InputError(f"cannot write {args.out}: folder "
                          f"{os.path.dirname(os.path.abspath(args.out))} does not exist")
-    logits, dfa = read_model(args.model)
+    if (args.model is None) == (args.random is None):
+        raise InputError("give exactly one of MODEL.npz or --random V T K")
+    if args.save_model and args.random is None:
+        raise InputError("--save-model only applies to --random")
+    if args.random is not None:
+        from toy_lm.markov_model import random_markov_model, save_markov_model
+
+        logits, dfa = random_markov_model(args.seed, *args.random)
+        if args.save_model:
+            save_markov_model(args.save_model, logits, dfa)
+            print(f"wrote {args.save_model}", file=sys.stderr)
+    else:
+        logits, dfa = read_model(args.model)
     result = analyze_markov(logits, dfa, lam=args.lam)
     info = summary(result, logits.shape, dfa.num_states, args.lam)
     if args.out:
         save_npz_atomic(args.out, output_arrays(result, args.lam))
+        print(f"wrote {args.out}", file=sys.stderr)
     if args.json:
         json.dump(info, sys.stdout, indent=2)
         print()
