@@ -36,11 +36,16 @@ def run(args) -> int:
     except OSError as err:
         raise InputError(f"cannot create --out {args.out}: {err.strerror}") from None
 
-    def progress(msg):
-        print(msg, file=sys.stderr, flush=True)
+    from toy_lm.progress import heartbeat
 
-    runs = run_demos(args.out, quick=args.quick, only=args.only, with_checks=not args.no_checks,
-                     progress=progress)
+    with heartbeat("demo", "starting") as beat:
+        def progress(msg):
+            print(msg, file=sys.stderr, flush=True)
+            beat.update(f"working (last: {msg.removeprefix('[demo] ').splitlines()[0]})")
+            beat.touch()
+
+        runs = run_demos(args.out, quick=args.quick, only=args.only,
+                         with_checks=not args.no_checks, progress=progress)
     path = build_report(runs, args.out)
     failed = [r.script.stem for r in runs if not r.ok]
     checks = sum(len(r.checks) for r in runs)

@@ -2,8 +2,9 @@
 
 :func:`heartbeat` runs a background thread while its ``with`` block runs. On a terminal it shows
 a transient spinner with the current status and the elapsed time; on a pipe or a file (CI logs,
-``2> log``) it writes one line ``[label] status (N s)`` whenever ``interval`` seconds pass without
-news. The block reports news with :meth:`Heartbeat.update`; a block that finishes within
+``2> log``) it writes one line ``[label] status (N s)`` every ``interval`` seconds. The block sets
+the status with :meth:`Heartbeat.update`, and calls :meth:`Heartbeat.touch` when it printed a line
+of its own (the next heartbeat line then waits a full interval); a block that finishes within
 ``interval`` seconds prints nothing on a pipe.
 
 Example::
@@ -37,14 +38,19 @@ class Heartbeat:
     def update(self, status: str) -> None:
         """Set the current status (the next line, or the spinner's text, shows it)."""
         with self._lock:
-            self.status, self.changed = status, time.monotonic()
+            self.status = status
+
+    def touch(self) -> None:
+        """The caller just wrote a line itself: wait a full interval before the next one."""
+        with self._lock:
+            self.changed = time.monotonic()
 
     def line(self) -> str:
         with self._lock:
             return f"[{self.label}] {self.status} ({time.monotonic() - self.start:.0f} s)"
 
     def beat_pipe(self) -> None:
-        """Write a line if ``interval`` seconds passed since the last news or the last line."""
+        """Write a line if ``interval`` seconds passed since the last line (or :meth:`touch`)."""
         with self._lock:
             quiet = time.monotonic() - self.changed
         if quiet >= self.interval:
