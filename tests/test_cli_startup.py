@@ -34,7 +34,7 @@ def _probe(*argv):
 
 @pytest.mark.parametrize("argv", [
     ["--help"], ["analyze", "--help"], ["analyze-markov", "--help"], ["check", "--help"],
-    ["demo", "--help"], ["bench", "--help"],
+    ["demo", "--help"], ["bench", "--help"], ["explore", "--help"],
     ["analyze", "--bogus"], ["no-such-command"], ["check", "--seeds", "x"],
 ])
 def test_help_and_argument_errors_import_nothing_heavy(argv):
