@@ -90,7 +90,10 @@ def run_train(args) -> int:
 
     cfg = load_config(args.config)
     out = args.out or os.path.join("results", cfg.name)
-    result = train_and_evaluate(cfg, out)
+    from toy_lm.progress import heartbeat
+
+    with heartbeat("train", f"training and measuring {cfg.name}"):
+        result = train_and_evaluate(cfg, out)
     results.write_tables([result], out)
     if args.figures:
         figures.make_figures(out, [result])
@@ -105,7 +108,10 @@ def run_sweep(args) -> int:
 
     _check_jobs(args.jobs)
     configs = sweep.load_sweep(args.config)
-    results = sweep.run_sweep(configs, args.out, jobs=args.jobs)
+    from toy_lm.progress import heartbeat
+
+    with heartbeat("sweep", f"running {len(configs)} configurations"):
+        results = sweep.run_sweep(configs, args.out, jobs=args.jobs)
     _print_runs(results)
     return 0
 
@@ -123,7 +129,11 @@ def run_experiment(args) -> int:
     from experiments import headline
 
     _check_jobs(args.jobs)
-    summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs, policy=args.policy)
+    from toy_lm.progress import heartbeat
+
+    with heartbeat("experiment", "training and measuring (a line per finished run)"):
+        summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs,
+                                        policy=args.policy)
     base = summary["base"]
     print(f"shallow-vs-deep ({'quick' if args.quick else 'full'}, {summary['policy']}) in "
           f"{summary['seconds']:.0f} s")

@@ -60,6 +60,10 @@ def run(args) -> int:
 
         runs = run_demos(args.out, quick=args.quick, only=args.only,
                          with_checks=not args.no_checks, progress=progress)
+        from experiments.explorer import write_explorer
+
+        progress("[demo] writing the interactive explorer (explorer.html) ...")
+        write_explorer(os.path.join(args.out, "explorer.html"))
     path = build_report(runs, args.out)
     failed = [r.script.stem for r in runs if not r.ok]
     checks = sum(len(r.checks) for r in runs)

@@ -7,8 +7,8 @@ per-position KL next to ``I_t / (2λ²)`` (THEORY.md T7). A control switches bet
 instances (a harm decided by the first tokens, the refusal world, a soft harm) or the user's own
 tables (``--tables``).
 
-Every number shown for an instance as built comes from the exact engine (:mod:`toy_lm.tree`, float64),
-precomputed here for every ``λ`` of :data:`LAMBDA_GRID`. A teacher may flip a leaf's harm or drag
+Every number shown for an instance as built comes from the exact engine (:func:`toy_lm.analyze_tree`,
+float64), precomputed here for every ``λ`` of :data:`LAMBDA_GRID`. A teacher may flip a leaf's harm or drag
 a conditional probability; the page then recomputes with ``explorer.js``, a small JavaScript
 port of the same exact tree computation (trees of at most :data:`MAX_LEAVES` leaves), which
 ``tests/test_explorer.py`` holds to the engine within 1e-12 in a real browser.
@@ -38,12 +38,10 @@ def builtin_instances() -> list[dict]:
 
     from toy_lm.automata import automaton_harm_table, harmful_before_refusal
     from toy_lm.harms import random_decided_harm, soft_harm
-    from toy_lm.policies import TabularPolicy
 
-    def tables(key, vocab_size, length):
-        policy = TabularPolicy(vocab_size, length)
-        return [np.asarray(t, np.float64)
-                for t in policy.level_tables(policy.init(jax.random.key(key)))]
+    def tables(seed, vocab_size, length):  # a tabular policy: standard normal logits per prefix
+        rng = np.random.default_rng(seed)
+        return [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
 
     dfa = harmful_before_refusal(3, 2, harmful_tokens=[1], refusal_tokens=[2])
     return [
@@ -83,7 +81,7 @@ def user_instance(path: str) -> dict:
 
 
 def engine_values(logits, harm, lams=LAMBDA_GRID) -> dict:
-    """Everything the page shows, by the exact engine in float64 (lists, JSON-ready).
+    """Everything the page shows, by the exact engine (:func:`toy_lm.analyze_tree`, float64).
 
     Returns:
       ``{"H": [H_0 ... H_T], "G": [G_0 ... G_{T-1}] (flattened (V**l, V)), "I": I_t (T,),
@@ -91,42 +89,25 @@ def engine_values(logits, harm, lams=LAMBDA_GRID) -> dict:
       "lams": [{"lam", "kl": KL_t(π*_λ ‖ π) (T,), "eq_harm": E_{π*}[h],
       "eq_probs": [π*_λ tables, flattened]}]}``.
     """
-    import jax
-    import jax.numpy as jnp
-
-    from toy_lm import tree
-    from toy_lm.harms import determined_masks, horizon
+    from toy_lm.analysis import analyze_tree
     from toy_lm.precision import require_x64
 
     require_x64()
-    logits = tuple(jnp.asarray(z, jnp.float64) for z in logits)
-    harm = jnp.asarray(harm, jnp.float64)
-    vocab_size = int(logits[0].shape[1])
-
-    def base(logits, harm):
-        return (tree.cond_harm(logits, harm), tree.logit_grads(logits, harm),
-                tree.harm_information(logits, harm))
-
-    def at_lambda(logits, harm, lam):
-        eq = tree.equilibrium_policy(logits, harm, lam)
-        # Against log π itself, so KL_t is exactly 0 where π*_λ = π (determined prefixes).
-        return (tree.per_position_kl(eq, tree.log_policy(logits)), tree.expected_harm(eq, harm),
-                tuple(jnp.exp(t) for t in eq))
-
-    # One compiled program per instance; the lambda grid in one vectorized call.
-    values, grads, info = jax.jit(base)(logits, harm)
-    kls, eq_harms, eq_probs = jax.jit(jax.vmap(at_lambda, in_axes=(None, None, 0)))(
-        logits, harm, jnp.asarray(lams, jnp.float64))
+    logits = [np.asarray(z, np.float64) for z in logits]
+    harm = np.asarray(harm, np.float64)
     flat = lambda tables: [np.asarray(t).reshape(-1).tolist() for t in tables]  # noqa: E731
-    out = {"H": flat(values), "G": flat(grads), "I": np.asarray(info).tolist(),
-           "determined": [m.astype(int).tolist() for m in determined_masks(np.asarray(harm),
-                                                                            vocab_size)],
-           "horizon": int(horizon(np.asarray(harm), vocab_size)),
-           "expected_harm": float(values[0][0]), "lams": []}
-    for i, lam in enumerate(lams):
-        out["lams"].append({"lam": float(lam), "kl": np.asarray(kls[i]).tolist(),
-                            "eq_harm": float(eq_harms[i]),
-                            "eq_probs": flat(t[i] for t in eq_probs)})
+    result = analyze_tree(logits, harm)
+    out = {"H": flat(result.cond_harm), "G": flat(result.logit_grads),
+           "I": np.asarray(result.harm_information).tolist(),
+           "determined": [np.asarray(m).astype(int).tolist() for m in result.determined],
+           "horizon": int(result.horizon), "expected_harm": float(result.expected_harm),
+           "lams": []}
+    for lam in lams:
+        at = analyze_tree(logits, harm, lam=lam)
+        eq = [np.asarray(t, np.float64) for t in at.equilibrium_logits]  # log-probabilities
+        out["lams"].append({"lam": float(lam), "kl": np.asarray(at.equilibrium_kl).tolist(),
+                            "eq_harm": float(analyze_tree(eq, harm).expected_harm),
+                            "eq_probs": flat(np.exp(t) for t in eq)})
     return out
 
 
