@@ -352,8 +352,9 @@ const Explorer = (() => {
     }
     svg("line", { x1: 30 + val.horizon * w, x2: 30 + val.horizon * w, y1: 10, y2: 195,
       stroke: "#000", "stroke-dasharray": "4 3" }, chart);
-    svg("text", { x: 34 + val.horizon * w, y: 20, "font-size": 11 }, chart).textContent =
-      `τ* = ${val.horizon}`;
+    const label = svg("text", { x: 26 + val.horizon * w, y: 20, "font-size": 11,
+      "text-anchor": "end" }, chart);
+    label.textContent = `τ* = ${val.horizon}`;
     svg("text", { x: 30, y: 218, "font-size": 10 }, chart).textContent =
       "log scale: grey I_t, blue KL_t(π*_λ‖π), orange I_t/(2λ²)";
   }
