@@ -16,9 +16,11 @@ _EXPORTS = {
     "experiments.config": (
         "AlignConfig", "AttackConfig", "BaseConfig", "MeasureConfig", "PolicyConfig", "RunConfig",
         "WorldConfig", "config_hash", "with_overrides"),
+    "experiments.explorer": ("write_explorer",),
     "experiments.figures": ("make_figures",),
     "experiments.headline": ("run_headline",),
     "experiments.measure": ("base_measurements", "model_measurements"),
+    "experiments.notebooks": ("write_notebooks",),
     "experiments.objectives": (
         "constrained_loss", "dpo_loss_blocks", "qi_betas", "reinforce_surrogate",
         "sampled_dpo_loss", "supervised_loss"),

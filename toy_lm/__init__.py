@@ -24,6 +24,7 @@ _EXPORTS = {
         "determined_masks", "harm_table", "horizon", "random_decided_harm", "response_horizons",
         "soft_harm"),
     "toy_lm.markov_analysis": ("MarkovAnalysis", "analyze_markov", "expand_to_tree"),
+    "toy_lm.markov_model": ("markov_model_arrays", "random_markov_model", "save_markov_model"),
     "toy_lm.montecarlo": (
         "Estimate", "cond_harm_mc", "harmful_prefixes", "per_position_kl_mc", "prefill_asr_mc",
         "reinforce_grads"),
