@@ -107,7 +107,10 @@ def run_train(args) -> int:
     out = check_output_folder(os.path.join("results", cfg.name) if args.out is None else args.out,
                               flag="--out")
     check_run_memory(cfg)
-    result = train_and_evaluate(cfg, out)
+    from toy_lm.progress import heartbeat
+
+    with heartbeat("train", f"training and measuring {cfg.name}"):
+        result = train_and_evaluate(cfg, out)
     results.write_tables([result], out)
     if args.figures:
         figures.make_figures(out, [result])
@@ -125,8 +128,11 @@ def run_sweep(args) -> int:
         raise ConfigError(f"--batch-size={args.batch_size} must be at least 1")
     configs = sweep.load_sweep(args.config)
     check_output_folder(args.out, flag="--out")
-    results = sweep.run_sweep(configs, args.out, jobs=args.jobs, per_run=args.per_run,
-                              batch_size=args.batch_size)
+    from toy_lm.progress import heartbeat
+
+    with heartbeat("sweep", f"running {len(configs)} configurations"):
+        results = sweep.run_sweep(configs, args.out, jobs=args.jobs, per_run=args.per_run,
+                                  batch_size=args.batch_size)
     _print_runs(results)
     return 0
 
@@ -147,7 +153,11 @@ def run_experiment(args) -> int:
         return run_optimum_vs_dynamics(args)
     from experiments import headline
 
-    summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs, policy=args.policy)
+    from toy_lm.progress import heartbeat
+
+    with heartbeat("experiment", "training and measuring (a line per finished run)"):
+        summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs,
+                                        policy=args.policy)
     base = summary["base"]
     print(f"shallow-vs-deep ({'quick' if args.quick else 'full'}, {summary['policy']}) in "
           f"{summary['seconds']:.0f} s")

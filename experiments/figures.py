@@ -94,8 +94,10 @@ def plot_kl(results, folder) -> list[str]:
         else:
             ax.text(0.5, 0.5, "no run of this group", ha="center", transform=ax.transAxes)
     axes[0].set_ylabel("KL(π ‖ π0) at position t\n(teacher-forced on base harmful responses)")
+    base = results[0]["base"]
     fig.suptitle(f"Where alignment changes the model (typical harmful response "
-                 f"'{results[0]['base']['typical_harmful_response']}', horizon τ = {horizon})")
+                 f"'{base['typical_harmful_response']}', decided at τ(y) = {horizon}; "
+                 f"global horizon τ* = {base.get('global_horizon', '?')})")
     return _save(fig, folder, "kl_per_position")
 
 

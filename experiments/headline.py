@@ -121,10 +121,11 @@ def horizon_note(base: dict, world: dict) -> dict:
             f"can avert the harm at any position until the K-th harmful token, so the global "
             f"horizon is tau*={base['global_horizon']} (the last position where the count can "
             f"still change). On the base model's typical harmful response "
-            f"'{base['typical_harmful_response']}' the harm is decided at position {tau}: ")
+            f"'{base['typical_harmful_response']}' the harm is decided at position tau(y)={tau}: ")
     if beyond:
-        text += (f"positions {beyond[0]}..{length} of the teacher-forced harmful path are beyond "
-                 f"its horizon, where standard objectives receive exactly zero gradient "
+        where = (f"position {length} of the teacher-forced harmful path is" if len(beyond) == 1
+                 else f"positions {beyond[0]}..{length} of the teacher-forced harmful path are")
+        text += (f"{where} beyond its own horizon tau(y)={tau} (not the global tau*), where standard objectives receive exactly zero gradient "
                  f"(per_position_kl_beyond_horizon is 0 for them), and a prefill of k >= {tau} of "
                  f"its tokens already contains the harm, so ASR(k) there equals the floor "
                  f"prefill_asr_floor for every model.")

@@ -219,6 +219,10 @@ def build_report(runs: list[DemoRun], out_dir) -> Path:
 
     nav = "".join(f'<li><a href="#{r.script.stem}">{html.escape(r.script.stem)}</a></li>'
                   for r in runs)
+    link = ""
+    if (Path(out_dir) / "explorer.html").exists():  # written next to the report by the demo command
+        link = ('<p><a href="explorer.html">The interactive explorer</a>: flip a leaf\'s harm, '
+                "drag a probability or move λ and watch H_t, G, I_t and τ* change.</p>")
     body = "\n<hr>\n".join(demo_section(r, r.checks) for r in runs)
     page = (
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
@@ -228,7 +232,7 @@ def build_report(runs: list[DemoRun], out_dir) -> Path:
         "<p>Why RLHF-style alignment only changes the first few tokens of a response, computed "
         "exactly on small models. Every number and figure below was produced by the run that wrote "
         f"this file (harm-horizon {__version__}); the theorem statements are in THEORY.md.</p>"
-        f"<nav><b>Contents</b><ol>{nav}</ol></nav>{body}</body></html>")
+        f"<nav><b>Contents</b><ol>{nav}</ol>{link}</nav>{body}</body></html>")
     from toy_lm.outputs import write_atomic
 
     path = Path(out_dir) / "report.html"

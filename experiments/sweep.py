@@ -90,6 +90,9 @@ def load_sweep(spec: str) -> list[RunConfig]:
         return expand(with_overrides(PRESETS[start], {"name": f"sweep-{spec}"}), grid)
     if spec in PRESETS:
         return [PRESETS[spec]]
+    if not os.path.exists(spec):
+        raise ConfigError(f"cannot read sweep {spec}: no such file, and not a built-in sweep "
+                          f"({', '.join(SWEEPS)}) or a preset name ({', '.join(PRESETS)})")
     data = read_config_file(spec)
     sweep = data.pop("sweep", {})
     if not isinstance(sweep, dict):

@@ -17,35 +17,19 @@ Command line: ``harm-horizon check`` (see :mod:`proofs_check.cli`). Hypothesis s
 own property tests: :mod:`proofs_check.strategies`.
 """
 
-from proofs_check.controls import PLANTS as PLANTS
-from proofs_check.engines import ENGINES as ENGINES
-from proofs_check.engines import available_engines as available_engines
-from proofs_check.engines import engine_outputs as engine_outputs
-from proofs_check.engines import read_through as read_through
-from proofs_check.controls import Plant as Plant
-from proofs_check.instances import POLICY_KINDS as POLICY_KINDS
-from proofs_check.instances import Instance as Instance
-from proofs_check.instances import builtin_suite as builtin_suite
-from proofs_check.instances import make_instance as make_instance
-from proofs_check.instances import make_policy as make_policy
-from proofs_check.instances import recovery_cost_automaton as recovery_cost_automaton
-from proofs_check.instances import with_engine as with_engine
-from proofs_check.mutants import MUTANTS as MUTANTS
-from proofs_check.mutants import Mutant as Mutant
-from proofs_check.mutants import run_mutants as run_mutants
-from proofs_check.registry import REGISTRY as REGISTRY
-from proofs_check.registry import Check as Check
-from proofs_check.registry import all_checks as all_checks
-from proofs_check.registry import select as select
-from proofs_check.results import CheckResult as CheckResult
-from proofs_check.results import Part as Part
-from proofs_check.results import rounding_tolerance as rounding_tolerance
-from proofs_check.runner import run_checks as run_checks
-from proofs_check.runner import summarize as summarize
+from toy_lm.lazy import lazy_exports
 
-__all__ = [
-    "ENGINES", "MUTANTS", "PLANTS", "POLICY_KINDS", "REGISTRY", "Check", "CheckResult", "Instance",
-    "Mutant", "Part", "Plant", "all_checks", "available_engines", "builtin_suite", "engine_outputs",
-    "make_instance", "make_policy", "read_through", "recovery_cost_automaton", "rounding_tolerance",
-    "run_checks", "run_mutants", "select", "summarize", "with_engine",
-]
+#: What the package re-exports, by the module that defines it (imported on first use).
+_EXPORTS = {
+    "proofs_check.controls": ("PLANTS", "Plant"),
+    "proofs_check.engines": ("ENGINES", "available_engines", "engine_outputs", "read_through"),
+    "proofs_check.instances": (
+        "POLICY_KINDS", "Instance", "builtin_suite", "make_instance", "make_policy",
+        "recovery_cost_automaton", "with_engine"),
+    "proofs_check.mutants": ("MUTANTS", "Mutant", "run_mutants"),
+    "proofs_check.registry": ("REGISTRY", "Check", "all_checks", "select"),
+    "proofs_check.results": ("CheckResult", "Part", "rounding_tolerance"),
+    "proofs_check.runner": ("run_checks", "summarize"),
+}
+
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS)

@@ -8,6 +8,7 @@ everything passes (or, with ``--negative-controls``, every planted error is dete
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 
@@ -230,6 +231,7 @@ def run(args) -> int:
     from proofs_check.engines import read_through
     from proofs_check.registry import select
     from proofs_check.runner import plan, run_tasks, summarize
+    from toy_lm.progress import heartbeat
 
     _check_bounds(args)
     checks = select(args.theorem)
@@ -249,14 +251,20 @@ def run(args) -> int:
         raise InputError("no check applies to the chosen instances; widen --theorem or the sizes")
     err = Console(stderr=True)
     console = _console()
+    # Without a terminal the bar is not drawn: a heartbeat line every few seconds instead.
+    pipe = (contextlib.nullcontext() if err.is_terminal
+            else heartbeat("check", f"0/{len(tasks)} runs"))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), console=err, transient=True) as bar:
+                  TimeElapsedColumn(), console=err, transient=True) as bar, pipe as beat:
         job = bar.add_task("checking", total=len(tasks))
 
         def advance(task, done):
             label = task.check.id + (f" [{task.plant}]" if task.plant else "")
             bar.update(job, advance=int(done),
                        description=escape(f"{label:>28} {task.instance.name:<33}"))
+            if beat is not None:
+                beat.update(f"{bar.tasks[job].completed:.0f}/{len(tasks)} runs ({label}, "
+                            f"{task.instance.name})")
 
         results = run_tasks(tasks, advance)
     summaries = summarize(results)

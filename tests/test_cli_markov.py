@@ -99,3 +99,42 @@ def test_missing_and_unreadable_files(tmp_path, capsys):
     junk.write_text("not a zip")
     assert main(["analyze-markov", str(junk)]) == 2
     assert "not a valid .npz" in capsys.readouterr().err
+
+
+def test_missing_keys_are_named_once(tmp_path, capsys):
+    path = tmp_path / "empty.npz"
+    np.savez(path, other=np.zeros(1))
+    assert main(["analyze-markov", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    for key in ("markov_logits", "dfa_transitions", "dfa_verdict", "dfa_start"):
+        assert err.count(key) == 1, err
+    assert "--save-model" in err
+
+
+def test_random_model_saved_and_reread_gives_the_same_analysis(tmp_path, capsys):
+    saved, out = tmp_path / "model.npz", tmp_path / "out.npz"
+    argv = ["analyze-markov", "--random", "3", "40", "2", "--seed", "3", "--lam", "0.5", "--json"]
+    assert main(argv + ["--save-model", str(saved), "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [f"wrote {saved}", f"wrote {out}"]
+    first = json.loads(captured.out)
+    assert (first["vocab_size"], first["length"], first["order"]) == (3, 40, 2)
+    assert main(["analyze-markov", str(saved), "--lam", "0.5", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == first
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--random", "3", "5", "1", "MODEL"], "exactly one of MODEL.npz or --random"),
+    ([], "exactly one of MODEL.npz or --random"),
+    (["MODEL", "--save-model", "x.npz"], "--save-model only applies to --random"),
+    (["--random", "2", "5", "1"], "needs V >= 3"),
+    (["--random", "3", "0", "1"], "T >= 1"),
+    (["--random", "3", "5", "-1"], "must be >= 0"),
+])
+def test_random_option_errors_are_one_line(tmp_path, case, capsys, argv, match):
+    model = write_model(tmp_path / "m.npz", case)
+    argv = [model if a == "MODEL" else a for a in argv]
+    assert main(["analyze-markov"] + argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and match in err, err

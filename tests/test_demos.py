@@ -55,6 +55,13 @@ def test_report_carries_text_numbers_and_check_results(demo_run):
     assert "numbers this run measured" in page
 
 
+def test_report_links_the_explorer_written_next_to_it(demo_run):
+    out, _, page = demo_run
+    assert '<a href="explorer.html">' in page
+    explorer_page = (out / "explorer.html").read_text(encoding="utf-8")
+    assert "const EXPLORER_DATA = " in explorer_page and "ExplorerPort" in explorer_page
+
+
 def test_demo_scripts_stay_short():
     for script in report.demo_scripts():
         assert len(script.read_text().splitlines()) <= 160, script.name

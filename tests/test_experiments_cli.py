@@ -21,6 +21,7 @@ def test_public_api_is_importable():
 @pytest.mark.parametrize("argv, words", [
     (["train", "no-such-preset"], "not a preset name"),
     (["sweep", "nothing.toml", "--out", "x"], "no such file"),
+    (["sweep", "nope", "--out", "x"], "not a built-in sweep (quick, objectives, lambda, baselines)"),
     (["experiment", "shallow-vs-deep", "--out", "x", "--jobs", "0"], "--jobs=0 must be at least 1"),
 ])
 def test_bad_input_gives_one_line_and_status_2(argv, words, capsys, tmp_path, monkeypatch):

@@ -8,93 +8,43 @@ Names are re-exported lazily (PEP 562): ``import toy_lm`` loads no engine, so th
 entry point (:mod:`toy_lm.cli`) installs its signal handlers before numpy, JAX and numba load.
 """
 
-import importlib
-
-#: Public name -> the module that defines it.
-_EXPORTS = {
-    "TreeAnalysis": "toy_lm.analysis",
-    "analyze_tree": "toy_lm.analysis",
-    "Automaton": "toy_lm.automata",
-    "automaton_determined_masks": "toy_lm.automata",
-    "automaton_harm_table": "toy_lm.automata",
-    "determined_states": "toy_lm.automata",
-    "harmful_before_refusal": "toy_lm.automata",
-    "level_states": "toy_lm.automata",
-    "make_automaton": "toy_lm.automata",
-    "pattern_harm": "toy_lm.automata",
-    "ConfigError": "toy_lm.errors",
-    "EnumerationTooLarge": "toy_lm.errors",
-    "HarmHorizonError": "toy_lm.errors",
-    "InputError": "toy_lm.errors",
-    "PrecisionError": "toy_lm.errors",
-    "OutputError": "toy_lm.errors",
-    "MIN_LAMBDA": "toy_lm.bounds",
-    "open_input": "toy_lm.io",
-    "check_output": "toy_lm.outputs",
-    "write_atomic": "toy_lm.outputs",
-    "per_position_grads_autodiff": "toy_lm.gradients",
-    "per_position_grads_surrogate": "toy_lm.gradients",
-    "per_position_norms": "toy_lm.gradients",
-    "total_grad": "toy_lm.gradients",
-    "determined_masks": "toy_lm.harms",
-    "harm_table": "toy_lm.harms",
-    "horizon": "toy_lm.harms",
-    "random_decided_harm": "toy_lm.harms",
-    "response_horizons": "toy_lm.harms",
-    "soft_harm": "toy_lm.harms",
-    "MarkovAnalysis": "toy_lm.markov_analysis",
-    "analyze_markov": "toy_lm.markov_analysis",
-    "expand_to_tree": "toy_lm.markov_analysis",
-    "Estimate": "toy_lm.montecarlo",
-    "cond_harm_mc": "toy_lm.montecarlo",
-    "harmful_prefixes": "toy_lm.montecarlo",
-    "per_position_kl_mc": "toy_lm.montecarlo",
-    "prefill_asr_mc": "toy_lm.montecarlo",
-    "reinforce_grads": "toy_lm.montecarlo",
-    "MLPPolicy": "toy_lm.neural",
-    "TransformerPolicy": "toy_lm.neural",
-    "MarkovPolicy": "toy_lm.policies",
-    "Policy": "toy_lm.policies",
-    "PositionalPolicy": "toy_lm.policies",
-    "TabularPolicy": "toy_lm.policies",
-    "eps_tolerance": "toy_lm.precision",
-    "require_x64": "toy_lm.precision",
-    "analyze_sharded": "toy_lm.sharded",
-    "all_prefixes": "toy_lm.tables",
-    "check_enumeration_size": "toy_lm.tables",
-    "cond_harm": "toy_lm.tree",
-    "equilibrium_policy": "toy_lm.tree",
-    "expected_harm": "toy_lm.tree",
-    "harm_information": "toy_lm.tree",
-    "harm_information_mi": "toy_lm.tree",
-    "harmful_prefix_dist": "toy_lm.tree",
-    "increments": "toy_lm.tree",
-    "log_partition": "toy_lm.tree",
-    "log_policy": "toy_lm.tree",
-    "logit_grads": "toy_lm.tree",
-    "per_position_kl": "toy_lm.tree",
-    "prefill_asr": "toy_lm.tree",
-    "prefill_asr_curve": "toy_lm.tree",
-    "prefix_probs": "toy_lm.tree",
-    "response_log_probs": "toy_lm.tree",
-}
+from toy_lm.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
-__all__ = list(_EXPORTS)
+#: What the package re-exports, by the module that defines it (imported on first use).
+_EXPORTS = {
+    "toy_lm.analysis": ("TreeAnalysis", "analyze_tree"),
+    "toy_lm.automata": (
+        "Automaton", "automaton_determined_masks", "automaton_harm_table", "determined_states",
+        "harmful_before_refusal", "level_states", "make_automaton", "pattern_harm"),
+    "toy_lm.errors": (
+        "ConfigError", "EnumerationTooLarge", "HarmHorizonError", "InputError", "OutputError",
+        "PrecisionError"),
+    "toy_lm.bounds": ("MIN_LAMBDA",),
+    "toy_lm.io": ("open_input",),
+    "toy_lm.outputs": ("check_output", "write_atomic"),
+    "toy_lm.gradients": (
+        "per_position_grads_autodiff", "per_position_grads_surrogate", "per_position_norms",
+        "total_grad"),
+    "toy_lm.harms": (
+        "determined_masks", "harm_table", "horizon", "random_decided_harm", "response_horizons",
+        "soft_harm"),
+    "toy_lm.markov_analysis": ("MarkovAnalysis", "analyze_markov", "expand_to_tree"),
+    "toy_lm.markov_model": ("markov_model_arrays", "random_markov_model", "save_markov_model"),
+    "toy_lm.montecarlo": (
+        "Estimate", "cond_harm_mc", "harmful_prefixes", "per_position_kl_mc", "prefill_asr_mc",
+        "reinforce_grads"),
+    "toy_lm.neural": ("MLPPolicy", "TransformerPolicy"),
+    "toy_lm.policies": ("MarkovPolicy", "Policy", "PositionalPolicy", "TabularPolicy"),
+    "toy_lm.precision": ("eps_tolerance", "require_x64"),
+    "toy_lm.sharded": ("analyze_sharded",),
+    "toy_lm.tables": ("all_prefixes", "check_enumeration_size"),
+    "toy_lm.tree": (
+        "cond_harm", "equilibrium_policy", "expected_harm", "harm_information",
+        "harm_information_mi", "harmful_prefix_dist", "increments", "log_partition", "log_policy",
+        "logit_grads", "per_position_kl", "prefill_asr", "prefill_asr_curve", "prefix_probs",
+        "response_log_probs"),
+}
 
-
-def __getattr__(name):
-    module = _EXPORTS.get(name)
-    if module is None:   # a submodule used as an attribute (``toy_lm.tree``) imports on demand
-        try:
-            return importlib.import_module(f"toy_lm.{name}")
-        except ModuleNotFoundError:
-            raise AttributeError(f"module 'toy_lm' has no attribute {name!r}") from None
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__, __all__ = lazy_exports(globals(), _EXPORTS, eager=("__version__",))

@@ -4,10 +4,11 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 ``2**22`` and ``2**24`` responses (``V=4, T=10..12`` and ``V=2, T=20..24``), reporting per size
 
 * ``seconds``: median wall time of several runs (5 unless ``--repeats``) after a warm-up;
-* ``compile_seconds``: compiling the analysis kernels from scratch (Numba, every specialization;
-  the kernels do not depend on ``V`` or ``T``, so this is measured once per run and repeated in
-  every row). Compiled kernels are cached on disk: a user pays this once per install, and later
-  processes load them in well under a second;
+* ``compile_seconds`` (only with ``--compile``): compiling the analysis kernels from scratch
+  (Numba, every specialization; the kernels do not depend on ``V`` or ``T``, so this is measured
+  once per run and repeated in every row). Compiled kernels are cached on disk: a user pays this
+  once per install, and later processes load them in well under a second, so a run without
+  ``--compile`` uses the cache (compiling once, with a progress line, if it is empty);
 * ``floor_seconds``: a memory-traffic floor measured in the same run - the time numpy takes to read
   every input array once (a sum) and write every output array once (a fill);
 * ``ratio_to_floor`` = seconds / floor_seconds;
@@ -35,13 +36,21 @@ LAMBDA = 0.5
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench", help="benchmarks with ratios measured in the same run")
+    p = subparsers.add_parser(
+        "bench", help="benchmarks with ratios measured in the same run",
+        description="Speed measured side by side in one run and printed as ratios: the tree "
+                    "analysis against a memory-traffic floor, the numpy reference and the XLA "
+                    "backend (tree); the DP engine (markov); Monte Carlo against exact (mc); "
+                    "devices (gpu).")
     p.add_argument("--suite", default="tree", choices=sorted(SUITES),
                    help="which benchmark suite to run (default: tree)")
     p.add_argument("--json", action="store_true", help="print a JSON list of result objects")
     p.add_argument("--repeats", type=int, default=None,
                    help="timed runs per size (default 5 for tree, 3 for the other suites)")
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
+    p.add_argument("--compile", action="store_true",
+                   help="tree suite: also measure compiling the Numba kernels from scratch "
+                        "(about a minute on 2 cores; rewrites their on-disk cache)")
     p.set_defaults(func=run)
 
 
@@ -87,14 +96,12 @@ def _median_seconds(fn, repeats: int) -> float:
 def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool = True,
                compile_seconds: float | None = None) -> dict:
     """One row of the tree suite (see the module docstring for the fields)."""
-    from toy_lm.analysis import analyze_tree, compile_kernels, compile_numba_kernels
+    from toy_lm.analysis import analyze_tree, compile_kernels
     from toy_lm.reference import reference_analysis
 
     import jax
 
     logits, harm = _instance(vocab_size, length)
-    if compile_seconds is None:
-        compile_seconds = compile_numba_kernels()
     seconds = _median_seconds(lambda: analyze_tree(logits, harm, lam=LAMBDA), repeats)
     floor = memory_floor(logits + [harm], _output_shapes(vocab_size, length))
     # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
@@ -105,7 +112,8 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
         lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"), repeats)
     row = {"name": f"tree V={vocab_size} T={length}", "vocab_size": vocab_size, "length": length,
            "sequences": vocab_size ** length, "seconds": seconds,
-           "compile_seconds": compile_seconds, "floor_seconds": floor,
+           **({} if compile_seconds is None else {"compile_seconds": compile_seconds}),
+           "floor_seconds": floor,
            "ratio_to_floor": seconds / floor, "xla_seconds": xla_seconds,
            "xla_compile_seconds": xla_compile}
     if reference:
@@ -116,12 +124,19 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
     return row
 
 
-def suite_tree(repeats: int, quick: bool, progress) -> list[dict]:
+def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = False) -> list[dict]:
     from toy_lm.analysis import compile_numba_kernels
+    from toy_lm.cpu_kernels import cached_on_disk
+    from toy_lm.progress import heartbeat
 
     sizes = ((4, 6), (2, 12)) if quick else TREE_SIZES
-    progress("compiling the Numba kernels from scratch (once; they serve every size)")
-    compile_seconds = compile_numba_kernels()
+    compile_seconds = None
+    if measure_compile:
+        progress("compiling the Numba kernels from scratch (once; they serve every size)")
+        with heartbeat("bench", "compiling the Numba kernels from scratch"):
+            compile_seconds = compile_numba_kernels()
+    elif not cached_on_disk():
+        progress("compiling the Numba kernels (no on-disk cache yet; about a minute on 2 cores)")
     rows = []
     for vocab_size, length in sizes:
         progress(f"tree V={vocab_size} T={length} ({vocab_size ** length:.3g} responses)")
@@ -154,7 +169,10 @@ def run(args) -> int:
     def progress(msg):
         print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    rows = SUITES[args.suite](repeats, args.quick, progress)
+    if args.compile and args.suite != "tree":
+        raise InputError("--compile applies to --suite tree only")
+    extra = {"measure_compile": True} if args.compile else {}
+    rows = SUITES[args.suite](repeats, args.quick, progress, **extra)
     if args.json:
         json.dump(rows, sys.stdout, indent=2)
         print()

@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "proofs_check.cli",
     "experiments.cli",
     "experiments.cli_demo",
+    "experiments.cli_explore",
 )
 
 

@@ -191,20 +191,27 @@ def run(args) -> int:
         if args.save_tables is not None:
             save_npz(args.save_tables, {**{f"logits_{l}": z for l, z in enumerate(logits)},
                                         "harm": harm}, tag="analyze", flag="--save-tables")
+            print(f"wrote {args.save_tables}", file=sys.stderr)
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
     from toy_lm.analysis import analyze_tree   # after every check: refusals do not load JAX
     from toy_lm.cpu_kernels import cached_on_disk
+    from toy_lm.progress import heartbeat
 
+    status = "analyzing"
     if not cached_on_disk():
-        print("[analyze] compiling the analysis kernels (once after install, about a minute on 2 cores;"
-              " cached on disk afterwards)", file=sys.stderr, flush=True)
-    result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi)
+        status = ("compiling the analysis kernels (once after install, about a minute on 2 cores;"
+                  " cached on disk afterwards)")
+        print(f"[analyze] {status}", file=sys.stderr, flush=True)
+    with heartbeat("analyze", status):
+        result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref,
+                              mutual_information=args.mi)
     info = summary(result, vocab_size, length, args.lam)
     text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
     if args.out is not None:
         save_npz(args.out, output_arrays(result, args.lam), tag="analyze", flag="--out")
+        print(f"wrote {args.out}", file=sys.stderr)
     if args.json:
         print(text)
     else:

@@ -32,9 +32,15 @@ def register(subparsers) -> None:
         help="dynamic-programming analysis of a Markov policy and an automaton harm (.npz)",
         description="Exact analysis by dynamic programming over (context x automaton state): "
                     "E[h], the horizon, I_t, and with --lam the equilibrium KL per position.")
-    p.add_argument("model", metavar="MODEL.npz",
+    p.add_argument("model", metavar="MODEL.npz", nargs="?",
                    help="markov_logits (T, V**k, V), dfa_transitions (S, V), dfa_verdict (S,), "
-                        "dfa_start")
+                        "dfa_start (format: toy_lm.markov_model)")
+    p.add_argument("--random", nargs=3, type=int, metavar=("V", "T", "K"),
+                   help="analyze a random order-K Markov policy with the harm 'two harmful tokens "
+                        "(1) before any refusal (2)' instead of a file (V >= 3)")
+    p.add_argument("--seed", type=int, default=0, help="PRNG seed for --random (default 0)")
+    p.add_argument("--save-model", metavar="FILE",
+                   help="with --random: save the model as .npz (the input format of MODEL.npz)")
     p.add_argument("--lam", type=float, metavar="L",
                    help="also compute the equilibrium pi*_lambda and KL_t(pi*_lambda || pi)")
     p.add_argument("--out", metavar="OUT.npz", help="write the computed arrays to this .npz")
@@ -46,8 +52,9 @@ def _check_shapes(path: str, shapes: dict) -> tuple[int, int, int, int]:
     """``(T, C, V, S)`` from the headers alone, or :class:`InputError` naming the key."""
     missing = [k for k in KEYS if k not in shapes]
     if missing:
-        raise InputError(f"{path} lacks {', '.join(missing)}; analyze-markov needs "
-                         + ", ".join(KEYS))
+        raise InputError(f"{path} lacks {', '.join(missing)}; make a model file with "
+                         "toy_lm.markov_model.save_markov_model or analyze-markov --random V T K "
+                         "--save-model FILE")
     (logits_shape, logits_dtype), (trans_shape, trans_dtype) = (shapes["markov_logits"],
                                                                 shapes["dfa_transitions"])
     if len(logits_shape) != 3 or logits_shape[0] < 1 or logits_shape[2] < 2:
@@ -181,9 +188,23 @@ def print_table(info: dict) -> None:
 def run(args) -> int:
     if args.lam is not None:
         check_lam(args.lam, "--lam")
+    if (args.model is None) == (args.random is None):
+        raise InputError("give exactly one of MODEL.npz or --random V T K")
+    if args.save_model and args.random is None:
+        raise InputError("--save-model only applies to --random")
     if args.out is not None:   # refuse before the computation
         check_output(args.out, flag="--out", tag="analyze-markov", inputs=[args.model])
-    logits, dfa = read_model(args.model)
+    if args.save_model is not None:
+        check_output(args.save_model, flag="--save-model", tag="analyze-markov")
+    if args.random is not None:
+        from toy_lm.markov_model import random_markov_model, save_markov_model
+
+        logits, dfa = random_markov_model(args.seed, *args.random)
+        if args.save_model:
+            save_markov_model(args.save_model, logits, dfa)
+            print(f"wrote {args.save_model}", file=sys.stderr)
+    else:
+        logits, dfa = read_model(args.model)
     from toy_lm.markov_analysis import analyze_markov
 
     result = analyze_markov(logits, dfa, lam=args.lam)
@@ -191,6 +212,7 @@ def run(args) -> int:
     text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
     if args.out is not None:
         save_npz(args.out, output_arrays(result, args.lam), tag="analyze-markov", flag="--out")
+        print(f"wrote {args.out}", file=sys.stderr)
     if args.json:
         print(text)
     else:

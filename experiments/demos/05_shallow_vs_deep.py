@@ -41,7 +41,7 @@ demo.instance(make_instance("tabular", 3, 4, seed=0, harm_kind="automaton", lam=
 # `L_rec = E[h] + μ Σ_k ASR(k)` (the deep objectives). Every number is an exact expectation.
 
 # %%
-runs = {name: train_and_evaluate(cfg, str(demo.out_dir / "runs")) for name, cfg in configs.items()}
+runs = {name: train_and_evaluate(cfg, str(demo.out_dir)) for name, cfg in configs.items()}
 base = runs["none"]["base"]
 T = len(base["prefill_asr"])
 undecided = [k for k in range(T) if base["prefill_asr"][k] > base["prefill_asr_floor"][k] + 1e-9]

@@ -43,8 +43,7 @@ class Demo:
     def note(self, **numbers) -> None:
         """Record numbers (floats, ints, lists) that the demo's text talks about."""
         self.numbers.update({k: _plain(v) for k, v in numbers.items()})
-        for key, value in numbers.items():
-            print(f"  {key} = {_plain(value)}")
+        print_numbers(self.name, {k: _plain(v) for k, v in numbers.items()})
         self._write()
 
     def instance(self, instance, theorems, note: str = "") -> None:
@@ -65,6 +64,37 @@ class Demo:
 
         data = json.dumps(record, indent=2).encode()
         write_atomic(str(self.out_dir / "record.json"), lambda fh: fh.write(data), tag="demo")
+
+
+def format_value(value, items: int = 8) -> str:
+    """A number for the console: 4 significant digits, long lists cut to ``items`` entries."""
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {format_value(v, items)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        shown = " ".join(format_value(v, items) for v in value[:items])
+        more = f" … ({len(value)} values)" if len(value) > items else ""
+        return f"[{shown}{more}]"
+    return str(value)
+
+
+def print_numbers(title: str, numbers: dict) -> None:
+    """The numbers a demo recorded, as a two-column table like ``harm-horizon check``'s."""
+    import sys
+
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=Text(f"{title}: numbers recorded"), title_justify="left")
+    table.add_column("name", no_wrap=True)
+    table.add_column("value")
+    for key, value in numbers.items():
+        table.add_row(Text(key), Text(format_value(value)))
+    (Console() if sys.stdout.isatty() else Console(width=120)).print(table)
 
 
 def _plain(value):
