@@ -148,9 +148,9 @@ def run_figures(args) -> int:
 def run_experiment(args) -> int:
     _setup()
     _check_jobs(args.jobs)
-    check_output_folder(args.out, flag="--out")
-    if args.name == "optimum-vs-dynamics":
+    if args.name == "optimum-vs-dynamics":   # checks its own options before touching --out
         return run_optimum_vs_dynamics(args)
+    check_output_folder(args.out, flag="--out")
     from experiments import headline
 
     from toy_lm.progress import heartbeat
@@ -185,6 +185,7 @@ def run_optimum_vs_dynamics(args) -> int:
     if args.policy != "tabular":
         raise ConfigError("--policy does not apply to optimum-vs-dynamics: it always trains tabular "
                           "policies (plain GD, natural gradient, Adam) and a transformer with Adam")
+    check_output_folder(args.out, flag="--out")
     summary = run_dynamics(args.out, quick=args.quick)
     print(f"optimum-vs-dynamics ({'quick' if args.quick else 'full'}) in {summary['seconds']:.0f} s")
     for line in summary["findings"]:

@@ -114,19 +114,25 @@ def wrong_level_baseline(values, vocab_size: int) -> list[np.ndarray]:
     return out
 
 
-def changed_below_determined(harm, vocab_size: int, length: int, determined):
+def changed_below_determined(harm, vocab_size: int, length: int, determined, probs=None):
     """The harm with one response changed below a determined prefix, or ``None`` if none exists.
 
-    Picks the deepest level ``l < T`` that has a determined prefix, the first such prefix, and
-    changes the last response of its block (binary: ``1 - h``; soft: ``h ± 0.5``), so that prefix
-    is no longer determined although the check still claims it is.
+    Picks the deepest level ``l < T`` that has a determined prefix, the most probable such prefix
+    under ``P(y)`` ``probs`` (the first one without), and changes the last response of its block
+    (binary: ``1 - h``; soft: ``h ± 0.5``), so that prefix is no longer determined although the
+    check still claims it is. (The most probable one: a change below a prefix of probability
+    1e-13 moves every expectation by less than rounding and could not be seen.)
     """
     harm = np.array(harm, np.float64)
     for level in range(length - 1, -1, -1):
         rows = np.flatnonzero(determined[level])
         if rows.size:
             block = vocab_size ** (length - level)
-            target = (rows[0] + 1) * block - 1
+            row = rows[0]
+            if probs is not None:
+                mass = np.asarray(probs, np.float64).reshape(-1, block).sum(axis=1)
+                row = rows[np.argmax(mass[rows])]
+            target = (row + 1) * block - 1
             value = harm[target]
             harm[target] = 1.0 - value if value in (0.0, 1.0) else (value + 0.5) % 1.0
             return harm
@@ -136,7 +142,8 @@ def changed_below_determined(harm, vocab_size: int, length: int, determined):
 def planted_harm(inst, plant: str | None) -> np.ndarray:
     """The harm a check should compute with: the instance's, or the changed one under the plant."""
     if plant == "harm-below-determined":
-        return changed_below_determined(inst.harm, inst.vocab_size, inst.length, inst.determined)
+        return changed_below_determined(inst.harm, inst.vocab_size, inst.length, inst.determined,
+                                        inst.probs)
     return inst.harm
 
 

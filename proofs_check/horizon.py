@@ -31,7 +31,7 @@ def _at_determined(tables, masks) -> np.ndarray:
 
 @register("T5", "G = 0 at every determined prefix, so g_t = 0 for t > τ* (every parameterization)",
           plants=["harm-below-determined", "horizon-off-by-one"],
-          engines=("tree", "analysis", "xla"))
+          applies=controls.has_determined_prefix, engines=("tree", "analysis", "xla"))
 def zero_beyond_horizon(inst, plant):
     harm = controls.planted_harm(inst, plant)
     masks = controls.claimed_determined(inst, plant)

@@ -67,7 +67,7 @@ def test_an_undetected_planted_error_gives_exit_status_1(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--length", "3", "--horizon", "5"], "horizon 5"),
-    (["--theorem", "T12"], "T12"),
+    (["--theorem", "T99"], "T99"),
     (["--vocab", "5", "--length", "5"], "V**T"),
     (["--json", "/nonexistent-dir/x.json", "--theorem", "T4"], "does not exist"),
 ])

@@ -51,4 +51,4 @@ def test_registered_checks_hold_on_drawn_instances(inst):
     for check in select(["T1", "T3", "T4", "T5", "T7b", "T9b"]):
         if check.applies(inst):
             result = check.run(inst)
-            assert result.passed, result.to_json()
+            assert result.status in ("pass", "n/a"), result.to_json()   # n/a: nothing to compare
