@@ -45,10 +45,6 @@ NONZERO_FACTOR = 1e3
 COST_STATES = (1,)
 
 
-def _is_automaton(inst) -> bool:
-    return inst.dfa is not None and inst.cost_dfa is not None and inst.length >= 2
-
-
 def _mu(inst) -> np.ndarray:
     """``μ_k = 1/k``, ``k = 1 ... T-1``: distinct weights, so a misplaced index shows."""
     return 1.0 / np.arange(1, inst.length)

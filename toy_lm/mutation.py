@@ -71,11 +71,6 @@ def point(name: str, value, **context):
     return value if rewrite is None else rewrite(value, **context)
 
 
-def is_active() -> bool:
-    """Whether a mutant is active (engines with compiled caches must not reuse them then)."""
-    return bool(_ACTIVE)
-
-
 @contextlib.contextmanager
 def active(rewrites: Mapping[str, Callable]) -> Iterator[None]:
     """Activate rewrites ``{point name: fn(value, **context) -> value}`` for the ``with`` block.
