@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
 
 from toy_lm import signals
@@ -82,6 +83,7 @@ def one_line(text: str) -> str:
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0, 1 for failed checks, 2 for a named input or
     configuration error, 130/143 after SIGINT/SIGTERM)."""
+    as_program = argv is None   # the console script: the interpreter exits after this returns
     previous = signals.install()
     command = "harm-horizon"
     status = 0
@@ -111,6 +113,11 @@ def main(argv=None) -> int:
         return status
     finally:
         signals.restore(previous)
+        if as_program and previous is not None:
+            # The run is over and its status decided; a Ctrl-C during the interpreter's shutdown
+            # (JAX's exit hooks take about a second) has nothing left to stop and would otherwise
+            # end the process with a bare SIGINT status instead of the run's own.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 if __name__ == "__main__":  # pragma: no cover
