@@ -15,6 +15,7 @@ import time
 from rich.markup import escape
 
 from toy_lm.bounds import MAX_SEED, check_count
+from proofs_check.ids import CHECK_IDS, unknown
 from toy_lm.errors import InputError
 from toy_lm.outputs import check_output, null_nonfinite, write_json
 
@@ -129,6 +130,9 @@ def _check_bounds(args) -> None:
     for theorem in args.theorem or []:
         if not theorem.strip():
             raise InputError("--theorem got an empty id; give ids such as T3 T5 (see --list)")
+    missing = unknown(args.theorem or [])
+    if missing is not None:
+        raise InputError(f"--theorem {missing}: no such check; choose from {', '.join(CHECK_IDS)}")
     for flag, values, low, high in (("--vocab", args.vocab, 2, 1024),
                                     ("--length", args.length, 1, 10),
                                     ("--horizon", args.horizon, 0, 10)):
@@ -224,6 +228,7 @@ def print_spill_over(results, console=None) -> None:
 
 
 def run(args) -> int:
+    _check_bounds(args)   # argument errors answer before JAX is imported
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -233,7 +238,6 @@ def run(args) -> int:
     from proofs_check.runner import plan, run_tasks, summarize
     from toy_lm.progress import heartbeat
 
-    _check_bounds(args)
     checks = select(args.theorem)
     if args.list:
         return _list(checks)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from toy_lm.errors import InputError
 from proofs_check.controls import PLANTS, Plant
+from proofs_check.ids import matches
 from proofs_check.results import CheckResult
 
 
@@ -86,14 +87,6 @@ def register(check_id: str, statement: str, *, plants: Sequence[str], applies=No
     return wrap
 
 
-def _matches(check_id: str, wanted: str) -> bool:
-    cid, want = check_id.upper(), wanted.upper()
-    if cid == want:
-        return True
-    rest = cid[len(want):] if cid.startswith(want) else None
-    return bool(rest) and not rest[0].isdigit()
-
-
 def all_checks() -> list[Check]:
     """Every registered check, in statement order (imports the check modules)."""
     import proofs_check.checks  # noqa: F401  (registers everything)
@@ -117,7 +110,7 @@ def select(theorems: Sequence[str] | None = None) -> list[Check]:
         return checks
     chosen = []
     for want in theorems:
-        hits = [c for c in checks if _matches(c.id, want)]
+        hits = [c for c in checks if matches(c.id, want)]
         if not hits:
             ids = ", ".join(c.id for c in checks)
             raise InputError(f"--theorem {want}: no such check; choose from {ids}")

@@ -36,6 +36,7 @@ def _probe(*argv):
     ["--help"], ["analyze", "--help"], ["analyze-markov", "--help"], ["check", "--help"],
     ["demo", "--help"], ["bench", "--help"], ["explore", "--help"],
     ["analyze", "--bogus"], ["no-such-command"], ["check", "--seeds", "x"],
+    ["check", "--theorem", "T99"], ["check", "--seeds", "0"], ["check", "--vocab", "1"],
 ])
 def test_help_and_argument_errors_import_nothing_heavy(argv):
     result, stdout = _probe(*argv)
