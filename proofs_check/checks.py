@@ -8,6 +8,7 @@ from proofs_check import (  # noqa: F401
     horizon,
     information,
     martingale,
+    prompts,
     recovery,
     reinforce,
     training,

@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from proofs_check import enumeration
+
 
 @dataclasses.dataclass(frozen=True)
 class Plant:
@@ -30,6 +32,16 @@ class Plant:
 
 def _below_determined_applies(inst) -> bool:
     return changed_below_determined(inst.harm, inst.vocab_size, inst.length, inst.determined) is not None
+
+
+def _prompts(inst):
+    return getattr(inst, "prompts", None)
+
+
+def prompt_horizons(inst) -> list[int]:
+    """``τ*(h_x)`` of every prompt's harm, by direct comparison of harm values."""
+    return [enumeration.direct_horizon(h, inst.vocab_size, inst.length)
+            for h in _prompts(inst).harms]
 
 
 def informative(inst) -> bool:
@@ -84,6 +96,10 @@ PLANTS: dict[str, Plant] = {p.name: p for p in (
           lambda inst: inst.horizon >= 2),
     Plant("ancestors-not-frozen", "the logits above u trained too, so P_π(u) drifts",
           lambda inst: inst.horizon >= 2),
+    Plant("prompt-weights-ignored", "the prompts averaged uniformly instead of with p(x)",
+          lambda inst: _prompts(inst) is not None and np.ptp(_prompts(inst).weights) > 0),
+    Plant("horizon-min-over-prompts", "the horizon of a mixture taken as the minimum over prompts",
+          lambda inst: _prompts(inst) is not None and len(set(prompt_horizons(inst))) > 1),
 )}
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -61,6 +62,13 @@ EXTRA_INSTANCES = (
     ("transformer", 2, 3, 1, "binary", 1.0, False),
 )
 
+#: Built-in prompt mixtures: (kind, V, T, horizon of each prompt's harm, prompt weights p(x)).
+#: The MLP shares its weights across prompts (a one-hot prompt input), so the prompts' gradients
+#: mix in parameter space; the horizons differ, so the mixture's horizon is their maximum.
+MIXTURE_INSTANCES = (
+    ("mlp", 3, 4, (1, 3, 2), (0.5, 0.3, 0.2)),
+)
+
 #: Logit that makes a prefix rare: ``π(0|0) ≈ e^-30 ≈ 1e-13`` at the level-1 prefix ``0``.
 RARE_LOGIT = -30.0
 
@@ -69,18 +77,19 @@ RARE_LOGIT = -30.0
 HARMFUL_TOKEN, REFUSAL_TOKEN, NUM_HARMFUL = 1, 2, 2
 
 
-def make_policy(kind: str, vocab_size: int, length: int) -> Policy:
+def make_policy(kind: str, vocab_size: int, length: int, num_prompts: int = 1) -> Policy:
     """The policy of a kind at a size (the transformer is tiny: d_model 8, one head, one layer)."""
     if kind == "tabular":
-        return TabularPolicy(vocab_size, length)
+        return TabularPolicy(vocab_size, length, num_prompts=num_prompts)
     if kind == "positional":
-        return PositionalPolicy(vocab_size, length)
+        return PositionalPolicy(vocab_size, length, num_prompts=num_prompts)
     if kind == "markov":
-        return MarkovPolicy(vocab_size, length, order=1)
+        return MarkovPolicy(vocab_size, length, num_prompts=num_prompts, order=1)
     if kind == "transformer":
-        return TransformerPolicy(vocab_size, length, d_model=8, num_heads=1, num_layers=1)
+        return TransformerPolicy(vocab_size, length, num_prompts=num_prompts, d_model=8,
+                                 num_heads=1, num_layers=1)
     if kind == "mlp":
-        return MLPPolicy(vocab_size, length, hidden=8)
+        return MLPPolicy(vocab_size, length, num_prompts=num_prompts, hidden=8)
     raise InputError(f"unknown policy kind {kind!r}; choose from {', '.join(POLICY_KINDS)} or all")
 
 
@@ -127,6 +136,9 @@ class Instance:
       cost_dfa: the automaton of the dense recovery cost (T9b), if any.
       engine: the engine whose outputs the engine-reading checks compare (see
         :mod:`proofs_check.engines`); ``"tree"`` by default.
+      prompts: a prompt mixture (:class:`proofs_check.prompts.PromptMixture`), or None; then
+        ``policy`` is conditioned on ``len(prompts.weights)`` prompts and ``harm`` is prompt 0's.
+        Only the mixture checks run on such an instance.
     """
 
     name: str
@@ -139,6 +151,7 @@ class Instance:
     dfa: Automaton | None = None
     cost_dfa: Automaton | None = None
     engine: str = "tree"
+    prompts: Any = None
 
     def __post_init__(self):
         harm = np.asarray(self.harm, np.float64)
@@ -324,6 +337,30 @@ def suite_settings(vocab=None, length=None, horizon=None) -> tuple[list, list]:
     return decided, automaton
 
 
+def make_mixture_instance(kind: str, vocab_size: int, length: int, *, seed: int,
+                          taus: Sequence[int], weights: Sequence[float]) -> Instance:
+    """A prompt mixture: prompt ``x`` has weight ``weights[x]`` and a binary harm decided by its
+    first ``taus[x]`` tokens; the policy is conditioned on the prompt (see :class:`Instance`)."""
+    from proofs_check.prompts import PromptMixture
+
+    require_x64()
+    weights = np.asarray(weights, np.float64)
+    if len(taus) != weights.size or weights.size < 2:
+        raise InputError(f"a prompt mixture needs one horizon per prompt and at least two prompts, "
+                         f"got {len(taus)} horizons and {weights.size} weights")
+    if np.any(weights <= 0) or abs(weights.sum() - 1.0) > 1e-12:
+        raise InputError(f"prompt weights must be positive and sum to 1, got {weights.tolist()}")
+    policy = make_policy(kind, vocab_size, length, num_prompts=weights.size)
+    key_policy, key_harm = jax.random.split(jax.random.key(seed))
+    params = init_params(policy, key_policy)
+    harms = np.stack([np.asarray(random_decided_harm(k, vocab_size, length, tau))
+                      for k, tau in zip(jax.random.split(key_harm, weights.size), taus)])
+    name = (f"{kind} V{vocab_size} T{length} prompts p={'/'.join(f'{w:g}' for w in weights)} "
+            f"tau{'/'.join(map(str, taus))} s{seed}")
+    return Instance(name, policy, params, harms[0], seed=seed,
+                    prompts=PromptMixture(weights, harms))
+
+
 def builtin_suite(kinds=POLICY_KINDS, *, vocab=None, length=None, horizon=None,
                   seeds: int = BUILTIN_SEEDS, first_seed: int = 0) -> list[Instance]:
     """The instances ``harm-horizon check`` runs (see the module docstring).
@@ -356,4 +393,6 @@ def builtin_suite(kinds=POLICY_KINDS, *, vocab=None, length=None, horizon=None,
         out += [make_instance(kind, v, t, seed=first_seed, tau=tau, harm_kind=harm_kind, lam=lam,
                               rare=rare)
                 for kind, v, t, tau, harm_kind, lam, rare in EXTRA_INSTANCES if kind in kinds]
+        out += [make_mixture_instance(kind, v, t, seed=first_seed, taus=taus, weights=weights)
+                for kind, v, t, taus, weights in MIXTURE_INSTANCES if kind in kinds]
     return out

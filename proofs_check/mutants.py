@@ -42,11 +42,12 @@ OBJECTIVE_CHECKS = ("T5-kl", "T8", "T9", "T9-train", "T9b", "T11", "T11-train")
 PARAM_CHECKS = ("T3", "T3-total", "T5", "T6", "T10")
 
 
-def blend(bug: Callable) -> Callable:
-    """A point rewrite ``x -> x + s (bug(x) - x)`` with ``s =`` :data:`STRENGTH`."""
+def blend(bug: Callable, strength: float = STRENGTH) -> Callable:
+    """A point rewrite ``x -> x + s (bug(x) - x)`` with ``s = strength`` (:data:`STRENGTH`, or
+    smaller for a bug so large that 1e-4 of it moves an output by more than 1e-3)."""
 
     def rewrite(value, **context):
-        return value + STRENGTH * (bug(value, **context) - value)
+        return value + strength * (bug(value, **context) - value)
 
     return rewrite
 
@@ -193,11 +194,12 @@ MUTANTS: tuple[Mutant, ...] = (
            equivalent="any child is an exact reference: c + Σ_v π(v|u)(H_v - c) = Σ_v π H_v for every "
                       "c, and constant children still give exact zeros; only rounding can differ"),
     Mutant("P-drop-conditional", "prefix-probability pass forgets the conditional: P_{l+1}(uv) = P_l(u)",
-           {"tree.prefix_probs.step": blend(lambda x, **_: 0.0 * x + x.sum(axis=1, keepdims=True))},
+           {"tree.prefix_probs.step": blend(lambda x, **_: 0.0 * x + x.sum(axis=1, keepdims=True),
+                                             strength=STRENGTH / 4)},
            GRAD_CHECKS + INFO_CHECKS + ("T7b", "T13", "T3", "T6", "T14-natural")),
     Mutant("I-parent-probability", "I_t weighted by the parent's probability P_{t-1}(y_<t) instead "
            "of the child's P_t(y_<=t)",
-           {"tree.information.weight": blend(_parent_prob)}, INFO_CHECKS),
+           {"tree.information.weight": blend(_parent_prob, strength=STRENGTH / 4)}, INFO_CHECKS),
     Mutant("G-level-off-by-one", "logit gradient G(u) weighted by the level above's probability",
            {"tree.grads.prefix_weight": blend(_parent_prob)}, GRAD_CHECKS),
     Mutant("KL-weighted-by-base-prefixes", "KL_t weighted by π0's prefix probabilities instead of π's",

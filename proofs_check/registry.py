@@ -66,11 +66,13 @@ REGISTRY: dict[str, Check] = {}
 
 
 def register(check_id: str, statement: str, *, plants: Sequence[str], applies=None,
-             plant_requires=None, engines: Sequence[str] = ("tree",)):
+             plant_requires=None, engines: Sequence[str] = ("tree",), mixture: bool = False):
     """Decorator: register ``fn(instance, plant)`` as the check ``check_id``.
 
     ``plant_requires`` maps a planted error to an extra condition on the instance under which this
-    check can see it (e.g. a claim about determined prefixes needs one to exist).
+    check can see it (e.g. a claim about determined prefixes needs one to exist). A check with
+    ``mixture=True`` runs on prompt-mixture instances only, every other check on single-prompt
+    instances only (the statements hold per prompt; the mixture checks average them).
     """
     unknown = [p for p in plants if p not in PLANTS]
     if unknown or not plants:
@@ -79,8 +81,13 @@ def register(check_id: str, statement: str, *, plants: Sequence[str], applies=No
     def wrap(fn):
         if check_id in REGISTRY:
             raise ValueError(f"check {check_id} registered twice")
+        condition = applies or (lambda inst: True)
+
+        def applies_here(inst):
+            return (getattr(inst, "prompts", None) is not None) == mixture and condition(inst)
+
         REGISTRY[check_id] = Check(check_id, statement, fn, tuple(plants),
-                                   applies or (lambda inst: True), fn.__module__.rsplit(".", 1)[-1],
+                                   applies_here, fn.__module__.rsplit(".", 1)[-1],
                                    tuple((plant_requires or {}).items()), tuple(engines))
         return fn
 
