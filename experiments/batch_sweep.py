@@ -32,7 +32,8 @@ from typing import NamedTuple
 
 from experiments import batch_runs
 from experiments.config import RunConfig, config_from_dict, config_to_dict
-from experiments.train import base_cache_path, enable_compilation_cache
+from experiments.train import base_cache_path
+from toy_lm.compile_options import enable_compilation_cache
 from experiments.vectorized import base_group_key, group_key, not_vectorizable
 from toy_lm.tables import memory_budget
 

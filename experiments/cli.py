@@ -85,7 +85,7 @@ def _print_runs(results) -> None:
 
 
 def _setup() -> None:
-    from experiments.train import enable_compilation_cache
+    from toy_lm.compile_options import enable_compilation_cache
 
     enable_compilation_cache()
 

@@ -40,8 +40,9 @@ from experiments import results as results_mod
 from experiments.config import (RunConfig, check_run_memory, config_from_dict, config_to_dict,
                                 with_overrides)
 from experiments.presets import PRESETS, config_from_source, read_config_file
-from experiments.train import (base_cache_path, enable_compilation_cache, get_base, result_path,
-                               run_id, train_and_evaluate, write_json_atomic)
+from experiments.train import (base_cache_path, get_base, result_path, run_id, train_and_evaluate,
+                               write_json_atomic)
+from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
 

@@ -39,32 +39,6 @@ from toy_lm.precision import require_x64
 BASE_TAG, ALIGN_TAG, ATTACK_TAG, MEASURE_TAG = 1, 2, 3, 4
 
 
-#: Environment variable naming the folder of JAX's persistent compilation cache ("off" disables it).
-CACHE_ENV = "HARM_HORIZON_JAX_CACHE"
-
-
-def enable_compilation_cache() -> str | None:
-    """Turn on JAX's persistent compilation cache (``$HARM_HORIZON_JAX_CACHE`` or
-    ``~/.cache/harm-horizon/jax``); returns the folder, or None when disabled.
-
-    Compiling the small programs of a run takes longer than running them on a CPU; the cache lets
-    the processes of a sweep, and later commands, reuse what an earlier run compiled.
-    """
-    folder = os.environ.get(CACHE_ENV)
-    if folder is not None and folder.strip().lower() in ("", "0", "off", "false", "no"):
-        return None
-    if folder is None:
-        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        folder = os.path.join(root, "harm-horizon", "jax")
-    try:
-        os.makedirs(folder, exist_ok=True)
-    except OSError:
-        return None
-    jax.config.update("jax_compilation_cache_dir", folder)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-    return folder
-
-
 def package_version() -> str:
     """The installed harm-horizon version (recorded in every result row)."""
     try:

@@ -236,11 +236,13 @@ def run(args) -> int:
     from proofs_check.engines import read_through
     from proofs_check.registry import select
     from proofs_check.runner import plan, run_tasks, summarize
+    from toy_lm.compile_options import enable_compilation_cache
     from toy_lm.progress import heartbeat
 
     checks = select(args.theorem)
     if args.list:
         return _list(checks)
+    enable_compilation_cache()   # a later check reuses what this one compiles (most of its time)
     if args.json is not None:
         check_output(args.json, flag="--json", tag="check")  # before the long run; target untouched
     if args.mutants is not None:

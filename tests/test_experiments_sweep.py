@@ -13,7 +13,7 @@ import pytest
 from experiments import sweep
 from experiments.config import ConfigError
 from experiments.presets import preset
-from experiments.train import CACHE_ENV
+from toy_lm.compile_options import CACHE_ENV
 
 SWEEP_TOML = """preset = "tiny"
 [align]

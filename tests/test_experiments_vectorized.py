@@ -17,7 +17,7 @@ from experiments import batch_sweep, sweep
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
-from experiments.train import CACHE_ENV
+from toy_lm.compile_options import CACHE_ENV
 from experiments.vectorized import group_key, not_vectorizable
 
 #: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
