@@ -395,4 +395,12 @@ def builtin_suite(kinds=POLICY_KINDS, *, vocab=None, length=None, horizon=None,
                 for kind, v, t, tau, harm_kind, lam, rare in EXTRA_INSTANCES if kind in kinds]
         out += [make_mixture_instance(kind, v, t, seed=first_seed, taus=taus, weights=weights)
                 for kind, v, t, taus, weights in MIXTURE_INSTANCES if kind in kinds]
+    elif decided and kinds:
+        # chosen sizes: one two-prompt mixture at the first chosen (V, T, τ), the second prompt's
+        # harm with another horizon, on the MLP (shared weights) when chosen
+        v, t, tau = decided[0]
+        taus = (tau, t) if tau < t else (tau, t - 1)
+        kind = "mlp" if "mlp" in kinds else kinds[0]
+        out.append(make_mixture_instance(kind, v, t, seed=first_seed, taus=taus,
+                                         weights=(0.6, 0.4)))
     return out

@@ -21,6 +21,9 @@ def suite():
         out.append(instances.make_instance(kind, v, t, seed=8, tau=tau))
         out.append(instances.make_instance(kind, v, t, seed=9, harm_kind="automaton", lam=0.5))
     out.append(instances.make_instance("tabular", v, t, seed=9, tau=tau, harm_kind="soft"))
+    for kind in instances.POLICY_KINDS:   # prompt mixtures (the T3-prompts check)
+        out.append(instances.make_mixture_instance(kind, v, t, seed=8, taus=(tau, t),
+                                                   weights=(0.6, 0.4)))
     return out
 
 
