@@ -108,11 +108,16 @@ def reinforce(inst, plant):
     responses = sample_responses(inst)
     # b_t(Y_<t) = H_{t-1}(Y_<t) through the toolkit's own exact baseline (toy_lm.montecarlo).
     baseline = np.asarray(table_baseline(values, inst.vocab_size)(responses))   # (n, T)
+    # A sample's terms depend on its response only: evaluate them once per distinct sampled
+    # response (at most V**T of them) and weight by counts, not once per sample (n x T x D floats).
+    sampled, first = np.unique(rows, return_index=True)
+    base_sampled = baseline[first]                                               # (U, T)
     per_sample = [np.zeros(0)]
     for t in range(1, inst.length + 1):
-        determined = enumeration.expand(inst.determined[t - 1], inst.vocab_size, inst.length)[rows]
-        keep = rows[determined]
-        per_sample.append(((harm[keep] - baseline[determined, t - 1])[:, None]
+        determined = enumeration.expand(inst.determined[t - 1], inst.vocab_size,
+                                        inst.length)[sampled]
+        keep = sampled[determined]
+        per_sample.append(((harm[keep] - base_sampled[determined, t - 1])[:, None]
                            * scores[keep, t - 1]).reshape(-1))
     per_sample = np.concatenate(per_sample)
     # Unbiased with the baseline: mean_i (h(Y_i) - b_t(Y_i,<t)) s_t(Y_i) against g_t, with σ² and the
@@ -120,7 +125,9 @@ def reinforce(inst, plant):
     direct_base = np.stack([enumeration.expand(inst.direct_cond_harm[t], inst.vocab_size, inst.length)
                             for t in range(inst.length)], axis=1)               # (N, T)
     centred = (harm[:, None] - direct_base)[:, :, None] * scores                  # (N, T, D)
-    b_estimate = np.mean((harm[rows, None] - baseline)[:, :, None] * scores[rows], axis=0)
+    counts = np.bincount(rows, minlength=inst.num_responses)[sampled] / n
+    b_estimate = np.tensordot(counts, (harm[sampled, None] - base_sampled)[:, :, None]
+                              * scores[sampled], axes=(0, 0))
     b_mean = expect(probs, centred)
     b_sigma = np.sqrt(np.maximum(expect(probs, centred ** 2) - b_mean ** 2, 0.0))
     b_spread = np.max(np.abs(centred[support] - b_mean[None]), axis=0)
@@ -136,8 +143,8 @@ def reinforce(inst, plant):
                          rhs_name="0 (g_t by stop-gradient autodiff)"))
     parts.append(compare("(h - H_{t-1}) s_t = 0 per sample once Y_<t is determined", per_sample, 0.0,
                          rounding, scale=float(np.max(np.abs(scores))),
-                         lhs_name="(h(Y_i) - b_t(Y_i,<t)) s_t(Y_i) for every sample and t with Y_i,<t "
-                                  "determined, b = toy_lm.montecarlo.table_baseline of the engine's H, "
+                         lhs_name="(h(Y_i) - b_t(Y_i,<t)) s_t(Y_i) for every sampled response and t "
+                                  "with Y_i,<t determined, b = toy_lm.montecarlo.table_baseline of the engine's H, "
                                   "samples from Policy.sample", rhs_name="0"))
     if tau < inst.length and np.any(harm != 0):  # (h ≡ 0 makes the estimator identically 0)
         variance = sigma[tau:] ** 2
