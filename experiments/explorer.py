@@ -90,9 +90,9 @@ def engine_values(logits, harm, lams=LAMBDA_GRID) -> dict:
       "eq_probs": [π*_λ tables, flattened]}]}``.
     """
     from toy_lm.analysis import analyze_tree
-    from toy_lm.precision import require_x64
+    from toy_lm.precision import check_x64
 
-    require_x64()
+    check_x64("the explorer's analysis")
     logits = [np.asarray(z, np.float64) for z in logits]
     harm = np.asarray(harm, np.float64)
     flat = lambda tables: [np.asarray(t).reshape(-1).tolist() for t in tables]  # noqa: E731
