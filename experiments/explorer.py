@@ -19,6 +19,7 @@ The page loads nothing: data, script and style are inline.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -180,10 +181,8 @@ probability in the node panel. The slider sets &lambda; of the KL-regularized op
 """
 
 
-def write_explorer(path: str, instances=None) -> Path:
+def write_explorer(path: str | os.PathLike, instances=None) -> Path:
     """Write the page (built-in instances unless given) to ``path`` atomically; returns it."""
-    import os
-
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist")

@@ -60,3 +60,26 @@ def test_importing_the_packages_changes_no_global_state():
 
 def test_library_functions_refuse_float32_with_the_one_line_fix():
     assert _run(REFUSAL) == "ok"
+
+
+MISSING_EXTRA = """
+import sys
+class Block:   # as if the experiments extra were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("matplotlib", "pyarrow", "markdown"):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, Block())
+import toy_lm, proofs_check, experiments   # the core imports without the extra
+from toy_lm.cli import main
+sys.exit(main(["figures", sys.argv[1]]))
+"""
+
+
+def test_a_missing_extra_is_one_line_with_its_pip_command(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    proc = subprocess.run([sys.executable, "-c", MISSING_EXTRA, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        "harm-horizon figures: error: this command needs matplotlib, which is not installed; "
+        "install it with pip install 'harm-horizon[experiments]'"], proc.stderr

@@ -97,7 +97,7 @@ def missing_extra(err: ModuleNotFoundError) -> str | None:
             f"pip install 'harm-horizon[{EXTRAS[top]}]'")
 
 
-def one_line(text: str) -> str:
+def one_line(text: object) -> str:
     """A message on one line (newlines and runs of spaces collapsed)."""
     return " ".join(str(text).split())
 

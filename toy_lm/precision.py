@@ -57,7 +57,7 @@ def check_x64(what: str) -> None:
     Args:
       what: the computation that needs float64, for the message (e.g. ``"make_instance"``).
     """
-    if not jax.config.jax_enable_x64:
+    if not jax.config.read("jax_enable_x64"):
         raise PrecisionError(
             f"{what} computes in float64, but JAX's float64 mode is off; turn it on once at the "
             f"start of your program: {FIX}")
@@ -65,7 +65,7 @@ def check_x64(what: str) -> None:
 
 def x64_enabled() -> bool:
     """True when JAX creates float64 arrays by default."""
-    return bool(jax.config.jax_enable_x64)
+    return bool(jax.config.read("jax_enable_x64"))
 
 
 def default_float() -> np.dtype:
