@@ -1,9 +1,11 @@
 """The built wheel works on its own (issue 13, item 4): no file of the source tree is needed.
 
 Builds the wheel with ``pip wheel``, installs it (not editable, ``--no-deps``) into a fresh venv,
-and runs the installed console script from an empty folder: ``harm-horizon check --theorem T5``
-and ``harm-horizon demo --quick`` on one demo (the demos and the explorer's JavaScript are package
-files that a wrong package list leaves out of a wheel). The dependencies are not downloaded
+and runs the installed console script from an empty folder. By default: the wheel's files (the
+demos and the explorer's JavaScript are what a wrong package list leaves out) and ``check
+--theorem T5`` on a small suite (about 40 s in all). With ``-m slow``: ``harm-horizon check
+--theorem T5`` on the whole suite and ``harm-horizon demo --quick`` on one demo (about 4 min of
+CPU). The dependencies are not downloaded
 again: the fresh venv sees this environment's site-packages through a ``.pth`` line placed after
 its own, so the project itself can only come from the wheel (asserted: ``toy_lm.__file__`` lies in
 the fresh venv). That the declared dependency floors install and work is .ci/run's floors step.
@@ -57,13 +59,28 @@ def test_wheel_carries_every_package_and_data_file(installed):
     assert not any(n.startswith("tests/") for n in names)
 
 
-def test_installed_wheel_runs_check_and_a_demo(installed):
-    _, venv, tmp = installed
+def _probe(venv, tmp):
     probe = _run([venv / "bin" / "python", "-c",
                   "import toy_lm, experiments.demos; print(toy_lm.__file__); "
                   "print(toy_lm.__version__)"], cwd=tmp).stdout.split()
     assert probe[0].startswith(str(venv)), probe          # the wheel's copy, not the source tree
     assert probe[1] != "0+unknown", probe                 # the version from the wheel's metadata
+
+
+def test_installed_wheel_runs_a_small_check(installed):
+    """Default run: the installed script on a small suite (seconds; the full run is below)."""
+    _, venv, tmp = installed
+    _probe(venv, tmp)
+    check = _run([venv / "bin" / "harm-horizon", "check", "--theorem", "T5", "--policy",
+                  "tabular", "--vocab", "2", "--length", "3", "--seeds", "1", "--engine", "tree"],
+                 cwd=tmp)
+    assert "PASS" in check.stdout and "FAIL" not in check.stdout, check.stdout[-2000:]
+
+
+@pytest.mark.slow   # about 4 min of CPU: the whole T5 suite, and a demo with its report's checks
+def test_installed_wheel_runs_check_and_a_demo(installed):
+    _, venv, tmp = installed
+    _probe(venv, tmp)
     script = venv / "bin" / "harm-horizon"
     check = _run([script, "check", "--theorem", "T5"], cwd=tmp)
     assert "PASS" in check.stdout and "FAIL" not in check.stdout, check.stdout[-2000:]
