@@ -59,7 +59,7 @@ def matmul_flop_rate(size: int = 512, repeats: int = 5) -> float:
     best = np.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ a
+        _ = a @ a
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
 
