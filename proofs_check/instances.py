@@ -338,12 +338,12 @@ def suite_settings(vocab=None, length=None, horizon=None) -> tuple[list, list]:
 
 
 def make_mixture_instance(kind: str, vocab_size: int, length: int, *, seed: int,
-                          taus: Sequence[int], weights: Sequence[float]) -> Instance:
+                          taus: Sequence[int], weights: Sequence[float] | np.ndarray) -> Instance:
     """A prompt mixture: prompt ``x`` has weight ``weights[x]`` and a binary harm decided by its
     first ``taus[x]`` tokens; the policy is conditioned on the prompt (see :class:`Instance`)."""
     from proofs_check.prompts import PromptMixture
 
-    require_x64()
+    check_x64("make_mixture_instance")
     weights = np.asarray(weights, np.float64)
     if len(taus) != weights.size or weights.size < 2:
         raise InputError(f"a prompt mixture needs one horizon per prompt and at least two prompts, "
