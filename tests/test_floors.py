@@ -79,3 +79,11 @@ def test_experiments_extra_parquet_figure_markdown(tmp_path):
     fig.savefig(tmp_path / "f.svg")
     plt.close(fig)
     assert "<strong>x</strong>" in _markdown("**x**")
+
+
+def test_rich_tables_of_the_command_line(capsys):
+    """rich (13.0) draws the command line's tables: ``harm-horizon check --list``."""
+    from toy_lm.cli import main
+
+    assert main(["check", "--list"]) == 0
+    assert "T5" in capsys.readouterr().out
