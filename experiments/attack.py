@@ -26,12 +26,12 @@ from toy_lm import tree
 from toy_lm.policies import Policy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _harmful_tables_program(policy: Policy):
     return jax.jit(lambda p: policy.level_tables(p, HARMFUL))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _attack_step(policy: Policy, optimizer: str, learning_rate: float):
     return jax.jit(attack_step_function(policy, make_optimizer(optimizer, learning_rate)))
 

@@ -90,7 +90,7 @@ def prompt_tables(policy: Policy, params) -> tuple[tuple, ...]:
     return tuple(policy.level_tables(params, prompt) for prompt in range(len(PROMPTS)))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tables_program(policy: Policy):
     """Compiled ``params -> prompt_tables`` (one program per policy, shared by every run)."""
     return jax.jit(lambda p: prompt_tables(policy, p))
@@ -150,7 +150,7 @@ def _log_softmax(z) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _sft_step(policy: Policy, optimizer: str, learning_rate: float):
     return jax.jit(sft_step_function(policy, make_optimizer(optimizer, learning_rate)))
 

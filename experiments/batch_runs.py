@@ -49,7 +49,7 @@ def _pad(items: list, size: int) -> list:
     return items + [items[-1]] * (size - len(items))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _world(world_cfg):
     return make_world(world_cfg)
 
@@ -75,7 +75,7 @@ def train_bases(configs: list[RunConfig], out: str) -> BatchReport:
     params = jax.device_get(program(*args))
     seconds = (time.perf_counter() - start) / len(configs)
     for index, c in enumerate(configs):
-        own = jax.tree_util.tree_map(lambda x: x[index], params)
+        own = jax.tree_util.tree_map(lambda x, i=index: x[i], params)
         tables = all_tables(policy, own)
         path = base_cache_path(out, c)
         os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -159,7 +159,7 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
     share = (time.perf_counter() - start) / len(configs)
     results = []
     for index, c in enumerate(configs):
-        own = jax.tree_util.tree_map(lambda x: x[index], arrays)
+        own = jax.tree_util.tree_map(lambda x, i=index: x[i], arrays)
         base = bases[base_cache_path(out, c)]
         try:
             results.append(assemble(c, world, base, own, share))

@@ -39,7 +39,7 @@ from experiments.recipes import make_objective
 from experiments.sweep import expand
 from experiments.train import step_function, train_and_evaluate
 from experiments.world import make_world
-from toy_lm.precision import require_x64
+from toy_lm.precision import check_x64
 
 
 def bench_grid(quick: bool) -> list[RunConfig]:
@@ -59,7 +59,7 @@ def matmul_flop_rate(size: int = 512, repeats: int = 5) -> float:
     best = np.inf
     for _ in range(repeats):
         start = time.perf_counter()
-        a @ a
+        _ = a @ a
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best
 
@@ -138,7 +138,7 @@ def _vectorized(configs, batch_size: int | None, progress) -> dict:
 
 def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
     """The ``sweep`` suite's rows (one per grid; ``repeats`` = per-run sample size + 1)."""
-    require_x64()
+    check_x64("the sweep benchmark")
     configs = bench_grid(quick)
     per_run = _per_run(configs, max(repeats, 2) + 1, progress)
     vectorized = _vectorized(configs, None, progress)

@@ -1,4 +1,5 @@
-"""Figures (PNG and SVG) of ``optimum-vs-dynamics`` from its ``summary.json`` dict.
+"""Figures (PNG and SVG) of ``optimum-vs-dynamics`` from its ``summary.json`` dict (the
+matplotlib backend is the caller's: the command line selects Agg).
 
 * ``asr_vs_budget`` - the prefill attack's harm rate at *undecided* forced prefixes (conditional,
   averaged over ``k``) against the training budget, per optimizer, with the base and the optimum
@@ -16,11 +17,8 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
 
 

@@ -19,6 +19,7 @@ The page loads nothing: data, script and style are inline.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -90,9 +91,9 @@ def engine_values(logits, harm, lams=LAMBDA_GRID) -> dict:
       "eq_probs": [π*_λ tables, flattened]}]}``.
     """
     from toy_lm.analysis import analyze_tree
-    from toy_lm.precision import require_x64
+    from toy_lm.precision import check_x64
 
-    require_x64()
+    check_x64("the explorer's analysis")
     logits = [np.asarray(z, np.float64) for z in logits]
     harm = np.asarray(harm, np.float64)
     flat = lambda tables: [np.asarray(t).reshape(-1).tolist() for t in tables]  # noqa: E731
@@ -180,10 +181,8 @@ probability in the node panel. The slider sets &lambda; of the KL-regularized op
 """
 
 
-def write_explorer(path: str, instances=None) -> Path:
+def write_explorer(path: str | os.PathLike, instances=None) -> Path:
     """Write the page (built-in instances unless given) to ``path`` atomically; returns it."""
-    import os
-
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist")

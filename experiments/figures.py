@@ -1,4 +1,5 @@
-"""Figures (PNG and SVG) from a folder of run results, with matplotlib's non-interactive Agg backend.
+"""Figures (PNG and SVG) from a folder of run results. The matplotlib backend is the caller's:
+the command line selects the non-interactive Agg; importing this module selects none.
 
 * ``kl_per_position`` - teacher-forced per-position ``KL(π‖π0)`` on the base model's harmful
   responses, standard objectives and deep objectives side by side; positions beyond the horizon of
@@ -17,14 +18,11 @@ from __future__ import annotations
 
 import os
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from experiments.config import config_from_dict, flat_config  # noqa: E402
-from experiments.results import load_results  # noqa: E402
+from experiments.config import config_from_dict, flat_config
+from experiments.results import load_results
 
 STANDARD = ("rlhf", "reinforce", "dpo", "dpo_sampled", "sft_refusal")
 DEEP = ("augmentation", "recovery_prefill", "recovery_dense")  # recovery_dense: on-policy

@@ -33,7 +33,7 @@ from toy_lm import tree
 from toy_lm.errors import InputError
 from toy_lm.outputs import write_atomic
 from toy_lm.policies import Policy
-from toy_lm.precision import require_x64
+from toy_lm.precision import check_x64
 
 #: ``fold_in`` tags of the stages of a run (base model, alignment, attack, measurement).
 BASE_TAG, ALIGN_TAG, ATTACK_TAG, MEASURE_TAG = 1, 2, 3, 4
@@ -195,7 +195,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
       ``{"run_id", "version", "config", "seconds", "base", "aligned", "training", "attack"}``
       (see :mod:`experiments.measure` for the measured fields).
     """
-    require_x64()
+    check_x64("train_and_evaluate")
     check_run_memory(cfg)
     start = time.perf_counter()
     world = make_world(cfg.world)

@@ -29,7 +29,7 @@ from toy_lm.errors import InputError, PrecisionError
 from toy_lm.harms import random_decided_harm, soft_harm
 from toy_lm.neural import MLPPolicy, TransformerPolicy
 from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
-from toy_lm.precision import require_x64
+from toy_lm.precision import check_x64
 from proofs_check import enumeration
 from proofs_check.autodiff import init_params, level_tables, parameter_quantities, to_numpy
 
@@ -248,7 +248,7 @@ def with_engine(inst: Instance, engine: str) -> Instance:
 
 def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: int | None = None,
                   harm_kind: str = "binary", lam: float = 1.0, rare: bool = False) -> Instance:
-    """A random instance of a parameterization (turns float64 on, see :func:`toy_lm.require_x64`).
+    """A random instance of a parameterization (needs float64 on: :func:`toy_lm.require_x64`).
 
     Args:
       kind: one of :data:`POLICY_KINDS`.
@@ -263,7 +263,7 @@ def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: in
       lam: ``λ``.
       rare: tabular only: make the level-2 prefix ``00`` rare (probability about 1e-13).
     """
-    require_x64()
+    check_x64("make_instance")
     policy = make_policy(kind, vocab_size, length)
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     params = init_params(policy, key_policy)
@@ -338,12 +338,12 @@ def suite_settings(vocab=None, length=None, horizon=None) -> tuple[list, list]:
 
 
 def make_mixture_instance(kind: str, vocab_size: int, length: int, *, seed: int,
-                          taus: Sequence[int], weights: Sequence[float]) -> Instance:
+                          taus: Sequence[int], weights: Sequence[float] | np.ndarray) -> Instance:
     """A prompt mixture: prompt ``x`` has weight ``weights[x]`` and a binary harm decided by its
     first ``taus[x]`` tokens; the policy is conditioned on the prompt (see :class:`Instance`)."""
     from proofs_check.prompts import PromptMixture
 
-    require_x64()
+    check_x64("make_mixture_instance")
     weights = np.asarray(weights, np.float64)
     if len(taus) != weights.size or weights.size < 2:
         raise InputError(f"a prompt mixture needs one horizon per prompt and at least two prompts, "

@@ -12,11 +12,15 @@ import dataclasses
 import math
 import traceback
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from toy_lm.errors import HarmHorizonError
 from proofs_check.controls import PLANTS
 from proofs_check.registry import Check, all_checks
 from proofs_check.results import CheckResult, Part
+
+if TYPE_CHECKING:
+    from proofs_check.instances import Instance
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,7 +28,7 @@ class Task:
     """One unit of work: a check on an instance, optionally with a planted error."""
 
     check: Check
-    instance: object
+    instance: Instance
     plant: str | None = None
 
 

@@ -6,9 +6,13 @@ Hypothesis profiles: ``ci`` (the default; derandomized, no deadline, modest exam
 
 import os
 
-import jax
-import pytest
-from hypothesis import HealthCheck, settings
+# The library selects no matplotlib backend (the command line selects Agg); the tests draw into
+# files only, so they select Agg too, before anything imports matplotlib.
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -38,7 +38,7 @@ HARM_KINDS = ("table_binary", "table_soft", "decided", "soft", "before_refusal",
 AUTOMATON_KINDS = ("before_refusal", "pattern", "random_dfa")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def make_policy(kind: str, vocab_size: int, length: int, num_prompts: int = 1):
     """A policy object of the given kind (cached: policies are hashable and stateless)."""
     if kind == "tabular":
@@ -71,7 +71,7 @@ def init_params(policy, kind: str, seed: int, scale: float = 1.0):
     return jax.tree_util.tree_map(lambda s: jnp.asarray(scale * rng.normal(size=s.shape)), shapes)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def jitted(policy, method: str, static_argnames=None):
     """``jax.jit`` of a policy method, cached per policy (one compile per size and kind)."""
     return jax.jit(getattr(policy, method), static_argnames=static_argnames)

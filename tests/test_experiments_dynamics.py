@@ -67,7 +67,7 @@ def test_summary_splits_the_attack_into_decided_and_undecided(run):
 @pytest.mark.slow
 def test_recovery_records_and_fit(run):
     _, s = run
-    for name, fit in s["recovery"].items():
+    for fit in s["recovery"].values():
         assert fit["recovered"] + fit["censored"] == len(fit["points"]) > 0
         for p, steps, mean_p in fit["points"]:
             assert 0 < p <= 1

@@ -46,7 +46,7 @@ def test_harm_utility_and_costs_match_their_definitions(vocab, length, k):
 def test_determined_prefixes_have_constant_harm_below():
     world = W.make_world(WorldConfig(length=4, num_harmful=2))
     harm = np.asarray(world.harm)
-    for level, mask in enumerate(world.determined):
+    for mask in world.determined:
         block = harm.reshape(len(mask), -1)
         constant = block.min(axis=1) == block.max(axis=1)
         np.testing.assert_array_equal(mask, constant)

@@ -15,7 +15,7 @@ from toy_lm import gradients, harms, tree
 from toy_lm.policies import TabularPolicy
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def routes(policy):
     """Both per-position routes and the total gradient, in one jitted program per policy."""
 

@@ -87,7 +87,7 @@ def npy_bytes(array=None, *, descr=None, shape_text=None, body=None) -> bytes:
         return buf.getvalue()
     array = np.asarray(array if array is not None else np.zeros(1))
     descr = descr or np.lib.format.dtype_to_descr(array.dtype)
-    header = "{'descr': %r, 'fortran_order': False, 'shape': %s, }" % (descr, shape_text)
+    header = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': {shape_text}, }}"
     header += " " * (63 - (10 + len(header)) % 64) + "\n"
     body = array.tobytes() if body is None else body
     return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header.encode() + body

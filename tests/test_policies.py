@@ -19,7 +19,7 @@ from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolic
 from toy_lm.tables import all_prefixes
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _views(policy):
     """One jitted program per policy computing every derived view over all responses."""
 

@@ -311,7 +311,10 @@ def _dpo(tree, pref):
     return beta, ref, grads
 
 
-def _dpo_closed_form(tree, ref, pref, beta, factor=sympy.Rational(1, 2), with_pi=True):
+HALF = sympy.Rational(1, 2)
+
+
+def _dpo_closed_form(tree, ref, pref, beta, factor=HALF, with_pi=True):
     """``{(u, v): C(uv) - π(v|u) C(u)}``, ``C(u) = Σ_{y ⊒ u} c(y)``,
     ``c(y) = -(β/2) π_ref(y) Σ_{y'} π_ref(y') (a(y,y') - a(y',y))``."""
     c = {y: -factor * beta * ref.prob(y) * sum(ref.prob(z) * (pref[y, z] - pref[z, y])

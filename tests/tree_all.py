@@ -36,6 +36,6 @@ def _engine(tables, harm, base, lam):
     )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def engine(jit: bool):
     return jax.jit(_engine) if jit else _engine

@@ -8,9 +8,15 @@ Names are re-exported lazily (PEP 562): ``import toy_lm`` loads no engine, so th
 entry point (:mod:`toy_lm.cli`) installs its signal handlers before numpy, JAX and numba load.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from toy_lm.lazy import lazy_exports
 
-__version__ = "0.1.0"
+try:  # the one version source: the installed distribution's metadata (pyproject.toml)
+    __version__ = version("harm-horizon")
+except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+    __version__ = "0+unknown"
+del PackageNotFoundError, version
 
 #: What the package re-exports, by the module that defines it (imported on first use).
 _EXPORTS = {
@@ -37,7 +43,7 @@ _EXPORTS = {
         "reinforce_grads"),
     "toy_lm.neural": ("MLPPolicy", "TransformerPolicy"),
     "toy_lm.policies": ("MarkovPolicy", "Policy", "PositionalPolicy", "TabularPolicy"),
-    "toy_lm.precision": ("eps_tolerance", "require_x64"),
+    "toy_lm.precision": ("check_x64", "eps_tolerance", "require_x64"),
     "toy_lm.sharded": ("analyze_sharded",),
     "toy_lm.tables": ("all_prefixes", "check_enumeration_size"),
     "toy_lm.tree": (

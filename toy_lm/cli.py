@@ -1,8 +1,10 @@
 """``harm-horizon``: the command-line entry point.
 
 Each subcommand lives in its own module with a ``register(subparsers)`` function that adds its
-parser and sets ``func``; this module only assembles them, turns float64 on, and turns every
-:class:`~toy_lm.errors.HarmHorizonError` into one line on stderr and exit status 2 (no traceback).
+parser and sets ``func``; this module only assembles them, turns float64 on, selects matplotlib's
+Agg backend (through ``$MPLBACKEND``: the library never selects one), and turns every
+:class:`~toy_lm.errors.HarmHorizonError` into one line on stderr and exit status 2 (no traceback);
+a missing optional extra (``numba``, ``experiments``) gives one such line with its pip command.
 
 SIGINT and SIGTERM are handled from the first line of :func:`main`, before the subcommands (and
 with them numpy, JAX and numba) are imported: either ends the run with one line and exit status
@@ -75,7 +77,27 @@ def _enable_x64() -> None:
         os.environ["JAX_ENABLE_X64"] = "1"
 
 
-def one_line(text: str) -> str:
+def _select_agg() -> None:
+    """matplotlib's non-interactive Agg backend for the whole run (figures are files here), set
+    through ``$MPLBACKEND`` so nothing is imported; the library itself never selects one."""
+    os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+#: Modules of the optional extras -> the extra that installs them.
+EXTRAS = {"matplotlib": "experiments", "pyarrow": "experiments", "markdown": "experiments",
+          "numba": "numba"}
+
+
+def missing_extra(err: ModuleNotFoundError) -> str | None:
+    """The one-line fix when ``err`` is a module of an optional extra that is not installed."""
+    top = (err.name or "").split(".")[0]
+    if top not in EXTRAS:
+        return None
+    return (f"this command needs {top}, which is not installed; install it with "
+            f"pip install 'harm-horizon[{EXTRAS[top]}]'")
+
+
+def one_line(text: object) -> str:
     """A message on one line (newlines and runs of spaces collapsed)."""
     return " ".join(str(text).split())
 
@@ -93,9 +115,16 @@ def main(argv=None) -> int:
             args = build_parser(argv[0] if argv else None).parse_args(argv)
             command = f"harm-horizon {args.command}"
             _enable_x64()
+            _select_agg()
             status = int(args.func(args) or 0)
         except HarmHorizonError as err:
             print(f"{command}: error: {one_line(err)}", file=sys.stderr)
+            status = 2
+        except ModuleNotFoundError as err:
+            fix = missing_extra(err)
+            if fix is None:
+                raise
+            print(f"{command}: error: {fix}", file=sys.stderr)
             status = 2
         except KeyboardInterrupt as err:
             status = signals.exit_status(getattr(err, "signum", 2))

@@ -291,7 +291,7 @@ def aggregate_tree_grads(tree_grads, contexts: int) -> np.ndarray:
     :func:`toy_lm.markov.logit_grads` (chain rule: ``z_l(c)`` enters every such prefix).
     """
     out = []
-    for level, g in enumerate(tree_grads):
+    for g in tree_grads:
         g = np.asarray(g)
         agg = np.zeros((contexts, g.shape[1]), g.dtype)
         np.add.at(agg, np.arange(g.shape[0]) % contexts, g)

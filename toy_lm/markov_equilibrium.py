@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 
 import jax
+import jax.core  # jax.core.Tracer below (the submodule is not an attribute of jax's stubs)
 import jax.numpy as jnp
 import numpy as np
 

@@ -1,8 +1,11 @@
 """float64 handling and machine-epsilon tolerances.
 
-Exact checks run in float64. :func:`require_x64` turns JAX's 64-bit mode on (the entry points
-and ``tests/conftest.py`` call it) and refuses with :class:`PrecisionError` when that is not
-possible, instead of silently computing in float32.
+Exact checks run in float64. JAX's 64-bit mode is a process-wide switch, so only entry points turn
+it on: :func:`require_x64` (called by the command line, the demos, worker processes,
+``tests/conftest.py`` and the Hypothesis strategies) turns it on and refuses with
+:class:`PrecisionError` when that is not possible, instead of silently computing in float32.
+Library functions never flip it: they call :func:`check_x64`, which raises
+:class:`PrecisionError` naming the one line that fixes it.
 
 Tolerances are *derived*, never tuned: :func:`eps_tolerance` returns ``factor * eps(dtype)`` and
 says so in words, so a check can print how its tolerance was obtained.
@@ -42,9 +45,27 @@ def require_x64() -> None:
         )
 
 
+#: The one line that turns float64 on, quoted by :func:`check_x64`'s error.
+FIX = "import toy_lm; toy_lm.require_x64()"
+
+
+def check_x64(what: str) -> None:
+    """Raise :class:`PrecisionError` unless JAX's float64 mode is on.
+
+    Library functions call this instead of turning the process-wide switch on themselves.
+
+    Args:
+      what: the computation that needs float64, for the message (e.g. ``"make_instance"``).
+    """
+    if not jax.config.read("jax_enable_x64"):
+        raise PrecisionError(
+            f"{what} computes in float64, but JAX's float64 mode is off; turn it on once at the "
+            f"start of your program: {FIX}")
+
+
 def x64_enabled() -> bool:
     """True when JAX creates float64 arrays by default."""
-    return bool(jax.config.jax_enable_x64)
+    return bool(jax.config.read("jax_enable_x64"))
 
 
 def default_float() -> np.dtype:

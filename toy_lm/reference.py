@@ -26,10 +26,10 @@ def reference_analysis(logits, harm, lam=None, ref_logits=None) -> dict:
     for level in range(length):
         probs.append((probs[level][:, None] * pi[level]).reshape(-1))
     harm = np.asarray(harm, np.float64)
-    values = [None] * (length + 1)
+    values: list = [None] * (length + 1)
     values[length] = harm
     lo, hi = harm, harm
-    det = [None] * (length + 1)
+    det: list = [None] * (length + 1)
     det[length] = np.ones(harm.shape, bool)
     for level in reversed(range(length)):
         child = values[level + 1].reshape(-1, vocab_size)
@@ -48,7 +48,7 @@ def reference_analysis(logits, harm, lam=None, ref_logits=None) -> dict:
     out.update({f"grad_{l}": g for l, g in enumerate(grads)})
     out.update({f"determined_{l}": d for l, d in enumerate(det)})
     if lam is not None:
-        logz = [None] * (length + 1)
+        logz: list = [None] * (length + 1)
         logz[length] = -harm / lam
         for level in reversed(range(length)):
             a = logp[level] + logz[level + 1].reshape(-1, vocab_size)

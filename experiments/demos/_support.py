@@ -111,10 +111,12 @@ def _plain(value):
 
 
 def setup(name: str) -> Demo:
-    """Turn on float64 and the Agg backend, make the output folder, return the :class:`Demo`."""
-    import matplotlib
+    """Turn on float64, make the output folder, return the :class:`Demo`.
 
-    matplotlib.use("Agg")
+    A demo is an entry point (a script, or a notebook's first cell), so it turns float64 on; it
+    leaves matplotlib's backend alone (a notebook shows its figures inline; ``harm-horizon demo``
+    selects Agg for the whole run).
+    """
     from toy_lm.precision import require_x64
 
     require_x64()
