@@ -240,6 +240,9 @@ MUTANTS: tuple[Mutant, ...] = (
            {"gradients.autodiff.live": _live_next}, ("T3", "T3-total", "T5", "T10"), structural=True),
     Mutant("REINFORCE-baseline-one-late", "exact baseline b_t = H_t(y_<=t) instead of H_{t-1}(y_<t)",
            {"montecarlo.baseline": _baseline_one_late}, ("T10",), structural=True),
+    Mutant("step-uniform-weights", "the level step shared by the XLA drivers averages the children "
+           "uniformly instead of by π",
+           {"step.backward.weights": blend(_uniform_like)}, H_CHECKS, engines=("xla",)),
     Mutant("xla-chunk-boundary", "XLA backward pass: the first child row of every chunk after the "
            "first is read from the row before (chunk boundary off by one)",
            {"analysis.xla.child_h": _previous_chunk_row}, H_CHECKS + ("T7b", "T13"),
