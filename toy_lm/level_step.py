@@ -220,7 +220,7 @@ def level_sums(rows: LevelRows, probs) -> LevelSums:
     out = dict(info=jnp.sum(rows.info))
     if rows.eq_kl is not None:
         real = probs > 0
-        scale = jnp.max(jnp.where(real, rows.logz, -jnp.inf))
+        scale = jnp.max(jnp.where(real, rows.logz, -jnp.inf), initial=-jnp.inf)
         mass = probs * jnp.exp(rows.logz - jnp.where(jnp.isfinite(scale), scale, 0.0))
         out.update(eq_kl_num=jnp.sum(mass * rows.eq_kl), eq_kl_den=jnp.sum(mass),
                    eq_kl_scale=scale)
