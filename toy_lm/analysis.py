@@ -6,16 +6,17 @@ the levels and produces ``H``, the logit gradients ``G``, the determined masks, 
 forms), the equilibrium tables of ``π*_λ`` and their per-position KL, and the KL against a
 reference policy. Two implementations (``backend=``):
 
-* ``"numba"`` (default): the compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64. A
-  top-down pass writes the prefix probabilities; one pass leaves first then computes per level
-  ``π``, ``H``, the masks, the logit gradients, ``log Z``, the equilibrium tables and the level
-  sums (``I_t``, the equilibrium and reference KLs, the MI form). One kernel call per level and
-  pass writes straight into the output arrays, on every core, and tests the logits for
-  finiteness as it reads them. Compiled once per install (about 45-60 s on 2 cores, cached on disk;
-  see :func:`compile_numba_kernels`).
-* ``"xla"``: the jitted chunk kernels below (forward pass first, then backward), on JAX's default
-  device and float dtype. Kept as an independent second implementation (the tests hold the two to
-  each other and to the numpy reference) and for comparison in the benchmark.
+* ``"xla"`` (default): the level step of :mod:`toy_lm.level_step` (the one step every XLA driver
+  runs) jitted into two chunk kernels (forward pass first, then backward), on JAX's default device
+  and in JAX's default float dtype; compiled in about a second.
+* ``"numba"`` (optional, ``pip install "harm-horizon[numba]"``): the compiled CPU kernels of
+  :mod:`toy_lm.cpu_kernels`, float64. A top-down pass writes the prefix probabilities; one pass
+  leaves first then computes per level ``π``, ``H``, the masks, the logit gradients, ``log Z``,
+  the equilibrium tables and the level sums, one kernel call per level on every core, testing the
+  logits for finiteness as it reads them. About 2-4x faster than XLA on large trees on a CPU, but
+  compiled once per install (about 45-60 s on 2 cores, cached on disk; see
+  :func:`compile_numba_kernels`). The tests hold it to the level step and the numpy reference.
+  :func:`choose_backend` is what the command line uses.
 
 The rest of this docstring describes the XLA path.
 
@@ -37,8 +38,8 @@ previous chunk's results are copied out. Inside the kernels one ``exp`` per entr
 column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
 remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
 forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
-on this CPU, several times the memory-traffic floor of the benchmark (which is why the default
-backend is the Numba one).
+on this CPU, several times the memory-traffic floor of the benchmark (the optional Numba backend
+comes closer to it).
 
 Equilibrium KL without a forward pass over ``π*``. ``π*_λ(y_<=l) = P0(y_<=l) Z_l(y_<=l) / Z_0`` and
 ``Z_0 = Σ_{y_<=l} P0(y_<=l) Z_l(y_<=l)`` at every level, so
@@ -170,13 +171,35 @@ def _validate(logits, harm, lam, ref_logits, mutual_information,
     return vocab_size, length
 
 
-#: The implementations :func:`analyze_tree` can run.
-BACKENDS = ("numba", "xla")
+#: The implementations :func:`analyze_tree` can run (the first is the default).
+BACKENDS = ("xla", "numba")
+
+#: From this many responses (``V**T``) on, :func:`choose_backend` prefers Numba when installed.
+NUMBA_MIN_RESPONSES = 1 << 22
+
+
+@functools.cache
+def numba_available() -> bool:
+    """Whether the optional Numba backend can run here (numba installed and importable)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(vocab_size: int, length: int) -> str:
+    """The backend for a tree of ``V**T`` responses: ``"numba"`` when it is installed and the tree
+    has at least :data:`NUMBA_MIN_RESPONSES` responses (where its speed pays for a one-time
+    compile), else ``"xla"`` (the default of :func:`analyze_tree`)."""
+    if vocab_size ** length >= NUMBA_MIN_RESPONSES and numba_available():
+        return "numba"
+    return "xla"
 
 
 def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
                  ref_logits: Sequence | None = None, mutual_information: bool = False,
-                 backend: str = "numba", chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
+                 backend: str = "xla", chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
     """Run the complete analysis of a policy (level tables) and a harm.
 
     Args:
@@ -185,10 +208,11 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
       lam: KL weight ``λ > 0`` of the equilibrium ``π*_λ``; None skips the equilibrium.
       ref_logits: optional reference tables for ``KL_t(π || π_ref)``.
       mutual_information: also compute ``I_t^MI`` (requires a binary harm).
-      backend: ``"numba"`` (default; compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64,
-        every core, results written in place) or ``"xla"`` (the jitted chunk kernels of this
-        module, on JAX's default device, in JAX's default float dtype). Both compute the same
-        quantities with the same exact-zero conventions; the tests hold them to each other.
+      backend: ``"xla"`` (default; the level step of :mod:`toy_lm.level_step` in jitted chunk
+        kernels, on JAX's default device, in JAX's default float dtype) or ``"numba"`` (optional
+        extra; compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64, every core, results
+        written in place). Both compute the same quantities with the same exact-zero conventions;
+        the tests hold them to each other.
       chunk_rows: ``"xla"`` only: prefixes per kernel call (every level runs the same two
         compiled kernels).
 
@@ -204,6 +228,9 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "numba" and not numba_available():
+        raise InputError('backend "numba" needs numba, which is not installed: '
+                         'pip install "harm-horizon[numba]" (or use backend="xla")')
     # The Numba kernels test every logit for finiteness as they read it (an extra pass over the
     # largest input would cost about a tenth of the analysis) and raise the same error.
     _validate(logits, harm, lam, ref_logits, mutual_information, check_finite=backend != "numba")
