@@ -173,7 +173,7 @@ def print_table(info: dict) -> None:
 
 
 def backend_line(backend: str, vocab_size: int, length: int) -> str:
-    """What the CLI says about the backend it runs (on stderr, before the analysis)."""
+    """What the CLI says about the backend that ran (on stderr, after the analysis)."""
     from toy_lm.analysis import NUMBA_MIN_RESPONSES
 
     large = vocab_size ** length >= NUMBA_MIN_RESPONSES
@@ -222,13 +222,14 @@ def run(args) -> int:
         if not cached_on_disk():
             status = ("compiling the Numba kernels (once after install, about a minute on 2 cores;"
                       " cached on disk afterwards)")
-    print(f"[analyze] backend: {backend_line(backend, vocab_size, length)}", file=sys.stderr,
-          flush=True)
     if status != "analyzing":
         print(f"[analyze] {status}", file=sys.stderr, flush=True)
     with heartbeat("analyze", status):
         result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref,
                               mutual_information=args.mi, backend=backend)
+    # Which backend ran (after it ran: a refused input still ends with one line).
+    print(f"[analyze] backend: {backend_line(backend, vocab_size, length)}", file=sys.stderr,
+          flush=True)
     info = summary(result, vocab_size, length, args.lam)
     text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
     if args.out is not None:
