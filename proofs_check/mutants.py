@@ -105,18 +105,17 @@ def _drop_last_chunk(sums, **_):
 
 
 class _PreviousLevel:
-    """Level sums of the level processed before (the driver's accumulator updated one level late)."""
+    """Level sums of the level processed before (the driver's accumulator updated one level late),
+    on the Numba blocks' named sums (:class:`toy_lm.cpu_kernels.BlockSums`)."""
 
     def __init__(self):
         self.previous = None
 
     def __call__(self, sums, level, **_):
-        prev, self.previous = self.previous, np.array(sums, copy=True)
-        if prev is None or prev.shape != sums.shape:
+        prev, self.previous = self.previous, np.array(sums.info, copy=True)
+        if prev is None or prev.shape != sums.info.shape:
             return sums
-        out = np.array(sums, copy=True)
-        out[:, 0] = sums[:, 0] + STRENGTH * (prev[:, 0] - sums[:, 0])
-        return out
+        return sums._replace(info=sums.info + STRENGTH * (prev - sums.info))
 
 
 def _baseline_one_late(value, t, tables, rows, tokens=None, **_):

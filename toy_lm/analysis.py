@@ -312,7 +312,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         logz_buf, hb_buf = buffers[(length - 1 - level) % 2]
         logz_l, hb_l = logz_buf[:n], hb_buf[:n]
         eq_l = np.empty((n, vocab_size), f64) if with_lam else None
-        sums = np.empty(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
+        sums = kernels.sums_buffer(n)
         kernels.analysis_level(
             vocab_size, flat[level], probs[level], _float64_table(cond[level + 1]),
             bool0 if leaf else dets[level + 1], no_ref if leaf else _float64_table(child_logz),
@@ -320,16 +320,17 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
             _float64_table(ref_logits[level]).reshape(-1) if with_ref else no_ref, lam_value,
             leaf, with_lam, with_ref, with_mi, h_l, det_l, grads[level].reshape(-1), logz_l,
             vec0 if eq_l is None else eq_l.reshape(-1), hb_l, sums)
-        if np.any(sums[:, 5]):
+        blocks = point("analysis.numba.level_sums", kernels.block_sums(sums), level=level)
+        if np.any(blocks.non_finite):
             raise non_finite_error(tables[level], f"logits_{level}")
         cond[level], dets[level], eqs[level] = h_l, det_l, eq_l
-        info[level] = float(np.sum(point("analysis.numba.level_sums", sums, level=level)[:, 0]))
+        info[level] = float(np.sum(blocks.info))
         if with_lam:
-            kl_parts[level] = sums[:, 1:3].copy()
+            kl_parts[level] = (blocks.eq_kl_num, blocks.eq_kl_scale)
         if with_ref:
-            ref_kl[level] = float(np.sum(sums[:, 3]))
+            ref_kl[level] = float(np.sum(blocks.ref_kl))
         if with_mi:
-            mi[level] = float(np.sum(sums[:, 4]))
+            mi[level] = float(np.sum(blocks.mi))
         child_logz, child_hb = logz_l, hb_l
 
     eq_kl = None
@@ -337,8 +338,8 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         # KL_t = Σ_u P(u) Z(u) KL(π*(.|u) || π(.|u)) / Z(root): block numerators at their own scale,
         # combined in log space (Z(u) / Z(root) can exceed the float range when λ is small).
         log_root = float(child_logz[0])
-        eq_kl = np.array([_combine_log_scaled(parts[:, 0], parts[:, 1], log_root)
-                          for parts in kl_parts])
+        eq_kl = np.array([_combine_log_scaled(nums, scales, log_root)
+                          for nums, scales in kl_parts])
     return _result(cond, grads, dets, info, mi if with_mi else None, eqs if with_lam else None,
                    eq_kl, ref_kl if with_ref else None)
 

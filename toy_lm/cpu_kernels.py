@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
@@ -416,6 +417,34 @@ def analysis_level(vocab, z, probs, child_h, child_det, child_logz, child_hb, re
             _analysis_block(b * BLOCK, vocab, z, probs, child_h, child_det, child_logz, child_hb,
                             ref_z, inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out,
                             grad_out, logz_out, eq_out, hb_out, sums)
+
+
+class BlockSums(NamedTuple):
+    """The per-block sums :func:`analysis_level` writes (the columns of its ``sums``, named here
+    once so that no caller reads a sum back by column number), each ``(blocks,)``.
+
+    Attributes:
+      info: ``I_t`` part. eq_kl_num: ``Σ P Z_u e^{-s} KL(π*(.|u) || π(.|u))``.
+      eq_kl_scale: ``s`` (``-inf``: no prefix of positive probability). ref_kl: ``Σ P KL(π || π_ref)``.
+      mi: ``Σ P`` (MI part). non_finite: 1.0 where a logit of the block is not finite, else 0.0.
+    """
+
+    info: np.ndarray
+    eq_kl_num: np.ndarray
+    eq_kl_scale: np.ndarray
+    ref_kl: np.ndarray
+    mi: np.ndarray
+    non_finite: np.ndarray
+
+
+def sums_buffer(rows: int) -> np.ndarray:
+    """The ``sums`` output of :func:`analysis_level` for a level of ``rows`` prefixes."""
+    return np.empty(((rows + BLOCK - 1) // BLOCK, len(BlockSums._fields)))
+
+
+def block_sums(sums: np.ndarray) -> BlockSums:
+    """:func:`analysis_level`'s ``sums`` as named per-block arrays (copies)."""
+    return BlockSums(*(sums[:, j].copy() for j in range(len(BlockSums._fields))))
 
 
 def cached_on_disk() -> bool:

@@ -50,7 +50,8 @@ POINTS: dict[str, str] = {
                              "runs (toy_lm.level_step: chunked, on device, sharded)",
     "analysis.xla.child_h": "the children's H rows handed to one XLA chunk (ctx: start, full)",
     "analysis.xla.level_sums": "the chunks' I_t sums of a level before they are added (ctx: level)",
-    "analysis.numba.level_sums": "the Numba blocks' level sums (I_t, KL, MI ...) before the combine",
+    "analysis.numba.level_sums": "the Numba blocks' named level sums (cpu_kernels.BlockSums: I_t, KL, "
+                                 "MI ...) before the combine (ctx: level)",
     "analysis.determined": "the determined mask det_l of the analysis (ctx: level, cond, dets)",
     "markov.child_state": "δ(s, v), the automaton state of a child in the DP's child index (S, V)",
     "markov.backward.weights": "π(v|c) weighting the children in the DP's backward step (both scan paths)",
