@@ -233,9 +233,9 @@ def level_sums(rows: LevelRows, probs) -> LevelSums:
 
 def stack_sums(parts) -> LevelSums:
     """Per-block :class:`LevelSums` stacked into numpy arrays along a leading block axis."""
-    parts = list(parts)
+    parts = jax.device_get(list(parts))   # one transfer for every block, not one per scalar
     return LevelSums(*(None if getattr(parts[0], f) is None
-                       else np.array([float(getattr(p, f)) for p in parts])
+                       else np.array([getattr(p, f) for p in parts], np.float64)
                        for f in LevelSums._fields))
 
 
