@@ -65,7 +65,7 @@ def _engines(chosen) -> tuple[str, ...]:
     missing = [e for e in chosen if e not in available_engines()]
     if missing:
         raise InputError(f"--engine {' '.join(missing)}: not available here (the analysis engine "
-                         "needs numba: pip install numba)")
+                         "needs numba: pip install \"harm-horizon[numba]\")")
     return tuple(e for e in ENGINES if e in chosen)
 
 

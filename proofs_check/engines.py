@@ -5,8 +5,9 @@ the horizon, the equilibrium KL, ``I_t^MI``) gets it from :func:`engine_outputs`
 named by the instance (``Instance.engine``):
 
 * ``tree`` - the readable functions of :mod:`toy_lm.tree` (and :func:`toy_lm.harms.determined_masks`);
-* ``analysis`` - :func:`toy_lm.analyze_tree` with the compiled Numba kernels (needs numba);
-* ``xla`` - :func:`toy_lm.analyze_tree` with the XLA chunk kernels, run with chunks of
+* ``analysis`` - :func:`toy_lm.analyze_tree` with the compiled Numba kernels (the optional numba
+  extra; skipped where it is not installed);
+* ``xla`` - :func:`toy_lm.analyze_tree` with the XLA chunk kernels (the default backend), run with chunks of
   :data:`XLA_CHUNK_ROWS` rows so that every level of the suite crosses chunk boundaries;
 * ``markov`` - :func:`toy_lm.analyze_markov`, the dynamic program over (context, automaton state),
   on Markov policies with an automaton harm, expanded to the tree layout by
@@ -33,12 +34,10 @@ XLA_CHUNK_ROWS = 2
 
 
 def numba_available() -> bool:
-    """Whether the Numba backend of :func:`toy_lm.analyze_tree` can run here."""
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """Whether the optional Numba backend of :func:`toy_lm.analyze_tree` can run here."""
+    from toy_lm.analysis import numba_available as available
+
+    return available()
 
 
 def available_engines() -> tuple[str, ...]:

@@ -106,18 +106,17 @@ def _drop_last_chunk(sums, **_):
 
 
 class _PreviousLevel:
-    """Level sums of the level processed before (the driver's accumulator updated one level late)."""
+    """Level sums of the level processed before (the driver's accumulator updated one level late),
+    on the Numba blocks' named sums (:class:`toy_lm.cpu_kernels.BlockSums`)."""
 
     def __init__(self):
         self.previous = None
 
     def __call__(self, sums, level, **_):
-        prev, self.previous = self.previous, np.array(sums, copy=True)
-        if prev is None or prev.shape != sums.shape:
+        prev, self.previous = self.previous, np.array(sums.info, copy=True)
+        if prev is None or prev.shape != sums.info.shape:
             return sums
-        out = np.array(sums, copy=True)
-        out[:, 0] = sums[:, 0] + STRENGTH * (prev[:, 0] - sums[:, 0])
-        return out
+        return sums._replace(info=sums.info + STRENGTH * (prev - sums.info))
 
 
 def _baseline_one_late(value, t, tables, rows, tokens=None, **_):
@@ -242,6 +241,9 @@ MUTANTS: tuple[Mutant, ...] = (
            {"gradients.autodiff.live": _live_next}, ("T3", "T3-total", "T5", "T10"), structural=True),
     Mutant("REINFORCE-baseline-one-late", "exact baseline b_t = H_t(y_<=t) instead of H_{t-1}(y_<t)",
            {"montecarlo.baseline": _baseline_one_late}, ("T10",), structural=True),
+    Mutant("step-uniform-weights", "the level step shared by the XLA drivers averages the children "
+           "uniformly instead of by π",
+           {"step.backward.weights": blend(_uniform_like)}, H_CHECKS, engines=("xla",)),
     Mutant("xla-chunk-boundary", "XLA backward pass: the first child row of every chunk after the "
            "first is read from the row before (chunk boundary off by one)",
            {"analysis.xla.child_h": _previous_chunk_row}, H_CHECKS + ("T7b", "T13"),

@@ -15,13 +15,19 @@ from instances import examples, instances, tol
 from tree_all import engine
 
 from toy_lm import harms, tree
-from toy_lm.analysis import BACKENDS, CHUNK_ROWS, analyze_tree, compile_kernels
+from toy_lm.analysis import BACKENDS, CHUNK_ROWS, analyze_tree, compile_kernels, numba_available
 from toy_lm.cli_analyze import output_arrays
 from toy_lm.errors import InputError
 from toy_lm.reference import reference_analysis
 from toy_lm.tables import is_binary
 
 ISSUE_BOUND = 1e-10
+
+#: Numba is an optional extra: its tests skip, with the reason, where it is not installed.
+needs_numba = pytest.mark.skipif(not numba_available(),
+                                 reason='numba not installed (pip install "harm-horizon[numba]")')
+#: Every backend, the Numba one marked.
+BACKEND_PARAMS = [pytest.param(b, marks=needs_numba) if b == "numba" else b for b in BACKENDS]
 
 
 def bound(vocab_size, length, c=64, lam=1.0):
@@ -33,7 +39,7 @@ def reference_policy(inst):
     return [np.asarray(z) * 0.5 - 0.2 * np.arange(z.shape[1]) for z in inst.tables]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @settings(max_examples=examples(8))
 @given(inst=instances(), lam=st.sampled_from((None, 0.05, 0.5, 30.0)))
 def test_every_key_matches_engine_and_reference(backend, inst, lam):
@@ -137,7 +143,7 @@ def test_length_one_and_docstring_example():
     assert result.horizon == 1 and result.cond_harm[1].tolist() == [1.0, 0.0]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_extreme_inputs_stay_finite_and_exact(backend):
     """λ = 1e-3 (Z down to e^-1000, log space) and logits of ±30 (probabilities ~1e-26)."""
     rng = np.random.default_rng(3)
@@ -178,12 +184,30 @@ def test_bad_arguments_are_refused():
         analyze_tree(tables, harm, backend="cuda")
 
 
+def test_default_backend_is_xla_and_follows_jax_dtype(monkeypatch):
+    """The default is XLA, in JAX's float dtype; without numba, asking for it says how to get it,
+    and the CLI's choice falls back to XLA whatever the size."""
+    from toy_lm import analysis
+
+    assert BACKENDS[0] == "xla"
+    tables = [np.zeros((2 ** l, 2)) for l in range(2)]
+    result = analyze_tree(tables, np.array([0.0, 1.0, 1.0, 1.0]))
+    assert result.cond_harm[0].dtype == np.dtype(jnp.result_type(float))
+    assert analysis.choose_backend(2, 3) == "xla"
+    monkeypatch.setattr(analysis, "numba_available", lambda: False)
+    assert analysis.choose_backend(2, 40) == "xla"
+    with pytest.raises(InputError, match=r"needs numba.*harm-horizon\[numba\]"):
+        analyze_tree(tables, np.zeros(4), backend="numba")
+    monkeypatch.setattr(analysis, "numba_available", lambda: True)
+    assert analysis.choose_backend(2, 22) == "numba" and analysis.choose_backend(2, 21) == "xla"
+
+
 def test_compile_kernels_reports_seconds():
     seconds = compile_kernels(2, 3, lam=True, ref=True, mutual_information=True, chunk_rows=2)
     assert 0 < seconds < 600
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_large_vocabulary_reductions(backend):
     """V above UNROLL_MAX_V takes the plain-reduction path of the XLA kernels, and V > 4 the
     generic (not vocabulary-specialized) block function of the Numba kernels: same answers."""
@@ -202,6 +226,7 @@ def test_large_vocabulary_reductions(backend):
                                    err_msg=key)
 
 
+@needs_numba
 @pytest.mark.parametrize("vocab_size, length", [(3, 8), (2, 12), (4, 7), (5, 6)])
 def test_backends_agree_on_multi_block_levels(vocab_size, length):
     """Levels of several Numba blocks (1024 rows; a partial last block for V = 3 and 5), for the
@@ -228,6 +253,7 @@ def test_backends_agree_on_multi_block_levels(vocab_size, length):
     assert np.all(fast.equilibrium_kl[tau:] == 0.0) and np.all(fast.harm_information[tau:] == 0.0)
 
 
+@needs_numba
 def test_numba_results_do_not_depend_on_the_thread_count():
     """Level sums are accumulated per block of fixed size and combined in block order."""
     import numba
@@ -235,7 +261,7 @@ def test_numba_results_do_not_depend_on_the_thread_count():
     rng = np.random.default_rng(7)
     tables = [rng.normal(size=(3 ** l, 3)) for l in range(8)]
     harm = rng.random(3 ** 8)
-    kwargs = dict(lam=0.4, ref_logits=[0.5 * z for z in tables])
+    kwargs = dict(lam=0.4, ref_logits=[0.5 * z for z in tables], backend="numba")
     before = numba.get_num_threads()
     try:
         numba.set_num_threads(1)
@@ -251,7 +277,7 @@ def test_numba_results_do_not_depend_on_the_thread_count():
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 @pytest.mark.parametrize("where", ["logits", "ref_logits"])
 @pytest.mark.parametrize("level", [0, 1, 2])
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_non_finite_tables_are_refused_not_analyzed(bad, where, level, backend):
     """The Numba kernels test the logits themselves as they read them (no numpy pre-pass):
     every level, both backends, the same message."""
@@ -268,5 +294,6 @@ def test_non_finite_logits_are_found_in_any_block_of_a_large_level():
     tables = [rng.normal(size=(3 ** l, 3)) for l in range(8)]
     tables[7][-1, 2] = np.nan
     harm = (rng.random(3 ** 8) < 0.5).astype(float)
-    with pytest.raises(InputError, match="logits_7 has 1 non-finite"):
-        analyze_tree(tables, harm, lam=0.5)
+    for backend in ("xla", "numba") if numba_available() else ("xla",):
+        with pytest.raises(InputError, match="logits_7 has 1 non-finite"):
+            analyze_tree(tables, harm, lam=0.5, backend=backend)

@@ -10,6 +10,9 @@ import pytest
 from toy_lm import analysis, bench
 from toy_lm.cli import main
 
+needs_numba = pytest.mark.skipif(not analysis.numba_available(),
+                                 reason='numba not installed (pip install "harm-horizon[numba]")')
+
 KEYS = {"name", "sequences", "seconds", "floor_seconds", "ratio_to_floor", "ratio_to_reference"}
 
 
@@ -48,29 +51,37 @@ def test_output_shapes_cover_every_output():
     assert sorted(s for s, _ in shapes) == sorted([(1,), (3,), (9,)] * 2 + [(1, 3), (3, 3)] * 2)
 
 
-def test_bench_tree_row_is_consistent(keep_caches, numba_compiles):
-    row = bench.bench_tree(2, 4, repeats=1, compile_seconds=1.0)
+@pytest.mark.parametrize("numba", [False, pytest.param(True, marks=needs_numba)])
+def test_bench_tree_row_is_consistent(keep_caches, numba_compiles, numba):
+    row = bench.bench_tree(2, 4, repeats=1, compile_seconds=1.0, numba=numba)
     assert keep_caches  # XLA compile time is measured from empty caches
-    assert not numba_compiles and row["compile_seconds"] == 1.0  # Numba's: by the suite, on request
-    assert row["xla_seconds"] > 0 and row["xla_compile_seconds"] > 0
+    assert row["backend"] == "xla" and row["xla_compile_seconds"] > 0  # the default backend
     assert KEYS <= set(row)
     assert row["sequences"] == 16
-    assert all(row[k] > 0 for k in ("seconds", "compile_seconds", "floor_seconds"))
+    assert all(row[k] > 0 for k in ("seconds", "floor_seconds"))
     assert row["ratio_to_floor"] == pytest.approx(row["seconds"] / row["floor_seconds"])
     assert row["ratio_to_reference"] == pytest.approx(row["reference_seconds"] / row["seconds"])
+    assert not numba_compiles  # Numba's compile: by the suite, on request
+    assert ("numba_seconds" in row) == ("compile_seconds" in row) == numba
+    if numba:
+        assert row["compile_seconds"] == 1.0 and row["numba_seconds"] > 0
+        assert row["numba_ratio_to_floor"] == pytest.approx(
+            row["numba_seconds"] / row["floor_seconds"])
 
 
 @pytest.mark.parametrize("compile_flag", [[], ["--compile"]])
 def test_cli_bench_json(capsys, numba_compiles, compile_flag):
     status = main(["bench", "--suite", "tree", "--json", "--quick", "--repeats", "1"] + compile_flag)
     assert status == 0
-    # From scratch only on request, and then once for every size (the kernels do not depend on
-    # V or T); otherwise the kernels come from the on-disk cache.
-    assert len(numba_compiles) == (1 if compile_flag else 0)
+    # From scratch only on request (and with numba installed), and then once for every size (the
+    # kernels do not depend on V or T); otherwise the kernels come from the on-disk cache.
+    measured = bool(compile_flag) and analysis.numba_available()
+    assert len(numba_compiles) == (1 if measured else 0)
     rows = json.loads(capsys.readouterr().out)
     assert isinstance(rows, list) and len(rows) == 2
     for row in rows:
-        assert KEYS <= set(row) and ("compile_seconds" in row) == bool(compile_flag)
+        assert KEYS <= set(row) and ("compile_seconds" in row) == measured
+        assert ("numba_seconds" in row) == analysis.numba_available()
         assert isinstance(row["name"], str) and isinstance(row["sequences"], int)
 
 
@@ -85,6 +96,7 @@ def test_cli_bench_refuses_zero_repeats(capsys):
     assert len(err) == 1 and "--repeats 0" in err[0]
 
 
+@needs_numba
 @pytest.mark.slow
 def test_compile_numba_kernels_from_scratch(monkeypatch):
     """The real from-scratch compile (about 45-60 s): it takes time and leaves working kernels."""
@@ -92,5 +104,6 @@ def test_compile_numba_kernels_from_scratch(monkeypatch):
     seconds = analysis.compile_numba_kernels()
     assert seconds > 0
     tables = [np.zeros((3 ** l, 3)) for l in range(3)]
-    assert analysis.analyze_tree(tables, np.repeat([0.0, 1.0, 1.0], 9)).expected_harm == (
+    assert analysis.analyze_tree(tables, np.repeat([0.0, 1.0, 1.0], 9),
+                                 backend="numba").expected_harm == (
         pytest.approx(2 / 3, abs=1e-15))

@@ -66,7 +66,9 @@ def test_out_keys_and_values(tmp_path, capsys, lam, with_ref):
     out = tmp_path / "out.npz"
     argv = ["analyze", tables, "--out", str(out)] + (["--lam", str(lam)] if lam else [])
     status, stdout, stderr = run(argv, capsys)
-    assert status == 0 and stderr == f"wrote {out}\n"
+    # The CLI says which backend ran (a small tree: the default, XLA), then what it wrote.
+    assert status == 0 and stderr.splitlines() == [stderr.splitlines()[0], f"wrote {out}"]
+    assert stderr.startswith("[analyze] backend: xla (JAX float64; V**T = ")
     assert "E[h]=" in stdout and "horizon τ*=1" in stdout
     want = reference_analysis(logits, harm, lam=lam, ref_logits=ref)
     with np.load(out) as data:

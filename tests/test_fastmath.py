@@ -8,7 +8,9 @@ bound would show up here as a difference of several ulp.
 import numpy as np
 import pytest
 
-from toy_lm.fastmath import exp_array, log_array
+pytest.importorskip("numba", reason='numba not installed (pip install "harm-horizon[numba]")')
+
+from toy_lm.fastmath import exp_array, log_array  # noqa: E402 (after the skip)
 
 
 def _ulp_error(got, want):

@@ -6,16 +6,17 @@ the levels and produces ``H``, the logit gradients ``G``, the determined masks, 
 forms), the equilibrium tables of ``π*_λ`` and their per-position KL, and the KL against a
 reference policy. Two implementations (``backend=``):
 
-* ``"numba"`` (default): the compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64. A
-  top-down pass writes the prefix probabilities; one pass leaves first then computes per level
-  ``π``, ``H``, the masks, the logit gradients, ``log Z``, the equilibrium tables and the level
-  sums (``I_t``, the equilibrium and reference KLs, the MI form). One kernel call per level and
-  pass writes straight into the output arrays, on every core, and tests the logits for
-  finiteness as it reads them. Compiled once per install (about 45-60 s on 2 cores, cached on disk;
-  see :func:`compile_numba_kernels`).
-* ``"xla"``: the jitted chunk kernels below (forward pass first, then backward), on JAX's default
-  device and float dtype. Kept as an independent second implementation (the tests hold the two to
-  each other and to the numpy reference) and for comparison in the benchmark.
+* ``"xla"`` (default): the level step of :mod:`toy_lm.level_step` (the one step every XLA driver
+  runs) jitted into two chunk kernels (forward pass first, then backward), on JAX's default device
+  and in JAX's default float dtype; compiled in about a second.
+* ``"numba"`` (optional, ``pip install "harm-horizon[numba]"``): the compiled CPU kernels of
+  :mod:`toy_lm.cpu_kernels`, float64. A top-down pass writes the prefix probabilities; one pass
+  leaves first then computes per level ``π``, ``H``, the masks, the logit gradients, ``log Z``,
+  the equilibrium tables and the level sums, one kernel call per level on every core, testing the
+  logits for finiteness as it reads them. About 2-4x faster than XLA on large trees on a CPU, but
+  compiled once per install (about 45-60 s on 2 cores, cached on disk; see
+  :func:`compile_numba_kernels`). The tests hold it to the level step and the numpy reference.
+  :func:`choose_backend` is what the command line uses.
 
 The rest of this docstring describes the XLA path.
 
@@ -37,8 +38,8 @@ previous chunk's results are copied out. Inside the kernels one ``exp`` per entr
 column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
 remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
 forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
-on this CPU, several times the memory-traffic floor of the benchmark (which is why the default
-backend is the Numba one).
+on this CPU, several times the memory-traffic floor of the benchmark (the optional Numba backend
+comes closer to it).
 
 Equilibrium KL without a forward pass over ``π*``. ``π*_λ(y_<=l) = P0(y_<=l) Z_l(y_<=l) / Z_0`` and
 ``Z_0 = Σ_{y_<=l} P0(y_<=l) Z_l(y_<=l)`` at every level, so
@@ -59,6 +60,9 @@ import numpy as np
 
 from toy_lm.errors import InputError
 from toy_lm.harms import horizon_from_masks
+from toy_lm.level_step import (UNROLL_MAX_V, Children,  # noqa: F401 (UNROLL_MAX_V re-exported)
+                               LevelRows, combine, forward_rows,
+                               level_step, level_sums, stack_sums)
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
 from toy_lm.tree import _check_lam
@@ -103,91 +107,19 @@ class TreeAnalysis(NamedTuple):
         return np.array([float(np.abs(g).sum()) for g in self.logit_grads])
 
 
-#: Up to this vocabulary size the reductions over a row (``V`` entries) are unrolled into ``V - 1``
-#: elementwise operations on column slices, which XLA on CPU runs about 1.4x faster than a
-#: reduction over a tiny minor axis (measured side by side, V = 2 and 4, chunks of 2**15 rows).
-UNROLL_MAX_V = 8
-
-
-def _row_reduce(op, reduce, x):
-    """Reduce ``(C, V)`` over its rows to ``(C, 1)`` with the binary ``op`` (or ``reduce``)."""
-    if x.shape[1] > UNROLL_MAX_V:
-        return reduce(x, axis=1, keepdims=True)
-    acc = x[:, :1]
-    for v in range(1, x.shape[1]):
-        acc = op(acc, x[:, v:v + 1])
-    return acc
-
-
-def _row_sum(x):
-    return _row_reduce(jnp.add, jnp.sum, x)
-
-
-def _row_max(x):
-    return _row_reduce(jnp.maximum, jnp.max, x)
-
-
-def _row_all(x):
-    return _row_reduce(jnp.logical_and, jnp.all, x)
-
-
 @jax.jit
 def _forward_chunk(logits, probs):
     """``P(y_<=l v) = P(y_<=l) π(v | y_<=l)`` for a chunk of rows, flattened to children order."""
-    e = jnp.exp(logits - _row_max(logits))
-    return (probs[:, None] * (e / _row_sum(e))).reshape(-1)
+    return forward_rows(logits, probs)
 
 
-def _binary_entropy(p):
-    return -(jax.scipy.special.xlogy(p, p) + jax.scipy.special.xlogy(1 - p, 1 - p))
-
-
-@functools.partial(jax.jit, static_argnames=("with_lam", "with_ref", "with_mi", "leaf"))
-def _backward_chunk(logits, probs, child_h, child_det, child_logz, child_hb, ref_logits, lam, *,
-                    with_lam, with_ref, with_mi, leaf):
-    """One chunk of the backward pass; see :func:`analyze_tree` for the quantities."""
-    # One exp per entry serves both π (= e / s) and log π (= z - m - log s).
-    shifted_z = logits - _row_max(logits)
-    e = jnp.exp(shifted_z)
-    total = _row_sum(e)
-    pi = e / total
-    logp = shifted_z - jnp.log(total)
-    # H and Δ with exact zeros where the children agree (see toy_lm.tree.backward_step).
-    ref = child_h[:, :1]
-    diff = child_h - ref
-    mean = _row_sum(pi * diff)
-    h = (ref + mean)[:, 0]
-    delta = diff - mean
-    weight = probs[:, None] * pi
-    grads = weight * delta
-    same = _row_all(diff == 0)[:, 0]
-    out = dict(h=h, grads=grads, info=jnp.sum(grads * delta),
-               det=same if leaf else same & _row_all(child_det)[:, 0])
-    if with_mi:
-        hb = _binary_entropy(h)
-        child_hb = _binary_entropy(child_h) if leaf else child_hb
-        out.update(hb=hb, mi=jnp.sum(_row_sum(weight * (hb[:, None] - child_hb))))
-    if with_lam:
-        logz_c = -child_h / lam if leaf else child_logz
-        top = _row_max(logz_c)
-        shifted = logz_c - top
-        constant = _row_all(shifted == 0)
-        tilted = pi * jnp.exp(shifted)  # π0(v) Z(uv) / max_v Z(uv)
-        log_mass = jnp.where(constant, 0.0, jnp.log(_row_sum(tilted)))
-        logz = (top + log_mass)[:, 0]
-        eq = jnp.where(constant, logp, logp + shifted - log_mass)
-        row_kl = _row_sum(tilted * (shifted - log_mass))[:, 0] * jnp.exp(-log_mass[:, 0])
-        row_kl = jnp.where(constant[:, 0], 0.0, row_kl)
-        real = probs > 0
-        scale = jnp.max(jnp.where(real, logz, -jnp.inf))
-        mass = probs * jnp.exp(logz - jnp.where(jnp.isfinite(scale), scale, 0.0))
-        out.update(logz=logz, eq=eq, eq_kl_num=jnp.sum(mass * row_kl), eq_kl_den=jnp.sum(mass),
-                   eq_kl_scale=scale)
-    if with_ref:
-        shifted_q = ref_logits - _row_max(ref_logits)
-        logq = shifted_q - jnp.log(_row_sum(jnp.exp(shifted_q)))
-        out["ref_kl"] = jnp.sum(weight * (logp - logq))
-    return out
+@functools.partial(jax.jit, static_argnames=("with_mi",))
+def _backward_chunk(logits, probs, children: Children, ref_logits, lam, *, with_mi):
+    """One chunk of the backward pass: the level step (:func:`toy_lm.level_step.level_step`) and
+    the chunk's :class:`~toy_lm.level_step.LevelSums`; only the per-row outputs the driver
+    stores leave the kernel."""
+    rows = level_step(logits, probs, children, lam=lam, ref_logits=ref_logits, with_mi=with_mi)
+    return rows._replace(info=None, eq_kl=None, ref_kl=None, mi=None), level_sums(rows, probs)
 
 
 def _chunks(n: int, chunk: int):
@@ -219,26 +151,6 @@ def _pipelined(dispatched, store) -> None:
         store(*pending)
 
 
-def _combine_scaled(parts) -> float:
-    """``Σ num_c e^{m_c} / Σ den_c e^{m_c}`` from per-chunk ``(num, den, m)`` triples."""
-    nums, dens, scales = (np.array([float(p[i]) for p in parts]) for i in range(3))
-    return _combine_scaled_arrays(nums, dens, scales)
-
-
-def _combine_scaled_arrays(nums, dens, scales) -> float:
-    """``Σ num_c e^{m_c} / Σ den_c e^{m_c}`` from arrays of per-chunk values.
-
-    A chunk with no prefix of positive probability has ``m_c = -inf`` and weight 0.
-    """
-    scales = np.asarray(scales, float)
-    finite = np.isfinite(scales)
-    if not finite.any():
-        return 0.0
-    weights = np.where(finite, np.exp(np.where(finite, scales, 0.0) - scales[finite].max()), 0.0)
-    den = float(np.sum(dens * weights))
-    return float(np.sum(nums * weights)) / den if den > 0 else 0.0
-
-
 def _validate(logits, harm, lam, ref_logits, mutual_information,
               check_finite: bool = True) -> tuple[int, int]:
     vocab_size, length = validate_tables(logits, check_finite=check_finite)
@@ -259,13 +171,35 @@ def _validate(logits, harm, lam, ref_logits, mutual_information,
     return vocab_size, length
 
 
-#: The implementations :func:`analyze_tree` can run.
-BACKENDS = ("numba", "xla")
+#: The implementations :func:`analyze_tree` can run (the first is the default).
+BACKENDS = ("xla", "numba")
+
+#: From this many responses (``V**T``) on, :func:`choose_backend` prefers Numba when installed.
+NUMBA_MIN_RESPONSES = 1 << 22
+
+
+@functools.cache
+def numba_available() -> bool:
+    """Whether the optional Numba backend can run here (numba installed and importable)."""
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def choose_backend(vocab_size: int, length: int) -> str:
+    """The backend for a tree of ``V**T`` responses: ``"numba"`` when it is installed and the tree
+    has at least :data:`NUMBA_MIN_RESPONSES` responses (where its speed pays for a one-time
+    compile), else ``"xla"`` (the default of :func:`analyze_tree`)."""
+    if vocab_size ** length >= NUMBA_MIN_RESPONSES and numba_available():
+        return "numba"
+    return "xla"
 
 
 def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
                  ref_logits: Sequence | None = None, mutual_information: bool = False,
-                 backend: str = "numba", chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
+                 backend: str = "xla", chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
     """Run the complete analysis of a policy (level tables) and a harm.
 
     Args:
@@ -274,10 +208,11 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
       lam: KL weight ``λ > 0`` of the equilibrium ``π*_λ``; None skips the equilibrium.
       ref_logits: optional reference tables for ``KL_t(π || π_ref)``.
       mutual_information: also compute ``I_t^MI`` (requires a binary harm).
-      backend: ``"numba"`` (default; compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64,
-        every core, results written in place) or ``"xla"`` (the jitted chunk kernels of this
-        module, on JAX's default device, in JAX's default float dtype). Both compute the same
-        quantities with the same exact-zero conventions; the tests hold them to each other.
+      backend: ``"xla"`` (default; the level step of :mod:`toy_lm.level_step` in jitted chunk
+        kernels, on JAX's default device, in JAX's default float dtype) or ``"numba"`` (optional
+        extra; compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64, every core, results
+        written in place). Both compute the same quantities with the same exact-zero conventions;
+        the tests hold them to each other.
       chunk_rows: ``"xla"`` only: prefixes per kernel call (every level runs the same two
         compiled kernels).
 
@@ -293,6 +228,9 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "numba" and not numba_available():
+        raise InputError('backend "numba" needs numba, which is not installed: '
+                         'pip install "harm-horizon[numba]" (or use backend="xla")')
     # The Numba kernels test every logit for finiteness as they read it (an extra pass over the
     # largest input would cost about a tenth of the analysis) and raise the same error.
     _validate(logits, harm, lam, ref_logits, mutual_information, check_finite=backend != "numba")
@@ -374,7 +312,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         logz_buf, hb_buf = buffers[(length - 1 - level) % 2]
         logz_l, hb_l = logz_buf[:n], hb_buf[:n]
         eq_l = np.empty((n, vocab_size), f64) if with_lam else None
-        sums = np.empty(((n + kernels.BLOCK - 1) // kernels.BLOCK, 6))
+        sums = kernels.sums_buffer(n)
         kernels.analysis_level(
             vocab_size, flat[level], probs[level], _float64_table(cond[level + 1]),
             bool0 if leaf else dets[level + 1], no_ref if leaf else _float64_table(child_logz),
@@ -382,16 +320,17 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
             _float64_table(ref_logits[level]).reshape(-1) if with_ref else no_ref, lam_value,
             leaf, with_lam, with_ref, with_mi, h_l, det_l, grads[level].reshape(-1), logz_l,
             vec0 if eq_l is None else eq_l.reshape(-1), hb_l, sums)
-        if np.any(sums[:, 5]):
+        blocks = point("analysis.numba.level_sums", kernels.block_sums(sums), level=level)
+        if np.any(blocks.non_finite):
             raise non_finite_error(tables[level], f"logits_{level}")
         cond[level], dets[level], eqs[level] = h_l, det_l, eq_l
-        info[level] = float(np.sum(point("analysis.numba.level_sums", sums, level=level)[:, 0]))
+        info[level] = float(np.sum(blocks.info))
         if with_lam:
-            kl_parts[level] = sums[:, 1:3].copy()
+            kl_parts[level] = (blocks.eq_kl_num, blocks.eq_kl_scale)
         if with_ref:
-            ref_kl[level] = float(np.sum(sums[:, 3]))
+            ref_kl[level] = float(np.sum(blocks.ref_kl))
         if with_mi:
-            mi[level] = float(np.sum(sums[:, 4]))
+            mi[level] = float(np.sum(blocks.mi))
         child_logz, child_hb = logz_l, hb_l
 
     eq_kl = None
@@ -399,8 +338,8 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         # KL_t = Σ_u P(u) Z(u) KL(π*(.|u) || π(.|u)) / Z(root): block numerators at their own scale,
         # combined in log space (Z(u) / Z(root) can exceed the float range when λ is small).
         log_root = float(child_logz[0])
-        eq_kl = np.array([_combine_log_scaled(parts[:, 0], parts[:, 1], log_root)
-                          for parts in kl_parts])
+        eq_kl = np.array([_combine_log_scaled(nums, scales, log_root)
+                          for nums, scales in kl_parts])
     return _result(cond, grads, dets, info, mi if with_mi else None, eqs if with_lam else None,
                    eq_kl, ref_kl if with_ref else None)
 
@@ -425,7 +364,7 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
     dtype = np.dtype(jnp.result_type(float))
     harm = np.asarray(harm, dtype)
     chunk = max(1, min(int(chunk_rows), level_size(vocab_size, length - 1)))
-    lam_arr = jnp.asarray(1.0 if lam is None else lam, dtype)
+    lam_arr = None if lam is None else jnp.asarray(lam, dtype)
     with_lam, with_ref = lam is not None, ref_logits is not None
 
     # Forward pass: P_0 ... P_{T-1}.
@@ -443,7 +382,7 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
                     for a, b in _chunks(n, chunk)), store_probs)
         probs.append(nxt)
 
-    # Backward pass, leaves first.
+    # Backward pass, leaves first: the level step on every chunk, then one combine per level.
     cond = [None] * length + [harm]
     dets = [None] * length + [np.ones(harm.shape, bool)]
     grads, eqs = [None] * length, [None] * length
@@ -452,58 +391,52 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
     for level in reversed(range(length)):
         n = level_size(vocab_size, level)
         leaf = level == length - 1
-        h_l, det_l = np.empty(n, dtype), np.empty(n, bool)
-        g_l = np.empty((n, vocab_size), dtype)
-        logz_l = np.empty(n, dtype) if with_lam else None
-        eq_l = np.empty((n, vocab_size), dtype) if with_lam else None
-        hb_l = np.empty(n, dtype) if mutual_information else None
-        kl_parts, infos, mis, refs = [], [], [], []
+        rows_out = LevelRows(
+            h=np.empty(n, dtype), det=np.empty(n, bool), grads=np.empty((n, vocab_size), dtype),
+            info=None, logz=np.empty(n, dtype) if with_lam else None,
+            eq=np.empty((n, vocab_size), dtype) if with_lam else None,
+            hb=np.empty(n, dtype) if mutual_information else None)
+        parts = []
         child_h = cond[level + 1].reshape(n, vocab_size)
-        child_det = dets[level + 1].reshape(n, vocab_size)
+        child_det = None if leaf else dets[level + 1].reshape(n, vocab_size)
         clogz = None if (leaf or not with_lam) else child_logz.reshape(n, vocab_size)
         chb = None if (leaf or not mutual_information) else child_hb.reshape(n, vocab_size)
 
-        def dispatch(a, b, level=level, leaf=leaf, child_h=child_h, child_det=child_det,
-                     clogz=clogz, chb=chb):
+        def dispatch(a, b, level=level, child_h=child_h, child_det=child_det, clogz=clogz,
+                     chb=chb):
+            children = Children(
+                h=_padded(point("analysis.xla.child_h", child_h[a:b], start=a, full=child_h),
+                          chunk),
+                det=None if child_det is None else _padded(child_det[a:b], chunk, True),
+                logz=None if clogz is None else _padded(clogz[a:b], chunk),
+                hb=None if chb is None else _padded(chb[a:b], chunk))
             return a, b, _backward_chunk(
                 _padded(np.asarray(logits[level][a:b], dtype), chunk),
-                _padded(probs[level][a:b], chunk),
-                _padded(point("analysis.xla.child_h", child_h[a:b], start=a, full=child_h), chunk),
-                None if leaf else _padded(child_det[a:b], chunk, True),
-                None if clogz is None else _padded(clogz[a:b], chunk),
-                None if chb is None else _padded(chb[a:b], chunk),
+                _padded(probs[level][a:b], chunk), children,
                 _padded(np.asarray(ref_logits[level][a:b], dtype), chunk) if with_ref else None,
-                lam_arr, with_lam=with_lam, with_ref=with_ref, with_mi=mutual_information,
-                leaf=leaf)
+                lam_arr, with_mi=mutual_information)
 
-        def store(a, b, out, h_l=h_l, det_l=det_l, g_l=g_l, logz_l=logz_l, eq_l=eq_l, hb_l=hb_l,
-                  kl_parts=kl_parts, infos=infos, mis=mis, refs=refs):
-            m = b - a
-            h_l[a:b] = np.asarray(out["h"])[:m]
-            det_l[a:b] = np.asarray(out["det"])[:m]
-            g_l[a:b] = np.asarray(out["grads"])[:m]
-            infos.append(out["info"])
-            if with_lam:
-                logz_l[a:b] = np.asarray(out["logz"])[:m]
-                eq_l[a:b] = np.asarray(out["eq"])[:m]
-                kl_parts.append((out["eq_kl_num"], out["eq_kl_den"], out["eq_kl_scale"]))
-            if mutual_information:
-                hb_l[a:b] = np.asarray(out["hb"])[:m]
-                mis.append(out["mi"])
-            if with_ref:
-                refs.append(out["ref_kl"])
+        def store(a, b, out, rows_out=rows_out, parts=parts):
+            rows, sums = out
+            for dest, value in zip(rows_out, rows):
+                if dest is not None:
+                    dest[a:b] = np.asarray(value)[:b - a]
+            parts.append(sums)
 
         _pipelined((dispatch(a, b) for a, b in _chunks(n, chunk)), store)
-        cond[level], dets[level], grads[level] = h_l, det_l, g_l
-        info[level] = float(np.sum(point("analysis.xla.level_sums", np.asarray(infos), level=level)))
+        sums = stack_sums(parts)
+        sums = sums._replace(info=point("analysis.xla.level_sums", sums.info, level=level))
+        totals = combine(sums)
+        cond[level], dets[level], grads[level] = rows_out.h, rows_out.det, rows_out.grads
+        info[level] = totals.info
         if with_lam:
-            eqs[level], child_logz = eq_l, logz_l
-            eq_kl[level] = _combine_scaled(kl_parts)
+            eqs[level], child_logz = rows_out.eq, rows_out.logz
+            eq_kl[level] = totals.eq_kl
         if mutual_information:
-            child_hb = hb_l
-            mi[level] = float(np.sum(np.asarray(mis)))
+            child_hb = rows_out.hb
+            mi[level] = totals.mi
         if with_ref:
-            ref_kl[level] = float(np.sum(np.asarray(refs)))
+            ref_kl[level] = totals.ref_kl
 
     return _result(cond, grads, dets, info, mi if mutual_information else None,
                    eqs if with_lam else None, eq_kl if with_lam else None,
@@ -543,9 +476,11 @@ def compile_kernels(vocab_size: int, length: int, *, lam: bool = True, ref: bool
     start = time.perf_counter()
     _forward_chunk.lower(table, vec).compile()
     for leaf in (True, False) if length > 1 else (True,):
-        _backward_chunk.lower(
-            table, vec, table, None if leaf else f((chunk, vocab_size), np.bool_),
-            None if (leaf or not lam) else table, None if (leaf or not mutual_information) else table,
-            table if ref else None, f((), dtype), with_lam=lam, with_ref=ref,
-            with_mi=mutual_information, leaf=leaf).compile()
+        children = Children(
+            h=table, det=None if leaf else f((chunk, vocab_size), np.bool_),
+            logz=None if (leaf or not lam) else table,
+            hb=None if (leaf or not mutual_information) else table)
+        _backward_chunk.lower(table, vec, children, table if ref else None,
+                              f((), dtype) if lam else None,
+                              with_mi=mutual_information).compile()
     return time.perf_counter() - start

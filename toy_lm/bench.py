@@ -3,19 +3,22 @@
 Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` computes) on ``2**20``,
 ``2**22`` and ``2**24`` responses (``V=4, T=10..12`` and ``V=2, T=20..24``), reporting per size
 
-* ``seconds``: median wall time of several runs (5 unless ``--repeats``) after a warm-up;
-* ``compile_seconds`` (only with ``--compile``): compiling the analysis kernels from scratch
-  (Numba, every specialization; the kernels do not depend on ``V`` or ``T``, so this is measured
-  once per run and repeated in every row). Compiled kernels are cached on disk: a user pays this
-  once per install, and later processes load them in well under a second, so a run without
-  ``--compile`` uses the cache (compiling once, with a progress line, if it is empty);
+* ``seconds``: median wall time of several runs (5 unless ``--repeats``) after a warm-up, with the
+  default backend (``backend="xla"``: the level step of :mod:`toy_lm.level_step` in jitted
+  chunk kernels);
+* ``xla_compile_seconds``: compiling those kernels from empty caches for that size;
 * ``floor_seconds``: a memory-traffic floor measured in the same run - the time numpy takes to read
   every input array once (a sum) and write every output array once (a fill);
 * ``ratio_to_floor`` = seconds / floor_seconds;
-* ``ratio_to_reference`` = reference seconds / seconds, the speed-up over the plain per-level numpy
-  implementation of :mod:`toy_lm.reference` (run once: it is slow);
-* ``xla_seconds`` / ``xla_compile_seconds``: the same analysis with ``backend="xla"`` (the jitted
-  chunk kernels, compiled from empty caches for that size), for comparison.
+* ``numba_seconds`` / ``numba_ratio_to_floor`` (only where the optional Numba extra is installed):
+  the same analysis with ``backend="numba"``;
+* ``compile_seconds`` (only with ``--compile``, and Numba installed): compiling the Numba kernels
+  from scratch (every specialization; they do not depend on ``V`` or ``T``, so this is measured
+  once per run and repeated in every row). Compiled Numba kernels are cached on disk: a user pays
+  this once per install, and a run without ``--compile`` uses the cache (compiling once, with a
+  progress line, if it is empty);
+* ``ratio_to_reference`` = reference seconds / seconds, the speed-up of the default backend over
+  the plain per-level numpy implementation of :mod:`toy_lm.reference` (run once: it is slow).
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
     p.add_argument("--compile", action="store_true",
                    help="tree suite: also measure compiling the Numba kernels from scratch "
-                        "(about a minute on 2 cores; rewrites their on-disk cache)")
+                        "(needs the numba extra; about a minute on 2 cores; rewrites their "
+                        "on-disk cache)")
     p.set_defaults(func=run)
 
 
@@ -94,28 +98,32 @@ def _median_seconds(fn, repeats: int) -> float:
 
 
 def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool = True,
-               compile_seconds: float | None = None) -> dict:
-    """One row of the tree suite (see the module docstring for the fields)."""
-    from toy_lm.analysis import analyze_tree, compile_kernels
+               compile_seconds: float | None = None, numba: bool | None = None) -> dict:
+    """One row of the tree suite (see the module docstring for the fields); ``numba``: also time
+    the Numba backend (default: where it is installed)."""
+    from toy_lm.analysis import analyze_tree, compile_kernels, numba_available
     from toy_lm.reference import reference_analysis
 
     import jax
 
+    numba = numba_available() if numba is None else numba
     logits, harm = _instance(vocab_size, length)
-    seconds = _median_seconds(lambda: analyze_tree(logits, harm, lam=LAMBDA), repeats)
     floor = memory_floor(logits + [harm], _output_shapes(vocab_size, length))
     # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
     # size's would report the time of a cache lookup instead of a compile.
     jax.clear_caches()
     xla_compile = compile_kernels(vocab_size, length, lam=True)
-    xla_seconds = _median_seconds(
+    seconds = _median_seconds(
         lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"), repeats)
     row = {"name": f"tree V={vocab_size} T={length}", "vocab_size": vocab_size, "length": length,
-           "sequences": vocab_size ** length, "seconds": seconds,
-           **({} if compile_seconds is None else {"compile_seconds": compile_seconds}),
-           "floor_seconds": floor,
-           "ratio_to_floor": seconds / floor, "xla_seconds": xla_seconds,
-           "xla_compile_seconds": xla_compile}
+           "sequences": vocab_size ** length, "backend": "xla", "seconds": seconds,
+           "xla_compile_seconds": xla_compile, "floor_seconds": floor,
+           "ratio_to_floor": seconds / floor}
+    if numba:
+        numba_seconds = _median_seconds(
+            lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="numba"), repeats)
+        row.update(numba_seconds=numba_seconds, numba_ratio_to_floor=numba_seconds / floor,
+                   **({} if compile_seconds is None else {"compile_seconds": compile_seconds}))
     if reference:
         start = time.perf_counter()
         reference_analysis(logits, harm, lam=LAMBDA)
@@ -125,22 +133,31 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
 
 
 def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = False) -> list[dict]:
-    from toy_lm.analysis import compile_numba_kernels
-    from toy_lm.cpu_kernels import cached_on_disk
+    from toy_lm.analysis import numba_available
     from toy_lm.progress import heartbeat
 
     sizes = ((4, 6), (2, 12)) if quick else TREE_SIZES
     compile_seconds = None
-    if measure_compile:
+    numba = numba_available()
+    if not numba:
+        progress('numba not installed: timing the XLA backend only (pip install '
+                 '"harm-horizon[numba]" for the Numba columns)')
+    elif measure_compile:
+        from toy_lm.analysis import compile_numba_kernels
+
         progress("compiling the Numba kernels from scratch (once; they serve every size)")
         with heartbeat("bench", "compiling the Numba kernels from scratch"):
             compile_seconds = compile_numba_kernels()
-    elif not cached_on_disk():
-        progress("compiling the Numba kernels (no on-disk cache yet; about a minute on 2 cores)")
+    else:
+        from toy_lm.cpu_kernels import cached_on_disk
+
+        if not cached_on_disk():
+            progress("compiling the Numba kernels (no on-disk cache yet; about a minute on 2 cores)")
     rows = []
     for vocab_size, length in sizes:
         progress(f"tree V={vocab_size} T={length} ({vocab_size ** length:.3g} responses)")
-        rows.append(bench_tree(vocab_size, length, repeats, compile_seconds=compile_seconds))
+        rows.append(bench_tree(vocab_size, length, repeats, compile_seconds=compile_seconds,
+                               numba=numba))
     return rows
 
 

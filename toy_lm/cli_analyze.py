@@ -172,6 +172,22 @@ def print_table(info: dict) -> None:
     Console().print(table)
 
 
+def backend_line(backend: str, vocab_size: int, length: int) -> str:
+    """What the CLI says about the backend that ran (on stderr, after the analysis)."""
+    from toy_lm.analysis import NUMBA_MIN_RESPONSES
+
+    large = vocab_size ** length >= NUMBA_MIN_RESPONSES
+    if backend == "numba":
+        return (f"numba (compiled CPU kernels, float64; V**T = {vocab_size ** length} >= "
+                f"{NUMBA_MIN_RESPONSES})")
+    import jax.numpy as jnp
+
+    # A large tree runs on XLA only when Numba is missing (choose_backend looked already).
+    why = ('numba not installed: pip install "harm-horizon[numba]" for large trees' if large
+           else f"V**T = {vocab_size ** length} < {NUMBA_MIN_RESPONSES}")
+    return f"xla (JAX {jnp.dtype(jnp.result_type(float)).name}; {why})"
+
+
 def run(args) -> int:
     if (args.tables is None) == (args.random is None):
         raise InputError("give exactly one of TABLES.npz or --random V T TAU")
@@ -195,18 +211,25 @@ def run(args) -> int:
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
-    from toy_lm.analysis import analyze_tree   # after every check: refusals do not load JAX
-    from toy_lm.cpu_kernels import cached_on_disk
-    from toy_lm.progress import heartbeat
+    from toy_lm.analysis import analyze_tree, choose_backend   # after every check: refusals
+    from toy_lm.progress import heartbeat                        # do not load JAX
 
+    backend = choose_backend(vocab_size, length)
     status = "analyzing"
-    if not cached_on_disk():
-        status = ("compiling the analysis kernels (once after install, about a minute on 2 cores;"
-                  " cached on disk afterwards)")
+    if backend == "numba":
+        from toy_lm.cpu_kernels import cached_on_disk
+
+        if not cached_on_disk():
+            status = ("compiling the Numba kernels (once after install, about a minute on 2 cores;"
+                      " cached on disk afterwards)")
+    if status != "analyzing":
         print(f"[analyze] {status}", file=sys.stderr, flush=True)
     with heartbeat("analyze", status):
         result = analyze_tree(logits, harm, lam=args.lam, ref_logits=ref,
-                              mutual_information=args.mi)
+                              mutual_information=args.mi, backend=backend)
+    # Which backend ran (after it ran: a refused input still ends with one line).
+    print(f"[analyze] backend: {backend_line(backend, vocab_size, length)}", file=sys.stderr,
+          flush=True)
     info = summary(result, vocab_size, length, args.lam)
     text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
     if args.out is not None:

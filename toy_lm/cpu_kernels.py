@@ -38,14 +38,17 @@ loops over rows, every ``exp`` and ``log`` in a loop of its own or with few comp
 Determinism. Sums over a level are accumulated per block of a fixed size, in a fixed order, and
 combined in block order by the caller: results do not depend on the number of threads.
 
-The formulas are those of the XLA kernels in :mod:`toy_lm.analysis` (the same exact-zero
-conventions, see :mod:`toy_lm.tree`): ``H = c + Σ π (H_child - c)`` with ``c`` the first child,
+Numba is an optional dependency (``pip install "harm-horizon[numba]"``): this module is imported
+only when ``backend="numba"`` runs. The formulas are those of the level step of
+:mod:`toy_lm.level_step` (the same exact-zero conventions, see :mod:`toy_lm.tree`): ``H = c + Σ π (H_child - c)`` with ``c`` the first child,
 log-space partition functions ``log Z = top + log Σ π exp(log Z_child - top)``.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import NamedTuple
 
 import numba as nb
 import numpy as np
@@ -416,15 +419,51 @@ def analysis_level(vocab, z, probs, child_h, child_det, child_logz, child_hb, re
                             grad_out, logz_out, eq_out, hb_out, sums)
 
 
-def cached_on_disk() -> bool:
-    """Whether every kernel has an on-disk cache index (best effort: True when unknown).
+class BlockSums(NamedTuple):
+    """The per-block sums :func:`analysis_level` writes (the columns of its ``sums``, named here
+    once so that no caller reads a sum back by column number), each ``(blocks,)``.
 
-    False means the next call compiles (about 45-60 s on 2 cores); the CLI says so before it starts.
+    Attributes:
+      info: ``I_t`` part. eq_kl_num: ``Σ P Z_u e^{-s} KL(π*(.|u) || π(.|u))``.
+      eq_kl_scale: ``s`` (``-inf``: no prefix of positive probability). ref_kl: ``Σ P KL(π || π_ref)``.
+      mi: ``Σ P`` (MI part). non_finite: 1.0 where a logit of the block is not finite, else 0.0.
     """
-    try:
-        return all(os.path.exists(d._cache._cache_file._index_path) for d in KERNELS)
-    except AttributeError:  # a Numba version with another cache layout
-        return True
+
+    info: np.ndarray
+    eq_kl_num: np.ndarray
+    eq_kl_scale: np.ndarray
+    ref_kl: np.ndarray
+    mi: np.ndarray
+    non_finite: np.ndarray
+
+
+def sums_buffer(rows: int) -> np.ndarray:
+    """The ``sums`` output of :func:`analysis_level` for a level of ``rows`` prefixes."""
+    return np.empty(((rows + BLOCK - 1) // BLOCK, len(BlockSums._fields)))
+
+
+def block_sums(sums: np.ndarray) -> BlockSums:
+    """:func:`analysis_level`'s ``sums`` as named per-block arrays (copies)."""
+    return BlockSums(*(sums[:, j].copy() for j in range(len(BlockSums._fields))))
+
+
+def cached_on_disk() -> bool:
+    """Whether every kernel has an index file in Numba's on-disk cache (best effort).
+
+    Read from Numba's documented cache layout only (no private attributes): the index files
+    ``<module>.<function>-<line>.<python>.nbi`` in ``NUMBA_CACHE_DIR`` when it is set, else in the
+    ``__pycache__`` next to this file. False means the next call compiles (about 45-60 s on 2
+    cores; or that Numba keeps its cache elsewhere); the CLI says so before it starts.
+    """
+    here = Path(__file__)
+    custom = os.environ.get("NUMBA_CACHE_DIR")
+    root = Path(custom) if custom else here.parent / "__pycache__"
+    if not root.is_dir():
+        return False
+    names = {p.name for p in (root.rglob(f"{here.stem}.*.nbi") if custom
+                              else root.glob(f"{here.stem}.*.nbi"))}
+    return all(any(n.startswith(f"{here.stem}.{d.py_func.__qualname__}-") for n in names)
+               for d in KERNELS)
 
 
 #: Every compiled function (what :func:`toy_lm.analysis.compile_numba_kernels` recompiles).

@@ -14,10 +14,11 @@ Chunks that run past a level's end read rows of the next level (harmless) and th
 masked back to the old values (backward) or land in regions written later (forward), so no
 special cases are compiled. Buffers are donated to the kernels and updated in place.
 
-Per row the backward kernel produces what :func:`toy_lm.analysis.analyze_tree` produces (``H`` with
-exact zeros, determined flags, logit gradients ``G``, the equilibrium ``log Z`` and row KL of
-``π*_λ``, the row KL against a reference) plus each row's share of ``I_t``; level sums are taken
-afterwards from these per-row arrays (see :mod:`toy_lm.sharded`).
+Per row the backward kernel runs the level step of :mod:`toy_lm.level_step`, the one shared by
+every XLA driver, and stores ``H`` (exact zeros), the determined flags, the logit gradients ``G``,
+the equilibrium ``log Z`` and row KL of ``π*_λ``, the row KL against a reference, and each row's
+share of ``I_t``; level sums are taken afterwards from these per-row arrays, by the same
+:func:`toy_lm.level_step.level_sums` and :func:`toy_lm.level_step.combine` (see :mod:`toy_lm.sharded`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.compile_options import compiler_options
+from toy_lm.level_step import Children, forward_rows, level_step
 
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
@@ -106,17 +108,20 @@ def init_state(layout: ForestLayout, logits, leaf_values, root_probs, *, leaf_de
 
 def forward_chunk(state: dict, row_off, child_off, *, chunk: int) -> dict:
     """``P(u v) = P(u) π(v|u)`` for ``chunk`` rows at ``row_off``, written at ``child_off``."""
-    vocab_size = state["logits"].shape[1]
     z = jax.lax.dynamic_slice_in_dim(state["logits"], row_off, chunk)
     p = jax.lax.dynamic_slice_in_dim(state["probs"], row_off, chunk)
-    children = (p[:, None] * jax.nn.softmax(z, axis=1)).reshape(chunk * vocab_size)
-    return {**state, "probs": jax.lax.dynamic_update_slice_in_dim(state["probs"], children,
-                                                                  child_off, 0)}
+    return {**state, "probs": jax.lax.dynamic_update_slice_in_dim(state["probs"],
+                                                                  forward_rows(z, p), child_off, 0)}
+
+
+#: The state buffer each per-row output of the level step is written to.
+_STORED = {"h": "h", "det": "det", "grads": "grads", "info": "info", "logz": "logz",
+           "eq_kl": "eq_kl", "ref_kl": "ref_kl"}
 
 
 def backward_chunk(state: dict, row_off, child_off, valid, lam, *, chunk: int) -> dict:
-    """One chunk of the backward pass (the formulas of :mod:`toy_lm.analysis`), masked to the
-    ``valid`` rows of the level."""
+    """One chunk of the backward pass: the level step of :mod:`toy_lm.level_step` on ``chunk``
+    rows, its per-row outputs written back masked to the ``valid`` rows of the level."""
     vocab_size = state["logits"].shape[1]
 
     def rows(name):
@@ -126,40 +131,23 @@ def backward_chunk(state: dict, row_off, child_off, valid, lam, *, chunk: int) -
         return jax.lax.dynamic_slice_in_dim(state[name], child_off,
                                             chunk * vocab_size).reshape(chunk, vocab_size)
 
+    # The leaves' det and log Z are in the buffers (True and -h/λ), so every level runs the same
+    # program with the children's values read from memory.
+    step = level_step(rows("logits"), rows("probs"),
+                      Children(h=kids("h"), det=kids("det"),
+                               logz=kids("logz") if "logz" in state else None),
+                      lam=lam if "logz" in state else None,
+                      ref_logits=rows("ref") if "ref" in state else None)
     live = jnp.arange(chunk) < valid
     out = dict(state)
-
-    def put(name, value):
+    for field, name in _STORED.items():
+        value = getattr(step, field)
+        if value is None or name not in state:
+            continue
         old = rows(name)
         mask = live.reshape((chunk,) + (1,) * (old.ndim - 1))
         out[name] = jax.lax.dynamic_update_slice_in_dim(state[name], jnp.where(mask, value, old),
                                                         row_off, 0)
-
-    logp = jax.nn.log_softmax(rows("logits"), axis=1)
-    pi = jnp.exp(logp)
-    probs = rows("probs")
-    child_h = kids("h")
-    diff = child_h - child_h[:, :1]
-    mean = jnp.sum(pi * diff, axis=1, keepdims=True)
-    delta = diff - mean
-    grads = probs[:, None] * pi * delta
-    put("h", (child_h[:, :1] + mean)[:, 0])
-    put("det", jnp.all(diff == 0, axis=1) & jnp.all(kids("det"), axis=1))
-    put("grads", grads)
-    put("info", jnp.sum(grads * delta, axis=1))
-    if "logz" in state:
-        child = kids("logz")
-        top = jnp.max(child, axis=1, keepdims=True)
-        shifted = child - top
-        constant = jnp.all(shifted == 0, axis=1, keepdims=True)
-        tilted = jnp.exp(logp + shifted)
-        log_mass = jnp.where(constant, 0.0, jnp.log(jnp.sum(tilted, axis=1, keepdims=True)))
-        row_kl = jnp.sum(tilted * (shifted - log_mass), axis=1) * jnp.exp(-log_mass[:, 0])
-        put("logz", (top + log_mass)[:, 0])
-        put("eq_kl", jnp.where(constant[:, 0], 0.0, row_kl))
-    if "ref" in state:
-        logq = jax.nn.log_softmax(rows("ref"), axis=1)
-        put("ref_kl", jnp.sum(pi * (logp - logq), axis=1) * probs)
     return out
 
 

@@ -8,9 +8,10 @@ with no communication (``jax.shard_map`` over the mesh axis ``"d"``). The ``m`` 
 split are a small forest of one root, whose leaves are the subtrees' root values; it runs on the
 first device, forward before and backward after the subtrees.
 
-Determinism. Every per-prefix value is computed by the same per-row program from the same inputs
-whatever ``D`` is, and the per-level sums (``I_t``, KL) are taken on the host in numpy over the
-per-row shares in canonical order, so for a given split level the results are *identical*
+Determinism. Every per-prefix value is computed by the same per-row program (the level step of
+:mod:`toy_lm.level_step`) from the same inputs whatever ``D`` is, and the per-level sums (``I_t``,
+KL) are taken over the per-row shares of the whole level in canonical order (the step's
+``level_sums`` and ``combine``), so for a given split level the results are *identical*
 (bitwise) on one device and on many.
 
 Example (4 simulated CPU devices, set before JAX starts):
@@ -32,6 +33,7 @@ from toy_lm import device_tree
 from toy_lm.analysis import TreeAnalysis
 from toy_lm.errors import ConfigError
 from toy_lm.harms import horizon_from_masks
+from toy_lm.level_step import LevelRows, LevelTotals, combine, level_sums, stack_sums
 from toy_lm.tables import infer_sizes, level_size, validate_harm
 
 
@@ -66,14 +68,15 @@ def _levels(state: dict, layout: device_tree.ForestLayout, name: str, keep: int)
     return out
 
 
-def _equilibrium_kl(probs, logz, row_kl) -> float:
-    """``Σ P0 Z kl / Σ P0 Z`` over one level's rows, with a common scale (see analysis.py)."""
-    real = probs > 0
-    if not np.any(real):
-        return 0.0
-    mass = np.where(real, probs * np.exp(logz - np.max(logz[real])), 0.0)
-    den = float(np.sum(mass))
-    return float(np.sum(mass * row_kl)) / den if den > 0 else 0.0
+def _level_totals(level: dict, l: int) -> LevelTotals:
+    """Level ``l``'s totals from its per-row shares in canonical order: the level step's
+    :func:`~toy_lm.level_step.level_sums` over the whole level (one block), then the one
+    :func:`~toy_lm.level_step.combine` every XLA driver uses."""
+    rows = LevelRows(h=level["h"][l], det=level["det"][l], grads=level["grads"][l],
+                     info=level["info"][l], logz=level.get("logz", [None] * (l + 1))[l],
+                     eq_kl=level.get("eq_kl", [None] * (l + 1))[l],
+                     ref_kl=level.get("ref_kl", [None] * (l + 1))[l])
+    return combine(stack_sums([level_sums(rows, level["probs"][l])]))
 
 
 def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
@@ -158,17 +161,16 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
     level = {k: high[k][:m] + low[k] for k in names}
 
     dets = level["det"]
+    totals = [_level_totals(level, l) for l in range(length)]
     return TreeAnalysis(
         expected_harm=float(level["h"][0][0]),
         cond_harm=tuple(level["h"]),
         logit_grads=tuple(level["grads"]),
         determined=tuple(dets),
-        harm_information=np.array([np.sum(x) for x in level["info"]]),
+        harm_information=np.array([t.info for t in totals]),
         harm_information_mi=None,
         horizon=horizon_from_masks(dets),
         equilibrium_logits=None,
-        equilibrium_kl=np.array([_equilibrium_kl(level["probs"][l], level["logz"][l],
-                                                 level["eq_kl"][l]) for l in range(length)])
-        if with_lam else None,
-        per_position_kl=np.array([np.sum(x) for x in level["ref_kl"]]) if with_ref else None,
+        equilibrium_kl=np.array([t.eq_kl for t in totals]) if with_lam else None,
+        per_position_kl=np.array([t.ref_kl for t in totals]) if with_ref else None,
     )
