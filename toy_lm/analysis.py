@@ -300,7 +300,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
     dets = [None] * length + [np.ones(harm.shape, bool)]
     eqs = [None] * length
     info, mi, ref_kl = (np.zeros(length) for _ in range(3))
-    kl_parts = [None] * length
+    kl_parts: list = [None] * length
     # log Z and the binary entropies are needed one level up only: two buffers, used in turn.
     buffers = [(np.empty(n, f64) if with_lam else vec0, np.empty(n, f64) if with_mi else vec0)
                for n in sizes[::-1][:2]]

@@ -170,7 +170,7 @@ def compiled_kernels(mesh, chunk: int, backend: str):
 
 
 def _index(x: int) -> jax.Array:
-    return jnp.asarray(x, jnp.int64 if jax.config.jax_enable_x64 else jnp.int32)
+    return jnp.asarray(x, jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32)
 
 
 def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: bool = False) -> dict:
@@ -191,9 +191,9 @@ def backward_pass(state: dict, layout: ForestLayout, mesh, lam: float = 1.0) -> 
     """``H``, determined flags, ``G``, row shares of ``I_t`` (and ``log Z``, row KLs), leaves up."""
     _, backward = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
-    lam = jnp.asarray(lam, state["logits"].dtype)
+    lam_array = jnp.asarray(lam, state["logits"].dtype)
     for j in reversed(range(layout.depth)):
         for a in range(0, layout.rows(j), chunk):
             state = backward(state, _index(off[j] + a), _index(off[j + 1] + a * vocab_size),
-                             _index(min(chunk, layout.rows(j) - a)), lam)
+                             _index(min(chunk, layout.rows(j) - a)), lam_array)
     return state

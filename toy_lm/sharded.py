@@ -129,7 +129,7 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
     for d in range(num_devices):
         first = d * per_device
 
-        def rows(table, level, width=None):   # the device's rows of a global level, padded
+        def rows(table, level, first=first):   # the device's rows of a global level, padded
             n = level_size(vocab_size, level - m)
             block = np.asarray(table)[first * n:(first + per_device) * n]
             pad = per_device * n - block.shape[0]
