@@ -189,7 +189,7 @@ def _report() -> int:
 
 
 def main(argv) -> int:
-    mode = argv[0] if argv else "run"
+    mode = argv[0] if argv else "help"
     if mode == "inner":
         return _inner()
     if mode == "test":
