@@ -170,9 +170,11 @@ def _report() -> int:
     tally = {}
     for r in mutants:
         tally[r["verdict"]] = tally.get(r["verdict"], 0) + 1
-    nonfinite = sum(r["verdict"] == "killed" and any(f"err {x}," in r["failed"][0] for x in ("inf", "nan"))
+    nonfinite = sum(r["verdict"] == "killed"
+                    and any(f"err {x}," in r["failed"][0].split(";")[0] for x in ("inf", "nan"))
                     for r in mutants)
-    print(f"{len(mutants)} mutants: {tally}; killed only through an inf/NaN error: {nonfinite}")
+    print(f"{len(mutants)} mutants: {tally}; killed with an inf/NaN error in the first failed part: "
+          f"{nonfinite}")
     killers = {}
     for r in mutants:
         if r["verdict"] == "killed":
