@@ -114,7 +114,30 @@ def equilibrium_kl_zero_beyond_horizon(inst, plant):
                          scale=float(np.max(engine_kl)),
                          lhs_name=f"KL_t(π*_λ‖π0), t > τ* ({inst.engine} engine; n/a when τ* = T)",
                          rhs_name="0"))
-    return parts, {"kl_t": engine_kl.tolist(), "horizon": tau}
+    # The engines' exact-zero convention: a determined prefix's children have equal log Z, so its
+    # tilt is exactly 0 and its KL term is an exact 0, not a rounding residue (found by the
+    # mechanical mutants: flipping the "children equal" masks left ±1e-17, negative values included,
+    # inside the rounding tolerance above).
+    # KNOWN DEFECT of the optional Numba backend ("analysis"): on the MLP instance at λ = 1e3 it
+    # gives KL_t of 1.5e-17 and -9.4e-19 beyond τ* (a rounding residue, negative once); measured
+    # below instead of asserted until its kernel keeps the convention (issue 13 notes).
+    measurements = {"kl_t": engine_kl.tolist(), "horizon": tau,
+                    "max_abs_kl_beyond_horizon": float(np.max(np.abs(engine_kl[tau:]),
+                                                              initial=0.0))}
+    if inst.engine in EXACT_ZERO_ENGINES:
+        exact = stated_tolerance(0.0, "0: the engines write exact zeros at determined prefixes")
+        parts.append(compare("KL_t = 0 exactly for t > τ*", engine_kl[tau:], 0.0, exact,
+                             scale=float(np.max(engine_kl)),
+                             lhs_name=f"KL_t(π*_λ‖π0), t > τ* ({inst.engine} engine; n/a when "
+                                      "τ* = T)", rhs_name="0 (exact)"))
+        parts.append(compare("KL_t >= 0", engine_kl, 0.0, exact, bound="lower", scale=1.0,
+                             lhs_name=f"KL_t(π*_λ‖π0), every t ({inst.engine} engine)",
+                             rhs_name="0 (a KL is never negative)"))
+    return parts, measurements
+
+
+#: Engines whose equilibrium KL is an exact 0 beyond the horizon (see T7b).
+EXACT_ZERO_ENGINES = ("tree", "xla", "markov")
 
 
 def _kl_integrand(x: np.ndarray) -> np.ndarray:
