@@ -99,7 +99,7 @@ def run_mutants(args) -> int:
         killed = ", ".join(r.killed_by) or "-"
         note = r.equivalent if r.status == "EQUIVALENT" else "; ".join(r.errors)[:200]
         table.add_row(escape(r.name), escape(r.description + (f" [{note}]" if note else "")),
-                      f"{r.size:.1e}", escape(killed), f"[{colour.get(r.status, 'red')}]{r.status}[/]")
+                      f"{r.size:.1e}" if r.size == r.size else "—", escape(killed), f"[{colour.get(r.status, 'red')}]{r.status}[/]")
     console = _console()
     console.print(table)
     live = [r for r in reports if not r.equivalent]

@@ -343,6 +343,13 @@ def _size(before, after) -> float:
     return worst
 
 
+def _reported_size(sizes) -> float:
+    """The largest change, or NaN ("—") when the mutant changes no engine output at all (it lives
+    in an objective, a gradient route or the Monte Carlo baseline)."""
+    worst = max(sizes, default=0.0)
+    return worst if worst > 0 else float("nan")
+
+
 def run_mutant(mutant: Mutant, instances, baseline_outputs: dict | None = None) -> MutantReport:
     """Run the checks of ``mutant`` on ``instances`` with the mutant active."""
     from proofs_check.registry import select
@@ -369,7 +376,7 @@ def run_mutant(mutant: Mutant, instances, baseline_outputs: dict | None = None) 
     killed = sorted({r.check for r in results if r.killed_by_comparison()})
     errors = sorted({f"{r.check}: {r.parts[0].lhs}" for r in results if r.status == "error"})
     return MutantReport(mutant.name, mutant.description, killed, errors, len(tasks),
-                        max(sizes, default=float("nan")), time.perf_counter() - start,
+                        _reported_size(sizes), time.perf_counter() - start,
                         mutant.equivalent)
 
 
