@@ -26,6 +26,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+from toy_lm import tree
 from toy_lm.objectives import automaton_costs
 from proofs_check import controls, enumeration
 from proofs_check.common import engine, ops
@@ -153,10 +154,32 @@ def recovery_signal(inst, plant):
                          norms, floor, nonzero, bound="lower",
                          lhs_name="max_v |∂L_rec/∂z_v(w)| at each such prefix (n/a if none)",
                          rhs_name="floor (1e3 x rounding tolerance)"))
+    parts.append(_asr_part(inst, dists))
     marg = enumeration.prefix_marginals(inst.probs, vocab, length)
     ratio = [w / np.maximum(m, np.finfo(float).tiny) for w, m in zip(recovery_weights(inst, mu), marg)]
     return parts, {"prefixes_checked": int(norms.size),
                    "signal_amplification_W_over_P_max": float(max(np.max(r) for r in ratio))}
+
+
+def _asr_part(inst, dists):
+    """``ASR_π(k) = E_{q_k}[H_k]``, ``k = 0 ... T-1``, from the tree engine (``prefill_asr_curve``,
+    and ``prefill_asr`` with ``harmful_prefix_dist``) against direct sums (found missing by the
+    mechanical mutants: no check called either function)."""
+    tables = tuple(jnp.asarray(z) for z in inst.tables)
+    harm = jnp.asarray(inst.harm)
+    curve = np.asarray(tree.prefill_asr_curve(tables, harm, tables))
+    single = np.array([float(tree.prefill_asr(tables, harm, tree.harmful_prefix_dist(tables, harm, k),
+                                              k)) for k in range(1, inst.length)])
+    values = inst.direct_cond_harm
+    direct = np.array([float(values[0][0])] + [float(np.dot(q, values[k]))
+                                               for k, q in enumerate(dists, start=1)])
+    tol = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst), magnitude=2.0,
+                             what="ASR and q_k are averages of h in [0, 1]: 2 for the ratio")
+    return compare("ASR_π(k) = E_{q_k}[H_k] (prefill attack)",
+                   np.stack([curve[1:], single]), direct[None, 1:], tol,
+                   lhs_name="tree.prefill_asr_curve; tree.prefill_asr with tree.harmful_prefix_dist "
+                            "(π = π0), k = 1 ... T-1",
+                   rhs_name="Σ_u q_k(u) H_k(u), q_k ∝ Σ_{y ⊒ u} P0(y) h(y) (direct sums)")
 
 
 def _train(inst, harm, mu, objective):
