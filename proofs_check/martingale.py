@@ -13,8 +13,10 @@ log-probabilities, averaged by direct sums over the responses extending each pre
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
+from toy_lm import tree
 from proofs_check import controls, enumeration
 from proofs_check.common import expect, level_blocks, ops, outputs, score_magnitude
 from proofs_check.registry import register
@@ -70,12 +72,22 @@ def martingale_mean(inst, plant):
     scale = max(float(np.max(np.abs(d))) for d in deltas)
     tol = rounding_tolerance(np.float64, terms=inst.vocab_size, ops=ops(inst), magnitude=max(scale, 1.0),
                              what="|Δ_t| <= 1, Σ_v π(v|u) = 1")
-    return [compare("H_t(u) = E[h | Y_<=t = u]", flat(values), flat(direct), tol_h,
-                    lhs_name=f"H_0 ... H_T from the {inst.engine} engine",
-                    rhs_name="Σ_{y ⊒ u} P(y) h(y) / Σ_{y ⊒ u} P(y) (direct sums over responses)"),
-            compare("E[Δ_t|Y_<t] = 0", np.concatenate(means), 0.0, tol, scale=scale,
-                    lhs_name="Σ_v π(v|u) (H_t(uv) - H_{t-1}(u)), π by direct marginals, H by the engine",
-                    rhs_name="0")]
+    parts = [compare("H_t(u) = E[h | Y_<=t = u]", flat(values), flat(direct), tol_h,
+                     lhs_name=f"H_0 ... H_T from the {inst.engine} engine",
+                     rhs_name="Σ_{y ⊒ u} P(y) h(y) / Σ_{y ⊒ u} P(y) (direct sums over responses)"),
+             compare("E[Δ_t|Y_<t] = 0", np.concatenate(means), 0.0, tol, scale=scale,
+                     lhs_name="Σ_v π(v|u) (H_t(uv) - H_{t-1}(u)), π by direct marginals, H by the "
+                              "engine", rhs_name="0")]
+    if inst.engine == "tree":
+        # tree.expected_harm, which every objective builds on (found missing by the mechanical
+        # mutants: returning H_1(0) instead of H_0 was caught only by a training check)
+        value = float(tree.expected_harm(tuple(jnp.asarray(z) for z in inst.tables),
+                                         jnp.asarray(inst.harm)))
+        parts.append(compare("E_π[h] (tree.expected_harm) = Σ_y P(y) h(y)", value,
+                             float(np.dot(inst.probs, inst.harm)), tol_h,
+                             lhs_name="toy_lm.tree.expected_harm of the tables",
+                             rhs_name="Σ_y P(y) h(y), P teacher-forced (direct sum)"))
+    return parts
 
 
 @register("T1-sum", "Σ_t Δ_t(y) = h(y) - E h for every response y", plants=["shifted-H"],

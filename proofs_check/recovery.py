@@ -26,7 +26,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import tree
+from toy_lm import objectives, tree
 from toy_lm.objectives import automaton_costs
 from proofs_check import controls, enumeration
 from proofs_check.common import engine, ops
@@ -325,4 +325,38 @@ def dense_recovery_equilibrium(inst, plant):
                 np.finfo(np.float64).tiny, tiny, bound="lower",
                 lhs_name="largest per-position KL of the dense equilibrium beyond the horizon of h",
                 rhs_name="smallest positive normal float")]
+    parts.append(_dense_loss_part(inst, costs, mu))
     return parts, {"dense_kl_t": dense_kl, "horizon_of_h": tau}
+
+
+def _dense_loss_part(inst, costs, mu):
+    """``L_dense`` (:func:`toy_lm.objectives.dense_recovery_loss`): value and ``jax.grad`` w.r.t.
+    the tables against ``Σ_y P(y) (h(y) + Σ_t μ_t c_t(y_<=t))`` written here over every response
+    (found missing by the mechanical mutants: only the dense equilibrium was checked)."""
+    import jax
+
+    vocab, length = inst.vocab_size, inst.length
+    tables = tuple(jnp.asarray(z) for z in inst.tables)
+    total = jnp.asarray(inst.harm + sum(m * c for m, c in zip(mu, direct_costs(inst))))
+    digits = jnp.asarray(enumeration.all_responses(vocab, length))
+
+    def direct(z):   # Σ_y Π_t softmax(z_t)[y_t] C(y), rows read from the base-V digits
+        logp = 0.0
+        for level, table in enumerate(z):
+            row = digits[:, :level] @ (vocab ** jnp.arange(level - 1, -1, -1)) if level else \
+                jnp.zeros(digits.shape[0], int)
+            logp = logp + jax.nn.log_softmax(table, axis=-1)[row, digits[:, level]]
+        return jnp.sum(jnp.exp(logp) * total)
+
+    loss = lambda z: objectives.dense_recovery_loss(z, jnp.asarray(inst.harm), costs, jnp.asarray(mu))
+    lhs = np.concatenate([[float(loss(tables))]] + [np.asarray(g).reshape(-1)
+                                                    for g in jax.grad(loss)(tables)])
+    rhs = np.concatenate([[float(direct(tables))]] + [np.asarray(g).reshape(-1)
+                                                      for g in jax.grad(direct)(tables)])
+    magnitude = 2.0 * (1.0 + float(np.sum(mu)))
+    tol = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst),
+                             magnitude=magnitude, what="2 (1 + Σ_t μ_t): C(y) <= 1 + Σ μ")
+    return compare("L_dense and ∇L_dense = direct sums", lhs, rhs, tol,
+                   lhs_name="toy_lm.objectives.dense_recovery_loss and its jax.grad (tables)",
+                   rhs_name="Σ_y P(y) (h(y) + Σ_t μ_t c_t(y_<=t)) over every response, and its "
+                            "jax.grad (costs by running the cost automaton)")
