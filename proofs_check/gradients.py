@@ -15,8 +15,10 @@ T4. ``G(y_<t)_v = P(y_<t) π(v|y_<t) (H_t(y_<t v) - H_{t-1}(y_<t))``: ``jax.grad
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
+from toy_lm import gradients
 from proofs_check import controls, enumeration
 from proofs_check.autodiff import teacher_forced_grads, to_numpy
 from proofs_check.common import engine, expect, ops, score_magnitude
@@ -62,11 +64,22 @@ def gradient_is_covariance(inst, plant):
     teacher = _teacher_forced(inst, stop_gradient=plant != "no-stop-gradient")
     lhs = np.stack([q["g_autodiff"], teacher])[:, None]  # (2, 1, T, D)
     rhs = np.concatenate([covariance_forms(inst, scores), q["g_surrogate"][None]])[None]  # (1, 5, T, D)
+    g = q["g_autodiff"]
+    split = max(g.shape[1] // 2, 1)   # two leaves with a leading T axis, as a parameter pytree
+    norms = np.asarray(gradients.per_position_norms((jnp.asarray(g[:, :split]),
+                                                     jnp.asarray(g[:, split:]))))
+    norm_tol = rounding_tolerance(np.float64, terms=g.shape[1], ops=2,
+                                  magnitude=float(np.max(np.abs(g), initial=0.0)) * g.shape[1],
+                                  what="D max|g_{t,i}|: a sum of D squares, then a square root")
     return [compare("g_t (autodiff) = covariance forms", lhs, rhs, _gradient_tolerance(inst),
                     lhs_name="g_t by stop-gradient autodiff: tree tables (toy_lm.gradients) and "
                              "teacher-forced log-probs",
                     rhs_name="E[h s_t], E[H_t s_t], E[Δ_t s_t], Cov(H_t, s_t) by direct sums; "
-                             "martingale surrogate (toy_lm.gradients)")]
+                             "martingale surrogate (toy_lm.gradients)"),
+            compare("‖g_t‖ (toy_lm.gradients.per_position_norms) = numpy norm", norms,
+                    np.linalg.norm(g, axis=1), norm_tol,
+                    lhs_name="per_position_norms of g_t split over two leaves",
+                    rhs_name="numpy.linalg.norm of g_t over every parameter")]
 
 
 @register("T3-total", "Σ_t g_t = ∇_θ E[h] (plain jax.grad of the exact expectation)",
