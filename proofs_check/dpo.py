@@ -72,7 +72,57 @@ def dpo_gradient(inst, plant):
                     rhs_name="closed form from direct sums over responses"),
             compare("∇L_DPO = 0 at determined prefixes", _at_determined(grad, inst.determined), 0.0,
                     tol, scale=float(np.max(np.abs(flat(grad)))),
-                    lhs_name="jax.grad of dpo_loss at determined rows", rhs_name="0")]
+                    lhs_name="jax.grad of dpo_loss at determined rows", rhs_name="0"),
+            _away_from_reference(inst)]
+
+
+def _away_from_reference(inst):
+    """``L_DPO`` and its gradient at a perturbed ``π ≠ π_ref`` against the pair sum written here
+    over strictly ordered pairs (found missing by the mechanical mutants: counting tied pairs in
+    both directions cancels at ``π = π_ref``, where the two parts above look)."""
+    import jax
+
+    from toy_lm.objectives import dpo_loss
+
+    vocab, length = inst.vocab_size, inst.length
+    ref = tuple(jnp.asarray(z) for z in inst.tables)
+    moved = tuple(jnp.asarray(z) for z in
+                  controls.perturbed_tables(inst.tables, inst.determined, inst.seed + 13,
+                                            everywhere=True))
+    harm = jnp.asarray(inst.harm)
+    digits = jnp.asarray(enumeration.all_responses(vocab, length))
+    strictly = jnp.asarray(inst.harm[:, None] < inst.harm[None, :])
+
+    def log_probs(z):   # log P(y) of every response, rows read from the base-V digits
+        out = 0.0
+        for level, table in enumerate(z):
+            row = (digits[:, :level] @ (vocab ** jnp.arange(level - 1, -1, -1)) if level
+                   else jnp.zeros(digits.shape[0], int))
+            out = out + jax.nn.log_softmax(table, axis=-1)[row, digits[:, level]]
+        return out
+
+    ref_logp = log_probs(ref)
+
+    def direct(z):
+        r = log_probs(z) - ref_logp
+        pairs = jnp.exp(ref_logp[:, None] + ref_logp[None, :])
+        return jnp.sum(jnp.where(strictly, pairs * jnp.logaddexp(0.0, -BETA * (r[:, None] - r[None, :])),
+                                 0.0))
+
+    loss = lambda z: dpo_loss(z, ref, harm, BETA)
+    flat = lambda value, grads: np.concatenate([[float(value)]] + [np.asarray(g).reshape(-1)
+                                                                   for g in grads])
+    lhs = flat(loss(moved), jax.grad(loss)(moved))
+    rhs = flat(direct(moved), jax.grad(direct)(moved))
+    r = np.asarray(log_probs(moved) - ref_logp)
+    worst = float(np.log1p(np.exp(BETA * (np.max(r) - np.min(r)))))
+    tol = rounding_tolerance(np.float64, terms=inst.num_responses ** 2, ops=ops(inst),
+                             magnitude=2 * (worst + BETA),
+                             what="2 (max -log σ(β Δr) + β): the pair weights sum to <= 1")
+    return compare("L_DPO and ∇L_DPO at π ≠ π_ref = sum over strictly ordered pairs", lhs, rhs, tol,
+                   lhs_name="toy_lm.objectives.dpo_loss and its jax.grad at perturbed tables",
+                   rhs_name="Σ_{h(y) < h(y')} π_ref(y) π_ref(y') softplus(-β (r(y) - r(y'))) over "
+                            "every pair, and its jax.grad")
 
 
 @register("T11-train", "exact DPO (optax SGD, tabular, from π_ref) keeps determined conditionals at "
