@@ -141,3 +141,16 @@ teacher_forced_grads = jit(_teacher_forced_grads, static_argnames=("policy", "st
 def to_numpy(tree):
     """Device arrays to numpy (float64 stays float64)."""
     return jax.tree_util.tree_map(np.asarray, tree)
+
+
+def response_log_probs(tables, vocab_size: int, length: int) -> jax.Array:
+    """``log P(y)`` of every response ``(V**T,)`` from level tables of logits, written over the
+    responses' base-``V`` digits (independent of :mod:`toy_lm.tree`; differentiable, for the
+    checks that compare an objective's ``jax.grad`` with a direct sum)."""
+    digits = jnp.asarray(all_prefixes(vocab_size, length))
+    out = jnp.zeros(digits.shape[0], jnp.result_type(float))
+    for level, table in enumerate(tables):
+        row = (digits[:, :level] @ (vocab_size ** jnp.arange(level - 1, -1, -1)) if level
+               else jnp.zeros(digits.shape[0], int))
+        out = out + jax.nn.log_softmax(jnp.asarray(table), axis=-1)[row, digits[:, level]]
+    return out

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proofs_check import controls, enumeration
+from proofs_check.autodiff import response_log_probs
 from proofs_check.common import ops
 from proofs_check.engine import dpo_grad
 from proofs_check.horizon import _at_determined
@@ -90,16 +91,10 @@ def _away_from_reference(inst):
                   controls.perturbed_tables(inst.tables, inst.determined, inst.seed + 13,
                                             everywhere=True))
     harm = jnp.asarray(inst.harm)
-    digits = jnp.asarray(enumeration.all_responses(vocab, length))
     strictly = jnp.asarray(inst.harm[:, None] < inst.harm[None, :])
 
-    def log_probs(z):   # log P(y) of every response, rows read from the base-V digits
-        out = 0.0
-        for level, table in enumerate(z):
-            row = (digits[:, :level] @ (vocab ** jnp.arange(level - 1, -1, -1)) if level
-                   else jnp.zeros(digits.shape[0], int))
-            out = out + jax.nn.log_softmax(table, axis=-1)[row, digits[:, level]]
-        return out
+    def log_probs(z):
+        return response_log_probs(z, vocab, length)
 
     ref_logp = log_probs(ref)
 

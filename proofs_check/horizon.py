@@ -82,7 +82,38 @@ def zero_kl_gradient_beyond_horizon(inst, plant):
     return [compare("∇_z L_λ = 0 at determined u", _at_determined(grad, masks), 0.0, tol,
                     scale=max(float(np.max(np.abs(g))) for g in grad),
                     lhs_name="jax.grad of E_π[h] + λ KL(π‖π0) (toy_lm.objectives) at determined rows",
-                    rhs_name="0")]
+                    rhs_name="0"),
+            _loss_against_direct_sum(inst, moved, tol)]
+
+
+def _loss_against_direct_sum(inst, moved, tol):
+    """``L_λ`` and its full gradient at ``moved`` against ``Σ_y P(y) (h(y) + λ log P(y)/P0(y))``
+    written over every response (proposed by the mechanical-mutant triage: only the determined
+    rows of the gradient were compared)."""
+    import jax
+    import jax.numpy as jnp
+
+    from proofs_check.autodiff import response_log_probs
+    from toy_lm.objectives import kl_regularized_loss
+
+    vocab, length = inst.vocab_size, inst.length
+    base = tuple(jnp.asarray(z) for z in inst.tables)
+    harm = jnp.asarray(inst.harm)
+    base_logp = response_log_probs(base, vocab, length)
+
+    def direct(z):
+        logp = response_log_probs(z, vocab, length)
+        return jnp.sum(jnp.exp(logp) * (harm + inst.lam * (logp - base_logp)))
+
+    loss = lambda z: kl_regularized_loss(z, base, harm, inst.lam)
+    z = tuple(jnp.asarray(t) for t in moved)
+    flat = lambda value, grads: np.concatenate([[float(value)]] + [np.asarray(g).reshape(-1)
+                                                                   for g in grads])
+    return compare("L_λ and ∇L_λ = direct sums over responses", flat(loss(z), jax.grad(loss)(z)),
+                   flat(direct(z), jax.grad(direct)(z)), tol,
+                   lhs_name="toy_lm.objectives.kl_regularized_loss and its jax.grad (all rows)",
+                   rhs_name="Σ_y P(y) (h(y) + λ log P(y)/P0(y)) over every response, and its "
+                            "jax.grad")
 
 
 def direct_information(inst, values=None) -> np.ndarray:

@@ -29,6 +29,7 @@ import numpy as np
 from toy_lm import objectives, tree
 from toy_lm.objectives import automaton_costs
 from proofs_check import controls, enumeration
+from proofs_check.autodiff import response_log_probs
 from proofs_check.common import engine, ops
 from proofs_check.engine import dense_equilibrium, engine_quantities, recovery_grad
 from proofs_check.equilibrium import sweep
@@ -338,15 +339,8 @@ def _dense_loss_part(inst, costs, mu):
     vocab, length = inst.vocab_size, inst.length
     tables = tuple(jnp.asarray(z) for z in inst.tables)
     total = jnp.asarray(inst.harm + sum(m * c for m, c in zip(mu, direct_costs(inst))))
-    digits = jnp.asarray(enumeration.all_responses(vocab, length))
-
-    def direct(z):   # Σ_y Π_t softmax(z_t)[y_t] C(y), rows read from the base-V digits
-        logp = 0.0
-        for level, table in enumerate(z):
-            row = digits[:, :level] @ (vocab ** jnp.arange(level - 1, -1, -1)) if level else \
-                jnp.zeros(digits.shape[0], int)
-            logp = logp + jax.nn.log_softmax(table, axis=-1)[row, digits[:, level]]
-        return jnp.sum(jnp.exp(logp) * total)
+    def direct(z):   # Σ_y Π_t softmax(z_t)[y_t] C(y)
+        return jnp.sum(jnp.exp(response_log_probs(z, vocab, length)) * total)
 
     loss = lambda z: objectives.dense_recovery_loss(z, jnp.asarray(inst.harm), costs, jnp.asarray(mu))
     lhs = np.concatenate([[float(loss(tables))]] + [np.asarray(g).reshape(-1)
