@@ -226,6 +226,14 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant("DPO-beta-one-side", "DPO margin β r(y) - r(y') instead of β (r(y) - r(y'))",
            {"objectives.dpo.margin": blend(_dpo_beta_one_side)},
            ("T11", "T11-train")),
+    Mutant("DPO-ties-both-ways", "tied pairs (y = y' included) carry a preference in both directions: "
+           "h(y) <= h(y') instead of h(y) < h(y')",
+           {"objectives.dpo.preferred": lambda mask, harm, **_: harm[:, None] <= harm[None, :]},
+           ("T11", "T11-train"), structural=True),
+    Mutant("ASR-prefixes-by-probability", "the prefill attack's q_k(u) weighted by P0(u) alone, not "
+           "P0(u) H_k(u) (harm left out), blended",
+           {"tree.asr.prefix_weight": blend(lambda w, probs, **_: probs * w.sum())},
+           ("T9", "T9-train")),
     Mutant("L-lambda-KL-reversed", "L_λ regularizes with KL(π0 ‖ π) instead of KL(π ‖ π0)",
            {"objectives.kl.pair": _swap_pair}, ("T5-kl", "T8", "T14", "T14-natural"), structural=True),
     Mutant("recovery-q-uniform", "ASR(k) averaged over uniform forced prefixes instead of q_k",

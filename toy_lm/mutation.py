@@ -40,6 +40,8 @@ POINTS: dict[str, str] = {
     "tree.equilibrium.constant": "the row mask 'all children have the same Z' (copy π0; ctx: child)",
     "tree.mi.kl": "KL(Bern(H_t) ‖ Bern(H_{t-1})) per child, in nats",
     "objectives.dpo.margin": "β (r(y) - r(y')), the DPO logistic margin (ctx: ratio, beta)",
+    "objectives.dpo.preferred": "the pair mask h(y) < h(y'): which pairs carry a preference (ctx: harm)",
+    "tree.asr.prefix_weight": "P0(u) H_k(u), the unnormalized q_k(u) of the prefill attack (ctx: level, probs)",
     "objectives.kl.pair": "(π, π0) order of KL(π ‖ π0) in L_λ",
     "objectives.recovery.dist": "q_k, the forced-prefix distribution of ASR(k) (ctx: k)",
     "objectives.dense.cost": "c_t, the dense recovery cost per position (ctx: position, length)",

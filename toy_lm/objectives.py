@@ -123,7 +123,8 @@ def dpo_loss(logits, ref_logits, harm, beta) -> jax.Array:
     ref_logp = tree.response_log_probs(ref_logits)
     ratio = tree.response_log_probs(logits) - ref_logp
     harm = jnp.asarray(harm)
-    pair_weight = jnp.exp(ref_logp[:, None] + ref_logp[None, :]) * (harm[:, None] < harm[None, :])
+    preferred = point("objectives.dpo.preferred", harm[:, None] < harm[None, :], harm=harm)
+    pair_weight = jnp.exp(ref_logp[:, None] + ref_logp[None, :]) * preferred
     margin = point("objectives.dpo.margin", beta * (ratio[:, None] - ratio[None, :]), ratio=ratio,
                    beta=beta)
     return jnp.sum(pair_weight * -jax.nn.log_sigmoid(margin))

@@ -237,7 +237,7 @@ def harmful_prefix_dist(base_logits: Tables, harm: jax.Array, k: int) -> jax.Arr
     """
     probs = prefix_probs(base_logits)[k]
     values = cond_harm(base_logits, harm)
-    weight = probs * values[k]
+    weight = point("tree.asr.prefix_weight", probs * values[k], level=k, probs=probs)
     return weight / values[0][0]
 
 
