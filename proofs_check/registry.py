@@ -35,6 +35,7 @@ class Check:
       engines: the engines whose outputs it reads (:mod:`proofs_check.engines`); it runs on an
         instance read through any of them. Checks of autodiff, objectives and training read the
         ``tree`` engine only.
+      mixture: True for a check of prompt mixtures (it runs on mixture instances only).
     """
 
     id: str
@@ -45,6 +46,7 @@ class Check:
     topic: str = ""
     plant_requires: tuple = ()
     engines: tuple[str, ...] = ("tree",)
+    mixture: bool = False
 
     def run(self, instance, plant: str | None = None) -> CheckResult:
         """Run on one instance, optionally with a planted error; returns the timed result."""
@@ -88,7 +90,8 @@ def register(check_id: str, statement: str, *, plants: Sequence[str], applies=No
 
         REGISTRY[check_id] = Check(check_id, statement, fn, tuple(plants),
                                    applies_here, fn.__module__.rsplit(".", 1)[-1],
-                                   tuple((plant_requires or {}).items()), tuple(engines))
+                                   tuple((plant_requires or {}).items()), tuple(engines),
+                                   mixture)
         return fn
 
     return wrap

@@ -140,3 +140,27 @@ def instances(draw, *, kinds=POLICY_KINDS, harm_kinds=HARM_KINDS, max_vocab: int
     return Instance(f"drawn {policy_kind(policy)} V{v} T{t}", policy, params, harm, lam=lam,
                     seed=seed, harm_kind="binary" if binary else "soft")
 
+
+@st.composite
+def mixtures(draw, *, kinds=POLICY_KINDS, max_vocab: int = 3, max_length: int = 4,
+             min_length: int = 1, min_vocab: int = 2, max_prompts: int = 3):
+    """A prompt-mixture :class:`~proofs_check.instances.Instance` (THEORY.md "Prompts"): a policy
+    conditioned on ``P = 2 ... max_prompts`` prompts, drawn positive weights ``p(x)`` and one drawn
+    harm per prompt (binary or soft, with its own horizon)."""
+    from proofs_check.prompts import PromptMixture
+
+    require_x64()
+    v = draw(vocab_sizes(min_vocab, max_vocab))
+    t = draw(lengths(min_length, max_length))
+    num_prompts = draw(st.integers(2, max_prompts))
+    kind = draw(st.sampled_from(tuple(kinds)))
+    policy = make_policy(kind, v, t, num_prompts=num_prompts)
+    params = init_params(policy, jax.random.key(draw(_SEEDS)))
+    counts = np.array(draw(st.lists(st.integers(1, 9), min_size=num_prompts,
+                                    max_size=num_prompts)), np.float64)
+    weights = counts / counts.sum()
+    prompt_harms = np.stack([draw(harms(v, t, kinds=("binary", "soft")))
+                             for _ in range(num_prompts)])
+    return Instance(f"drawn {kind} V{v} T{t} prompts p={'/'.join(f'{w:.3g}' for w in weights)}",
+                    policy, params, prompt_harms[0], seed=draw(_SEEDS),
+                    prompts=PromptMixture(weights, prompt_harms))

@@ -22,7 +22,7 @@ from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 from proofs_check import POLICY_KINDS, all_checks, make_instance
-from proofs_check.strategies import instances
+from proofs_check.strategies import instances, mixtures
 
 SHAPE = dict(kinds=("tabular",), min_vocab=3, max_vocab=3, min_length=3, max_length=3)
 #: The opt-in (slow) run: every parameterization at the same size (four shapes to compile).
@@ -60,9 +60,14 @@ def status(result) -> str:
     return "pass" if result.passed else "fail"
 
 
+def _drawn(check, shape):
+    """Instances of the check's kind: prompt mixtures for a mixture check (THEORY.md "Prompts")."""
+    return mixtures(**shape) if check.mixture else instances(**shape)
+
+
 def _holds(check_id, data, shape):
     check = CHECKS[check_id]
-    inst = data.draw(instances(**shape).filter(check.applies), label="instance")
+    inst = data.draw(_drawn(check, shape).filter(check.applies), label="instance")
     note(f"{inst.name}, λ = {inst.lam!r}, seed = {inst.seed}")
     result = check.run(inst)
     assume(status(result) != "n/a")  # nothing compared: not an example of the property
@@ -71,7 +76,7 @@ def _holds(check_id, data, shape):
 
 def _detects(check_id, data, shape):
     check = CHECKS[check_id]
-    inst = data.draw(instances(**shape).filter(lambda i: check.applies(i) and check.plants_for(i)),
+    inst = data.draw(_drawn(check, shape).filter(lambda i: check.applies(i) and check.plants_for(i)),
                      label="instance")
     note(f"{inst.name}, λ = {inst.lam!r}, seed = {inst.seed}")
     for plant in check.plants_for(inst):
