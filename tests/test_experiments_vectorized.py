@@ -175,12 +175,20 @@ def test_a_planted_difference_is_caught(tmp_path):
         assert_same_tables(out, other, tolerance(configs))
 
 
+#: Runs in the killed sweep's grid.
+RUNS_TO_KILL = 12
+
+
 def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_path,
                                                                            compile_cache):
+    """Killed once its first batch is on disk: a rerun runs only the missing ones. Once compiled,
+    a batch of one run takes milliseconds, so the grid has 12 runs: the kill must land after the
+    first and before the last (the CI run saw a kill after all 3 runs of a smaller grid)."""
+    lams = [0.1 * (i + 1) for i in range(RUNS_TO_KILL)]
     spec = tmp_path / "grid.toml"
     spec.write_text('preset = "tiny"\n[world]\nlength = 2\nnum_harmful = 1\n[base]\nsteps = 30\n'
                     '[align]\nsteps = 6\n[attack]\nsteps = 2\n'
-                    '[sweep]\ngrid = { "align.lam" = [0.3, 1.0, 3.0], "seed" = [0] }\n')
+                    f'[sweep]\ngrid = {{ "align.lam" = {lams}, "seed" = [0] }}\n')
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "toy_lm.cli", "sweep", str(spec), "--out", str(out),
            "--jobs", "1", "--batch-size", "1"]
@@ -189,22 +197,23 @@ def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_pa
     runs = os.path.join(out, "runs", "*.json")
     deadline = time.time() + 600
     while not glob.glob(runs) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.01)
     os.killpg(proc.pid, signal.SIGKILL)  # the sweep and its worker
     proc.wait()
     done_before = len(glob.glob(runs))
-    assert 1 <= done_before < 3, "the kill should land after the first batch and before the last"
+    total = RUNS_TO_KILL
+    assert 1 <= done_before < total, "the kill should land after the first batch and before the last"
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert f"{done_before} already done, {3 - done_before} to run" in again.stderr
+    assert f"{done_before} already done, {total - done_before} to run" in again.stderr
     assert "ETA" in again.stderr
-    if 3 - done_before >= 2:  # the rest is still a vectorized grid: it runs in batches
+    if total - done_before >= 2:  # the rest is still a vectorized grid: it runs in batches
         assert "batch of 1 runs" in again.stderr
     else:  # a single missing run has nothing to map over: the per-run path takes it
         assert "1 run(s) alone in their program" in again.stderr
     configs = sweep.load_sweep(str(spec))
     rows = _table(str(out), "results")
     keys = [(r["run_id"], r["position"]) for r in rows]
-    assert len(keys) == len(set(keys)) == 3 * 2
+    assert len(keys) == len(set(keys)) == total * 2
     assert {k[0] for k in keys} == {sweep.run_id(c) for c in configs}
     assert not glob.glob(os.path.join(out, "**", ".partial-*"), recursive=True)
