@@ -34,3 +34,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def maybe_jit(request):
     """Parametrize a test over ``(identity, jax.jit)`` as rlax does."""
     return jax.jit if request.param else (lambda f, **kw: f)
+
+
+@pytest.fixture(scope="module")
+def compile_cache(tmp_path_factory):
+    """One JAX compilation cache for every process a test module starts (they compile the same)."""
+    from toy_lm.compile_options import CACHE_ENV
+
+    folder = str(tmp_path_factory.mktemp("jax-cache"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(CACHE_ENV, folder)
+        yield folder

@@ -13,7 +13,6 @@ import pytest
 from experiments import sweep
 from experiments.config import ConfigError
 from experiments.presets import preset
-from toy_lm.compile_options import CACHE_ENV
 
 SWEEP_TOML = """preset = "tiny"
 [align]
@@ -24,15 +23,6 @@ objective = "sft"
 [sweep]
 grid = { "align.objective" = ["rlhf", "augmentation", "recovery_prefill"] }
 """
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    """One JAX compilation cache for every process these tests start (they compile the same)."""
-    folder = str(tmp_path_factory.mktemp("jax-cache"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV, folder)
-        yield folder
 
 
 def test_expand_grid_and_runs():

@@ -17,20 +17,11 @@ from experiments import batch_sweep, sweep
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
-from toy_lm.compile_options import CACHE_ENV
 from experiments.vectorized import group_key, not_vectorizable
 
 #: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
 SMALL = {"world.length": 2, "world.num_harmful": 1, "base.steps": 30, "align.steps": 6,
          "attack.steps": 2, "measure.num_paths": 4, "measure.equilibrium_lams": [3.0, 30.0]}
-
-
-@pytest.fixture(scope="module")
-def compile_cache(tmp_path_factory):
-    folder = str(tmp_path_factory.mktemp("jax-cache"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(CACHE_ENV, folder)
-        yield folder
 
 
 def draw_configs(seed: int, objective: str, count: int) -> list:

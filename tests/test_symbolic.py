@@ -10,21 +10,12 @@ expression is a polynomial and an identity holds iff ``expand(lhs - rhs) == 0``.
 has a planted error whose difference must NOT vanish.
 """
 
-import itertools
 
 import pytest
+from exact_trees import V, name, prefixes
 
 sympy = pytest.importorskip("sympy")
 
-V = 2
-
-
-def _prefixes(level):
-    return list(itertools.product(range(V), repeat=level))
-
-
-def _name(u):
-    return "".join(map(str, u)) or "r"
 
 
 class Tree:
@@ -32,10 +23,10 @@ class Tree:
 
     def __init__(self, length, harm=None, tag="p"):
         self.T = length
-        self.p = {u: sympy.Symbol(f"{tag}_{_name(u)}", positive=True)
-                  for level in range(length) for u in _prefixes(level)}
-        self.responses = _prefixes(length)
-        self.h = harm or {y: sympy.Symbol(f"h_{_name(y)}") for y in self.responses}
+        self.p = {u: sympy.Symbol(f"{tag}_{name(u)}", positive=True)
+                  for level in range(length) for u in prefixes(level)}
+        self.responses = prefixes(length)
+        self.h = harm or {y: sympy.Symbol(f"h_{name(y)}") for y in self.responses}
 
     def pi(self, u, v, table=None):
         p = (table or self.p)[u]
@@ -86,7 +77,7 @@ def tree(request):
 
 
 def _all_logits(tree):
-    return [(u, v) for level in range(tree.T) for u in _prefixes(level) for v in range(V)]
+    return [(u, v) for level in range(tree.T) for u in prefixes(level) for v in range(V)]
 
 
 def test_t4_logit_form_is_an_identity(tree):
@@ -106,7 +97,7 @@ def test_t3_gradient_is_covariance(tree):
     ``g_t`` differentiates only position t's factor: every other factor uses frozen symbols
     ``f_u``, substituted back by ``p_u`` after differentiating (stop-gradient).
     """
-    frozen = {u: sympy.Symbol(f"f_{_name(u)}", positive=True) for u in tree.p}
+    frozen = {u: sympy.Symbol(f"f_{name(u)}", positive=True) for u in tree.p}
     back = {frozen[u]: tree.p[u] for u in tree.p}
     expected = tree.expected_harm()
     total = {key: 0 for key in _all_logits(tree)}
@@ -136,16 +127,16 @@ def test_t3_gradient_is_covariance(tree):
 @pytest.mark.parametrize("length,tau", [(2, 1), (3, 1), (3, 2)])
 def test_t5_zero_beyond_horizon(length, tau):
     """Harm decided by the first τ tokens: ``∂E[h]/∂z(u) = 0`` exactly at every level >= τ."""
-    values = {u: sympy.Symbol(f"a_{_name(u)}") for u in _prefixes(tau)}
-    tree = Tree(length, {y: values[y[:tau]] for y in _prefixes(length)})
+    values = {u: sympy.Symbol(f"a_{name(u)}") for u in prefixes(tau)}
+    tree = Tree(length, {y: values[y[:tau]] for y in prefixes(length)})
     expected = tree.expected_harm()
     for u, v in _all_logits(tree):
         if len(u) >= tau:
             assert is_zero(tree.d_logit(expected, u, v)), (u, v)
     assert not is_zero(tree.d_logit(expected, (), 0))  # before the horizon the gradient lives
     # Negative control: the harm changes beyond the claimed horizon (one response relabelled).
-    changed = {y: values[y[:tau]] for y in _prefixes(length)}
-    last = _prefixes(length)[-1]
+    changed = {y: values[y[:tau]] for y in prefixes(length)}
+    last = prefixes(length)[-1]
     changed[last] = sympy.Symbol("b")
     planted = Tree(length, changed)
     assert not is_zero(planted.d_logit(planted.expected_harm(), last[:length - 1], 0))

@@ -11,21 +11,14 @@ identity is paired with planted errors that must not give 0.
 
 from __future__ import annotations
 
-import itertools
 import random
 from fractions import Fraction
 
 import pytest
+from exact_trees import V, PathTree, prefixes
 
 sympy = pytest.importorskip("sympy")
 mpmath = pytest.importorskip("mpmath")
-
-V = 2
-
-
-def prefixes(level):
-    return list(itertools.product(range(V), repeat=level))
-
 
 class LogQ:
     """An exact ``Σ_prime c_prime log(prime)``, ``c`` rational: the log of a positive rational, and
@@ -80,8 +73,10 @@ def bern_kl(a: Fraction, b: Fraction) -> LogQ:
     return x_log_ratio(a, a, b) + x_log_ratio(1 - a, 1 - a, 1 - b)
 
 
-class RationalTree:
+class RationalTree(PathTree):
     """Tabular policy with rational ``π(0|u)`` and a binary harm: the joint law of ``(h(Y), Y)``."""
+
+    one = Fraction(1)
 
     def __init__(self, length, rng, harm):
         self.T = length
@@ -90,21 +85,6 @@ class RationalTree:
                   for d in [rng.choice([3, 5, 7, 11, 13])]}
         self.responses = prefixes(length)
         self.h = harm
-
-    def pi(self, u, v):
-        return self.p[u] if v == 0 else 1 - self.p[u]
-
-    def path(self, y, start, stop):
-        out = Fraction(1)
-        for t in range(start + 1, stop + 1):
-            out *= self.pi(y[:t - 1], y[t - 1])
-        return out
-
-    def prob(self, u):
-        return self.path(u, 0, len(u))
-
-    def extensions(self, u):
-        return [y for y in self.responses if y[:len(u)] == u]
 
     def cond_harm(self, u, uniform=False):
         """``H(u) = Σ_{y ⊒ u} P(y|u) h(y)`` (planted: uniform weights over the continuations)."""

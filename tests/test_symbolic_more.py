@@ -24,22 +24,11 @@ T13 and T7e with real logarithms, exact at rational points: test_symbolic_logs.p
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
+from exact_trees import V, PathTree, name, prefixes
 
 sympy = pytest.importorskip("sympy")
-
-V = 2
-
-
-def prefixes(level):
-    return list(itertools.product(range(V), repeat=level))
-
-
-def name(u):
-    return "".join(map(str, u)) or "r"
-
 
 def vanishes(expr) -> bool:
     """``expr == 0`` exactly, as an element of ``Q[symbols]`` or, failing that, of ``Q(symbols)``.
@@ -58,31 +47,16 @@ def vanishes(expr) -> bool:
         return sympy.field(gens, sympy.QQ)[0].from_expr(expr) == 0
 
 
-class Tree:
+class Tree(PathTree):
     """Symbolic tabular policy ``p_u = π(0|u)`` over all ``V**T`` responses (any table of values)."""
+
+    one = sympy.Integer(1)
 
     def __init__(self, length, tag="p"):
         self.T = length
         self.p = {u: sympy.Symbol(f"{tag}_{name(u)}", positive=True)
                   for level in range(length) for u in prefixes(level)}
         self.responses = prefixes(length)
-
-    def pi(self, u, v):
-        return self.p[u] if v == 0 else 1 - self.p[u]
-
-    def path(self, y, start, stop):
-        """``Π_{start < t <= stop} π(y_t | y_<t)``."""
-        out = sympy.Integer(1)
-        for t in range(start + 1, stop + 1):
-            out *= self.pi(y[:t - 1], y[t - 1])
-        return out
-
-    def prob(self, u):
-        """``P(u)``: the product of the conditionals along ``u`` (a prefix or a response)."""
-        return self.path(u, 0, len(u))
-
-    def extensions(self, u):
-        return [y for y in self.responses if y[:len(u)] == u]
 
     def cond(self, values, u):
         """``E[values(Y) | Y_<=|u| = u] = Σ_{y ⊒ u} P(y | u) values(y)`` (sum over continuations)."""
