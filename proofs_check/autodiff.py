@@ -154,3 +154,11 @@ def response_log_probs(tables, vocab_size: int, length: int) -> jax.Array:
                else jnp.zeros(digits.shape[0], int))
         out = out + jax.nn.log_softmax(jnp.asarray(table), axis=-1)[row, digits[:, level]]
     return out
+
+
+def value_and_flat_grad(fn, tables) -> np.ndarray:
+    """``[fn(tables), ∇fn(tables) flattened]`` as one float64 vector (a loss and its gradient
+    compared with a direct sum in one part)."""
+    value, grads = jax.value_and_grad(fn)(tables)
+    return np.concatenate([[float(value)]] + [np.asarray(g).reshape(-1)
+                                              for g in jax.tree_util.tree_leaves(grads)])

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from proofs_check import controls, enumeration
-from proofs_check.autodiff import response_log_probs
+from proofs_check.autodiff import response_log_probs, value_and_flat_grad
 from proofs_check.common import ops
 from proofs_check.engine import dpo_grad
 from proofs_check.horizon import _at_determined
@@ -81,7 +81,6 @@ def _away_from_reference(inst):
     """``L_DPO`` and its gradient at a perturbed ``π ≠ π_ref`` against the pair sum written here
     over strictly ordered pairs (found missing by the mechanical mutants: counting tied pairs in
     both directions cancels at ``π = π_ref``, where the two parts above look)."""
-    import jax
 
     from toy_lm.objectives import dpo_loss
 
@@ -105,10 +104,7 @@ def _away_from_reference(inst):
                                  0.0))
 
     loss = lambda z: dpo_loss(z, ref, harm, BETA)
-    flat = lambda value, grads: np.concatenate([[float(value)]] + [np.asarray(g).reshape(-1)
-                                                                   for g in grads])
-    lhs = flat(loss(moved), jax.grad(loss)(moved))
-    rhs = flat(direct(moved), jax.grad(direct)(moved))
+    lhs, rhs = value_and_flat_grad(loss, moved), value_and_flat_grad(direct, moved)
     r = np.asarray(log_probs(moved) - ref_logp)
     worst = float(np.log1p(np.exp(BETA * (np.max(r) - np.min(r)))))
     tol = rounding_tolerance(np.float64, terms=inst.num_responses ** 2, ops=ops(inst),

@@ -90,10 +90,9 @@ def _loss_against_direct_sum(inst, moved, tol):
     """``L_λ`` and its full gradient at ``moved`` against ``Σ_y P(y) (h(y) + λ log P(y)/P0(y))``
     written over every response (proposed by the mechanical-mutant triage: only the determined
     rows of the gradient were compared)."""
-    import jax
     import jax.numpy as jnp
 
-    from proofs_check.autodiff import response_log_probs
+    from proofs_check.autodiff import response_log_probs, value_and_flat_grad
     from toy_lm.objectives import kl_regularized_loss
 
     vocab, length = inst.vocab_size, inst.length
@@ -107,10 +106,8 @@ def _loss_against_direct_sum(inst, moved, tol):
 
     loss = lambda z: kl_regularized_loss(z, base, harm, inst.lam)
     z = tuple(jnp.asarray(t) for t in moved)
-    flat = lambda value, grads: np.concatenate([[float(value)]] + [np.asarray(g).reshape(-1)
-                                                                   for g in grads])
-    return compare("L_λ and ∇L_λ = direct sums over responses", flat(loss(z), jax.grad(loss)(z)),
-                   flat(direct(z), jax.grad(direct)(z)), tol,
+    return compare("L_λ and ∇L_λ = direct sums over responses", value_and_flat_grad(loss, z),
+                   value_and_flat_grad(direct, z), tol,
                    lhs_name="toy_lm.objectives.kl_regularized_loss and its jax.grad (all rows)",
                    rhs_name="Σ_y P(y) (h(y) + λ log P(y)/P0(y)) over every response, and its "
                             "jax.grad")

@@ -29,7 +29,7 @@ import numpy as np
 from toy_lm import objectives, tree
 from toy_lm.objectives import automaton_costs
 from proofs_check import controls, enumeration
-from proofs_check.autodiff import response_log_probs
+from proofs_check.autodiff import response_log_probs, value_and_flat_grad
 from proofs_check.common import engine, ops
 from proofs_check.engine import dense_equilibrium, engine_quantities, recovery_grad
 from proofs_check.equilibrium import sweep
@@ -334,7 +334,6 @@ def _dense_loss_part(inst, costs, mu):
     """``L_dense`` (:func:`toy_lm.objectives.dense_recovery_loss`): value and ``jax.grad`` w.r.t.
     the tables against ``Σ_y P(y) (h(y) + Σ_t μ_t c_t(y_<=t))`` written here over every response
     (found missing by the mechanical mutants: only the dense equilibrium was checked)."""
-    import jax
 
     vocab, length = inst.vocab_size, inst.length
     tables = tuple(jnp.asarray(z) for z in inst.tables)
@@ -343,10 +342,7 @@ def _dense_loss_part(inst, costs, mu):
         return jnp.sum(jnp.exp(response_log_probs(z, vocab, length)) * total)
 
     loss = lambda z: objectives.dense_recovery_loss(z, jnp.asarray(inst.harm), costs, jnp.asarray(mu))
-    lhs = np.concatenate([[float(loss(tables))]] + [np.asarray(g).reshape(-1)
-                                                    for g in jax.grad(loss)(tables)])
-    rhs = np.concatenate([[float(direct(tables))]] + [np.asarray(g).reshape(-1)
-                                                      for g in jax.grad(direct)(tables)])
+    lhs, rhs = value_and_flat_grad(loss, tables), value_and_flat_grad(direct, tables)
     magnitude = 2.0 * (1.0 + float(np.sum(mu)))
     tol = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst),
                              magnitude=magnitude, what="2 (1 + Σ_t μ_t): C(y) <= 1 + Σ μ")
