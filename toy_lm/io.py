@@ -24,7 +24,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from toy_lm.errors import InputError
+from toy_lm.errors import EnumerationTooLarge, InputError
+from toy_lm.tables import (check_enumeration_size, human_bytes, level_size, memory_budget,
+                           validate_harm, validate_tables)
 
 #: Everything a damaged archive or header can raise while it is read.
 _DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError,
@@ -181,3 +183,54 @@ def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray], *, tag: str = "
     if not os.path.isdir(folder):
         raise InputError(f"cannot write {path}: folder {folder} does not exist")
     save_npz(path, arrays, tag=tag)
+
+
+def read_tables(path: str):
+    """``(logits, harm, ref_logits or None)`` from an ``.npz``, checked header-first.
+
+    Every check that needs only shapes (keys present, consistent ``V`` and ``T``, enumeration
+    size) runs before any array is loaded.
+    """
+    shapes = npz_shapes(path)
+    keys = level_keys(shapes, "logits")
+    if not keys:
+        raise InputError(f"{path} has no logits_0 ... logits_(T-1) arrays (T = 0): need T >= 1")
+    if "harm" not in shapes:
+        raise InputError(f"{path} has no 'harm' array (shape (V**T,))")
+    first = shapes["logits_0"][0]
+    if len(first) != 2 or first[0] != 1:
+        raise InputError(f"logits_0 must have shape (1, V), got {first}")
+    vocab_size, length = int(first[1]), len(keys)
+    if vocab_size < 2:
+        raise InputError(f"V = {vocab_size} (from logits_0); the vocabulary needs V >= 2")
+    ref_keys = level_keys(shapes, "ref_logits")
+    if ref_keys and len(ref_keys) != length:
+        raise InputError(f"{len(ref_keys)} ref_logits_* tables for T = {length} logits tables; "
+                         "give all of ref_logits_0 ... ref_logits_(T-1) or none")
+    for key in keys + ref_keys:
+        level = int(key.rsplit("_", 1)[1])
+        expected = (level_size(vocab_size, level), vocab_size)
+        if shapes[key][0] != expected:
+            raise InputError(f"{key} has shape {shapes[key][0]}, expected {expected} "
+                             f"(V = {vocab_size} from logits_0, T = {length})")
+    if shapes["harm"][0] != (level_size(vocab_size, length),):
+        raise InputError(f"harm has shape {shapes['harm'][0]}, expected "
+                         f"({level_size(vocab_size, length)},) = (V**T,) for V = {vocab_size}, "
+                         f"T = {length}")
+    for key in keys + ref_keys + ["harm"]:
+        if shapes[key][1].kind not in ("biuf" if key == "harm" else "iuf"):
+            raise InputError(f"{key} has dtype {shapes[key][1]}; it must hold real numbers")
+    need = check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
+    loaded = npz_nbytes(shapes, keys + ref_keys + ["harm"])
+    if need + loaded > memory_budget():   # inputs in a wider dtype than float64, or many refs
+        raise EnumerationTooLarge(f"analyzing {path} needs about {human_bytes(need + loaded)} "
+                                  f"(the analysis and the {human_bytes(loaded)} of arrays read), "
+                                  f"more than the {human_bytes(memory_budget())} available")
+    data = load_npz(path, keys + ref_keys + ["harm"])
+    logits = [data[k] for k in keys]
+    validate_tables(logits, "logits")
+    harm = validate_harm(data["harm"], vocab_size, length)
+    ref = [data[k] for k in ref_keys] or None
+    if ref is not None:
+        validate_tables(ref, "ref_logits")
+    return logits, harm, ref

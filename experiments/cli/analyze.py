@@ -13,11 +13,10 @@ import sys
 import numpy as np
 
 from toy_lm.bounds import check_lam, check_seed
-from toy_lm.errors import EnumerationTooLarge, InputError
-from toy_lm.io import level_keys, load_npz, npz_nbytes, npz_shapes
+from toy_lm.errors import InputError
+from toy_lm.io import read_tables
 from toy_lm.outputs import check_output, json_text, save_npz
-from toy_lm.tables import (check_enumeration_size, human_bytes, level_size, memory_budget,
-                           validate_harm, validate_tables)
+from toy_lm.tables import check_enumeration_size
 
 
 def register(subparsers) -> None:
@@ -40,57 +39,6 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def read_tables(path: str):
-    """``(logits, harm, ref_logits or None)`` from an ``.npz``, checked header-first.
-
-    Every check that needs only shapes (keys present, consistent ``V`` and ``T``, enumeration
-    size) runs before any array is loaded.
-    """
-    shapes = npz_shapes(path)
-    keys = level_keys(shapes, "logits")
-    if not keys:
-        raise InputError(f"{path} has no logits_0 ... logits_(T-1) arrays (T = 0): need T >= 1")
-    if "harm" not in shapes:
-        raise InputError(f"{path} has no 'harm' array (shape (V**T,))")
-    first = shapes["logits_0"][0]
-    if len(first) != 2 or first[0] != 1:
-        raise InputError(f"logits_0 must have shape (1, V), got {first}")
-    vocab_size, length = int(first[1]), len(keys)
-    if vocab_size < 2:
-        raise InputError(f"V = {vocab_size} (from logits_0); the vocabulary needs V >= 2")
-    ref_keys = level_keys(shapes, "ref_logits")
-    if ref_keys and len(ref_keys) != length:
-        raise InputError(f"{len(ref_keys)} ref_logits_* tables for T = {length} logits tables; "
-                         "give all of ref_logits_0 ... ref_logits_(T-1) or none")
-    for key in keys + ref_keys:
-        level = int(key.rsplit("_", 1)[1])
-        expected = (level_size(vocab_size, level), vocab_size)
-        if shapes[key][0] != expected:
-            raise InputError(f"{key} has shape {shapes[key][0]}, expected {expected} "
-                             f"(V = {vocab_size} from logits_0, T = {length})")
-    if shapes["harm"][0] != (level_size(vocab_size, length),):
-        raise InputError(f"harm has shape {shapes['harm'][0]}, expected "
-                         f"({level_size(vocab_size, length)},) = (V**T,) for V = {vocab_size}, "
-                         f"T = {length}")
-    for key in keys + ref_keys + ["harm"]:
-        if shapes[key][1].kind not in ("biuf" if key == "harm" else "iuf"):
-            raise InputError(f"{key} has dtype {shapes[key][1]}; it must hold real numbers")
-    need = check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
-    loaded = npz_nbytes(shapes, keys + ref_keys + ["harm"])
-    if need + loaded > memory_budget():   # inputs in a wider dtype than float64, or many refs
-        raise EnumerationTooLarge(f"analyzing {path} needs about {human_bytes(need + loaded)} "
-                                  f"(the analysis and the {human_bytes(loaded)} of arrays read), "
-                                  f"more than the {human_bytes(memory_budget())} available")
-    data = load_npz(path, keys + ref_keys + ["harm"])
-    logits = [data[k] for k in keys]
-    validate_tables(logits, "logits")
-    harm = validate_harm(data["harm"], vocab_size, length)
-    ref = [data[k] for k in ref_keys] or None
-    if ref is not None:
-        validate_tables(ref, "ref_logits")
-    return logits, harm, ref
-
-
 def random_instance(vocab_size: int, length: int, tau: int, seed: int):
     """A random tabular policy and a binary harm decided by the first ``tau`` tokens."""
     check_seed(seed, "--seed")
@@ -103,8 +51,8 @@ def random_instance(vocab_size: int, length: int, tau: int, seed: int):
     check_enumeration_size(vocab_size, length, what="the random instance")
     import jax   # after the checks: a refused instance never waits for JAX to load
 
-    from toy_lm.harms import random_decided_harm
-    from toy_lm.policies import TabularPolicy
+    from toy_lm.models.harms import random_decided_harm
+    from toy_lm.models.policies import TabularPolicy
 
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     policy = TabularPolicy(vocab_size, length)
@@ -174,7 +122,7 @@ def print_table(info: dict) -> None:
 
 def backend_line(backend: str, vocab_size: int, length: int) -> str:
     """What the CLI says about the backend that ran (on stderr, after the analysis)."""
-    from toy_lm.analysis import NUMBA_MIN_RESPONSES
+    from toy_lm.engines.analysis import NUMBA_MIN_RESPONSES
 
     large = vocab_size ** length >= NUMBA_MIN_RESPONSES
     if backend == "numba":
@@ -211,13 +159,13 @@ def run(args) -> int:
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
-    from toy_lm.analysis import analyze_tree, choose_backend   # after every check: refusals
+    from toy_lm.engines.analysis import analyze_tree, choose_backend   # after every check: refusals
     from toy_lm.progress import heartbeat                        # do not load JAX
 
     backend = choose_backend(vocab_size, length)
     status = "analyzing"
     if backend == "numba":
-        from toy_lm.cpu_kernels import cached_on_disk
+        from toy_lm.engines.cpu_kernels import cached_on_disk
 
         if not cached_on_disk():
             status = ("compiling the Numba kernels (once after install, about a minute on 2 cores;"

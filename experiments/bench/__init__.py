@@ -1,0 +1,1 @@
+"""``harm-horizon bench``: the benchmark suites, speed measured side by side in one run."""

@@ -1,0 +1,1 @@
+"""Policies and harms: the toy models the engines and checks run on."""
