@@ -155,7 +155,7 @@ def run(args) -> int:
         if args.save_tables is not None:
             save_npz(args.save_tables, {**{f"logits_{l}": z for l, z in enumerate(logits)},
                                         "harm": harm}, tag="analyze", flag="--save-tables")
-            print(f"wrote {args.save_tables}", file=sys.stderr)
+            sys.stderr.write(f"wrote {args.save_tables}\n")  # one write (a signal cannot split it)
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
@@ -182,7 +182,7 @@ def run(args) -> int:
     text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
     if args.out is not None:
         save_npz(args.out, output_arrays(result, args.lam), tag="analyze", flag="--out")
-        print(f"wrote {args.out}", file=sys.stderr)
+        sys.stderr.write(f"wrote {args.out}\n")  # one write (a signal cannot split it)
     if args.json:
         print(text)
     else:

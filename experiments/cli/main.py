@@ -113,11 +113,12 @@ def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0, 1 for failed checks, 2 for a named input or
     configuration error, 130/143 after SIGINT/SIGTERM)."""
     as_program = argv is None   # the console script: the interpreter exits after this returns
-    previous = signals.install()
+    previous = None
     command = "harm-horizon"
     status = 0
     try:
         try:
+            previous = signals.install()   # inside the try: a Ctrl-C at once is one line too
             argv = sys.argv[1:] if argv is None else list(argv)
             args = build_parser(argv[0] if argv else None).parse_args(argv)
             command = f"harm-horizon {args.command}"

@@ -202,7 +202,7 @@ def run(args) -> int:
         logits, dfa = random_markov_model(args.seed, *args.random)
         if args.save_model:
             save_markov_model(args.save_model, logits, dfa)
-            print(f"wrote {args.save_model}", file=sys.stderr)
+            sys.stderr.write(f"wrote {args.save_model}\n")  # one write (a signal cannot split it)
     else:
         logits, dfa = read_model(args.model)
     from toy_lm.engines.markov_analysis import analyze_markov
@@ -212,7 +212,7 @@ def run(args) -> int:
     text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
     if args.out is not None:
         save_npz(args.out, output_arrays(result, args.lam), tag="analyze-markov", flag="--out")
-        print(f"wrote {args.out}", file=sys.stderr)
+        sys.stderr.write(f"wrote {args.out}\n")  # one write (a signal cannot split it)
     if args.json:
         print(text)
     else:
