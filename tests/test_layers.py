@@ -63,7 +63,7 @@ def test_the_command_line_layer_sits_on_every_layer():
     reached = {_layer(t) for t in _imported(names["experiments.cli.main"])}
     assert {"toy_lm", "cli"} <= reached, reached
     reached = set()
-    for layer, name, path in _modules():
+    for layer, _name, path in _modules():
         if layer == "cli":
             reached |= {_layer(t) for t in _imported(path)}
     assert set(LAYERS) <= reached, reached
