@@ -41,6 +41,11 @@ err = io.StringIO()
 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
     out["cli_status"] = main(["analyze", "--random", "2", "3", "1", "--json"])
 out["cli_err"] = err.getvalue()
+from experiments.cli.check import _engines
+err = io.StringIO()
+with contextlib.redirect_stderr(err):
+    out["check_engines"] = list(_engines(["all"]))
+out["check_err"] = err.getvalue()
 out["numba_loaded"] = any(m == "numba" or m.startswith("numba.") for m in sys.modules)
 print(json.dumps(out))
 """
@@ -59,3 +64,7 @@ def test_everything_runs_without_numba():
     assert "numba_seconds" not in out["bench_keys"] and "seconds" in out["bench_keys"]
     assert out["cli_status"] == 0
     assert "[analyze] backend: xla" in out["cli_err"], out["cli_err"]
+    # check on every engine says which one it left out, and how to get it
+    assert out["check_engines"] == out["engines"]
+    assert "engine analysis left out" in out["check_err"], out["check_err"]
+    assert 'pip install "harm-horizon[numba]"' in out["check_err"]

@@ -61,6 +61,10 @@ def _engines(chosen) -> tuple[str, ...]:
     from proofs_check.engines import ENGINES, available_engines
 
     if "all" in chosen:
+        left_out = [e for e in ENGINES if e not in available_engines()]
+        if left_out:   # say so: a table without the engine must not read as checked on it
+            print(f"[check] engine {', '.join(left_out)} left out: it needs numba "
+                  "(pip install \"harm-horizon[numba]\")", file=sys.stderr)
         return available_engines()
     missing = [e for e in chosen if e not in available_engines()]
     if missing:
