@@ -171,7 +171,7 @@ probability in the node panel. The slider sets &lambda; of the KL-regularized op
  <div>
   <div id="summary"></div>
   <table id="positions"></table>
-  <svg id="chart" xmlns="http://www.w3.org/2000/svg" width="420" height="220"></svg>
+  <svg id="chart" xmlns="http://www.w3.org/2000/svg" width="420" height="226"></svg>
   <div id="node"></div>
  </div>
 </div>
