@@ -21,7 +21,7 @@ import numpy as np
 from experiments import measure
 from experiments.attack import attack_betas, attack_names
 from experiments.base_model import (BaseModel, all_tables, behaviour_weights, load_base,
-                                    make_policy, save_base, sft_gap)
+                                    policy_from_config, save_base, sft_gap)
 from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import harmful_attack_weights, make_objective, objective_settings
 from experiments.train import (ATTACK_TAG, BASE_TAG, base_cache_path, divergence_message,
@@ -60,7 +60,7 @@ def train_bases(configs: list[RunConfig], out: str) -> BatchReport:
     start = time.perf_counter()
     cfg = configs[0]
     world = _world(cfg.world)
-    policy = make_policy(cfg.policy, world)
+    policy = policy_from_config(cfg.policy, world)
     weights = []
     for c in configs:
         data_key = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), BASE_TAG))[1]
@@ -114,7 +114,7 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
     start, count = time.perf_counter(), len(configs)
     cfg = configs[0]
     world = _world(cfg.world)
-    policy = make_policy(cfg.policy, world)
+    policy = policy_from_config(cfg.policy, world)
     bases, data, attack, failures, broken = {}, [], [], [], set()
     for c in configs:
         path = base_cache_path(out, c)

@@ -32,6 +32,7 @@ OBJECTIVES = ("none", "rlhf", "reinforce", "dpo", "dpo_sampled", "sft_refusal", 
 #: Objectives that sample responses from the current policy at every step.
 SAMPLED_OBJECTIVES = ("reinforce", "dpo_sampled")
 BASELINES = ("none", "value", "mean")
+#: The kinds of :data:`toy_lm.policy_factory.POLICY_KINDS` an experiment can configure.
 POLICY_KINDS = ("tabular", "markov", "transformer")
 OPTIMIZERS = ("sgd", "adam")
 ATTACK_OBJECTIVES = ("sft", "constrained", "both")

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.base_model import make_policy
+from experiments.base_model import policy_from_config
 from experiments.config import RunConfig
 from experiments.presets import preset
 from experiments.dynamics_summary import build_summary, recovery_fit
@@ -220,7 +220,7 @@ def run_dynamics(out: str, quick: bool = False, log=print, setting: Setting | No
                                         setting.optimizers, None, log, "")
     if setting.transformer_budgets:
         tcfg = setting.transformer
-        policy = make_policy(tcfg.policy, world)
+        policy = policy_from_config(tcfg.policy, world)
         log("  transformer: supervised base model (cached in OUT/bases) ...")
         tbase = get_base(tcfg, world, policy, out)
         t_tables = tuple(jnp.asarray(z) for z in tbase.tables[HARMFUL])

@@ -129,13 +129,13 @@ def _run_one(args) -> tuple[str, float, str | None]:
 
 def _train_base(args) -> str:
     """Worker: train and cache the base model of one configuration."""
-    from experiments.base_model import make_policy
+    from experiments.base_model import policy_from_config
     from experiments.world import make_world
 
     config_dict, out = args
     cfg = config_from_dict(config_dict)
     world = make_world(cfg.world)
-    get_base(cfg, world, make_policy(cfg.policy, world), out)
+    get_base(cfg, world, policy_from_config(cfg.policy, world), out)
     return os.path.basename(base_cache_path(out, cfg))
 
 

@@ -199,7 +199,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
     check_run_memory(cfg)
     start = time.perf_counter()
     world = make_world(cfg.world)
-    policy = base_model.make_policy(cfg.policy, world)
+    policy = base_model.policy_from_config(cfg.policy, world)
     key = jax.random.key(cfg.seed)
     base = get_base(cfg, world, policy, workdir)
     base_seconds = time.perf_counter() - start

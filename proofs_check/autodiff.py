@@ -56,12 +56,6 @@ def _tables_fn(policy):
 
 
 @jit(static_argnames=("policy",))
-def init_params(policy, key):
-    """``policy.init(key)`` as one compiled program (eager init compiles every leaf shape apart)."""
-    return policy.init(key)
-
-
-@jit(static_argnames=("policy",))
 def level_tables(policy, params) -> tuple:
     """``policy.level_tables(params)`` as one compiled program."""
     return policy.level_tables(params)

@@ -112,7 +112,7 @@ def run_mutants(args) -> int:
 
 
 def _kinds(policies) -> tuple[str, ...]:
-    from proofs_check.instances import POLICY_KINDS
+    from toy_lm.policy_factory import POLICY_KINDS
 
     return POLICY_KINDS if "all" in policies else tuple(k for k in POLICY_KINDS if k in policies)
 
