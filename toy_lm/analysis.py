@@ -65,7 +65,7 @@ from toy_lm.level_step import (UNROLL_MAX_V, Children,  # noqa: F401 (UNROLL_MAX
                                level_step, level_sums, stack_sums)
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
-from toy_lm.tree import _check_lam
+from toy_lm.bounds import check_concrete_lam
 
 #: Default number of prefixes per chunk.
 CHUNK_ROWS = 1 << 15
@@ -161,7 +161,7 @@ def _validate(logits, harm, lam, ref_logits, mutual_information,
                 f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "
                 f"have V={vocab_size}, T={length}; the reference policy must have the same sizes")
     if lam is not None:
-        _check_lam(lam)
+        check_concrete_lam(lam)
     if np.shape(harm) != (vocab_size ** length,):
         raise InputError(
             f"harm has shape {np.shape(harm)} but the tables (V={vocab_size}, T={length}) need "

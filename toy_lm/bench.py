@@ -80,7 +80,7 @@ def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
     return best
 
 
-def _output_shapes(vocab_size, length):
+def output_shapes(vocab_size, length):
     shapes = [((vocab_size ** l,), np.float64) for l in range(length + 1)]          # H_l
     shapes += [((vocab_size ** l,), np.bool_) for l in range(length + 1)]           # determined_l
     shapes += [((vocab_size ** l, vocab_size), np.float64) for l in range(length)] * 2  # grad, eq
@@ -108,7 +108,7 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
 
     numba = numba_available() if numba is None else numba
     logits, harm = _instance(vocab_size, length)
-    floor = memory_floor(logits + [harm], _output_shapes(vocab_size, length))
+    floor = memory_floor(logits + [harm], output_shapes(vocab_size, length))
     # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
     # size's would report the time of a cache lookup instead of a compile.
     jax.clear_caches()

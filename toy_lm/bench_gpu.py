@@ -127,7 +127,7 @@ def bench_device(device, vocab_size: int, length: int, dtype, repeats: int,
     layout = device_tree.forest_layout(vocab_size, length, 1, chunk_rows)
     forward, backward = device_tree.compiled_kernels(mesh, layout.chunk, device.platform)
     state = random_state(jax.random.key(0), layout, mesh, dtype)
-    idx = device_tree._index(0)
+    idx = device_tree.index_scalar(0)
     start = time.perf_counter()
     forward.lower(state, idx, idx).compile()
     backward.lower(state, idx, idx, idx, np.asarray(LAMBDA, dtype)).compile()

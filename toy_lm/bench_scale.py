@@ -66,11 +66,11 @@ def bench_markov(vocab_size: int, length: int, num_states: int, repeats: int) ->
     import jax
     import jax.numpy as jnp
 
-    from toy_lm.markov_analysis import _compiled, _scan, analyze_markov
+    from toy_lm.markov_analysis import compiled_program, markov_scan, analyze_markov
 
     logits, dfa = markov_instance(vocab_size, length, num_states - 2)
     first, first_cpu, res = _timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)
-    scan = _compiled(_scan, jax.default_backend(), ("with_lam", "scaled"))
+    scan = compiled_program(markov_scan, jax.default_backend(), ("with_lam", "scaled"))
     compile_seconds, _ = _timed(lambda: scan.lower(jnp.asarray(logits), dfa, jnp.asarray(LAMBDA),
                                                    with_lam=True, scaled=True).compile())
     runs = [_timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)[:2] for _ in range(repeats)]

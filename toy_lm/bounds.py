@@ -15,6 +15,7 @@ Only the standard library is imported here, so configuration parsing stays light
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 
 from toy_lm.errors import HarmHorizonError, InputError
@@ -38,6 +39,16 @@ def check_lam(value, name: str = "lambda", error: type[HarmHorizonError] = Input
                     f"{MIN_LAMBDA!r} (the smallest normal float64; below it 1/λ overflows and "
                     "π*_λ cannot be computed)")
     return float(value)
+
+
+def check_concrete_lam(lam) -> None:
+    """:func:`check_lam` of a concrete ``λ`` (a Python or numpy number); a traced one passes.
+
+    The engines call it at entry: under ``jax.jit`` or ``jax.vmap`` ``λ`` is an abstract array
+    whose value cannot be checked there, so its caller checks it.
+    """
+    if isinstance(lam, numbers.Real):
+        check_lam(float(lam), "lambda")
 
 
 def check_seed(value, name: str = "seed", error: type[HarmHorizonError] = InputError) -> int:
