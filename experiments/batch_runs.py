@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import json
-import tempfile
 import time
 from typing import NamedTuple
 
@@ -30,6 +29,7 @@ from experiments.vectorized import BaseInputs, RunInputs, base_program, group_ke
 from experiments.world import make_world
 from toy_lm.compile_options import compiler_options
 from toy_lm.errors import HarmHorizonError, InputError
+from toy_lm.outputs import write_atomic_many
 
 
 class BatchReport(NamedTuple):
@@ -215,20 +215,8 @@ def assemble(cfg: RunConfig, world, base: BaseModel, arrays: dict, seconds: floa
 
 def write_results_atomic(out: str, results: list[dict]) -> None:
     """Write a batch's result files: every file to a temporary name first, then all renamed, so a
-    kill leaves each run either finished or absent (``.partial-*`` files are cleaned up)."""
-    staged = []
-    try:
-        for result in results:
-            folder = os.path.join(out, "runs")
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=folder)
-            staged.append((tmp, os.path.join(folder, f"{result['run_id']}.json")))
-            with os.fdopen(fd, "w") as fh:
-                json.dump(result, fh)
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
+    kill leaves each run either finished or absent (:func:`toy_lm.outputs.write_atomic_many`)."""
+    folder = os.path.join(out, "runs")
+    os.makedirs(folder, exist_ok=True)
+    write_atomic_many([(os.path.join(folder, f"{result['run_id']}.json"),
+                        json.dumps(result).encode()) for result in results], tag="run")

@@ -31,7 +31,7 @@ from experiments.recipes import Objective, make_objective
 from experiments.world import BENIGN, HARMFUL, RefusalWorld, make_world
 from toy_lm import tree
 from toy_lm.errors import InputError
-from toy_lm.outputs import write_atomic
+from toy_lm.outputs import write_text
 from toy_lm.policies import Policy
 from toy_lm.precision import check_x64
 
@@ -182,10 +182,9 @@ def result_path(workdir: str, cfg: RunConfig) -> str:
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to ``path`` whole or not at all (:func:`toy_lm.outputs.write_atomic`)."""
+    """Write JSON to ``path`` whole or not at all (:func:`toy_lm.outputs.write_text`)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    text = json.dumps(payload)
-    write_atomic(path, lambda fh: fh.write(text.encode()), tag="run")
+    write_text(path, json.dumps(payload), tag="run")
 
 
 def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""Issue 13, "one of each": no private name crosses a module boundary.
+"""Issue 13, "one of each": no private name crosses a module boundary, one atomic write, an
+explicit ``__all__`` in every public module, and package re-exports that agree with it.
 
 All read from the source with :mod:`ast` (nothing is imported), like tests/test_layers.py.
 """
@@ -74,3 +75,26 @@ def test_the_private_name_scan_can_fail(tmp_path):
     found = _cross_module_private_uses("planted", planted, modules)
     assert len(found) == 3, found
 
+
+#: Calls that replace a file by renaming: only toy_lm.outputs.write_atomic_many makes them.
+RENAMES = {("os", "replace"), ("os", "rename"), ("os", "renames"), ("tempfile", "mkstemp"),
+           ("tempfile", "NamedTemporaryFile")}
+
+
+def _rename_calls(path: pathlib.Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
+                and isinstance(node.func.value, ast.Name) \
+                and (node.func.value.id, node.func.attr) in RENAMES:
+            found.append(f"{node.func.value.id}.{node.func.attr}:{node.lineno}")
+    return found
+
+
+def test_one_atomic_write():
+    """Every file is written through toy_lm.outputs (write_atomic and its shorthands)."""
+    elsewhere = {name: calls for name, path in _modules().items()
+                 if name != "toy_lm.outputs" and (calls := _rename_calls(path))}
+    assert not elsewhere, elsewhere
+    inside = _rename_calls(ROOT / "toy_lm" / "outputs.py")
+    assert [c.split(":")[0] for c in inside].count("os.replace") == 1, inside

@@ -71,9 +71,9 @@ def markov_model_arrays(logits, dfa: Automaton) -> dict[str, np.ndarray]:
 
 def save_markov_model(path: str, logits, dfa: Automaton) -> None:
     """Write the model file for ``logits`` and ``dfa`` to ``path`` (atomically, checked first)."""
-    from toy_lm.io import save_npz_atomic
+    from toy_lm.outputs import save_npz
 
-    save_npz_atomic(path, markov_model_arrays(logits, dfa))
+    save_npz(path, markov_model_arrays(logits, dfa), tag="npz")
 
 
 def random_markov_model(seed: int, vocab_size: int, length: int, order: int,
