@@ -23,7 +23,6 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,9 @@ import numpy as np
 
 from toy_lm.bench_gpu import suite_gpu
 from toy_lm.bench_scale import suite_markov, suite_mc
+from toy_lm.cli_output import Column, print_json, print_table
 from toy_lm.errors import InputError
+from toy_lm.outputs import null_nonfinite
 
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
 LAMBDA = 0.5
@@ -191,18 +192,8 @@ def run(args) -> int:
     extra = {"measure_compile": True} if args.compile else {}
     rows = SUITES[args.suite](repeats, args.quick, progress, **extra)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
+        print_json(null_nonfinite(rows))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        keys = [k for k in rows[0] if k not in ("vocab_size", "length")]
-        table = Table(title=f"harm-horizon bench --suite {args.suite}")
-        for k in keys:
-            table.add_column(k, justify="right")
-        for row in rows:
-            table.add_row(*(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k])
-                            for k in keys))
-        Console().print(table)
+        print_table(f"harm-horizon bench --suite {args.suite}",
+                    [Column(k, k) for k in rows[0] if k not in ("vocab_size", "length")], rows)
     return 0
