@@ -33,6 +33,10 @@ from toy_lm.outputs import save_npz
 from toy_lm.policies import Policy
 from toy_lm.policy_factory import init_params, make_policy
 
+__all__ = ["BaseModel", "all_tables", "behaviour_weights", "load_base", "make_optimizer",
+           "policy_from_config", "prompt_tables", "save_base", "sft_gap", "sft_step_function",
+           "tables_program", "train_base"]
+
 
 def policy_from_config(cfg: PolicyConfig, world: RefusalWorld) -> Policy:
     """The policy of a configuration (two prompts: harmful and benign).

@@ -31,6 +31,8 @@ from toy_lm.compile_options import compiler_options
 from toy_lm.errors import HarmHorizonError, InputError
 from toy_lm.outputs import write_atomic_many
 
+__all__ = ["BatchReport", "assemble", "run_batch", "train_bases", "write_results_atomic"]
+
 
 class BatchReport(NamedTuple):
     """What a worker returns: runs written, failures, seconds (all, and compiling)."""

@@ -42,6 +42,8 @@ from experiments.world import make_world
 from toy_lm.policy_factory import init_params
 from toy_lm.precision import check_x64
 
+__all__ = ["bench_grid", "flops_per_run", "matmul_flop_rate", "suite_sweep"]
+
 
 def bench_grid(quick: bool) -> list[RunConfig]:
     """The benchmark's grid (see the module docstring)."""

@@ -20,6 +20,9 @@ from toy_lm.cli_output import Column, print_json, print_table
 from toy_lm.errors import ConfigError
 from toy_lm.outputs import check_output_folder, null_nonfinite
 
+__all__ = ["RUN_COLUMNS", "register", "run_experiment", "run_figures", "run_optimum_vs_dynamics",
+           "run_rows", "run_sweep", "run_train", "show"]
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train and measure one configuration",

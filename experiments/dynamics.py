@@ -44,6 +44,9 @@ from proofs_check.training import scale_by_inverse_prefix_mass
 from toy_lm import objectives, tree
 from toy_lm.errors import ConfigError
 
+__all__ = ["CHUNK", "Forced", "MIN_GAP", "RECOVERED_SHARE", "Setting", "TABULAR_OPTIMIZERS",
+           "make_optimizer", "make_setting", "run_dynamics", "train_and_track"]
+
 #: A prefix "has recovered" once ``H^π_k(u) <= H*(u) + RECOVERED_SHARE (H0(u) - H*(u))``.
 RECOVERED_SHARE = 0.5
 #: Only prefixes where the optimum lowers ``H`` by at least this much enter the recovery fit.

@@ -27,6 +27,9 @@ import numpy as np
 from toy_lm.errors import InputError
 from toy_lm.outputs import write_text
 
+__all__ = ["LAMBDA_GRID", "MAX_LEAVES", "SCRIPT", "STYLE", "builtin_instances", "engine_values",
+           "page_data", "render_page", "user_instance", "write_explorer"]
+
 #: Largest tree the page accepts (``V**T`` leaves): drawn node by node, recomputed in JavaScript.
 MAX_LEAVES = 256
 #: The ``λ`` values of the slider: 41 points, log-spaced from 0.01 to 100.

@@ -13,6 +13,8 @@ from pathlib import Path
 from toy_lm.errors import InputError
 from toy_lm.outputs import write_text
 
+__all__ = ["KERNEL", "write_notebooks"]
+
 #: The kernel the notebooks ask for (ipykernel's default name).
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
 

@@ -20,6 +20,9 @@ import time
 import traceback
 from pathlib import Path
 
+__all__ = ["DEMO_DIR", "DemoRun", "build_report", "demo_scripts", "demo_section",
+           "markdown_to_html", "parse_cells", "run_demos", "run_instance_checks"]
+
 DEMO_DIR = Path(__file__).parent / "demos"
 
 

@@ -46,6 +46,9 @@ from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
 
+__all__ = ["SWEEPS", "WORKER_XLA_FLAGS", "clean_partial_files", "expand", "finished",
+           "folder_lock", "load_sweep", "missing_bases", "pending", "run_sweep"]
+
 #: Built-in sweeps: name -> (preset, grid).
 SWEEPS = {
     "quick": ("quick", {"align.objective": ["rlhf", "dpo", "augmentation", "recovery_prefill"]}),

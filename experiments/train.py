@@ -35,6 +35,11 @@ from toy_lm.outputs import write_text
 from toy_lm.policies import Policy
 from toy_lm.precision import check_x64
 
+__all__ = ["ALIGN_TAG", "ATTACK_TAG", "BASE_TAG", "History", "MEASURE_TAG", "align",
+           "base_cache_path", "compiled_step", "divergence_message", "get_base", "make_step",
+           "package_version", "result_path", "run_id", "step_function", "train_and_evaluate",
+           "write_json_atomic"]
+
 #: ``fold_in`` tags of the stages of a run (base model, alignment, attack, measurement).
 BASE_TAG, ALIGN_TAG, ATTACK_TAG, MEASURE_TAG = 1, 2, 3, 4
 

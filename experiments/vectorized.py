@@ -34,6 +34,9 @@ from experiments.world import HARMFUL, RefusalWorld
 from toy_lm.policies import Policy
 from toy_lm.policy_factory import init_params
 
+__all__ = ["BASE_VECTOR_FIELDS", "BaseInputs", "RunInputs", "VECTOR_FIELDS", "VECTOR_POLICIES",
+           "base_group_key", "base_program", "group_key", "not_vectorizable", "run_program"]
+
 #: Settings that may differ between the runs of one compiled program (they are data).
 VECTOR_FIELDS = ("name", "seed", "policy.init_scale", "base.learning_rate", "align.lam",
                  "align.beta", "align.mu", "align.learning_rate", "align.utility_weight",

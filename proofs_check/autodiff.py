@@ -30,6 +30,10 @@ import numpy as np
 from toy_lm import gradients
 from toy_lm.tables import all_prefixes
 
+__all__ = ["COMPILER_OPTIONS", "flatten", "jit", "level_tables", "parameter_quantities",
+           "response_log_probs", "score_tensor", "teacher_forced_grads", "to_numpy",
+           "value_and_flat_grad"]
+
 #: XLA options for the checks' programs: backend optimization off (compile time is the cost).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 

@@ -19,6 +19,9 @@ from toy_lm.errors import InputError
 from toy_lm.cli_output import console as cli_console, make_table
 from toy_lm.outputs import check_output, null_nonfinite, write_json
 
+__all__ = ["ENGINE_CHOICES", "MAX_SEEDS", "POLICY_CHOICES", "print_report", "print_spill_over",
+           "register", "run", "run_mutants"]
+
 POLICY_CHOICES = ("tabular", "positional", "markov", "transformer", "mlp", "all")
 ENGINE_CHOICES = ("tree", "analysis", "xla", "markov", "all")
 

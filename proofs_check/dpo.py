@@ -26,6 +26,8 @@ from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
 from proofs_check.training import frozen_tolerance, train_tables
 
+__all__ = ["BETA", "DPO_LR", "DPO_STEPS", "dpo_closed_form", "dpo_gradient", "dpo_training"]
+
 #: DPO temperature.
 BETA = 0.5
 

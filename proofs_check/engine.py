@@ -14,6 +14,9 @@ import jax.numpy as jnp
 from toy_lm import objectives, tree
 from proofs_check.autodiff import jit
 
+__all__ = ["dense_equilibrium", "dpo_grad", "engine_quantities", "equilibrium_sweep",
+           "kl_loss_grad", "recovery_grad"]
+
 
 def _sequence_expectation(tables, harm):
     """``E_π[h] = Σ_y P(y) h(y)`` with ``P(y)`` the product of the level conditionals along ``y``."""

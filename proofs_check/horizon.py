@@ -20,6 +20,9 @@ from proofs_check.engine import kl_loss_grad
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 
+__all__ = ["at_determined", "cauchy_schwarz", "direct_information", "information_horizon",
+           "zero_beyond_horizon", "zero_kl_gradient_beyond_horizon"]
+
 _LOGIT_TOL_WHAT = "Σ_y P(y)|h(y)||∂log P(y)/∂z_v(u)| <= 2"
 
 

@@ -33,6 +33,12 @@ from toy_lm.precision import check_x64
 from proofs_check import enumeration
 from proofs_check.autodiff import level_tables, parameter_quantities, to_numpy
 
+__all__ = ["BUILTIN_AUTOMATON", "BUILTIN_ONLY_EXTRA", "BUILTIN_SEEDS", "BUILTIN_SETTINGS",
+           "ENGINE_FREE_CACHE", "EXTRA_INSTANCES", "HARMFUL_TOKEN", "Instance", "MAX_RESPONSES",
+           "MIXTURE_INSTANCES", "NUM_HARMFUL", "RARE_LOGIT", "REFUSAL_TOKEN",
+           "TRANSFORMER_SETTINGS", "builtin_suite", "make_instance", "make_mixture_instance",
+           "recovery_cost_automaton", "suite_settings", "with_engine"]
+
 #: Largest number of responses ``V**T`` a check instance may have (DPO pairs cost ``V**(2T)``).
 MAX_RESPONSES = 1024
 

@@ -19,6 +19,8 @@ from proofs_check.controls import PLANTS
 from proofs_check.registry import Check, all_checks
 from proofs_check.results import CheckResult, Part
 
+__all__ = ["Summary", "Task", "plan", "run_checks", "run_tasks", "summarize"]
+
 if TYPE_CHECKING:
     from proofs_check.instances import Instance
 

@@ -41,6 +41,8 @@ from proofs_check.instances import (
     recovery_cost_automaton,
 )
 
+__all__ = ["HARM_KINDS", "harms", "instances", "lengths", "mixtures", "policies", "vocab_sizes"]
+
 #: Harm kinds :func:`harms` can draw.
 HARM_KINDS = ("binary", "soft", "automaton")
 

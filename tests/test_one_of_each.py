@@ -98,3 +98,83 @@ def test_one_atomic_write():
     assert not elsewhere, elsewhere
     inside = _rename_calls(ROOT / "toy_lm" / "outputs.py")
     assert [c.split(":")[0] for c in inside].count("os.replace") == 1, inside
+
+
+def _public_module(path: pathlib.Path) -> bool:
+    """Not ``__init__``/private (``_support.py``), not a numbered demo script."""
+    return not path.name.startswith("_") and not (path.parent.name == "demos"
+                                                  and path.name[:2].isdigit())
+
+
+def _declared_all(tree: ast.Module) -> list[str] | None:
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) else []
+        if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
+            value = ast.literal_eval(node.value)   # a literal list: readable without importing
+            assert isinstance(value, list) and all(isinstance(n, str) for n in value)
+            return value
+    return None
+
+
+def _top_level_names(tree: ast.Module) -> tuple[set[str], set[str]]:
+    """(every name bound at top level, the public functions and classes defined there)."""
+    bound, defined = set(), set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+            if not node.name.startswith("_"):
+                defined.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
+                bound |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
+    return bound, defined
+
+
+def test_every_public_module_declares_its_public_names():
+    """An explicit ``__all__`` everywhere: every name it lists exists, and every public function
+    and class is listed (a helper nobody else may use gets a leading underscore)."""
+    problems = [problem for name, path in _modules().items() if _public_module(path)
+                for problem in _all_problems(name, ast.parse(path.read_text(), str(path)))]
+    assert not problems, problems
+
+
+def _all_problems(name: str, tree: ast.Module) -> list[str]:
+    declared = _declared_all(tree)
+    if declared is None:
+        return [f"{name}: no __all__"]
+    bound, defined = _top_level_names(tree)
+    problems = [f"{name}: __all__ lists {n}, not defined there" for n in declared
+                if n not in bound]
+    problems += [f"{name}: public {n} missing from __all__" for n in sorted(defined)
+                 if n not in declared]
+    if declared != sorted(set(declared)):
+        problems.append(f"{name}: __all__ is not sorted or has duplicates")
+    return problems
+
+
+def test_the_all_check_can_fail():
+    """Planted errors: no ``__all__``, a listed name that does not exist, an unlisted function."""
+    assert _all_problems("m", ast.parse("def f(): pass\n")) == ["m: no __all__"]
+    assert len(_all_problems("m", ast.parse('__all__ = ["g"]\ndef f(): pass\n'))) == 2
+    assert _all_problems("m", ast.parse('import os\n__all__ = ["f", "os"]\ndef f(): pass\n'
+                                        "def _g(): pass\n")) == []
+
+
+def test_package_reexports_agree_with_the_modules_all():
+    """Each package ``__init__`` re-exports (``_EXPORTS``) only names its module declares."""
+    modules, problems = _modules(), []
+    for package in PACKAGES:
+        tree = ast.parse((ROOT / package / "__init__.py").read_text())
+        exports = next(ast.literal_eval(node.value) for node in tree.body
+                       if isinstance(node, ast.Assign)
+                       and any(isinstance(t, ast.Name) and t.id == "_EXPORTS"
+                               for t in node.targets))
+        for module, names in exports.items():
+            declared = _declared_all(ast.parse(modules[module].read_text())) or []
+            problems += [f"{package} re-exports {module}.{n}, not in its __all__"
+                         for n in names if n not in declared]
+    assert not problems, problems

@@ -67,6 +67,9 @@ from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
 from toy_lm.bounds import check_concrete_lam
 
+__all__ = ["BACKENDS", "CHUNK_ROWS", "NUMBA_MIN_RESPONSES", "TreeAnalysis", "analyze_tree",
+           "choose_backend", "compile_kernels", "compile_numba_kernels", "numba_available"]
+
 #: Default number of prefixes per chunk.
 CHUNK_ROWS = 1 << 15
 

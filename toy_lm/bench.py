@@ -35,6 +35,9 @@ from toy_lm.cli_output import Column, print_json, print_table
 from toy_lm.errors import InputError
 from toy_lm.outputs import null_nonfinite
 
+__all__ = ["DEFAULT_REPEATS", "LAMBDA", "SUITES", "TREE_SIZES", "bench_tree", "memory_floor",
+           "output_shapes", "register", "run", "suite_sweep", "suite_tree"]
+
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
 LAMBDA = 0.5
 

@@ -27,6 +27,10 @@ import time
 
 import numpy as np
 
+__all__ = ["GPU_CHUNK", "LAMBDA", "SKIP_REASON", "VOCABS", "bench_device", "device_memory",
+           "float32_check", "forest_bytes", "gpu_device", "gpu_rows", "largest_size",
+           "random_state", "suite_gpu"]
+
 VOCABS = (2, 4)
 GPU_CHUNK = 1 << 20
 LAMBDA = 0.5

@@ -30,6 +30,11 @@ import time
 
 import numpy as np
 
+__all__ = ["LAMBDA", "MARKOV_LENGTHS", "MARKOV_STATES", "MARKOV_VOCAB", "MC_BATCH", "MC_SIZES",
+           "MC_TARGET", "bench_markov", "bench_markov_vs_tree", "bench_mc",
+           "exact_per_position_kl", "largest_tree_length", "markov_instance", "suite_markov",
+           "suite_mc"]
+
 MARKOV_LENGTHS = (256, 1024, 4096)
 MARKOV_VOCAB, MARKOV_STATES, LAMBDA = 64, 16, 0.5
 MC_SIZES = ((4, 8), (4, 10), (4, 12))

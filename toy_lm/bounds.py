@@ -20,6 +20,8 @@ import sys
 
 from toy_lm.errors import HarmHorizonError, InputError
 
+__all__ = ["MAX_SEED", "MIN_LAMBDA", "check_concrete_lam", "check_count", "check_lam", "check_seed"]
+
 #: The smallest usable KL weight: the smallest normal float64, ``2**-1022``.
 MIN_LAMBDA = sys.float_info.min
 #: Seeds are 64-bit signed integers for ``jax.random.key``.

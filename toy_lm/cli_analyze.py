@@ -20,6 +20,9 @@ from toy_lm.outputs import check_output, json_text, save_npz
 from toy_lm.tables import (check_enumeration_size, human_bytes, level_size, memory_budget,
                            validate_harm, validate_tables)
 
+__all__ = ["backend_line", "output_arrays", "print_table", "random_instance", "read_tables",
+           "register", "run", "summary"]
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(

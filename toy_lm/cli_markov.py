@@ -22,6 +22,9 @@ from toy_lm.cli_output import print_json
 from toy_lm.outputs import check_output, json_text, save_npz
 from toy_lm.tables import human_bytes, memory_budget
 
+__all__ = ["KEYS", "TABLE_ROWS", "output_arrays", "print_table", "read_model", "register", "run",
+           "summary"]
+
 KEYS = ("markov_logits", "dfa_transitions", "dfa_verdict", "dfa_start")
 #: Rows of the per-position table printed without ``--json`` (the rest go to --json / --out).
 TABLE_ROWS = 24

@@ -33,6 +33,9 @@ import numpy as np
 from toy_lm.compile_options import compiler_options
 from toy_lm.level_step import Children, forward_rows, level_step
 
+__all__ = ["CHUNK_ROWS", "ForestLayout", "backward_chunk", "backward_pass", "compiled_kernels",
+           "forest_layout", "forward_chunk", "forward_pass", "index_scalar", "init_state"]
+
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
 

@@ -25,6 +25,9 @@ from toy_lm.mutation import point
 from toy_lm.precision import default_float
 from toy_lm.tables import level_size, validate_harm
 
+__all__ = ["determined_masks", "harm_table", "horizon", "horizon_from_masks", "infer_length",
+           "random_decided_harm", "response_horizons", "soft_harm"]
+
 
 def infer_length(harm, vocab_size: int) -> int:
     """``T`` such that ``harm`` has ``V**T`` entries, or :class:`InputError`."""

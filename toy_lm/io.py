@@ -25,6 +25,8 @@ import numpy as np
 
 from toy_lm.errors import InputError
 
+__all__ = ["level_keys", "load_npz", "npz_nbytes", "npz_shapes", "open_input"]
+
 #: Everything a damaged archive or header can raise while it is read.
 _DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError,
             TypeError, OverflowError, RecursionError, MemoryError, NotImplementedError,

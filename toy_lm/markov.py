@@ -41,6 +41,13 @@ from toy_lm.automata import Automaton
 from toy_lm.errors import InputError
 from toy_lm.mutation import point
 
+__all__ = ["at_least_order_one", "backward_step", "check_markov", "child_index", "children",
+           "cond_harm", "determined", "expected_harm", "forward_step", "grad_terms",
+           "harm_information", "harmful_prefix_dist", "horizon", "information_terms",
+           "initial_state", "lift_order", "log_policy", "logit_grads", "logit_grads_autodiff",
+           "markov_order", "per_position_kl", "prefill_asr", "prefill_asr_curve", "prefix_state",
+           "reachable", "split_context", "state_probs"]
+
 
 # -- shapes and layout --------------------------------------------------------------------------
 def markov_order(vocab_size: int, num_contexts: int) -> int:

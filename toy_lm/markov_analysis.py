@@ -39,6 +39,9 @@ from toy_lm.errors import InputError
 from toy_lm.mutation import point
 from toy_lm.bounds import check_concrete_lam
 
+__all__ = ["MarkovAnalysis", "aggregate_tree_grads", "analyze_markov", "compiled_program",
+           "expand_to_tree", "joint_states", "markov_scan"]
+
 
 class MarkovAnalysis(NamedTuple):
     """Everything ``analyze-markov`` computes (levels ``l = 0 ... T``; positions ``t = l + 1``).

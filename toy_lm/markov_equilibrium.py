@@ -26,6 +26,9 @@ from toy_lm.markov import (at_least_order_one, split_context, check_markov, chil
                            state_probs)
 from toy_lm.bounds import check_concrete_lam
 
+__all__ = ["equilibrium_kl", "equilibrium_policy", "equilibrium_state_probs", "log_partition",
+           "log_partition_step", "scaling_is_safe"]
+
 
 def scaling_is_safe(lam, vocab_size: int, dtype) -> bool:
     """Whether the scaled sum of :func:`log_partition_step` is safe from underflow (a static bound).

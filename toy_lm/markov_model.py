@@ -37,6 +37,8 @@ import numpy as np
 from toy_lm.automata import Automaton, harmful_before_refusal, make_automaton
 from toy_lm.errors import EnumerationTooLarge, InputError
 
+__all__ = ["MODEL_KEYS", "markov_model_arrays", "random_markov_model", "save_markov_model"]
+
 #: The keys of the model file, in the order the format lists them.
 MODEL_KEYS = ("markov_logits", "dfa_transitions", "dfa_verdict", "dfa_start")
 

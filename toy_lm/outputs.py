@@ -30,6 +30,10 @@ from collections.abc import Callable, Mapping, Sequence
 from toy_lm import signals
 from toy_lm.errors import OutputError
 
+__all__ = ["PARTIAL_PREFIX", "check_output", "check_output_folder", "json_text", "new_file_mode",
+           "null_nonfinite", "remove_stale", "save_npz", "write_atomic", "write_atomic_many",
+           "write_json", "write_text"]
+
 PARTIAL_PREFIX = ".partial-"
 
 

@@ -30,6 +30,8 @@ from toy_lm.errors import InputError
 from toy_lm.precision import default_float
 from toy_lm.tables import all_prefixes, level_size
 
+__all__ = ["MarkovPolicy", "Params", "Policy", "PositionalPolicy", "TabularPolicy"]
+
 Params = Any
 
 

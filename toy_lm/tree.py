@@ -27,6 +27,11 @@ from toy_lm.bounds import check_concrete_lam
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes
 
+__all__ = ["Tables", "backward_step", "cond_harm", "equilibrium_policy", "expected_harm",
+           "harm_information", "harm_information_mi", "harmful_prefix_dist", "increments",
+           "log_partition", "log_policy", "logit_grads", "per_position_kl", "prefill_asr",
+           "prefill_asr_curve", "prefix_probs", "response_log_probs"]
+
 Tables = Sequence[jax.Array]
 
 
