@@ -22,6 +22,8 @@ from toy_lm.outputs import check_output, null_nonfinite, write_json
 __all__ = ["ENGINE_CHOICES", "MAX_SEEDS", "POLICY_CHOICES", "print_report", "print_spill_over",
            "register", "run", "run_mutants"]
 
+#: toy_lm.policy_factory.POLICY_KINDS and "all", spelled out: parsing must not import JAX
+#: (tests/test_policy_factory.py holds the two lists equal).
 POLICY_CHOICES = ("tabular", "positional", "markov", "transformer", "mlp", "all")
 ENGINE_CHOICES = ("tree", "analysis", "xla", "markov", "all")
 

@@ -21,8 +21,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_every_layer_names_the_kinds_of_the_one_factory():
     from experiments import config
     from proofs_check import instances
+    from proofs_check.cli import POLICY_CHOICES
 
-    assert instances.POLICY_KINDS is POLICY_KINDS   # the check instances and `check --policy`
+    assert instances.POLICY_KINDS is POLICY_KINDS   # the check instances
+    # `check --policy` spells them out (its parser must not import JAX to answer --help)
+    assert POLICY_CHOICES == (*POLICY_KINDS, "all")
     assert set(config.POLICY_KINDS) <= set(POLICY_KINDS)   # experiments configure a subset
     assert {kind for kind, _ in test_instances.KIND_OPTIONS.values()} == set(POLICY_KINDS)
     assert {inst.kind for inst in instances.builtin_suite()} == set(POLICY_KINDS)
