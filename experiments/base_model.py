@@ -30,7 +30,7 @@ from experiments.world import PROMPTS, RefusalWorld
 from toy_lm.errors import ConfigError, InputError
 from toy_lm.io import load_npz, npz_shapes
 from toy_lm.outputs import save_npz
-from toy_lm.policies import Policy
+from toy_lm.models.policies import Policy
 from toy_lm.policy_factory import init_params, make_policy
 
 __all__ = ["BaseModel", "all_tables", "behaviour_weights", "load_base", "make_optimizer",

@@ -31,7 +31,7 @@ from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import Objective
 from experiments.train import ALIGN_TAG, BASE_TAG, MEASURE_TAG, step_function
 from experiments.world import HARMFUL, RefusalWorld
-from toy_lm.policies import Policy
+from toy_lm.models.policies import Policy
 from toy_lm.policy_factory import init_params
 
 __all__ = ["BASE_VECTOR_FIELDS", "BaseInputs", "RunInputs", "VECTOR_FIELDS", "VECTOR_POLICIES",

@@ -16,7 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
-from toy_lm import automata, harms, policy_factory
+from toy_lm import policy_factory
+from toy_lm.models import automata
+from toy_lm.models import harms
 from toy_lm.precision import eps_tolerance
 
 EPS = float(np.finfo(np.float64).eps)

@@ -61,7 +61,7 @@ def test_result_tables_are_made_in_one_place():
 
 def test_experiment_commands_print_runs_through_the_helper(capsys):
     """train/sweep's rows and --json payload (no training: a result record is enough)."""
-    from experiments.cli import RUN_COLUMNS, run_rows, show
+    from experiments.cli.experiment import RUN_COLUMNS, run_rows, show
     from experiments.config import config_to_dict
     from experiments.presets import preset
 

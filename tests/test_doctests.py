@@ -10,7 +10,7 @@ import importlib
 import pytest
 
 #: The modules whose docstrings carry runnable examples.
-MODULES = ("toy_lm.policy_factory", "toy_lm.harms", "toy_lm.analysis", "toy_lm.markov_analysis",
+MODULES = ("toy_lm.policy_factory", "toy_lm.models.harms", "toy_lm.engines.analysis", "toy_lm.engines.markov_analysis",
            "toy_lm.mutation", "toy_lm.cli_output", "proofs_check.runner")
 
 

@@ -70,8 +70,8 @@ def test_the_private_name_scan_can_fail(tmp_path):
     """The scan sees both forms of a cross-module private use (a planted error)."""
     modules = _modules()
     planted = tmp_path / "planted.py"
-    planted.write_text("from toy_lm.tree import _hidden\nfrom toy_lm import tables\n"
-                       "tables._human(1)\nimport toy_lm.markov as markov\nmarkov._split\n")
+    planted.write_text("from toy_lm.engines.tree import _hidden\nfrom toy_lm import tables\n"
+                       "tables._human(1)\nimport toy_lm.engines.markov as markov\nmarkov._split\n")
     found = _cross_module_private_uses("planted", planted, modules)
     assert len(found) == 3, found
 

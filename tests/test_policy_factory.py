@@ -10,8 +10,8 @@ import pytest
 
 import instances as test_instances
 from toy_lm.errors import InputError
-from toy_lm.neural import MLPPolicy, TransformerPolicy
-from toy_lm.policies import MarkovPolicy, PositionalPolicy, TabularPolicy
+from toy_lm.models.neural import MLPPolicy, TransformerPolicy
+from toy_lm.models.policies import MarkovPolicy, PositionalPolicy, TabularPolicy
 from toy_lm.policy_factory import (POLICY_KINDS, POLICY_OPTIONS, init_params, make_policy,
                                    policy_kind)
 
@@ -21,7 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 def test_every_layer_names_the_kinds_of_the_one_factory():
     from experiments import config
     from proofs_check import instances
-    from proofs_check.cli import POLICY_CHOICES
+    from experiments.cli.check import POLICY_CHOICES
 
     assert instances.POLICY_KINDS is POLICY_KINDS   # the check instances
     # `check --policy` spells them out (its parser must not import JAX to answer --help)

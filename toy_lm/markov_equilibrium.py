@@ -21,8 +21,8 @@ import jax.core  # jax.core.Tracer below (the submodule is not an attribute of j
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm.automata import Automaton
-from toy_lm.markov import (at_least_order_one, split_context, check_markov, children, log_policy,
+from toy_lm.models.automata import Automaton
+from toy_lm.engines.markov import (at_least_order_one, split_context, check_markov, children, log_policy,
                            state_probs)
 from toy_lm.bounds import check_concrete_lam
 

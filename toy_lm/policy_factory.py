@@ -26,8 +26,8 @@ from collections.abc import Mapping
 import jax
 
 from toy_lm.errors import InputError
-from toy_lm.neural import MLPPolicy, TransformerPolicy
-from toy_lm.policies import MarkovPolicy, Params, Policy, PositionalPolicy, TabularPolicy
+from toy_lm.models.neural import MLPPolicy, TransformerPolicy
+from toy_lm.models.policies import MarkovPolicy, Params, Policy, PositionalPolicy, TabularPolicy
 
 __all__ = ["POLICY_CLASSES", "POLICY_KINDS", "POLICY_OPTIONS", "init_params", "make_policy",
            "policy_kind"]
@@ -62,7 +62,7 @@ def make_policy(kind: str, vocab_size: int, length: int, *, num_prompts: int = 1
         ``d_model``, ``num_heads``, ``num_layers`` (transformer), ``hidden`` (mlp).
 
     Returns:
-      A hashable :class:`toy_lm.policies.Policy` (usable as a static argument of ``jax.jit``).
+      A hashable :class:`toy_lm.models.policies.Policy` (usable as a static argument of ``jax.jit``).
 
     Raises:
       InputError: an unknown kind, or an option the kind does not take.
