@@ -13,7 +13,7 @@ from toy_lm.lazy import lazy_exports
 #: What the package re-exports, by the module that defines it (imported on first use).
 _EXPORTS = {
     "experiments.attack": ("fine_tuning_attack", "fine_tuning_attacks"),
-    "experiments.base_model": ("make_policy", "train_base"),
+    "experiments.base_model": ("policy_from_config", "train_base"),
     "experiments.presets": ("PRESETS", "load_config"),
     "experiments.config": (
         "AlignConfig", "AttackConfig", "BaseConfig", "MeasureConfig", "PolicyConfig", "RunConfig",

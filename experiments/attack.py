@@ -25,6 +25,9 @@ from experiments.world import HARMFUL, RefusalWorld
 from toy_lm.engines import tree
 from toy_lm.models.policies import Policy
 
+__all__ = ["attack_betas", "attack_names", "attack_step_function", "fine_tuning_attack",
+           "fine_tuning_attacks"]
+
 
 @functools.cache
 def _harmful_tables_program(policy: Policy):

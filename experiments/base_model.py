@@ -28,61 +28,30 @@ from experiments.config import PolicyConfig, RunConfig
 from experiments.objectives import supervised_loss
 from experiments.world import PROMPTS, RefusalWorld
 from toy_lm.errors import ConfigError, InputError
-from toy_lm.io import load_npz, npz_shapes, save_npz_atomic
-from toy_lm.models.neural import TransformerPolicy
-from toy_lm.models.policies import MarkovPolicy, Policy, TabularPolicy
+from toy_lm.io import load_npz, npz_shapes
+from toy_lm.outputs import save_npz
+from toy_lm.models.policies import Policy
+from toy_lm.models.policy_factory import init_params, make_policy
+
+__all__ = ["BaseModel", "all_tables", "behaviour_weights", "load_base", "make_optimizer",
+           "policy_from_config", "prompt_tables", "save_base", "sft_gap", "sft_step_function",
+           "tables_program", "train_base"]
 
 
-def make_policy(cfg: PolicyConfig, world: RefusalWorld) -> Policy:
-    """The policy object of a configuration (two prompts: harmful and benign)."""
-    sizes = dict(vocab_size=world.vocab_size, length=world.length, num_prompts=len(PROMPTS))
-    if cfg.kind == "tabular":
-        return TabularPolicy(**sizes)
-    if cfg.kind == "markov":
-        return MarkovPolicy(**sizes, order=cfg.markov_order)
-    if cfg.kind == "transformer":
-        return TransformerPolicy(**sizes, d_model=cfg.d_model, num_heads=cfg.num_heads,
-                                 num_layers=cfg.num_layers)
-    raise ConfigError(f"unknown policy.kind {cfg.kind!r}")  # pragma: no cover - validated
+def policy_from_config(cfg: PolicyConfig, world: RefusalWorld) -> Policy:
+    """The policy of a configuration (two prompts: harmful and benign).
 
-
-def init_params(policy: Policy, cfg: PolicyConfig, key: jax.Array):
-    """Initial parameters (tabular and Markov logits i.i.d. ``N(0, init_scale**2)``).
-
-    The tabular logits come from one normal draw cut into the level tables (one random-number
-    program to compile instead of one per level shape, which dominates a small run's time).
+    A thin adapter: it translates ``cfg`` into the options of the one policy factory,
+    :func:`toy_lm.models.policy_factory.make_policy` (``cfg.kind`` is one of its kind names).
     """
-    if isinstance(policy, TabularPolicy):
-        shapes = tabular_shapes(policy)
-        sizes = [int(np.prod(s)) for s in shapes]
-        flat = cfg.init_scale * np.asarray(jax.random.normal(key, (sum(sizes),)))
-        cuts = np.cumsum(sizes)[:-1]
-        return tuple(jnp.asarray(part.reshape(shape)) for part, shape in zip(np.split(flat, cuts),
-                                                                              shapes))
-    if isinstance(policy, MarkovPolicy):
-        return policy.init(key, scale=cfg.init_scale)
-    return policy.init(key)
-
-
-def tabular_shapes(policy: TabularPolicy) -> list[tuple[int, int, int]]:
-    """Shapes ``(P, V**l, V)`` of the tabular parameters, ``l = 0 ... T-1``."""
-    return [(policy.num_prompts, policy.vocab_size ** level, policy.vocab_size)
-            for level in range(policy.length)]
-
-
-def init_params_pure(policy: Policy, init_scale, key: jax.Array):
-    """:func:`init_params` in jax operations only, with ``init_scale`` an array (so that
-    ``jax.vmap`` can map it); the same numbers (one normal draw, scaled, cut into levels)."""
-    if isinstance(policy, TabularPolicy):
-        shapes = tabular_shapes(policy)
-        sizes = [int(np.prod(s)) for s in shapes]
-        flat = init_scale * jax.random.normal(key, (sum(sizes),))
-        bounds = np.cumsum([0] + sizes)
-        return tuple(flat[a:b].reshape(shape) for a, b, shape in zip(bounds[:-1], bounds[1:],
-                                                                       shapes))
-    if isinstance(policy, MarkovPolicy):
-        return policy.init(key, scale=init_scale)
-    return policy.init(key)
+    options = {"markov": dict(order=cfg.markov_order),
+               "transformer": dict(d_model=cfg.d_model, num_heads=cfg.num_heads,
+                                   num_layers=cfg.num_layers)}.get(cfg.kind, {})
+    try:
+        return make_policy(cfg.kind, world.vocab_size, world.length, num_prompts=len(PROMPTS),
+                           **options)
+    except InputError as err:  # pragma: no cover - validated by experiments.config
+        raise ConfigError(f"policy.kind: {err}") from None
 
 
 def prompt_tables(policy: Policy, params) -> tuple[tuple, ...]:
@@ -175,7 +144,7 @@ def train_base(cfg: RunConfig, world: RefusalWorld, policy: Policy, key: jax.Arr
     """SFT of ``policy`` on the synthetic base behaviour (``cfg.base``), from ``key``."""
     start = time.perf_counter()
     init_key, data_key = jax.random.split(key)
-    params = init_params(policy, cfg.policy, init_key)
+    params = init_params(policy, init_key, scale=cfg.policy.init_scale)
     weights = behaviour_weights(world, data_key, cfg.base.num_examples)
     opt = make_optimizer(cfg.base.optimizer, cfg.base.learning_rate)
     step = _sft_step(policy, cfg.base.optimizer, cfg.base.learning_rate)
@@ -193,14 +162,14 @@ def save_base(path: str, base: BaseModel) -> None:
     arrays = {f"leaf_{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
     arrays["sft_gap"] = np.asarray(base.sft_gap)
     arrays["seconds"] = np.asarray(base.seconds)
-    save_npz_atomic(path, arrays)
+    save_npz(path, arrays, tag="base")
 
 
 def load_base(path: str, policy: Policy, cfg: PolicyConfig) -> BaseModel | None:
     """The cached base model at ``path`` (None when absent or unreadable)."""
     if not os.path.exists(path):
         return None
-    template = init_params(policy, cfg, jax.random.key(0))
+    template = jax.eval_shape(lambda: init_params(policy, jax.random.key(0)))
     treedef = jax.tree_util.tree_structure(template)
     keys = [f"leaf_{i}" for i in range(treedef.num_leaves)] + ["sft_gap", "seconds"]
     try:   # a damaged cache (truncated, rewritten, wrong shapes) is retrained, not fatal

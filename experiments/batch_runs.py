@@ -11,7 +11,6 @@ from __future__ import annotations
 import functools
 import os
 import json
-import tempfile
 import time
 from typing import NamedTuple
 
@@ -21,7 +20,7 @@ import numpy as np
 from experiments import measure
 from experiments.attack import attack_betas, attack_names
 from experiments.base_model import (BaseModel, all_tables, behaviour_weights, load_base,
-                                    make_policy, save_base, sft_gap)
+                                    policy_from_config, save_base, sft_gap)
 from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import harmful_attack_weights, make_objective, objective_settings
 from experiments.train import (ATTACK_TAG, BASE_TAG, base_cache_path, divergence_message,
@@ -30,6 +29,9 @@ from experiments.vectorized import BaseInputs, RunInputs, base_program, group_ke
 from experiments.world import make_world
 from toy_lm.compile_options import compiler_options
 from toy_lm.errors import HarmHorizonError, InputError
+from toy_lm.outputs import write_atomic_many
+
+__all__ = ["BatchReport", "assemble", "run_batch", "train_bases", "write_results_atomic"]
 
 
 class BatchReport(NamedTuple):
@@ -60,7 +62,7 @@ def train_bases(configs: list[RunConfig], out: str) -> BatchReport:
     start = time.perf_counter()
     cfg = configs[0]
     world = _world(cfg.world)
-    policy = make_policy(cfg.policy, world)
+    policy = policy_from_config(cfg.policy, world)
     weights = []
     for c in configs:
         data_key = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), BASE_TAG))[1]
@@ -114,7 +116,7 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
     start, count = time.perf_counter(), len(configs)
     cfg = configs[0]
     world = _world(cfg.world)
-    policy = make_policy(cfg.policy, world)
+    policy = policy_from_config(cfg.policy, world)
     bases, data, attack, failures, broken = {}, [], [], [], set()
     for c in configs:
         path = base_cache_path(out, c)
@@ -215,20 +217,8 @@ def assemble(cfg: RunConfig, world, base: BaseModel, arrays: dict, seconds: floa
 
 def write_results_atomic(out: str, results: list[dict]) -> None:
     """Write a batch's result files: every file to a temporary name first, then all renamed, so a
-    kill leaves each run either finished or absent (``.partial-*`` files are cleaned up)."""
-    staged = []
-    try:
-        for result in results:
-            folder = os.path.join(out, "runs")
-            os.makedirs(folder, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".partial-", suffix=".json", dir=folder)
-            staged.append((tmp, os.path.join(folder, f"{result['run_id']}.json")))
-            with os.fdopen(fd, "w") as fh:
-                json.dump(result, fh)
-        for tmp, final in staged:
-            os.replace(tmp, final)
-    except BaseException:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        raise
+    kill leaves each run either finished or absent (:func:`toy_lm.outputs.write_atomic_many`)."""
+    folder = os.path.join(out, "runs")
+    os.makedirs(folder, exist_ok=True)
+    write_atomic_many([(os.path.join(folder, f"{result['run_id']}.json"),
+                        json.dumps(result).encode()) for result in results], tag="run")

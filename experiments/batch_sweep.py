@@ -37,6 +37,9 @@ from toy_lm.compile_options import enable_compilation_cache
 from experiments.vectorized import base_group_key, group_key, not_vectorizable
 from toy_lm.tables import memory_budget
 
+__all__ = ["Batch", "DEFAULT_BATCH", "MIN_GROUP_RUNS", "estimated_run_bytes", "execute",
+           "init_worker", "missing_base_groups", "plan_batches", "split_vectorizable"]
+
 #: Most runs in one batch by default: beyond this a batch's arrays leave the CPU caches and a
 #: run gets no cheaper (``harm-horizon bench --suite sweep`` measures it).
 DEFAULT_BATCH = 256

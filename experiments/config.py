@@ -23,6 +23,13 @@ from typing import Any
 from toy_lm.bounds import MAX_SEED, check_lam
 from toy_lm.errors import ConfigError
 
+__all__ = ["ATTACK_OBJECTIVES", "AlignConfig", "AttackConfig", "BASELINES", "BaseConfig",
+           "MAX_BATCH", "MAX_EXAMPLES", "MAX_LAYERS", "MAX_LENGTH", "MAX_PATHS", "MAX_STEPS",
+           "MAX_WIDTH", "MeasureConfig", "OBJECTIVES", "OPTIMIZERS", "POLICY_KINDS",
+           "PolicyConfig", "ROLES", "RunConfig", "SAMPLED_OBJECTIVES", "SECTIONS", "WorldConfig",
+           "check_run_memory", "config_from_dict", "config_hash", "config_to_dict",
+           "estimate_run_bytes", "flat_config", "validate", "with_overrides"]
+
 #: The roles a token can play in the refusal world (see :mod:`experiments.world`).
 ROLES = ("end", "refusal", "comply", "harmful", "neutral")
 
@@ -32,6 +39,7 @@ OBJECTIVES = ("none", "rlhf", "reinforce", "dpo", "dpo_sampled", "sft_refusal", 
 #: Objectives that sample responses from the current policy at every step.
 SAMPLED_OBJECTIVES = ("reinforce", "dpo_sampled")
 BASELINES = ("none", "value", "mean")
+#: The kinds of :data:`toy_lm.models.policy_factory.POLICY_KINDS` an experiment can configure.
 POLICY_KINDS = ("tabular", "markov", "transformer")
 OPTIMIZERS = ("sgd", "adam")
 ATTACK_OBJECTIVES = ("sft", "constrained", "both")

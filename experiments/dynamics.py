@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from experiments.base_model import make_policy
+from experiments.base_model import policy_from_config
 from experiments.config import RunConfig
 from experiments.presets import preset
 from experiments.dynamics_summary import build_summary, recovery_fit
@@ -44,6 +44,9 @@ from proofs_check.training import scale_by_inverse_prefix_mass
 from toy_lm.engines import objectives
 from toy_lm.engines import tree
 from toy_lm.errors import ConfigError
+
+__all__ = ["CHUNK", "Forced", "MIN_GAP", "RECOVERED_SHARE", "Setting", "TABULAR_OPTIMIZERS",
+           "make_optimizer", "make_setting", "run_dynamics", "train_and_track"]
 
 #: A prefix "has recovered" once ``H^π_k(u) <= H*(u) + RECOVERED_SHARE (H0(u) - H*(u))``.
 RECOVERED_SHARE = 0.5
@@ -221,7 +224,7 @@ def run_dynamics(out: str, quick: bool = False, log=print, setting: Setting | No
                                         setting.optimizers, None, log, "")
     if setting.transformer_budgets:
         tcfg = setting.transformer
-        policy = make_policy(tcfg.policy, world)
+        policy = policy_from_config(tcfg.policy, world)
         log("  transformer: supervised base model (cached in OUT/bases) ...")
         tbase = get_base(tcfg, world, policy, out)
         t_tables = tuple(jnp.asarray(z) for z in tbase.tables[HARMFUL])

@@ -20,6 +20,9 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
+__all__ = ["COLORS", "NAMES", "make_figures", "plot_asr_split", "plot_asr_vs_budget",
+           "plot_steps_to_recover"]
+
 
 
 def _save(fig, folder: str, stem: str) -> list[str]:

@@ -13,6 +13,8 @@ import numpy as np
 from experiments.figures import fitted_slope
 from experiments.train import package_version
 
+__all__ = ["build_summary", "findings", "recovery_fit", "shares"]
+
 
 def recovery_fit(prob, recovered, mass, total_mass, budget: int, learning_rate: float) -> dict:
     """Steps to recover against ``P_π0(u)`` and against the mean ``P̄(u) = Σ_n P_{π_n}(u) / N``.

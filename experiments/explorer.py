@@ -25,6 +25,10 @@ from pathlib import Path
 import numpy as np
 
 from toy_lm.errors import InputError
+from toy_lm.outputs import write_text
+
+__all__ = ["LAMBDA_GRID", "MAX_LEAVES", "SCRIPT", "STYLE", "builtin_instances", "engine_values",
+           "page_data", "render_page", "user_instance", "write_explorer"]
 
 #: Largest tree the page accepts (``V**T`` leaves): drawn node by node, recomputed in JavaScript.
 MAX_LEAVES = 256
@@ -187,7 +191,5 @@ def write_explorer(path: str | os.PathLike, instances=None) -> Path:
     if not path.parent.is_dir():
         raise InputError(f"cannot write {path}: folder {path.parent} does not exist")
     page = render_page(builtin_instances() if instances is None else instances)
-    tmp = path.with_name(f".partial-{path.name}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(str(path), page, tag="explore")
     return path

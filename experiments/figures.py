@@ -24,6 +24,10 @@ import numpy as np
 from experiments.config import config_from_dict, flat_config
 from experiments.results import load_results
 
+__all__ = ["COLORS", "DEEP", "NAMES", "STANDARD", "fitted_slope", "labels", "make_figures",
+           "objective", "plot_asr", "plot_attack", "plot_grad_map", "plot_information", "plot_kl",
+           "plot_paths"]
+
 STANDARD = ("rlhf", "reinforce", "dpo", "dpo_sampled", "sft_refusal")
 DEEP = ("augmentation", "recovery_prefill", "recovery_dense")  # recovery_dense: on-policy
 NAMES = {"none": "base", "rlhf": "KL-regularized RLHF", "reinforce": "REINFORCE",

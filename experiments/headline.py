@@ -39,6 +39,10 @@ from experiments.config import RunConfig, with_overrides
 from experiments.presets import preset
 from experiments.train import package_version, write_json_atomic
 
+__all__ = ["DEEP", "EXPERIMENTS", "OBJECTIVES", "ROLES", "STANDARD", "build_summary",
+           "config_to_dict_without_objective", "depth", "findings", "headline_configs",
+           "horizon_note", "run_headline", "shape_criteria"]
+
 OBJECTIVES = ("none", "rlhf", "dpo", "augmentation", "recovery_prefill", "recovery_dense")
 STANDARD = ("rlhf", "dpo")
 DEEP = ("augmentation", "recovery_prefill")

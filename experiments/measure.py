@@ -33,6 +33,11 @@ from toy_lm.engines import tree
 from toy_lm.models.harms import horizon_from_masks
 from toy_lm.tables import all_prefixes, prefix_index
 
+__all__ = ["base_measurements", "equilibria_arrays", "equilibria_from_arrays",
+           "equilibrium_measurements", "equilibrium_optima", "martingale_paths", "model_arrays",
+           "model_from_arrays", "model_measurements", "recovery_costs", "row_kl",
+           "sample_from_tables", "tokens_from_uniforms", "value_paths"]
+
 
 def _list(x) -> list:
     return np.asarray(x, np.float64).tolist()

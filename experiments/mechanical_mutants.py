@@ -42,6 +42,9 @@ import sys
 import time
 from pathlib import Path
 
+__all__ = ["DEFAULT_MODULES", "JAX_CACHE", "LOG", "MUTMUT_OPTIONS", "ROOT", "SLOW", "SUITE",
+           "TIMEOUT_S", "main"]
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Per-mutant log, one JSON object a line (appended; ``run`` starts it afresh).
 LOG = Path(os.environ.get("MECHANICAL_MUTANTS_LOG", ROOT / "out" / "mechanical_mutants.jsonl"))

@@ -8,10 +8,12 @@ its own folder writes its figures into ``demo_out/<name>`` there, as the script 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from toy_lm.errors import InputError
+from toy_lm.outputs import write_text
+
+__all__ = ["KERNEL", "write_notebooks"]
 
 #: The kernel the notebooks ask for (ipykernel's default name).
 KERNEL = {"name": "python3", "display_name": "Python 3", "language": "python"}
@@ -44,8 +46,6 @@ def write_notebooks(out_dir, only=None) -> list[Path]:
         notebook.metadata["kernelspec"] = dict(KERNEL)
         notebook.metadata.pop("jupytext", None)  # a plain notebook, not paired with the script
         path = out_dir / f"{script.stem}.ipynb"
-        tmp = path.with_suffix(".ipynb.partial")
-        tmp.write_text(jupytext.writes(notebook, fmt=".ipynb"), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(str(path), jupytext.writes(notebook, fmt=".ipynb"), tag="notebooks")
         paths.append(path)
     return paths

@@ -40,6 +40,10 @@ from toy_lm.engines import tree
 from toy_lm.errors import InputError
 from toy_lm.tables import prefix_index
 
+__all__ = ["constrained_loss", "dpo_loss_binary", "dpo_loss_blocks", "dpo_pair_blocks",
+           "dpo_preferences", "mean_baseline", "qi_betas", "reinforce_surrogate", "returns_to_go",
+           "sampled_dpo_loss", "supervised_loss", "value_baseline"]
+
 
 # -- supervised -------------------------------------------------------------------------------
 def supervised_loss(logits: Sequence, weights: Sequence) -> jax.Array:

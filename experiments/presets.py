@@ -25,6 +25,9 @@ from experiments.config import RunConfig, config_from_dict, with_overrides
 from toy_lm.errors import ConfigError, InputError
 from toy_lm.io import open_input
 
+__all__ = ["MAX_CONFIG_BYTES", "PRESETS", "config_from_source", "load_config", "preset",
+           "read_config_file"]
+
 
 # -- presets and files --------------------------------------------------------------------------
 def _presets() -> dict[str, RunConfig]:

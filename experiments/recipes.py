@@ -36,6 +36,10 @@ from toy_lm.engines import tree
 from toy_lm.models.policies import Policy
 from toy_lm.tables import prefix_index
 
+__all__ = ["BASELINE_CODES", "Objective", "exact_objective", "harmful_attack_weights",
+           "make_objective", "objective_settings", "prompt_weights", "reinforce_objective",
+           "sampled_dpo_objective"]
+
 
 class Objective(NamedTuple):
     """``prepare(params, key, data) -> batch`` (no gradient), ``features(params, batch)`` (a tuple

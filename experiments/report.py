@@ -20,6 +20,9 @@ import time
 import traceback
 from pathlib import Path
 
+__all__ = ["DEMO_DIR", "DemoRun", "build_report", "demo_scripts", "demo_section",
+           "markdown_to_html", "parse_cells", "run_demos", "run_instance_checks"]
+
 DEMO_DIR = Path(__file__).parent / "demos"
 
 
@@ -141,7 +144,7 @@ nav { background: #fafafa; border: 1px solid #ddd; padding: 0.5em 1em; }
 """
 
 
-def _markdown(text: str) -> str:
+def markdown_to_html(text: str) -> str:
     import markdown
 
     return markdown.markdown(text, extensions=["extra"])
@@ -193,7 +196,7 @@ def demo_section(run: DemoRun, check_results: list[dict]) -> str:
     parts = [f'<section id="{run.script.stem}">']
     for kind, text in parse_cells(run.script):
         if kind == "markdown":
-            parts.append(_markdown(text))
+            parts.append(markdown_to_html(text))
             continue
         parts.append(f"<details><summary>code</summary><pre>{html.escape(text)}</pre></details>")
         for stem in re.findall(r'demo\.save\(\s*\w+\s*,\s*"([^"]+)"', text):

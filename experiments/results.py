@@ -28,6 +28,9 @@ from toy_lm.errors import InputError
 from toy_lm.io import open_input
 from toy_lm.outputs import write_atomic
 
+__all__ = ["TABLES", "attack_rows", "load_results", "read_result", "results_rows", "training_rows",
+           "write_table", "write_tables"]
+
 TABLES = ("results", "training", "attack")
 
 _PER_POSITION = ("per_position_kl", "per_position_kl_beyond_horizon", "per_position_kl_own",

@@ -46,6 +46,9 @@ from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
 
+__all__ = ["SWEEPS", "WORKER_XLA_FLAGS", "clean_partial_files", "expand", "finished",
+           "folder_lock", "load_sweep", "missing_bases", "pending", "run_sweep"]
+
 #: Built-in sweeps: name -> (preset, grid).
 SWEEPS = {
     "quick": ("quick", {"align.objective": ["rlhf", "dpo", "augmentation", "recovery_prefill"]}),
@@ -129,13 +132,13 @@ def _run_one(args) -> tuple[str, float, str | None]:
 
 def _train_base(args) -> str:
     """Worker: train and cache the base model of one configuration."""
-    from experiments.base_model import make_policy
+    from experiments.base_model import policy_from_config
     from experiments.world import make_world
 
     config_dict, out = args
     cfg = config_from_dict(config_dict)
     world = make_world(cfg.world)
-    get_base(cfg, world, make_policy(cfg.policy, world), out)
+    get_base(cfg, world, policy_from_config(cfg.policy, world), out)
     return os.path.basename(base_cache_path(out, cfg))
 
 

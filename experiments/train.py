@@ -31,9 +31,14 @@ from experiments.recipes import Objective, make_objective
 from experiments.world import BENIGN, HARMFUL, RefusalWorld, make_world
 from toy_lm.engines import tree
 from toy_lm.errors import InputError
-from toy_lm.outputs import write_atomic
+from toy_lm.outputs import write_text
 from toy_lm.models.policies import Policy
 from toy_lm.precision import check_x64
+
+__all__ = ["ALIGN_TAG", "ATTACK_TAG", "BASE_TAG", "History", "MEASURE_TAG", "align",
+           "base_cache_path", "compiled_step", "divergence_message", "get_base", "make_step",
+           "package_version", "result_path", "run_id", "step_function", "train_and_evaluate",
+           "write_json_atomic"]
 
 #: ``fold_in`` tags of the stages of a run (base model, alignment, attack, measurement).
 BASE_TAG, ALIGN_TAG, ATTACK_TAG, MEASURE_TAG = 1, 2, 3, 4
@@ -182,10 +187,9 @@ def result_path(workdir: str, cfg: RunConfig) -> str:
 
 
 def write_json_atomic(path: str, payload: dict) -> None:
-    """Write JSON to ``path`` whole or not at all (:func:`toy_lm.outputs.write_atomic`)."""
+    """Write JSON to ``path`` whole or not at all (:func:`toy_lm.outputs.write_text`)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    text = json.dumps(payload)
-    write_atomic(path, lambda fh: fh.write(text.encode()), tag="run")
+    write_text(path, json.dumps(payload), tag="run")
 
 
 def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
@@ -199,7 +203,7 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
     check_run_memory(cfg)
     start = time.perf_counter()
     world = make_world(cfg.world)
-    policy = base_model.make_policy(cfg.policy, world)
+    policy = base_model.policy_from_config(cfg.policy, world)
     key = jax.random.key(cfg.seed)
     base = get_base(cfg, world, policy, workdir)
     base_seconds = time.perf_counter() - start

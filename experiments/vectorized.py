@@ -26,13 +26,16 @@ import numpy as np
 
 from experiments import measure
 from experiments.attack import attack_names, attack_step_function
-from experiments.base_model import (init_params_pure, make_optimizer, prompt_tables,
-                                    sft_step_function)
+from experiments.base_model import make_optimizer, prompt_tables, sft_step_function
 from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import Objective
 from experiments.train import ALIGN_TAG, BASE_TAG, MEASURE_TAG, step_function
 from experiments.world import HARMFUL, RefusalWorld
 from toy_lm.models.policies import Policy
+from toy_lm.models.policy_factory import init_params
+
+__all__ = ["BASE_VECTOR_FIELDS", "BaseInputs", "RunInputs", "VECTOR_FIELDS", "VECTOR_POLICIES",
+           "base_group_key", "base_program", "group_key", "not_vectorizable", "run_program"]
 
 #: Settings that may differ between the runs of one compiled program (they are data).
 VECTOR_FIELDS = ("name", "seed", "policy.init_scale", "base.learning_rate", "align.lam",
@@ -85,7 +88,7 @@ def base_program(cfg: RunConfig, policy: Policy):
 
     def one(seed, init_scale, learning_rate, weights):
         init_key, _ = jax.random.split(jax.random.fold_in(jax.random.key(seed), BASE_TAG))
-        params = init_params_pure(policy, init_scale, init_key)
+        params = init_params(policy, init_key, scale=init_scale)
         opt = make_optimizer(b.optimizer, learning_rate)
         step = sft_step_function(policy, opt)
 

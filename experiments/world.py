@@ -35,6 +35,10 @@ from toy_lm.models import automata
 from toy_lm.models.automata import Automaton
 from toy_lm.tables import all_prefixes
 
+__all__ = ["BENIGN", "HARMFUL", "PROMPTS", "RefusalWorld", "behaviour_tables", "describe_response",
+           "make_world", "recovery_automaton", "role_chain", "role_tokens", "token_names",
+           "utility_table"]
+
 HARMFUL, BENIGN = 0, 1
 PROMPTS = ("harmful", "benign")
 

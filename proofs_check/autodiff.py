@@ -30,6 +30,10 @@ import numpy as np
 from toy_lm.engines import gradients
 from toy_lm.tables import all_prefixes
 
+__all__ = ["COMPILER_OPTIONS", "flatten", "jit", "level_tables", "parameter_quantities",
+           "response_log_probs", "score_tensor", "teacher_forced_grads", "to_numpy",
+           "value_and_flat_grad"]
+
 #: XLA options for the checks' programs: backend optimization off (compile time is the cost).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 
@@ -53,12 +57,6 @@ def _responses(policy) -> jax.Array:
 
 def _tables_fn(policy):
     return functools.partial(policy.level_tables, prompt=0)
-
-
-@jit(static_argnames=("policy",))
-def init_params(policy, key):
-    """``policy.init(key)`` as one compiled program (eager init compiles every leaf shape apart)."""
-    return policy.init(key)
 
 
 @jit(static_argnames=("policy",))

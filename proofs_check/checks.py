@@ -13,3 +13,5 @@ from proofs_check import (  # noqa: F401
     reinforce,
     training,
 )
+
+__all__: list[str] = []   # imported for its side effect only

@@ -8,6 +8,9 @@ from toy_lm.models.neural import MLPPolicy, TransformerPolicy
 from proofs_check.autodiff import parameter_quantities, to_numpy
 from proofs_check.engine import engine_quantities
 
+__all__ = ["NEURAL_OPS", "OPS_PER_LEVEL", "engine", "expect", "level_blocks", "ops", "outputs",
+           "quantities", "score_magnitude"]
+
 #: Floating-point operations per level along one term's path: log-softmax (max, subtract, exp,
 #: sum, log), the product of conditionals, and the same again in the backward pass.
 OPS_PER_LEVEL = 8

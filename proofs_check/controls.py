@@ -20,6 +20,10 @@ import numpy as np
 
 from proofs_check import enumeration
 
+__all__ = ["PLANTS", "Plant", "changed_below_determined", "claimed_determined", "claimed_horizon",
+           "has_determined_prefix", "increments_of", "informative", "perturbed_tables",
+           "planted_harm", "prompt_horizons", "shifted_levels", "wrong_level_baseline"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Plant:

@@ -21,10 +21,12 @@ from proofs_check import controls, enumeration
 from proofs_check.autodiff import response_log_probs, value_and_flat_grad
 from proofs_check.common import ops
 from proofs_check.engine import dpo_grad
-from proofs_check.horizon import _at_determined
+from proofs_check.horizon import at_determined
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
 from proofs_check.training import frozen_tolerance, train_tables
+
+__all__ = ["BETA", "DPO_LR", "DPO_STEPS", "dpo_closed_form", "dpo_gradient", "dpo_training"]
 
 #: DPO temperature.
 BETA = 0.5
@@ -71,7 +73,7 @@ def dpo_gradient(inst, plant):
     return [compare("∇L_DPO = C(uv) - π(v|u) C(u) at π = π_ref", flat(grad), flat(closed), tol,
                     lhs_name="jax.grad of toy_lm.engines.objectives.dpo_loss w.r.t. the tables",
                     rhs_name="closed form from direct sums over responses"),
-            compare("∇L_DPO = 0 at determined prefixes", _at_determined(grad, inst.determined), 0.0,
+            compare("∇L_DPO = 0 at determined prefixes", at_determined(grad, inst.determined), 0.0,
                     tol, scale=float(np.max(np.abs(flat(grad)))),
                     lhs_name="jax.grad of dpo_loss at determined rows", rhs_name="0"),
             _away_from_reference(inst)]

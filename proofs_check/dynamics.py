@@ -37,6 +37,11 @@ from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 from proofs_check.training import train_tables
 
+__all__ = ["GD_LR", "NATURAL_LR_TIMES_LAMBDA", "NONZERO_FACTOR", "STEPS", "ancestors",
+           "checked_prefixes", "continuation_log_probs", "deep_undetermined",
+           "gradient_descent_scaled_by_prefix_mass", "natural_gradient_without_prefix_mass",
+           "shared_weight_gap", "subtree", "subtree_loss", "train_shared_gd", "train_subtree"]
+
 #: Steps of every run; plain gradient descent's step ``η``; natural gradient's step is ``η_nat / λ``.
 STEPS, GD_LR, NATURAL_LR_TIMES_LAMBDA = 16, 1.0, 0.5
 

@@ -15,6 +15,9 @@ from toy_lm.engines import objectives
 from toy_lm.engines import tree
 from proofs_check.autodiff import jit
 
+__all__ = ["dense_equilibrium", "dpo_grad", "engine_quantities", "equilibrium_sweep",
+           "kl_loss_grad", "recovery_grad"]
+
 
 def _sequence_expectation(tables, harm):
     """``E_π[h] = Σ_y P(y) h(y)`` with ``P(y)`` the product of the level conditionals along ``y``."""

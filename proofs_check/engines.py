@@ -26,6 +26,9 @@ from toy_lm.engines import tree
 from toy_lm.models.harms import determined_masks, horizon_from_masks
 from proofs_check.autodiff import jit, to_numpy
 
+__all__ = ["ENGINES", "XLA_CHUNK_ROWS", "available_engines", "engine_applies", "engine_outputs",
+           "numba_available", "read_through"]
+
 #: Every engine name, in the order ``harm-horizon check --engine all`` runs them.
 ENGINES = ("tree", "analysis", "xla", "markov")
 

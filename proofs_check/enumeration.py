@@ -17,6 +17,11 @@ import numpy as np
 
 from toy_lm.tables import all_prefixes
 
+__all__ = ["all_responses", "block_sums", "direct_cond_harm", "direct_conditionals",
+           "direct_determined", "direct_horizon", "expand", "log_normalize", "log_softmax",
+           "per_position_kl_direct", "per_prefix_kl", "prefix_marginals",
+           "response_log_probs_from_tables", "sequence_kl"]
+
 
 def all_responses(vocab_size: int, length: int) -> np.ndarray:
     """Every response ``(V**T, T)`` in canonical order (row ``i`` = base-V digits of ``i``)."""

@@ -22,6 +22,10 @@ from proofs_check.engine import equilibrium_sweep
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 
+__all__ = ["EXACT_ZERO_ENGINES", "RATE_FACTOR", "RATE_LAMBDAS", "SMALL_LAMBDAS", "chain_rule",
+           "direct_equilibrium", "equilibrium_conditionals", "equilibrium_kl_zero_beyond_horizon",
+           "kappa", "kl_tracks_information", "small_lambda_limit", "sweep", "tilt_kl"]
+
 #: λ grid of the rate check (T7c): doublings from 64 to 8192. The ceiling: at ``λ = 8192`` the
 #: rounding floor of ``λ(ratio - 1)`` (:func:`_rate_floor`) is ``~ 5e-9`` for ``I_t ~ 1e-2``, far
 #: below the ``O(1/λ)`` error being measured.

@@ -25,6 +25,9 @@ from proofs_check.common import engine, expect, ops, score_magnitude
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
 
+__all__ = ["closed_form_logit_grads", "covariance_forms", "gradient_is_covariance",
+           "gradients_sum_to_total", "logit_form"]
+
 
 def _teacher_forced(inst, stop_gradient=True) -> np.ndarray:
     if stop_gradient:

@@ -20,10 +20,13 @@ from proofs_check.engine import kl_loss_grad
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 
+__all__ = ["at_determined", "cauchy_schwarz", "direct_information", "information_horizon",
+           "zero_beyond_horizon", "zero_kl_gradient_beyond_horizon"]
+
 _LOGIT_TOL_WHAT = "Σ_y P(y)|h(y)||∂log P(y)/∂z_v(u)| <= 2"
 
 
-def _at_determined(tables, masks) -> np.ndarray:
+def at_determined(tables, masks) -> np.ndarray:
     """Entries of per-level ``(V**l, V)`` arrays at determined rows, flattened."""
     return np.concatenate([np.asarray(t)[np.asarray(m)].reshape(-1)
                            for t, m in zip(tables, masks[:-1])])
@@ -40,7 +43,7 @@ def zero_beyond_horizon(inst, plant):
                                    magnitude=2.0, what=_LOGIT_TOL_WHAT)
     engine_grads = outputs(inst, harm)["logit_grads"]
     grad_scale = max(float(np.max(np.abs(t))) for t in engine_grads)
-    parts = [compare("G(u) = 0 at determined u (engine)", _at_determined(engine_grads, masks), 0.0,
+    parts = [compare("G(u) = 0 at determined u (engine)", at_determined(engine_grads, masks), 0.0,
                      logit_tol, scale=grad_scale,
                      lhs_name=f"logit gradients of the {inst.engine} engine at determined rows "
                               "(determined by direct comparison of harm values)",
@@ -49,7 +52,7 @@ def zero_beyond_horizon(inst, plant):
         return parts, {"horizon": inst.horizon, "claimed_horizon": tau}
     eng = engine(inst, harm)
     q = quantities(inst, harm)
-    parts.append(compare("G(u) = 0 at determined u (autodiff)", _at_determined(eng["grad_tables"], masks),
+    parts.append(compare("G(u) = 0 at determined u (autodiff)", at_determined(eng["grad_tables"], masks),
                          0.0, logit_tol, scale=grad_scale,
                          lhs_name="jax.grad of Σ_y P(y) h(y) w.r.t. the tables, at determined rows",
                          rhs_name="0"))
@@ -79,7 +82,7 @@ def zero_kl_gradient_beyond_horizon(inst, plant):
                                                  for m, b in zip(moved, base)))
     tol = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst),
                              magnitude=kl_mag, what="2 + λ T (1 + max|z - z0|): harm and KL terms")
-    return [compare("∇_z L_λ = 0 at determined u", _at_determined(grad, masks), 0.0, tol,
+    return [compare("∇_z L_λ = 0 at determined u", at_determined(grad, masks), 0.0, tol,
                     scale=max(float(np.max(np.abs(g))) for g in grad),
                     lhs_name="jax.grad of E_π[h] + λ KL(π‖π0) (toy_lm.engines.objectives) at determined rows",
                     rhs_name="0"),

@@ -19,6 +19,9 @@ from proofs_check.horizon import direct_information
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 
+__all__ = ["chi_square_bound", "direct_mutual_information", "harm_entropy",
+           "mutual_information_form"]
+
 
 def _xlogy_ratio(p, num, den) -> np.ndarray:
     """``p log(num/den)`` with ``0 log(.) = 0``."""

@@ -27,14 +27,17 @@ import numpy as np
 from toy_lm.models.automata import Automaton, automaton_harm_table, harmful_before_refusal, make_automaton
 from toy_lm.errors import InputError, PrecisionError
 from toy_lm.models.harms import random_decided_harm, soft_harm
-from toy_lm.models.neural import MLPPolicy, TransformerPolicy
-from toy_lm.models.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
+from toy_lm.models.policies import Policy
+from toy_lm.models.policy_factory import POLICY_KINDS, init_params, make_policy, policy_kind
 from toy_lm.precision import check_x64
 from proofs_check import enumeration
-from proofs_check.autodiff import init_params, level_tables, parameter_quantities, to_numpy
+from proofs_check.autodiff import level_tables, parameter_quantities, to_numpy
 
-#: Parameterizations, by the name the CLI uses.
-POLICY_KINDS = ("tabular", "positional", "markov", "transformer", "mlp")
+__all__ = ["BUILTIN_AUTOMATON", "BUILTIN_ONLY_EXTRA", "BUILTIN_SEEDS", "BUILTIN_SETTINGS",
+           "ENGINE_FREE_CACHE", "EXTRA_INSTANCES", "HARMFUL_TOKEN", "Instance", "MAX_RESPONSES",
+           "MIXTURE_INSTANCES", "NUM_HARMFUL", "RARE_LOGIT", "REFUSAL_TOKEN",
+           "TRANSFORMER_SETTINGS", "builtin_suite", "make_instance", "make_mixture_instance",
+           "recovery_cost_automaton", "suite_settings", "with_engine"]
 
 #: Largest number of responses ``V**T`` a check instance may have (DPO pairs cost ``V**(2T)``).
 MAX_RESPONSES = 1024
@@ -75,29 +78,6 @@ RARE_LOGIT = -30.0
 #: Token roles of the automaton instances: 0 neutral, 1 harmful, 2 refusal (others neutral), and
 #: how many harmful tokens before a refusal make the response harmful.
 HARMFUL_TOKEN, REFUSAL_TOKEN, NUM_HARMFUL = 1, 2, 2
-
-
-def make_policy(kind: str, vocab_size: int, length: int, num_prompts: int = 1) -> Policy:
-    """The policy of a kind at a size (the transformer is tiny: d_model 8, one head, one layer)."""
-    if kind == "tabular":
-        return TabularPolicy(vocab_size, length, num_prompts=num_prompts)
-    if kind == "positional":
-        return PositionalPolicy(vocab_size, length, num_prompts=num_prompts)
-    if kind == "markov":
-        return MarkovPolicy(vocab_size, length, num_prompts=num_prompts, order=1)
-    if kind == "transformer":
-        return TransformerPolicy(vocab_size, length, num_prompts=num_prompts, d_model=8,
-                                 num_heads=1, num_layers=1)
-    if kind == "mlp":
-        return MLPPolicy(vocab_size, length, num_prompts=num_prompts, hidden=8)
-    raise InputError(f"unknown policy kind {kind!r}; choose from {', '.join(POLICY_KINDS)} or all")
-
-
-def policy_kind(policy: Policy) -> str:
-    """The CLI name of a policy's parameterization (``type(policy).__name__`` for others)."""
-    names = {TabularPolicy: "tabular", PositionalPolicy: "positional", MarkovPolicy: "markov",
-             TransformerPolicy: "transformer", MLPPolicy: "mlp"}
-    return names.get(type(policy), type(policy).__name__)
 
 
 def recovery_cost_automaton(vocab_size: int, harmful: int = HARMFUL_TOKEN,

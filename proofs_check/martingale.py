@@ -22,6 +22,9 @@ from proofs_check.common import expect, level_blocks, ops, outputs, score_magnit
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
 
+__all__ = ["ENGINES", "differences", "engine_values", "martingale_mean", "martingale_orthogonal",
+           "martingale_telescopes", "score_mean_zero", "variance_decomposition"]
+
 
 #: Engines whose ``H`` and ``I_t`` these checks read.
 ENGINES = ("tree", "analysis", "xla", "markov")

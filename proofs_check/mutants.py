@@ -30,6 +30,10 @@ import numpy as np
 
 from toy_lm.mutation import active
 
+__all__ = ["EQ_CHECKS", "GRAD_CHECKS", "H_CHECKS", "INFO_CHECKS", "MUTANTS", "Mutant",
+           "MutantReport", "OBJECTIVE_CHECKS", "PARAM_CHECKS", "STRENGTH",
+           "baseline_engine_outputs", "blend", "mutant_suite", "run_mutant", "run_mutants"]
+
 #: Blend strength of value mutants: the bug moves the value by ``1e-4`` of its own size.
 STRENGTH = 1e-4
 

@@ -32,6 +32,9 @@ from proofs_check.results import compare, rounding_tolerance
 from toy_lm.engines import tree
 from toy_lm.tables import all_prefixes
 
+__all__ = ["PromptMixture", "covariance_sum", "has_mixture", "mixture_gradient",
+           "mixture_gradients", "mixture_horizon", "per_prompt", "prompt_quantities"]
+
 
 class PromptMixture(NamedTuple):
     """Prompts of an instance: weights ``p(x)`` ``(P,)`` (summing to 1) and harms ``(P, V**T)``."""

@@ -38,6 +38,11 @@ from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 from proofs_check.training import frozen_tolerance, train_tables
 
+__all__ = ["COST_STATES", "DOSE", "NONZERO_FACTOR", "RECOVERY_LR", "RECOVERY_STEPS",
+           "cost_automaton", "dense_recovery_equilibrium", "direct_child_partitions",
+           "direct_costs", "direct_prefix_dists", "recovery_part", "recovery_signal",
+           "recovery_training", "recovery_weights"]
+
 #: Steps and step size of the recovery training run (plain gradient descent).
 RECOVERY_STEPS, RECOVERY_LR = 16, 1.0
 

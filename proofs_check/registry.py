@@ -19,6 +19,8 @@ from proofs_check.controls import PLANTS, Plant
 from proofs_check.ids import matches
 from proofs_check.results import CheckResult
 
+__all__ = ["Check", "REGISTRY", "all_checks", "register", "select"]
+
 
 @dataclasses.dataclass(frozen=True)
 class Check:

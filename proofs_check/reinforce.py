@@ -28,6 +28,9 @@ from proofs_check.common import engine, expect, ops
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 
+__all__ = ["FAMILY_RISK", "NUM_SAMPLES", "bernstein_radius", "reinforce", "sample_responses",
+           "sample_rows"]
+
 #: Monte Carlo sample size.
 NUM_SAMPLES = 1 << 14
 

@@ -25,6 +25,8 @@ import numpy as np
 
 from toy_lm.precision import Tolerance, eps_tolerance
 
+__all__ = ["CheckResult", "Part", "compare", "rounding_tolerance", "stated_tolerance"]
+
 
 def rounding_tolerance(dtype, *, terms: int, ops: int, magnitude: float, what: str) -> Tolerance:
     """``eps x 2 x (ops + terms) x magnitude``: the rounding bound for two computed sums.

@@ -19,6 +19,8 @@ from proofs_check.controls import PLANTS
 from proofs_check.registry import Check, all_checks
 from proofs_check.results import CheckResult, Part
 
+__all__ = ["Summary", "Task", "plan", "run_checks", "run_tasks", "summarize"]
+
 if TYPE_CHECKING:
     from proofs_check.instances import Instance
 
@@ -79,7 +81,25 @@ def run_tasks(tasks: Sequence[Task], progress: Callable[[Task, bool], None] | No
 
 
 def run_checks(checks, instances, *, negative_controls: bool = False, progress=None) -> list[CheckResult]:
-    """:func:`plan` then :func:`run_tasks`."""
+    """:func:`plan` then :func:`run_tasks`: every check on every instance it applies to.
+
+    Args:
+      checks: :class:`proofs_check.registry.Check` objects (e.g. from
+        :func:`proofs_check.registry.select`).
+      instances: :class:`proofs_check.instances.Instance` objects.
+      negative_controls: run each check's planted errors instead (each must be flagged).
+      progress: optional ``progress(task, done)`` callback.
+
+    Returns:
+      One :class:`proofs_check.results.CheckResult` per (check, instance[, plant]).
+
+    Example: T4 (the logit form of the gradient, against autodiff) on one small tabular instance.
+
+    >>> from proofs_check import make_instance, select
+    >>> inst = make_instance("tabular", 2, 3, seed=0, tau=1)
+    >>> [(r.check, r.status, r.worst.dtype) for r in run_checks(select(["T4"]), [inst])]
+    [('T4', 'pass', 'float64')]
+    """
     return run_tasks(plan(checks, instances, negative_controls=negative_controls), progress)
 
 

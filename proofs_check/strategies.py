@@ -31,18 +31,17 @@ from hypothesis import strategies as st
 
 from toy_lm.models.automata import automaton_harm_table, harmful_before_refusal, pattern_harm
 from toy_lm.models.harms import random_decided_harm, soft_harm
+from toy_lm.models.policy_factory import POLICY_KINDS, init_params, make_policy, policy_kind
 from toy_lm.precision import require_x64
-from proofs_check.autodiff import init_params
 from proofs_check.instances import (
     HARMFUL_TOKEN,
     NUM_HARMFUL,
-    POLICY_KINDS,
     REFUSAL_TOKEN,
     Instance,
-    make_policy,
-    policy_kind,
     recovery_cost_automaton,
 )
+
+__all__ = ["HARM_KINDS", "harms", "instances", "lengths", "mixtures", "policies", "vocab_sizes"]
 
 #: Harm kinds :func:`harms` can draw.
 HARM_KINDS = ("binary", "soft", "automaton")

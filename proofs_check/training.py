@@ -40,6 +40,10 @@ from proofs_check.common import ops
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
 
+__all__ = ["CONVERGENCE_FACTOR", "NATIVE_LR", "NATIVE_STEPS", "SGD_LR", "STEPS", "freeze_rows",
+           "frozen_tolerance", "scale_by_inverse_prefix_mass", "shared_weight_spill_over",
+           "train_native", "train_tables", "training_stays_shallow"]
+
 #: Optimizer steps of the exact-expectation training runs (natural gradient, step 1/λ).
 STEPS = 16
 

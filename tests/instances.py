@@ -16,10 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
+from toy_lm.models import policy_factory
 from toy_lm.models import automata
 from toy_lm.models import harms
-from toy_lm.models.neural import MLPPolicy, TransformerPolicy
-from toy_lm.models.policies import MarkovPolicy, PositionalPolicy, TabularPolicy
 from toy_lm.precision import eps_tolerance
 
 EPS = float(np.finfo(np.float64).eps)
@@ -39,20 +38,19 @@ HARM_KINDS = ("table_binary", "table_soft", "decided", "soft", "before_refusal",
 AUTOMATON_KINDS = ("before_refusal", "pattern", "random_dfa")
 
 
+#: The tests' policy kinds as calls of the one factory (:func:`toy_lm.models.policy_factory.make_policy`):
+#: its kind names, with the Markov order spelled out and a two-head transformer.
+KIND_OPTIONS = {"tabular": ("tabular", {}), "positional": ("positional", {}),
+                "markov1": ("markov", {"order": 1}), "markov2": ("markov", {"order": 2}),
+                "transformer": ("transformer", {"num_heads": 2}), "mlp": ("mlp", {})}
+
+
 @functools.cache
 def make_policy(kind: str, vocab_size: int, length: int, num_prompts: int = 1):
-    """A policy object of the given kind (cached: policies are hashable and stateless)."""
-    if kind == "tabular":
-        return TabularPolicy(vocab_size, length, num_prompts)
-    if kind == "positional":
-        return PositionalPolicy(vocab_size, length, num_prompts)
-    if kind.startswith("markov"):
-        return MarkovPolicy(vocab_size, length, num_prompts, order=int(kind[-1]))
-    if kind == "transformer":
-        return TransformerPolicy(vocab_size, length, num_prompts, d_model=8, num_heads=2)
-    if kind == "mlp":
-        return MLPPolicy(vocab_size, length, num_prompts, hidden=8)
-    raise ValueError(kind)
+    """A policy object of one of :data:`POLICY_KINDS` (cached: policies are hashable, stateless)."""
+    factory_kind, options = KIND_OPTIONS[kind]
+    return policy_factory.make_policy(factory_kind, vocab_size, length, num_prompts=num_prompts,
+                                      **options)
 
 
 NEURAL_KINDS = ("transformer", "mlp")

@@ -47,7 +47,7 @@ def test_memory_floor_reads_and_writes():
 
 
 def test_output_shapes_cover_every_output():
-    shapes = bench._output_shapes(3, 2)
+    shapes = bench.output_shapes(3, 2)
     # H_0..H_T and determined_0..determined_T, then grad and equilibrium tables per level.
     assert sorted(s for s, _ in shapes) == sorted([(1,), (3,), (9,)] * 2 + [(1, 3), (3, 3)] * 2)
 

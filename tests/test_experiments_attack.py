@@ -14,7 +14,7 @@ from experiments.world import make_world
 def base():
     cfg = with_overrides(preset("tiny"), {"attack.steps": 3})
     world = make_world(cfg.world)
-    policy = base_model.make_policy(cfg.policy, world)
+    policy = base_model.policy_from_config(cfg.policy, world)
     return cfg, world, policy, train.get_base(cfg, world, policy, None)
 
 

@@ -65,6 +65,9 @@ def test_train_a_config_file(tmp_path, capsys, monkeypatch):
     result = json.loads((out / "runs" / runs[0]).read_text())
     assert result["config"]["name"] == "mine"
     assert (out / "results.csv").exists() and (out / "results.parquet").exists()
+    assert main(["train", str(path), "--out", str(out), "--json"]) == 0   # the same, as JSON
+    rows = json.loads(capsys.readouterr().out)["runs"]
+    assert [r["name"] for r in rows] == ["base", "recovery penalty (prefill)"]
 
 
 def _opt_in_slow(request):

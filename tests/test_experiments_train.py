@@ -18,7 +18,7 @@ EPS = np.finfo(np.float64).eps
 def _trained(objective, **overrides):
     cfg = with_overrides(preset("tiny"), {"align.objective": objective, **overrides})
     world = make_world(cfg.world)
-    policy = base_model.make_policy(cfg.policy, world)
+    policy = base_model.policy_from_config(cfg.policy, world)
     base = train.get_base(cfg, world, policy, None)
     obj = recipes.make_objective(cfg, policy, world, base.params, base.tables)
     params, hist = train.align(cfg, policy, obj, world, base.params, jax.random.key(1))
@@ -123,7 +123,7 @@ def test_same_seed_same_numbers(tmp_path):
 def test_base_model_cache_round_trip(tmp_path):
     cfg = preset("tiny")
     world = make_world(cfg.world)
-    policy = base_model.make_policy(cfg.policy, world)
+    policy = base_model.policy_from_config(cfg.policy, world)
     trained = train.get_base(cfg, world, policy, str(tmp_path))
     assert max(trained.sft_gap) < 1e-3  # tabular SFT reproduces the synthetic behaviour
     loaded = train.get_base(cfg, world, policy, str(tmp_path))

@@ -70,7 +70,7 @@ def test_experiments_extra_parquet_figure_markdown(tmp_path):
     import matplotlib.pyplot as plt
     import pyarrow.parquet as pq
 
-    from experiments.report import _markdown
+    from experiments.report import markdown_to_html
     from experiments.results import write_table
 
     write_table([{"run": "a", "kl": 0.5}, {"run": "b", "kl": 0.25}], str(tmp_path / "rows"))
@@ -79,7 +79,7 @@ def test_experiments_extra_parquet_figure_markdown(tmp_path):
     ax.semilogy([1, 2, 3], [1e-3, 1e-2, 1e-1])
     fig.savefig(tmp_path / "f.svg")
     plt.close(fig)
-    assert "<strong>x</strong>" in _markdown("**x**")
+    assert "<strong>x</strong>" in markdown_to_html("**x**")
 
 
 def test_rich_tables_of_the_command_line(capsys):

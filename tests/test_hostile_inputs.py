@@ -580,7 +580,7 @@ def test_sweep_workers_die_with_their_parent(tmp_path):
 
 
 def test_damaged_results_are_one_line_or_rerun(tmp_path, capsys):
-    from experiments.base_model import load_base, make_policy
+    from experiments.base_model import load_base, policy_from_config
     from experiments.presets import PRESETS
     from experiments.world import make_world
 
@@ -590,7 +590,7 @@ def test_damaged_results_are_one_line_or_rerun(tmp_path, capsys):
     assert_one_line_refusal(status, err, "figures")
     assert "abc.json is not a complete run result" in err
     cfg = PRESETS["tiny"]
-    policy = make_policy(cfg.policy, make_world(cfg.world))
+    policy = policy_from_config(cfg.policy, make_world(cfg.world))
     base = tmp_path / "base-x.npz"
     np.savez(base, leaf_0=np.zeros(3), sft_gap=np.zeros(2), seconds=np.zeros(()))
     base.write_bytes(base.read_bytes()[:100])   # truncated: retrained, not fatal

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from toy_lm import io
-from toy_lm.errors import InputError
+from toy_lm.errors import InputError, OutputError
+from toy_lm.outputs import save_npz
 
 
 def test_npz_shapes_reads_headers(tmp_path):
@@ -72,9 +73,9 @@ def test_load_npz(tmp_path):
         io.load_npz(str(path), ["o"])  # object arrays need pickle, which is refused
 
 
-def test_save_npz_atomic_round_trip_and_no_partial_file(tmp_path):
+def test_save_npz_round_trip_and_no_partial_file(tmp_path):
     path = tmp_path / "out.npz"
-    io.save_npz_atomic(str(path), {"x": np.arange(4), "y": np.float64(2.5)})
+    save_npz(str(path), {"x": np.arange(4), "y": np.float64(2.5)}, tag="npz")
     with np.load(path) as data:
         assert sorted(data.files) == ["x", "y"]
         assert float(data["y"]) == 2.5
@@ -85,8 +86,8 @@ def test_save_npz_atomic_round_trip_and_no_partial_file(tmp_path):
             raise RuntimeError("failed while writing")
 
     with pytest.raises(RuntimeError):
-        io.save_npz_atomic(str(path), {"x": np.arange(3), "z": Boom()})
+        save_npz(str(path), {"x": np.arange(3), "z": Boom()}, tag="npz")
     assert path.read_bytes() == before  # the old file is untouched ...
     assert sorted(os.listdir(tmp_path)) == ["out.npz"]  # ... and no temporary file is left
-    with pytest.raises(InputError, match="does not exist"):
-        io.save_npz_atomic(str(tmp_path / "no" / "out.npz"), {"x": np.zeros(1)})
+    with pytest.raises(OutputError, match="No such file"):
+        save_npz(str(tmp_path / "no" / "out.npz"), {"x": np.zeros(1)}, tag="npz")

@@ -14,7 +14,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("toy_lm", "proofs_check", "experiments")
 LAYERS = ("toy_lm", "proofs_check", "experiments", "cli")   # lowest first
-TOP = ("experiments.cli", "experiments.bench")              # the "cli" layer
+TOP = ("experiments.cli", "experiments.bench")   # the "cli" layer
 
 
 def _layer(module: str):

@@ -5,6 +5,7 @@ import pytest
 
 from proofs_check import instances
 from toy_lm.errors import InputError
+from toy_lm.models.policy_factory import make_policy
 
 
 def test_builtin_suite_covers_every_parameterization_setting_and_harm_kind():
@@ -42,7 +43,7 @@ def test_chosen_sizes_make_the_product_and_check_horizons():
     with pytest.raises(InputError, match="seeds"):
         instances.builtin_suite(["tabular"], seeds=0)
     with pytest.raises(InputError, match="unknown policy kind"):
-        instances.make_policy("lstm", 2, 2)
+        make_policy("lstm", 2, 2)
 
 
 def test_instance_quantities_are_float64_and_cached():

@@ -21,7 +21,8 @@ import pytest
 from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
-from proofs_check import POLICY_KINDS, all_checks, make_instance
+from proofs_check import all_checks, make_instance
+from toy_lm import POLICY_KINDS
 from proofs_check.strategies import instances, mixtures
 
 SHAPE = dict(kinds=("tabular",), min_vocab=3, max_vocab=3, min_length=3, max_length=3)

@@ -43,6 +43,7 @@ _EXPORTS = {
         "reinforce_grads"),
     "toy_lm.models.neural": ("MLPPolicy", "TransformerPolicy"),
     "toy_lm.models.policies": ("MarkovPolicy", "Policy", "PositionalPolicy", "TabularPolicy"),
+    "toy_lm.models.policy_factory": ("POLICY_KINDS", "init_params", "make_policy", "policy_kind"),
     "toy_lm.precision": ("check_x64", "eps_tolerance", "require_x64"),
     "toy_lm.engines.sharded": ("analyze_sharded",),
     "toy_lm.tables": ("all_prefixes", "check_enumeration_size"),

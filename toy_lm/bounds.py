@@ -15,9 +15,12 @@ Only the standard library is imported here, so configuration parsing stays light
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 
 from toy_lm.errors import HarmHorizonError, InputError
+
+__all__ = ["MAX_SEED", "MIN_LAMBDA", "check_concrete_lam", "check_count", "check_lam", "check_seed"]
 
 #: The smallest usable KL weight: the smallest normal float64, ``2**-1022``.
 MIN_LAMBDA = sys.float_info.min
@@ -38,6 +41,16 @@ def check_lam(value, name: str = "lambda", error: type[HarmHorizonError] = Input
                     f"{MIN_LAMBDA!r} (the smallest normal float64; below it 1/λ overflows and "
                     "π*_λ cannot be computed)")
     return float(value)
+
+
+def check_concrete_lam(lam) -> None:
+    """:func:`check_lam` of a concrete ``λ`` (a Python or numpy number); a traced one passes.
+
+    The engines call it at entry: under ``jax.jit`` or ``jax.vmap`` ``λ`` is an abstract array
+    whose value cannot be checked there, so its caller checks it.
+    """
+    if isinstance(lam, numbers.Real):
+        check_lam(float(lam), "lambda")
 
 
 def check_seed(value, name: str = "seed", error: type[HarmHorizonError] = InputError) -> int:

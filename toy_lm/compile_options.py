@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 
+__all__ = ["CACHE_ENV", "CPU_COMPILER_OPTIONS", "compiler_options", "enable_compilation_cache"]
+
 CPU_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 1}
 
 

@@ -7,6 +7,9 @@ message on one line and exits with status 2; library callers can catch the base 
 
 from __future__ import annotations
 
+__all__ = ["ConfigError", "EnumerationTooLarge", "HarmHorizonError", "InputError", "OutputError",
+           "PrecisionError"]
+
 
 class HarmHorizonError(ValueError):
     """Base class of every user-facing error in harm-horizon."""

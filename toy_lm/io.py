@@ -8,8 +8,7 @@ archive member holds (so the sizes are facts, not claims) and returns them; the 
 guards use :func:`npz_nbytes` before :func:`load_npz` reads a single value. Every way an archive
 can be damaged (bad zip, bad deflate data, bad header, truncation) is one :class:`InputError`.
 
-Outputs are written by :mod:`toy_lm.outputs`; :func:`save_npz_atomic` remains here as its
-``.npz`` shorthand.
+Outputs are written by :mod:`toy_lm.outputs` (``.npz`` files by :func:`toy_lm.outputs.save_npz`).
 """
 
 from __future__ import annotations
@@ -27,6 +26,8 @@ import numpy as np
 from toy_lm.errors import EnumerationTooLarge, InputError
 from toy_lm.tables import (check_enumeration_size, human_bytes, level_size, memory_budget,
                            validate_harm, validate_tables)
+
+__all__ = ["level_keys", "load_npz", "npz_nbytes", "npz_shapes", "open_input", "read_tables"]
 
 #: Everything a damaged archive or header can raise while it is read.
 _DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError,
@@ -173,16 +174,6 @@ def load_npz(path: str, keys) -> dict[str, np.ndarray]:
                 return {k: np.asarray(data[k]) for k in keys}
         except _DAMAGED as err:
             raise InputError(f"cannot read {path}: {_one_line(err)}") from None
-
-
-def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray], *, tag: str = "npz") -> None:
-    """Write ``arrays`` to ``path`` as ``.npz`` through :func:`toy_lm.outputs.save_npz`."""
-    from toy_lm.outputs import save_npz
-
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise InputError(f"cannot write {path}: folder {folder} does not exist")
-    save_npz(path, arrays, tag=tag)
 
 
 def read_tables(path: str):

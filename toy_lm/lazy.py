@@ -15,6 +15,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping, Sequence
 
+__all__ = ["lazy_exports"]
+
 
 def lazy_exports(namespace: dict, exports: Mapping[str, Sequence[str]], eager: Sequence[str] = ()):
     """``(__getattr__, __dir__, __all__)`` for a package re-exporting ``exports`` lazily.

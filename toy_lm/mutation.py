@@ -25,6 +25,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Mapping
 
+__all__ = ["POINTS", "active", "point"]
+
 #: Every injection point: name -> the role the value plays (what a mutant may rewrite).
 POINTS: dict[str, str] = {
     "harms.range.children": "a level's (V**l, V) block of children ranges; min == max means determined",

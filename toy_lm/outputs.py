@@ -8,7 +8,8 @@ Every command that writes a file goes through this module:
   not writable. Writability is probed with a temporary file beside the target; the target itself
   is never opened. It also removes the temporary files that an earlier run of the same command
   left behind when it was killed (their process no longer exists).
-* :func:`write_atomic` writes through a temporary file in the target's folder
+* :func:`write_atomic` (and :func:`write_atomic_many`, for files that belong together) writes
+  through a temporary file in the target's folder
   (``.partial-<tag>-<pid>-*``), flushes it to disk (``fsync``), gives it the mode the target
   should have (an existing file keeps its mode; a new one gets ``0666`` less the umask) and renames
   it over the target. The temporary file is removed on any failure, Ctrl-C or SIGTERM included
@@ -28,6 +29,10 @@ from collections.abc import Callable, Mapping, Sequence
 
 from toy_lm import signals
 from toy_lm.errors import OutputError
+
+__all__ = ["PARTIAL_PREFIX", "check_output", "check_output_folder", "json_text", "new_file_mode",
+           "null_nonfinite", "remove_stale", "save_npz", "write_atomic", "write_atomic_many",
+           "write_json", "write_text"]
 
 PARTIAL_PREFIX = ".partial-"
 
@@ -162,43 +167,79 @@ def new_file_mode(path: str) -> int:
     return 0o666 & ~_umask()
 
 
-def write_atomic(path: str, write: Callable, *, tag: str, flag: str = "output") -> str:
+def write_atomic(path: str, write: Callable | bytes, *, tag: str, flag: str = "output") -> str:
     """Write ``path`` whole or not at all: ``write(fh)`` fills a binary temporary file in the same
-    folder, which is fsynced, given the mode :func:`new_file_mode` and renamed over ``path``.
+    folder (or ``write`` is the bytes to write), which is fsynced, given the mode
+    :func:`new_file_mode` and renamed over ``path``.
 
     Raises:
       OutputError: when the target became something other than a regular file, or the disk
         refused the write (full, read-only, permission).
     """
-    folder = os.path.dirname(os.path.abspath(path))
-    suffix = os.path.splitext(path)[1]
-    mode = new_file_mode(path)
+    return write_atomic_many([(path, write)], tag=tag, flag=flag)[0]
+
+
+def write_atomic_many(items: Sequence[tuple[str, Callable | bytes]], *, tag: str,
+                      flag: str = "output") -> list[str]:
+    """:func:`write_atomic` of several files, staged together: every ``write(fh)`` fills its own
+    temporary file first, and only when all are written and fsynced are they renamed, so a failure
+    or a kill while writing leaves none of them; one killed during the renames leaves each file
+    whole or absent. The one place in the code base that renames a file over a target.
+
+    Args:
+      items: ``(path, write)`` pairs; ``write(fh)`` writes the bytes of ``path`` to ``fh``
+        (or ``write`` is those bytes).
+      tag: the writing command (names the temporary files, see :func:`remove_stale`).
+      flag: the option that named the outputs (for messages).
+
+    Returns:
+      The paths, in order.
+
+    Raises:
+      OutputError: when a target became something other than a regular file, or the disk
+        refused a write (full, read-only, permission); nothing is renamed then.
+    """
+    staged: list[tuple[str, str]] = []
+    current = ""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{tag}-{os.getpid()}-", suffix=suffix,
-                                   dir=folder)
+        for path, write in items:
+            current = path
+            folder = os.path.dirname(os.path.abspath(path))
+            mode = new_file_mode(path)
+            fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{tag}-{os.getpid()}-",
+                                       suffix=os.path.splitext(path)[1], dir=folder)
+            signals.track(tmp)
+            staged.append((tmp, path))
+            with os.fdopen(fd, "wb") as fh:
+                if isinstance(write, bytes):
+                    fh.write(write)
+                else:
+                    write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, mode)
+        for _, path in staged:
+            current = path
+            if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+                raise OutputError(f"cannot write {flag} {path}: it became "
+                                  f"{_kind(os.lstat(path).st_mode)} during the run; nothing "
+                                  "written")
+        for tmp, path in staged:
+            os.replace(tmp, path)
+        for folder in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for _, p in staged):
+            _fsync_folder(folder)
     except OSError as err:
-        raise OutputError(f"cannot write {flag} {path}: {err.strerror or err}") from None
-    signals.track(tmp)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
-            raise OutputError(f"cannot write {flag} {path}: it became "
-                              f"{_kind(os.lstat(path).st_mode)} during the run; nothing written")
-        os.replace(tmp, path)
-        _fsync_folder(folder)
-    except OSError as err:
-        _unlink(tmp)
-        raise OutputError(f"cannot write {flag} {path}: {err.strerror or err}") from None
-    except BaseException:
-        _unlink(tmp)
-        raise
+        raise OutputError(f"cannot write {flag} {current}: {err.strerror or err}") from None
     finally:
-        signals.untrack(tmp)
-    return path
+        for tmp, _ in staged:
+            _unlink(tmp)
+            signals.untrack(tmp)
+    return [path for _, path in staged]
+
+
+def write_text(path: str, text: str, *, tag: str, flag: str = "output") -> str:
+    """:func:`write_atomic` of ``text`` encoded as UTF-8."""
+    return write_atomic(path, text.encode("utf-8"), tag=tag, flag=flag)
 
 
 def _unlink(path: str) -> None:
@@ -250,5 +291,4 @@ def null_nonfinite(payload):
 def write_json(path: str, payload, *, tag: str, flag: str = "output", indent=None) -> str:
     """:func:`write_atomic` of ``payload`` as strict JSON (a NaN or infinity raises
     ``ValueError`` before anything is written: it is a fault, not data)."""
-    text = json_text(payload, indent=indent)
-    return write_atomic(path, lambda fh: fh.write(text.encode()), tag=tag, flag=flag)
+    return write_text(path, json_text(payload, indent=indent), tag=tag, flag=flag)

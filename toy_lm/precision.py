@@ -22,6 +22,9 @@ import numpy as np
 
 from toy_lm.errors import PrecisionError
 
+__all__ = ["FIX", "Tolerance", "check_x64", "default_float", "eps_tolerance", "require_x64",
+           "x64_enabled"]
+
 _FALSEY = {"0", "false", "no", "off"}
 
 

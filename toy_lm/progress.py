@@ -22,6 +22,8 @@ import sys
 import threading
 import time
 
+__all__ = ["DEFAULT_INTERVAL", "Heartbeat", "heartbeat"]
+
 #: Seconds without news after which a progress line is written on a pipe.
 DEFAULT_INTERVAL = 5.0
 

@@ -31,6 +31,10 @@ import sys
 import threading
 import time
 
+__all__ = ["HANDLED", "Interrupted", "NATIVE_PACKAGES", "RETRY_SECONDS", "exit_status", "install",
+           "received", "remove_tracked", "restore", "safe_to_raise", "signal_name", "track",
+           "untrack"]
+
 #: Signals that end a run cleanly; the exit status is ``128 + signal number`` (130, 143).
 HANDLED = (signal.SIGINT, signal.SIGTERM)
 

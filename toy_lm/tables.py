@@ -23,6 +23,11 @@ import numpy as np
 
 from toy_lm.errors import EnumerationTooLarge, InputError
 
+__all__ = ["MAX_MEMORY_LIMIT", "MEMORY_LIMIT_ENV", "all_prefixes", "check_enumeration_size",
+           "estimate_tree_bytes", "human_bytes", "infer_sizes", "is_binary", "level_size",
+           "log_size", "memory_budget", "non_finite_error", "num_tree_rows", "prefix_index",
+           "validate_harm", "validate_tables"]
+
 #: Environment variable that caps the memory the size guard lets an enumeration use (bytes, or
 #: with a K/M/G suffix). Without it the guard uses 80% of the memory the OS reports available.
 MEMORY_LIMIT_ENV = "HARM_HORIZON_MEMORY_LIMIT"

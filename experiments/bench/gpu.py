@@ -27,6 +27,10 @@ import time
 
 import numpy as np
 
+__all__ = ["GPU_CHUNK", "LAMBDA", "SKIP_REASON", "VOCABS", "bench_device", "device_memory",
+           "float32_check", "forest_bytes", "gpu_device", "gpu_rows", "largest_size",
+           "random_state", "suite_gpu"]
+
 VOCABS = (2, 4)
 GPU_CHUNK = 1 << 20
 LAMBDA = 0.5
@@ -127,7 +131,7 @@ def bench_device(device, vocab_size: int, length: int, dtype, repeats: int,
     layout = device_tree.forest_layout(vocab_size, length, 1, chunk_rows)
     forward, backward = device_tree.compiled_kernels(mesh, layout.chunk, device.platform)
     state = random_state(jax.random.key(0), layout, mesh, dtype)
-    idx = device_tree._index(0)
+    idx = device_tree.index_scalar(0)
     start = time.perf_counter()
     forward.lower(state, idx, idx).compile()
     backward.lower(state, idx, idx, idx, np.asarray(LAMBDA, dtype)).compile()

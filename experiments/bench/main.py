@@ -23,7 +23,6 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 import time
@@ -32,7 +31,12 @@ import numpy as np
 
 from experiments.bench.gpu import suite_gpu
 from experiments.bench.scale import suite_markov, suite_mc
+from toy_lm.cli_output import Column, print_json, print_table
 from toy_lm.errors import InputError
+from toy_lm.outputs import null_nonfinite
+
+__all__ = ["DEFAULT_REPEATS", "LAMBDA", "SUITES", "TREE_SIZES", "bench_tree", "memory_floor",
+           "output_shapes", "register", "run", "suite_sweep", "suite_tree"]
 
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
 LAMBDA = 0.5
@@ -80,7 +84,7 @@ def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
     return best
 
 
-def _output_shapes(vocab_size, length):
+def output_shapes(vocab_size, length):
     shapes = [((vocab_size ** l,), np.float64) for l in range(length + 1)]          # H_l
     shapes += [((vocab_size ** l,), np.bool_) for l in range(length + 1)]           # determined_l
     shapes += [((vocab_size ** l, vocab_size), np.float64) for l in range(length)] * 2  # grad, eq
@@ -108,7 +112,7 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
 
     numba = numba_available() if numba is None else numba
     logits, harm = _instance(vocab_size, length)
-    floor = memory_floor(logits + [harm], _output_shapes(vocab_size, length))
+    floor = memory_floor(logits + [harm], output_shapes(vocab_size, length))
     # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
     # size's would report the time of a cache lookup instead of a compile.
     jax.clear_caches()
@@ -191,18 +195,8 @@ def run(args) -> int:
     extra = {"measure_compile": True} if args.compile else {}
     rows = SUITES[args.suite](repeats, args.quick, progress, **extra)
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
-        print()
+        print_json(null_nonfinite(rows))
     else:
-        from rich.console import Console
-        from rich.table import Table
-
-        keys = [k for k in rows[0] if k not in ("vocab_size", "length")]
-        table = Table(title=f"harm-horizon bench --suite {args.suite}")
-        for k in keys:
-            table.add_column(k, justify="right")
-        for row in rows:
-            table.add_row(*(f"{row[k]:.4g}" if isinstance(row[k], float) else str(row[k])
-                            for k in keys))
-        Console().print(table)
+        print_table(f"harm-horizon bench --suite {args.suite}",
+                    [Column(k, k) for k in rows[0] if k not in ("vocab_size", "length")], rows)
     return 0

@@ -30,6 +30,11 @@ import time
 
 import numpy as np
 
+__all__ = ["LAMBDA", "MARKOV_LENGTHS", "MARKOV_STATES", "MARKOV_VOCAB", "MC_BATCH", "MC_SIZES",
+           "MC_TARGET", "bench_markov", "bench_markov_vs_tree", "bench_mc",
+           "exact_per_position_kl", "largest_tree_length", "markov_instance", "suite_markov",
+           "suite_mc"]
+
 MARKOV_LENGTHS = (256, 1024, 4096)
 MARKOV_VOCAB, MARKOV_STATES, LAMBDA = 64, 16, 0.5
 MC_SIZES = ((4, 8), (4, 10), (4, 12))
@@ -66,11 +71,11 @@ def bench_markov(vocab_size: int, length: int, num_states: int, repeats: int) ->
     import jax
     import jax.numpy as jnp
 
-    from toy_lm.engines.markov_analysis import _compiled, _scan, analyze_markov
+    from toy_lm.engines.markov_analysis import compiled_program, markov_scan, analyze_markov
 
     logits, dfa = markov_instance(vocab_size, length, num_states - 2)
     first, first_cpu, res = _timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)
-    scan = _compiled(_scan, jax.default_backend(), ("with_lam", "scaled"))
+    scan = compiled_program(markov_scan, jax.default_backend(), ("with_lam", "scaled"))
     compile_seconds, _ = _timed(lambda: scan.lower(jnp.asarray(logits), dfa, jnp.asarray(LAMBDA),
                                                    with_lam=True, scaled=True).compile())
     runs = [_timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)[:2] for _ in range(repeats)]

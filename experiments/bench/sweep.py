@@ -31,7 +31,7 @@ import numpy as np
 
 from experiments import batch_runs, batch_sweep, measure
 from experiments.attack import attack_names, attack_step_function
-from experiments.base_model import (behaviour_weights, init_params, make_optimizer, make_policy,
+from experiments.base_model import (behaviour_weights, make_optimizer, policy_from_config,
                                     sft_step_function)
 from experiments.config import RunConfig, config_from_dict, with_overrides
 from experiments.presets import preset
@@ -39,7 +39,10 @@ from experiments.recipes import make_objective
 from experiments.sweep import expand
 from experiments.train import step_function, train_and_evaluate
 from experiments.world import make_world
+from toy_lm.models.policy_factory import init_params
 from toy_lm.precision import check_x64
+
+__all__ = ["bench_grid", "flops_per_run", "matmul_flop_rate", "suite_sweep"]
 
 
 def bench_grid(quick: bool) -> list[RunConfig]:
@@ -73,8 +76,8 @@ def _flops(fn, *args) -> float:
 def flops_per_run(cfg: RunConfig, runs_per_base: float) -> float:
     """Estimated floating-point operations of one run of ``cfg`` (see the module docstring)."""
     world = make_world(cfg.world)
-    policy = make_policy(cfg.policy, world)
-    params = init_params(policy, cfg.policy, jax.random.key(0))
+    policy = policy_from_config(cfg.policy, world)
+    params = init_params(policy, jax.random.key(0), scale=cfg.policy.init_scale)
     tables = tuple(tuple(np.asarray(t) for t in policy.level_tables(params, x)) for x in (0, 1))
     objective = make_objective(cfg, policy, world, params, tables)
     opt = make_optimizer(cfg.align.optimizer, cfg.align.learning_rate)

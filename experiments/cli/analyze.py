@@ -15,8 +15,12 @@ import numpy as np
 from toy_lm.bounds import check_lam, check_seed
 from toy_lm.errors import InputError
 from toy_lm.io import read_tables
+from toy_lm.cli_output import print_json
 from toy_lm.outputs import check_output, json_text, save_npz
 from toy_lm.tables import check_enumeration_size
+
+__all__ = ["backend_line", "output_arrays", "print_table", "random_instance", "read_tables",
+           "register", "run", "summary"]
 
 
 def register(subparsers) -> None:
@@ -102,22 +106,15 @@ def summary(result, vocab_size: int, length: int, lam) -> dict:
 
 
 def print_table(info: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from toy_lm.cli_output import Column, print_table as show
 
     heads = {"position": "t", "harm_information": "I_t", "harm_information_mi": "I_t^MI (nats)",
              "grad_abs_sum": "Σ|G| (level t-1)", "determined_fraction": "determined y_<t",
              "equilibrium_kl": f"KL_t(π*_λ‖π), λ={info['lambda']}", "per_position_kl": "KL_t(π‖π_ref)"}
-    cols = [k for k in heads if k in info["positions"][0]]
-    from rich.text import Text
-
-    table = Table(title=Text(f"V={info['vocab_size']}  T={info['length']}  "
-                             f"E[h]={info['expected_harm']:.6g}  horizon τ*={info['horizon']}"))
-    for k in cols:
-        table.add_column(heads[k], justify="right")
-    for row in info["positions"]:
-        table.add_row(*(str(row[k]) if k == "position" else f"{row[k]:.4e}" for k in cols))
-    Console().print(table)
+    show(f"V={info['vocab_size']}  T={info['length']}  E[h]={info['expected_harm']:.6g}  "
+         f"horizon τ*={info['horizon']}",
+         [Column(k, heads[k], "{:.4e}") for k in heads if k in info["positions"][0]],
+         info["positions"])
 
 
 def backend_line(backend: str, vocab_size: int, length: int) -> str:
@@ -179,12 +176,13 @@ def run(args) -> int:
     print(f"[analyze] backend: {backend_line(backend, vocab_size, length)}", file=sys.stderr,
           flush=True)
     info = summary(result, vocab_size, length, args.lam)
-    text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
+    if args.json:
+        json_text(info)   # strict JSON (a NaN raises) before --out is written
     if args.out is not None:
         save_npz(args.out, output_arrays(result, args.lam), tag="analyze", flag="--out")
         sys.stderr.write(f"wrote {args.out}\n")  # one write (a signal cannot split it)
     if args.json:
-        print(text)
+        print_json(info)
     else:
         print_table(info)
     return 0

@@ -17,8 +17,14 @@ from rich.markup import escape
 from toy_lm.bounds import MAX_SEED, check_count
 from proofs_check.ids import CHECK_IDS, unknown
 from toy_lm.errors import InputError
+from toy_lm.cli_output import console as cli_console, make_table
 from toy_lm.outputs import check_output, null_nonfinite, write_json
 
+__all__ = ["ENGINE_CHOICES", "MAX_SEEDS", "POLICY_CHOICES", "print_report", "print_spill_over",
+           "register", "run", "run_mutants"]
+
+#: toy_lm.models.policy_factory.POLICY_KINDS and "all", spelled out: parsing must not import JAX
+#: (tests/test_policy_factory.py holds the two lists equal).
 POLICY_CHOICES = ("tabular", "positional", "markov", "transformer", "mlp", "all")
 ENGINE_CHOICES = ("tree", "analysis", "xla", "markov", "all")
 
@@ -75,13 +81,11 @@ def _engines(chosen) -> tuple[str, ...]:
 
 def run_mutants(args) -> int:
     """``check --mutants``: every engine mutant against the checks that read what it changes."""
-    from rich.console import Console
-    from rich.table import Table
 
     from proofs_check.mutants import MUTANTS, run_mutants as run_all
 
     start = time.perf_counter()
-    err = Console(stderr=True)
+    err = cli_console(stderr=True)
 
     def progress(mutant, done):
         if not done:
@@ -94,7 +98,7 @@ def run_mutants(args) -> int:
         raise InputError(f"--mutants {' '.join(unknown)}: no such mutant; choose from "
                          f"{', '.join(known)}")
     reports = run_all([known[n] for n in args.mutants] if args.mutants else MUTANTS, progress)
-    table = Table(title="engine mutants: each must be killed by a failed comparison with an "
+    table = make_table("engine mutants: each must be killed by a failed comparison with an "
                         "independent side (an exception is not a kill)")
     for col in ("mutant", "bug", "size", "killed by", "status"):
         table.add_column(col, no_wrap=col in ("mutant", "size", "status"))
@@ -104,7 +108,7 @@ def run_mutants(args) -> int:
         note = r.equivalent if r.status == "EQUIVALENT" else "; ".join(r.errors)[:200]
         table.add_row(escape(r.name), escape(r.description + (f" [{note}]" if note else "")),
                       f"{r.size:.1e}" if r.size == r.size else "—", escape(killed), f"[{colour.get(r.status, 'red')}]{r.status}[/]")
-    console = _console()
+    console = cli_console()
     console.print(table)
     live = [r for r in reports if not r.equivalent]
     killed = sum(r.status == "KILLED" for r in live)
@@ -116,7 +120,7 @@ def run_mutants(args) -> int:
 
 
 def _kinds(policies) -> tuple[str, ...]:
-    from proofs_check.instances import POLICY_KINDS
+    from toy_lm.models.policy_factory import POLICY_KINDS
 
     return POLICY_KINDS if "all" in policies else tuple(k for k in POLICY_KINDS if k in policies)
 
@@ -147,25 +151,16 @@ def _check_bounds(args) -> None:
     check_count(args.first_seed, "--first-seed", 0, MAX_SEED - MAX_SEEDS)
 
 
-def _console():
-    """stdout console; 140 columns when not a terminal (files, pipes, CI logs)."""
-    from rich.console import Console
-
-    return Console() if sys.stdout.isatty() else Console(width=140)
-
-
 def _list(checks) -> int:
-    from rich.table import Table
-
     from proofs_check.controls import PLANTS
 
-    table = Table(title="checks (THEORY.md section 3) and their planted errors")
+    table = make_table("checks (THEORY.md section 3) and their planted errors")
     for col in ("check", "statement", "planted errors"):
         table.add_column(col)
     for c in checks:
         table.add_row(c.id, escape(c.statement),
                       escape("\n".join(f"{p}: {PLANTS[p].description}" for p in c.plants)))
-    _console().print(table)
+    cli_console().print(table)
     return 0
 
 
@@ -177,13 +172,10 @@ def _fmt(x: float, kind: str = "exact") -> str:
 
 def print_report(summaries, *, negative_controls: bool, console=None) -> None:
     """The result table (and, for checks, the measured shared-weight spill-over)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
+    console = console or cli_console()
     colour = {"PASS": "green", "DETECTED": "green", "N/A": "yellow"}
     if negative_controls:
-        table = Table(title="negative controls: every planted error must be flagged by a failed "
+        table = make_table("negative controls: every planted error must be flagged by a failed "
                             "comparison (an exception is not a detection)")
         for col in ("check", "planted error", "instances", "detected", "weakest detection", "tolerance",
                     "status"):
@@ -196,7 +188,7 @@ def print_report(summaries, *, negative_controls: bool, console=None) -> None:
                           f"[{colour.get(s.status, 'red')}]{s.status}[/]"
                           + (f" ({s.errors} raised)" if s.errors else ""))
     else:
-        table = Table(title="theorem checks (two independent computations each)")
+        table = make_table("theorem checks (two independent computations each)")
         for col in ("check", "statement", "instances", "compared", "worst error", "tolerance",
                     "dtype", "status"):
             table.add_column(col, justify="right" if col in ("instances", "compared") else "left",
@@ -213,27 +205,23 @@ def print_report(summaries, *, negative_controls: bool, console=None) -> None:
 
 def print_spill_over(results, console=None) -> None:
     """Measured (not asserted) spill-over of shared-weight training beyond the horizon (T8)."""
-    from rich.console import Console
-    from rich.table import Table
-
     rows = [(r.instance, r.measurements["shared_weight_spill_over"]) for r in results
             if r.plant is None and "shared_weight_spill_over" in r.measurements]
     if not rows:
         return
-    table = Table(title="measured, not asserted: training the shared weights themselves on L_λ "
-                        f"({escape(rows[0][1]['optimizer'])}) moves the policy beyond the horizon (T8)")
+    table = make_table("measured, not asserted: training the shared weights themselves on L_λ "
+                        f"({rows[0][1]['optimizer']}) moves the policy beyond the horizon (T8)")
     for col in ("instance", "max Σ_{t>τ*} KL_t", "max Σ_{t<=τ*} KL_t", "max |Δ log π| determined"):
         table.add_column(col, no_wrap=col != "instance")
     for name, m in rows:
         beyond = m["max_kl_beyond_horizon"]
         table.add_row(escape(name), "n/a (τ* = T)" if beyond is None else _fmt(beyond),
                       _fmt(m["max_kl_within_horizon"]), _fmt(m["max_determined_change"]))
-    (console or Console()).print(table)
+    (console or cli_console()).print(table)
 
 
 def run(args) -> int:
     _check_bounds(args)   # argument errors answer before JAX is imported
-    from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from proofs_check import instances as suite
@@ -259,8 +247,8 @@ def run(args) -> int:
     tasks = plan(checks, instances, negative_controls=args.negative_controls)
     if not tasks:
         raise InputError("no check applies to the chosen instances; widen --theorem or the sizes")
-    err = Console(stderr=True)
-    console = _console()
+    err = cli_console(stderr=True)
+    console = cli_console()
     # Without a terminal the bar is not drawn: a heartbeat line every few seconds instead.
     pipe = (contextlib.nullcontext() if err.is_terminal
             else heartbeat("check", f"0/{len(tasks)} runs"))

@@ -7,6 +7,8 @@ import sys
 
 from toy_lm.errors import InputError
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(

@@ -15,8 +15,13 @@ from __future__ import annotations
 
 import os
 
+from experiments.config import POLICY_KINDS
+from toy_lm.cli_output import Column, print_json, print_table
 from toy_lm.errors import ConfigError
-from toy_lm.outputs import check_output_folder
+from toy_lm.outputs import check_output_folder, null_nonfinite
+
+__all__ = ["RUN_COLUMNS", "register", "run_experiment", "run_figures", "run_optimum_vs_dynamics",
+           "run_rows", "run_sweep", "run_train", "show"]
 
 
 def register(subparsers) -> None:
@@ -29,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default=None, metavar="DIR",
                    help="output folder (default: results/<config name>)")
     p.add_argument("--figures", action="store_true", help="also draw the figures")
+    _json_flag(p)
     p.set_defaults(func=run_train)
 
     p = subparsers.add_parser("sweep", help="run a grid or list of configurations (resumable)",
@@ -43,11 +49,13 @@ def register(subparsers) -> None:
                    help="one run at a time (the reference path) instead of vectorized batches")
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="most runs per vectorized batch (default 256; memory may cap it lower)")
+    _json_flag(p)
     p.set_defaults(func=run_sweep)
 
     p = subparsers.add_parser("figures", help="draw the figures of a results folder",
                               description="PNG and SVG figures into DIR/figures.")
     p.add_argument("dir", metavar="DIR")
+    _json_flag(p)
     p.set_defaults(func=run_figures)
 
     p = subparsers.add_parser("experiment", help="run a named experiment (shallow-vs-deep, "
@@ -63,25 +71,45 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
                    help="parallel worker processes (default: 2, or 1 on one core)")
-    p.add_argument("--policy", default="tabular", choices=("tabular", "markov", "transformer"),
+    p.add_argument("--policy", default="tabular", choices=POLICY_KINDS,
                    help="policy parameterization (default: tabular)")
+    _json_flag(p)
     p.set_defaults(func=run_experiment)
 
 
-def _fmt(values) -> str:
-    return "[" + " ".join(f"{v:.3f}" for v in values) + "]"
+def _json_flag(p) -> None:
+    p.add_argument("--json", action="store_true",
+                   help="print the results as JSON on stdout instead of a table")
 
 
-def _print_runs(results) -> None:
+#: The columns of a table of measured policies (train, sweep, experiment shallow-vs-deep).
+RUN_COLUMNS = (Column("name", "policy", justify="left"), Column("expected_harm", "E[h]", "{:.3f}"),
+               Column("utility", "utility", "{:.3f}"),
+               Column("prefill_asr", "prefill ASR(k)", "{:.3f}", justify="left"),
+               Column("per_position_kl", "KL_t (teacher-forced)", "{:.3f}", justify="left"))
+
+
+def run_rows(results) -> list[dict]:
+    """One row per measured policy: the shared base model, then each run's aligned policy."""
     from experiments.figures import labels
 
+    keys = [c.key for c in RUN_COLUMNS[1:]]
     base = results[0]["base"]
-    print(f"base: E[h] {base['expected_harm']:.3f}  utility {base['utility']:.3f}  "
-          f"ASR(k) {_fmt(base['prefill_asr'])}  I_t {_fmt(base['harm_information'])}")
+    rows = [{"name": "base", **{k: base.get(k) for k in keys},
+             "harm_information": base["harm_information"]}]
     for result, name in zip(results, labels(results)):
-        a = result["aligned"]
-        print(f"{name}: E[h] {a['expected_harm']:.3f}  utility {a['utility']:.3f}  "
-              f"ASR(k) {_fmt(a['prefill_asr'])}  KL_t {_fmt(a['per_position_kl'])}")
+        rows.append({"name": name, "run_id": result["run_id"],
+                     **{k: result["aligned"].get(k) for k in keys}})
+    return rows
+
+
+def show(title: str, rows: list[dict], payload: dict, *, as_json: bool, caption: str,
+         columns=RUN_COLUMNS) -> None:
+    """The one output of the experiment commands: ``payload`` as JSON, or ``rows`` as a table."""
+    if as_json:
+        print_json(null_nonfinite(payload))
+    else:
+        print_table(title, columns, rows, caption=caption)
 
 
 def _setup() -> None:
@@ -114,8 +142,9 @@ def run_train(args) -> int:
     results.write_tables([result], out)
     if args.figures:
         figures.make_figures(out, [result])
-    _print_runs([result])
-    print(f"result: {result_path(out, cfg)} ({result['seconds']['total']:.1f} s)")
+    path = result_path(out, cfg)
+    show(f"train {cfg.name}", run_rows([result]), {"result": path, "runs": run_rows([result])},
+          as_json=args.json, caption=f"result: {path} ({result['seconds']['total']:.1f} s)")
     return 0
 
 
@@ -133,7 +162,9 @@ def run_sweep(args) -> int:
     with heartbeat("sweep", f"running {len(configs)} configurations"):
         results = sweep.run_sweep(configs, args.out, jobs=args.jobs, per_run=args.per_run,
                                   batch_size=args.batch_size)
-    _print_runs(results)
+    rows = run_rows(results)
+    show(f"sweep {args.config}: {len(results)} runs", rows, {"out": args.out, "runs": rows},
+          as_json=args.json, caption=f"results: {os.path.join(args.out, 'runs')}")
     return 0
 
 
@@ -141,7 +172,9 @@ def run_figures(args) -> int:
     from experiments import figures
 
     paths = figures.make_figures(args.dir)
-    print(f"wrote {len(paths)} files into {os.path.join(args.dir, 'figures')}")
+    show(f"figures of {args.dir}", [{"file": p} for p in paths], {"figures": paths},
+          as_json=args.json, caption=f"wrote {len(paths)} files into "
+          f"{os.path.join(args.dir, 'figures')}", columns=(Column("file", "file", justify="left"),))
     return 0
 
 
@@ -158,24 +191,14 @@ def run_experiment(args) -> int:
     with heartbeat("experiment", "training and measuring (a line per finished run)"):
         summary = headline.run_headline(args.out, quick=args.quick, jobs=args.jobs,
                                         policy=args.policy)
-    base = summary["base"]
-    print(f"shallow-vs-deep ({'quick' if args.quick else 'full'}, {summary['policy']}) in "
-          f"{summary['seconds']:.0f} s")
-    print(summary["horizon"]["explanation"])
-    print(f"{'objective':<28} {'E[h]':>6} {'utility':>8}  prefill ASR(k)            "
-          "KL_t teacher-forced")
-    print(f"{'base':<28} {base['expected_harm']:>6.3f} {base['utility']:>8.3f}  "
-          f"{_fmt(base['prefill_asr'])}")
-    for name, row in summary["objectives"].items():
-        if name != "base":
-            utility = f"{row['utility']:>8.3f}" if "utility" in row else f"{'-':>8}"
-            print(f"{name:<28} {row['expected_harm']:>6.3f} {utility}  "
-                  f"{_fmt(row['prefill_asr'])}  {_fmt(row['per_position_kl'])}")
-    for key, value in summary["shape"].items():
-        if isinstance(value, dict):
-            print(f"{key}: {value['holds']}")
-    print(f"summary: {os.path.join(args.out, 'summary.json')}; figures: "
-          f"{os.path.join(args.out, 'figures')}")
+    rows = [{"name": "base", **summary["base"]}] + [
+        {"name": name, **row} for name, row in summary["objectives"].items() if name != "base"]
+    shape = "; ".join(f"{key}: {value['holds']}" for key, value in summary["shape"].items()
+                      if isinstance(value, dict))
+    show(f"shallow-vs-deep ({'quick' if args.quick else 'full'}, {summary['policy']}) in "
+          f"{summary['seconds']:.0f} s", rows, summary, as_json=args.json,
+          caption=f"{summary['horizon']['explanation']}\n{shape}\nsummary: "
+          f"{os.path.join(args.out, 'summary.json')}; figures: {os.path.join(args.out, 'figures')}")
     return 0
 
 
@@ -187,9 +210,9 @@ def run_optimum_vs_dynamics(args) -> int:
                           "policies (plain GD, natural gradient, Adam) and a transformer with Adam")
     check_output_folder(args.out, flag="--out")
     summary = run_dynamics(args.out, quick=args.quick)
-    print(f"optimum-vs-dynamics ({'quick' if args.quick else 'full'}) in {summary['seconds']:.0f} s")
-    for line in summary["findings"]:
-        print(line)
-    print(f"summary: {os.path.join(args.out, 'summary.json')}; figures: "
+    show(f"optimum-vs-dynamics ({'quick' if args.quick else 'full'}) in "
+          f"{summary['seconds']:.0f} s", [{"finding": line} for line in summary["findings"]],
+          summary, as_json=args.json, columns=(Column("finding", "finding", justify="left"),),
+          caption=f"summary: {os.path.join(args.out, 'summary.json')}; figures: "
           f"{os.path.join(args.out, 'figures')}")
     return 0

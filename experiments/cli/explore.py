@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["register", "run"]
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(

@@ -23,6 +23,9 @@ import sys
 from toy_lm import signals
 from toy_lm.errors import HarmHorizonError
 
+__all__ = ["COMMANDS", "COMMAND_MODULES", "EXTRAS", "build_parser", "main", "missing_extra",
+           "one_line"]
+
 #: Modules providing subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
     "experiments.cli.analyze",

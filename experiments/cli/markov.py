@@ -18,8 +18,12 @@ import numpy as np
 from toy_lm.bounds import check_lam
 from toy_lm.errors import EnumerationTooLarge, InputError
 from toy_lm.io import load_npz, npz_nbytes, npz_shapes
+from toy_lm.cli_output import print_json
 from toy_lm.outputs import check_output, json_text, save_npz
 from toy_lm.tables import human_bytes, memory_budget
+
+__all__ = ["KEYS", "TABLE_ROWS", "output_arrays", "print_table", "read_model", "register", "run",
+           "summary"]
 
 KEYS = ("markov_logits", "dfa_transitions", "dfa_verdict", "dfa_start")
 #: Rows of the per-position table printed without ``--json`` (the rest go to --json / --out).
@@ -162,27 +166,17 @@ def summary(result, logits_shape, num_states: int, lam) -> dict:
 
 
 def print_table(info: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
+    from toy_lm.cli_output import Column, print_table as show
 
-    title = (f"V={info['vocab_size']}  T={info['length']}  order={info['order']}  "
-             f"S={info['num_states']}  E[h]={info['expected_harm']:.6g}  "
-             f"horizon τ*={info['horizon']}")
-    table = Table(title=Text(title))
     heads = {"position": "t", "harm_information": "I_t",
              "determined_states": "determined states (of S) at level t-1",
              "equilibrium_kl": f"KL_t(π*_λ‖π), λ={info['lambda']}"}
-    cols = [k for k in heads if k in info["positions"][0]]
-    for k in cols:
-        table.add_column(heads[k], justify="right")
-    for row in info["positions"][:TABLE_ROWS]:
-        table.add_row(*(f"{row[k]:.4e}" if isinstance(row[k], float) else str(row[k])
-                        for k in cols))
-    console = Console()
-    console.print(table)
-    if info["length"] > TABLE_ROWS:
-        console.print(f"... {info['length'] - TABLE_ROWS} more positions (use --json or --out)")
+    more = info["length"] - TABLE_ROWS
+    show(f"V={info['vocab_size']}  T={info['length']}  order={info['order']}  "
+         f"S={info['num_states']}  E[h]={info['expected_harm']:.6g}  horizon τ*={info['horizon']}",
+         [Column(k, heads[k], "{:.4e}") for k in heads if k in info["positions"][0]],
+         info["positions"][:TABLE_ROWS],
+         caption=f"... {more} more positions (use --json or --out)" if more > 0 else None)
 
 
 def run(args) -> int:
@@ -209,12 +203,13 @@ def run(args) -> int:
 
     result = analyze_markov(logits, dfa, lam=args.lam)
     info = summary(result, logits.shape, dfa.num_states, args.lam)
-    text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
+    if args.json:
+        json_text(info)   # strict JSON (a NaN raises) before --out is written
     if args.out is not None:
         save_npz(args.out, output_arrays(result, args.lam), tag="analyze-markov", flag="--out")
         sys.stderr.write(f"wrote {args.out}\n")  # one write (a signal cannot split it)
     if args.json:
-        print(text)
+        print_json(info)
     else:
         print_table(info)
     return 0

@@ -82,19 +82,12 @@ def format_value(value, items: int = 8) -> str:
 
 
 def print_numbers(title: str, numbers: dict) -> None:
-    """The numbers a demo recorded, as a two-column table like ``harm-horizon check``'s."""
-    import sys
+    """The numbers a demo recorded, as a two-column table (:mod:`toy_lm.cli_output`)."""
+    from toy_lm.cli_output import Column, print_table
 
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    table = Table(title=Text(f"{title}: numbers recorded"), title_justify="left")
-    table.add_column("name", no_wrap=True)
-    table.add_column("value")
-    for key, value in numbers.items():
-        table.add_row(Text(key), Text(format_value(value)))
-    (Console() if sys.stdout.isatty() else Console(width=120)).print(table)
+    print_table(f"{title}: numbers recorded",
+                (Column("name", "name", justify="left"), Column("value", "value", justify="left")),
+                [{"name": key, "value": format_value(value)} for key, value in numbers.items()])
 
 
 def _plain(value):

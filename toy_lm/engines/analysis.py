@@ -65,7 +65,10 @@ from toy_lm.engines.level_step import (UNROLL_MAX_V, Children,  # noqa: F401 (UN
                                level_step, level_sums, stack_sums)
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
-from toy_lm.engines.tree import _check_lam
+from toy_lm.bounds import check_concrete_lam
+
+__all__ = ["BACKENDS", "CHUNK_ROWS", "NUMBA_MIN_RESPONSES", "TreeAnalysis", "analyze_tree",
+           "choose_backend", "compile_kernels", "compile_numba_kernels", "numba_available"]
 
 #: Default number of prefixes per chunk.
 CHUNK_ROWS = 1 << 15
@@ -161,7 +164,7 @@ def _validate(logits, harm, lam, ref_logits, mutual_information,
                 f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "
                 f"have V={vocab_size}, T={length}; the reference policy must have the same sizes")
     if lam is not None:
-        _check_lam(lam)
+        check_concrete_lam(lam)
     if np.shape(harm) != (vocab_size ** length,):
         raise InputError(
             f"harm has shape {np.shape(harm)} but the tables (V={vocab_size}, T={length}) need "

@@ -55,6 +55,9 @@ import numpy as np
 
 from toy_lm.engines.fastmath import KERNEL_FASTMATH, fexp, flog
 
+__all__ = ["BLOCK", "BlockSums", "KERNELS", "analysis_level", "block_sums", "cached_on_disk",
+           "probs_level", "sums_buffer"]
+
 #: Rows per block: the unit of work of one thread and of the per-block partial sums.
 BLOCK = 1024
 

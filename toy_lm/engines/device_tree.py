@@ -33,6 +33,9 @@ import numpy as np
 from toy_lm.compile_options import compiler_options
 from toy_lm.engines.level_step import Children, forward_rows, level_step
 
+__all__ = ["CHUNK_ROWS", "ForestLayout", "backward_chunk", "backward_pass", "compiled_kernels",
+           "forest_layout", "forward_chunk", "forward_pass", "index_scalar", "init_state"]
+
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
 
@@ -169,7 +172,7 @@ def compiled_kernels(mesh, chunk: int, backend: str):
     return per_device(forward_chunk, 2), per_device(backward_chunk, 4)
 
 
-def _index(x: int) -> jax.Array:
+def index_scalar(x: int) -> jax.Array:
     return jnp.asarray(x, jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32)
 
 
@@ -183,7 +186,7 @@ def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: boo
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
     for j in range(layout.depth if through_leaves else layout.depth - 1):
         for a in range(0, layout.rows(j), chunk):
-            state = forward(state, _index(off[j] + a), _index(off[j + 1] + a * vocab_size))
+            state = forward(state, index_scalar(off[j] + a), index_scalar(off[j + 1] + a * vocab_size))
     return state
 
 
@@ -194,6 +197,6 @@ def backward_pass(state: dict, layout: ForestLayout, mesh, lam: float = 1.0) -> 
     lam_array = jnp.asarray(lam, state["logits"].dtype)
     for j in reversed(range(layout.depth)):
         for a in range(0, layout.rows(j), chunk):
-            state = backward(state, _index(off[j] + a), _index(off[j + 1] + a * vocab_size),
-                             _index(min(chunk, layout.rows(j) - a)), lam_array)
+            state = backward(state, index_scalar(off[j] + a), index_scalar(off[j + 1] + a * vocab_size),
+                             index_scalar(min(chunk, layout.rows(j) - a)), lam_array)
     return state

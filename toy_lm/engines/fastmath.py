@@ -36,7 +36,7 @@ import numpy as np
 from numba.core import types
 from numba.extending import intrinsic
 
-__all__ = ["fexp", "flog", "KERNEL_FASTMATH"]
+__all__ = ["KERNEL_FASTMATH", "exp_array", "fexp", "flog", "log_array"]
 
 #: The floating-point relaxations the kernels are compiled with (and the test wrappers below, so
 #: that the accuracy tests see the code the kernels run): fused multiply-add, reciprocal

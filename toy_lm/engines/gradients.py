@@ -26,6 +26,9 @@ import jax.numpy as jnp
 from toy_lm.engines import tree
 from toy_lm.mutation import point
 
+__all__ = ["TablesFn", "expected_harm_fn", "martingale_surrogate", "per_position_grads_autodiff",
+           "per_position_grads_surrogate", "per_position_norms", "total_grad"]
+
 TablesFn = Callable[..., tuple]
 
 

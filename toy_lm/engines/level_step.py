@@ -49,6 +49,10 @@ import numpy as np
 
 from toy_lm.mutation import point
 
+__all__ = ["Children", "LevelRows", "LevelSums", "LevelTotals", "UNROLL_MAX_V", "binary_entropy",
+           "combine", "forward_rows", "level_step", "level_sums", "row_all", "row_max", "row_sum",
+           "stack_sums"]
+
 #: Up to this vocabulary size the reductions over a row (``V`` entries) are unrolled into ``V - 1``
 #: elementwise operations on column slices, which XLA on CPU runs about 1.4x faster than a
 #: reduction over a tiny minor axis (measured side by side, V = 2 and 4, chunks of 2**15 rows).

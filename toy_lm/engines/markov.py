@@ -41,6 +41,13 @@ from toy_lm.models.automata import Automaton
 from toy_lm.errors import InputError
 from toy_lm.mutation import point
 
+__all__ = ["at_least_order_one", "backward_step", "check_markov", "child_index", "children",
+           "cond_harm", "determined", "expected_harm", "forward_step", "grad_terms",
+           "harm_information", "harmful_prefix_dist", "horizon", "information_terms",
+           "initial_state", "lift_order", "log_policy", "logit_grads", "logit_grads_autodiff",
+           "markov_order", "per_position_kl", "prefill_asr", "prefill_asr_curve", "prefix_state",
+           "reachable", "split_context", "state_probs"]
+
 
 # -- shapes and layout --------------------------------------------------------------------------
 def markov_order(vocab_size: int, num_contexts: int) -> int:
@@ -81,7 +88,7 @@ def lift_order(logits, order: int):
     return jnp.asarray(logits)[:, rows]
 
 
-def _at_least_order_one(logits):
+def at_least_order_one(logits):
     logits = jnp.asarray(logits)
     return lift_order(logits, 1) if logits.shape[1] == 1 else logits
 
@@ -106,7 +113,7 @@ def children(table: jax.Array, dfa: Automaton) -> jax.Array:
     return flat[:, child_index(dfa)]
 
 
-def _split(x: jax.Array, vocab_size: int) -> jax.Array:
+def split_context(x: jax.Array, vocab_size: int) -> jax.Array:
     """``(C, ...) -> (V, L, ...)``: context ``c = c_hi * L + c_lo``."""
     return x.reshape((vocab_size, x.shape[0] // vocab_size) + x.shape[1:])
 
@@ -133,7 +140,7 @@ def forward_step(p: jax.Array, pi: jax.Array, dfa: Automaton) -> jax.Array:
     """``p_{l+1}(c ⊕ v, δ(s, v)) += p_l(c, s) π_l(v|c)``: ``(C, S) -> (C, S)``."""
     contexts, num_states = p.shape
     vocab_size = pi.shape[-1]
-    flow = jnp.einsum("hls,hlv->lsv", _split(p, vocab_size), _split(pi, vocab_size))
+    flow = jnp.einsum("hls,hlv->lsv", split_context(p, vocab_size), split_context(pi, vocab_size))
     nxt = jnp.zeros((contexts // vocab_size, vocab_size * num_states), p.dtype)
     return nxt.at[:, child_index(dfa)].add(flow).reshape(contexts, num_states)
 
@@ -152,7 +159,7 @@ def initial_state(contexts: int, dfa: Automaton, dtype) -> jax.Array:
 def state_probs(logits, dfa: Automaton) -> jax.Array:
     """``p_l(c, s) = P_π(Y_<=l ends in joint state (c, s))``, ``l = 0 ... T``: ``(T+1, C, S)``."""
     check_markov(logits, dfa)
-    logits = _at_least_order_one(logits)
+    logits = at_least_order_one(logits)
     pi = jnp.exp(log_policy(logits))
     p0 = initial_state(logits.shape[1], dfa, pi.dtype)
 
@@ -170,14 +177,14 @@ def cond_harm(logits, dfa: Automaton) -> jax.Array:
     still the conditional expectation from that state (they receive zero weight everywhere).
     """
     check_markov(logits, dfa)
-    logits = _at_least_order_one(logits)
+    logits = at_least_order_one(logits)
     vocab_size = logits.shape[2]
     pi = jnp.exp(log_policy(logits))
     last = jnp.broadcast_to(jnp.asarray(dfa.verdict, pi.dtype), logits.shape[1:2] + (
         dfa.transitions.shape[0],))
 
     def step(h_next, pi_l):
-        parent, _, _ = backward_step(_split(pi_l, vocab_size), children(h_next, dfa))
+        parent, _, _ = backward_step(split_context(pi_l, vocab_size), children(h_next, dfa))
         parent = parent.reshape(h_next.shape)
         return parent, parent
 
@@ -201,16 +208,16 @@ def _per_level(logits, dfa: Automaton, fn):
     ``fn`` receives ``π_l`` ``(V, L, V)``, ``p_l`` ``(V, L, S)`` and the ``diff`` ``(L, S, V)`` and
     ``mean`` ``(V, L, S)`` of :func:`backward_step` at level ``l``.
     """
-    logits = _at_least_order_one(logits)
+    logits = at_least_order_one(logits)
     vocab_size = logits.shape[2]
     pi = jnp.exp(log_policy(logits))
     probs, values = state_probs(logits, dfa), cond_harm(logits, dfa)
 
     def level(args):
         pi_l, p_l, h_next = args
-        pi3 = _split(pi_l, vocab_size)
+        pi3 = split_context(pi_l, vocab_size)
         _, diff, mean = backward_step(pi3, children(h_next, dfa))
-        return fn(pi3, _split(p_l, vocab_size), diff, mean)
+        return fn(pi3, split_context(p_l, vocab_size), diff, mean)
 
     return jax.lax.map(level, (pi, probs[:-1], values[1:]))
 
@@ -278,7 +285,7 @@ def harmful_prefix_dist(base_logits, dfa: Automaton, k: int) -> jax.Array:
     For soft harm: the harm-weighted joint-state distribution. Requires ``E_π0[h] > 0``.
     """
     check_markov(base_logits, dfa)
-    base_logits = _at_least_order_one(base_logits)
+    base_logits = at_least_order_one(base_logits)
     weight = state_probs(base_logits, dfa)[k] * cond_harm(base_logits, dfa)[k]
     return weight / jnp.sum(weight)
 
@@ -306,7 +313,7 @@ def prefill_asr(logits, dfa: Automaton, prefix_dist, k: int) -> jax.Array:
       prefix_dist: ``q_k`` as a ``(C, S)`` distribution over joint states at level ``k``.
     """
     check_markov(logits, dfa)
-    return jnp.sum(jnp.asarray(prefix_dist) * cond_harm(_at_least_order_one(logits), dfa)[k])
+    return jnp.sum(jnp.asarray(prefix_dist) * cond_harm(at_least_order_one(logits), dfa)[k])
 
 
 def prefill_asr_curve(logits, dfa: Automaton, base_logits) -> jax.Array:

@@ -38,7 +38,10 @@ from toy_lm.models.automata import Automaton, level_states, make_automaton
 from toy_lm.compile_options import compiler_options
 from toy_lm.errors import InputError
 from toy_lm.mutation import point
-from toy_lm.engines.tree import _check_lam
+from toy_lm.bounds import check_concrete_lam
+
+__all__ = ["MarkovAnalysis", "aggregate_tree_grads", "analyze_markov", "compiled_program",
+           "expand_to_tree", "joint_states", "markov_scan"]
 
 
 class MarkovAnalysis(NamedTuple):
@@ -71,7 +74,7 @@ class MarkovAnalysis(NamedTuple):
     per_position_kl: np.ndarray | None
 
 
-def _scan(logits, dfa, lam, *, with_lam: bool, scaled: bool):
+def markov_scan(logits, dfa, lam, *, with_lam: bool, scaled: bool):
     """One bidirectional scan: ``(p, p_T, H, log Z)``, the last two in reverse level order.
 
     Scan step ``i`` advances ``p`` from level ``i`` to ``i+1`` and finishes ``H`` and ``log Z`` at
@@ -81,7 +84,7 @@ def _scan(logits, dfa, lam, *, with_lam: bool, scaled: bool):
     length, contexts, vocab_size = logits.shape
     num_states = dfa.transitions.shape[0]
     unscaled = with_lam and not scaled
-    split = functools.partial(markov._split, vocab_size=vocab_size)
+    split = functools.partial(markov.split_context, vocab_size=vocab_size)
     verdict = jnp.broadcast_to(jnp.asarray(dfa.verdict, logits.dtype), (contexts, num_states))
 
     def step(carry, level):
@@ -149,7 +152,7 @@ def _level_sums(probs, last_p, values, logz, verdict, lam, beyond) -> dict:
 
 
 @functools.cache
-def _compiled(fn, backend: str, static=()):
+def compiled_program(fn, backend: str, static=()):
     return jax.jit(fn, static_argnames=static,
                    compiler_options=compiler_options(backend))
 
@@ -206,7 +209,7 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
             raise InputError(f"{name} has non-finite entries (NaN or inf); logits must be finite "
                              "(use a large negative number, e.g. -30, for a near-zero probability)")
     if lam is not None:
-        _check_lam(lam)
+        check_concrete_lam(lam)
     order = max(order, 1)
     if ref_logits is not None:
         _, _, ref_order = markov.check_markov(ref_logits, dfa)
@@ -223,7 +226,7 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
     logits = markov.lift_order(logits, order)
     det, tau = markov.determined(dfa, length), markov.horizon(dfa, length)
     scaled = lam is not None and markov_equilibrium.scaling_is_safe(lam, vocab_size, dtype)
-    core = _compiled(_scan, jax.default_backend(), ("with_lam", "scaled"))
+    core = compiled_program(markov_scan, jax.default_backend(), ("with_lam", "scaled"))
     scanned = core(logits, dfa, jnp.asarray(1.0 if lam is None else lam, dtype),
                    with_lam=lam is not None, scaled=scaled)
     verdict = np.broadcast_to(dfa.verdict.astype(dtype), scanned[0].shape[1:])

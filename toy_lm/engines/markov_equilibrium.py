@@ -22,9 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.models.automata import Automaton
-from toy_lm.engines.markov import (_at_least_order_one, _split, check_markov, children, log_policy,
+from toy_lm.engines.markov import (at_least_order_one, split_context, check_markov, children, log_policy,
                            state_probs)
-from toy_lm.engines.tree import _check_lam
+from toy_lm.bounds import check_concrete_lam
+
+__all__ = ["equilibrium_kl", "equilibrium_policy", "equilibrium_state_probs", "log_partition",
+           "log_partition_step", "scaling_is_safe"]
 
 
 def scaling_is_safe(lam, vocab_size: int, dtype) -> bool:
@@ -89,7 +92,7 @@ def _partition_scan(logits, dfa: Automaton, lam, scaled: bool | None = None):
         scaled = scaling_is_safe(lam, vocab_size, logp.dtype)
 
     def step(logz_next, logp_l):
-        logz, row_kl = log_partition_step(_split(logp_l, vocab_size), children(logz_next, dfa),
+        logz, row_kl = log_partition_step(split_context(logp_l, vocab_size), children(logz_next, dfa),
                                           scaled=scaled)
         logz = logz.reshape(logz_next.shape)
         return logz, (logz, row_kl.reshape(logz_next.shape))
@@ -101,8 +104,8 @@ def _partition_scan(logits, dfa: Automaton, lam, scaled: bool | None = None):
 def log_partition(logits, dfa: Automaton, lam, *, scaled: bool | None = None) -> jax.Array:
     """``log Z_l(c, s) = log E_π0[exp(-h/λ) | joint state (c, s) at level l]``, ``(T+1, C, S)``."""
     check_markov(logits, dfa)
-    _check_lam(lam)
-    return _partition_scan(_at_least_order_one(logits), dfa, lam, scaled)[0]
+    check_concrete_lam(lam)
+    return _partition_scan(at_least_order_one(logits), dfa, lam, scaled)[0]
 
 
 def equilibrium_policy(logits, dfa: Automaton, lam, *, scaled: bool | None = None) -> jax.Array:
@@ -113,17 +116,17 @@ def equilibrium_policy(logits, dfa: Automaton, lam, *, scaled: bool | None = Non
     exactly. Memory ``T * C * S * V``: use :func:`equilibrium_kl` for long horizons.
     """
     check_markov(logits, dfa)
-    _check_lam(lam)
-    logits = _at_least_order_one(logits)
+    check_concrete_lam(lam)
+    logits = at_least_order_one(logits)
     vocab_size = logits.shape[2]
     logz, _ = _partition_scan(logits, dfa, lam, scaled)
 
     def level(args):
         logp_l, logz_l, logz_next = args
         child = children(logz_next, dfa)                                  # (L, S, V)
-        logp3 = _split(logp_l, vocab_size)[:, :, None, :]                 # (V, L, 1, V)
+        logp3 = split_context(logp_l, vocab_size)[:, :, None, :]                 # (V, L, 1, V)
         constant = jnp.all(child == child[..., :1], axis=-1)[None, ..., None]
-        tilted = logp3 + child[None] - _split(logz_l, vocab_size)[..., None]
+        tilted = logp3 + child[None] - split_context(logz_l, vocab_size)[..., None]
         return jnp.where(constant, logp3, tilted).reshape(logz_l.shape + (vocab_size,))
 
     return jax.lax.map(level, (log_policy(logits), logz[:-1], logz[1:]))
@@ -137,8 +140,8 @@ def equilibrium_state_probs(logits, dfa: Automaton, lam, *,
     no ``Z`` ratio can overflow; no forward pass over ``π*`` is needed.
     """
     check_markov(logits, dfa)
-    _check_lam(lam)
-    logits = _at_least_order_one(logits)
+    check_concrete_lam(lam)
+    logits = at_least_order_one(logits)
     logz, _ = _partition_scan(logits, dfa, lam, scaled)
     return _tilted(state_probs(logits, dfa), logz)
 
@@ -157,8 +160,8 @@ def equilibrium_kl(logits, dfa: Automaton, lam, *, scaled: bool | None = None) -
     Exactly 0 at and beyond the horizon (T7b); ``Σ_t KL_t = KL(π*_λ || π0)`` (T7e).
     """
     check_markov(logits, dfa)
-    _check_lam(lam)
-    logits = _at_least_order_one(logits)
+    check_concrete_lam(lam)
+    logits = at_least_order_one(logits)
     logz, row_kl = _partition_scan(logits, dfa, lam, scaled)
     weights = _tilted(state_probs(logits, dfa)[:-1], logz[:-1])
     return jnp.sum(weights * row_kl, axis=(1, 2))

@@ -40,6 +40,11 @@ from toy_lm.errors import InputError
 from toy_lm.mutation import point
 from toy_lm.models.policies import Policy
 
+__all__ = ["Estimate", "HarmFn", "automaton_harm_fn", "cond_harm_mc", "continue_prefixes",
+           "harmful_prefixes", "kl_samples", "markov_baseline", "per_position_kl_mc",
+           "prefill_asr_mc", "reinforce_batch_grads", "reinforce_grads", "rollout_harms", "sample",
+           "t_interval", "table_baseline", "table_harm_fn"]
+
 HarmFn = Callable[[jax.Array], jax.Array]
 
 

@@ -29,6 +29,10 @@ from toy_lm.errors import InputError
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, level_size
 
+__all__ = ["automaton_costs", "base_harmful_prefix_dists", "dense_equilibrium_policy",
+           "dense_recovery_loss", "dense_total_cost", "dpo_loss", "kl_regularized_loss",
+           "recovery_prefill_loss"]
+
 
 def kl_regularized_loss(logits, base_logits, harm, lam) -> jax.Array:
     """``L_λ(π) = E_π[h] + λ Σ_t KL_t(π‖π0)``; its minimizer is ``π*_λ ∝ π0 exp(-h/λ)``."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+__all__ = ["reference_analysis"]
+
 
 def _log_softmax(z):
     m = z.max(axis=1, keepdims=True)

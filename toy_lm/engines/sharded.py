@@ -36,6 +36,8 @@ from toy_lm.models.harms import horizon_from_masks
 from toy_lm.engines.level_step import LevelRows, LevelTotals, combine, level_sums, stack_sums
 from toy_lm.tables import infer_sizes, level_size, validate_harm
 
+__all__ = ["analyze_sharded", "make_mesh", "split_level"]
+
 
 def make_mesh(devices=None) -> Mesh:
     """A one-axis mesh ``("d",)`` over ``devices`` (default: all devices of the default backend)."""

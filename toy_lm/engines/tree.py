@@ -18,14 +18,19 @@ References:
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
+from toy_lm.bounds import check_concrete_lam
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes
+
+__all__ = ["Tables", "backward_step", "cond_harm", "equilibrium_policy", "expected_harm",
+           "harm_information", "harm_information_mi", "harmful_prefix_dist", "increments",
+           "log_partition", "log_policy", "logit_grads", "per_position_kl", "prefill_asr",
+           "prefill_asr_curve", "prefix_probs", "response_log_probs"]
 
 Tables = Sequence[jax.Array]
 
@@ -181,17 +186,9 @@ def response_log_probs(logits: Tables) -> jax.Array:
     return acc
 
 
-def _check_lam(lam) -> None:
-    """A concrete ``λ`` must be a finite number >= :data:`toy_lm.bounds.MIN_LAMBDA`."""
-    if isinstance(lam, numbers.Real):
-        from toy_lm.bounds import check_lam
-
-        check_lam(float(lam), "lambda")
-
-
 def log_partition(base_logits: Tables, harm: jax.Array, lam) -> tuple[jax.Array, ...]:
     """``log Z_l(y_<=l) = log E_{π0}[exp(-h/λ) | y_<=l]`` for ``l = 0 ... T`` (log space, no underflow)."""
-    _check_lam(lam)
+    check_concrete_lam(lam)
     vocab_size, _ = infer_sizes(base_logits)
     values = [point("tree.tilt", -jnp.asarray(harm) / lam)]
     for logp in reversed(log_policy(base_logits)):

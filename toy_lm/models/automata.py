@@ -25,6 +25,10 @@ import numpy as np
 from toy_lm.errors import InputError
 from toy_lm.precision import default_float
 
+__all__ = ["Automaton", "automaton_determined_masks", "automaton_harm_table", "determined_states",
+           "harmful_before_refusal", "level_states", "make_automaton", "pattern_harm",
+           "verdict_range"]
+
 
 class Automaton(NamedTuple):
     """A DFA harm: ``transitions`` ``(S, V)`` ints, ``verdict`` ``(S,)`` in ``[0, 1]``, ``start``."""

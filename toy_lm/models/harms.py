@@ -25,6 +25,9 @@ from toy_lm.mutation import point
 from toy_lm.precision import default_float
 from toy_lm.tables import level_size, validate_harm
 
+__all__ = ["determined_masks", "harm_table", "horizon", "horizon_from_masks", "infer_length",
+           "random_decided_harm", "response_horizons", "soft_harm"]
+
 
 def infer_length(harm, vocab_size: int) -> int:
     """``T`` such that ``harm`` has ``V**T`` entries, or :class:`InputError`."""
@@ -99,6 +102,11 @@ def response_horizons(harm, vocab_size: int) -> np.ndarray:
 
     Determinedness is inherited by extensions, so ``τ(y)`` counts the levels at which ``y``'s
     prefix is still undetermined.
+
+    Example (``V = 2``, ``T = 2``; the harm is ``y_1 = 1``, except that ``11`` is harmless):
+
+    >>> response_horizons([0.0, 0.0, 1.0, 0.0], 2).tolist()   # responses 00, 01, 10, 11
+    [1, 1, 2, 2]
     """
     masks = determined_masks(harm, vocab_size)
     length = len(masks) - 1
@@ -118,5 +126,20 @@ def horizon_from_masks(masks) -> int:
 
 
 def horizon(harm, vocab_size: int) -> int:
-    """Global harm horizon ``τ* = max_y τ(y)``."""
+    """Global harm horizon ``τ* = max_y τ(y)``: the first level at which every prefix's harm is
+    decided (THEORY.md, the harm horizon).
+
+    Args:
+      harm: ``(V**T,)`` harm values, responses in canonical (base-``V``) order.
+      vocab_size: ``V``.
+
+    Returns:
+      ``τ*``, an int in ``0 ... T``.
+
+    Example: a harm decided by the first token has horizon 1; one that also needs the second
+    token has horizon 2; a constant harm is decided before any token.
+
+    >>> horizon([0.0, 0.0, 1.0, 1.0], 2), horizon([0.0, 0.0, 1.0, 0.0], 2), horizon([1.0] * 4, 2)
+    (1, 2, 0)
+    """
     return horizon_from_masks(determined_masks(harm, vocab_size))

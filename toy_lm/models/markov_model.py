@@ -37,6 +37,8 @@ import numpy as np
 from toy_lm.models.automata import Automaton, harmful_before_refusal, make_automaton
 from toy_lm.errors import EnumerationTooLarge, InputError
 
+__all__ = ["MODEL_KEYS", "markov_model_arrays", "random_markov_model", "save_markov_model"]
+
 #: The keys of the model file, in the order the format lists them.
 MODEL_KEYS = ("markov_logits", "dfa_transitions", "dfa_verdict", "dfa_start")
 
@@ -71,9 +73,9 @@ def markov_model_arrays(logits, dfa: Automaton) -> dict[str, np.ndarray]:
 
 def save_markov_model(path: str, logits, dfa: Automaton) -> None:
     """Write the model file for ``logits`` and ``dfa`` to ``path`` (atomically, checked first)."""
-    from toy_lm.io import save_npz_atomic
+    from toy_lm.outputs import save_npz
 
-    save_npz_atomic(path, markov_model_arrays(logits, dfa))
+    save_npz(path, markov_model_arrays(logits, dfa), tag="npz")
 
 
 def random_markov_model(seed: int, vocab_size: int, length: int, order: int,

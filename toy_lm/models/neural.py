@@ -24,6 +24,9 @@ from toy_lm.models.policies import Policy
 from toy_lm.precision import default_float
 from toy_lm.tables import all_prefixes
 
+__all__ = ["CausalSelfAttention", "CausalTransformer", "MLPPolicy", "PrefixMLP",
+           "TransformerPolicy"]
+
 
 class CausalTransformer(nnx.Module):
     """A tiny pre-norm causal transformer over ``[prompt token, y_1, ..., y_l]``.

@@ -30,6 +30,8 @@ from toy_lm.errors import InputError
 from toy_lm.precision import default_float
 from toy_lm.tables import all_prefixes, level_size
 
+__all__ = ["MarkovPolicy", "Params", "Policy", "PositionalPolicy", "TabularPolicy"]
+
 Params = Any
 
 
@@ -143,13 +145,17 @@ class TabularPolicy(Policy):
     def init(self, key: jax.Array, *, scale: float = 1.0) -> tuple[jax.Array, ...]:
         """Independent ``N(0, scale**2)`` logits for every prefix and prompt.
 
-        One draw for all levels, then split: one compiled random program whatever ``T`` is (a draw
-        per level would compile one per level shape).
+        One flat draw for all levels, cut into the level tables ``(P, V**l, V)`` in order: one
+        compiled random program whatever ``T`` is (a draw per level would compile one per level
+        shape).
         """
-        sizes = [level_size(self.vocab_size, level) for level in range(self.length)]
-        draw = _normal(key, (self.num_prompts, sum(sizes), self.vocab_size), scale)
+        shapes = [(self.num_prompts, level_size(self.vocab_size, level), self.vocab_size)
+                  for level in range(self.length)]
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        draw = _normal(key, (sum(sizes),), scale)
         bounds = np.cumsum([0] + sizes)
-        return tuple(draw[:, a:b] for a, b in zip(bounds[:-1], bounds[1:]))
+        return tuple(draw[a:b].reshape(shape)
+                     for a, b, shape in zip(bounds[:-1], bounds[1:], shapes))
 
     def from_tables(self, tables, prompt_axis: bool = False) -> tuple[jax.Array, ...]:
         """Parameters holding given level tables (adds the prompt axis unless present)."""
