@@ -47,8 +47,8 @@ VECTOR_POLICIES = ("tabular", "markov")
 #: Runs ``jax.vmap``-ed together inside a batch's program, which ``lax.map``-s over such chunks:
 #: a run's arrays are a few tens of kB, and mapping hundreds at once makes every elementwise pass
 #: stream megabytes through memory instead of the CPU's caches (measured on the 2-core CPU, quick
-#: preset: a run costs about 2-4x more at 256 than in chunks of 4; ``harm-horizon bench --suite
-#: sweep`` measures the whole).
+#: preset, a batch of 256: about 1.5x the CPU per run of chunks of 4; ``harm-horizon bench
+#: --suite sweep`` measures the whole).
 RUN_CHUNK = 4
 
 
