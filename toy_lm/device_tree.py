@@ -14,11 +14,11 @@ Chunks that run past a level's end read rows of the next level (harmless) and th
 masked back to the old values (backward) or land in regions written later (forward), so no
 special cases are compiled. Buffers are donated to the kernels and updated in place.
 
-Per row the backward kernel runs the level step of :mod:`toy_lm.level_step`, the one shared by
+Per row the backward kernel runs the level step of :mod:`toy_lm.engines.level_step`, the one shared by
 every XLA driver, and stores ``H`` (exact zeros), the determined flags, the logit gradients ``G``,
 the equilibrium ``log Z`` and row KL of ``π*_λ``, the row KL against a reference, and each row's
 share of ``I_t``; level sums are taken afterwards from these per-row arrays, by the same
-:func:`toy_lm.level_step.level_sums` and :func:`toy_lm.level_step.combine` (see :mod:`toy_lm.sharded`).
+:func:`toy_lm.engines.level_step.level_sums` and :func:`toy_lm.engines.level_step.combine` (see :mod:`toy_lm.engines.sharded`).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.compile_options import compiler_options
-from toy_lm.level_step import Children, forward_rows, level_step
+from toy_lm.engines.level_step import Children, forward_rows, level_step
 
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
@@ -120,7 +120,7 @@ _STORED = {"h": "h", "det": "det", "grads": "grads", "info": "info", "logz": "lo
 
 
 def backward_chunk(state: dict, row_off, child_off, valid, lam, *, chunk: int) -> dict:
-    """One chunk of the backward pass: the level step of :mod:`toy_lm.level_step` on ``chunk``
+    """One chunk of the backward pass: the level step of :mod:`toy_lm.engines.level_step` on ``chunk``
     rows, its per-row outputs written back masked to the ``valid`` rows of the level."""
     vocab_size = state["logits"].shape[1]
 
@@ -176,7 +176,7 @@ def _index(x: int) -> jax.Array:
 def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: bool = False) -> dict:
     """Prefix probabilities of levels ``1 ... D-1`` (``... D`` with ``through_leaves``).
 
-    ``state`` leaves carry a leading device axis placed on ``mesh`` (see :mod:`toy_lm.sharded`);
+    ``state`` leaves carry a leading device axis placed on ``mesh`` (see :mod:`toy_lm.engines.sharded`);
     the kernels are called asynchronously, chunk after chunk.
     """
     forward, _ = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)

@@ -3,13 +3,13 @@
 The ``V**m`` prefixes of length ``m`` (the *split level*) root disjoint subtrees; device ``d`` of
 a mesh with ``D`` devices gets subtrees ``d*K ... (d+1)*K - 1`` (``K = ceil(V**m / D)``, the
 last device padded with zero-probability subtrees). Within a subtree nothing refers to another
-one, so each device runs the forest kernels of :mod:`toy_lm.device_tree` on its own buffers
+one, so each device runs the forest kernels of :mod:`toy_lm.engines.device_tree` on its own buffers
 with no communication (``jax.shard_map`` over the mesh axis ``"d"``). The ``m`` levels above the
 split are a small forest of one root, whose leaves are the subtrees' root values; it runs on the
 first device, forward before and backward after the subtrees.
 
 Determinism. Every per-prefix value is computed by the same per-row program (the level step of
-:mod:`toy_lm.level_step`) from the same inputs whatever ``D`` is, and the per-level sums (``I_t``,
+:mod:`toy_lm.engines.level_step`) from the same inputs whatever ``D`` is, and the per-level sums (``I_t``,
 KL) are taken over the per-row shares of the whole level in canonical order (the step's
 ``level_sums`` and ``combine``), so for a given split level the results are *identical*
 (bitwise) on one device and on many.
@@ -29,11 +29,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from toy_lm import device_tree
-from toy_lm.analysis import TreeAnalysis
+from toy_lm.engines import device_tree
+from toy_lm.engines.analysis import TreeAnalysis
 from toy_lm.errors import ConfigError
-from toy_lm.harms import horizon_from_masks
-from toy_lm.level_step import LevelRows, LevelTotals, combine, level_sums, stack_sums
+from toy_lm.models.harms import horizon_from_masks
+from toy_lm.engines.level_step import LevelRows, LevelTotals, combine, level_sums, stack_sums
 from toy_lm.tables import infer_sizes, level_size, validate_harm
 
 
@@ -70,8 +70,8 @@ def _levels(state: dict, layout: device_tree.ForestLayout, name: str, keep: int)
 
 def _level_totals(level: dict, l: int) -> LevelTotals:
     """Level ``l``'s totals from its per-row shares in canonical order: the level step's
-    :func:`~toy_lm.level_step.level_sums` over the whole level (one block), then the one
-    :func:`~toy_lm.level_step.combine` every XLA driver uses."""
+    :func:`~toy_lm.engines.level_step.level_sums` over the whole level (one block), then the one
+    :func:`~toy_lm.engines.level_step.combine` every XLA driver uses."""
     rows = LevelRows(h=level["h"][l], det=level["det"][l], grads=level["grads"][l],
                      info=level["info"][l], logz=level.get("logz", [None] * (l + 1))[l],
                      eq_kl=level.get("eq_kl", [None] * (l + 1))[l],
@@ -83,7 +83,7 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
                     ref_logits: Sequence | None = None, mesh: Mesh | None = None,
                     split: int | None = None, chunk_rows: int = device_tree.CHUNK_ROWS,
                     dtype=None) -> TreeAnalysis:
-    """The tree analysis of :func:`toy_lm.analysis.analyze_tree`, sharded over ``mesh``.
+    """The tree analysis of :func:`toy_lm.engines.analysis.analyze_tree`, sharded over ``mesh``.
 
     Args:
       logits: level tables ``(V**l, V)``; harm: ``(V**T,)``.
@@ -92,10 +92,10 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
       split: the split level ``m`` (default :func:`split_level`); results for a given ``m`` are
         bitwise identical for any number of devices.
       dtype: the floating dtype of the buffers (default: JAX's default float, float64 under
-        x64); float32 is for GPUs, with the tolerance re-derived (:mod:`toy_lm.bench_gpu`).
+        x64); float32 is for GPUs, with the tolerance re-derived (:mod:`experiments.bench.gpu`).
 
     Returns:
-      A :class:`toy_lm.analysis.TreeAnalysis` (without the equilibrium tables and ``I^MI``).
+      A :class:`toy_lm.engines.analysis.TreeAnalysis` (without the equilibrium tables and ``I^MI``).
     """
     vocab_size, length = infer_sizes(logits)
     harm = validate_harm(harm, vocab_size, length)
