@@ -35,8 +35,11 @@ def _harmful_tables_program(policy: Policy):
 
 
 @functools.cache
-def _attack_step(policy: Policy, optimizer: str, learning_rate: float):
-    return jax.jit(attack_step_function(policy, make_optimizer(optimizer, learning_rate)))
+def _attack_step(policy: Policy, optimizer: str):
+    """The jitted attack step with the learning rate as data: ``(learning_rate, params, state,
+    data) -> ...``, one program per policy and optimizer kind."""
+    return jax.jit(lambda learning_rate, *args: attack_step_function(
+        policy, make_optimizer(optimizer, learning_rate))(*args))
 
 
 def attack_step_function(policy: Policy, opt: optax.GradientTransformation):
@@ -89,14 +92,14 @@ def fine_tuning_attack(cfg: RunConfig, policy: Policy, world: RefusalWorld, para
     k = cfg.attack
     weights = harmful_attack_weights(cfg, world, base_tables, key)
     opt = make_optimizer(k.optimizer, k.learning_rate)
-    step = _attack_step(policy, k.optimizer, k.learning_rate)
+    step = _attack_step(policy, k.optimizer)
     d = {"reference": _harmful_tables_program(policy)(params),
          "weights": tuple(jnp.asarray(w) for w in weights), "betas": jnp.asarray(attack_betas(cfg)),
          "harm": world.harm, "constrained": jnp.asarray(float(objective == "constrained"))}
     harms = []
     state = opt.init(params)
     for _ in range(k.steps):
-        params, state, before, after = step(params, state, d)
+        params, state, before, after = step(k.learning_rate, params, state, d)
         harms = harms or [float(before)]
         harms.append(float(after))
     return {"steps": list(range(k.steps + 1)), "expected_harm": harms}

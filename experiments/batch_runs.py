@@ -25,7 +25,8 @@ from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import harmful_attack_weights, make_objective, objective_settings
 from experiments.train import (ATTACK_TAG, BASE_TAG, base_cache_path, divergence_message,
                                package_version, run_id)
-from experiments.vectorized import BaseInputs, RunInputs, base_program, group_key, run_program
+from experiments.vectorized import (BaseInputs, RunInputs, base_program, chunked_size, group_key,
+                                   run_program)
 from experiments.world import make_world
 from toy_lm.compile_options import compiler_options
 from toy_lm.errors import HarmHorizonError, InputError
@@ -112,8 +113,10 @@ def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: i
 
 
 def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> BatchReport:
-    """Run ``configs`` (one group) as one call padded to ``size`` runs; write their results."""
+    """Run ``configs`` (one group) as one call padded to ``size`` runs (rounded up to whole
+    chunks, :func:`experiments.vectorized.chunked_size`); write their results."""
     start, count = time.perf_counter(), len(configs)
+    size = chunked_size(size)
     cfg = configs[0]
     world = _world(cfg.world)
     policy = policy_from_config(cfg.policy, world)

@@ -40,8 +40,9 @@ from toy_lm.tables import memory_budget
 __all__ = ["Batch", "DEFAULT_BATCH", "MIN_GROUP_RUNS", "estimated_run_bytes", "execute",
            "init_worker", "missing_base_groups", "plan_batches", "split_vectorizable"]
 
-#: Most runs in one batch by default: beyond this a batch's arrays leave the CPU caches and a
-#: run gets no cheaper (``harm-horizon bench --suite sweep`` measures it).
+#: Most runs in one batch by default. Inside a batch the runs go through the program in small
+#: ``vmap``-ed chunks (:data:`experiments.vectorized.RUN_CHUNK`), so a larger batch costs no cache
+#: misses; it only means more work lost to a kill and fewer result-file writes.
 DEFAULT_BATCH = 256
 #: A group of fewer runs goes through the per-run path (one run gains nothing from ``vmap``).
 MIN_GROUP_RUNS = 2

@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 from experiments import attack, base_model, measure
-from experiments.config import RunConfig, check_run_memory, config_hash, config_to_dict
+from experiments.config import (AlignConfig, RunConfig, check_run_memory, config_hash,
+                                config_to_dict)
 from experiments.recipes import Objective, make_objective
 from experiments.world import BENIGN, HARMFUL, RefusalWorld, make_world
 from toy_lm.engines import tree
@@ -110,17 +111,33 @@ def step_function(objective: Objective, optimizer: optax.GradientTransformation,
 
 _STEPS: dict = {}
 
+#: Alignment settings that are data of the compiled step, not part of its program: the
+#: objective's scalar settings (:func:`experiments.recipes.objective_settings`, in
+#: ``objective.data``) and the learning rate (an argument of the step).
+STEP_DATA_FIELDS = ("lam", "beta", "mu", "utility_weight", "baseline", "learning_rate")
+
 
 def compiled_step(cfg: RunConfig, policy: Policy, objective: Objective, with_map: bool):
-    """:func:`make_step` for ``cfg``, shared by every run whose step is the same program.
+    """The jitted step of ``cfg``'s alignment, ``(learning_rate, params, state, key, data, harm,
+    utility) -> ...`` (:func:`step_function` with the learning rate as data), shared by every run
+    whose step is the same program.
 
-    An objective's functions depend only on the policy, the world and the alignment settings (its
-    arrays travel in ``objective.data``), so those - not the seed or the step count - are the key.
+    An objective's functions depend only on the policy, the world and the alignment settings
+    outside :data:`STEP_DATA_FIELDS` (its arrays and settings travel in ``objective.data``), so
+    those - not the seed, ``λ``, the learning rate or the step count - are the key: a grid over
+    ``λ`` and learning rates compiles the step once.
     """
-    key = (policy, cfg.world, dataclasses.replace(cfg.align, steps=0, grad_map_every=1), with_map)
+    fixed = dataclasses.replace(cfg.align, steps=0, grad_map_every=1,
+                                **{f: getattr(AlignConfig(), f) for f in STEP_DATA_FIELDS})
+    key = (policy, cfg.world, fixed, with_map)
     if key not in _STEPS:
-        optimizer = base_model.make_optimizer(cfg.align.optimizer, cfg.align.learning_rate)
-        _STEPS[key] = make_step(objective, optimizer, policy, with_map)
+        name = cfg.align.optimizer
+
+        def step(learning_rate, *args):
+            optimizer = base_model.make_optimizer(name, learning_rate)
+            return step_function(objective, optimizer, policy, with_map)(*args)
+
+        _STEPS[key] = jax.jit(step)
     return _STEPS[key]
 
 
@@ -136,8 +153,9 @@ def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWo
     for i in range(a.steps):
         recorded = i % a.grad_map_every == 0
         step = step_map if recorded else step_plain
-        params, state, loss, norms, harm, util = step(params, state, jax.random.fold_in(key, i),
-                                                      objective.data, world.harm, world.utility)
+        params, state, loss, norms, harm, util = step(a.learning_rate, params, state,
+                                                      jax.random.fold_in(key, i), objective.data,
+                                                      world.harm, world.utility)
         if not np.isfinite(float(loss)):
             raise InputError(divergence_message(cfg, i, float(loss)))
         hist.loss.append(float(loss))

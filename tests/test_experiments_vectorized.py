@@ -17,7 +17,8 @@ from experiments import batch_sweep, sweep
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
-from experiments.vectorized import group_key, not_vectorizable
+from experiments.vectorized import (RUN_CHUNK, chunk_size, chunked_size, group_key,
+                                   not_vectorizable)
 
 #: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
 SMALL = {"world.length": 2, "world.num_harmful": 1, "base.steps": 30, "align.steps": 6,
@@ -103,6 +104,9 @@ def assert_same_tables(reference, vectorized, tol):
                 if column == "seconds":  # a timing, not a result
                     continue
                 b = row_vec[column]
+                if a == b:  # identical text (a run id like "517802e03592" parses as inf)
+                    compared += 1
+                    continue
                 try:
                     x, y = float(a), float(b)
                 except ValueError:
@@ -130,6 +134,27 @@ def _both_paths(tmp_path, configs):
 def test_vectorized_sweep_equals_the_per_run_path(tmp_path, compile_cache):
     configs = draw_configs(1, "rlhf", 3)
     reference, vectorized = _both_paths(tmp_path, configs)
+    assert assert_same_tables(reference, vectorized, tolerance(configs)) > 100
+
+
+def test_chunked_batch_sizes():
+    sizes = range(1, 3 * RUN_CHUNK + 2)
+    for size in sizes:
+        chunk, padded = chunk_size(size), chunked_size(size)
+        assert 1 <= chunk <= min(size, RUN_CHUNK)
+        assert padded % chunk == 0 and size <= padded < size + chunk, (size, chunk, padded)
+    assert chunked_size(RUN_CHUNK + 1) == 2 * RUN_CHUNK  # one run past a chunk: a padded one
+
+
+def test_several_chunks_equal_the_per_run_path(tmp_path, compile_cache):
+    """One batch of RUN_CHUNK + 2 runs: two ``lax.map`` chunks, the second padded."""
+    configs = draw_configs(5, "rlhf", RUN_CHUNK + 2)
+    reference, vectorized = str(tmp_path / "per-run"), str(tmp_path / "vectorized")
+    lines = []
+    sweep.run_sweep(configs, reference, jobs=1, per_run=True, log=lines.append)
+    sweep.run_sweep(configs, vectorized, jobs=1, log=lines.append, batch_size=len(configs))
+    assert any(line.startswith(f"vectorized: {len(configs)} runs in 1 program(s), 1 batch(es)")
+               for line in lines), lines
     assert assert_same_tables(reference, vectorized, tolerance(configs)) > 100
 
 
