@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -33,8 +34,8 @@ from toy_lm import device_tree
 from toy_lm.analysis import TreeAnalysis
 from toy_lm.errors import ConfigError
 from toy_lm.harms import horizon_from_masks
-from toy_lm.level_step import LevelRows, LevelTotals, combine, level_sums, stack_sums
-from toy_lm.tables import infer_sizes, level_size, validate_harm
+from toy_lm.level_step import LevelRows, LevelSums, LevelTotals, combine, level_sums, stack_sums
+from toy_lm.tables import estimate_tree_bytes, infer_sizes, level_size, validate_harm
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -68,15 +69,152 @@ def _levels(state: dict, layout: device_tree.ForestLayout, name: str, keep: int)
     return out
 
 
-def _level_totals(level: dict, l: int) -> LevelTotals:
-    """Level ``l``'s totals from its per-row shares in canonical order: the level step's
-    :func:`~toy_lm.level_step.level_sums` over the whole level (one block), then the one
-    :func:`~toy_lm.level_step.combine` every XLA driver uses."""
-    rows = LevelRows(h=level["h"][l], det=level["det"][l], grads=level["grads"][l],
-                     info=level["info"][l], logz=level.get("logz", [None] * (l + 1))[l],
-                     eq_kl=level.get("eq_kl", [None] * (l + 1))[l],
-                     ref_kl=level.get("ref_kl", [None] * (l + 1))[l])
-    return combine(stack_sums([level_sums(rows, level["probs"][l])]))
+@jax.jit
+def _block_sums(rows: LevelRows, probs) -> LevelSums:
+    """The level step's :func:`~toy_lm.level_step.level_sums` of one block, jitted: every block of
+    a given size runs the same compiled program, so its sums do not depend on the process or
+    device that holds it."""
+    return level_sums(rows, probs)
+
+
+class Plan(NamedTuple):
+    """How a tree is split: ``V**m`` subtrees at the split level ``m``; a share of them per
+    process (``per_process`` each, the last share padded), ``per_device`` per local device."""
+
+    vocab_size: int
+    length: int
+    split: int
+    subtrees: int
+    first: int
+    count: int
+    per_process: int
+
+
+def plan(vocab_size: int, length: int, *, split: int, process_index: int = 0,
+         process_count: int = 1) -> Plan:
+    """The subtrees of process ``process_index`` out of ``process_count`` (contiguous shares)."""
+    if not 0 <= split < length:
+        raise ConfigError(f"split level m={split} must satisfy 0 <= m < T={length}")
+    subtrees = level_size(vocab_size, split)
+    if subtrees < process_count:
+        raise ConfigError(f"split level m={split} gives V**m = {subtrees} subtrees for "
+                          f"{process_count} processes; choose m with V**m >= {process_count}")
+    per_process = math.ceil(subtrees / process_count)
+    first = min(process_index * per_process, subtrees)
+    return Plan(vocab_size, length, split, subtrees, first,
+                min(per_process, subtrees - first), per_process)
+
+
+def share_bytes(vocab_size: int, length: int, split: int, process_count: int) -> int:
+    """Estimated peak bytes of one process's share: the one-process estimate of
+    :func:`toy_lm.tables.estimate_tree_bytes` prorated to ``ceil(V**m / N)`` of the ``V**m``
+    subtrees, plus the levels above the split (which every process runs)."""
+    subtrees = level_size(vocab_size, split)
+    share = math.ceil(subtrees / process_count)
+    return (math.ceil(estimate_tree_bytes(vocab_size, length) * share / subtrees)
+            + estimate_tree_bytes(vocab_size, split))
+
+
+def _top_forward(logits, p: Plan, ref_logits, with_lam: bool, dtype, chunk_rows: int, device):
+    """The levels above the split, forward: ``(top state, root probabilities (V**m,))``."""
+    if not p.split:
+        return None, np.ones(1, dtype)
+    top_layout = device_tree.forest_layout(p.vocab_size, p.split, 1, chunk_rows)
+    top_mesh = make_mesh([device])
+    top = _put([device_tree.init_state(
+        top_layout, logits[:p.split], np.zeros(p.subtrees), [1.0],
+        leaf_logz=np.zeros(p.subtrees) if with_lam else None,
+        ref_logits=ref_logits[:p.split] if ref_logits is not None else None, dtype=dtype)],
+        top_mesh)
+    top = device_tree.forward_pass(top, top_layout, top_mesh, through_leaves=True)
+    return top, _levels(top, top_layout, "probs", 1)[p.split]
+
+
+def _top_backward(top, p: Plan, roots: dict, names, lam, chunk_rows: int, device) -> dict:
+    """The levels above the split, backward, from the subtrees' root values ``roots``."""
+    if not p.split:
+        return {k: [] for k in names}
+    top_layout = device_tree.forest_layout(p.vocab_size, p.split, 1, chunk_rows)
+    top_mesh = make_mesh([device])
+    top = dict(top)
+    for name, values in roots.items():
+        buf = np.array(top[name])
+        buf[0, top_layout.offsets[p.split]:top_layout.offsets[p.split] + p.subtrees] = values
+        top[name] = jax.device_put(buf, NamedSharding(top_mesh, P("d")))
+    top = device_tree.backward_pass(top, top_layout, top_mesh, 1.0 if lam is None else lam)
+    return {k: _levels(top, top_layout, k, 1) for k in names}
+
+
+def _subtrees(logits, harm, ref_logits, root_probs, p: Plan, mesh: Mesh, lam, dtype,
+              chunk_rows: int, names) -> dict:
+    """This process's subtrees ``first ... first + count - 1``, one forest per local device of
+    ``mesh``: per name, per forest level ``j`` the ``count * V**j`` rows in canonical order."""
+    vocab_size, length, m = p.vocab_size, p.length, p.split
+    num_devices = mesh.devices.size
+    per_device = math.ceil(p.count / num_devices)
+    layout = device_tree.forest_layout(vocab_size, length - m, per_device, chunk_rows)
+    states = []
+    for d in range(num_devices):
+        first = p.first + d * per_device
+        last = min(first + per_device, p.first + p.count)
+
+        def rows(table, level, first=first, last=last):   # the device's rows, padded
+            n = level_size(vocab_size, level - m)
+            block = np.asarray(table[first * n:max(first, last) * n])
+            pad = per_device * n - block.shape[0]
+            return np.concatenate([block, np.zeros((pad,) + block.shape[1:], block.dtype)])
+
+        leaves = rows(harm, length)
+        states.append(device_tree.init_state(
+            layout, [rows(logits[l], l) for l in range(m, length)], leaves,
+            rows(root_probs, m), leaf_logz=-leaves / lam if lam is not None else None,
+            ref_logits=[rows(ref_logits[l], l) for l in range(m, length)]
+            if ref_logits is not None else None, dtype=dtype))
+    state = _put(states, mesh)
+    state = device_tree.forward_pass(state, layout, mesh)
+    state = device_tree.backward_pass(state, layout, mesh, 1.0 if lam is None else lam)
+    return {k: _levels(state, layout, k, p.count) for k in names}
+
+
+def _level_rows(level: dict, l: int) -> LevelRows:
+    def get(name):
+        return level[name][l] if name in level else None
+
+    return LevelRows(h=None, det=None, grads=None, info=get("info"),  # type: ignore[arg-type]
+                     logz=get("logz"), eq_kl=get("eq_kl"), ref_kl=get("ref_kl"))
+
+
+def subtree_sums(low: dict, count: int) -> list[LevelSums]:
+    """Per level below the split (forest level ``j``), the :class:`LevelSums` of each of the
+    ``count`` subtrees (``V**j`` rows each), stacked in subtree order."""
+    out = []
+    for j in range(len(low["info"])):
+        rows = _level_rows(low, j)
+        size = low["info"][j].shape[0] // max(count, 1)
+        out.append(stack_sums(
+            _block_sums(LevelRows(*(None if x is None else x[b * size:(b + 1) * size]
+                                    for x in rows)), low["probs"][j][b * size:(b + 1) * size])
+            for b in range(count)))
+    return out
+
+
+def _names(with_lam: bool, with_ref: bool) -> list[str]:
+    return (["h", "det", "grads", "info", "probs"] + ["logz", "eq_kl"] * with_lam
+            + ["ref_kl"] * with_ref)
+
+
+def _root_names(with_lam: bool) -> tuple:
+    return ("h", "det") + ("logz",) * with_lam
+
+
+def _prepare(logits, harm, ref_logits, split, num_devices, dtype):
+    vocab_size, length = infer_sizes(logits)
+    harm = validate_harm(harm, vocab_size, length)
+    if ref_logits is not None and infer_sizes(ref_logits, "ref_logits") != (vocab_size, length):
+        raise ConfigError("ref_logits must have the same V and T as logits")
+    m = split_level(vocab_size, length, num_devices) if split is None else int(split)
+    dtype = np.dtype(jax.numpy.result_type(float) if dtype is None else dtype)
+    return vocab_size, length, harm, m, dtype
 
 
 def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
@@ -90,78 +228,27 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
       lam / ref_logits: as in ``analyze_tree`` (equilibrium KL; KL against a reference).
       mesh: a one-axis mesh ``("d",)`` (default: every device, :func:`make_mesh`).
       split: the split level ``m`` (default :func:`split_level`); results for a given ``m`` are
-        bitwise identical for any number of devices.
+        bitwise identical for any number of devices (and of processes: :mod:`toy_lm.distributed`).
       dtype: the floating dtype of the buffers (default: JAX's default float, float64 under
         x64); float32 is for GPUs, with the tolerance re-derived (:mod:`toy_lm.bench_gpu`).
 
     Returns:
       A :class:`toy_lm.analysis.TreeAnalysis` (without the equilibrium tables and ``I^MI``).
     """
-    vocab_size, length = infer_sizes(logits)
-    harm = validate_harm(harm, vocab_size, length)
-    if ref_logits is not None and infer_sizes(ref_logits, "ref_logits") != (vocab_size, length):
-        raise ConfigError("ref_logits must have the same V and T as logits")
     mesh = make_mesh() if mesh is None else mesh
-    num_devices = mesh.devices.size
-    m = split_level(vocab_size, length, num_devices) if split is None else int(split)
-    if not 0 <= m < length:
-        raise ConfigError(f"split level m={m} must satisfy 0 <= m < T={length}")
-    dtype = np.dtype(jax.numpy.result_type(float) if dtype is None else dtype)
-    subtrees = level_size(vocab_size, m)
-    per_device = math.ceil(subtrees / num_devices)
-    layout = device_tree.forest_layout(vocab_size, length - m, per_device, chunk_rows)
-    top_layout = device_tree.forest_layout(vocab_size, m, 1, chunk_rows) if m else None
-    top_mesh = make_mesh([mesh.devices.flat[0]])
+    vocab_size, length, harm, m, dtype = _prepare(logits, harm, ref_logits, split,
+                                                  mesh.devices.size, dtype)
+    p = plan(vocab_size, length, split=m)
     with_lam, with_ref = lam is not None, ref_logits is not None
-
-    # Levels above the split, forward: the probabilities of the subtree roots.
-    root_probs = np.ones(1, dtype)
-    if m:
-        top = _put([device_tree.init_state(
-            top_layout, logits[:m], np.zeros(subtrees), [1.0],
-            leaf_logz=np.zeros(subtrees) if with_lam else None,
-            ref_logits=ref_logits[:m] if with_ref else None, dtype=dtype)], top_mesh)
-        top = device_tree.forward_pass(top, top_layout, top_mesh, through_leaves=True)
-        root_probs = _levels(top, top_layout, "probs", 1)[m]
-
-    # The subtrees, one forest per device.
-    states = []
-    for d in range(num_devices):
-        first = d * per_device
-
-        def rows(table, level, first=first):   # the device's rows of a global level, padded
-            n = level_size(vocab_size, level - m)
-            block = np.asarray(table)[first * n:(first + per_device) * n]
-            pad = per_device * n - block.shape[0]
-            return np.concatenate([block, np.zeros((pad,) + block.shape[1:], block.dtype)])
-
-        leaves = rows(harm, length)
-        states.append(device_tree.init_state(
-            layout, [rows(logits[l], l) for l in range(m, length)], leaves,
-            rows(root_probs, m), leaf_logz=-leaves / lam if with_lam else None,
-            ref_logits=[rows(ref_logits[l], l) for l in range(m, length)] if with_ref else None,
-            dtype=dtype))
-    state = _put(states, mesh)
-    state = device_tree.forward_pass(state, layout, mesh)
-    state = device_tree.backward_pass(state, layout, mesh, 1.0 if lam is None else lam)
-    names = ["h", "det", "grads", "info", "probs"] + ["logz", "eq_kl"] * with_lam \
-        + ["ref_kl"] * with_ref
-    low = {k: _levels(state, layout, k, subtrees) for k in names}
-
-    # Levels above the split, backward, from the subtrees' root values.
-    high = {k: [] for k in names}
-    if m:
-        top = dict(top)
-        for name in ("h", "det") + ("logz",) * with_lam:
-            buf = np.array(top[name])
-            buf[0, top_layout.offsets[m]:top_layout.offsets[m] + subtrees] = low[name][0]
-            top[name] = jax.device_put(buf, NamedSharding(top_mesh, P("d")))
-        top = device_tree.backward_pass(top, top_layout, top_mesh, 1.0 if lam is None else lam)
-        high = {k: _levels(top, top_layout, k, 1) for k in names}
+    names = _names(with_lam, with_ref)
+    top, root_probs = _top_forward(logits, p, ref_logits, with_lam, dtype, chunk_rows,
+                                   mesh.devices.flat[0])
+    low = _subtrees(logits, harm, ref_logits, root_probs, p, mesh, lam, dtype, chunk_rows, names)
+    high = _top_backward(top, p, {k: low[k][0] for k in _root_names(with_lam)}, names, lam,
+                         chunk_rows, mesh.devices.flat[0])
     level = {k: high[k][:m] + low[k] for k in names}
-
+    totals = level_totals(high, subtree_sums(low, p.subtrees))
     dets = level["det"]
-    totals = [_level_totals(level, l) for l in range(length)]
     return TreeAnalysis(
         expected_harm=float(level["h"][0][0]),
         cond_harm=tuple(level["h"]),
@@ -174,3 +261,13 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
         equilibrium_kl=np.array([t.eq_kl for t in totals]) if with_lam else None,
         per_position_kl=np.array([t.ref_kl for t in totals]) if with_ref else None,
     )
+
+
+def level_totals(high: dict, low_sums: list[LevelSums]) -> list[LevelTotals]:
+    """Every level's totals: above the split, the level step's
+    :func:`~toy_lm.level_step.level_sums` over the whole level (one block); below it, the
+    per-subtree sums of :func:`subtree_sums` (all ``V**m`` subtrees, in order); each level put
+    together by the one :func:`~toy_lm.level_step.combine` every XLA driver uses."""
+    top = [combine(stack_sums([_block_sums(_level_rows(high, l), high["probs"][l])]))
+           for l in range(len(high.get("info", [])))]
+    return top + [combine(s) for s in low_sums]
