@@ -40,12 +40,9 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def read_tables(path: str):
-    """``(logits, harm, ref_logits or None)`` from an ``.npz``, checked header-first.
-
-    Every check that needs only shapes (keys present, consistent ``V`` and ``T``, enumeration
-    size) runs before any array is loaded.
-    """
+def table_keys(path: str):
+    """``(shapes, logits keys, ref_logits keys, V, T)`` of a tables ``.npz``, from its headers
+    only: keys present, consistent ``V`` and ``T``, real dtypes."""
     shapes = npz_shapes(path)
     keys = level_keys(shapes, "logits")
     if not keys:
@@ -75,6 +72,16 @@ def read_tables(path: str):
     for key in keys + ref_keys + ["harm"]:
         if shapes[key][1].kind not in ("biuf" if key == "harm" else "iuf"):
             raise InputError(f"{key} has dtype {shapes[key][1]}; it must hold real numbers")
+    return shapes, keys, ref_keys, vocab_size, length
+
+
+def read_tables(path: str):
+    """``(logits, harm, ref_logits or None)`` from an ``.npz``, checked header-first.
+
+    Every check that needs only shapes (keys present, consistent ``V`` and ``T``, enumeration
+    size) runs before any array is loaded.
+    """
+    shapes, keys, ref_keys, vocab_size, length = table_keys(path)
     need = check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
     loaded = npz_nbytes(shapes, keys + ref_keys + ["harm"])
     if need + loaded > memory_budget():   # inputs in a wider dtype than float64, or many refs

@@ -173,6 +173,50 @@ def load_npz(path: str, keys) -> dict[str, np.ndarray]:
             raise InputError(f"cannot read {path}: {_one_line(err)}") from None
 
 
+def map_npz(path: str, keys) -> dict[str, np.ndarray]:
+    """The named arrays of an uncompressed ``.npz`` (``np.savez``) as read-only memory maps.
+
+    Nothing is read until a slice is used, so a process of :mod:`toy_lm.distributed` touches only
+    the rows of its share. The data of a stored (uncompressed) member starts after the zip local
+    header (30 bytes, the name and the extra field) and the ``.npy`` header.
+
+    Raises:
+      InputError: a compressed member (``np.savez_compressed``), a Fortran-ordered or object
+        array, or a damaged archive.
+    """
+    out = {}
+    with open_input(path, "input .npz") as fh:
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                for key in keys:
+                    info = archive.getinfo(f"{key}.npy")
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        raise InputError(
+                            f"{path}: {key} is compressed; a distributed run maps the arrays in "
+                            "place, so save the tables with np.savez (uncompressed)")
+                    fh.seek(info.header_offset)
+                    local = fh.read(30)
+                    if local[:4] != b"PK\x03\x04":
+                        raise ValueError(f"bad local header of {key}")
+                    start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                             + int.from_bytes(local[28:30], "little"))
+                    fh.seek(start)
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read(fh)
+                    if fortran or np.dtype(dtype).hasobject:
+                        raise InputError(f"{path}: {key} is Fortran-ordered or holds objects; "
+                                         "save C-ordered numeric arrays")
+                    out[key] = np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(),
+                                         shape=tuple(shape))
+        except InputError:
+            raise
+        except _DAMAGED as err:
+            raise InputError(f"cannot read {path}: {_one_line(err)}") from None
+    return out
+
+
 def save_npz_atomic(path: str, arrays: Mapping[str, np.ndarray], *, tag: str = "npz") -> None:
     """Write ``arrays`` to ``path`` as ``.npz`` through :func:`toy_lm.outputs.save_npz`."""
     from toy_lm.outputs import save_npz

@@ -271,3 +271,103 @@ def level_totals(high: dict, low_sums: list[LevelSums]) -> list[LevelTotals]:
     top = [combine(stack_sums([_block_sums(_level_rows(high, l), high["probs"][l])]))
            for l in range(len(high.get("info", [])))]
     return top + [combine(s) for s in low_sums]
+
+
+class TreeSummary(NamedTuple):
+    """The per-level results of a run whose per-prefix tables are spread over processes (what
+    ``harm-horizon analyze`` prints; levels ``l``, positions ``t = l + 1``).
+
+    Attributes:
+      expected_harm: ``E_π[h]``. horizon: ``τ*``.
+      harm_information: ``I_t``, ``(T,)``. equilibrium_kl / per_position_kl: ``(T,)`` or None.
+      grad_abs_sums: ``Σ |G|`` per level ``0 ... T-1``. determined_fractions: the fraction of
+        determined prefixes per level ``0 ... T-1``.
+      harm_information_mi: always None (the sharded engine has no ``I^MI``).
+    """
+
+    expected_harm: float
+    horizon: int
+    harm_information: np.ndarray
+    equilibrium_kl: np.ndarray | None
+    per_position_kl: np.ndarray | None
+    grad_abs_sums: np.ndarray
+    determined_fractions: np.ndarray
+    harm_information_mi: None = None
+
+    def grad_abs_sum(self) -> np.ndarray:
+        return self.grad_abs_sums
+
+    def determined_fraction(self) -> np.ndarray:
+        return self.determined_fractions
+
+
+def local_gather(tree: dict) -> dict:
+    """The ``gather`` of a single process: a leading process axis of length 1."""
+    return {k: np.asarray(v)[None] for k, v in tree.items()}
+
+
+def summarize_share(logits: Sequence, harm, p: Plan, *, mesh: Mesh, lam: float | None = None,
+                    ref_logits: Sequence | None = None, chunk_rows: int = device_tree.CHUNK_ROWS,
+                    gather=local_gather, dtype=None) -> TreeSummary:
+    """The sharded analysis of this process's share ``p`` of the subtrees (on its ``mesh``), put
+    together with every other process's share by ``gather``.
+
+    Each process runs the subtrees of ``p`` and reduces every level to one
+    :class:`~toy_lm.level_step.LevelSums` per subtree (plus ``Σ|G|`` and the determined count);
+    ``gather`` (an all-gather across processes: :mod:`toy_lm.distributed`) hands every process
+    all ``V**m`` of them with the subtrees' root values, from which each runs the levels above the
+    split and the same :func:`level_totals` as :func:`analyze_sharded`. So the per-level results
+    are bitwise those of :func:`analyze_sharded` at the same split level.
+
+    Args:
+      logits / harm / ref_logits: the whole tables (only this share's rows are read; memory maps
+        of :func:`toy_lm.io.map_npz` serve).
+      p: this process's :class:`Plan`. mesh: its local devices.
+      gather: ``{name: (n, ...)} -> {name: (processes, n, ...)}``, in process order.
+    """
+    vocab_size, length, m = p.vocab_size, p.length, p.split
+    dtype = np.dtype(jax.numpy.result_type(float) if dtype is None else dtype)
+    with_lam, with_ref = lam is not None, ref_logits is not None
+    names = _names(with_lam, with_ref)
+    device = mesh.devices.flat[0]
+    top, root_probs = _top_forward(logits, p, ref_logits, with_lam, dtype, chunk_rows, device)
+    low = _subtrees(logits, harm, ref_logits, root_probs, p, mesh, lam, dtype, chunk_rows, names)
+
+    def padded(x):   # to p.per_process subtrees, so that every process sends the same shapes
+        x = np.asarray(x)
+        return np.concatenate([x, np.zeros((p.per_process - p.count,) + x.shape[1:], x.dtype)])
+
+    sums = subtree_sums(low, p.count)
+    local = {f"root_{k}": padded(low[k][0].astype(np.float64 if k == "det" else dtype))
+             for k in _root_names(with_lam)}
+    for field in LevelSums._fields:
+        if getattr(sums[0], field) is not None:
+            local[f"sum_{field}"] = np.stack([padded(getattr(s, field)) for s in sums])
+    local["grad_abs"] = np.stack([padded([np.abs(g[b * vocab_size ** j:(b + 1) * vocab_size ** j])
+                                          .ravel().sum() for b in range(p.count)])
+                                  for j, g in enumerate(low["grads"])])
+    local["det_count"] = np.stack([padded(d.reshape(p.count, -1).sum(axis=1))
+                                   for d in low["det"][:-1]])
+    every = {}
+    for name, value in gather(local).items():   # (processes, [levels,] per_process)
+        value = np.moveaxis(np.asarray(value), 0, -2)
+        every[name] = value.reshape(value.shape[:-2] + (-1,))[..., :p.subtrees]
+    roots = {k: every[f"root_{k}"].astype(bool) if k == "det" else every[f"root_{k}"]
+             for k in _root_names(with_lam)}
+    high = _top_backward(top, p, roots, names, lam, chunk_rows, device)
+    low_sums = [LevelSums(**{f: every[f"sum_{f}"][j] for f in LevelSums._fields
+                             if f"sum_{f}" in every}) for j in range(length - m)]
+    totals = level_totals(high, low_sums)
+    grad_abs = ([float(np.abs(g).ravel().sum()) for g in high.get("grads", [])[:m]]
+                + [float(np.sum(x)) for x in every["grad_abs"]])
+    det_count = ([int(np.sum(d)) for d in high.get("det", [])[:m]]
+                 + [int(np.sum(x)) for x in every["det_count"]])
+    fractions = np.array([c / level_size(vocab_size, l) for l, c in enumerate(det_count)])
+    horizon = next((l for l, c in enumerate(det_count) if c == level_size(vocab_size, l)), length)
+    return TreeSummary(
+        expected_harm=float(high["h"][0][0] if m else every["root_h"][0]),
+        horizon=horizon,
+        harm_information=np.array([t.info for t in totals]),
+        equilibrium_kl=np.array([t.eq_kl for t in totals]) if with_lam else None,
+        per_position_kl=np.array([t.ref_kl for t in totals]) if with_ref else None,
+        grad_abs_sums=np.array(grad_abs), determined_fractions=fractions)
