@@ -37,6 +37,23 @@ def register(subparsers) -> None:
                    help="also compute the mutual-information form I_t^MI (binary harm only)")
     p.add_argument("--out", metavar="OUT.npz", help="write every computed array to this .npz")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    d = p.add_argument_group(
+        "distributed", "the sharded engine across processes (jax.distributed; README "
+        "'Distributed'): per-level results only, --out without per-prefix tables")
+    d.add_argument("--distributed", action="store_true",
+                   help="split the first tokens across processes (TABLES.npz, uncompressed)")
+    d.add_argument("--local-processes", type=int, metavar="N",
+                   help="launch N processes on this machine (a free local port coordinates)")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (default: "
+                   "detected from the cluster environment, e.g. SLURM)")
+    d.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    d.add_argument("--process-id", type=int, metavar="I", help="this process, 0 ... N-1")
+    d.add_argument("--split", type=int, metavar="M",
+                   help="split level m: V**m subtrees are shared out (default: the smallest m "
+                        "with V**m >= the number of devices)")
+    d.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="give up (one line, exit 2) when peers do not join or the run takes "
+                        "longer (default 120)")
     p.set_defaults(func=run)
 
 
@@ -195,7 +212,25 @@ def backend_line(backend: str, vocab_size: int, length: int) -> str:
     return f"xla (JAX {jnp.dtype(jnp.result_type(float)).name}; {why})"
 
 
+def report(args, result, arrays, vocab_size: int, length: int) -> None:
+    """Print the table (or JSON) and write ``--out``."""
+    info = summary(result, vocab_size, length, args.lam)
+    text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
+    if args.out is not None:
+        save_npz(args.out, arrays, tag="analyze", flag="--out")
+        print(f"wrote {args.out}", file=sys.stderr)
+    if args.json:
+        print(text)
+    else:
+        print_table(info)
+
+
 def run(args) -> int:
+    from toy_lm import cli_distributed
+
+    cli_distributed.check_options(args)
+    if args.distributed:
+        return cli_distributed.run(args)
     if (args.tables is None) == (args.random is None):
         raise InputError("give exactly one of TABLES.npz or --random V T TAU")
     if args.lam is not None:
@@ -237,13 +272,5 @@ def run(args) -> int:
     # Which backend ran (after it ran: a refused input still ends with one line).
     print(f"[analyze] backend: {backend_line(backend, vocab_size, length)}", file=sys.stderr,
           flush=True)
-    info = summary(result, vocab_size, length, args.lam)
-    text = json_text(info, indent=2) if args.json else None   # strict JSON: never NaN
-    if args.out is not None:
-        save_npz(args.out, output_arrays(result, args.lam), tag="analyze", flag="--out")
-        print(f"wrote {args.out}", file=sys.stderr)
-    if args.json:
-        print(text)
-    else:
-        print_table(info)
+    report(args, result, output_arrays(result, args.lam), vocab_size, length)
     return 0
