@@ -174,8 +174,15 @@ def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
     return run_suite(repeats, quick, progress)
 
 
+def suite_distributed(repeats: int, quick: bool, progress) -> list[dict]:
+    """The sharded engine on 1 process and on 2 (:mod:`toy_lm.bench_distributed`)."""
+    from toy_lm.bench_distributed import suite_distributed as run_suite
+
+    return run_suite(repeats, quick, progress)
+
+
 SUITES = {"tree": suite_tree, "markov": suite_markov, "mc": suite_mc, "gpu": suite_gpu,
-          "sweep": suite_sweep}
+          "sweep": suite_sweep, "distributed": suite_distributed}
 
 
 def run(args) -> int:

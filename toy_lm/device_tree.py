@@ -106,12 +106,12 @@ def init_state(layout: ForestLayout, logits, leaf_values, root_probs, *, leaf_de
     return state
 
 
-def forward_chunk(state: dict, row_off, child_off, *, chunk: int) -> dict:
-    """``P(u v) = P(u) π(v|u)`` for ``chunk`` rows at ``row_off``, written at ``child_off``."""
+def forward_chunk(state: dict, row_off, *, chunk: int) -> dict:
+    """``P(u v) = P(u) π(v|u)`` for ``chunk`` rows at ``row_off``: ``{"probs": (chunk V,)}``, to be
+    stored at the children's offset by :func:`store_chunk`."""
     z = jax.lax.dynamic_slice_in_dim(state["logits"], row_off, chunk)
     p = jax.lax.dynamic_slice_in_dim(state["probs"], row_off, chunk)
-    return {**state, "probs": jax.lax.dynamic_update_slice_in_dim(state["probs"],
-                                                                  forward_rows(z, p), child_off, 0)}
+    return {"probs": forward_rows(z, p)}
 
 
 #: The state buffer each per-row output of the level step is written to.
@@ -119,9 +119,10 @@ _STORED = {"h": "h", "det": "det", "grads": "grads", "info": "info", "logz": "lo
            "eq_kl": "eq_kl", "ref_kl": "ref_kl"}
 
 
-def backward_chunk(state: dict, row_off, child_off, valid, lam, *, chunk: int) -> dict:
+def backward_chunk(state: dict, row_off, child_off, lam, *, chunk: int) -> dict:
     """One chunk of the backward pass: the level step of :mod:`toy_lm.level_step` on ``chunk``
-    rows, its per-row outputs written back masked to the ``valid`` rows of the level."""
+    rows; its per-row outputs by state buffer name, to be stored at ``row_off`` by
+    :func:`store_chunk`."""
     vocab_size = state["logits"].shape[1]
 
     def rows(name):
@@ -138,35 +139,57 @@ def backward_chunk(state: dict, row_off, child_off, valid, lam, *, chunk: int) -
                                logz=kids("logz") if "logz" in state else None),
                       lam=lam if "logz" in state else None,
                       ref_logits=rows("ref") if "ref" in state else None)
-    live = jnp.arange(chunk) < valid
+    return {name: getattr(step, field) for field, name in _STORED.items()
+            if getattr(step, field) is not None and name in state}
+
+
+def store_chunk(state: dict, values: dict, off, valid) -> dict:
+    """``state`` with each ``values[name]`` written at ``off``, masked to its first ``valid`` rows.
+
+    A program of its own: a kernel that reads a buffer at one offset (the children) and updates
+    it at another cannot update it in place, and XLA copies the whole buffer on every call (the
+    cost of a pass then grows with the square of the tree). Here the only read of a buffer is at
+    the offset it updates, so the donated buffers are updated in place.
+    """
     out = dict(state)
-    for field, name in _STORED.items():
-        value = getattr(step, field)
-        if value is None or name not in state:
-            continue
-        old = rows(name)
-        mask = live.reshape((chunk,) + (1,) * (old.ndim - 1))
+    for name, value in values.items():
+        n = value.shape[0]
+        old = jax.lax.dynamic_slice_in_dim(state[name], off, n)
+        mask = (jnp.arange(n) < valid).reshape((n,) + (1,) * (old.ndim - 1))
         out[name] = jax.lax.dynamic_update_slice_in_dim(state[name], jnp.where(mask, value, old),
-                                                        row_off, 0)
+                                                        off, 0)
     return out
 
 
+class Kernels(NamedTuple):
+    """The compiled programs of a mesh and chunk size: ``forward`` and ``backward`` compute a
+    chunk's values from the state (read only), ``store`` writes them into the donated state."""
+
+    forward: object
+    backward: object
+    store: object
+
+
 @functools.cache
-def compiled_kernels(mesh, chunk: int, backend: str):
-    """``(forward, backward)`` kernels over a mesh's leading device axis ``"d"``, jitted with the
-    state donated. Each device runs the same program on its own forest buffers (no collective)."""
+def compiled_kernels(mesh, chunk: int, backend: str) -> Kernels:
+    """The :class:`Kernels` over a mesh's leading device axis ``"d"``. Each device runs the same
+    program on its own forest buffers (no collective)."""
     from jax.sharding import PartitionSpec as P
 
-    def per_device(kernel, n_scalars):
-        def local(state, *scalars):
-            squeezed = {k: v[0] for k, v in state.items()}
-            return {k: v[None] for k, v in kernel(squeezed, *scalars, chunk=chunk).items()}
+    def per_device(kernel, n_sharded, n_scalars, donate):
+        def local(*args):
+            squeezed = jax.tree.map(lambda v: v[0], args[:n_sharded])
+            return jax.tree.map(lambda v: v[None], kernel(*squeezed, *args[n_sharded:]))
 
-        mapped = jax.shard_map(local, mesh=mesh, in_specs=(P("d"),) + (P(),) * n_scalars,
+        mapped = jax.shard_map(local, mesh=mesh,
+                               in_specs=(P("d"),) * n_sharded + (P(),) * n_scalars,
                                out_specs=P("d"))
-        return jax.jit(mapped, donate_argnums=0, compiler_options=compiler_options(backend))
+        return jax.jit(mapped, donate_argnums=0 if donate else (),
+                       compiler_options=compiler_options(backend))
 
-    return per_device(forward_chunk, 2), per_device(backward_chunk, 4)
+    return Kernels(per_device(functools.partial(forward_chunk, chunk=chunk), 1, 1, False),
+                   per_device(functools.partial(backward_chunk, chunk=chunk), 1, 3, False),
+                   per_device(store_chunk, 2, 2, True))
 
 
 def _index(x: int) -> jax.Array:
@@ -179,21 +202,25 @@ def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: boo
     ``state`` leaves carry a leading device axis placed on ``mesh`` (see :mod:`toy_lm.sharded`);
     the kernels are called asynchronously, chunk after chunk.
     """
-    forward, _ = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
+    k = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
+    everything = _index(chunk * vocab_size)
     for j in range(layout.depth if through_leaves else layout.depth - 1):
         for a in range(0, layout.rows(j), chunk):
-            state = forward(state, _index(off[j] + a), _index(off[j + 1] + a * vocab_size))
+            values = k.forward(state, _index(off[j] + a))
+            state = k.store(state, values, _index(off[j + 1] + a * vocab_size), everything)
     return state
 
 
 def backward_pass(state: dict, layout: ForestLayout, mesh, lam: float = 1.0) -> dict:
     """``H``, determined flags, ``G``, row shares of ``I_t`` (and ``log Z``, row KLs), leaves up."""
-    _, backward = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
+    k = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
     lam_array = jnp.asarray(lam, state["logits"].dtype)
     for j in reversed(range(layout.depth)):
         for a in range(0, layout.rows(j), chunk):
-            state = backward(state, _index(off[j] + a), _index(off[j + 1] + a * vocab_size),
-                             _index(min(chunk, layout.rows(j) - a)), lam_array)
+            values = k.backward(state, _index(off[j] + a), _index(off[j + 1] + a * vocab_size),
+                                lam_array)
+            state = k.store(state, values, _index(off[j] + a),
+                            _index(min(chunk, layout.rows(j) - a)))
     return state
