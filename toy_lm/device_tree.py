@@ -5,14 +5,16 @@ whole tree is the forest ``K = 1``, ``D = T``). Forest level ``j`` holds ``K * V
 rows of the ``K`` subtrees in canonical order, so children stay contiguous: the children of row
 ``i`` are rows ``i*V ... i*V + V - 1`` of level ``j + 1``. Every level lives in one flat buffer
 per quantity (level ``j`` at offset ``off_j``), and each pass applies one jitted kernel to
-``chunk`` rows at a time, with the offsets as *traced* scalars. Every level of every size thus
-runs the same two compiled programs (a forward and a backward kernel), so compile time does not
-grow with ``T`` - the property a GPU needs (a level-by-level program compiled for more than
+``chunk`` rows at a time, with the offsets as *traced* scalars, then stores its values with a
+second program (:func:`store_chunk`). Every level of every size thus runs the same four compiled
+programs (a forward and a backward kernel, and a store of each one's values), so compile time
+does not grow with ``T`` - the property a GPU needs (a level-by-level program compiled for more than
 95 s on an H200 at ``V=4, T=12``).
 
 Chunks that run past a level's end read rows of the next level (harmless) and their writes are
 masked back to the old values (backward) or land in regions written later (forward), so no
-special cases are compiled. Buffers are donated to the kernels and updated in place.
+special cases are compiled. The kernels read the state; the store programs take it donated and
+update it in place (see :func:`store_chunk` for why reading and writing are two programs).
 
 Per row the backward kernel runs the level step of :mod:`toy_lm.level_step`, the one shared by
 every XLA driver, and stores ``H`` (exact zeros), the determined flags, the logit gradients ``G``,
@@ -24,7 +26,7 @@ share of ``I_t``; level sums are taken afterwards from these per-row arrays, by 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -165,9 +167,9 @@ class Kernels(NamedTuple):
     """The compiled programs of a mesh and chunk size: ``forward`` and ``backward`` compute a
     chunk's values from the state (read only), ``store`` writes them into the donated state."""
 
-    forward: object
-    backward: object
-    store: object
+    forward: Any
+    backward: Any
+    store: Any
 
 
 @functools.cache

@@ -9,10 +9,12 @@ split are a small forest of one root, whose leaves are the subtrees' root values
 first device, forward before and backward after the subtrees.
 
 Determinism. Every per-prefix value is computed by the same per-row program (the level step of
-:mod:`toy_lm.level_step`) from the same inputs whatever ``D`` is, and the per-level sums (``I_t``,
-KL) are taken over the per-row shares of the whole level in canonical order (the step's
-``level_sums`` and ``combine``), so for a given split level the results are *identical*
-(bitwise) on one device and on many.
+:mod:`toy_lm.level_step`) from the same inputs whatever ``D`` is, and each level below the split
+is summed per subtree (the step's ``level_sums`` over a subtree's rows, one compiled program per
+block size) and then over the ``V**m`` subtrees in order by the step's ``combine``; so for a
+given split level the results are *identical* (bitwise) on one device and on many, and across
+processes (:func:`summarize_share`, :mod:`toy_lm.distributed`), where each process sums its own
+subtrees and one all-gather brings the sums together.
 
 Example (4 simulated CPU devices, set before JAX starts):
   ``XLA_FLAGS=--xla_force_host_platform_device_count=4 python -c "..."``, then
