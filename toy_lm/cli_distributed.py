@@ -70,10 +70,10 @@ def run(args) -> int:
     if args.local_processes is None:
         return distributed.run_process(args, lambda result, v, t: report(
             args, result, summary_arrays(result), v, t))
-    _, _, _, vocab_size, length = table_keys(args.tables)   # refuse here, before launching
+    _, _, ref_keys, vocab_size, length = table_keys(args.tables)   # refuse here, before launching
     if args.split is not None:
         distributed.check_share(vocab_size, length, args.split, args.local_processes,
-                                f"analyzing {args.tables}")
+                                f"analyzing {args.tables}", ref=bool(ref_keys))
     argv = ["analyze", args.tables, "--distributed"]
     for flag in ("lam", "split", "timeout", "out"):
         if getattr(args, flag) is not None:

@@ -45,11 +45,12 @@ from toy_lm.tables import human_bytes, memory_budget
 JOIN_TIMEOUT_S = 120
 
 
-def check_share(vocab_size: int, length: int, split: int, processes: int, what: str) -> int:
+def check_share(vocab_size: int, length: int, split: int, processes: int, what: str, *,
+                ref: bool = False) -> int:
     """Refuse a share that would not fit this process's memory budget; returns its estimate."""
     from toy_lm.sharded import share_bytes
 
-    need, budget = share_bytes(vocab_size, length, split, processes), memory_budget()
+    need, budget = share_bytes(vocab_size, length, split, processes, ref=ref), memory_budget()
     if need > budget:
         raise EnumerationTooLarge(
             f"{what} at V={vocab_size}, T={length} on {processes} process(es) needs about "
@@ -140,7 +141,8 @@ def run_process(args, output) -> int:
     timeout = JOIN_TIMEOUT_S if args.timeout is None else args.timeout
     count = args.num_processes
     if count is not None and args.split is not None:   # refuse before joining
-        check_share(vocab_size, length, args.split, count, f"analyzing {args.tables}")
+        check_share(vocab_size, length, args.split, count, f"analyzing {args.tables}",
+                    ref=bool(ref_keys))
     watchdog = None
     if count == 1:
         index = 0
@@ -158,7 +160,8 @@ def run_process(args, output) -> int:
         mesh = make_mesh(jax.local_devices())
         split = (split_level(vocab_size, length, count * mesh.devices.size)
                  if args.split is None else args.split)
-        check_share(vocab_size, length, split, count, f"analyzing {args.tables}")
+        check_share(vocab_size, length, split, count, f"analyzing {args.tables}",
+                    ref=bool(ref_keys))
         share = plan(vocab_size, length, split=split, process_index=index, process_count=count)
         data = map_npz(args.tables, keys + ref_keys + ["harm"])
         logits = [data[k] for k in keys]

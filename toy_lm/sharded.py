@@ -37,7 +37,7 @@ from toy_lm.analysis import TreeAnalysis
 from toy_lm.errors import ConfigError
 from toy_lm.harms import horizon_from_masks
 from toy_lm.level_step import LevelRows, LevelSums, LevelTotals, combine, level_sums, stack_sums
-from toy_lm.tables import estimate_tree_bytes, infer_sizes, level_size, validate_harm
+from toy_lm.tables import infer_sizes, level_size, validate_harm
 
 
 def make_mesh(devices=None) -> Mesh:
@@ -107,14 +107,34 @@ def plan(vocab_size: int, length: int, *, split: int, process_index: int = 0,
                 min(per_process, subtrees - first), per_process)
 
 
-def share_bytes(vocab_size: int, length: int, split: int, process_count: int) -> int:
-    """Estimated peak bytes of one process's share: the one-process estimate of
-    :func:`toy_lm.tables.estimate_tree_bytes` prorated to ``ceil(V**m / N)`` of the ``V**m``
-    subtrees, plus the levels above the split (which every process runs)."""
-    subtrees = level_size(vocab_size, split)
-    share = math.ceil(subtrees / process_count)
-    return (math.ceil(estimate_tree_bytes(vocab_size, length) * share / subtrees)
-            + estimate_tree_bytes(vocab_size, split))
+#: Copies of a forest's buffers alive at the peak of a sharded run: the host buffers packed by
+#: ``device_tree.init_state``, their device copy, and the results read back (on a CPU all three
+#: are host memory). Measured at ``V = 2``, ``T = 22 ... 24``: about 240 bytes per response at
+#: the margin, against 294 from this model (``harm-horizon bench --suite distributed``).
+STAGING_COPIES = 3
+
+
+def forest_state_bytes(layout: device_tree.ForestLayout, *, lam: bool = True,
+                       ref: bool = False, itemsize: int = 8) -> int:
+    """Bytes of one forest's buffers (:func:`toy_lm.device_tree.init_state`): the logit, gradient
+    (and reference) tables, the row vectors (``I_t`` shares, row KLs) and the node vectors
+    (probabilities, ``H``, ``log Z``; the determined flags at one byte)."""
+    tables, row_vectors, node_vectors = 2 + ref, 1 + lam + ref, 2 + lam
+    return (itemsize * (tables * layout.row_pad * layout.vocab_size
+                        + row_vectors * layout.row_pad + node_vectors * layout.node_pad)
+            + layout.node_pad)
+
+
+def share_bytes(vocab_size: int, length: int, split: int, process_count: int, *,
+                ref: bool = False) -> int:
+    """Estimated peak bytes of one process's share, with ``λ``: :data:`STAGING_COPIES` copies of
+    the buffers of its ``ceil(V**m / N)`` subtrees, and of the levels above the split."""
+    share = math.ceil(level_size(vocab_size, split) / process_count)
+    need = forest_state_bytes(device_tree.forest_layout(vocab_size, length - split, share),
+                              ref=ref)
+    if split:
+        need += forest_state_bytes(device_tree.forest_layout(vocab_size, split, 1), ref=ref)
+    return STAGING_COPIES * need
 
 
 def _top_forward(logits, p: Plan, ref_logits, with_lam: bool, dtype, chunk_rows: int, device):
@@ -173,6 +193,7 @@ def _subtrees(logits, harm, ref_logits, root_probs, p: Plan, mesh: Mesh, lam, dt
             ref_logits=[rows(ref_logits[l], l) for l in range(m, length)]
             if ref_logits is not None else None, dtype=dtype))
     state = _put(states, mesh)
+    states.clear()   # the host buffers are on the device now
     state = device_tree.forward_pass(state, layout, mesh)
     state = device_tree.backward_pass(state, layout, mesh, 1.0 if lam is None else lam)
     return {k: _levels(state, layout, k, p.count) for k in names}
