@@ -52,8 +52,8 @@ def register(subparsers) -> None:
                    help="split level m: V**m subtrees are shared out (default: the smallest m "
                         "with V**m >= the number of devices)")
     d.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="give up (one line, exit 2) when peers do not join or the run takes "
-                        "longer (default 120)")
+                   help="give up (one line, exit 2) when the peers have not joined after "
+                        "SECONDS (default 120); when given, it also bounds the whole run")
     p.set_defaults(func=run)
 
 

@@ -79,7 +79,6 @@ def run(args) -> int:
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
     argv += ["--json"] * args.json
-    return distributed.launch_local(argv, args.local_processes,
-                                    args.timeout or distributed.JOIN_TIMEOUT_S)
+    return distributed.launch_local(argv, args.local_processes, args.timeout)
 
 

@@ -15,9 +15,9 @@ tables (``H_l``, ``G_l``, masks) stay in the processes that computed them and ar
 ``--out`` holds the per-level results.
 
 Failures end in one line, never a hang: a process waits ``--timeout`` seconds (default
-:data:`JOIN_TIMEOUT_S`) for its peers to join and for the whole run; an error after joining is
-printed on one line and the process exits at once (``os._exit``: the shutdown barrier would wait
-for peers that are gone). The local launcher (``--local-processes N``) stops the others when one
+:data:`JOIN_TIMEOUT_S`) for its peers to join (a given ``--timeout`` also bounds the whole
+run); an error after joining is printed on one line and the process exits at once
+(``os._exit``: the shutdown barrier would wait for peers that are gone). The local launcher (``--local-processes N``) stops the others when one
 fails and reports that process's one-line error.
 
 Launch. ``harm-horizon analyze T.npz --distributed --local-processes 2`` (one machine);
@@ -41,7 +41,7 @@ import numpy as np
 from toy_lm.errors import ConfigError, EnumerationTooLarge, HarmHorizonError, InputError
 from toy_lm.tables import human_bytes, memory_budget
 
-#: Seconds a process waits for its peers to join (and, by default, for the whole run).
+#: Seconds a process waits for its peers to join when ``--timeout`` is not given.
 JOIN_TIMEOUT_S = 120
 
 
@@ -201,11 +201,12 @@ def _last_error(path: str) -> str:
     return (errors or lines or ["(no message)"])[-1]
 
 
-def launch_local(argv: list[str], processes: int, timeout_s: float) -> int:
+def launch_local(argv: list[str], processes: int, timeout_s: float | None = None) -> int:
     """Run ``harm-horizon <argv> --coordinator 127.0.0.1:PORT --num-processes N --process-id I``
     as ``N`` local processes; process 0's stdout is this process's. One failure stops the rest
-    and raises its one-line error; so does the run outliving ``timeout_s`` (plus a start-up
-    allowance of :data:`JOIN_TIMEOUT_S`)."""
+    and raises its one-line error; so does a run that outlives ``timeout_s`` (when given; plus a
+    start-up allowance of :data:`JOIN_TIMEOUT_S`). Peers that never join are the processes' own
+    watchdog's to report."""
     if processes < 1:
         raise ConfigError(f"--local-processes {processes}: need at least 1")
     port = free_port()
@@ -220,7 +221,8 @@ def launch_local(argv: list[str], processes: int, timeout_s: float) -> int:
                     + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
                        "--process-id", str(i)],
                     stdout=None if i == 0 else subprocess.DEVNULL, stderr=err))
-        deadline = time.monotonic() + timeout_s + JOIN_TIMEOUT_S
+        deadline = (float("inf") if timeout_s is None
+                    else time.monotonic() + timeout_s + JOIN_TIMEOUT_S)
         failed = None
         try:
             while True:
@@ -230,7 +232,8 @@ def launch_local(argv: list[str], processes: int, timeout_s: float) -> int:
                     break
                 if time.monotonic() > deadline:
                     raise ConfigError(f"the {processes} local processes gave no result within "
-                                      f"{timeout_s + JOIN_TIMEOUT_S:g} s; stopped them")
+                                      f"{timeout_s:g} s (--timeout) and {JOIN_TIMEOUT_S} s to "
+                                      "start; stopped them")
                 time.sleep(0.05)
         finally:
             for p in procs:
