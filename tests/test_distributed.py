@@ -161,3 +161,47 @@ def test_random_and_compressed_tables_are_refused(tmp_path, capsys):
     np.savez_compressed(packed, harm=harm, **{f"logits_{l}": z for l, z in enumerate(logits)})
     assert main(["analyze", str(packed), "--distributed", "--num-processes", "1"]) == 2
     assert "np.savez (uncompressed)" in capsys.readouterr().err
+
+
+def _slurm_port() -> int:
+    """A free port among those JAX's SLURM detection derives from a job id (61440 + id % 4096)."""
+    import random
+    import socket
+
+    for port in random.Random(os.getpid()).sample(range(61440, 65536), 64):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.fail("no free port in 61440 ... 65535")
+
+
+def test_a_slurm_environment_is_detected_without_coordinator_arguments(tmp_path):
+    """Two tasks of a (simulated) SLURM job step on this host: jax.distributed.initialize() finds
+    the coordinator, the process count and the ranks in SLURM's variables."""
+    path, logits, ref, harm = instance(tmp_path)
+    job = _slurm_port() - 61440
+    procs = []
+    for rank in range(2):
+        env = dict(os.environ, JAX_PLATFORMS="cpu", SLURM_JOB_ID=str(job), SLURM_NTASKS="2",
+                   SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
+                   SLURM_STEP_NODELIST="localhost", SLURM_NODELIST="localhost")
+        env.pop(MEMORY_LIMIT_ENV, None)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "toy_lm.cli", "analyze", path, "--distributed", "--lam",
+             str(LAM), "--json", "--timeout", "60"], cwd=tmp_path, env=env,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=HANG_S) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
+    assert outs[1][0] == ""                     # only process 0 prints
+    assert "sharded over 2 process(es)" in outs[0][1] and "split level m=1" in outs[0][1]
+    printed = json.loads(outs[0][0])
+    summary = summarize_share(logits, harm, plan(V, T, split=SPLIT), lam=LAM, ref_logits=ref,
+                              mesh=make_mesh(jax.devices()[:1]), gather=local_gather)
+    assert printed["expected_harm"] == summary.expected_harm
+    assert [row["harm_information"] for row in printed["positions"]] == \
+        list(summary.harm_information)
+    assert [row["per_position_kl"] for row in printed["positions"]] == \
+        list(summary.per_position_kl)
