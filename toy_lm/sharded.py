@@ -252,6 +252,8 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
       mesh: a one-axis mesh ``("d",)`` (default: every device, :func:`make_mesh`).
       split: the split level ``m`` (default :func:`split_level`); results for a given ``m`` are
         bitwise identical for any number of devices (and of processes: :mod:`toy_lm.distributed`).
+        Each level below the split is summed per subtree, ``V**m (T - m)`` small reductions in
+        all: a split far above the default costs that many calls.
       dtype: the floating dtype of the buffers (default: JAX's default float, float64 under
         x64); float32 is for GPUs, with the tolerance re-derived (:mod:`toy_lm.bench_gpu`).
 
