@@ -76,9 +76,11 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
         jax.distributed.initialize(coordinator, num_processes, process_id,
                                    initialization_timeout=late, heartbeat_timeout_seconds=late)
     except Exception as err:   # DEADLINE_EXCEEDED, a refused connection, no cluster found ...
-        raise ConfigError(f"could not join the distributed run (coordinator {coordinator}, "
-                          f"process {process_id} of {num_processes}) within {timeout_s:g} s: "
-                          f"{' '.join(str(err).split())[:300]}") from None
+        where = coordinator or "from the environment"
+        reason = " ".join(str(err).split())[:300].rstrip(".")
+        raise ConfigError(f"could not join the distributed run (coordinator {where}, process "
+                          f"{process_id} of {num_processes}): {reason}; give --coordinator "
+                          "HOST:PORT, or run under SLURM") from None
     return jax.process_index(), jax.process_count()
 
 
