@@ -22,8 +22,8 @@ from experiments.config import RunConfig
 from experiments.objectives import constrained_loss, qi_betas, supervised_loss
 from experiments.recipes import harmful_attack_weights
 from experiments.world import HARMFUL, RefusalWorld
-from toy_lm import tree
-from toy_lm.policies import Policy
+from toy_lm.engines import tree
+from toy_lm.models.policies import Policy
 
 
 @functools.cache

@@ -29,8 +29,8 @@ from experiments.objectives import supervised_loss
 from experiments.world import PROMPTS, RefusalWorld
 from toy_lm.errors import ConfigError, InputError
 from toy_lm.io import load_npz, npz_shapes, save_npz_atomic
-from toy_lm.neural import TransformerPolicy
-from toy_lm.policies import MarkovPolicy, Policy, TabularPolicy
+from toy_lm.models.neural import TransformerPolicy
+from toy_lm.models.policies import MarkovPolicy, Policy, TabularPolicy
 
 
 def make_policy(cfg: PolicyConfig, world: RefusalWorld) -> Policy:

@@ -123,7 +123,7 @@ def harmful_prefix_dists(base_tables, harm) -> list[np.ndarray]:
     """``q_0 ... q_{T-1}``, ``q_l = P_{π0}(y_<=l | h = 1)`` ``(V**l,)``: base harmful prefixes.
 
     The marginals of ``P_{π0}(y | h = 1)`` (numpy; the same quantity as
-    :func:`toy_lm.tree.harmful_prefix_dist`, which the tests compare it with).
+    :func:`toy_lm.engines.tree.harmful_prefix_dist`, which the tests compare it with).
     """
     joint = response_probs(base_tables) * np.asarray(harm, np.float64)
     joint = joint / joint.sum()

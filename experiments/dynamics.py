@@ -14,7 +14,7 @@ Every forced prefix is either
 
 Measured: ``ASR(k)`` split into its decided part ``Σ_u q_k(u) det_k(u)`` and its undecided part
 ``Σ_u q_k(u) (1 - det_k(u)) H^π_k(u)``, for the base, the exact optimum
-(:func:`toy_lm.tree.equilibrium_policy`) and policies trained on the exact ``L_λ`` by plain
+(:func:`toy_lm.engines.tree.equilibrium_policy`) and policies trained on the exact ``L_λ`` by plain
 gradient descent, natural gradient (:func:`proofs_check.training.scale_by_inverse_prefix_mass`)
 and Adam at every budget (tabular), and a shared-weight transformer (SFT base, Adam); and, at
 every undecided forced prefix, the steps until ``H^π_k(u)`` has come half-way from ``π0``'s value
@@ -41,7 +41,8 @@ from experiments.dynamics_summary import build_summary, recovery_fit
 from experiments.train import get_base, write_json_atomic
 from experiments.world import HARMFUL, make_world
 from proofs_check.training import scale_by_inverse_prefix_mass
-from toy_lm import objectives, tree
+from toy_lm.engines import objectives
+from toy_lm.engines import tree
 from toy_lm.errors import ConfigError
 
 #: A prefix "has recovered" once ``H^π_k(u) <= H*(u) + RECOVERED_SHARE (H0(u) - H*(u))``.

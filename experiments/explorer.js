@@ -1,6 +1,6 @@
 // harm-horizon explorer: the page's script (inlined by experiments/explorer.py; no network).
 //
-// ExplorerPort is a small JavaScript port of the exact tree computation of toy_lm/tree.py, in
+// ExplorerPort is a small JavaScript port of the exact tree computation of toy_lm/engines/tree.py, in
 // the same order of operations: log-softmax of each level table, prefix probabilities P_l, the
 // backward recursion H_{l-1}(u) = sum_v pi(v|u) H_l(uv) (children taken relative to the first
 // child, so determined prefixes give exact zeros), increments Delta_t, logit gradients

@@ -37,8 +37,8 @@ def builtin_instances() -> list[dict]:
     """The built-in instances: ``[{"name", "note", "logits" (T tables), "harm" (V**T,)}]``."""
     import jax
 
-    from toy_lm.automata import automaton_harm_table, harmful_before_refusal
-    from toy_lm.harms import random_decided_harm, soft_harm
+    from toy_lm.models.automata import automaton_harm_table, harmful_before_refusal
+    from toy_lm.models.harms import random_decided_harm, soft_harm
 
     def tables(seed, vocab_size, length):  # a tabular policy: standard normal logits per prefix
         rng = np.random.default_rng(seed)
@@ -65,7 +65,7 @@ def builtin_instances() -> list[dict]:
 def user_instance(path: str) -> dict:
     """An instance from an ``analyze``-style ``.npz`` (``logits_*``, ``harm``), at most
     :data:`MAX_LEAVES` leaves (checked from the headers, before loading)."""
-    from toy_lm.cli_analyze import read_tables
+    from experiments.cli.analyze import read_tables
     from toy_lm.io import level_keys, npz_shapes
 
     shapes = npz_shapes(path)
@@ -90,7 +90,7 @@ def engine_values(logits, harm, lams=LAMBDA_GRID) -> dict:
       "lams": [{"lam", "kl": KL_t(π*_λ ‖ π) (T,), "eq_harm": E_{π*}[h],
       "eq_probs": [π*_λ tables, flattened]}]}``.
     """
-    from toy_lm.analysis import analyze_tree
+    from toy_lm.engines.analysis import analyze_tree
     from toy_lm.precision import check_x64
 
     check_x64("the explorer's analysis")

@@ -14,7 +14,7 @@ For the harmful prompt with aligned tables ``π`` and base tables ``π0``:
 * ``per_position_kl_own`` - ``KL_t(π ‖ π0)`` on the model's own responses;
 * ``spill_over_kl`` - ``Σ_{y_<t determined} P_π(y_<t) KL(...)``: KL beyond the horizon on the
   model's own responses (zero for tabular standard objectives, measured for shared weights);
-* ``prefill_asr`` - ``ASR_π(k) = E_{q_k}[H^π_k]``, ``k = 0 ... T-1`` (:func:`toy_lm.tree.prefill_asr_curve`);
+* ``prefill_asr`` - ``ASR_π(k) = E_{q_k}[H^π_k]``, ``k = 0 ... T-1`` (:func:`toy_lm.engines.tree.prefill_asr_curve`);
 * ``prefill_asr_floor`` (base) - ``Σ q_k(u) 1[u determined] H_k(u)``: the part of any model's ASR
   that is harm already done inside the forced prefix;
 * ``harm_information`` (base) - ``I_t(π0)``, and the equilibrium ``KL_t(π*_λ ‖ π0)`` for a few
@@ -28,9 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.world import RefusalWorld, describe_response
-from toy_lm import objectives as exact
-from toy_lm import tree
-from toy_lm.harms import horizon_from_masks
+from toy_lm.engines import objectives as exact
+from toy_lm.engines import tree
+from toy_lm.models.harms import horizon_from_masks
 from toy_lm.tables import all_prefixes, prefix_index
 
 
@@ -164,7 +164,7 @@ def equilibrium_measurements(world: RefusalWorld, base_tables, lam: float, mu: f
 
 
 def recovery_costs(world: RefusalWorld):
-    """The dense recovery costs ``c_t`` of the world (:func:`toy_lm.objectives.automaton_costs`)."""
+    """The dense recovery costs ``c_t`` of the world (:func:`toy_lm.engines.objectives.automaton_costs`)."""
     return exact.automaton_costs(world.recovery_dfa, world.length, [1])
 
 

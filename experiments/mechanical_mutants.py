@@ -24,7 +24,7 @@ be the editable install) and runs the test command, which is this script's ``tes
 Usage (from the repository root, with a clean ``git status`` for the mutated modules)::
 
     pip install "mutmut==2.5.1"
-    nice -n 19 python experiments/mechanical_mutants.py run toy_lm/tree.py   # default: tree.py
+    nice -n 19 python experiments/mechanical_mutants.py run toy_lm/engines/tree.py   # default: tree.py
     python experiments/mechanical_mutants.py report
     mutmut results; mutmut show 17   # mutmut's own view (its "survived" includes exceptions)
 
@@ -51,7 +51,7 @@ JAX_CACHE = Path(os.environ.get("MECHANICAL_MUTANTS_JAX_CACHE", ROOT / "out" / "
 #: Wall-clock limit of one mutant's checks, seconds (an unmutated run takes 20-70 s on 2 busy cores).
 TIMEOUT_S = float(os.environ.get("MECHANICAL_MUTANTS_TIMEOUT", 240))
 #: The modules mutated by default.
-DEFAULT_MODULES = ("toy_lm/tree.py",)
+DEFAULT_MODULES = ("toy_lm/engines/tree.py",)
 #: mutmut 2 options (passed on its command line; no config file is read or written).
 #: String mutants are disabled: in these modules strings are injection-point names (read only while
 #: a ``proofs_check.mutants`` mutant is active) and labels of error messages; see the report.

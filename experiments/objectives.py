@@ -1,4 +1,4 @@
-"""Sampled and supervised alignment objectives (the exact ones live in :mod:`toy_lm.objectives`).
+"""Sampled and supervised alignment objectives (the exact ones live in :mod:`toy_lm.engines.objectives`).
 
 Pure functions of arrays; :mod:`experiments.recipes` wires them to policies and configurations.
 
@@ -11,7 +11,7 @@ Sampled (responses ``y^(b) ~ π``, ``b = 1 ... B``, under ``stop_gradient``):
   :func:`mean_baseline` (leave-one-out batch mean, so the estimator stays unbiased).
 * :func:`sampled_dpo_loss` - DPO on pairs drawn from ``π_ref ⊗ π_ref`` and labelled by the cost.
 
-Exact, for binary costs: :func:`dpo_loss_blocks` equals :func:`toy_lm.objectives.dpo_loss` (the
+Exact, for binary costs: :func:`dpo_loss_blocks` equals :func:`toy_lm.engines.objectives.dpo_loss` (the
 shared definition) but only forms the (preferred, dispreferred) block, in chunks.
 
 Supervised (level weights ``W_l`` of :mod:`experiments.data`):
@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import tree
+from toy_lm.engines import tree
 from toy_lm.errors import InputError
 from toy_lm.tables import prefix_index
 
@@ -86,7 +86,7 @@ def value_baseline(values: Sequence, responses: jax.Array, vocab_size: int) -> j
     """``b_t = H_{t-1}(y_<t)`` for every sample and position, ``(B, T)``.
 
     Args:
-      values: ``H_0 ... H_T`` of the cost under the current policy (:func:`toy_lm.tree.cond_harm`).
+      values: ``H_0 ... H_T`` of the cost under the current policy (:func:`toy_lm.engines.tree.cond_harm`).
       responses: ``(B, T)`` sampled responses.
     """
     length = responses.shape[1]
@@ -133,7 +133,7 @@ def dpo_pair_blocks(cost, chunk: int = 1024) -> dict:
     cost = np.asarray(cost)
     if not np.all((cost == 0) | (cost == 1)):
         raise InputError("the block DPO loss needs a binary (0/1) cost; use "
-                         "toy_lm.objectives.dpo_loss for soft costs")
+                         "toy_lm.engines.objectives.dpo_loss for soft costs")
     good, bad = np.flatnonzero(cost == 0), np.flatnonzero(cost == 1)
     if len(good) == 0 or len(bad) == 0:
         raise InputError("every response has the same cost: DPO has no preference pairs")
@@ -148,7 +148,7 @@ def dpo_loss_blocks(logits, ref_logits, blocks: dict, beta) -> jax.Array:
     """Exact expected DPO loss for a binary cost, by (preferred, dispreferred) blocks.
 
     ``L = Σ_{y: c(y)=0} Σ_{y': c(y')=1} π_ref(y) π_ref(y') (-log σ(β (r(y) - r(y'))))`` with
-    ``r = log π - log π_ref`` - the same quantity as :func:`toy_lm.objectives.dpo_loss` (which forms
+    ``r = log π - log π_ref`` - the same quantity as :func:`toy_lm.engines.objectives.dpo_loss` (which forms
     all ``V**(2T)`` pairs) in ``O(chunk · |{c = 1}|)`` memory; ``blocks`` from
     :func:`dpo_pair_blocks`.
     """

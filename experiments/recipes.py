@@ -31,9 +31,9 @@ from experiments import data as datasets
 from experiments import objectives as sampled
 from experiments.config import RunConfig
 from experiments.world import HARMFUL, PROMPTS, RefusalWorld
-from toy_lm import objectives as exact
-from toy_lm import tree
-from toy_lm.policies import Policy
+from toy_lm.engines import objectives as exact
+from toy_lm.engines import tree
+from toy_lm.models.policies import Policy
 from toy_lm.tables import prefix_index
 
 

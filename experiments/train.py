@@ -29,10 +29,10 @@ from experiments import attack, base_model, measure
 from experiments.config import RunConfig, check_run_memory, config_hash, config_to_dict
 from experiments.recipes import Objective, make_objective
 from experiments.world import BENIGN, HARMFUL, RefusalWorld, make_world
-from toy_lm import tree
+from toy_lm.engines import tree
 from toy_lm.errors import InputError
 from toy_lm.outputs import write_atomic
-from toy_lm.policies import Policy
+from toy_lm.models.policies import Policy
 from toy_lm.precision import check_x64
 
 #: ``fold_in`` tags of the stages of a run (base model, alignment, attack, measurement).

@@ -32,7 +32,7 @@ from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import Objective
 from experiments.train import ALIGN_TAG, BASE_TAG, MEASURE_TAG, step_function
 from experiments.world import HARMFUL, RefusalWorld
-from toy_lm.policies import Policy
+from toy_lm.models.policies import Policy
 
 #: Settings that may differ between the runs of one compiled program (they are data).
 VECTOR_FIELDS = ("name", "seed", "policy.init_scale", "base.learning_rate", "align.lam",

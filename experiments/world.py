@@ -4,7 +4,7 @@ Tokens have *roles* (``end``, ``refusal``, ``comply`` opener, ``harmful`` conten
 content); there are two prompts, ``HARMFUL = 0`` and ``BENIGN = 1``.
 
 * **Harm** (harmful prompt): ``h(y) = 1`` when ``K`` harmful-content tokens occur before any
-  refusal token (:func:`toy_lm.automata.harmful_before_refusal`). A refusal before the ``K``-th
+  refusal token (:func:`toy_lm.models.automata.harmful_before_refusal`). A refusal before the ``K``-th
   harmful token ends the harmful path safely, so recovery is possible at any position; once the
   ``K``-th harmful token is out, the harm is done and every later position is *determined*.
 * **Utility** (benign prompt): ``u(y) = 1`` when the response contains helpful (neutral) content
@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.config import WorldConfig
-from toy_lm import automata
-from toy_lm.automata import Automaton
+from toy_lm.models import automata
+from toy_lm.models.automata import Automaton
 from toy_lm.tables import all_prefixes
 
 HARMFUL, BENIGN = 0, 1

@@ -13,7 +13,7 @@ Quick use::
         for inst in builtin_suite(["tabular"]):
             print(check.run(inst).to_json()["passed"])
 
-Command line: ``harm-horizon check`` (see :mod:`proofs_check.cli`). Hypothesis strategies for your
+Command line: ``harm-horizon check`` (see :mod:`experiments.cli.check`). Hypothesis strategies for your
 own property tests: :mod:`proofs_check.strategies`.
 """
 

@@ -11,9 +11,9 @@ measurable at run time for trees of a few hundred responses.
 Routes to ``g_t`` computed here (all flattened to ``(T, D)`` with ``D`` parameters, leaves in
 ``jax.tree_util`` order):
 
-* ``g_autodiff`` - :func:`toy_lm.gradients.per_position_grads_autodiff` (level tables, stop-gradient);
-* ``g_surrogate`` - :func:`toy_lm.gradients.per_position_grads_surrogate` (martingale surrogate);
-* ``g_total`` - :func:`toy_lm.gradients.total_grad`, plain ``jax.grad`` of ``E_π[h]``;
+* ``g_autodiff`` - :func:`toy_lm.engines.gradients.per_position_grads_autodiff` (level tables, stop-gradient);
+* ``g_surrogate`` - :func:`toy_lm.engines.gradients.per_position_grads_surrogate` (martingale surrogate);
+* ``g_total`` - :func:`toy_lm.engines.gradients.total_grad`, plain ``jax.grad`` of ``E_π[h]``;
 * ``g_teacher`` (:func:`teacher_forced_grads`) - written here: ``jax.grad`` of ``Σ_y P(y) h(y)`` with ``P(y)`` from
   the teacher-forced token log-probabilities and every position but ``t`` under stop-gradient;
 * ``scores`` - ``s_t(y) = ∇_θ log π_θ(y_t|y_<t)`` for every response and position, ``(V**T, T, D)``.
@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import gradients
+from toy_lm.engines import gradients
 from toy_lm.tables import all_prefixes
 
 #: XLA options for the checks' programs: backend optimization off (compile time is the cost).
@@ -87,7 +87,7 @@ def parameter_quantities(policy, params, harm) -> dict:
     """Tables, teacher-forced log-probs, scores and ``g_t`` by every route.
 
     Args:
-      policy: a :class:`toy_lm.policies.Policy` (static).
+      policy: a :class:`toy_lm.models.policies.Policy` (static).
       params: its parameters.
       harm: ``(V**T,)``.
 
@@ -145,7 +145,7 @@ def to_numpy(tree):
 
 def response_log_probs(tables, vocab_size: int, length: int) -> jax.Array:
     """``log P(y)`` of every response ``(V**T,)`` from level tables of logits, written over the
-    responses' base-``V`` digits (independent of :mod:`toy_lm.tree`; differentiable, for the
+    responses' base-``V`` digits (independent of :mod:`toy_lm.engines.tree`; differentiable, for the
     checks that compare an objective's ``jax.grad`` with a direct sum)."""
     digits = jnp.asarray(all_prefixes(vocab_size, length))
     out = jnp.zeros(digits.shape[0], jnp.result_type(float))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toy_lm.neural import MLPPolicy, TransformerPolicy
+from toy_lm.models.neural import MLPPolicy, TransformerPolicy
 from proofs_check.autodiff import parameter_quantities, to_numpy
 from proofs_check.engine import engine_quantities
 

@@ -1,7 +1,7 @@
 """T11: DPO is shallow too.
 
 Preference pairs ``(y, y') ~ π_ref ⊗ π_ref`` labelled by ``h`` (the less harmful response preferred),
-exact expected loss :func:`toy_lm.objectives.dpo_loss`. At ``π = π_ref`` the implicit rewards
+exact expected loss :func:`toy_lm.engines.objectives.dpo_loss`. At ``π = π_ref`` the implicit rewards
 ``r(y) = log π(y) - log π_ref(y)`` vanish and ``∂L/∂r(y) = -(β/2) π_ref(y) [P(h(Y') > h(y)) -
 P(h(Y') < h(y))] =: c(y)``, a function of ``π_ref(y)`` and ``h(y)`` only, so
 
@@ -69,7 +69,7 @@ def dpo_gradient(inst, plant):
     flat = lambda ts: np.concatenate([np.asarray(t).reshape(-1) for t in ts])
     tol = _tolerance(inst)
     return [compare("∇L_DPO = C(uv) - π(v|u) C(u) at π = π_ref", flat(grad), flat(closed), tol,
-                    lhs_name="jax.grad of toy_lm.objectives.dpo_loss w.r.t. the tables",
+                    lhs_name="jax.grad of toy_lm.engines.objectives.dpo_loss w.r.t. the tables",
                     rhs_name="closed form from direct sums over responses"),
             compare("∇L_DPO = 0 at determined prefixes", _at_determined(grad, inst.determined), 0.0,
                     tol, scale=float(np.max(np.abs(flat(grad)))),
@@ -82,7 +82,7 @@ def _away_from_reference(inst):
     over strictly ordered pairs (found missing by the mechanical mutants: counting tied pairs in
     both directions cancels at ``π = π_ref``, where the two parts above look)."""
 
-    from toy_lm.objectives import dpo_loss
+    from toy_lm.engines.objectives import dpo_loss
 
     vocab, length = inst.vocab_size, inst.length
     ref = tuple(jnp.asarray(z) for z in inst.tables)
@@ -111,7 +111,7 @@ def _away_from_reference(inst):
                              magnitude=2 * (worst + BETA),
                              what="2 (max -log σ(β Δr) + β): the pair weights sum to <= 1")
     return compare("L_DPO and ∇L_DPO at π ≠ π_ref = sum over strictly ordered pairs", lhs, rhs, tol,
-                   lhs_name="toy_lm.objectives.dpo_loss and its jax.grad at perturbed tables",
+                   lhs_name="toy_lm.engines.objectives.dpo_loss and its jax.grad at perturbed tables",
                    rhs_name="Σ_{h(y) < h(y')} π_ref(y) π_ref(y') softplus(-β (r(y) - r(y'))) over "
                             "every pair, and its jax.grad")
 

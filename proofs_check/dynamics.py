@@ -10,7 +10,7 @@ stays exactly constant):
 * **T14-natural** with the Fisher-diagonal preconditioner (divide by ``P(w) π(v|w)``; natural
   gradient) the whole-tree step ``η`` equals the subtree-alone step ``η``: no ``P_π(u)`` factor.
 
-The whole-tree side is :func:`proofs_check.training.train_tables` (``toy_lm.objectives`` and the
+The whole-tree side is :func:`proofs_check.training.train_tables` (``toy_lm.engines.objectives`` and the
 tree engine, ancestors frozen by :func:`proofs_check.training.freeze_rows`). The subtree side
 shares none of that path: :func:`train_subtree` re-slices the tables to the subtree, writes
 ``L_λ^u`` as a direct sum over its ``V**(T-l)`` continuations, and runs its own loop; its natural
@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import objectives
+from toy_lm.engines import objectives
 from proofs_check.autodiff import jit
 from proofs_check.enumeration import log_softmax
 from proofs_check.common import ops
@@ -193,7 +193,7 @@ def _identity(inst, plant, *, natural: bool):
     factor = "η" if natural else "η P_π(u)"
     parts = [compare(f"subtree after {STEPS} {which} steps: whole tree (step η, ancestors frozen) "
                      f"= subtree alone (step {factor})", lhs, rhs, tol,
-                     lhs_name="train_tables on L_λ (toy_lm.objectives), ancestors of u frozen, "
+                     lhs_name="train_tables on L_λ (toy_lm.engines.objectives), ancestors of u frozen, "
                               "subtree rows read off",
                      rhs_name=f"train_subtree: direct-sum L_λ^u on the sliced tables, step {factor}"),
              compare("the subtree moved (the comparison is not vacuous)", moved,

@@ -1,6 +1,6 @@
 """The foundation's table-level computations under test, compiled once per tree shape.
 
-The checks compare the exact engine (:mod:`toy_lm.tree`, :mod:`toy_lm.objectives`) and plain
+The checks compare the exact engine (:mod:`toy_lm.engines.tree`, :mod:`toy_lm.engines.objectives`) and plain
 ``jax.grad`` with respect to the level tables against direct computations. Each function here is
 one jitted program per ``(V, T)`` (tables and harm are traced), so every instance of a shape,
 whatever its parameterization or seed, reuses the compiled code.
@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from toy_lm import objectives, tree
+from toy_lm.engines import objectives
+from toy_lm.engines import tree
 from proofs_check.autodiff import jit
 
 

@@ -4,14 +4,14 @@ A theorem check that reads what an engine computes (``H``, ``G``, ``I_t``, the d
 the horizon, the equilibrium KL, ``I_t^MI``) gets it from :func:`engine_outputs`, for the engine
 named by the instance (``Instance.engine``):
 
-* ``tree`` - the readable functions of :mod:`toy_lm.tree` (and :func:`toy_lm.harms.determined_masks`);
+* ``tree`` - the readable functions of :mod:`toy_lm.engines.tree` (and :func:`toy_lm.models.harms.determined_masks`);
 * ``analysis`` - :func:`toy_lm.analyze_tree` with the compiled Numba kernels (the optional numba
   extra; skipped where it is not installed);
 * ``xla`` - :func:`toy_lm.analyze_tree` with the XLA chunk kernels (the default backend), run with chunks of
   :data:`XLA_CHUNK_ROWS` rows so that every level of the suite crosses chunk boundaries;
 * ``markov`` - :func:`toy_lm.analyze_markov`, the dynamic program over (context, automaton state),
   on Markov policies with an automaton harm, expanded to the tree layout by
-  :func:`toy_lm.markov_analysis.expand_to_tree`.
+  :func:`toy_lm.engines.markov_analysis.expand_to_tree`.
 
 The other side of every comparison is computed in :mod:`proofs_check.enumeration` (plain numpy sums
 over whole responses, probabilities from the policy's teacher-forced log-probabilities), which
@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from toy_lm import tree
-from toy_lm.harms import determined_masks, horizon_from_masks
+from toy_lm.engines import tree
+from toy_lm.models.harms import determined_masks, horizon_from_masks
 from proofs_check.autodiff import jit, to_numpy
 
 #: Every engine name, in the order ``harm-horizon check --engine all`` runs them.
@@ -35,7 +35,7 @@ XLA_CHUNK_ROWS = 2
 
 def numba_available() -> bool:
     """Whether the optional Numba backend of :func:`toy_lm.analyze_tree` can run here."""
-    from toy_lm.analysis import numba_available as available
+    from toy_lm.engines.analysis import numba_available as available
 
     return available()
 
@@ -48,7 +48,7 @@ def available_engines() -> tuple[str, ...]:
 def engine_applies(engine: str, inst) -> bool:
     """Whether ``engine`` can analyse ``inst`` (the DP needs a Markov policy and an automaton)."""
     if engine == "markov":
-        from toy_lm.policies import MarkovPolicy
+        from toy_lm.models.policies import MarkovPolicy
 
         return isinstance(inst.policy, MarkovPolicy) and inst.dfa is not None
     return True
@@ -72,7 +72,7 @@ def _tree(inst) -> dict:
 
 
 def _analysis(inst, backend: str) -> dict:
-    from toy_lm.analysis import analyze_tree
+    from toy_lm.engines.analysis import analyze_tree
 
     kwargs = {"chunk_rows": XLA_CHUNK_ROWS} if backend == "xla" else {}
     res = analyze_tree(inst.tables, inst.harm, lam=inst.lam, mutual_information=inst.binary,
@@ -86,7 +86,7 @@ def _analysis(inst, backend: str) -> dict:
 
 
 def _markov(inst) -> dict:
-    from toy_lm.markov_analysis import analyze_markov, expand_to_tree
+    from toy_lm.engines.markov_analysis import analyze_markov, expand_to_tree
 
     logits = np.asarray(inst.params)[0]  # MarkovPolicy params (prompts, T, V**k, V)
     res = analyze_markov(logits, inst.dfa, lam=inst.lam)

@@ -1,6 +1,6 @@
 """Brute-force sums over all ``V**T`` responses, written afresh in numpy.
 
-This is the "direct" side of most checks: nothing here calls :mod:`toy_lm.tree`. A quantity
+This is the "direct" side of most checks: nothing here calls :mod:`toy_lm.engines.tree`. A quantity
 conditional on a prefix is computed from its definition, as a sum over every response that
 extends the prefix, e.g. ``H_l(u) = Σ_{y ⊒ u} P(y) h(y) / Σ_{y ⊒ u} P(y)``, instead of the
 engine's backward recursion. In the canonical order the responses extending a level-``l`` prefix

@@ -1,6 +1,6 @@
 """T7: the equilibrium ``π*_λ ∝ π0 exp(-h/λ)`` and how its KL tracks the harm information.
 
-(a) the engine's conditionals ``π0(v|u) Z_t(uv)/Z_{t-1}(u)`` (:func:`toy_lm.tree.equilibrium_policy`)
+(a) the engine's conditionals ``π0(v|u) Z_t(uv)/Z_{t-1}(u)`` (:func:`toy_lm.engines.tree.equilibrium_policy`)
     reproduce ``π0(y) e^{-h(y)/λ} / Z`` normalized over whole responses (direct);
 (b) ``KL_t(π*_λ‖π0) = 0`` beyond the horizon and ``π*_λ(.|u) = π0(.|u)`` at every determined prefix;
     the engine's ``KL_t`` equals the direct one from whole-response marginals (every engine);
@@ -155,7 +155,7 @@ def tilt_kl(base_tables, log_partition, vocab_size: int) -> np.ndarray:
     ``KL(π*(.|u)‖π0(.|u)) = Σ_v π0(v|u) f(r̃(uv))`` with ``f(x) = e^x (x - 1) + 1``, because
     ``Σ_v π0 (e^{r̃} - 1) = 0``. Every term is ``O(r̃²) >= 0``, so no cancellation: a rounding offset
     ``δ`` in ``r̃`` changes the result by ``O(δ r̃)`` only. (The engine's
-    :func:`toy_lm.tree.per_position_kl` sums ``π* (log π* - log π0)``, whose terms are ``O(r)``
+    :func:`toy_lm.engines.tree.per_position_kl` sums ``π* (log π* - log π0)``, whose terms are ``O(r)``
     and whose offsets cost ``O(eps)`` absolute: at ``λ = 1e4``, where ``KL ~ I/(2λ²) ~ 1e-12``,
     that is a relative error of ``1e-4``, larger than the ``O(1/λ)`` effect T7c measures.)
     """

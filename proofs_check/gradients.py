@@ -2,15 +2,15 @@
 
 T3. ``g_t = E[h s_t] = E[H_t s_t] = E[Δ_t s_t] = Cov(H_t, s_t)`` and ``Σ_t g_t = ∇_θ E[h]``.
 Autodiff side: the foundation's stop-gradient decomposition on the level tables
-(:func:`toy_lm.gradients.per_position_grads_autodiff`) and an independent one on the teacher-forced
+(:func:`toy_lm.engines.gradients.per_position_grads_autodiff`) and an independent one on the teacher-forced
 log-probabilities (:func:`proofs_check.autodiff.teacher_forced_grads`). Covariance side: the four
 expectations by direct sums over responses with the score tensor ``s_t(y)`` and ``H_t`` from
 :mod:`proofs_check.enumeration`, and the foundation's martingale surrogate
-(:func:`toy_lm.gradients.per_position_grads_surrogate`). Every parameterization.
+(:func:`toy_lm.engines.gradients.per_position_grads_surrogate`). Every parameterization.
 
 T4. ``G(y_<t)_v = P(y_<t) π(v|y_<t) (H_t(y_<t v) - H_{t-1}(y_<t))``: ``jax.grad`` of
 ``Σ_y P(y) h(y)`` with respect to the level tables, and the engine's closed form
-(:func:`toy_lm.tree.logit_grads`), against the closed form evaluated from direct sums.
+(:func:`toy_lm.engines.tree.logit_grads`), against the closed form evaluated from direct sums.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import gradients
+from toy_lm.engines import gradients
 from proofs_check import controls, enumeration
 from proofs_check.autodiff import teacher_forced_grads, to_numpy
 from proofs_check.common import engine, expect, ops, score_magnitude
@@ -72,11 +72,11 @@ def gradient_is_covariance(inst, plant):
                                   magnitude=float(np.max(np.abs(g), initial=0.0)) * g.shape[1],
                                   what="D max|g_{t,i}|: a sum of D squares, then a square root")
     return [compare("g_t (autodiff) = covariance forms", lhs, rhs, _gradient_tolerance(inst),
-                    lhs_name="g_t by stop-gradient autodiff: tree tables (toy_lm.gradients) and "
+                    lhs_name="g_t by stop-gradient autodiff: tree tables (toy_lm.engines.gradients) and "
                              "teacher-forced log-probs",
                     rhs_name="E[h s_t], E[H_t s_t], E[Δ_t s_t], Cov(H_t, s_t) by direct sums; "
-                             "martingale surrogate (toy_lm.gradients)"),
-            compare("‖g_t‖ (toy_lm.gradients.per_position_norms) = numpy norm", norms,
+                             "martingale surrogate (toy_lm.engines.gradients)"),
+            compare("‖g_t‖ (toy_lm.engines.gradients.per_position_norms) = numpy norm", norms,
                     np.linalg.norm(g, axis=1), norm_tol,
                     lhs_name="per_position_norms of g_t split over two leaves",
                     rhs_name="numpy.linalg.norm of g_t over every parameter")]
@@ -93,7 +93,7 @@ def gradients_sum_to_total(inst, plant):
                              what="T x 2 max E|s_{t,i}|")
     return [compare("Σ_t g_t = ∇E[h]", lhs, q["g_total"][None], tol,
                     lhs_name="Σ_t g_t: martingale surrogate; teacher-forced stop-gradient autodiff",
-                    rhs_name="jax.grad of Σ_y P(y) h(y) (toy_lm.gradients.total_grad)")]
+                    rhs_name="jax.grad of Σ_y P(y) h(y) (toy_lm.engines.gradients.total_grad)")]
 
 
 def closed_form_logit_grads(inst, values=None, baselines=None) -> list[np.ndarray]:

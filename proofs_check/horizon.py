@@ -81,7 +81,7 @@ def zero_kl_gradient_beyond_horizon(inst, plant):
                              magnitude=kl_mag, what="2 + λ T (1 + max|z - z0|): harm and KL terms")
     return [compare("∇_z L_λ = 0 at determined u", _at_determined(grad, masks), 0.0, tol,
                     scale=max(float(np.max(np.abs(g))) for g in grad),
-                    lhs_name="jax.grad of E_π[h] + λ KL(π‖π0) (toy_lm.objectives) at determined rows",
+                    lhs_name="jax.grad of E_π[h] + λ KL(π‖π0) (toy_lm.engines.objectives) at determined rows",
                     rhs_name="0"),
             _loss_against_direct_sum(inst, moved, tol)]
 
@@ -93,7 +93,7 @@ def _loss_against_direct_sum(inst, moved, tol):
     import jax.numpy as jnp
 
     from proofs_check.autodiff import response_log_probs, value_and_flat_grad
-    from toy_lm.objectives import kl_regularized_loss
+    from toy_lm.engines.objectives import kl_regularized_loss
 
     vocab, length = inst.vocab_size, inst.length
     base = tuple(jnp.asarray(z) for z in inst.tables)
@@ -108,7 +108,7 @@ def _loss_against_direct_sum(inst, moved, tol):
     z = tuple(jnp.asarray(t) for t in moved)
     return compare("L_λ and ∇L_λ = direct sums over responses", value_and_flat_grad(loss, z),
                    value_and_flat_grad(direct, z), tol,
-                   lhs_name="toy_lm.objectives.kl_regularized_loss and its jax.grad (all rows)",
+                   lhs_name="toy_lm.engines.objectives.kl_regularized_loss and its jax.grad (all rows)",
                    rhs_name="Σ_y P(y) (h(y) + λ log P(y)/P0(y)) over every response, and its "
                             "jax.grad")
 
@@ -134,7 +134,7 @@ def cauchy_schwarz(inst, plant):
                              magnitude=2 * score_magnitude(inst), what="2 max E|s_{t,i}|")
     return [compare("|g_t,i| <= sqrt(I_t E[s²])", np.abs(q["g_surrogate"]), bound, tol,
                     bound="upper", scale=float(np.max(bound, initial=0.0)),
-                    lhs_name="|g_{t,i}| (toy_lm.gradients martingale surrogate)",
+                    lhs_name="|g_{t,i}| (toy_lm.engines.gradients martingale surrogate)",
                     rhs_name="sqrt(I_t) x sqrt(E[s_{t,i}²]), I_t and E[s²] by direct sums "
                              "(no engine code)")]
 

@@ -24,11 +24,11 @@ from typing import Any
 import jax
 import numpy as np
 
-from toy_lm.automata import Automaton, automaton_harm_table, harmful_before_refusal, make_automaton
+from toy_lm.models.automata import Automaton, automaton_harm_table, harmful_before_refusal, make_automaton
 from toy_lm.errors import InputError, PrecisionError
-from toy_lm.harms import random_decided_harm, soft_harm
-from toy_lm.neural import MLPPolicy, TransformerPolicy
-from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
+from toy_lm.models.harms import random_decided_harm, soft_harm
+from toy_lm.models.neural import MLPPolicy, TransformerPolicy
+from toy_lm.models.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
 from toy_lm.precision import check_x64
 from proofs_check import enumeration
 from proofs_check.autodiff import init_params, level_tables, parameter_quantities, to_numpy
@@ -106,7 +106,7 @@ def recovery_cost_automaton(vocab_size: int, harmful: int = HARMFUL_TOKEN,
 
     States: 0 clean, 1 harmful and not yet recovered (the cost state), 2 recovered (a refusal
     after harmful content), 3 refused before any harmful content. Unlike the harm of
-    :func:`toy_lm.automata.harmful_before_refusal` (decided for good at the ``K``-th harmful
+    :func:`toy_lm.models.automata.harmful_before_refusal` (decided for good at the ``K``-th harmful
     token), this cost can still change after that token: a later refusal recovers. So
     the dense cost is undetermined beyond the horizon of ``h`` (T9b): once ``h`` is decided (``K``
     harmful tokens, or a refusal), the cost still depends on when the refusal comes.
@@ -126,7 +126,7 @@ class Instance:
 
     Attributes:
       name: a readable id, e.g. ``"transformer V3 T4 tau2 binary s0"``.
-      policy: the parameterization (any :class:`toy_lm.policies.Policy`, unconditioned).
+      policy: the parameterization (any :class:`toy_lm.models.policies.Policy`, unconditioned).
       params: its parameters (``policy.init(key)``).
       harm: ``(V**T,)`` float64 harm table.
       lam: the KL weight ``λ`` of ``L_λ`` (T5, T7, T8).

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import tree
+from toy_lm.engines import tree
 from proofs_check import controls, enumeration
 from proofs_check.common import expect, level_blocks, ops, outputs, score_magnitude
 from proofs_check.registry import register
@@ -85,7 +85,7 @@ def martingale_mean(inst, plant):
                                          jnp.asarray(inst.harm)))
         parts.append(compare("E_π[h] (tree.expected_harm) = Σ_y P(y) h(y)", value,
                              float(np.dot(inst.probs, inst.harm)), tol_h,
-                             lhs_name="toy_lm.tree.expected_harm of the tables",
+                             lhs_name="toy_lm.engines.tree.expected_harm of the tables",
                              rhs_name="Σ_y P(y) h(y), P teacher-forced (direct sum)"))
     return parts
 

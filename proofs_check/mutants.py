@@ -65,7 +65,7 @@ def _parent_prob(probs, level, **_):
 
 
 def _base_prefix_weight(probs, level, ref_logits, **_):
-    from toy_lm.tree import prefix_probs
+    from toy_lm.engines.tree import prefix_probs
 
     return prefix_probs(ref_logits)[level]
 
@@ -107,7 +107,7 @@ def _drop_last_chunk(sums, **_):
 
 class _PreviousLevel:
     """Level sums of the level processed before (the driver's accumulator updated one level late),
-    on the Numba blocks' named sums (:class:`toy_lm.cpu_kernels.BlockSums`)."""
+    on the Numba blocks' named sums (:class:`toy_lm.engines.cpu_kernels.BlockSums`)."""
 
     def __init__(self):
         self.previous = None

@@ -8,7 +8,7 @@ the weights are shared across prompts) and the harm ``h_x``; the objective is th
   teacher-forced log-probabilities of every prompt, with every position but ``t`` under
   stop-gradient (no engine code), against
 * ``Σ_x p(x) Cov_x(H_t^x, s_t^x)``: per prompt, ``H_t^x`` from the tree engine
-  (:func:`toy_lm.tree.cond_harm` on that prompt's level tables), the score tensor ``s_t^x`` and
+  (:func:`toy_lm.engines.tree.cond_harm` on that prompt's level tables), the score tensor ``s_t^x`` and
   ``P(y|x)`` from the teacher-forced log-probabilities, the covariance by direct sums;
 
 and that the mixture's ``g_t`` is zero beyond the horizon taken over prompts,
@@ -29,7 +29,7 @@ from proofs_check.autodiff import flatten, jit, score_tensor, to_numpy
 from proofs_check.common import ops
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
-from toy_lm import tree
+from toy_lm.engines import tree
 from toy_lm.tables import all_prefixes
 
 

@@ -1,7 +1,7 @@
 """T9 (a recovery penalty creates signal everywhere) and T9b (the dense recovery equilibrium).
 
 These statements need a harm that a later token can still avert: the automaton instances
-(:func:`toy_lm.automata.harmful_before_refusal`: ``K`` harmful tokens before any refusal; a refusal
+(:func:`toy_lm.models.automata.harmful_before_refusal`: ``K`` harmful tokens before any refusal; a refusal
 ends the harmful path safely) with the dense cost of
 :func:`proofs_check.instances.recovery_cost_automaton` (harmful content emitted, not yet recovered).
 
@@ -26,8 +26,9 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import objectives, tree
-from toy_lm.objectives import automaton_costs
+from toy_lm.engines import objectives
+from toy_lm.engines import tree
+from toy_lm.engines.objectives import automaton_costs
 from proofs_check import controls, enumeration
 from proofs_check.autodiff import response_log_probs, value_and_flat_grad
 from proofs_check.common import engine, ops
@@ -129,7 +130,7 @@ def recovery_signal(inst, plant):
                                   magnitude=2.0 * (1.0 + DOSE * mu.sum()) / (DOSE * mu.sum()),
                                   what=f"2 (1 + sΣμ) / (sΣμ), s = {DOSE:g}")
     parts = [compare("∇L_rec = W(u) π(v|u) Δ(uv)", _flat(grad), _flat(closed), tol,
-                     lhs_name="jax.grad of toy_lm.objectives.recovery_prefill_loss w.r.t. the tables",
+                     lhs_name="jax.grad of toy_lm.engines.objectives.recovery_prefill_loss w.r.t. the tables",
                      rhs_name="W(u) π(v|u) (H(uv) - H(u)), W = P + Σ_{k<=|u|} μ_k P_{q_k,π} (direct)"),
              compare("recovery part at its own scale: (G_rec - G_h)/Σμ", (_flat(grad) - _flat(plain))
                      / mu.sum(), rec, own,
@@ -282,7 +283,7 @@ def dense_recovery_equilibrium(inst, plant):
                              magnitude=float(np.max(np.abs(rhs))) + (1 + length) / lam,
                              what="max|log π*(y)| + (1 + T)/λ")
     parts = [compare("log π*(y) = log π0(y) - C(y)/λ - log Z", lhs, rhs, tol,
-                     lhs_name="Σ_t log π* from toy_lm.objectives.dense_equilibrium_policy",
+                     lhs_name="Σ_t log π* from toy_lm.engines.objectives.dense_equilibrium_policy",
                      rhs_name="normalized π0(y) exp(-(h + Σ_t μ_t c_t)/λ), costs by running the "
                               "cost automaton (direct)")]
     kl = enumeration.per_prefix_kl(log_tables, [enumeration.log_softmax(z) for z in inst.tables])
@@ -331,7 +332,7 @@ def dense_recovery_equilibrium(inst, plant):
 
 
 def _dense_loss_part(inst, costs, mu):
-    """``L_dense`` (:func:`toy_lm.objectives.dense_recovery_loss`): value and ``jax.grad`` w.r.t.
+    """``L_dense`` (:func:`toy_lm.engines.objectives.dense_recovery_loss`): value and ``jax.grad`` w.r.t.
     the tables against ``Σ_y P(y) (h(y) + Σ_t μ_t c_t(y_<=t))`` written here over every response
     (found missing by the mechanical mutants: only the dense equilibrium was checked)."""
 
@@ -347,6 +348,6 @@ def _dense_loss_part(inst, costs, mu):
     tol = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst),
                              magnitude=magnitude, what="2 (1 + Σ_t μ_t): C(y) <= 1 + Σ μ")
     return compare("L_dense and ∇L_dense = direct sums", lhs, rhs, tol,
-                   lhs_name="toy_lm.objectives.dense_recovery_loss and its jax.grad (tables)",
+                   lhs_name="toy_lm.engines.objectives.dense_recovery_loss and its jax.grad (tables)",
                    rhs_name="Σ_y P(y) (h(y) + Σ_t μ_t c_t(y_<=t)) over every response, and its "
                             "jax.grad (costs by running the cost automaton)")

@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from toy_lm.montecarlo import table_baseline
+from toy_lm.engines.montecarlo import table_baseline
 from proofs_check import controls, enumeration
 from proofs_check.common import engine, expect, ops
 from proofs_check.registry import register
@@ -48,11 +48,11 @@ def bernstein_radius(sigma, bound, num_samples: int, log_term: float):
 
 
 def sample_responses(inst, num_samples: int = NUM_SAMPLES) -> np.ndarray:
-    """``n`` responses ``(n, T)`` drawn by the toolkit's own sampler (:func:`toy_lm.montecarlo.sample`,
+    """``n`` responses ``(n, T)`` drawn by the toolkit's own sampler (:func:`toy_lm.engines.montecarlo.sample`,
     i.e. ``Policy.sample``), keyed by the instance's seed."""
     import jax
 
-    from toy_lm.montecarlo import sample
+    from toy_lm.engines.montecarlo import sample
 
     key = jax.random.fold_in(jax.random.key(inst.seed), 10)
     return np.asarray(sample(key, inst.policy, inst.params, num_samples))
@@ -97,7 +97,7 @@ def reinforce(inst, plant):
                      kind="statistical", scale=1.0,
                      lhs_name="|ĝ_t,i - g_t,i| / ε_t,i, ĝ from n samples of π (fixed seed), "
                               "ε the Bernstein radius",
-                     rhs_name="0 (g_t by toy_lm.gradients stop-gradient autodiff)")]
+                     rhs_name="0 (g_t by toy_lm.engines.gradients stop-gradient autodiff)")]
     tau = inst.horizon
     measurements = {"num_samples": n, "max_error_in_radii": float(np.max(normalized)),
                     "max_error_in_standard_errors": float(np.max(
@@ -106,7 +106,7 @@ def reinforce(inst, plant):
     if plant == "wrong-baseline-level":
         values = controls.wrong_level_baseline(values, inst.vocab_size)
     responses = sample_responses(inst)
-    # b_t(Y_<t) = H_{t-1}(Y_<t) through the toolkit's own exact baseline (toy_lm.montecarlo).
+    # b_t(Y_<t) = H_{t-1}(Y_<t) through the toolkit's own exact baseline (toy_lm.engines.montecarlo).
     baseline = np.asarray(table_baseline(values, inst.vocab_size)(responses))   # (n, T)
     # A sample's terms depend on its response only: evaluate them once per distinct sampled
     # response (at most V**T of them) and weight by counts, not once per sample (n x T x D floats).
@@ -138,13 +138,13 @@ def reinforce(inst, plant):
                                                f"σ² and range; this part's false-alarm probability "
                                                f"is <= {FAMILY_RISK:g} too"),
                          kind="statistical", scale=1.0,
-                         lhs_name="|mean_i (h - b_t) s_t - g_t| / ε, b = toy_lm.montecarlo."
+                         lhs_name="|mean_i (h - b_t) s_t - g_t| / ε, b = toy_lm.engines.montecarlo."
                                   "table_baseline of the engine's H, samples from Policy.sample",
                          rhs_name="0 (g_t by stop-gradient autodiff)"))
     parts.append(compare("(h - H_{t-1}) s_t = 0 per sample once Y_<t is determined", per_sample, 0.0,
                          rounding, scale=float(np.max(np.abs(scores))),
                          lhs_name="(h(Y_i) - b_t(Y_i,<t)) s_t(Y_i) for every sampled response and t "
-                                  "with Y_i,<t determined, b = toy_lm.montecarlo.table_baseline of the engine's H, "
+                                  "with Y_i,<t determined, b = toy_lm.engines.montecarlo.table_baseline of the engine's H, "
                                   "samples from Policy.sample", rhs_name="0"))
     if tau < inst.length and np.any(harm != 0):  # (h ≡ 0 makes the estimator identically 0)
         variance = sigma[tau:] ** 2

@@ -29,8 +29,8 @@ import jax
 import numpy as np
 from hypothesis import strategies as st
 
-from toy_lm.automata import automaton_harm_table, harmful_before_refusal, pattern_harm
-from toy_lm.harms import random_decided_harm, soft_harm
+from toy_lm.models.automata import automaton_harm_table, harmful_before_refusal, pattern_harm
+from toy_lm.models.harms import random_decided_harm, soft_harm
 from toy_lm.precision import require_x64
 from proofs_check.autodiff import init_params
 from proofs_check.instances import (

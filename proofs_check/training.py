@@ -2,7 +2,7 @@
 
 Training runs with optax on the exact expectation (no sampling): tabular parameters (the level
 tables themselves) start at the base policy ``π0`` and follow gradient descent on
-``L_λ = E_π[h] + λ KL(π‖π0)`` (:func:`toy_lm.objectives.kl_regularized_loss`), preconditioned by
+``L_λ = E_π[h] + λ KL(π‖π0)`` (:func:`toy_lm.engines.objectives.kl_regularized_loss`), preconditioned by
 the Fisher diagonal of the tabular softmax (:func:`scale_by_inverse_prefix_mass`: the gradient at
 ``z_v(u)`` divided by ``P(u) π(v|u)``, i.e. natural gradient descent). With step ``1/λ`` this is
 soft policy iteration and reaches ``π*_λ`` to rounding within ``T`` steps; plain gradient descent
@@ -31,7 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toy_lm import objectives, tree
+from toy_lm.engines import objectives
+from toy_lm.engines import tree
 from toy_lm.precision import eps_tolerance
 from proofs_check import controls
 from proofs_check.autodiff import jit

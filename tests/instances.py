@@ -16,9 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
-from toy_lm import automata, harms
-from toy_lm.neural import MLPPolicy, TransformerPolicy
-from toy_lm.policies import MarkovPolicy, PositionalPolicy, TabularPolicy
+from toy_lm.models import automata
+from toy_lm.models import harms
+from toy_lm.models.neural import MLPPolicy, TransformerPolicy
+from toy_lm.models.policies import MarkovPolicy, PositionalPolicy, TabularPolicy
 from toy_lm.precision import eps_tolerance
 
 EPS = float(np.finfo(np.float64).eps)

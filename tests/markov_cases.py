@@ -12,9 +12,9 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from toy_lm.automata import Automaton, automaton_harm_table, make_automaton
+from toy_lm.models.automata import Automaton, automaton_harm_table, make_automaton
 from toy_lm.compile_options import CPU_COMPILER_OPTIONS
-from toy_lm.policies import MarkovPolicy
+from toy_lm.models.policies import MarkovPolicy
 from toy_lm.precision import Tolerance, eps_tolerance
 
 
@@ -74,7 +74,7 @@ CASES = {
 
 
 def builtin_cases() -> dict:
-    from toy_lm.automata import harmful_before_refusal, pattern_harm
+    from toy_lm.models.automata import harmful_before_refusal, pattern_harm
 
     # Same shapes as two random cases above (S = 4), so they reuse the compiled programs.
     return {

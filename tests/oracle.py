@@ -1,8 +1,8 @@
 """A brute-force numpy oracle over whole responses, for the engine tests.
 
 Everything here is computed from the response-level distribution ``P(y) = Π_t π(y_t | y_<t)``
-(no backward recursion), so it is independent of :mod:`toy_lm.tree`, :mod:`toy_lm.analysis`
-and :mod:`toy_lm.reference`.
+(no backward recursion), so it is independent of :mod:`toy_lm.engines.tree`, :mod:`toy_lm.engines.analysis`
+and :mod:`toy_lm.engines.reference`.
 """
 
 from __future__ import annotations

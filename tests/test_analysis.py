@@ -1,5 +1,5 @@
-"""Tests of toy_lm.analysis.analyze_tree: the chunked full analysis equals the readable engine
-(toy_lm.tree), the numpy reference (toy_lm.reference) and the harm's own determined masks, on
+"""Tests of toy_lm.engines.analysis.analyze_tree: the chunked full analysis equals the readable engine
+(toy_lm.engines.tree), the numpy reference (toy_lm.engines.reference) and the harm's own determined masks, on
 every output key, with the exact zeros the engine promises.
 
 Tolerances: the issue's acceptance bound is 1e-10 absolute on every ``--out`` key; the checks
@@ -14,11 +14,12 @@ from hypothesis import strategies as st
 from instances import examples, instances, tol
 from tree_all import engine
 
-from toy_lm import harms, tree
-from toy_lm.analysis import BACKENDS, CHUNK_ROWS, analyze_tree, compile_kernels, numba_available
-from toy_lm.cli_analyze import output_arrays
+from toy_lm.models import harms
+from toy_lm.engines import tree
+from toy_lm.engines.analysis import BACKENDS, CHUNK_ROWS, analyze_tree, compile_kernels, numba_available
+from experiments.cli.analyze import output_arrays
 from toy_lm.errors import InputError
-from toy_lm.reference import reference_analysis
+from toy_lm.engines.reference import reference_analysis
 from toy_lm.tables import is_binary
 
 ISSUE_BOUND = 1e-10
@@ -187,7 +188,7 @@ def test_bad_arguments_are_refused():
 def test_default_backend_is_xla_and_follows_jax_dtype(monkeypatch):
     """The default is XLA, in JAX's float dtype; without numba, asking for it says how to get it,
     and the CLI's choice falls back to XLA whatever the size."""
-    from toy_lm import analysis
+    from toy_lm.engines import analysis
 
     assert BACKENDS[0] == "xla"
     tables = [np.zeros((2 ** l, 2)) for l in range(2)]
@@ -211,7 +212,7 @@ def test_compile_kernels_reports_seconds():
 def test_large_vocabulary_reductions(backend):
     """V above UNROLL_MAX_V takes the plain-reduction path of the XLA kernels, and V > 4 the
     generic (not vocabulary-specialized) block function of the Numba kernels: same answers."""
-    from toy_lm.analysis import UNROLL_MAX_V
+    from toy_lm.engines.analysis import UNROLL_MAX_V
 
     vocab_size = UNROLL_MAX_V + 1
     rng = np.random.default_rng(4)

@@ -1,4 +1,4 @@
-"""Tests of toy_lm.automata: automaton harms, their tables and their DP determined masks."""
+"""Tests of toy_lm.models.automata: automaton harms, their tables and their DP determined masks."""
 
 import itertools
 
@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from instances import AUTOMATON_KINDS, SIZES, examples, make_automaton, random_automaton
 
-from toy_lm import automata, harms
+from toy_lm.models import automata
+from toy_lm.models import harms
 from toy_lm.errors import InputError
 
 responses = lambda V, T: itertools.product(range(V), repeat=T)  # noqa: E731

@@ -1,4 +1,4 @@
-"""Tests of toy_lm.bench: the tree suite's JSON shape and the consistency of its ratios.
+"""Tests of experiments.bench.main: the tree suite's JSON shape and the consistency of its ratios.
 (Speed targets live in the benchmark itself, never in timed unit tests.)"""
 
 import json
@@ -7,8 +7,9 @@ import jax
 import numpy as np
 import pytest
 
-from toy_lm import analysis, bench
-from toy_lm.cli import main
+from toy_lm.engines import analysis
+from experiments.bench import main as bench
+from experiments.cli.main import main
 
 needs_numba = pytest.mark.skipif(not analysis.numba_available(),
                                  reason='numba not installed (pip install "harm-horizon[numba]")')

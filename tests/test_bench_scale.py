@@ -5,9 +5,9 @@ import json
 import jax
 import numpy as np
 
-from toy_lm import bench_gpu
-from toy_lm.bench_scale import exact_per_position_kl, largest_tree_length
-from toy_lm.cli import main
+from experiments.bench import gpu as bench_gpu
+from experiments.bench.scale import exact_per_position_kl, largest_tree_length
+from experiments.cli.main import main
 
 
 def run_suite(capsys, suite):
@@ -65,7 +65,7 @@ def test_sizes_and_exact_kl():
     rng = np.random.default_rng(0)
     tables = [rng.normal(size=(2 ** l, 2)) for l in range(3)]
     ref = [rng.normal(size=(2 ** l, 2)) for l in range(3)]
-    from toy_lm.tree import per_position_kl
+    from toy_lm.engines.tree import per_position_kl
 
     np.testing.assert_allclose(exact_per_position_kl(tables, ref), per_position_kl(tables, ref),
                                rtol=0, atol=1e-14)

@@ -1,4 +1,4 @@
-"""Tests of ``harm-horizon analyze`` (toy_lm.cli_analyze through toy_lm.cli.main): outputs,
+"""Tests of ``harm-horizon analyze`` (experiments.cli.analyze through experiments.cli.main.main): outputs,
 formats, and every bad input of issue 2 (one-line error, exit status 2, no traceback, no
 partial output file)."""
 
@@ -11,8 +11,8 @@ import sys
 import numpy as np
 import pytest
 
-from toy_lm.cli import main
-from toy_lm.reference import reference_analysis
+from experiments.cli.main import main
+from toy_lm.engines.reference import reference_analysis
 from toy_lm.tables import MEMORY_LIMIT_ENV
 
 V, T = 2, 3

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from markov_cases import CASES, make_case
-from toy_lm.cli import main
-from toy_lm.markov_analysis import analyze_markov
+from experiments.cli.main import main
+from toy_lm.engines.markov_analysis import analyze_markov
 
 
 def write_model(path, case, **override):

@@ -17,7 +17,7 @@ HEAVY = ("jax", "flax", "optax", "numba", "scipy", "matplotlib", "pyarrow", "sym
 
 PROBE = """
 import json, sys
-from toy_lm.cli import main
+from experiments.cli.main import main
 try:
     status = main(sys.argv[1:])
 except SystemExit as exit:

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from experiments import report
-from toy_lm.cli import main
+from experiments.cli.main import main
 
 
 @pytest.fixture(scope="module")

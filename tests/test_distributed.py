@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 from test_sharded import tolerance
 
-from toy_lm.analysis import analyze_tree
-from toy_lm.cli import main
-from toy_lm.distributed import free_port
-from toy_lm.harms import random_decided_harm
-from toy_lm.sharded import (analyze_sharded, local_gather, make_mesh, plan, share_bytes,
+from toy_lm.engines.analysis import analyze_tree
+from experiments.cli.main import main
+from toy_lm.engines.distributed import free_port
+from toy_lm.models.harms import random_decided_harm
+from toy_lm.engines.sharded import (analyze_sharded, local_gather, make_mesh, plan, share_bytes,
                             summarize_share)
 from toy_lm.tables import MEMORY_LIMIT_ENV
 
@@ -50,7 +50,7 @@ def cli(args, cwd, limit=None):
     if limit is not None:
         env[MEMORY_LIMIT_ENV] = str(limit)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "toy_lm.cli", "analyze", *args], cwd=cwd,
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli.main", "analyze", *args], cwd=cwd,
                           env=env, capture_output=True, text=True, timeout=HANG_S)
     return proc, time.monotonic() - start
 
@@ -125,7 +125,7 @@ def test_a_failing_process_stops_the_run_with_one_line(tmp_path):
     common = ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
               "--timeout", "5"]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    first = subprocess.Popen([sys.executable, "-m", "toy_lm.cli", "analyze", path, *common,
+    first = subprocess.Popen([sys.executable, "-m", "experiments.cli.main", "analyze", path, *common,
                               "--process-id", "0"], cwd=tmp_path, env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     other, _ = cli(["missing.npz", *common, "--process-id", "1"], tmp_path)
@@ -190,7 +190,7 @@ def test_a_slurm_environment_is_detected_without_coordinator_arguments(tmp_path)
                    SLURM_STEP_NODELIST="localhost", SLURM_NODELIST="localhost")
         env.pop(MEMORY_LIMIT_ENV, None)
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "toy_lm.cli", "analyze", path, "--distributed", "--lam",
+            [sys.executable, "-m", "experiments.cli.main", "analyze", path, "--distributed", "--lam",
              str(LAM), "--json", "--timeout", "60"], cwd=tmp_path, env=env,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     outs = [p.communicate(timeout=HANG_S) for p in procs]

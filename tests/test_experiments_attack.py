@@ -22,7 +22,7 @@ def test_curves_start_at_the_model_and_the_sft_attack_raises_harm(base):
     cfg, world, policy, b = base
     curves = attack.fine_tuning_attacks(cfg, policy, world, b.params, b.tables, jax.random.key(0))
     assert set(curves) == {"sft", "constrained"}
-    from toy_lm import tree
+    from toy_lm.engines import tree
 
     start = float(tree.expected_harm(b.tables[0], world.harm))
     for curve in curves.values():

@@ -1,4 +1,4 @@
-"""experiments.cli: the train / sweep / figures / experiment commands, and their one-line errors."""
+"""experiments.cli.experiment: the train / sweep / figures / experiment commands, and their one-line errors."""
 
 import json
 import os
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import experiments
-from toy_lm.cli import main
+from experiments.cli.main import main
 
 
 def test_public_api_is_importable():
@@ -77,7 +77,7 @@ def test_quick_headline_end_to_end(tmp_path, request):
     """The command a reviewer runs: a few minutes on two cores."""
     _opt_in_slow(request)
     out = tmp_path / "hl"
-    proc = subprocess.run([sys.executable, "-m", "toy_lm.cli", "experiment", "shallow-vs-deep",
+    proc = subprocess.run([sys.executable, "-m", "experiments.cli.main", "experiment", "shallow-vs-deep",
                            "--quick", "--out", str(out)], capture_output=True, text=True,
                           timeout=1800)
     assert proc.returncode == 0, proc.stderr

@@ -7,7 +7,7 @@ import pytest
 from experiments import data
 from experiments.world import HARMFUL, make_world
 from experiments.config import WorldConfig
-from toy_lm import tree
+from toy_lm.engines import tree
 from toy_lm.tables import all_prefixes
 
 

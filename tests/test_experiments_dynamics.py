@@ -11,7 +11,7 @@ import pytest
 from experiments import dynamics
 from experiments.config import with_overrides
 from experiments.presets import preset
-from toy_lm.cli import main
+from experiments.cli.main import main
 
 
 def small_setting() -> dynamics.Setting:

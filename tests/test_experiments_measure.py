@@ -7,7 +7,7 @@ import pytest
 from experiments import measure
 from experiments.config import WorldConfig
 from experiments.world import make_world
-from toy_lm.harms import response_horizons
+from toy_lm.models.harms import response_horizons
 from toy_lm.tables import all_prefixes, prefix_index
 
 TOL = 1e-12

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from experiments import objectives as obj
-from toy_lm import objectives as exact
-from toy_lm import tree
-from toy_lm.automata import automaton_harm_table, harmful_before_refusal
-from toy_lm.policies import TabularPolicy
+from toy_lm.engines import objectives as exact
+from toy_lm.engines import tree
+from toy_lm.models.automata import automaton_harm_table, harmful_before_refusal
+from toy_lm.models.policies import TabularPolicy
 from toy_lm.tables import all_prefixes
 
 V, T = 3, 3
@@ -132,7 +132,7 @@ def test_value_baseline_gives_exactly_zero_advantage_beyond_the_horizon():
     # at π = π0 the KL part of the return vanishes and the advantage is h - H_{t-1}
     _, adv = _exact_reinforce_gradient(policy, params, params, harm, 0.5, True)
     seqs = all_prefixes(V, T)
-    from toy_lm.harms import determined_masks
+    from toy_lm.models.harms import determined_masks
 
     masks = determined_masks(np.asarray(harm), V)
     checked = 0

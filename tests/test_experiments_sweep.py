@@ -71,7 +71,7 @@ def test_sweep_killed_mid_way_and_restarted_ends_with_one_row_per_run(tmp_path, 
     spec = tmp_path / "sweep.toml"
     spec.write_text(SWEEP_TOML)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "toy_lm.cli", "sweep", str(spec), "--out", str(out), "--jobs", "1"]
+    cmd = [sys.executable, "-m", "experiments.cli.main", "sweep", str(spec), "--out", str(out), "--jobs", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 600

@@ -96,7 +96,7 @@ def test_per_position_gradients_sum_to_the_gradient_and_match_level_gradients(rl
 
 
 def base_harm(world, base):
-    from toy_lm import tree
+    from toy_lm.engines import tree
 
     return float(tree.expected_harm(base.tables[HARMFUL], world.harm))
 

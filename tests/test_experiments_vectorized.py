@@ -67,7 +67,7 @@ def test_groups_and_batches():
 
 
 def test_bad_batch_size_is_one_line_and_status_2(tmp_path, capsys):
-    from toy_lm.cli import main
+    from experiments.cli.main import main
 
     assert main(["sweep", "tiny", "--out", str(tmp_path / "o"), "--batch-size", "0"]) == 2
     err = capsys.readouterr().err
@@ -181,7 +181,7 @@ def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_pa
                     '[align]\nsteps = 6\n[attack]\nsteps = 2\n'
                     f'[sweep]\ngrid = {{ "align.lam" = {lams}, "seed" = [0] }}\n')
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "toy_lm.cli", "sweep", str(spec), "--out", str(out),
+    cmd = [sys.executable, "-m", "experiments.cli.main", "sweep", str(spec), "--out", str(out),
            "--jobs", "1", "--batch-size", "1"]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

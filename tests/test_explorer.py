@@ -3,7 +3,7 @@
 Headless Chromium (Debian's ``chromium`` package; ``.ci/run`` installs it) is driven by Playwright:
 the test moves the λ slider, switches instance, flips a leaf's harm and drags a conditional
 probability, and checks that every value the page shows equals the exact engine's
-(float64, recomputed here by the numpy oracle :mod:`toy_lm.reference`, independently of the page)
+(float64, recomputed here by the numpy oracle :mod:`toy_lm.engines.reference`, independently of the page)
 within the tolerance below, that the page's JavaScript port agrees with the engine on random trees, that nothing is
 fetched from the network and nothing is logged as an error; it saves a screenshot.
 
@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 
 from experiments import explorer
-from toy_lm.cli import main
-from toy_lm.reference import reference_analysis
+from experiments.cli.main import main
+from toy_lm.engines.reference import reference_analysis
 
 # Every shown value is a sum of at most 2 * V**T * V + 2T <= 1100 rounded terms (V**T <= 256,
 # V <= 4) of magnitude <= max(1, |value|): eps(float64) * 1100 = 2.4e-13 relative. 1e-12 (the
@@ -39,7 +39,7 @@ def close(got, want, what):
 
 
 def engine(logits, harm, lam):
-    """The page's quantities from :func:`toy_lm.reference.reference_analysis`, the plain numpy
+    """The page's quantities from :func:`toy_lm.engines.reference.reference_analysis`, the plain numpy
     implementation kept as a test oracle (independent of the page's Numba-computed data and of
     the JavaScript port; no JAX compile per tree shape, so the test stays fast)."""
     logits = [np.asarray(z, np.float64) for z in logits]

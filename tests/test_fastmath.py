@@ -1,4 +1,4 @@
-"""Tests of toy_lm.fastmath: the vectorizable exp/log of the Numba kernels against numpy, in ulp.
+"""Tests of toy_lm.engines.fastmath: the vectorizable exp/log of the Numba kernels against numpy, in ulp.
 
 The bounds are the ones the module documents (1 ulp for exp, 3 ulp for log); numpy's exp and log
 are themselves within about 1 ulp of the correctly rounded value, so a function that met neither
@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("numba", reason='numba not installed (pip install "harm-horizon[numba]")')
 
-from toy_lm.fastmath import exp_array, log_array  # noqa: E402 (after the skip)
+from toy_lm.engines.fastmath import exp_array, log_array  # noqa: E402 (after the skip)
 
 
 def _ulp_error(got, want):

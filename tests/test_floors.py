@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from toy_lm import TabularPolicy, TransformerPolicy, analyze_tree, tree
-from toy_lm.harms import random_decided_harm
+from toy_lm import TabularPolicy, TransformerPolicy, analyze_tree
+from toy_lm.engines import tree
+from toy_lm.models.harms import random_decided_harm
 
 
 def _instance(vocab_size=2, length=3, seed=0):
@@ -32,7 +33,7 @@ def test_flax_nnx_list_in_the_transformer():
 
 def test_jax_shard_map_in_the_sharded_engine():
     """``jax.shard_map`` (top level from jax 0.6.1; jax 0.7.1 is flax 0.12.0's own floor)."""
-    from toy_lm.sharded import analyze_sharded
+    from toy_lm.engines.sharded import analyze_sharded
 
     logits, harm = _instance()
     sharded, exact = analyze_sharded(logits, harm), analyze_tree(logits, harm, backend="xla")
@@ -52,7 +53,7 @@ def test_optax_tree_norm():
 
 
 def test_scipy_student_t_interval():
-    from toy_lm.montecarlo import t_interval
+    from toy_lm.engines.montecarlo import t_interval
 
     est = t_interval(np.array([1.0, 2.0, 3.0]))
     assert est.mean == pytest.approx(2.0)
@@ -60,7 +61,7 @@ def test_scipy_student_t_interval():
 
 def test_numba_kernels_import():
     pytest.importorskip("numba")
-    import toy_lm.cpu_kernels  # noqa: F401
+    import toy_lm.engines.cpu_kernels  # noqa: F401
 
 
 def test_experiments_extra_parquet_figure_markdown(tmp_path):
@@ -83,7 +84,7 @@ def test_experiments_extra_parquet_figure_markdown(tmp_path):
 
 def test_rich_tables_of_the_command_line(capsys):
     """rich (13.0) draws the command line's tables: ``harm-horizon check --list``."""
-    from toy_lm.cli import main
+    from experiments.cli.main import main
 
     assert main(["check", "--list"]) == 0
     assert "T5" in capsys.readouterr().out

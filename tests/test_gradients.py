@@ -1,4 +1,4 @@
-"""Tests of toy_lm.gradients: per-position gradients g_t by two routes, for every
+"""Tests of toy_lm.engines.gradients: per-position gradients g_t by two routes, for every
 parameterization (tabular, positional, Markov, shared-weight transformer and MLP)."""
 
 import functools
@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from instances import POLICY_KINDS, SMALL_SIZES, examples, instances, tol
 
-from toy_lm import gradients, harms, tree
-from toy_lm.policies import TabularPolicy
+from toy_lm.engines import gradients
+from toy_lm.models import harms
+from toy_lm.engines import tree
+from toy_lm.models.policies import TabularPolicy
 
 
 @functools.cache

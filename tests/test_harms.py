@@ -1,4 +1,4 @@
-"""Tests of toy_lm.harms: harm tables, determined masks, per-response and global horizons."""
+"""Tests of toy_lm.models.harms: harm tables, determined masks, per-response and global horizons."""
 
 import itertools
 
@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from instances import HARM_KINDS, SIZES, examples, make_harm
 
-from toy_lm import harms
+from toy_lm.models import harms
 from toy_lm.errors import InputError
 
 

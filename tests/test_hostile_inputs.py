@@ -2,10 +2,10 @@
 
 The fuzz test builds ``.npz`` files for ``analyze`` and ``analyze-markov`` (random keys, dtypes,
 shapes, rewritten headers, truncations, bit flips, compressed members) and runs
-``toy_lm.cli.main`` in process under ``HARM_HORIZON_MEMORY_LIMIT`` and a per-example alarm. Every
+``experiments.cli.main.main`` in process under ``HARM_HORIZON_MEMORY_LIMIT`` and a per-example alarm. Every
 outcome must be success or one line on stderr with exit status 2, and nothing else in the output
 folder; every accepted input's result is compared with the plain numpy reference
-(:func:`toy_lm.reference.reference_analysis`; for the Markov engine, on the same policy and harm
+(:func:`toy_lm.engines.reference.reference_analysis`; for the Markov engine, on the same policy and harm
 expanded to the prefix tree).
 """
 
@@ -27,10 +27,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from toy_lm import bounds, io as tio, outputs, signals
-from toy_lm.automata import automaton_harm_table, make_automaton
-from toy_lm.cli import main
+from toy_lm.models.automata import automaton_harm_table, make_automaton
+from experiments.cli.main import main
 from toy_lm.errors import InputError, OutputError
-from toy_lm.reference import reference_analysis
+from toy_lm.engines.reference import reference_analysis
 from toy_lm.tables import all_prefixes
 
 MEMORY_LIMIT = "64M"
@@ -463,7 +463,7 @@ def test_sigint_at_any_time_is_one_line_and_130(tmp_path):
     tables = tmp_path / "t.npz"
     np.savez(tables, **tree_instance(0, 2, 2))
     script = ("import sys\n"
-              "from toy_lm.cli import main\n"
+              "from experiments.cli.main import main\n"
               "print('ready', flush=True)\n"
               "sys.exit(main())\n")   # as the console script calls it
     interrupted = 0

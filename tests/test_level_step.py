@@ -1,4 +1,4 @@
-"""The level step (toy_lm.level_step) is the readable specification (toy_lm.tree), and it is *the*
+"""The level step (toy_lm.engines.level_step) is the readable specification (toy_lm.engines.tree), and it is *the*
 step of every XLA driver: one mutant injected into it changes the host-chunked driver, the
 on-device driver and the sharded driver on 1 and on 4 (simulated CPU) devices identically.
 
@@ -18,13 +18,13 @@ import pytest
 from instances import tol
 from test_sharded import tolerance
 
-from toy_lm import tree
-from toy_lm.analysis import analyze_tree
-from toy_lm.harms import determined_masks, random_decided_harm
-from toy_lm.level_step import (Children, LevelRows, LevelSums, combine, forward_rows, level_step,
+from toy_lm.engines import tree
+from toy_lm.engines.analysis import analyze_tree
+from toy_lm.models.harms import determined_masks, random_decided_harm
+from toy_lm.engines.level_step import (Children, LevelRows, LevelSums, combine, forward_rows, level_step,
                                level_sums, stack_sums)
 from toy_lm.mutation import active
-from toy_lm.sharded import analyze_sharded, make_mesh
+from toy_lm.engines.sharded import analyze_sharded, make_mesh
 
 
 def instance(vocab_size, length, tau, seed=0):
@@ -58,7 +58,7 @@ def step_through(logits, harm, lam, ref):
 
 @pytest.mark.parametrize("vocab_size, length, tau", [(2, 5, 3), (3, 4, 2), (9, 2, 1)])
 def test_level_step_equals_the_tree_specification(vocab_size, length, tau):
-    """Every per-row output and every level total against toy_lm.tree (V = 9: the reductions
+    """Every per-row output and every level total against toy_lm.engines.tree (V = 9: the reductions
     that are not unrolled)."""
     logits, ref, harm = instance(vocab_size, length, tau)
     lam = 0.4
@@ -146,7 +146,7 @@ jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, sys.argv[1])
 from test_level_step import CASE, MUTANT, SPEC_MUTANT, _flat, instance
 from toy_lm.mutation import active
-from toy_lm.sharded import analyze_sharded, make_mesh
+from toy_lm.engines.sharded import analyze_sharded, make_mesh
 assert len(jax.devices()) == 4
 logits, ref, harm = instance(CASE["vocab_size"], CASE["length"], CASE["tau"])
 def run():

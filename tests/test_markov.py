@@ -3,8 +3,8 @@
 Every DP table is expanded to the canonical prefix-tree layout (``expand_to_tree``) and compared
 with the exact tree engine on the harm table of the same automaton, within a float64 tolerance
 derived from machine epsilon and the problem size (``markov_cases.tolerance``, below 1e-12 here).
-The tree side is :func:`toy_lm.analysis.analyze_tree` (the chunked tree engine: a few compiled
-kernels per size) and jitted :mod:`toy_lm.tree` functions, computed once per case.
+The tree side is :func:`toy_lm.engines.analysis.analyze_tree` (the chunked tree engine: a few compiled
+kernels per size) and jitted :mod:`toy_lm.engines.tree` functions, computed once per case.
 """
 
 import jax
@@ -16,11 +16,12 @@ from hypothesis import strategies as st
 
 from markov_cases import (Case, all_cases, assert_close, jit, make_case, prefix_probs,
                           random_automaton, tolerance)
-from toy_lm import harms, markov
-from toy_lm.automata import automaton_determined_masks, make_automaton
+from toy_lm.models import harms
+from toy_lm.engines import markov
+from toy_lm.models.automata import automaton_determined_masks, make_automaton
 from toy_lm.errors import InputError
-from toy_lm.analysis import analyze_tree
-from toy_lm.markov_analysis import aggregate_tree_grads, expand_to_tree
+from toy_lm.engines.analysis import analyze_tree
+from toy_lm.engines.markov_analysis import aggregate_tree_grads, expand_to_tree
 
 CASES = all_cases()
 
@@ -153,7 +154,7 @@ def test_planted_errors_are_flagged():
 def test_long_horizon_is_finite_and_consistent():
     """T = 4096: no underflow or overflow; T1 (Σ_t I_t = Var h) holds; p_l stays a distribution."""
     rng = np.random.default_rng(3)
-    from toy_lm.automata import harmful_before_refusal
+    from toy_lm.models.automata import harmful_before_refusal
 
     dfa = harmful_before_refusal(8, 5, [1, 2], [7])
     logits = 2.0 * rng.normal(size=(4096, 8, 8))

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 
 from markov_cases import all_cases, assert_close, jit, make_case, tolerance
-from toy_lm import markov, markov_equilibrium as eq
-from toy_lm.analysis import analyze_tree
-from toy_lm.automata import harmful_before_refusal, make_automaton
+from toy_lm.engines import markov
+from toy_lm.engines import markov_equilibrium as eq
+from toy_lm.engines.analysis import analyze_tree
+from toy_lm.models.automata import harmful_before_refusal, make_automaton
 from toy_lm.errors import InputError
-from toy_lm.markov_analysis import (aggregate_tree_grads, analyze_markov, expand_to_tree,
+from toy_lm.engines.markov_analysis import (aggregate_tree_grads, analyze_markov, expand_to_tree,
                                     joint_states)
 
 LAM = 0.7
@@ -47,7 +48,7 @@ def test_analysis_matches_tree(case):
 def test_analysis_matches_per_quantity_functions_at_long_horizon():
     """T = 4096: the martingale identities of the one-scan analysis (I_t = E[H_t²] - E[H_{t-1}²],
     KL_t = E_π*[log Z_t] - E_π*[log Z_{t-1}]) against the per-joint-state sums of
-    toy_lm.markov / toy_lm.markov_equilibrium, which share none of that arithmetic."""
+    toy_lm.engines.markov / toy_lm.engines.markov_equilibrium, which share none of that arithmetic."""
     vocab_size, length = 16, 4096
     dfa = harmful_before_refusal(vocab_size, 4, [1, 2, 3], [15])
     rng = np.random.default_rng(9)

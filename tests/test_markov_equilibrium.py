@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from markov_cases import CASES, assert_close, jit, make_case, tolerance
-from toy_lm import markov, markov_equilibrium as eq
-from toy_lm.analysis import analyze_tree
-from toy_lm.automata import harmful_before_refusal
+from toy_lm.engines import markov
+from toy_lm.engines import markov_equilibrium as eq
+from toy_lm.engines.analysis import analyze_tree
+from toy_lm.models.automata import harmful_before_refusal
 from toy_lm.errors import InputError
-from toy_lm.markov_analysis import expand_to_tree
-from toy_lm.reference import reference_analysis
+from toy_lm.engines.markov_analysis import expand_to_tree
+from toy_lm.engines.reference import reference_analysis
 
 LAM = 0.7
 SHOWN = ["k0-V3-T5-random", "k1-V3-T6-random", "k1-V2-T8-soft", "k2-V3-T5-random"]

@@ -1,12 +1,12 @@
-"""toy_lm.markov_model: the analyze-markov model file, built from a policy and an automaton."""
+"""toy_lm.models.markov_model: the analyze-markov model file, built from a policy and an automaton."""
 
 import numpy as np
 import pytest
 
-from toy_lm.automata import make_automaton, pattern_harm
-from toy_lm.cli_markov import read_model
+from toy_lm.models.automata import make_automaton, pattern_harm
+from experiments.cli.markov import read_model
 from toy_lm.errors import EnumerationTooLarge, InputError
-from toy_lm.markov_model import (MODEL_KEYS, markov_model_arrays, random_markov_model,
+from toy_lm.models.markov_model import (MODEL_KEYS, markov_model_arrays, random_markov_model,
                                  save_markov_model)
 
 

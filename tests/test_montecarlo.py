@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from toy_lm import montecarlo as mc
-from toy_lm.analysis import analyze_tree
-from toy_lm.automata import automaton_harm_table, harmful_before_refusal
-from toy_lm.harms import random_decided_harm
-from toy_lm.markov import cond_harm as markov_cond_harm
-from toy_lm.policies import MarkovPolicy, TabularPolicy
-from toy_lm.tree import harmful_prefix_dist, prefill_asr
+from toy_lm.engines import montecarlo as mc
+from toy_lm.engines.analysis import analyze_tree
+from toy_lm.models.automata import automaton_harm_table, harmful_before_refusal
+from toy_lm.models.harms import random_decided_harm
+from toy_lm.engines.markov import cond_harm as markov_cond_harm
+from toy_lm.models.policies import MarkovPolicy, TabularPolicy
+from toy_lm.engines.tree import harmful_prefix_dist, prefill_asr
 
 V, T, TAU = 3, 4, 2
 REPS = 400
@@ -137,7 +137,7 @@ def test_markov_baseline_and_automaton_harm_match_the_tables():
 @pytest.mark.slow
 def test_transformer_too_large_to_enumerate():
     """V = 64, T = 32 (64**32 responses): estimates with finite, shrinking intervals."""
-    from toy_lm.neural import TransformerPolicy
+    from toy_lm.models.neural import TransformerPolicy
 
     policy = TransformerPolicy(64, 32)
     params, ref = policy.init(jax.random.key(0)), policy.init(jax.random.key(1))

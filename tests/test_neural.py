@@ -1,4 +1,4 @@
-"""Tests of toy_lm.neural: the shared-weight transformer and MLP policies (Flax NNX)."""
+"""Tests of toy_lm.models.neural: the shared-weight transformer and MLP policies (Flax NNX)."""
 
 import jax
 import jax.numpy as jnp
@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from instances import NEURAL_KINDS, SMALL_SIZES, examples, init_params, jitted, make_policy, tol
 
 from toy_lm.errors import InputError
-from toy_lm.neural import MLPPolicy, TransformerPolicy
-from toy_lm.policies import Policy
+from toy_lm.models.neural import MLPPolicy, TransformerPolicy
+from toy_lm.models.policies import Policy
 from toy_lm.tables import all_prefixes
 
 SAME = tol(64, "the same logits by another order of operations")

@@ -6,7 +6,7 @@ from nbclient import NotebookClient
 
 from experiments import report
 from experiments.demos._support import OUT_ENV, QUICK_ENV
-from toy_lm.cli import main
+from experiments.cli.main import main
 
 
 def test_every_demo_becomes_a_notebook_with_the_same_cells(tmp_path, capsys):

@@ -23,10 +23,10 @@ sys.meta_path.insert(0, NoNumba())
 import io, contextlib
 import jax, numpy as np
 jax.config.update("jax_enable_x64", True)
-from toy_lm.analysis import analyze_tree, choose_backend, numba_available
+from toy_lm.engines.analysis import analyze_tree, choose_backend, numba_available
 from toy_lm.errors import InputError
-from toy_lm.bench import bench_tree
-from toy_lm.cli import main
+from experiments.bench.main import bench_tree
+from experiments.cli.main import main
 from proofs_check.engines import available_engines
 out = {"available": numba_available(), "choice": choose_backend(2, 30),
        "engines": list(available_engines())}

@@ -1,4 +1,4 @@
-"""Tests of toy_lm.policies: the derived interface (level tables, teacher forcing, log-probs,
+"""Tests of toy_lm.models.policies: the derived interface (level tables, teacher forcing, log-probs,
 sampling) for policies of every kind, and the table-like parameterizations themselves."""
 
 import functools
@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from instances import (POLICY_KINDS, SIZES, SMALL_SIZES, examples, init_params, instances, jitted,
                        make_policy, tol)
 
-from toy_lm import tree
+from toy_lm.engines import tree
 from toy_lm.errors import InputError
-from toy_lm.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
+from toy_lm.models.policies import MarkovPolicy, Policy, PositionalPolicy, TabularPolicy
 from toy_lm.tables import all_prefixes
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from proofs_check import registry
 from proofs_check.results import Part
-from toy_lm.cli import main
+from experiments.cli.main import main
 
 HELD_OUT = ["--vocab", "4", "--length", "2", "--horizon", "1", "--seeds", "2", "--first-seed", "8"]
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from proofs_check import REGISTRY, builtin_suite, dynamics, make_instance
-from toy_lm import objectives
+from toy_lm.engines import objectives
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 import numpy as np
 
 from proofs_check import enumeration
-from toy_lm.reference import reference_analysis
+from toy_lm.engines.reference import reference_analysis
 
 
 def _instance(vocab, length, seed=0):

@@ -22,7 +22,7 @@ def test_builtin_suite_covers_every_parameterization_setting_and_harm_kind():
         if inst.harm_kind == "automaton":
             assert inst.dfa is not None and inst.cost_dfa is not None
     mixed = next(i for i in suite if i.harm_kind == "mixed")
-    from toy_lm.harms import response_horizons
+    from toy_lm.models.harms import response_horizons
 
     taus = response_horizons(mixed.harm, mixed.vocab_size)
     assert len(set(taus.tolist())) > 1 and mixed.horizon < mixed.length   # τ(y) varies, τ* < T

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from toy_lm.cli import main
+from experiments.cli.main import main
 from toy_lm.mutation import POINTS
 from proofs_check import registry
 from proofs_check.mutants import MUTANTS, Mutant, mutant_suite, run_mutant

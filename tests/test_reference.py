@@ -1,4 +1,4 @@
-"""Tests of toy_lm.reference: the plain numpy per-level analysis against the brute-force
+"""Tests of toy_lm.engines.reference: the plain numpy per-level analysis against the brute-force
 response oracle (the two share no code), so that it can serve as the benchmark baseline and an
 independent second opinion."""
 
@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from instances import SIZES, examples, make_harm, tol
 
 import oracle
-from toy_lm.reference import reference_analysis
+from toy_lm.engines.reference import reference_analysis
 from toy_lm.tables import all_prefixes
 
 

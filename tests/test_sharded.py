@@ -15,10 +15,10 @@ import jax
 import numpy as np
 import pytest
 
-from toy_lm.analysis import analyze_tree
+from toy_lm.engines.analysis import analyze_tree
 from toy_lm.errors import ConfigError
-from toy_lm.harms import random_decided_harm
-from toy_lm.sharded import analyze_sharded, split_level
+from toy_lm.models.harms import random_decided_harm
+from toy_lm.engines.sharded import analyze_sharded, split_level
 
 FIELDS = ("cond_harm", "logit_grads", "determined", "harm_information", "equilibrium_kl",
           "per_position_kl")
@@ -89,8 +89,8 @@ import jax, numpy as np
 jax.config.update("jax_enable_x64", True)
 sys.path.insert(0, sys.argv[1])
 from test_sharded import FIELDS, instance, max_errors
-from toy_lm.analysis import analyze_tree
-from toy_lm.sharded import analyze_sharded, make_mesh
+from toy_lm.engines.analysis import analyze_tree
+from toy_lm.engines.sharded import analyze_sharded, make_mesh
 out = {"devices": len(jax.devices()), "cases": []}
 for vocab_size, length, chunk in ((2, 7, 4), (3, 4, 2)):
     logits, ref, harm = instance(vocab_size, length, binary=False)

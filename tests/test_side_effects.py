@@ -70,7 +70,7 @@ class Block:   # as if the experiments extra were not installed
             raise ModuleNotFoundError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 import toy_lm, proofs_check, experiments   # the core imports without the extra
-from toy_lm.cli import main
+from experiments.cli.main import main
 sys.exit(main(["figures", sys.argv[1]]))
 """
 

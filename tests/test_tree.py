@@ -1,4 +1,4 @@
-"""Tests of toy_lm.tree, the exact prefix-tree engine, against a brute-force response oracle.
+"""Tests of toy_lm.engines.tree, the exact prefix-tree engine, against a brute-force response oracle.
 
 Tolerances: every compared quantity lies in [0, 1] (or is a log-probability of moderate size) and
 is a sum of at most ``n = V**T`` terms, each a product of at most ``T + 1`` rounded factors, so
@@ -15,7 +15,8 @@ from instances import SMALL_SIZES, examples, instances, tol
 from tree_all import engine
 
 import oracle
-from toy_lm import harms, tree
+from toy_lm.models import harms
+from toy_lm.engines import tree
 from toy_lm.errors import InputError
 from toy_lm.tables import is_binary
 

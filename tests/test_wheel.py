@@ -53,7 +53,7 @@ def installed(tmp_path_factory):
 def test_wheel_carries_every_package_and_data_file(installed):
     wheel, _, _ = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    for path in ("toy_lm/cli.py", "proofs_check/registry.py", "experiments/explorer.js",
+    for path in ("experiments/cli/main.py", "proofs_check/registry.py", "experiments/explorer.js",
                  "experiments/demos/__init__.py", "experiments/demos/01_harm_martingale.py"):
         assert path in names, path
     assert not any(n.startswith("tests/") for n in names)

@@ -1,11 +1,11 @@
-"""Every :mod:`toy_lm.tree` quantity in one function, shared by the engine and analysis tests
+"""Every :mod:`toy_lm.engines.tree` quantity in one function, shared by the engine and analysis tests
 (one compiled program per size when jitted, reused across test files)."""
 
 import functools
 
 import jax
 
-from toy_lm import tree
+from toy_lm.engines import tree
 
 
 def _engine(tables, harm, base, lam):

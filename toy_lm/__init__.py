@@ -5,7 +5,7 @@ Index convention (everywhere): a *level* ``l = 0 ... T`` is a prefix length; a *
 :mod:`toy_lm.tables` for the canonical table layout.
 
 Names are re-exported lazily (PEP 562): ``import toy_lm`` loads no engine, so the command-line
-entry point (:mod:`toy_lm.cli`) installs its signal handlers before numpy, JAX and numba load.
+entry point (:mod:`experiments.cli.main`) installs its signal handlers before numpy, JAX and numba load.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -20,8 +20,8 @@ del PackageNotFoundError, version
 
 #: What the package re-exports, by the module that defines it (imported on first use).
 _EXPORTS = {
-    "toy_lm.analysis": ("TreeAnalysis", "analyze_tree"),
-    "toy_lm.automata": (
+    "toy_lm.engines.analysis": ("TreeAnalysis", "analyze_tree"),
+    "toy_lm.models.automata": (
         "Automaton", "automaton_determined_masks", "automaton_harm_table", "determined_states",
         "harmful_before_refusal", "level_states", "make_automaton", "pattern_harm"),
     "toy_lm.errors": (
@@ -30,23 +30,23 @@ _EXPORTS = {
     "toy_lm.bounds": ("MIN_LAMBDA",),
     "toy_lm.io": ("open_input",),
     "toy_lm.outputs": ("check_output", "write_atomic"),
-    "toy_lm.gradients": (
+    "toy_lm.engines.gradients": (
         "per_position_grads_autodiff", "per_position_grads_surrogate", "per_position_norms",
         "total_grad"),
-    "toy_lm.harms": (
+    "toy_lm.models.harms": (
         "determined_masks", "harm_table", "horizon", "random_decided_harm", "response_horizons",
         "soft_harm"),
-    "toy_lm.markov_analysis": ("MarkovAnalysis", "analyze_markov", "expand_to_tree"),
-    "toy_lm.markov_model": ("markov_model_arrays", "random_markov_model", "save_markov_model"),
-    "toy_lm.montecarlo": (
+    "toy_lm.engines.markov_analysis": ("MarkovAnalysis", "analyze_markov", "expand_to_tree"),
+    "toy_lm.models.markov_model": ("markov_model_arrays", "random_markov_model", "save_markov_model"),
+    "toy_lm.engines.montecarlo": (
         "Estimate", "cond_harm_mc", "harmful_prefixes", "per_position_kl_mc", "prefill_asr_mc",
         "reinforce_grads"),
-    "toy_lm.neural": ("MLPPolicy", "TransformerPolicy"),
-    "toy_lm.policies": ("MarkovPolicy", "Policy", "PositionalPolicy", "TabularPolicy"),
+    "toy_lm.models.neural": ("MLPPolicy", "TransformerPolicy"),
+    "toy_lm.models.policies": ("MarkovPolicy", "Policy", "PositionalPolicy", "TabularPolicy"),
     "toy_lm.precision": ("check_x64", "eps_tolerance", "require_x64"),
-    "toy_lm.sharded": ("analyze_sharded",),
+    "toy_lm.engines.sharded": ("analyze_sharded",),
     "toy_lm.tables": ("all_prefixes", "check_enumeration_size"),
-    "toy_lm.tree": (
+    "toy_lm.engines.tree": (
         "cond_harm", "equilibrium_policy", "expected_harm", "harm_information",
         "harm_information_mi", "harmful_prefix_dist", "increments", "log_partition", "log_policy",
         "logit_grads", "per_position_kl", "prefill_asr", "prefill_asr_curve", "prefix_probs",

@@ -1,16 +1,16 @@
 """The full prefix-tree analysis in two passes (what ``harm-horizon analyze`` runs).
 
-:mod:`toy_lm.tree` states each quantity as its own readable, jittable function; computing them one
+:mod:`toy_lm.engines.tree` states each quantity as its own readable, jittable function; computing them one
 by one re-walks the tree many times. :func:`analyze_tree` computes everything in two passes over
 the levels and produces ``H``, the logit gradients ``G``, the determined masks, ``I_t`` (both
 forms), the equilibrium tables of ``π*_λ`` and their per-position KL, and the KL against a
 reference policy. Two implementations (``backend=``):
 
-* ``"xla"`` (default): the level step of :mod:`toy_lm.level_step` (the one step every XLA driver
+* ``"xla"`` (default): the level step of :mod:`toy_lm.engines.level_step` (the one step every XLA driver
   runs) jitted into two chunk kernels (forward pass first, then backward), on JAX's default device
   and in JAX's default float dtype; compiled in about a second.
 * ``"numba"`` (optional, ``pip install "harm-horizon[numba]"``): the compiled CPU kernels of
-  :mod:`toy_lm.cpu_kernels`, float64. A top-down pass writes the prefix probabilities; one pass
+  :mod:`toy_lm.engines.cpu_kernels`, float64. A top-down pass writes the prefix probabilities; one pass
   leaves first then computes per level ``π``, ``H``, the masks, the logit gradients, ``log Z``,
   the equilibrium tables and the level sums, one kernel call per level on every core, testing the
   logits for finiteness as it reads them. About 2-4x faster than XLA on large trees on a CPU, but
@@ -59,13 +59,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.errors import InputError
-from toy_lm.harms import horizon_from_masks
-from toy_lm.level_step import (UNROLL_MAX_V, Children,  # noqa: F401 (UNROLL_MAX_V re-exported)
+from toy_lm.models.harms import horizon_from_masks
+from toy_lm.engines.level_step import (UNROLL_MAX_V, Children,  # noqa: F401 (UNROLL_MAX_V re-exported)
                                LevelRows, combine, forward_rows,
                                level_step, level_sums, stack_sums)
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
-from toy_lm.tree import _check_lam
+from toy_lm.engines.tree import _check_lam
 
 #: Default number of prefixes per chunk.
 CHUNK_ROWS = 1 << 15
@@ -115,8 +115,8 @@ def _forward_chunk(logits, probs):
 
 @functools.partial(jax.jit, static_argnames=("with_mi",))
 def _backward_chunk(logits, probs, children: Children, ref_logits, lam, *, with_mi):
-    """One chunk of the backward pass: the level step (:func:`toy_lm.level_step.level_step`) and
-    the chunk's :class:`~toy_lm.level_step.LevelSums`; only the per-row outputs the driver
+    """One chunk of the backward pass: the level step (:func:`toy_lm.engines.level_step.level_step`) and
+    the chunk's :class:`~toy_lm.engines.level_step.LevelSums`; only the per-row outputs the driver
     stores leave the kernel."""
     rows = level_step(logits, probs, children, lam=lam, ref_logits=ref_logits, with_mi=with_mi)
     return rows._replace(info=None, eq_kl=None, ref_kl=None, mi=None), level_sums(rows, probs)
@@ -208,9 +208,9 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
       lam: KL weight ``λ > 0`` of the equilibrium ``π*_λ``; None skips the equilibrium.
       ref_logits: optional reference tables for ``KL_t(π || π_ref)``.
       mutual_information: also compute ``I_t^MI`` (requires a binary harm).
-      backend: ``"xla"`` (default; the level step of :mod:`toy_lm.level_step` in jitted chunk
+      backend: ``"xla"`` (default; the level step of :mod:`toy_lm.engines.level_step` in jitted chunk
         kernels, on JAX's default device, in JAX's default float dtype) or ``"numba"`` (optional
-        extra; compiled CPU kernels of :mod:`toy_lm.cpu_kernels`, float64, every core, results
+        extra; compiled CPU kernels of :mod:`toy_lm.engines.cpu_kernels`, float64, every core, results
         written in place). Both compute the same quantities with the same exact-zero conventions;
         the tests hold them to each other.
       chunk_rows: ``"xla"`` only: prefixes per kernel call (every level runs the same two
@@ -273,7 +273,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
                         ref_logits: Sequence | None, mutual_information: bool) -> TreeAnalysis:
     """:func:`analyze_tree` with the compiled kernels: prefix probabilities top-down, then one
     pass leaves first that computes everything else."""
-    from toy_lm import cpu_kernels as kernels
+    from toy_lm.engines import cpu_kernels as kernels
 
     vocab_size, length = infer_sizes(logits)
     f64 = np.float64
@@ -452,7 +452,7 @@ def compile_numba_kernels() -> float:
     """
     import time
 
-    from toy_lm import cpu_kernels as kernels
+    from toy_lm.engines import cpu_kernels as kernels
 
     # Create every signature first (loaded from the disk cache when there is one).
     _analyze_tree_numba([np.zeros((5 ** l, 5)) for l in range(2)], np.zeros(25), lam=1.0,

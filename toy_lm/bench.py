@@ -4,7 +4,7 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 ``2**22`` and ``2**24`` responses (``V=4, T=10..12`` and ``V=2, T=20..24``), reporting per size
 
 * ``seconds``: median wall time of several runs (5 unless ``--repeats``) after a warm-up, with the
-  default backend (``backend="xla"``: the level step of :mod:`toy_lm.level_step` in jitted
+  default backend (``backend="xla"``: the level step of :mod:`toy_lm.engines.level_step` in jitted
   chunk kernels);
 * ``xla_compile_seconds``: compiling those kernels from empty caches for that size;
 * ``floor_seconds``: a memory-traffic floor measured in the same run - the time numpy takes to read
@@ -18,7 +18,7 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
   this once per install, and a run without ``--compile`` uses the cache (compiling once, with a
   progress line, if it is empty);
 * ``ratio_to_reference`` = reference seconds / seconds, the speed-up of the default backend over
-  the plain per-level numpy implementation of :mod:`toy_lm.reference` (run once: it is slow).
+  the plain per-level numpy implementation of :mod:`toy_lm.engines.reference` (run once: it is slow).
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ import time
 
 import numpy as np
 
-from toy_lm.bench_gpu import suite_gpu
-from toy_lm.bench_scale import suite_markov, suite_mc
+from experiments.bench.gpu import suite_gpu
+from experiments.bench.scale import suite_markov, suite_mc
 from toy_lm.errors import InputError
 
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
@@ -101,8 +101,8 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
                compile_seconds: float | None = None, numba: bool | None = None) -> dict:
     """One row of the tree suite (see the module docstring for the fields); ``numba``: also time
     the Numba backend (default: where it is installed)."""
-    from toy_lm.analysis import analyze_tree, compile_kernels, numba_available
-    from toy_lm.reference import reference_analysis
+    from toy_lm.engines.analysis import analyze_tree, compile_kernels, numba_available
+    from toy_lm.engines.reference import reference_analysis
 
     import jax
 
@@ -133,7 +133,7 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
 
 
 def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = False) -> list[dict]:
-    from toy_lm.analysis import numba_available
+    from toy_lm.engines.analysis import numba_available
     from toy_lm.progress import heartbeat
 
     sizes = ((4, 6), (2, 12)) if quick else TREE_SIZES
@@ -143,13 +143,13 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
         progress('numba not installed: timing the XLA backend only (pip install '
                  '"harm-horizon[numba]" for the Numba columns)')
     elif measure_compile:
-        from toy_lm.analysis import compile_numba_kernels
+        from toy_lm.engines.analysis import compile_numba_kernels
 
         progress("compiling the Numba kernels from scratch (once; they serve every size)")
         with heartbeat("bench", "compiling the Numba kernels from scratch"):
             compile_seconds = compile_numba_kernels()
     else:
-        from toy_lm.cpu_kernels import cached_on_disk
+        from toy_lm.engines.cpu_kernels import cached_on_disk
 
         if not cached_on_disk():
             progress("compiling the Numba kernels (no on-disk cache yet; about a minute on 2 cores)")
@@ -168,15 +168,15 @@ DEFAULT_REPEATS = {"tree": 5}
 
 def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
     """Runs per minute of ``harm-horizon sweep``, per-run vs vectorized
-    (:mod:`experiments.bench_sweep`; imported here so that ``toy_lm`` does not need it)."""
-    from experiments.bench_sweep import suite_sweep as run_suite
+    (:mod:`experiments.bench.sweep`; imported here so that ``toy_lm`` does not need it)."""
+    from experiments.bench.sweep import suite_sweep as run_suite
 
     return run_suite(repeats, quick, progress)
 
 
 def suite_distributed(repeats: int, quick: bool, progress) -> list[dict]:
-    """The sharded engine on 1 process and on 2 (:mod:`toy_lm.bench_distributed`)."""
-    from toy_lm.bench_distributed import suite_distributed as run_suite
+    """The sharded engine on 1 process and on 2 (:mod:`experiments.bench.distributed`)."""
+    from experiments.bench.distributed import suite_distributed as run_suite
 
     return run_suite(repeats, quick, progress)
 

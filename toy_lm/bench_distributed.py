@@ -4,7 +4,7 @@ Per size (``V = 2``, ``T = 20, 22, 24``; ``--quick``: ``T = 12``), with the tabl
 uncompressed ``.npz`` that every process maps (as ``analyze --distributed`` does), split level
 ``m = 1``:
 
-* ``one_seconds``: one process running every subtree (:func:`toy_lm.sharded.summarize_share`,
+* ``one_seconds``: one process running every subtree (:func:`toy_lm.engines.sharded.summarize_share`,
   median of warm runs, in a fresh process), and ``responses_per_second`` = ``V**T / one_seconds``;
 * ``two_seconds``: two local processes joined by ``jax.distributed`` (gloo), each running half
   the subtrees then the one all-gather and the combine; the median over warm runs of process 0's
@@ -14,7 +14,7 @@ uncompressed ``.npz`` that every process maps (as ``analyze --distributed`` does
 * ``overhead_ratio`` = ``two_seconds / one_seconds`` (1 would be no gain, 0.5 perfect halving);
 * ``peak_rss_bytes_one`` / ``peak_rss_bytes_two``: the peak resident memory of the measuring
   process (of process 0 with two; the mapped tables count as they are read), next to ``share_bytes_one`` /
-  ``share_bytes_two``, the guard's estimates (:func:`toy_lm.sharded.share_bytes`);
+  ``share_bytes_two``, the guard's estimates (:func:`toy_lm.engines.sharded.share_bytes`);
 * ``load_average``: the 1-minute load average when the row finished (the machine is shared).
 
 Process start-up, joining and compiling are excluded from every time (each process runs once
@@ -54,7 +54,7 @@ def _timed_share(path: str, index: int, count: int, repeats: int, gather) -> lis
     import jax
 
     from toy_lm.io import map_npz
-    from toy_lm.sharded import make_mesh, plan, summarize_share
+    from toy_lm.engines.sharded import make_mesh, plan, summarize_share
 
     data = map_npz(path, [k for k in np.load(path).files])
     length = sum(k.startswith("logits_") for k in data)
@@ -88,8 +88,8 @@ def worker(path: str, coordinator: str, index: int, count: int, repeats: int) ->
     """One of the two measuring processes; process 0 prints its phase times as JSON."""
     import jax
 
-    from toy_lm.distributed import all_gather, initialize
-    from toy_lm.sharded import local_gather
+    from toy_lm.engines.distributed import all_gather, initialize
+    from toy_lm.engines.sharded import local_gather
 
     jax.config.update("jax_enable_x64", True)
     if count > 1:
@@ -105,10 +105,10 @@ def _median(runs, key):
 
 def _measure(path: str, count: int, repeats: int) -> dict:
     """Process 0's phase times and peak memory, ``count`` measuring processes joined locally."""
-    from toy_lm.distributed import free_port
+    from toy_lm.engines.distributed import free_port
 
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "toy_lm.bench_distributed", path,
+    procs = [subprocess.Popen([sys.executable, "-m", "experiments.bench.distributed", path,
                                f"127.0.0.1:{port}", str(i), str(count), str(repeats)],
                               stdout=subprocess.PIPE, text=True) for i in range(count)]
     try:
@@ -126,7 +126,7 @@ def _measure(path: str, count: int, repeats: int) -> dict:
 
 def bench_distributed(vocab_size: int, length: int, repeats: int, folder: str) -> dict:
     """One row of the suite (see the module docstring)."""
-    from toy_lm.sharded import share_bytes
+    from toy_lm.engines.sharded import share_bytes
 
     path = os.path.join(folder, f"tables_{vocab_size}_{length}.npz")
     write_instance(path, vocab_size, length)

@@ -2,7 +2,7 @@
 
 Runs only when JAX sees a GPU; otherwise the suite returns one row saying so (``skipped``), and
 no GPU figure exists. Per dtype, the largest ``V**T`` (``V`` in ``VOCABS``) whose device-resident
-analysis (:mod:`toy_lm.device_tree`, with ``λ``) fits in 60% of the card's memory is analyzed:
+analysis (:mod:`toy_lm.engines.device_tree`, with ``λ``) fits in 60% of the card's memory is analyzed:
 
 * ``seconds``: forward and backward passes on the device (median of ``repeats``, inputs drawn on
   the device, level sums excluded);
@@ -120,8 +120,8 @@ def bench_device(device, vocab_size: int, length: int, dtype, repeats: int,
                  chunk_rows: int = GPU_CHUNK) -> dict:
     import jax
 
-    from toy_lm import device_tree
-    from toy_lm.sharded import make_mesh
+    from toy_lm.engines import device_tree
+    from toy_lm.engines.sharded import make_mesh
 
     mesh = make_mesh([device])
     layout = device_tree.forest_layout(vocab_size, length, 1, chunk_rows)
@@ -156,7 +156,7 @@ def bench_device(device, vocab_size: int, length: int, dtype, repeats: int,
 
 def float32_check(device, vocab_size: int = 4, length: int = 10) -> dict:
     """float32 against float64 on ``device`` with the re-derived float32 tolerance."""
-    from toy_lm.sharded import analyze_sharded, make_mesh
+    from toy_lm.engines.sharded import analyze_sharded, make_mesh
 
     rng = np.random.default_rng(0)
     logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]

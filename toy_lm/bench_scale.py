@@ -1,6 +1,6 @@
 """``harm-horizon bench --suite markov`` and ``--suite mc``: the routes past exact enumeration.
 
-Suite ``markov`` (the DP engine, :func:`toy_lm.markov_analysis.analyze_markov` with ``--lam``):
+Suite ``markov`` (the DP engine, :func:`toy_lm.engines.markov_analysis.analyze_markov` with ``--lam``):
 ``V = 64``, ``S = 16`` automaton states (``harmful_before_refusal`` with ``K = 14``), order 1,
 ``T`` in ``{256, 1024, 4096}``, per size
 
@@ -40,7 +40,7 @@ MC_TARGET = 0.01
 def markov_instance(vocab_size: int, length: int, num_harmful: int, seed: int = 0):
     """Order-1 logits ``N(0, 1)`` and ``harmful_before_refusal`` with ``K + 2`` states (tokens
     ``1 ... 8`` harmful, the last token a refusal)."""
-    from toy_lm.automata import harmful_before_refusal
+    from toy_lm.models.automata import harmful_before_refusal
 
     rng = np.random.default_rng(seed)
     dfa = harmful_before_refusal(vocab_size, num_harmful, range(1, min(9, vocab_size - 1)),
@@ -66,7 +66,7 @@ def bench_markov(vocab_size: int, length: int, num_states: int, repeats: int) ->
     import jax
     import jax.numpy as jnp
 
-    from toy_lm.markov_analysis import _compiled, _scan, analyze_markov
+    from toy_lm.engines.markov_analysis import _compiled, _scan, analyze_markov
 
     logits, dfa = markov_instance(vocab_size, length, num_states - 2)
     first, first_cpu, res = _timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)
@@ -102,10 +102,10 @@ def largest_tree_length(vocab_size: int, limit: int = 16) -> int:
 
 def bench_markov_vs_tree(vocab_size: int, num_states: int, repeats: int,
                          max_length: int = 16) -> dict:
-    from toy_lm.analysis import analyze_tree, choose_backend
-    from toy_lm.automata import automaton_harm_table
-    from toy_lm.markov_analysis import analyze_markov, expand_to_tree
-    from toy_lm.policies import MarkovPolicy
+    from toy_lm.engines.analysis import analyze_tree, choose_backend
+    from toy_lm.models.automata import automaton_harm_table
+    from toy_lm.engines.markov_analysis import analyze_markov, expand_to_tree
+    from toy_lm.models.policies import MarkovPolicy
 
     length = largest_tree_length(vocab_size, max_length)
     logits, dfa = markov_instance(vocab_size, length, num_states - 2)
@@ -160,8 +160,8 @@ def exact_per_position_kl(logits, ref_logits) -> np.ndarray:
 def bench_mc(vocab_size: int, length: int, seed: int = 0, max_samples: int = 1 << 22) -> dict:
     import jax
 
-    from toy_lm import montecarlo as mc
-    from toy_lm.policies import TabularPolicy
+    from toy_lm.engines import montecarlo as mc
+    from toy_lm.models.policies import TabularPolicy
 
     policy = TabularPolicy(vocab_size, length)
     params, ref = policy.init(jax.random.key(seed)), policy.init(jax.random.key(seed + 1))

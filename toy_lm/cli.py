@@ -25,13 +25,13 @@ from toy_lm.errors import HarmHorizonError
 
 #: Modules providing subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
-    "toy_lm.cli_analyze",
-    "toy_lm.cli_markov",
-    "toy_lm.bench",
-    "proofs_check.cli",
-    "experiments.cli",
-    "experiments.cli_demo",
-    "experiments.cli_explore",
+    "experiments.cli.analyze",
+    "experiments.cli.markov",
+    "experiments.bench.main",
+    "experiments.cli.check",
+    "experiments.cli.experiment",
+    "experiments.cli.demo",
+    "experiments.cli.explore",
 )
 
 
@@ -44,10 +44,10 @@ class _Parser(argparse.ArgumentParser):
 
 #: Subcommand -> the module that registers it. A run imports only its command's module (a bad
 #: option is refused before JAX, matplotlib and the other commands load); ``--help`` imports all.
-COMMANDS = {"analyze": "toy_lm.cli_analyze", "analyze-markov": "toy_lm.cli_markov",
-            "bench": "toy_lm.bench", "check": "proofs_check.cli", "train": "experiments.cli",
-            "sweep": "experiments.cli", "figures": "experiments.cli",
-            "experiment": "experiments.cli", "demo": "experiments.cli_demo"}
+COMMANDS = {"analyze": "experiments.cli.analyze", "analyze-markov": "experiments.cli.markov",
+            "bench": "experiments.bench.main", "check": "experiments.cli.check", "train": "experiments.cli.experiment",
+            "sweep": "experiments.cli.experiment", "figures": "experiments.cli.experiment",
+            "experiment": "experiments.cli.experiment", "demo": "experiments.cli.demo"}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -127,8 +127,8 @@ def random_instance(vocab_size: int, length: int, tau: int, seed: int):
     check_enumeration_size(vocab_size, length, what="the random instance")
     import jax   # after the checks: a refused instance never waits for JAX to load
 
-    from toy_lm.harms import random_decided_harm
-    from toy_lm.policies import TabularPolicy
+    from toy_lm.models.harms import random_decided_harm
+    from toy_lm.models.policies import TabularPolicy
 
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     policy = TabularPolicy(vocab_size, length)
@@ -198,7 +198,7 @@ def print_table(info: dict) -> None:
 
 def backend_line(backend: str, vocab_size: int, length: int) -> str:
     """What the CLI says about the backend that ran (on stderr, after the analysis)."""
-    from toy_lm.analysis import NUMBA_MIN_RESPONSES
+    from toy_lm.engines.analysis import NUMBA_MIN_RESPONSES
 
     large = vocab_size ** length >= NUMBA_MIN_RESPONSES
     if backend == "numba":
@@ -253,13 +253,13 @@ def run(args) -> int:
     else:
         logits, harm, ref = read_tables(args.tables)
     vocab_size, length = logits[0].shape[1], len(logits)
-    from toy_lm.analysis import analyze_tree, choose_backend   # after every check: refusals
+    from toy_lm.engines.analysis import analyze_tree, choose_backend   # after every check: refusals
     from toy_lm.progress import heartbeat                        # do not load JAX
 
     backend = choose_backend(vocab_size, length)
     status = "analyzing"
     if backend == "numba":
-        from toy_lm.cpu_kernels import cached_on_disk
+        from toy_lm.engines.cpu_kernels import cached_on_disk
 
         if not cached_on_disk():
             status = ("compiling the Numba kernels (once after install, about a minute on 2 cores;"

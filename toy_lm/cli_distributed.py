@@ -1,5 +1,5 @@
 """``harm-horizon analyze --distributed``: the options and the two ways to run
-(:mod:`toy_lm.distributed`): launch ``--local-processes N`` here, or be one process of a run.
+(:mod:`toy_lm.engines.distributed`): launch ``--local-processes N`` here, or be one process of a run.
 
 A distributed run prints the same table (or JSON) as ``analyze``; ``--out`` holds the per-level
 results (:func:`summary_arrays`), not the per-prefix tables, which stay spread over the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toy_lm.cli_analyze import report, table_keys
+from experiments.cli.analyze import report, table_keys
 from toy_lm.errors import InputError
 from toy_lm.outputs import check_output
 
@@ -57,7 +57,7 @@ def summary_arrays(result) -> dict[str, np.ndarray]:
 
 def run(args) -> int:
     """``analyze --distributed``: launch local processes, or be one process of a run."""
-    from toy_lm import distributed
+    from toy_lm.engines import distributed
 
     if args.tables is None:
         raise InputError("--distributed reads TABLES.npz (each process maps its rows); "

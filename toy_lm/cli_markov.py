@@ -34,7 +34,7 @@ def register(subparsers) -> None:
                     "E[h], the horizon, I_t, and with --lam the equilibrium KL per position.")
     p.add_argument("model", metavar="MODEL.npz", nargs="?",
                    help="markov_logits (T, V**k, V), dfa_transitions (S, V), dfa_verdict (S,), "
-                        "dfa_start (format: toy_lm.markov_model)")
+                        "dfa_start (format: toy_lm.models.markov_model)")
     p.add_argument("--random", nargs=3, type=int, metavar=("V", "T", "K"),
                    help="analyze a random order-K Markov policy with the harm 'two harmful tokens "
                         "(1) before any refusal (2)' instead of a file (V >= 3)")
@@ -53,7 +53,7 @@ def _check_shapes(path: str, shapes: dict) -> tuple[int, int, int, int]:
     missing = [k for k in KEYS if k not in shapes]
     if missing:
         raise InputError(f"{path} lacks {', '.join(missing)}; make a model file with "
-                         "toy_lm.markov_model.save_markov_model or analyze-markov --random V T K "
+                         "toy_lm.models.markov_model.save_markov_model or analyze-markov --random V T K "
                          "--save-model FILE")
     (logits_shape, logits_dtype), (trans_shape, trans_dtype) = (shapes["markov_logits"],
                                                                 shapes["dfa_transitions"])
@@ -107,8 +107,8 @@ def read_model(path: str):
     shapes = npz_shapes(path)
     length, contexts, vocab_size, num_states = _check_shapes(path, shapes)
     _check_memory(path, shapes, length, contexts, vocab_size, num_states)
-    from toy_lm.automata import make_automaton   # after the header checks (JAX loads here)
-    from toy_lm.markov import markov_order
+    from toy_lm.models.automata import make_automaton   # after the header checks (JAX loads here)
+    from toy_lm.engines.markov import markov_order
 
     markov_order(vocab_size, contexts)
     data = load_npz(path, KEYS)
@@ -142,7 +142,7 @@ def output_arrays(result, lam) -> dict[str, np.ndarray]:
 def summary(result, logits_shape, num_states: int, lam) -> dict:
     """JSON-ready summary: sizes, ``E[h]``, the horizon and one record per position."""
     length, contexts, vocab_size = logits_shape
-    from toy_lm.markov import markov_order
+    from toy_lm.engines.markov import markov_order
 
     reach_det = result.determined[:-1]
     positions = []
@@ -197,7 +197,7 @@ def run(args) -> int:
     if args.save_model is not None:
         check_output(args.save_model, flag="--save-model", tag="analyze-markov")
     if args.random is not None:
-        from toy_lm.markov_model import random_markov_model, save_markov_model
+        from toy_lm.models.markov_model import random_markov_model, save_markov_model
 
         logits, dfa = random_markov_model(args.seed, *args.random)
         if args.save_model:
@@ -205,7 +205,7 @@ def run(args) -> int:
             print(f"wrote {args.save_model}", file=sys.stderr)
     else:
         logits, dfa = read_model(args.model)
-    from toy_lm.markov_analysis import analyze_markov
+    from toy_lm.engines.markov_analysis import analyze_markov
 
     result = analyze_markov(logits, dfa, lam=args.lam)
     info = summary(result, logits.shape, dfa.num_states, args.lam)

@@ -1,11 +1,11 @@
-"""Compiled CPU kernels (Numba) for :func:`toy_lm.analysis.analyze_tree`, one call per level.
+"""Compiled CPU kernels (Numba) for :func:`toy_lm.engines.analysis.analyze_tree`, one call per level.
 
 Why Numba here. The analysis is a handful of elementwise passes whose cost is transcendental
 functions and memory traffic. XLA on CPU (the ``backend="xla"`` path) splits the backward step
 into about 17 separate fused loops over each chunk, and JAX must copy every chunk in and out of
 numpy; Numba lets one loop nest per level read the inputs and write straight into the output
 arrays, on every core (``prange`` over blocks of rows), with the vectorizable ``exp`` / ``log``
-of :mod:`toy_lm.fastmath`.
+of :mod:`toy_lm.engines.fastmath`.
 
 Two passes. :func:`probs_level` runs top-down and writes the prefix probabilities ``P_{l+1}``
 into the memory of level ``l``'s gradient output (the same size, ``V**(l+1)`` values).
@@ -40,7 +40,7 @@ combined in block order by the caller: results do not depend on the number of th
 
 Numba is an optional dependency (``pip install "harm-horizon[numba]"``): this module is imported
 only when ``backend="numba"`` runs. The formulas are those of the level step of
-:mod:`toy_lm.level_step` (the same exact-zero conventions, see :mod:`toy_lm.tree`): ``H = c + Σ π (H_child - c)`` with ``c`` the first child,
+:mod:`toy_lm.engines.level_step` (the same exact-zero conventions, see :mod:`toy_lm.engines.tree`): ``H = c + Σ π (H_child - c)`` with ``c`` the first child,
 log-space partition functions ``log Z = top + log Σ π exp(log Z_child - top)``.
 """
 
@@ -53,7 +53,7 @@ from typing import NamedTuple
 import numba as nb
 import numpy as np
 
-from toy_lm.fastmath import KERNEL_FASTMATH, fexp, flog
+from toy_lm.engines.fastmath import KERNEL_FASTMATH, fexp, flog
 
 #: Rows per block: the unit of work of one thread and of the per-block partial sums.
 BLOCK = 1024
@@ -466,5 +466,5 @@ def cached_on_disk() -> bool:
                for d in KERNELS)
 
 
-#: Every compiled function (what :func:`toy_lm.analysis.compile_numba_kernels` recompiles).
+#: Every compiled function (what :func:`toy_lm.engines.analysis.compile_numba_kernels` recompiles).
 KERNELS = (_block_sum, _mi_rows, _ref_rows, _probs_block, probs_level, _analysis_block, analysis_level)

@@ -16,11 +16,11 @@ masked back to the old values (backward) or land in regions written later (forwa
 special cases are compiled. The kernels read the state; the store programs take it donated and
 update it in place (see :func:`store_chunk` for why reading and writing are two programs).
 
-Per row the backward kernel runs the level step of :mod:`toy_lm.level_step`, the one shared by
+Per row the backward kernel runs the level step of :mod:`toy_lm.engines.level_step`, the one shared by
 every XLA driver, and stores ``H`` (exact zeros), the determined flags, the logit gradients ``G``,
 the equilibrium ``log Z`` and row KL of ``π*_λ``, the row KL against a reference, and each row's
 share of ``I_t``; level sums are taken afterwards from these per-row arrays, by the same
-:func:`toy_lm.level_step.level_sums` and :func:`toy_lm.level_step.combine` (see :mod:`toy_lm.sharded`).
+:func:`toy_lm.engines.level_step.level_sums` and :func:`toy_lm.engines.level_step.combine` (see :mod:`toy_lm.engines.sharded`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.compile_options import compiler_options
-from toy_lm.level_step import Children, forward_rows, level_step
+from toy_lm.engines.level_step import Children, forward_rows, level_step
 
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
@@ -122,7 +122,7 @@ _STORED = {"h": "h", "det": "det", "grads": "grads", "info": "info", "logz": "lo
 
 
 def backward_chunk(state: dict, row_off, child_off, lam, *, chunk: int) -> dict:
-    """One chunk of the backward pass: the level step of :mod:`toy_lm.level_step` on ``chunk``
+    """One chunk of the backward pass: the level step of :mod:`toy_lm.engines.level_step` on ``chunk``
     rows; its per-row outputs by state buffer name, to be stored at ``row_off`` by
     :func:`store_chunk`."""
     vocab_size = state["logits"].shape[1]
@@ -201,7 +201,7 @@ def _index(x: int) -> jax.Array:
 def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: bool = False) -> dict:
     """Prefix probabilities of levels ``1 ... D-1`` (``... D`` with ``through_leaves``).
 
-    ``state`` leaves carry a leading device axis placed on ``mesh`` (see :mod:`toy_lm.sharded`);
+    ``state`` leaves carry a leading device axis placed on ``mesh`` (see :mod:`toy_lm.engines.sharded`);
     the kernels are called asynchronously, chunk after chunk.
     """
     k = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)

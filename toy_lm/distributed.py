@@ -1,15 +1,15 @@
 """The sharded tree engine across processes (``jax.distributed``): ``analyze --distributed``.
 
-Each of ``N`` processes runs the sharded engine of :mod:`toy_lm.sharded` on its local devices
+Each of ``N`` processes runs the sharded engine of :mod:`toy_lm.engines.sharded` on its local devices
 over a contiguous share of the ``V**m`` subtrees rooted at the split level ``m`` (the first ``m``
 tokens), reading only its share's rows of the tables (memory maps of the uncompressed ``.npz``).
 Then one all-gather (gloo collectives on CPU) hands every process the subtrees' root values and
 per-subtree level sums, from which each runs the ``m`` levels above the split and the one
-combine of :func:`toy_lm.sharded.level_totals`: the per-level results are bitwise those of the
+combine of :func:`toy_lm.engines.sharded.level_totals`: the per-level results are bitwise those of the
 one-process sharded engine at the same ``m``. Process 0 prints them and writes ``--out``.
 
 Memory. Each process refuses, before it joins, a share whose estimate
-(:func:`toy_lm.sharded.share_bytes`) exceeds its budget (``$HARM_HORIZON_MEMORY_LIMIT`` or 80%
+(:func:`toy_lm.engines.sharded.share_bytes`) exceeds its budget (``$HARM_HORIZON_MEMORY_LIMIT`` or 80%
 of available memory), so a tree one process refuses runs on enough processes. The per-prefix
 tables (``H_l``, ``G_l``, masks) stay in the processes that computed them and are not written:
 ``--out`` holds the per-level results.
@@ -48,7 +48,7 @@ JOIN_TIMEOUT_S = 120
 def check_share(vocab_size: int, length: int, split: int, processes: int, what: str, *,
                 ref: bool = False) -> int:
     """Refuse a share that would not fit this process's memory budget; returns its estimate."""
-    from toy_lm.sharded import share_bytes
+    from toy_lm.engines.sharded import share_bytes
 
     need, budget = share_bytes(vocab_size, length, split, processes, ref=ref), memory_budget()
     if need > budget:
@@ -135,9 +135,9 @@ def _watchdog(seconds: float, label: str) -> threading.Timer:
 
 def run_process(args, output) -> int:
     """One process of a distributed ``analyze`` (``output(result, V, T)`` prints and writes)."""
-    from toy_lm.cli_analyze import table_keys
+    from experiments.cli.analyze import table_keys
     from toy_lm.io import map_npz
-    from toy_lm.sharded import split_level
+    from toy_lm.engines.sharded import split_level
 
     shapes, keys, ref_keys, vocab_size, length = table_keys(args.tables)
     timeout = JOIN_TIMEOUT_S if args.timeout is None else args.timeout
@@ -157,7 +157,7 @@ def run_process(args, output) -> int:
     try:
         import jax
 
-        from toy_lm.sharded import local_gather, make_mesh, plan, summarize_share
+        from toy_lm.engines.sharded import local_gather, make_mesh, plan, summarize_share
 
         mesh = make_mesh(jax.local_devices())
         split = (split_level(vocab_size, length, count * mesh.devices.size)
@@ -219,7 +219,7 @@ def launch_local(argv: list[str], processes: int, timeout_s: float | None = None
             logs.append(log)
             with open(log, "w") as err:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", "toy_lm.cli"] + argv
+                    [sys.executable, "-m", "experiments.cli.main"] + argv
                     + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
                        "--process-id", str(i)],
                     stdout=None if i == 0 else subprocess.DEVNULL, stderr=err))

@@ -1,4 +1,4 @@
-"""Vectorizable float64 ``exp`` and ``log`` for the compiled CPU kernels of :mod:`toy_lm.cpu_kernels`.
+"""Vectorizable float64 ``exp`` and ``log`` for the compiled CPU kernels of :mod:`toy_lm.engines.cpu_kernels`.
 
 Why. Numba lowers ``math.exp`` / ``math.log`` to calls into the C library, one element at a time
 (about 8-13 ns per call on the 2-core CPU this project is tested on), and the full tree analysis

@@ -23,7 +23,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from toy_lm import tree
+from toy_lm.engines import tree
 from toy_lm.mutation import point
 
 TablesFn = Callable[..., tuple]

@@ -9,7 +9,7 @@ the table alone, as THEORY.md section 2 defines them for a full-support policy:
 * the **per-response horizon** ``τ(y) = min{l : y_<=l determined}``;
 * the **global horizon** ``τ* = max_y τ(y)``, the first level where every prefix is determined.
 
-Automaton harms live in :mod:`toy_lm.automata`.
+Automaton harms live in :mod:`toy_lm.models.automata`.
 """
 
 from __future__ import annotations

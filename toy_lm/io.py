@@ -176,7 +176,7 @@ def load_npz(path: str, keys) -> dict[str, np.ndarray]:
 def map_npz(path: str, keys) -> dict[str, np.ndarray]:
     """The named arrays of an uncompressed ``.npz`` (``np.savez``) as read-only memory maps.
 
-    Nothing is read until a slice is used, so a process of :mod:`toy_lm.distributed` touches only
+    Nothing is read until a slice is used, so a process of :mod:`toy_lm.engines.distributed` touches only
     the rows of its share. The data of a stored (uncompressed) member starts after the zip local
     header (30 bytes, the name and the extra field) and the ``.npy`` header.
 

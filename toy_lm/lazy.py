@@ -7,7 +7,7 @@ JAX, Flax, Numba and SciPy, while ``from toy_lm import analyze_tree`` works as b
 
 Example::
 
-    __getattr__, __dir__, __all__ = lazy_exports(globals(), {"toy_lm.tree": ("cond_harm",)})
+    __getattr__, __dir__, __all__ = lazy_exports(globals(), {"toy_lm.engines.tree": ("cond_harm",)})
 """
 
 from __future__ import annotations

@@ -12,16 +12,16 @@ number.
 The functions are pure ``jax.numpy`` over static shapes: the drivers jit them around their own
 data movement. They are
 
-* :func:`toy_lm.analysis.analyze_tree` (``backend="xla"``): host-chunked, fixed-size chunks
+* :func:`toy_lm.engines.analysis.analyze_tree` (``backend="xla"``): host-chunked, fixed-size chunks
   copied in and out of numpy;
-* :mod:`toy_lm.device_tree` / :mod:`toy_lm.sharded`: resident on one device or sharded over a
+* :mod:`toy_lm.engines.device_tree` / :mod:`toy_lm.engines.sharded`: resident on one device or sharded over a
   mesh of ``N`` devices (``N = 1`` is the plain on-device driver).
 
-:mod:`toy_lm.tree` is the readable specification (tested equal to this step), the Numba kernels
-of :mod:`toy_lm.cpu_kernels` are the optional fast CPU backend (held to this step by the
-cross-backend tests), and :mod:`toy_lm.reference` is the independent numpy reference.
+:mod:`toy_lm.engines.tree` is the readable specification (tested equal to this step), the Numba kernels
+of :mod:`toy_lm.engines.cpu_kernels` are the optional fast CPU backend (held to this step by the
+cross-backend tests), and :mod:`toy_lm.engines.reference` is the independent numpy reference.
 
-Formulas (the exact-zero conventions of :mod:`toy_lm.tree`):
+Formulas (the exact-zero conventions of :mod:`toy_lm.engines.tree`):
 
 * ``H(u) = c + Σ_v π(v|u) (H(uv) - c)`` with ``c = H(u0)``; ``Δ(uv) = H(uv) - H(u)``; exactly
   ``H(u) = c`` and ``Δ = 0`` where every child agrees;
@@ -181,7 +181,7 @@ def level_step(logits, probs, children: Children, *, lam=None, ref_logits=None,
     """
     pi, logp = _log_softmax_parts(logits)
     child_h = children.h
-    # H and Δ with exact zeros where the children agree (see toy_lm.tree.backward_step).
+    # H and Δ with exact zeros where the children agree (see toy_lm.engines.tree.backward_step).
     ref = child_h[:, :1]
     diff = child_h - ref
     weights = point("step.backward.weights", pi)

@@ -2,8 +2,8 @@
 
 A Markov policy of order ``k`` chooses ``y_t`` from logits ``z[l, c]`` that depend on the level
 ``l = t - 1`` and the context ``c`` (the last ``k`` tokens, left-padded with token 0, read as a
-base-``V`` number: the layout of :class:`toy_lm.policies.MarkovPolicy` and of ``analyze-markov``'s
-``markov_logits``, shape ``(T, V**k, V)``). An automaton harm (:mod:`toy_lm.automata`) depends on
+base-``V`` number: the layout of :class:`toy_lm.models.policies.MarkovPolicy` and of ``analyze-markov``'s
+``markov_logits``, shape ``(T, V**k, V)``). An automaton harm (:mod:`toy_lm.models.automata`) depends on
 the response only through its final state. Every conditional quantity of a prefix ``y_<=l`` then
 depends only on the **joint state** ``(c, s)`` = (context, automaton state) after it, so each
 object of THEORY.md is a ``(T + 1, C, S)`` table (``C = V**k`` contexts, ``S`` states) computed
@@ -18,8 +18,8 @@ Here ``c ⊕ v = (c * V + v) mod V**k`` is the context after token ``v``. Positi
 ``lax.scan``, so the compiled program does not grow with ``T``.
 
 Numerics for long horizons. ``p_l`` sums to 1 and ``H`` lies in ``[0, 1]`` at every level, so
-neither recursion can underflow or overflow as a whole; ``Z`` (:mod:`toy_lm.markov_equilibrium`)
-is kept in log space. As in :mod:`toy_lm.tree`, the backward recursions are written around the
+neither recursion can underflow or overflow as a whole; ``Z`` (:mod:`toy_lm.engines.markov_equilibrium`)
+is kept in log space. As in :mod:`toy_lm.engines.tree`, the backward recursions are written around the
 first child (``H = H_child0 + Σ_v π_v (H_child_v - H_child0)``), so a joint state whose children
 all agree (a determined state) gets its value, ``Δ = 0``, ``G = 0`` and ``KL = 0`` *exactly*.
 
@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm.automata import Automaton
+from toy_lm.models.automata import Automaton
 from toy_lm.errors import InputError
 from toy_lm.mutation import point
 
@@ -353,7 +353,7 @@ def determined(dfa: Automaton, length: int) -> np.ndarray:
 
     Takes the remaining length into account: with ``r = T - l`` steps left, ``s`` is determined
     when the minimum and maximum verdict reachable in exactly ``r`` steps agree (the same exact
-    integer DP as :func:`toy_lm.automata.determined_states`, cycle-detected for long ``T``). It
+    integer DP as :func:`toy_lm.models.automata.determined_states`, cycle-detected for long ``T``). It
     does not depend on the context: a full-support policy can emit every token.
     """
     trans = np.asarray(dfa.transitions)

@@ -1,6 +1,6 @@
 """The full Markov x automaton analysis in one scan (what ``harm-horizon analyze-markov`` runs).
 
-:mod:`toy_lm.markov` states each quantity as its own function, each re-running the recursions it
+:mod:`toy_lm.engines.markov` states each quantity as its own function, each re-running the recursions it
 needs and summing per joint state. :func:`analyze_markov` is the fast path: one ``lax.scan`` of
 ``T`` steps advances the forward recursion (``p_l``) at level ``i`` and the backward ones
 (``H_l`` and ``log Z_l``) at level ``T-1-i`` together (they do not depend on each other), and the
@@ -14,7 +14,7 @@ per-position sums then come from martingale identities over whole levels, with n
 Both are set to exactly 0 at the positions beyond the horizon, where every reachable joint state
 is determined (an exact integer fact about the automaton), instead of keeping the ``~1e-17``
 rounding residue of a difference. The tests check these identities against the per-joint-state
-forms of :mod:`toy_lm.markov` at ``T = 4096`` and both against the tree engine.
+forms of :mod:`toy_lm.engines.markov` at ``T = 4096`` and both against the tree engine.
 
 Compile time does not depend on ``T`` (one scan body); the level sums run in numpy, which costs
 less than compiling them.
@@ -32,12 +32,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import markov, markov_equilibrium
-from toy_lm.automata import Automaton, level_states, make_automaton
+from toy_lm.engines import markov
+from toy_lm.engines import markov_equilibrium
+from toy_lm.models.automata import Automaton, level_states, make_automaton
 from toy_lm.compile_options import compiler_options
 from toy_lm.errors import InputError
 from toy_lm.mutation import point
-from toy_lm.tree import _check_lam
+from toy_lm.engines.tree import _check_lam
 
 
 class MarkovAnalysis(NamedTuple):
@@ -155,7 +156,7 @@ def _compiled(fn, backend: str, static=()):
 
 @jax.jit
 def _grads(logits, probs, values, dfa):
-    """Tied logit gradients (covariance form of :func:`toy_lm.markov.grad_terms`), all levels."""
+    """Tied logit gradients (covariance form of :func:`toy_lm.engines.markov.grad_terms`), all levels."""
     length, contexts, vocab_size = logits.shape
     pi = jax.nn.softmax(logits, axis=-1)
     pi4 = pi.reshape(length, vocab_size, -1, vocab_size)
@@ -193,7 +194,7 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
 
     Example:
       >>> import numpy as np
-      >>> from toy_lm.automata import pattern_harm
+      >>> from toy_lm.models.automata import pattern_harm
       >>> res = analyze_markov(np.zeros((3, 2, 2)), pattern_harm(2, [1]))
       >>> round(res.expected_harm, 6), res.horizon
       (0.875, 3)
@@ -264,12 +265,12 @@ def expand_to_tree(table, dfa: Automaton, levels=None) -> tuple[np.ndarray, ...]
 
     Args:
       table: ``(L, C, S, ...)`` joint-state values for levels ``0 ... L-1`` (e.g. ``cond_harm``,
-        ``log_partition``, :func:`toy_lm.markov.equilibrium_policy`); or ``(L, S)`` per-state
+        ``log_partition``, :func:`toy_lm.engines.markov.equilibrium_policy`); or ``(L, S)`` per-state
         values such as ``determined`` (the context axis is then absent).
       levels: the levels to expand (default: all ``L``).
 
     Returns:
-      One array per level in canonical prefix order, ready to compare with :mod:`toy_lm.tree`.
+      One array per level in canonical prefix order, ready to compare with :mod:`toy_lm.engines.tree`.
     """
     table = np.asarray(table)
     levels = range(table.shape[0]) if levels is None else levels
@@ -288,7 +289,7 @@ def aggregate_tree_grads(tree_grads, contexts: int) -> np.ndarray:
     """Sum the tree's per-prefix ``G(y_<t)`` over prefixes sharing a context: ``(T, C, V)``.
 
     This is the gradient with respect to tied Markov logits, to compare with
-    :func:`toy_lm.markov.logit_grads` (chain rule: ``z_l(c)`` enters every such prefix).
+    :func:`toy_lm.engines.markov.logit_grads` (chain rule: ``z_l(c)`` enters every such prefix).
     """
     out = []
     for g in tree_grads:

@@ -21,10 +21,10 @@ import jax.core  # jax.core.Tracer below (the submodule is not an attribute of j
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm.automata import Automaton
-from toy_lm.markov import (_at_least_order_one, _split, check_markov, children, log_policy,
+from toy_lm.models.automata import Automaton
+from toy_lm.engines.markov import (_at_least_order_one, _split, check_markov, children, log_policy,
                            state_probs)
-from toy_lm.tree import _check_lam
+from toy_lm.engines.tree import _check_lam
 
 
 def scaling_is_safe(lam, vocab_size: int, dtype) -> bool:

@@ -7,14 +7,14 @@ One ``.npz`` with four arrays (THEORY.md's symbols: ``V`` tokens, ``T`` position
   logits of ``y_t`` after the context ``c``, the last ``k`` tokens of ``y_<t`` read as a base-``V``
   number (``y_{t-k}`` most significant), left-padded with token 0 while ``t <= k``. The order
   ``k`` is not stored: it is read off the shape (``V**k`` contexts; ``k = 0`` is one context per
-  position). This is :class:`~toy_lm.policies.MarkovPolicy`'s ``params[prompt]``.
+  position). This is :class:`~toy_lm.models.policies.MarkovPolicy`'s ``params[prompt]``.
 * ``dfa_transitions`` int ``(S, V)``: ``δ(s, v)``, the state after reading token ``v`` in state
   ``s``.
 * ``dfa_verdict`` float ``(S,)``: the harm ``h(y)`` of a response whose reading ends in state
   ``s``, in ``[0, 1]`` (0/1 for a binary harm).
 * ``dfa_start`` int, a 0-d array: the state before the first token.
 
-:func:`markov_model_arrays` turns a :class:`~toy_lm.automata.Automaton` and the logits into these
+:func:`markov_model_arrays` turns a :class:`~toy_lm.models.automata.Automaton` and the logits into these
 arrays (checked), :func:`save_markov_model` writes them atomically, and
 :func:`random_markov_model` draws the instance of ``analyze-markov --random``.
 
@@ -22,7 +22,7 @@ Example::
 
     import jax
     from toy_lm import MarkovPolicy, harmful_before_refusal
-    from toy_lm.markov_model import save_markov_model
+    from toy_lm.models.markov_model import save_markov_model
 
     policy = MarkovPolicy(vocab_size=4, length=64, order=2)
     logits = policy.init(jax.random.key(0))[0]            # (T, V**k, V) of prompt 0
@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from toy_lm.automata import Automaton, harmful_before_refusal, make_automaton
+from toy_lm.models.automata import Automaton, harmful_before_refusal, make_automaton
 from toy_lm.errors import EnumerationTooLarge, InputError
 
 #: The keys of the model file, in the order the format lists them.
@@ -56,7 +56,7 @@ def markov_model_arrays(logits, dfa: Automaton) -> dict[str, np.ndarray]:
       InputError: on inconsistent shapes, a context axis that is not a power of ``V``, non-finite
         logits, or an invalid automaton.
     """
-    from toy_lm.markov import check_markov
+    from toy_lm.engines.markov import check_markov
 
     dfa = make_automaton(dfa.transitions, dfa.verdict, dfa.start)
     logits = np.asarray(logits, dtype=np.float64)
@@ -78,7 +78,7 @@ def save_markov_model(path: str, logits, dfa: Automaton) -> None:
 
 def random_markov_model(seed: int, vocab_size: int, length: int, order: int,
                         num_harmful: int = 2) -> tuple[np.ndarray, Automaton]:
-    """A random order-``k`` :class:`~toy_lm.policies.MarkovPolicy` (standard normal logits drawn
+    """A random order-``k`` :class:`~toy_lm.models.policies.MarkovPolicy` (standard normal logits drawn
     from ``jax.random.key(seed)``) and the refusal-world harm: ``K = num_harmful`` harmful tokens
     (token 1) before any refusal (token 2); tokens 0 and ``3 ... V-1`` are neutral. Needs ``V >= 3``.
 
@@ -87,7 +87,7 @@ def random_markov_model(seed: int, vocab_size: int, length: int, order: int,
     """
     import jax
 
-    from toy_lm.policies import MarkovPolicy
+    from toy_lm.models.policies import MarkovPolicy
     from toy_lm.tables import memory_budget
 
     if vocab_size < 3:

@@ -1,6 +1,6 @@
 """Monte Carlo estimators with confidence intervals, for policies too large to enumerate.
 
-Each estimator samples from the policy (any :class:`toy_lm.policies.Policy`: tabular, Markov or a
+Each estimator samples from the policy (any :class:`toy_lm.models.policies.Policy`: tabular, Markov or a
 shared-weight transformer such as ``TransformerPolicy(64, 32)``, whose ``64**32`` responses no
 engine can enumerate) and returns an :class:`Estimate`: the mean, its standard error and a
 Student-t confidence interval from independent replicates. The quantities are those of
@@ -35,10 +35,10 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from toy_lm.automata import Automaton
+from toy_lm.models.automata import Automaton
 from toy_lm.errors import InputError
 from toy_lm.mutation import point
-from toy_lm.policies import Policy
+from toy_lm.models.policies import Policy
 
 HarmFn = Callable[[jax.Array], jax.Array]
 

@@ -49,7 +49,7 @@ POINTS: dict[str, str] = {
     "gradients.surrogate.weights": "the stop-gradient tables giving sg(P Δ_t) in the surrogate (ctx: live)",
     "montecarlo.baseline": "the exact baseline b_t(y_<t) = H_{t-1}(y_<t) of REINFORCE (ctx: t, tables, rows, tokens)",
     "step.backward.weights": "π(v|u) weighting the children in the level step that every XLA driver "
-                             "runs (toy_lm.level_step: chunked, on device, sharded)",
+                             "runs (toy_lm.engines.level_step: chunked, on device, sharded)",
     "analysis.xla.child_h": "the children's H rows handed to one XLA chunk (ctx: start, full)",
     "analysis.xla.level_sums": "the chunks' I_t sums of a level before they are added (ctx: level)",
     "analysis.numba.level_sums": "the Numba blocks' named level sums (cpu_kernels.BlockSums: I_t, KL, "

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from toy_lm.errors import InputError
-from toy_lm.policies import Policy
+from toy_lm.models.policies import Policy
 from toy_lm.precision import default_float
 from toy_lm.tables import all_prefixes
 

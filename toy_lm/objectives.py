@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm import tree
-from toy_lm.automata import Automaton, level_states
+from toy_lm.engines import tree
+from toy_lm.models.automata import Automaton, level_states
 from toy_lm.errors import InputError
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, level_size
@@ -43,7 +43,7 @@ def recovery_prefill_loss(logits, harm, prefix_dists: Sequence, mu) -> jax.Array
       logits: the trained policy's level tables.
       harm: ``(V**T,)``.
       prefix_dists: ``q_1 ... q_{T-1}``, ``q_k`` of shape ``(V**k,)`` (fixed, off-policy; e.g.
-        :func:`toy_lm.tree.harmful_prefix_dist` of the base model).
+        :func:`toy_lm.engines.tree.harmful_prefix_dist` of the base model).
       mu: ``(T-1,)`` non-negative weights ``μ_1 ... μ_{T-1}``.
     """
     _, length = infer_sizes(logits)
@@ -65,7 +65,7 @@ def base_harmful_prefix_dists(base_logits, harm) -> list[jax.Array]:
 def automaton_costs(dfa: Automaton, length: int, cost_states) -> list[jax.Array]:
     """Dense costs ``c_t(y_<=t) = 1[state after y_<=t ∈ cost_states]`` for ``t = 1 ... T``.
 
-    For :func:`toy_lm.automata.harmful_before_refusal` the natural choice of ``cost_states`` is
+    For :func:`toy_lm.models.automata.harmful_before_refusal` the natural choice of ``cost_states`` is
     every state with at least one harmful token and no refusal yet, plus HARM ("harmful, not yet
     recovered").
     """
@@ -104,7 +104,7 @@ def dense_equilibrium_policy(base_logits, harm, costs: Sequence, mu, lam):
     """Log-prob tables of the minimizer of ``L_dense + λ KL(π‖π0)``.
 
     It is ``π0`` tilted by ``exp(-(h + Σ_t μ_t c_t)/λ)``, i.e.
-    :func:`toy_lm.tree.equilibrium_policy` applied to the total sequence-level cost.
+    :func:`toy_lm.engines.tree.equilibrium_policy` applied to the total sequence-level cost.
     """
     vocab_size, _ = infer_sizes(base_logits)
     return tree.equilibrium_policy(base_logits, dense_total_cost(harm, costs, mu, vocab_size), lam)

@@ -1,7 +1,7 @@
 """A straightforward numpy implementation of the tree analysis, level by level.
 
 It follows THEORY.md literally (plain ``Σ_v π_v H_v`` sums, ``log Σ exp`` for ``Z``, an explicit
-forward pass over ``π*``) and shares no code with :mod:`toy_lm.tree` or :mod:`toy_lm.analysis`:
+forward pass over ``π*``) and shares no code with :mod:`toy_lm.engines.tree` or :mod:`toy_lm.engines.analysis`:
 it is the benchmark's baseline ("ratio_to_reference") and an independent second opinion in the
 tests. It makes no effort to produce exact zeros at determined prefixes.
 """

@@ -3,17 +3,17 @@
 The ``V**m`` prefixes of length ``m`` (the *split level*) root disjoint subtrees; device ``d`` of
 a mesh with ``D`` devices gets subtrees ``d*K ... (d+1)*K - 1`` (``K = ceil(V**m / D)``, the
 last device padded with zero-probability subtrees). Within a subtree nothing refers to another
-one, so each device runs the forest kernels of :mod:`toy_lm.device_tree` on its own buffers
+one, so each device runs the forest kernels of :mod:`toy_lm.engines.device_tree` on its own buffers
 with no communication (``jax.shard_map`` over the mesh axis ``"d"``). The ``m`` levels above the
 split are a small forest of one root, whose leaves are the subtrees' root values; it runs on the
 first device, forward before and backward after the subtrees.
 
 Determinism. Every per-prefix value is computed by the same per-row program (the level step of
-:mod:`toy_lm.level_step`) from the same inputs whatever ``D`` is, and each level below the split
+:mod:`toy_lm.engines.level_step`) from the same inputs whatever ``D`` is, and each level below the split
 is summed per subtree (the step's ``level_sums`` over a subtree's rows, one compiled program per
 block size) and then over the ``V**m`` subtrees in order by the step's ``combine``; so for a
 given split level the results are *identical* (bitwise) on one device and on many, and across
-processes (:func:`summarize_share`, :mod:`toy_lm.distributed`), where each process sums its own
+processes (:func:`summarize_share`, :mod:`toy_lm.engines.distributed`), where each process sums its own
 subtrees and one all-gather brings the sums together.
 
 Example (4 simulated CPU devices, set before JAX starts):
@@ -32,11 +32,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from toy_lm import device_tree
-from toy_lm.analysis import TreeAnalysis
+from toy_lm.engines import device_tree
+from toy_lm.engines.analysis import TreeAnalysis
 from toy_lm.errors import ConfigError
-from toy_lm.harms import horizon_from_masks
-from toy_lm.level_step import LevelRows, LevelSums, LevelTotals, combine, level_sums, stack_sums
+from toy_lm.models.harms import horizon_from_masks
+from toy_lm.engines.level_step import LevelRows, LevelSums, LevelTotals, combine, level_sums, stack_sums
 from toy_lm.tables import infer_sizes, level_size, validate_harm
 
 
@@ -73,7 +73,7 @@ def _levels(state: dict, layout: device_tree.ForestLayout, name: str, keep: int)
 
 @jax.jit
 def _block_sums(rows: LevelRows, probs) -> LevelSums:
-    """The level step's :func:`~toy_lm.level_step.level_sums` of one block, jitted: every block of
+    """The level step's :func:`~toy_lm.engines.level_step.level_sums` of one block, jitted: every block of
     a given size runs the same compiled program, so its sums do not depend on the process or
     device that holds it."""
     return level_sums(rows, probs)
@@ -116,7 +116,7 @@ STAGING_COPIES = 3
 
 def forest_state_bytes(layout: device_tree.ForestLayout, *, lam: bool = True,
                        ref: bool = False, itemsize: int = 8) -> int:
-    """Bytes of one forest's buffers (:func:`toy_lm.device_tree.init_state`): the logit, gradient
+    """Bytes of one forest's buffers (:func:`toy_lm.engines.device_tree.init_state`): the logit, gradient
     (and reference) tables, the row vectors (``I_t`` shares, row KLs) and the node vectors
     (probabilities, ``H``, ``log Z``; the determined flags at one byte)."""
     tables, row_vectors, node_vectors = 2 + ref, 1 + lam + ref, 2 + lam
@@ -244,21 +244,21 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
                     ref_logits: Sequence | None = None, mesh: Mesh | None = None,
                     split: int | None = None, chunk_rows: int = device_tree.CHUNK_ROWS,
                     dtype=None) -> TreeAnalysis:
-    """The tree analysis of :func:`toy_lm.analysis.analyze_tree`, sharded over ``mesh``.
+    """The tree analysis of :func:`toy_lm.engines.analysis.analyze_tree`, sharded over ``mesh``.
 
     Args:
       logits: level tables ``(V**l, V)``; harm: ``(V**T,)``.
       lam / ref_logits: as in ``analyze_tree`` (equilibrium KL; KL against a reference).
       mesh: a one-axis mesh ``("d",)`` (default: every device, :func:`make_mesh`).
       split: the split level ``m`` (default :func:`split_level`); results for a given ``m`` are
-        bitwise identical for any number of devices (and of processes: :mod:`toy_lm.distributed`).
+        bitwise identical for any number of devices (and of processes: :mod:`toy_lm.engines.distributed`).
         Each level below the split is summed per subtree, ``V**m (T - m)`` small reductions in
         all: a split far above the default costs that many calls.
       dtype: the floating dtype of the buffers (default: JAX's default float, float64 under
-        x64); float32 is for GPUs, with the tolerance re-derived (:mod:`toy_lm.bench_gpu`).
+        x64); float32 is for GPUs, with the tolerance re-derived (:mod:`experiments.bench.gpu`).
 
     Returns:
-      A :class:`toy_lm.analysis.TreeAnalysis` (without the equilibrium tables and ``I^MI``).
+      A :class:`toy_lm.engines.analysis.TreeAnalysis` (without the equilibrium tables and ``I^MI``).
     """
     mesh = make_mesh() if mesh is None else mesh
     vocab_size, length, harm, m, dtype = _prepare(logits, harm, ref_logits, split,
@@ -290,9 +290,9 @@ def analyze_sharded(logits: Sequence, harm, *, lam: float | None = None,
 
 def level_totals(high: dict, low_sums: list[LevelSums]) -> list[LevelTotals]:
     """Every level's totals: above the split, the level step's
-    :func:`~toy_lm.level_step.level_sums` over the whole level (one block); below it, the
+    :func:`~toy_lm.engines.level_step.level_sums` over the whole level (one block); below it, the
     per-subtree sums of :func:`subtree_sums` (all ``V**m`` subtrees, in order); each level put
-    together by the one :func:`~toy_lm.level_step.combine` every XLA driver uses."""
+    together by the one :func:`~toy_lm.engines.level_step.combine` every XLA driver uses."""
     top = [combine(stack_sums([_block_sums(_level_rows(high, l), high["probs"][l])]))
            for l in range(len(high.get("info", [])))]
     return top + [combine(s) for s in low_sums]
@@ -338,8 +338,8 @@ def summarize_share(logits: Sequence, harm, p: Plan, *, mesh: Mesh, lam: float |
     together with every other process's share by ``gather``.
 
     Each process runs the subtrees of ``p`` and reduces every level to one
-    :class:`~toy_lm.level_step.LevelSums` per subtree (plus ``Σ|G|`` and the determined count);
-    ``gather`` (an all-gather across processes: :mod:`toy_lm.distributed`) hands every process
+    :class:`~toy_lm.engines.level_step.LevelSums` per subtree (plus ``Σ|G|`` and the determined count);
+    ``gather`` (an all-gather across processes: :mod:`toy_lm.engines.distributed`) hands every process
     all ``V**m`` of them with the subtrees' root values, from which each runs the levels above the
     split and the same :func:`level_totals` as :func:`analyze_sharded`. So the per-level results
     are bitwise those of :func:`analyze_sharded` at the same split level.

@@ -25,7 +25,7 @@ import numpy as np
 from experiments.demos._support import setup
 from proofs_check import make_instance
 from toy_lm import harmful_before_refusal
-from toy_lm.markov_analysis import analyze_markov
+from toy_lm.engines.markov_analysis import analyze_markov
 
 demo = setup("06_beyond_the_toy")
 T = 32 if demo.quick else 64
