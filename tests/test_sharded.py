@@ -66,12 +66,13 @@ def test_one_device_matches_analyze_tree(vocab_size, length, chunk, binary, spli
 
 
 def test_kernels_compile_once_for_all_levels(caplog):
-    """One forward and one backward program serve all 9 levels and their 2 ... 32 chunks."""
+    """Four programs serve all 9 levels and their 2 ... 32 chunks: the forward and backward
+    chunk kernels, and the store of each one's values (device_tree.store_chunk)."""
     logits, _, harm = instance(2, 9)
     with caplog.at_level(logging.WARNING), jax.log_compiles():
         analyze_sharded(logits, harm, split=0, chunk_rows=7)   # a chunk size no test uses
     kernels = [r for r in caplog.records if "Finished XLA compilation of jit(local)" in r.message]
-    assert len(kernels) == 2, [r.message for r in kernels]
+    assert len(kernels) == 4, [r.message for r in kernels]
 
 
 def test_split_level_and_errors():

@@ -27,7 +27,8 @@ from toy_lm.errors import EnumerationTooLarge, InputError
 from toy_lm.tables import (check_enumeration_size, human_bytes, level_size, memory_budget,
                            validate_harm, validate_tables)
 
-__all__ = ["level_keys", "load_npz", "npz_nbytes", "npz_shapes", "open_input", "read_tables"]
+__all__ = ["level_keys", "load_npz", "map_npz", "npz_nbytes", "npz_shapes", "open_input",
+           "read_tables", "table_keys"]
 
 #: Everything a damaged archive or header can raise while it is read.
 _DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError,
@@ -176,12 +177,53 @@ def load_npz(path: str, keys) -> dict[str, np.ndarray]:
             raise InputError(f"cannot read {path}: {_one_line(err)}") from None
 
 
-def read_tables(path: str):
-    """``(logits, harm, ref_logits or None)`` from an ``.npz``, checked header-first.
+def map_npz(path: str, keys) -> dict[str, np.ndarray]:
+    """The named arrays of an uncompressed ``.npz`` (``np.savez``) as read-only memory maps.
 
-    Every check that needs only shapes (keys present, consistent ``V`` and ``T``, enumeration
-    size) runs before any array is loaded.
+    Nothing is read until a slice is used, so a process of :mod:`toy_lm.engines.distributed` touches only
+    the rows of its share. The data of a stored (uncompressed) member starts after the zip local
+    header (30 bytes, the name and the extra field) and the ``.npy`` header.
+
+    Raises:
+      InputError: a compressed member (``np.savez_compressed``), a Fortran-ordered or object
+        array, or a damaged archive.
     """
+    out = {}
+    with open_input(path, "input .npz") as fh:
+        try:
+            with zipfile.ZipFile(fh) as archive:
+                for key in keys:
+                    info = archive.getinfo(f"{key}.npy")
+                    if info.compress_type != zipfile.ZIP_STORED:
+                        raise InputError(
+                            f"{path}: {key} is compressed; a distributed run maps the arrays in "
+                            "place, so save the tables with np.savez (uncompressed)")
+                    fh.seek(info.header_offset)
+                    local = fh.read(30)
+                    if local[:4] != b"PK\x03\x04":
+                        raise ValueError(f"bad local header of {key}")
+                    start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+                             + int.from_bytes(local[28:30], "little"))
+                    fh.seek(start)
+                    version = np.lib.format.read_magic(fh)
+                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                            else np.lib.format.read_array_header_2_0)
+                    shape, fortran, dtype = read(fh)
+                    if fortran or np.dtype(dtype).hasobject:
+                        raise InputError(f"{path}: {key} is Fortran-ordered or holds objects; "
+                                         "save C-ordered numeric arrays")
+                    out[key] = np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(),
+                                         shape=tuple(shape))
+        except InputError:
+            raise
+        except _DAMAGED as err:
+            raise InputError(f"cannot read {path}: {_one_line(err)}") from None
+    return out
+
+
+def table_keys(path: str):
+    """``(shapes, logits keys, ref_logits keys, V, T)`` of a tables ``.npz``, from its headers
+    only: keys present, consistent ``V`` and ``T``, real dtypes."""
     shapes = npz_shapes(path)
     keys = level_keys(shapes, "logits")
     if not keys:
@@ -211,6 +253,16 @@ def read_tables(path: str):
     for key in keys + ref_keys + ["harm"]:
         if shapes[key][1].kind not in ("biuf" if key == "harm" else "iuf"):
             raise InputError(f"{key} has dtype {shapes[key][1]}; it must hold real numbers")
+    return shapes, keys, ref_keys, vocab_size, length
+
+
+def read_tables(path: str):
+    """``(logits, harm, ref_logits or None)`` from an ``.npz``, checked header-first.
+
+    Every check that needs only shapes (keys present, consistent ``V`` and ``T``, enumeration
+    size) runs before any array is loaded.
+    """
+    shapes, keys, ref_keys, vocab_size, length = table_keys(path)
     need = check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
     loaded = npz_nbytes(shapes, keys + ref_keys + ["harm"])
     if need + loaded > memory_budget():   # inputs in a wider dtype than float64, or many refs

@@ -36,7 +36,7 @@ from toy_lm.errors import InputError
 from toy_lm.outputs import null_nonfinite
 
 __all__ = ["DEFAULT_REPEATS", "LAMBDA", "SUITES", "TREE_SIZES", "bench_tree", "memory_floor",
-           "output_shapes", "register", "run", "suite_sweep", "suite_tree"]
+           "output_shapes", "register", "run", "suite_distributed", "suite_sweep", "suite_tree"]
 
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
 LAMBDA = 0.5
@@ -178,8 +178,15 @@ def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
     return run_suite(repeats, quick, progress)
 
 
+def suite_distributed(repeats: int, quick: bool, progress) -> list[dict]:
+    """The sharded engine on 1 process and on 2 (:mod:`experiments.bench.distributed`)."""
+    from experiments.bench.distributed import suite_distributed as run_suite
+
+    return run_suite(repeats, quick, progress)
+
+
 SUITES = {"tree": suite_tree, "markov": suite_markov, "mc": suite_mc, "gpu": suite_gpu,
-          "sweep": suite_sweep}
+          "sweep": suite_sweep, "distributed": suite_distributed}
 
 
 def run(args) -> int:

@@ -20,7 +20,7 @@ from toy_lm.outputs import check_output, json_text, save_npz
 from toy_lm.tables import check_enumeration_size
 
 __all__ = ["backend_line", "output_arrays", "print_table", "random_instance", "read_tables",
-           "register", "run", "summary"]
+           "register", "report", "run", "summary"]
 
 
 def register(subparsers) -> None:
@@ -40,6 +40,23 @@ def register(subparsers) -> None:
                    help="also compute the mutual-information form I_t^MI (binary harm only)")
     p.add_argument("--out", metavar="OUT.npz", help="write every computed array to this .npz")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    d = p.add_argument_group(
+        "distributed", "the sharded engine across processes (jax.distributed; README "
+        "'Distributed'): per-level results only, --out without per-prefix tables")
+    d.add_argument("--distributed", action="store_true",
+                   help="split the first tokens across processes (TABLES.npz, uncompressed)")
+    d.add_argument("--local-processes", type=int, metavar="N",
+                   help="launch N processes on this machine (a free local port coordinates)")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="process 0's address (default: "
+                   "detected from the cluster environment, e.g. SLURM)")
+    d.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    d.add_argument("--process-id", type=int, metavar="I", help="this process, 0 ... N-1")
+    d.add_argument("--split", type=int, metavar="M",
+                   help="split level m: V**m subtrees are shared out (default: the smallest m "
+                        "with V**m >= the number of devices)")
+    d.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="give up (one line, exit 2) when the peers have not joined after "
+                        "SECONDS (default 120); when given, it also bounds the whole run")
     p.set_defaults(func=run)
 
 
@@ -133,7 +150,26 @@ def backend_line(backend: str, vocab_size: int, length: int) -> str:
     return f"xla (JAX {jnp.dtype(jnp.result_type(float)).name}; {why})"
 
 
+def report(args, result, arrays, vocab_size: int, length: int) -> None:
+    """Print the table (or JSON) and write ``--out``."""
+    info = summary(result, vocab_size, length, args.lam)
+    if args.json:
+        json_text(info)   # strict JSON (a NaN raises) before --out is written
+    if args.out is not None:
+        save_npz(args.out, arrays, tag="analyze", flag="--out")
+        sys.stderr.write(f"wrote {args.out}\n")  # one write (a signal cannot split it)
+    if args.json:
+        print_json(info)
+    else:
+        print_table(info)
+
+
 def run(args) -> int:
+    from experiments.cli import distributed as cli_distributed
+
+    cli_distributed.check_options(args)
+    if args.distributed:
+        return cli_distributed.run(args)
     if (args.tables is None) == (args.random is None):
         raise InputError("give exactly one of TABLES.npz or --random V T TAU")
     if args.lam is not None:
@@ -175,14 +211,5 @@ def run(args) -> int:
     # Which backend ran (after it ran: a refused input still ends with one line).
     print(f"[analyze] backend: {backend_line(backend, vocab_size, length)}", file=sys.stderr,
           flush=True)
-    info = summary(result, vocab_size, length, args.lam)
-    if args.json:
-        json_text(info)   # strict JSON (a NaN raises) before --out is written
-    if args.out is not None:
-        save_npz(args.out, output_arrays(result, args.lam), tag="analyze", flag="--out")
-        sys.stderr.write(f"wrote {args.out}\n")  # one write (a signal cannot split it)
-    if args.json:
-        print_json(info)
-    else:
-        print_table(info)
+    report(args, result, output_arrays(result, args.lam), vocab_size, length)
     return 0

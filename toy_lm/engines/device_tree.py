@@ -5,14 +5,16 @@ whole tree is the forest ``K = 1``, ``D = T``). Forest level ``j`` holds ``K * V
 rows of the ``K`` subtrees in canonical order, so children stay contiguous: the children of row
 ``i`` are rows ``i*V ... i*V + V - 1`` of level ``j + 1``. Every level lives in one flat buffer
 per quantity (level ``j`` at offset ``off_j``), and each pass applies one jitted kernel to
-``chunk`` rows at a time, with the offsets as *traced* scalars. Every level of every size thus
-runs the same two compiled programs (a forward and a backward kernel), so compile time does not
-grow with ``T`` - the property a GPU needs (a level-by-level program compiled for more than
+``chunk`` rows at a time, with the offsets as *traced* scalars, then stores its values with a
+second program (:func:`store_chunk`). Every level of every size thus runs the same four compiled
+programs (a forward and a backward kernel, and a store of each one's values), so compile time
+does not grow with ``T`` - the property a GPU needs (a level-by-level program compiled for more than
 95 s on an H200 at ``V=4, T=12``).
 
 Chunks that run past a level's end read rows of the next level (harmless) and their writes are
 masked back to the old values (backward) or land in regions written later (forward), so no
-special cases are compiled. Buffers are donated to the kernels and updated in place.
+special cases are compiled. The kernels read the state; the store programs take it donated and
+update it in place (see :func:`store_chunk` for why reading and writing are two programs).
 
 Per row the backward kernel runs the level step of :mod:`toy_lm.engines.level_step`, the one shared by
 every XLA driver, and stores ``H`` (exact zeros), the determined flags, the logit gradients ``G``,
@@ -24,7 +26,7 @@ share of ``I_t``; level sums are taken afterwards from these per-row arrays, by 
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +35,9 @@ import numpy as np
 from toy_lm.compile_options import compiler_options
 from toy_lm.engines.level_step import Children, forward_rows, level_step
 
-__all__ = ["CHUNK_ROWS", "ForestLayout", "backward_chunk", "backward_pass", "compiled_kernels",
-           "forest_layout", "forward_chunk", "forward_pass", "index_scalar", "init_state"]
+__all__ = ["CHUNK_ROWS", "ForestLayout", "Kernels", "backward_chunk", "backward_pass",
+           "compiled_kernels", "forest_layout", "forward_chunk", "forward_pass", "index_scalar",
+           "init_state", "store_chunk"]
 
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
@@ -109,12 +112,12 @@ def init_state(layout: ForestLayout, logits, leaf_values, root_probs, *, leaf_de
     return state
 
 
-def forward_chunk(state: dict, row_off, child_off, *, chunk: int) -> dict:
-    """``P(u v) = P(u) π(v|u)`` for ``chunk`` rows at ``row_off``, written at ``child_off``."""
+def forward_chunk(state: dict, row_off, *, chunk: int) -> dict:
+    """``P(u v) = P(u) π(v|u)`` for ``chunk`` rows at ``row_off``: ``{"probs": (chunk V,)}``, to be
+    stored at the children's offset by :func:`store_chunk`."""
     z = jax.lax.dynamic_slice_in_dim(state["logits"], row_off, chunk)
     p = jax.lax.dynamic_slice_in_dim(state["probs"], row_off, chunk)
-    return {**state, "probs": jax.lax.dynamic_update_slice_in_dim(state["probs"],
-                                                                  forward_rows(z, p), child_off, 0)}
+    return {"probs": forward_rows(z, p)}
 
 
 #: The state buffer each per-row output of the level step is written to.
@@ -122,9 +125,10 @@ _STORED = {"h": "h", "det": "det", "grads": "grads", "info": "info", "logz": "lo
            "eq_kl": "eq_kl", "ref_kl": "ref_kl"}
 
 
-def backward_chunk(state: dict, row_off, child_off, valid, lam, *, chunk: int) -> dict:
+def backward_chunk(state: dict, row_off, child_off, lam, *, chunk: int) -> dict:
     """One chunk of the backward pass: the level step of :mod:`toy_lm.engines.level_step` on ``chunk``
-    rows, its per-row outputs written back masked to the ``valid`` rows of the level."""
+    rows; its per-row outputs by state buffer name, to be stored at ``row_off`` by
+    :func:`store_chunk`."""
     vocab_size = state["logits"].shape[1]
 
     def rows(name):
@@ -141,35 +145,57 @@ def backward_chunk(state: dict, row_off, child_off, valid, lam, *, chunk: int) -
                                logz=kids("logz") if "logz" in state else None),
                       lam=lam if "logz" in state else None,
                       ref_logits=rows("ref") if "ref" in state else None)
-    live = jnp.arange(chunk) < valid
+    return {name: getattr(step, field) for field, name in _STORED.items()
+            if getattr(step, field) is not None and name in state}
+
+
+def store_chunk(state: dict, values: dict, off, valid) -> dict:
+    """``state`` with each ``values[name]`` written at ``off``, masked to its first ``valid`` rows.
+
+    A program of its own: a kernel that reads a buffer at one offset (the children) and updates
+    it at another cannot update it in place, and XLA copies the whole buffer on every call (the
+    cost of a pass then grows with the square of the tree). Here the only read of a buffer is at
+    the offset it updates, so the donated buffers are updated in place.
+    """
     out = dict(state)
-    for field, name in _STORED.items():
-        value = getattr(step, field)
-        if value is None or name not in state:
-            continue
-        old = rows(name)
-        mask = live.reshape((chunk,) + (1,) * (old.ndim - 1))
+    for name, value in values.items():
+        n = value.shape[0]
+        old = jax.lax.dynamic_slice_in_dim(state[name], off, n)
+        mask = (jnp.arange(n) < valid).reshape((n,) + (1,) * (old.ndim - 1))
         out[name] = jax.lax.dynamic_update_slice_in_dim(state[name], jnp.where(mask, value, old),
-                                                        row_off, 0)
+                                                        off, 0)
     return out
 
 
+class Kernels(NamedTuple):
+    """The compiled programs of a mesh and chunk size: ``forward`` and ``backward`` compute a
+    chunk's values from the state (read only), ``store`` writes them into the donated state."""
+
+    forward: Any
+    backward: Any
+    store: Any
+
+
 @functools.cache
-def compiled_kernels(mesh, chunk: int, backend: str):
-    """``(forward, backward)`` kernels over a mesh's leading device axis ``"d"``, jitted with the
-    state donated. Each device runs the same program on its own forest buffers (no collective)."""
+def compiled_kernels(mesh, chunk: int, backend: str) -> Kernels:
+    """The :class:`Kernels` over a mesh's leading device axis ``"d"``. Each device runs the same
+    program on its own forest buffers (no collective)."""
     from jax.sharding import PartitionSpec as P
 
-    def per_device(kernel, n_scalars):
-        def local(state, *scalars):
-            squeezed = {k: v[0] for k, v in state.items()}
-            return {k: v[None] for k, v in kernel(squeezed, *scalars, chunk=chunk).items()}
+    def per_device(kernel, n_sharded, n_scalars, donate):
+        def local(*args):
+            squeezed = jax.tree.map(lambda v: v[0], args[:n_sharded])
+            return jax.tree.map(lambda v: v[None], kernel(*squeezed, *args[n_sharded:]))
 
-        mapped = jax.shard_map(local, mesh=mesh, in_specs=(P("d"),) + (P(),) * n_scalars,
+        mapped = jax.shard_map(local, mesh=mesh,
+                               in_specs=(P("d"),) * n_sharded + (P(),) * n_scalars,
                                out_specs=P("d"))
-        return jax.jit(mapped, donate_argnums=0, compiler_options=compiler_options(backend))
+        return jax.jit(mapped, donate_argnums=0 if donate else (),
+                       compiler_options=compiler_options(backend))
 
-    return per_device(forward_chunk, 2), per_device(backward_chunk, 4)
+    return Kernels(per_device(functools.partial(forward_chunk, chunk=chunk), 1, 1, False),
+                   per_device(functools.partial(backward_chunk, chunk=chunk), 1, 3, False),
+                   per_device(store_chunk, 2, 2, True))
 
 
 def index_scalar(x: int) -> jax.Array:
@@ -182,21 +208,25 @@ def forward_pass(state: dict, layout: ForestLayout, mesh, *, through_leaves: boo
     ``state`` leaves carry a leading device axis placed on ``mesh`` (see :mod:`toy_lm.engines.sharded`);
     the kernels are called asynchronously, chunk after chunk.
     """
-    forward, _ = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
+    k = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
+    everything = index_scalar(chunk * vocab_size)
     for j in range(layout.depth if through_leaves else layout.depth - 1):
         for a in range(0, layout.rows(j), chunk):
-            state = forward(state, index_scalar(off[j] + a), index_scalar(off[j + 1] + a * vocab_size))
+            values = k.forward(state, index_scalar(off[j] + a))
+            state = k.store(state, values, index_scalar(off[j + 1] + a * vocab_size), everything)
     return state
 
 
 def backward_pass(state: dict, layout: ForestLayout, mesh, lam: float = 1.0) -> dict:
     """``H``, determined flags, ``G``, row shares of ``I_t`` (and ``log Z``, row KLs), leaves up."""
-    _, backward = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
+    k = compiled_kernels(mesh, layout.chunk, mesh.devices.flat[0].platform)
     off, chunk, vocab_size = layout.offsets, layout.chunk, layout.vocab_size
     lam_array = jnp.asarray(lam, state["logits"].dtype)
     for j in reversed(range(layout.depth)):
         for a in range(0, layout.rows(j), chunk):
-            state = backward(state, index_scalar(off[j] + a), index_scalar(off[j + 1] + a * vocab_size),
-                             index_scalar(min(chunk, layout.rows(j) - a)), lam_array)
+            values = k.backward(state, index_scalar(off[j] + a), index_scalar(off[j + 1] + a * vocab_size),
+                                lam_array)
+            state = k.store(state, values, index_scalar(off[j] + a),
+                            index_scalar(min(chunk, layout.rows(j) - a)))
     return state
