@@ -132,7 +132,7 @@ def _run_one(args) -> tuple[str, float, str | None]:
         return run_id(cfg), time.perf_counter() - start, str(err)
 
 
-def train_base(args) -> str:
+def cache_base(args) -> str:
     """Worker: train and cache the base model of one configuration, given as ``(config dict,
     output folder)``; returns the cache file's name."""
     from experiments.base_model import make_policy
@@ -343,7 +343,7 @@ def _execute(todo, out, jobs, log) -> list[str]:
     try:
         if bases:
             log(f"training {len(bases)} base model(s)")
-            for name in pool.imap_unordered(train_base, [(config_to_dict(c), out) for c in bases]):
+            for name in pool.imap_unordered(cache_base, [(config_to_dict(c), out) for c in bases]):
                 log(f"base model {name} ready")
         start = time.perf_counter()
         tasks = [(config_to_dict(c), out) for c in todo]

@@ -35,7 +35,7 @@ from collections.abc import Callable
 
 from experiments import batch_runs, batch_sweep
 from experiments.config import RunConfig, config_from_dict, config_to_dict
-from experiments.sweep import WORKER_XLA_FLAGS, format_seconds, missing_bases, train_base
+from experiments.sweep import WORKER_XLA_FLAGS, cache_base, format_seconds, missing_bases
 from experiments.train import (base_cache_path, result_path, run_id, train_and_evaluate,
                                write_json_atomic)
 from toy_lm.errors import ConfigError, HarmHorizonError
@@ -51,6 +51,8 @@ MAX_RETRIES = 3
 RESUBMITS = 2
 #: Seconds to wait for the head node's port before refusing ``--address``.
 CONNECT_TIMEOUT = 5.0
+#: Ray's switch for usage statistics, off for the local instances started here.
+USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 #: Object store of a local instance: results and base models of a few batches at a time.
 LOCAL_OBJECT_STORE_BYTES = 256 * 2 ** 20
 
@@ -98,7 +100,6 @@ def ray_session(ray, address: str | None, jobs: int):
     if ray.is_initialized():
         yield
         return
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     quiet = {"log_to_driver": False, "configure_logging": False}
     if address is not None:
         check_address(address)
@@ -111,8 +112,19 @@ def ray_session(ray, address: str | None, jobs: int):
     else:
         # /tmp, not the output folder: Ray's socket paths must stay under 108 characters
         temp = tempfile.mkdtemp(prefix="harm-horizon-ray-", dir="/tmp")
-        ray.init(num_cpus=jobs, include_dashboard=False, _temp_dir=temp,
-                 object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+        previous = os.environ.get(USAGE_STATS_ENV)
+        os.environ[USAGE_STATS_ENV] = "0"   # read by ray.init and the processes it starts
+        try:
+            ray.init(num_cpus=jobs, include_dashboard=False, _temp_dir=temp,
+                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+        except BaseException:
+            shutil.rmtree(temp, ignore_errors=True)
+            raise
+        finally:
+            if previous is None:
+                os.environ.pop(USAGE_STATS_ENV, None)
+            else:
+                os.environ[USAGE_STATS_ENV] = previous
     try:
         yield
     finally:
@@ -171,7 +183,7 @@ def batch_task(batch: batch_sweep.Batch, budget: int, bases: dict[str, bytes]):
 def base_task(config: dict) -> dict[str, bytes]:
     """Train one base model of the per-run path; returns ``{file name: bytes}``."""
     with _scratch({}) as folder:
-        train_base((config, folder))
+        cache_base((config, folder))
         return _new_bases(folder, {})
 
 
