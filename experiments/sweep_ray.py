@@ -107,7 +107,9 @@ def ray_session(ray, address: str | None, jobs: int):
             ray.init(address=address, **quiet)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as err:
             raise ConfigError(f"cannot join the Ray cluster at --address {address}: "
-                              f"{_one_line(err)}") from None
+                              f"{_one_line(err)} (a cluster with token authentication needs "
+                              "RAY_AUTH_MODE=token and its token, in RAY_AUTH_TOKEN or "
+                              "~/.ray/auth_token, as any Ray driver does)") from None
         temp = None
     else:
         # /tmp, not the output folder: Ray's socket paths must stay under 108 characters
