@@ -28,13 +28,13 @@ SMALL = {"world.length": 2, "world.num_harmful": 1, "base.steps": 30, "align.ste
          "attack.steps": 2, "measure.num_paths": 4, "measure.equilibrium_lams": [3.0, 30.0]}
 
 
-def small_grid(**overrides) -> list:
-    """Four runs of one vectorized program (two batches on 2 CPUs) and one alone in its program
-    (the per-run tasks)."""
+def small_grid(alone: bool = True, **overrides) -> list:
+    """Four runs of one vectorized program (two batches on 2 CPUs) and, with ``alone``, one run
+    alone in its program (the per-run tasks)."""
     base = with_overrides(preset("tiny"), {**SMALL, **overrides})
     grid = sweep.expand(base, {"seed": [0, 1], "align.lam": [0.1, 1.0]})
-    alone = with_overrides(base, {"name": "alone", "align.objective": "augmentation"})
-    return grid + [alone]
+    lone = with_overrides(base, {"name": "alone", "align.objective": "augmentation"})
+    return grid + [lone] if alone else grid
 
 
 def _table(out, name):
@@ -125,8 +125,9 @@ def test_a_killed_worker_is_rerun_and_every_run_has_one_row(tmp_path, ray_instan
 
     # with 0, Ray gives up on the task at once and the driver's re-submission has to do it
     monkeypatch.setattr(sweep_ray, "MAX_RETRIES", ray_retries)
-    # a program of its own (align.steps), so that no worker has it compiled already
-    configs = small_grid(**{"align.steps": 7 + ray_retries})
+    # a program of its own (align.steps), so that no worker has it compiled already and the
+    # batch runs long enough to be caught; no per-run task (its program would compile too)
+    configs = small_grid(alone=False, **{"align.steps": 7 + ray_retries})
     out, lines, errors = str(tmp_path / "out"), [], []
 
     def run():
@@ -154,7 +155,7 @@ def test_a_killed_worker_is_rerun_and_every_run_has_one_row(tmp_path, ray_instan
 
 
 def test_an_interrupted_ray_sweep_resumes_with_the_missing_runs_only(tmp_path, ray_instance):
-    configs = small_grid(**{"align.steps": 5})
+    configs = small_grid()   # the programs of the first test: compiled, in the disk cache
     out, lines = str(tmp_path / "out"), []
 
     def interrupt_after_first_batch(line):
