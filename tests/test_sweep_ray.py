@@ -21,7 +21,7 @@ from experiments import sweep
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
-from toy_lm.cli import main
+from experiments.cli.main import main
 
 #: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
 SMALL = {"world.length": 2, "world.num_harmful": 1, "base.steps": 30, "align.steps": 6,
@@ -210,8 +210,8 @@ class NoRay(importlib.abc.MetaPathFinder):
         return None
 
 sys.meta_path.insert(0, NoRay())
-import experiments.cli, experiments.sweep   # the local backend imports no Ray
-from toy_lm.cli import main
+import experiments.cli.experiment, experiments.sweep   # the local backend imports no Ray
+from experiments.cli.main import main
 err = io.StringIO()
 with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
     status = main(["sweep", sys.argv[1], "--out", sys.argv[2], "--backend", "ray"])
