@@ -25,6 +25,7 @@ only, when a Ray sweep starts.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -88,6 +89,26 @@ def check_address(address: str) -> None:
                           "out --address to start a local Ray instance") from None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # another user's process
+        return True
+    return True
+
+
+def fresh_folder(prefix: str, root: str) -> str:
+    """A new folder ``root/<prefix><pid>-XXXXXXXX`` of this process, after removing the folders
+    of processes that died (a SIGKILLed worker or driver cannot remove its own)."""
+    for path in glob.glob(os.path.join(root, f"{prefix}*-*")):
+        pid = os.path.basename(path)[len(prefix):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root)
+
+
 def _one_line(text: object, limit: int = 300) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[:limit - 3] + "..."
@@ -113,7 +134,7 @@ def ray_session(ray, address: str | None, jobs: int):
         temp = None
     else:
         # /tmp, not the output folder: Ray's socket paths must stay under 108 characters
-        temp = tempfile.mkdtemp(prefix="harm-horizon-ray-", dir="/tmp")
+        temp = fresh_folder("harm-horizon-ray-", "/tmp")
         previous = os.environ.get(USAGE_STATS_ENV)
         os.environ[USAGE_STATS_ENV] = "0"   # read by ray.init and the processes it starts
         try:
@@ -141,7 +162,7 @@ def ray_session(ray, address: str | None, jobs: int):
 def _scratch(bases: dict[str, bytes]):
     """A scratch output folder holding the base models ``bases`` (file name -> bytes)."""
     batch_sweep.init_worker(WORKER_XLA_FLAGS)
-    folder = tempfile.mkdtemp(prefix="harm-horizon-task-")
+    folder = fresh_folder("harm-horizon-task-", tempfile.gettempdir())
     try:
         os.makedirs(os.path.join(folder, "bases"))
         for name, data in bases.items():

@@ -230,3 +230,17 @@ def test_the_ray_backend_without_ray_names_the_extra(tmp_path):
     assert result["status"] == 2 and 'pip install "harm-horizon[ray]"' in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
     assert not out.exists() or not os.listdir(out)
+
+
+def test_scratch_folders_of_dead_processes_are_removed(tmp_path):
+    from experiments import sweep_ray
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    stale = tmp_path / f"harm-horizon-task-{dead.stdout.strip()}-abc"
+    live = tmp_path / f"harm-horizon-task-{os.getpid()}-def"
+    stale.mkdir()
+    live.mkdir()
+    new = sweep_ray.fresh_folder("harm-horizon-task-", str(tmp_path))
+    assert not stale.exists() and live.exists()
+    assert os.path.basename(new).startswith(f"harm-horizon-task-{os.getpid()}-")
