@@ -272,6 +272,8 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
         raise ConfigError("the sweep has no runs")
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be at least 1")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size} must be at least 1")
     if backend not in BACKENDS:
         raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if address is not None and backend != "ray":
@@ -305,14 +307,14 @@ def _locked_sweep(configs, out, jobs, log, per_run: bool, batch_size: int | None
              f"Ray, {'cluster ' + address if address else f'local instance of {jobs} CPUs'}")
     log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
         f" ({where})")
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"--batch-size={batch_size} must be at least 1")
-    if todo and backend == "ray":
+    if not todo:
+        failures = []
+    elif backend == "ray":
         from experiments import sweep_ray
 
         failures = sweep_ray.execute(todo, out, jobs, log, per_run, batch_size, address)
     else:
-        failures = _dispatch(todo, out, jobs, log, per_run, batch_size) if todo else []
+        failures = _dispatch(todo, out, jobs, log, per_run, batch_size)
     done = [c for c in configs if finished(c, out)]
     results = [results_mod.read_result(result_path(out, c)) for c in done]
     if results:

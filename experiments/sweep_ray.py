@@ -6,10 +6,11 @@ The same runs, result files and tables as the local process pool (:mod:`experime
 * a task runs one vectorized batch (:class:`experiments.batch_sweep.Batch`: one compiled program
   for many runs), one run that does not vectorize (a transformer, a run alone in its program), or
   trains the base models of one SFT program;
-* a task works in a scratch folder of its own node and sends its results (and base models) back;
-  the driver writes them into the output folder with the local backend's writers (a temporary file,
-  then a rename). Only the driver writes there, so the nodes need no shared file system, a dead
-  task leaves nothing behind, and the result files of both backends are the same;
+* a task (:mod:`experiments.sweep_ray_tasks`) works in a scratch folder of its own node and sends
+  its results (and base models) back; the driver writes them into the output folder with the
+  local backend's writers (a temporary file, then a rename). Only the driver writes there, so the
+  nodes need no shared file system, a dead task leaves nothing in it, and the result files of
+  both backends are the same;
 * a task whose worker dies is retried by Ray (``max_retries``: system failures only, not errors of
   the run); a task that still fails is re-submitted by the driver, at most :data:`RESUBMITS` times,
   then its runs count as failed and the same command runs them again, as it does the runs of a
@@ -25,21 +26,18 @@ only, when a Ray sweep starts.
 from __future__ import annotations
 
 import contextlib
-import glob
-import json
 import os
 import shutil
 import socket
-import tempfile
 import time
 from collections.abc import Callable
 
 from experiments import batch_runs, batch_sweep
 from experiments.config import RunConfig, config_from_dict, config_to_dict
-from experiments.sweep import WORKER_XLA_FLAGS, cache_base, format_seconds, missing_bases
-from experiments.train import (base_cache_path, result_path, run_id, train_and_evaluate,
-                               write_json_atomic)
-from toy_lm.errors import ConfigError, HarmHorizonError
+from experiments.sweep import format_seconds, missing_bases
+from experiments.sweep_ray_tasks import base_task, bases_task, batch_task, fresh_folder, run_task
+from experiments.train import base_cache_path, result_path, run_id, write_json_atomic
+from toy_lm.errors import ConfigError
 from toy_lm.outputs import write_atomic
 from toy_lm.tables import memory_budget
 
@@ -89,26 +87,6 @@ def check_address(address: str) -> None:
                           "out --address to start a local Ray instance") from None
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # another user's process
-        return True
-    return True
-
-
-def fresh_folder(prefix: str, root: str) -> str:
-    """A new folder ``root/<prefix><pid>-XXXXXXXX`` of this process, after removing the folders
-    of processes that died (a SIGKILLed worker or driver cannot remove its own)."""
-    for path in glob.glob(os.path.join(root, f"{prefix}*-*")):
-        pid = os.path.basename(path)[len(prefix):].split("-")[0]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-    return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root)
-
-
 def _one_line(text: object, limit: int = 300) -> str:
     line = " ".join(str(text).split())
     return line if len(line) <= limit else line[:limit - 3] + "..."
@@ -155,73 +133,6 @@ def ray_session(ray, address: str | None, jobs: int):
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
 
-
-# --- tasks: run on the Ray workers, in a scratch folder; never write the output folder ---------
-
-@contextlib.contextmanager
-def _scratch(bases: dict[str, bytes]):
-    """A scratch output folder holding the base models ``bases`` (file name -> bytes)."""
-    batch_sweep.init_worker(WORKER_XLA_FLAGS)
-    folder = fresh_folder("harm-horizon-task-", tempfile.gettempdir())
-    try:
-        os.makedirs(os.path.join(folder, "bases"))
-        for name, data in bases.items():
-            with open(os.path.join(folder, "bases", name), "wb") as fh:
-                fh.write(data)
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
-
-
-def _new_bases(folder: str, shipped: dict[str, bytes]) -> dict[str, bytes]:
-    found = {}
-    for name in sorted(os.listdir(os.path.join(folder, "bases"))):
-        if name.endswith(".npz") and name not in shipped:
-            with open(os.path.join(folder, "bases", name), "rb") as fh:
-                found[name] = fh.read()
-    return found
-
-
-def bases_task(configs: list[dict]):
-    """Train the base models of one SFT program; returns ``(report, {file name: bytes})``."""
-    with _scratch({}) as folder:
-        report = batch_runs.train_bases([config_from_dict(c) for c in configs], folder)
-        return report, _new_bases(folder, {})
-
-
-def batch_task(batch: batch_sweep.Batch, budget: int, bases: dict[str, bytes]):
-    """Run one vectorized batch; returns ``(report, result dicts)``."""
-    with _scratch(bases) as folder:
-        report = batch_runs.run_batch([config_from_dict(c) for c in batch.configs], batch.size,
-                                      folder, budget)
-        runs = os.path.join(folder, "runs")
-        results = []
-        for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:
-            if name.endswith(".json") and not name.startswith("."):
-                with open(os.path.join(runs, name)) as fh:
-                    results.append(json.load(fh))
-        return report, results
-
-
-def base_task(config: dict) -> dict[str, bytes]:
-    """Train one base model of the per-run path; returns ``{file name: bytes}``."""
-    with _scratch({}) as folder:
-        cache_base((config, folder))
-        return _new_bases(folder, {})
-
-
-def run_task(config: dict, bases: dict[str, bytes]):
-    """One run of the per-run path; returns ``(seconds, error or None, result or None)``."""
-    start = time.perf_counter()
-    with _scratch(bases) as folder:
-        try:
-            result = train_and_evaluate(config_from_dict(config), folder)
-        except HarmHorizonError as err:
-            return time.perf_counter() - start, str(err), None
-        return time.perf_counter() - start, None, result
-
-
-# --- the driver ----------------------------------------------------------------------------------
 
 class _Driver:
     """Submits tasks, collects them as they finish, re-submits failed ones (bounded), and writes

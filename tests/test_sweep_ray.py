@@ -233,7 +233,7 @@ def test_the_ray_backend_without_ray_names_the_extra(tmp_path):
 
 
 def test_scratch_folders_of_dead_processes_are_removed(tmp_path):
-    from experiments import sweep_ray
+    from experiments import sweep_ray_tasks
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
@@ -241,6 +241,6 @@ def test_scratch_folders_of_dead_processes_are_removed(tmp_path):
     live = tmp_path / f"harm-horizon-task-{os.getpid()}-def"
     stale.mkdir()
     live.mkdir()
-    new = sweep_ray.fresh_folder("harm-horizon-task-", str(tmp_path))
+    new = sweep_ray_tasks.fresh_folder("harm-horizon-task-", str(tmp_path))
     assert not stale.exists() and live.exists()
     assert os.path.basename(new).startswith(f"harm-horizon-task-{os.getpid()}-")
