@@ -21,6 +21,10 @@ Safety. One sweep at a time per folder: ``OUT/.sweep.lock`` (an ``flock``, relea
 when the process ends, however it ends) makes a second sweep in the same folder refuse at once.
 Workers die with their parent (``PR_SET_PDEATHSIG`` on Linux, and a parent-pid watchdog
 everywhere), so a killed sweep leaves no worker behind to write late results.
+
+Backends. ``backend="local"`` (the default) runs the batches in a pool of worker processes of this
+machine; ``backend="ray"`` runs them as Ray tasks (:mod:`experiments.sweep_ray`) whose results
+come back to this process, which writes them: the same files, tables, resuming and progress lines.
 """
 
 from __future__ import annotations
@@ -46,8 +50,9 @@ from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
 
-__all__ = ["SWEEPS", "WORKER_XLA_FLAGS", "clean_partial_files", "expand", "finished",
-           "folder_lock", "load_sweep", "missing_bases", "pending", "run_sweep"]
+__all__ = ["SWEEPS", "WORKER_XLA_FLAGS", "cache_base", "clean_partial_files", "expand",
+           "finished", "folder_lock", "format_seconds", "load_sweep", "missing_bases", "pending",
+           "run_sweep"]
 
 #: Built-in sweeps: name -> (preset, grid).
 SWEEPS = {
@@ -113,7 +118,8 @@ def load_sweep(spec: str) -> list[RunConfig]:
     return expand(config_from_source(data), grid, runs)
 
 
-def _format_seconds(seconds: float) -> str:
+def format_seconds(seconds: float) -> str:
+    """``42s`` or ``3m05s``: the progress lines' elapsed times and ETAs."""
     seconds = int(round(seconds))
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
@@ -130,8 +136,9 @@ def _run_one(args) -> tuple[str, float, str | None]:
         return run_id(cfg), time.perf_counter() - start, str(err)
 
 
-def _train_base(args) -> str:
-    """Worker: train and cache the base model of one configuration."""
+def cache_base(args) -> str:
+    """Worker: train and cache the base model of one configuration, given as ``(config dict,
+    output folder)``; returns the cache file's name."""
     from experiments.base_model import policy_from_config
     from experiments.world import make_world
 
@@ -236,9 +243,15 @@ def missing_bases(configs: list[RunConfig], out: str) -> list[RunConfig]:
     return list(found.values())
 
 
+#: Where a sweep's runs happen: worker processes of this machine, or Ray tasks
+#: (:mod:`experiments.sweep_ray`).
+BACKENDS = ("local", "ray")
+
+
 def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
               log: Callable[[str], None] | None = None, per_run: bool = False,
-              batch_size: int | None = None) -> list[dict]:
+              batch_size: int | None = None, backend: str = "local",
+              address: str | None = None) -> list[dict]:
     """Run every configuration without a result in ``out``; then write the tidy tables.
 
     Args:
@@ -251,6 +264,9 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
         :mod:`experiments.batch_sweep`, which run whole groups of runs as one compiled program.
       batch_size: most runs per vectorized batch (default
         :data:`experiments.batch_sweep.DEFAULT_BATCH`).
+      backend: ``"local"`` (a pool of ``jobs`` processes) or ``"ray"`` (Ray tasks: a local
+        instance of ``jobs`` CPUs, or the cluster at ``address``); same runs, files and tables.
+      address: the Ray cluster to join (``host:port`` or ``auto``; ``backend="ray"`` only).
 
     Returns:
       The result dicts of all ``configs``, in order.
@@ -260,15 +276,28 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
         raise ConfigError("the sweep has no runs")
     if jobs < 1:
         raise ConfigError(f"--jobs={jobs} must be at least 1")
+    if batch_size is not None and batch_size < 1:
+        raise ConfigError(f"--batch-size={batch_size} must be at least 1")
+    if backend not in BACKENDS:
+        raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if address is not None and backend != "ray":
+        raise ConfigError("--address joins a Ray cluster: it needs --backend ray")
+    if backend == "ray":   # refused before anything is written: Ray missing, cluster unreachable
+        from experiments import sweep_ray
+
+        sweep_ray.import_ray()
+        if address is not None:
+            sweep_ray.check_address(address)
     check_output_folder(out, flag="--out")
     for cfg in configs:
         check_run_memory(cfg)
     os.makedirs(os.path.join(out, "runs"), exist_ok=True)
     with folder_lock(out):
-        return _locked_sweep(configs, out, jobs, log, per_run, batch_size)
+        return _locked_sweep(configs, out, jobs, log, per_run, batch_size, backend, address)
 
 
-def _locked_sweep(configs, out, jobs, log, per_run: bool, batch_size: int | None) -> list[dict]:
+def _locked_sweep(configs, out, jobs, log, per_run: bool, batch_size: int | None, backend: str,
+                  address: str | None) -> list[dict]:
     if clean_partial_files(out):
         log("removed partial files of an interrupted run")
     write_json_atomic(os.path.join(out, "sweep.json"),
@@ -278,9 +307,18 @@ def _locked_sweep(configs, out, jobs, log, per_run: bool, batch_size: int | None
     if damaged:
         log(f"{len(damaged)} damaged result file(s) (e.g. {result_path(out, damaged[0])}) will be "
             "run again")
+    where = (f"{jobs} parallel" if backend == "local" else
+             f"Ray, {'cluster ' + address if address else f'local instance of {jobs} CPUs'}")
     log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
-        f" ({jobs} parallel)")
-    failures = _dispatch(todo, out, jobs, log, per_run, batch_size) if todo else []
+        f" ({where})")
+    if not todo:
+        failures = []
+    elif backend == "ray":
+        from experiments import sweep_ray
+
+        failures = sweep_ray.execute(todo, out, jobs, log, per_run, batch_size, address)
+    else:
+        failures = _dispatch(todo, out, jobs, log, per_run, batch_size)
     done = [c for c in configs if finished(c, out)]
     results = [results_mod.read_result(result_path(out, c)) for c in done]
     if results:
@@ -298,8 +336,6 @@ def _dispatch(todo, out, jobs, log, per_run: bool, batch_size: int | None) -> li
         return _execute(todo, out, jobs, log)
     from experiments import batch_sweep
 
-    if batch_size is not None and batch_size < 1:
-        raise ConfigError(f"--batch-size={batch_size} must be at least 1")
     return batch_sweep.execute(todo, out, jobs, log, WORKER_XLA_FLAGS,
                                lambda single: _execute(single, out, jobs, log), batch_size)
 
@@ -313,16 +349,16 @@ def _execute(todo, out, jobs, log) -> list[str]:
     try:
         if bases:
             log(f"training {len(bases)} base model(s)")
-            for name in pool.imap_unordered(_train_base, [(config_to_dict(c), out) for c in bases]):
+            for name in pool.imap_unordered(cache_base, [(config_to_dict(c), out) for c in bases]):
                 log(f"base model {name} ready")
         start = time.perf_counter()
         tasks = [(config_to_dict(c), out) for c in todo]
         for index, (rid, seconds, error) in enumerate(pool.imap_unordered(_run_one, tasks), 1):
             elapsed = time.perf_counter() - start
             eta = elapsed / index * (len(tasks) - index)
-            status = f"FAILED: {error}" if error else f"done in {_format_seconds(seconds)}"
-            log(f"[{index}/{len(tasks)}] {rid} {status}; elapsed {_format_seconds(elapsed)}, "
-                f"ETA {_format_seconds(eta)}")
+            status = f"FAILED: {error}" if error else f"done in {format_seconds(seconds)}"
+            log(f"[{index}/{len(tasks)}] {rid} {status}; elapsed {format_seconds(elapsed)}, "
+                f"ETA {format_seconds(eta)}")
             if error:
                 failures.append(f"{rid}: {error}")
         pool.close()

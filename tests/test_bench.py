@@ -108,3 +108,13 @@ def test_compile_numba_kernels_from_scratch(monkeypatch):
     assert analysis.analyze_tree(tables, np.repeat([0.0, 1.0, 1.0], 9),
                                  backend="numba").expected_harm == (
         pytest.approx(2 / 3, abs=1e-15))
+
+
+def test_the_table_shows_rows_with_different_columns(capsys, monkeypatch):
+    """A suite's rows may differ (the sweep suite's Ray row has columns of its own)."""
+    rows = [{"name": "first", "seconds": 1.5}, {"name": "second", "ray_seconds": 2.5}]
+    monkeypatch.setitem(bench.SUITES, "mc", lambda repeats, quick, progress: rows)
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["bench", "--suite", "mc"]) == 0
+    out = capsys.readouterr().out
+    assert all(word in out for word in ("seconds", "ray_seconds", "first", "second", "1.5", "2.5"))

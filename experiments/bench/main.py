@@ -23,6 +23,7 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import time
@@ -172,10 +173,18 @@ DEFAULT_REPEATS = {"tree": 5}
 
 def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
     """Runs per minute of ``harm-horizon sweep``, per-run vs vectorized
-    (:mod:`experiments.bench.sweep`; imported here so that ``toy_lm`` does not need it)."""
-    from experiments.bench.sweep import suite_sweep as run_suite
+    (:mod:`experiments.bench.sweep`), and when Ray is installed a row with the same grid swept by
+    the local pool and by Ray (:mod:`experiments.bench.ray_overhead`)."""
+    import importlib.util
 
-    return run_suite(repeats, quick, progress)
+    from experiments.bench.sweep import bench_grid, suite_sweep as run_suite
+
+    rows = run_suite(repeats, quick, progress)
+    if importlib.util.find_spec("ray") is not None:
+        from experiments.bench.ray_overhead import ray_overhead
+
+        rows.append(ray_overhead(bench_grid(quick), min(2, os.cpu_count() or 1), progress))
+    return rows
 
 
 def suite_distributed(repeats: int, quick: bool, progress) -> list[dict]:
@@ -204,6 +213,7 @@ def run(args) -> int:
     if args.json:
         print_json(null_nonfinite(rows))
     else:
-        print_table(f"harm-horizon bench --suite {args.suite}",
-                    [Column(k, k) for k in rows[0] if k not in ("vocab_size", "length")], rows)
+        keys = [k for k in dict.fromkeys(k for row in rows for k in row)   # rows may differ
+                if k not in ("vocab_size", "length")]
+        print_table(f"harm-horizon bench --suite {args.suite}", [Column(k, k) for k in keys], rows)
     return 0

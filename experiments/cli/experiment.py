@@ -1,10 +1,10 @@
 """``harm-horizon train | sweep | figures | experiment``: thin commands over :mod:`experiments`.
 
 * ``harm-horizon train CONFIG [--out DIR]`` - one run of a preset or a ``.toml``/``.json`` file;
-* ``harm-horizon sweep CONFIG --out DIR [--jobs N] [--per-run] [--batch-size N]`` - a sweep
-  (built-in name or file with a ``[sweep]`` table), vectorized (one compiled program per group
-  of runs) unless ``--per-run``; resumable: rerun the same command to finish an interrupted
-  sweep;
+* ``harm-horizon sweep CONFIG --out DIR [--jobs N] [--per-run] [--batch-size N]
+  [--backend local|ray] [--address ADDR]`` - a sweep (built-in name or file with a ``[sweep]``
+  table), vectorized (one compiled program per group of runs) unless ``--per-run``, in local
+  processes or on Ray; resumable: rerun the same command to finish an interrupted sweep;
 * ``harm-horizon figures DIR`` - the figures of a sweep or experiment folder;
 * ``harm-horizon experiment shallow-vs-deep [--quick] --out DIR`` - the headline experiment;
 * ``harm-horizon experiment optimum-vs-dynamics [--quick] --out DIR`` - which part of shallowness
@@ -50,6 +50,13 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, metavar="N",
                    help="most runs per vectorized batch (default 256; memory may cap it lower)")
     _json_flag(p)
+    p.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: a pool of --jobs processes (default); ray: Ray tasks, on a local "
+                   "Ray instance of --jobs CPUs or the cluster at --address (needs "
+                   'pip install "harm-horizon[ray]")')
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="with --backend ray: join the Ray cluster at ADDR (host:port of its head "
+                   "node, or auto) instead of starting a local instance")
     p.set_defaults(func=run_sweep)
 
     p = subparsers.add_parser("figures", help="draw the figures of a results folder",
@@ -161,7 +168,8 @@ def run_sweep(args) -> int:
 
     with heartbeat("sweep", f"running {len(configs)} configurations"):
         results = sweep.run_sweep(configs, args.out, jobs=args.jobs, per_run=args.per_run,
-                                  batch_size=args.batch_size)
+                                  batch_size=args.batch_size, backend=args.backend,
+                                  address=args.address)
     rows = run_rows(results)
     show(f"sweep {args.config}: {len(results)} runs", rows, {"out": args.out, "runs": rows},
           as_json=args.json, caption=f"results: {os.path.join(args.out, 'runs')}")
