@@ -212,7 +212,7 @@ def test_compile_kernels_reports_seconds():
 def test_large_vocabulary_reductions(backend):
     """V above UNROLL_MAX_V takes the plain-reduction path of the XLA kernels, and V > 4 the
     generic (not vocabulary-specialized) block function of the Numba kernels: same answers."""
-    from toy_lm.engines.analysis import UNROLL_MAX_V
+    from toy_lm.engines.level_step import UNROLL_MAX_V
 
     vocab_size = UNROLL_MAX_V + 1
     rng = np.random.default_rng(4)

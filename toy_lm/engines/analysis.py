@@ -60,7 +60,7 @@ import numpy as np
 
 from toy_lm.errors import InputError
 from toy_lm.models.harms import horizon_from_masks
-from toy_lm.engines.level_step import (UNROLL_MAX_V, Children,  # noqa: F401 (UNROLL_MAX_V re-exported)
+from toy_lm.engines.level_step import (Children,
                                LevelRows, combine, forward_rows,
                                level_step, level_sums, stack_sums)
 from toy_lm.mutation import point
