@@ -25,8 +25,13 @@ from experiments.world import HARMFUL, RefusalWorld
 from toy_lm.engines import tree
 from toy_lm.models.policies import Policy
 
-__all__ = ["attack_betas", "attack_names", "attack_step_function", "fine_tuning_attack",
-           "fine_tuning_attacks"]
+__all__ = [
+    "attack_betas",
+    "attack_names",
+    "attack_step_function",
+    "fine_tuning_attack",
+    "fine_tuning_attacks",
+]
 
 
 @functools.cache
@@ -38,8 +43,11 @@ def _harmful_tables_program(policy: Policy):
 def _attack_step(policy: Policy, optimizer: str):
     """The jitted attack step with the learning rate as data: ``(learning_rate, params, state,
     data) -> ...``, one program per policy and optimizer kind."""
-    return jax.jit(lambda learning_rate, *args: attack_step_function(
-        policy, make_optimizer(optimizer, learning_rate))(*args))
+    return jax.jit(
+        lambda learning_rate, *args: attack_step_function(
+            policy, make_optimizer(optimizer, learning_rate)
+        )(*args)
+    )
 
 
 def attack_step_function(policy: Policy, opt: optax.GradientTransformation):
@@ -70,11 +78,14 @@ def attack_betas(cfg: RunConfig) -> np.ndarray:
     return qi_betas(cfg.world.length, k.beta_first, k.beta_early, k.early_until, k.beta_late)
 
 
-def fine_tuning_attacks(cfg: RunConfig, policy: Policy, world: RefusalWorld, params, base_tables,
-                        key: jax.Array) -> dict:
+def fine_tuning_attacks(
+    cfg: RunConfig, policy: Policy, world: RefusalWorld, params, base_tables, key: jax.Array
+) -> dict:
     """The attacks of ``cfg.attack`` (``sft``, ``constrained`` or both): ``{objective: curve}``."""
-    return {name: fine_tuning_attack(cfg, policy, world, params, base_tables, key, name)
-            for name in attack_names(cfg)}
+    return {
+        name: fine_tuning_attack(cfg, policy, world, params, base_tables, key, name)
+        for name in attack_names(cfg)
+    }
 
 
 def attack_names(cfg: RunConfig) -> tuple[str, ...]:
@@ -82,8 +93,15 @@ def attack_names(cfg: RunConfig) -> tuple[str, ...]:
     return ("sft", "constrained") if cfg.attack.objective == "both" else (cfg.attack.objective,)
 
 
-def fine_tuning_attack(cfg: RunConfig, policy: Policy, world: RefusalWorld, params, base_tables,
-                       key: jax.Array, objective: str) -> dict:
+def fine_tuning_attack(
+    cfg: RunConfig,
+    policy: Policy,
+    world: RefusalWorld,
+    params,
+    base_tables,
+    key: jax.Array,
+    objective: str,
+) -> dict:
     """Run one attack (``objective`` = ``sft`` or ``constrained``) from ``params``.
 
     Returns:
@@ -93,9 +111,13 @@ def fine_tuning_attack(cfg: RunConfig, policy: Policy, world: RefusalWorld, para
     weights = harmful_attack_weights(cfg, world, base_tables, key)
     opt = make_optimizer(k.optimizer, k.learning_rate)
     step = _attack_step(policy, k.optimizer)
-    d = {"reference": _harmful_tables_program(policy)(params),
-         "weights": tuple(jnp.asarray(w) for w in weights), "betas": jnp.asarray(attack_betas(cfg)),
-         "harm": world.harm, "constrained": jnp.asarray(float(objective == "constrained"))}
+    d = {
+        "reference": _harmful_tables_program(policy)(params),
+        "weights": tuple(jnp.asarray(w) for w in weights),
+        "betas": jnp.asarray(attack_betas(cfg)),
+        "harm": world.harm,
+        "constrained": jnp.asarray(float(objective == "constrained")),
+    }
     harms = []
     state = opt.init(params)
     for _ in range(k.steps):

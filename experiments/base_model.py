@@ -29,13 +29,24 @@ from experiments.objectives import supervised_loss
 from experiments.world import PROMPTS, RefusalWorld
 from toy_lm.errors import ConfigError, InputError
 from toy_lm.io import load_npz, npz_shapes
-from toy_lm.outputs import save_npz
 from toy_lm.models.policies import Policy
 from toy_lm.models.policy_factory import init_params, make_policy
+from toy_lm.outputs import save_npz
 
-__all__ = ["BaseModel", "all_tables", "behaviour_weights", "load_base", "make_optimizer",
-           "policy_from_config", "prompt_tables", "save_base", "sft_gap", "sft_step_function",
-           "tables_program", "train_base"]
+__all__ = [
+    "BaseModel",
+    "all_tables",
+    "behaviour_weights",
+    "load_base",
+    "make_optimizer",
+    "policy_from_config",
+    "prompt_tables",
+    "save_base",
+    "sft_gap",
+    "sft_step_function",
+    "tables_program",
+    "train_base",
+]
 
 
 def policy_from_config(cfg: PolicyConfig, world: RefusalWorld) -> Policy:
@@ -44,12 +55,16 @@ def policy_from_config(cfg: PolicyConfig, world: RefusalWorld) -> Policy:
     A thin adapter: it translates ``cfg`` into the options of the one policy factory,
     :func:`toy_lm.models.policy_factory.make_policy` (``cfg.kind`` is one of its kind names).
     """
-    options = {"markov": dict(order=cfg.markov_order),
-               "transformer": dict(d_model=cfg.d_model, num_heads=cfg.num_heads,
-                                   num_layers=cfg.num_layers)}.get(cfg.kind, {})
+    options = {
+        "markov": dict(order=cfg.markov_order),
+        "transformer": dict(
+            d_model=cfg.d_model, num_heads=cfg.num_heads, num_layers=cfg.num_layers
+        ),
+    }.get(cfg.kind, {})
     try:
-        return make_policy(cfg.kind, world.vocab_size, world.length, num_prompts=len(PROMPTS),
-                           **options)
+        return make_policy(
+            cfg.kind, world.vocab_size, world.length, num_prompts=len(PROMPTS), **options
+        )
     except InputError as err:  # pragma: no cover - validated by experiments.config
         raise ConfigError(f"policy.kind: {err}") from None
 
@@ -82,8 +97,9 @@ def behaviour_weights(world: RefusalWorld, key: jax.Array, num_examples: int):
         if num_examples == 0:
             out.append(data.policy_weights(tables))
         else:
-            examples = data.response_examples(data.response_probs(tables), world.vocab_size,
-                                              world.length)
+            examples = data.response_examples(
+                data.response_probs(tables), world.vocab_size, world.length
+            )
             sampled = data.sample_examples(jax.random.fold_in(key, prompt), examples, num_examples)
             out.append(data.level_weights(sampled, world.vocab_size, world.length))
     return tuple(out)
@@ -172,14 +188,15 @@ def load_base(path: str, policy: Policy, cfg: PolicyConfig) -> BaseModel | None:
     template = jax.eval_shape(lambda: init_params(policy, jax.random.key(0)))
     treedef = jax.tree_util.tree_structure(template)
     keys = [f"leaf_{i}" for i in range(treedef.num_leaves)] + ["sft_gap", "seconds"]
-    try:   # a damaged cache (truncated, rewritten, wrong shapes) is retrained, not fatal
+    try:  # a damaged cache (truncated, rewritten, wrong shapes) is retrained, not fatal
         if set(keys) - set(npz_shapes(path)):
             return None
         npz = load_npz(path, keys)
         leaves = [jnp.asarray(npz[f"leaf_{i}"]) for i in range(treedef.num_leaves)]
         gap, seconds = [float(v) for v in npz["sft_gap"]], float(npz["seconds"])
-        if [np.shape(x) for x in leaves] != [np.shape(x) for x in
-                                             jax.tree_util.tree_leaves(template)]:
+        if [np.shape(x) for x in leaves] != [
+            np.shape(x) for x in jax.tree_util.tree_leaves(template)
+        ]:
             return None
     except (InputError, TypeError, ValueError):
         return None

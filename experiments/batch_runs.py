@@ -9,8 +9,8 @@ its arrays into the result dicts of :func:`experiments.train.train_and_evaluate`
 from __future__ import annotations
 
 import functools
-import os
 import json
+import os
 import time
 from typing import NamedTuple
 
@@ -19,14 +19,33 @@ import numpy as np
 
 from experiments import measure
 from experiments.attack import attack_betas, attack_names
-from experiments.base_model import (BaseModel, all_tables, behaviour_weights, load_base,
-                                    policy_from_config, save_base, sft_gap)
+from experiments.base_model import (
+    BaseModel,
+    all_tables,
+    behaviour_weights,
+    load_base,
+    policy_from_config,
+    save_base,
+    sft_gap,
+)
 from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import harmful_attack_weights, make_objective, objective_settings
-from experiments.train import (ATTACK_TAG, BASE_TAG, base_cache_path, divergence_message,
-                               package_version, run_id)
-from experiments.vectorized import (BaseInputs, RunInputs, base_program, chunked_size, group_key,
-                                   run_program)
+from experiments.train import (
+    ATTACK_TAG,
+    BASE_TAG,
+    base_cache_path,
+    divergence_message,
+    package_version,
+    run_id,
+)
+from experiments.vectorized import (
+    BaseInputs,
+    RunInputs,
+    base_program,
+    chunked_size,
+    group_key,
+    run_program,
+)
 from experiments.world import make_world
 from toy_lm.compile_options import compiler_options
 from toy_lm.errors import HarmHorizonError, InputError
@@ -68,12 +87,16 @@ def train_bases(configs: list[RunConfig], out: str) -> BatchReport:
     for c in configs:
         data_key = jax.random.split(jax.random.fold_in(jax.random.key(c.seed), BASE_TAG))[1]
         weights.append(behaviour_weights(world, data_key, c.base.num_examples))
-    args = (np.asarray([c.seed for c in configs], np.int64),
-            np.asarray([c.policy.init_scale for c in configs], np.float64),
-            np.asarray([c.base.learning_rate for c in configs], np.float64), _stack(weights))
+    args = (
+        np.asarray([c.seed for c in configs], np.int64),
+        np.asarray([c.policy.init_scale for c in configs], np.float64),
+        np.asarray([c.base.learning_rate for c in configs], np.float64),
+        _stack(weights),
+    )
     compile_start = time.perf_counter()
-    program = base_program(cfg, policy).lower(*args).compile(
-        compiler_options(jax.default_backend()))
+    program = (
+        base_program(cfg, policy).lower(*args).compile(compiler_options(jax.default_backend()))
+    )
     compile_seconds = time.perf_counter() - compile_start
     params = jax.device_get(program(*args))
     seconds = (time.perf_counter() - start) / len(configs)
@@ -90,22 +113,28 @@ _SETTINGS = tuple(objective_settings(RunConfig()))
 _PROGRAMS: dict = {}
 
 
-
 def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: int):
     """The group's program compiled for these input shapes; ``None`` when XLA's memory analysis
     says it would not fit ``budget``. Returns ``(compiled or None, compile seconds)``."""
-    key = (group_key(cfg), inputs.seed.shape[0],
-           tuple(np.shape(x) for x in jax.tree_util.tree_leaves((inputs, bases))))
+    key = (
+        group_key(cfg),
+        inputs.seed.shape[0],
+        tuple(np.shape(x) for x in jax.tree_util.tree_leaves((inputs, bases))),
+    )
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
-    compiled = run_program(cfg, policy, world, objective).lower(inputs, bases).compile(
-        compiler_options(jax.default_backend()))
+    compiled = (
+        run_program(cfg, policy, world, objective)
+        .lower(inputs, bases)
+        .compile(compiler_options(jax.default_backend()))
+    )
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     if memory is not None:
-        need = (memory.temp_size_in_bytes + memory.argument_size_in_bytes
-                + memory.output_size_in_bytes)
+        need = (
+            memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+        )
         if need > budget:
             return None, seconds
     _PROGRAMS[key] = compiled
@@ -134,8 +163,13 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
             continue
         bases[path] = base
         data.append({k: v for k, v in objective.data.items() if k not in _SETTINGS})
-        attack.append(harmful_attack_weights(c, world, base.tables, jax.random.fold_in(
-            jax.random.key(c.seed), ATTACK_TAG)) if c.attack.steps > 0 else ())
+        attack.append(
+            harmful_attack_weights(
+                c, world, base.tables, jax.random.fold_in(jax.random.key(c.seed), ATTACK_TAG)
+            )
+            if c.attack.steps > 0
+            else ()
+        )
     configs = [c for c in configs if base_cache_path(out, c) not in broken]
     if not configs:
         return BatchReport(count, failures, time.perf_counter() - start, 0.0)
@@ -147,19 +181,28 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
         align_learning_rate=np.asarray([c.align.learning_rate for c in padded], np.float64),
         attack_learning_rate=np.asarray([c.attack.learning_rate for c in padded], np.float64),
         settings=_stack([objective_settings(c) for c in padded]),
-        betas=np.stack([attack_betas(c) for c in padded]))
+        betas=np.stack([attack_betas(c) for c in padded]),
+    )
     # padded to one base per run, so that every batch of the group has the same shapes
-    base_inputs = BaseInputs(_stack(_pad([bases[p].params for p in paths], size)),
-                             _stack(_pad(data, size)), _stack(_pad(attack, size)))
-    compiled, compile_seconds = _compiled(cfg, policy, world, objective, inputs, base_inputs,
-                                          budget)
+    base_inputs = BaseInputs(
+        _stack(_pad([bases[p].params for p in paths], size)),
+        _stack(_pad(data, size)),
+        _stack(_pad(attack, size)),
+    )
+    compiled, compile_seconds = _compiled(
+        cfg, policy, world, objective, inputs, base_inputs, budget
+    )
     if compiled is None and size > 1:  # XLA says it would not fit: two half batches
         half = (size + 1) // 2
-        reports = [run_batch(part, half, out, budget)
-                   for part in (configs[:half], configs[half:]) if part]
-        return BatchReport(count, failures + sum((r.failures for r in reports), []),
-                           time.perf_counter() - start,
-                           compile_seconds + sum(r.compile_seconds for r in reports))
+        reports = [
+            run_batch(part, half, out, budget) for part in (configs[:half], configs[half:]) if part
+        ]
+        return BatchReport(
+            count,
+            failures + sum((r.failures for r in reports), []),
+            time.perf_counter() - start,
+            compile_seconds + sum(r.compile_seconds for r in reports),
+        )
     arrays = jax.device_get(compiled(inputs, base_inputs))
     share = (time.perf_counter() - start) / len(configs)
     results = []
@@ -181,34 +224,50 @@ def _base_measurements(cfg: RunConfig, world, base: BaseModel) -> dict:
     """:func:`experiments.measure.base_measurements`, once per base model and ``λ`` list."""
     key = (base_cache_path("", cfg), cfg.measure.equilibrium_lams)
     if key not in _BASE_MEASURED:
-        _BASE_MEASURED[key] = measure.base_measurements(world, base.tables,
-                                                        cfg.measure.equilibrium_lams)
+        _BASE_MEASURED[key] = measure.base_measurements(
+            world, base.tables, cfg.measure.equilibrium_lams
+        )
     return _BASE_MEASURED[key]
 
 
 def assemble(cfg: RunConfig, world, base: BaseModel, arrays: dict, seconds: float) -> dict:
     """The result dict of one run from its slice of the program's arrays."""
     history = {"loss": [], "expected_harm": [], "utility": [], "grad_steps": [], "grad_norms": []}
-    aligned = measure.model_from_arrays(world, arrays["aligned"], arrays["tables"],
-                                        arrays["uniforms"])
+    aligned = measure.model_from_arrays(
+        world, arrays["aligned"], arrays["tables"], arrays["uniforms"]
+    )
     if cfg.align.objective != "none":
         loss = np.asarray(arrays["loss"])
         bad = np.flatnonzero(~np.isfinite(loss))
         if bad.size:
             raise InputError(divergence_message(cfg, int(bad[0]), float(loss[bad[0]])))
         recorded = list(range(0, cfg.align.steps, cfg.align.grad_map_every))
-        history = {"loss": loss.tolist(),
-                   "expected_harm": [*np.asarray(arrays["expected_harm"]).tolist(),
-                                     aligned["expected_harm"]],
-                   "utility": [*np.asarray(arrays["utility"]).tolist(), aligned["utility"]],
-                   "grad_steps": recorded,
-                   "grad_norms": np.asarray(arrays["grad_norms"])[recorded].tolist()}
+        history = {
+            "loss": loss.tolist(),
+            "expected_harm": [
+                *np.asarray(arrays["expected_harm"]).tolist(),
+                aligned["expected_harm"],
+            ],
+            "utility": [*np.asarray(arrays["utility"]).tolist(), aligned["utility"]],
+            "grad_steps": recorded,
+            "grad_norms": np.asarray(arrays["grad_norms"])[recorded].tolist(),
+        }
     base_measured = _base_measurements(cfg, world, base)
-    attack = {name: {"steps": list(range(cfg.attack.steps + 1)),
-                     "expected_harm": np.asarray(arrays["attack"][name]).tolist()}
-              for name in attack_names(cfg)} if cfg.attack.steps > 0 else {}
+    attack = (
+        {
+            name: {
+                "steps": list(range(cfg.attack.steps + 1)),
+                "expected_harm": np.asarray(arrays["attack"][name]).tolist(),
+            }
+            for name in attack_names(cfg)
+        }
+        if cfg.attack.steps > 0
+        else {}
+    )
     return {
-        "run_id": run_id(cfg), "version": package_version(), "config": config_to_dict(cfg),
+        "run_id": run_id(cfg),
+        "version": package_version(),
+        "config": config_to_dict(cfg),
         "base": {**base_measured, "sft_gap": base.sft_gap},
         "aligned": aligned,
         "equilibria": measure.equilibria_from_arrays(arrays["equilibria"]),
@@ -223,5 +282,10 @@ def write_results_atomic(out: str, results: list[dict]) -> None:
     kill leaves each run either finished or absent (:func:`toy_lm.outputs.write_atomic_many`)."""
     folder = os.path.join(out, "runs")
     os.makedirs(folder, exist_ok=True)
-    write_atomic_many([(os.path.join(folder, f"{result['run_id']}.json"),
-                        json.dumps(result).encode()) for result in results], tag="run")
+    write_atomic_many(
+        [
+            (os.path.join(folder, f"{result['run_id']}.json"), json.dumps(result).encode())
+            for result in results
+        ],
+        tag="run",
+    )

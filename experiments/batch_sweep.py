@@ -33,12 +33,21 @@ from typing import NamedTuple
 from experiments import batch_runs
 from experiments.config import RunConfig, config_from_dict, config_to_dict
 from experiments.train import base_cache_path
-from toy_lm.compile_options import enable_compilation_cache
 from experiments.vectorized import base_group_key, group_key, not_vectorizable
+from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.tables import memory_budget
 
-__all__ = ["Batch", "DEFAULT_BATCH", "MIN_GROUP_RUNS", "estimated_run_bytes", "execute",
-           "init_worker", "missing_base_groups", "plan_batches", "split_vectorizable"]
+__all__ = [
+    "Batch",
+    "DEFAULT_BATCH",
+    "MIN_GROUP_RUNS",
+    "estimated_run_bytes",
+    "execute",
+    "init_worker",
+    "missing_base_groups",
+    "plan_batches",
+    "split_vectorizable",
+]
 
 #: Most runs in one batch by default. Inside a batch the runs go through the program in small
 #: ``vmap``-ed chunks (:data:`experiments.vectorized.RUN_CHUNK`), so a larger batch costs no cache
@@ -64,13 +73,17 @@ def estimated_run_bytes(cfg: RunConfig) -> int:
     the ``2 V**T`` responses; the recorded history, ``steps × (T + 3)`` numbers.
     """
     v, t = len(cfg.world.vocab), cfg.world.length
-    entries = 2 * sum(v ** level * v for level in range(t))
+    entries = 2 * sum(v**level * v for level in range(t))
     history = cfg.align.steps * (t + 3) + 2 * (cfg.attack.steps + 1)
-    return 8 * ((8 + 2 * t) * entries + 48 * 2 * v ** t + history)
+    return 8 * ((8 + 2 * t) * entries + 48 * 2 * v**t + history)
 
 
-def plan_batches(groups: list[list[RunConfig]], jobs: int, batch_size: int | None = None,
-                 budget: int | None = None) -> list[Batch]:
+def plan_batches(
+    groups: list[list[RunConfig]],
+    jobs: int,
+    batch_size: int | None = None,
+    budget: int | None = None,
+) -> list[Batch]:
     """Cut each group into batches of equal size that fit ``budget`` bytes (per worker).
 
     A group gets at least ``min(jobs, runs)`` batches so that every worker has work.
@@ -83,7 +96,7 @@ def plan_batches(groups: list[list[RunConfig]], jobs: int, batch_size: int | Non
         count = max(math.ceil(len(configs) / min(cap, fit)), min(jobs, len(configs)))
         size = math.ceil(len(configs) / count)
         for start in range(0, len(configs), size):
-            part = configs[start:start + size]
+            part = configs[start : start + size]
             batches.append(Batch(index, [config_to_dict(c) for c in part], size))
     return batches
 
@@ -103,8 +116,10 @@ def split_vectorizable(configs: list[RunConfig]) -> tuple[list[list[RunConfig]],
     lone = [g[0] for g in groups.values() if len(g) < MIN_GROUP_RUNS]
     if lone:
         single += lone
-        reasons.append(f"{len(lone)} run(s) alone in their program: nothing to map over, "
-                       "so they go one by one (small programs compile quicker)")
+        reasons.append(
+            f"{len(lone)} run(s) alone in their program: nothing to map over, "
+            "so they go one by one (small programs compile quicker)"
+        )
     return [g for g in groups.values() if len(g) >= MIN_GROUP_RUNS], single, reasons
 
 
@@ -135,8 +150,9 @@ def _bases_task(args):
 
 def _batch_task(args):
     batch, out, budget = args
-    return batch_runs.run_batch([config_from_dict(c) for c in batch.configs], batch.size, out,
-                                budget)
+    return batch_runs.run_batch(
+        [config_from_dict(c) for c in batch.configs], batch.size, out, budget
+    )
 
 
 def _format_seconds(seconds: float) -> str:
@@ -144,9 +160,15 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-def execute(todo: list[RunConfig], out: str, jobs: int, log: Callable[[str], None],
-            flags: str, per_run: Callable[[list[RunConfig]], list[str]],
-            batch_size: int | None = None) -> list[str]:
+def execute(
+    todo: list[RunConfig],
+    out: str,
+    jobs: int,
+    log: Callable[[str], None],
+    flags: str,
+    per_run: Callable[[list[RunConfig]], list[str]],
+    batch_size: int | None = None,
+) -> list[str]:
     """Run ``todo`` vectorized into ``out``; returns the failures (``"run id: message"``).
 
     ``per_run(configs)`` runs the configurations that do not vectorize (and returns their
@@ -161,17 +183,23 @@ def execute(todo: list[RunConfig], out: str, jobs: int, log: Callable[[str], Non
         budget = memory_budget() // max(jobs, 1)
         batches = plan_batches(groups, jobs, batch_size, budget)
         base_groups = missing_base_groups(vectorized, out)
-        log(f"vectorized: {len(vectorized)} runs in {len(groups)} program(s), {len(batches)} "
-            f"batch(es) of up to {max(b.size for b in batches)} runs")
+        log(
+            f"vectorized: {len(vectorized)} runs in {len(groups)} program(s), {len(batches)} "
+            f"batch(es) of up to {max(b.size for b in batches)} runs"
+        )
         ctx = multiprocessing.get_context("spawn")
         pool = ctx.Pool(min(jobs, len(batches)), init_worker, (flags,))
         try:
             if base_groups:
-                log(f"training {sum(map(len, base_groups))} base model(s) in "
-                    f"{len(base_groups)} program(s)")
+                log(
+                    f"training {sum(map(len, base_groups))} base model(s) in "
+                    f"{len(base_groups)} program(s)"
+                )
                 for report in pool.imap_unordered(_bases_task, [(g, out) for g in base_groups]):
-                    log(f"{report.runs} base model(s) ready in {report.seconds:.1f} s (compile "
-                        f"{report.compile_seconds:.1f} s)")
+                    log(
+                        f"{report.runs} base model(s) ready in {report.seconds:.1f} s (compile "
+                        f"{report.compile_seconds:.1f} s)"
+                    )
             start = time.perf_counter()
             done = 0
             tasks = [(b, out, budget) for b in batches]
@@ -179,10 +207,12 @@ def execute(todo: list[RunConfig], out: str, jobs: int, log: Callable[[str], Non
                 done += report.runs
                 elapsed = time.perf_counter() - start
                 eta = elapsed / done * (len(vectorized) - done)
-                log(f"[{index}/{len(batches)}] batch of {report.runs} runs done in "
+                log(
+                    f"[{index}/{len(batches)}] batch of {report.runs} runs done in "
                     f"{_format_seconds(report.seconds)} (compile {report.compile_seconds:.1f} s)"
                     f"; {done}/{len(vectorized)} runs; elapsed {_format_seconds(elapsed)}, ETA "
-                    f"{_format_seconds(eta)}")
+                    f"{_format_seconds(eta)}"
+                )
                 failures += report.failures
             pool.close()
         except BaseException:
@@ -193,4 +223,3 @@ def execute(todo: list[RunConfig], out: str, jobs: int, log: Callable[[str], Non
     if single:
         failures += per_run(single)
     return failures
-

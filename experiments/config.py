@@ -23,19 +23,54 @@ from typing import Any
 from toy_lm.bounds import MAX_SEED, check_lam
 from toy_lm.errors import ConfigError
 
-__all__ = ["ATTACK_OBJECTIVES", "AlignConfig", "AttackConfig", "BASELINES", "BaseConfig",
-           "MAX_BATCH", "MAX_EXAMPLES", "MAX_LAYERS", "MAX_LENGTH", "MAX_PATHS", "MAX_STEPS",
-           "MAX_WIDTH", "MeasureConfig", "OBJECTIVES", "OPTIMIZERS", "POLICY_KINDS",
-           "PolicyConfig", "ROLES", "RunConfig", "SAMPLED_OBJECTIVES", "SECTIONS", "WorldConfig",
-           "check_run_memory", "config_from_dict", "config_hash", "config_to_dict",
-           "estimate_run_bytes", "flat_config", "validate", "with_overrides"]
+__all__ = [
+    "ATTACK_OBJECTIVES",
+    "AlignConfig",
+    "AttackConfig",
+    "BASELINES",
+    "BaseConfig",
+    "MAX_BATCH",
+    "MAX_EXAMPLES",
+    "MAX_LAYERS",
+    "MAX_LENGTH",
+    "MAX_PATHS",
+    "MAX_STEPS",
+    "MAX_WIDTH",
+    "MeasureConfig",
+    "OBJECTIVES",
+    "OPTIMIZERS",
+    "POLICY_KINDS",
+    "PolicyConfig",
+    "ROLES",
+    "RunConfig",
+    "SAMPLED_OBJECTIVES",
+    "SECTIONS",
+    "WorldConfig",
+    "check_run_memory",
+    "config_from_dict",
+    "config_hash",
+    "config_to_dict",
+    "estimate_run_bytes",
+    "flat_config",
+    "validate",
+    "with_overrides",
+]
 
 #: The roles a token can play in the refusal world (see :mod:`experiments.world`).
 ROLES = ("end", "refusal", "comply", "harmful", "neutral")
 
 #: Alignment objectives: ``none`` leaves the base model untouched (the headline's base row).
-OBJECTIVES = ("none", "rlhf", "reinforce", "dpo", "dpo_sampled", "sft_refusal", "augmentation",
-              "recovery_prefill", "recovery_dense")
+OBJECTIVES = (
+    "none",
+    "rlhf",
+    "reinforce",
+    "dpo",
+    "dpo_sampled",
+    "sft_refusal",
+    "augmentation",
+    "recovery_prefill",
+    "recovery_dense",
+)
 #: Objectives that sample responses from the current policy at every step.
 SAMPLED_OBJECTIVES = ("reinforce", "dpo_sampled")
 BASELINES = ("none", "value", "mean")
@@ -173,8 +208,14 @@ class RunConfig:
         validate(self)
 
 
-SECTIONS = {"world": WorldConfig, "policy": PolicyConfig, "base": BaseConfig,
-            "align": AlignConfig, "attack": AttackConfig, "measure": MeasureConfig}
+SECTIONS = {
+    "world": WorldConfig,
+    "policy": PolicyConfig,
+    "base": BaseConfig,
+    "align": AlignConfig,
+    "attack": AttackConfig,
+    "measure": MeasureConfig,
+}
 
 
 # -- validation -------------------------------------------------------------------------------
@@ -186,10 +227,15 @@ def _need(condition: bool, message: str) -> None:
 def _positive_int(name, value, low=1, high=None):
     ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
     ok = ok and (high is None or value <= high)
-    shown = f"~10^{len(str(abs(value))) - 1}" if ok is False and isinstance(value, int) and \
-        abs(value) >= 10**15 else repr(value)
-    _need(ok, f"{name}={shown} must be an integer >= {low}"
-          + ("" if high is None else f" and <= {high}"))
+    shown = (
+        f"~10^{len(str(abs(value))) - 1}"
+        if ok is False and isinstance(value, int) and abs(value) >= 10**15
+        else repr(value)
+    )
+    _need(
+        ok,
+        f"{name}={shown} must be an integer >= {low}" + ("" if high is None else f" and <= {high}"),
+    )
 
 
 #: Upper bounds of the size settings (far above any sensible run; memory is checked separately
@@ -211,8 +257,10 @@ def _probability(name, value, *, open_low=False):
 
 def _positive(name, value, *, allow_zero=False):
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    _need(ok and (value >= 0 if allow_zero else value > 0),
-          f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} number")
+    _need(
+        ok and (value >= 0 if allow_zero else value > 0),
+        f"{name}={value!r} must be a {'non-negative' if allow_zero else 'positive'} number",
+    )
 
 
 def _choice(name, value, choices):
@@ -224,29 +272,43 @@ def validate(cfg: RunConfig) -> None:
     w, p, b, a, k, m = cfg.world, cfg.policy, cfg.base, cfg.align, cfg.attack, cfg.measure
     _need(isinstance(cfg.name, str) and cfg.name != "", "name must be a non-empty string")
     _positive_int("seed", cfg.seed, 0, MAX_SEED)
-    _need(isinstance(w.vocab, tuple) and all(r in ROLES for r in w.vocab),
-          f"world.vocab={list(w.vocab)!r} may only contain the roles {', '.join(ROLES)}")
+    _need(
+        isinstance(w.vocab, tuple) and all(r in ROLES for r in w.vocab),
+        f"world.vocab={list(w.vocab)!r} may only contain the roles {', '.join(ROLES)}",
+    )
     missing = [r for r in ROLES if r not in w.vocab]
-    _need(not missing, f"world.vocab lacks the role(s) {', '.join(missing)}; every role needs a token")
+    _need(
+        not missing, f"world.vocab lacks the role(s) {', '.join(missing)}; every role needs a token"
+    )
     _positive_int("world.length", w.length, 1, MAX_LENGTH)
     _positive_int("world.num_harmful", w.num_harmful)
-    _need(w.num_harmful <= w.length, f"world.num_harmful K={w.num_harmful} exceeds world.length "
-          f"T={w.length}: harm could never occur; use K <= T")
-    _need(len(w.vocab) ** w.length <= 5**7, f"world V**T = {len(w.vocab)}**{w.length} is too large "
-          "for exact enumeration in experiments; use V**T <= 78125")
+    _need(
+        w.num_harmful <= w.length,
+        f"world.num_harmful K={w.num_harmful} exceeds world.length "
+        f"T={w.length}: harm could never occur; use K <= T",
+    )
+    _need(
+        len(w.vocab) ** w.length <= 5**7,
+        f"world V**T = {len(w.vocab)}**{w.length} is too large "
+        "for exact enumeration in experiments; use V**T <= 78125",
+    )
     for name in ("comply_prob", "refuse_prob", "persistence", "benign_refuse_prob"):
         _probability(f"world.{name}", getattr(w, name))
     _need(w.comply_prob + w.refuse_prob <= 1, "world.comply_prob + world.refuse_prob must be <= 1")
     _probability("world.smoothing", w.smoothing, open_low=True)
-    _need(w.smoothing * len(w.vocab) < 0.5, f"world.smoothing={w.smoothing} is too large for "
-          f"V={len(w.vocab)}; use smoothing < 0.5 / V")
+    _need(
+        w.smoothing * len(w.vocab) < 0.5,
+        f"world.smoothing={w.smoothing} is too large for V={len(w.vocab)}; use smoothing < 0.5 / V",
+    )
     _choice("policy.kind", p.kind, POLICY_KINDS)
-    _positive_int("policy.markov_order", p.markov_order, 0, w.length)   # k > T adds nothing
+    _positive_int("policy.markov_order", p.markov_order, 0, w.length)  # k > T adds nothing
     _positive_int("policy.d_model", p.d_model, 1, MAX_WIDTH)
     _positive_int("policy.num_heads", p.num_heads, 1, MAX_WIDTH)
     _positive_int("policy.num_layers", p.num_layers, 1, MAX_LAYERS)
-    _need(p.d_model % p.num_heads == 0,
-          f"policy.d_model={p.d_model} must be divisible by policy.num_heads={p.num_heads}")
+    _need(
+        p.d_model % p.num_heads == 0,
+        f"policy.d_model={p.d_model} must be divisible by policy.num_heads={p.num_heads}",
+    )
     _positive("policy.init_scale", p.init_scale, allow_zero=True)
     for section, c in (("base", b), ("align", a), ("attack", k)):
         _positive_int(f"{section}.steps", c.steps, 0, MAX_STEPS)
@@ -255,22 +317,28 @@ def validate(cfg: RunConfig) -> None:
         _positive_int(f"{section}.num_examples", c.num_examples, 0, MAX_EXAMPLES)
     _choice("align.objective", a.objective, OBJECTIVES)
     _choice("align.baseline", a.baseline, BASELINES)
-    _need(a.baseline == "none" or a.objective == "reinforce",
-          f"align.baseline={a.baseline!r} only applies to objective 'reinforce'")
+    _need(
+        a.baseline == "none" or a.objective == "reinforce",
+        f"align.baseline={a.baseline!r} only applies to objective 'reinforce'",
+    )
     check_lam(a.lam, "align.lam", ConfigError)
     _positive("align.beta", a.beta)
     _positive("align.mu", a.mu, allow_zero=True)
     _positive_int("align.batch_size", a.batch_size, 2, MAX_BATCH)
     _probability("align.utility_weight", a.utility_weight)
-    _need(a.utility_weight < 1, "align.utility_weight must be < 1 (the harmful prompt needs weight)")
+    _need(
+        a.utility_weight < 1, "align.utility_weight must be < 1 (the harmful prompt needs weight)"
+    )
     _positive_int("align.grad_map_every", a.grad_map_every, 1, MAX_STEPS)
     _choice("attack.objective", k.objective, ATTACK_OBJECTIVES)
     for name in ("beta_first", "beta_early", "beta_late"):
         _positive(f"attack.{name}", getattr(k, name))
     _positive_int("attack.early_until", k.early_until, 1, MAX_LENGTH)
     _positive_int("measure.num_paths", m.num_paths, 0, MAX_PATHS)
-    _need(isinstance(m.equilibrium_lams, tuple) and len(m.equilibrium_lams) > 0,
-          "measure.equilibrium_lams must be a non-empty list of positive numbers")
+    _need(
+        isinstance(m.equilibrium_lams, tuple) and len(m.equilibrium_lams) > 0,
+        "measure.equilibrium_lams must be a non-empty list of positive numbers",
+    )
     for lam in m.equilibrium_lams:
         check_lam(lam, "measure.equilibrium_lams entry", ConfigError)
 
@@ -287,11 +355,11 @@ def estimate_run_bytes(cfg: RunConfig) -> int:
     """
     w, p, a = cfg.world, cfg.policy, cfg.align
     vocab, length = len(w.vocab), w.length
-    leaves = vocab ** length
-    tables = 2 * sum(vocab ** l for l in range(length)) * vocab
+    leaves = vocab**length
+    tables = 2 * sum(vocab**l for l in range(length)) * vocab
     floats = 10 * tables
     if p.kind == "markov":
-        floats += 10 * 2 * length * vocab ** p.markov_order * vocab
+        floats += 10 * 2 * length * vocab**p.markov_order * vocab
     if p.kind == "transformer":
         floats += 4 * p.num_layers * leaves * length * (p.d_model + length * p.num_heads)
         floats += 16 * p.num_layers * p.d_model * p.d_model
@@ -312,7 +380,8 @@ def check_run_memory(cfg: RunConfig) -> int:
             f"run {cfg.name!r} needs about {human_bytes(need)} (estimated from world.length, "
             "policy sizes, num_examples, batch_size and measure.num_paths), more than the "
             f"{human_bytes(budget)} available; lower the largest of these (limit set by "
-            "HARM_HORIZON_MEMORY_LIMIT)")
+            "HARM_HORIZON_MEMORY_LIMIT)"
+        )
     return need
 
 
@@ -355,8 +424,9 @@ def _section_from_dict(cls, data: dict, prefix: str, start):
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown setting {prefix}.{unknown[0]}; known {prefix} settings: "
-                          f"{', '.join(fields)}")
+        raise ConfigError(
+            f"unknown setting {prefix}.{unknown[0]}; known {prefix} settings: {', '.join(fields)}"
+        )
     values = {k: _coerce(f"{prefix}.{k}", fields[k], v) for k, v in data.items()}
     return dataclasses.replace(start, **values)
 

@@ -23,10 +23,22 @@ import numpy as np
 from experiments.world import RefusalWorld
 from toy_lm.tables import all_prefixes, level_size
 
-__all__ = ["Examples", "augmentation_examples", "harmful_prefix_dists", "harmful_response_probs",
-           "helpful_response_probs", "level_weights", "mixture", "policy_weights",
-           "refusal_examples", "refusal_response", "response_examples", "response_probs",
-           "sample_examples", "zeros_like_weights"]
+__all__ = [
+    "Examples",
+    "augmentation_examples",
+    "harmful_prefix_dists",
+    "harmful_response_probs",
+    "helpful_response_probs",
+    "level_weights",
+    "mixture",
+    "policy_weights",
+    "refusal_examples",
+    "refusal_response",
+    "response_examples",
+    "response_probs",
+    "sample_examples",
+    "zeros_like_weights",
+]
 
 
 class Examples(NamedTuple):

@@ -36,17 +36,26 @@ import optax
 
 from experiments.base_model import policy_from_config
 from experiments.config import RunConfig
-from experiments.presets import preset
 from experiments.dynamics_summary import build_summary, recovery_fit
+from experiments.presets import preset
 from experiments.train import get_base, write_json_atomic
 from experiments.world import HARMFUL, make_world
 from proofs_check.training import scale_by_inverse_prefix_mass
-from toy_lm.engines import objectives
-from toy_lm.engines import tree
+from toy_lm.engines import objectives, tree
 from toy_lm.errors import ConfigError
 
-__all__ = ["CHUNK", "Forced", "MIN_GAP", "RECOVERED_SHARE", "Setting", "TABULAR_OPTIMIZERS",
-           "make_optimizer", "make_setting", "run_dynamics", "train_and_track"]
+__all__ = [
+    "CHUNK",
+    "Forced",
+    "MIN_GAP",
+    "RECOVERED_SHARE",
+    "Setting",
+    "TABULAR_OPTIMIZERS",
+    "make_optimizer",
+    "make_setting",
+    "run_dynamics",
+    "train_and_track",
+]
 
 #: A prefix "has recovered" once ``H^π_k(u) <= H*(u) + RECOVERED_SHARE (H0(u) - H*(u))``.
 RECOVERED_SHARE = 0.5
@@ -60,8 +69,9 @@ TABULAR_OPTIMIZERS = ("gd", "natural", "adam")
 _cond_harm = jax.jit(tree.cond_harm)
 _equilibrium = jax.jit(tree.equilibrium_policy)
 _prefix_probs = jax.jit(tree.prefix_probs)
-_harmful_prefix_dists = jax.jit(lambda base, harm: [tree.harmful_prefix_dist(base, harm, k)
-                                                    for k in range(1, len(base))])
+_harmful_prefix_dists = jax.jit(
+    lambda base, harm: [tree.harmful_prefix_dist(base, harm, k) for k in range(1, len(base))]
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +96,17 @@ def make_setting(quick: bool) -> Setting:
     full = (10, 30, 100, 300, 1000, 3000, 10000)
     config = preset("quick" if quick else "default")
     transformer = preset("quick-transformer" if quick else "transformer")
-    return Setting(config, transformer, full, (10, 30) if quick else full,
-                   {"gd": config.align.learning_rate, "natural": config.align.learning_rate,
-                    "adam": transformer.align.learning_rate})
+    return Setting(
+        config,
+        transformer,
+        full,
+        (10, 30) if quick else full,
+        {
+            "gd": config.align.learning_rate,
+            "natural": config.align.learning_rate,
+            "adam": transformer.align.learning_rate,
+        },
+    )
 
 
 def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformation:
@@ -118,17 +136,37 @@ class Forced:
     def parts(self, values) -> dict:
         """``ASR(k)`` and its decided and undecided parts from ``H^π`` (``values``), ``k = 1 ... T-1``."""
         values = [np.asarray(v) for v in values]
-        decided = np.array([np.sum(q * d * values[k]) for k, (q, d) in enumerate(zip(self.q, self.det), 1)])
-        undecided = np.array([np.sum(q * ~d * values[k]) for k, (q, d) in
-                              enumerate(zip(self.q, self.det), 1)])
-        return {"asr": (decided + undecided).tolist(), "decided_part": decided.tolist(),
-                "undecided_part": undecided.tolist(),
-                "undecided_conditional": (undecided / np.maximum(self.undecided_mass, 1e-300)).tolist()}
+        decided = np.array(
+            [np.sum(q * d * values[k]) for k, (q, d) in enumerate(zip(self.q, self.det), 1)]
+        )
+        undecided = np.array(
+            [np.sum(q * ~d * values[k]) for k, (q, d) in enumerate(zip(self.q, self.det), 1)]
+        )
+        return {
+            "asr": (decided + undecided).tolist(),
+            "decided_part": decided.tolist(),
+            "undecided_part": undecided.tolist(),
+            "undecided_conditional": (undecided / np.maximum(self.undecided_mass, 1e-300)).tolist(),
+        }
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "name", "learning_rate", "chunk"))
-def _chunk(params, state, track, step0, base, harm, lam, rows, threshold, *, policy, name,
-           learning_rate, chunk):
+def _chunk(
+    params,
+    state,
+    track,
+    step0,
+    base,
+    harm,
+    lam,
+    rows,
+    threshold,
+    *,
+    policy,
+    name,
+    learning_rate,
+    chunk,
+):
     """``chunk`` optimizer steps on ``L_λ``, tracking recovery at every undecided forced prefix.
 
     ``track = (recovered_at, mass, mass_at_recovery)``: the first step at which ``H^π_k(u)`` fell
@@ -153,8 +191,21 @@ def _chunk(params, state, track, step0, base, harm, lam, rows, threshold, *, pol
     return params, state, track
 
 
-def train_and_track(params, base, harm, lam, forced: Forced, threshold, budgets, *, name: str,
-                    learning_rate: float, policy=None, log=print, label: str = ""):
+def train_and_track(
+    params,
+    base,
+    harm,
+    lam,
+    forced: Forced,
+    threshold,
+    budgets,
+    *,
+    name: str,
+    learning_rate: float,
+    policy=None,
+    log=print,
+    label: str = "",
+):
     """Train to ``max(budgets)`` steps; ``H^π`` at every budget and the recovery record per prefix.
 
     Returns:
@@ -165,20 +216,37 @@ def train_and_track(params, base, harm, lam, forced: Forced, threshold, budgets,
     opt = make_optimizer(name, learning_rate)
     state = opt.init(params)
     # Strongly typed from the start: a weakly typed carry would recompile the chunk once.
-    track = (jnp.full(threshold.shape, -1, dtype=int), jnp.zeros(threshold.shape),
-             jnp.zeros(threshold.shape))
+    track = (
+        jnp.full(threshold.shape, -1, dtype=int),
+        jnp.zeros(threshold.shape),
+        jnp.zeros(threshold.shape),
+    )
     rows = tuple(jnp.asarray(r) for r in forced.rows)
     snapshots, done, start = {}, 0, time.perf_counter()
     while done < max(budgets):
-        params, state, track = _chunk(params, state, track, done, base, harm, lam, rows, threshold,
-                                      policy=policy, name=name, learning_rate=learning_rate,
-                                      chunk=CHUNK)
+        params, state, track = _chunk(
+            params,
+            state,
+            track,
+            done,
+            base,
+            harm,
+            lam,
+            rows,
+            threshold,
+            policy=policy,
+            name=name,
+            learning_rate=learning_rate,
+            chunk=CHUNK,
+        )
         done += CHUNK
         if done in budgets:
             snapshots[done] = forced.parts(_cond_harm(tables_of(params), harm))
-            log(f"  {label or name}: {done} steps, undecided ASR "
+            log(
+                f"  {label or name}: {done} steps, undecided ASR "
                 f"{np.mean(snapshots[done]['undecided_conditional']):.3f} "
-                f"({time.perf_counter() - start:.0f} s)")
+                f"({time.perf_counter() - start:.0f} s)"
+            )
     return snapshots, np.asarray(track[0]), np.asarray(track[2]), np.asarray(track[1])
 
 
@@ -191,17 +259,31 @@ def _family(params, base, harm, lam, forced, setting, budgets, optimizers, polic
     fit_mask = (h0 - h_star) >= MIN_GAP
     probs = _prefix_probs(base)
     prob = np.concatenate([np.asarray(probs[k])[r] for k, r in enumerate(forced.rows, 1)])
-    rows = {f"{prefix}base": forced.parts(_cond_harm(base, harm)),
-            f"{prefix}optimum": forced.parts(_cond_harm(optimum, harm))}
+    rows = {
+        f"{prefix}base": forced.parts(_cond_harm(base, harm)),
+        f"{prefix}optimum": forced.parts(_cond_harm(optimum, harm)),
+    }
     trained, recovery = {}, {}
     for name in optimizers:
         lr = setting.learning_rates[name]
-        snaps, rec, mass, total = train_and_track(params, base, harm, lam, forced, threshold, budgets,
-                                           name=name, learning_rate=lr, policy=policy, log=log,
-                                           label=prefix + name)
+        snaps, rec, mass, total = train_and_track(
+            params,
+            base,
+            harm,
+            lam,
+            forced,
+            threshold,
+            budgets,
+            name=name,
+            learning_rate=lr,
+            policy=policy,
+            log=log,
+            label=prefix + name,
+        )
         trained[prefix + name] = {str(b): s for b, s in snaps.items()}
-        recovery[prefix + name] = recovery_fit(prob[fit_mask], rec[fit_mask], mass[fit_mask],
-                                               total[fit_mask], max(budgets), lr)
+        recovery[prefix + name] = recovery_fit(
+            prob[fit_mask], rec[fit_mask], mass[fit_mask], total[fit_mask], max(budgets), lr
+        )
     return rows, trained, recovery
 
 
@@ -218,10 +300,13 @@ def run_dynamics(out: str, quick: bool = False, log=print, setting: Setting | No
     harm, lam = jnp.asarray(world.harm), setting.lam
     base = tuple(jnp.asarray(z) for z in world.behaviour[HARMFUL])
     forced = Forced(base, harm, world.determined)
-    log(f"optimum-vs-dynamics: V={world.vocab_size}, T={world.length}, K={world.num_harmful}, "
-        f"λ={lam}; {len(forced.levels)} undecided forced prefixes")
-    models, trained, recovery = _family(base, base, harm, lam, forced, setting, setting.budgets,
-                                        setting.optimizers, None, log, "")
+    log(
+        f"optimum-vs-dynamics: V={world.vocab_size}, T={world.length}, K={world.num_harmful}, "
+        f"λ={lam}; {len(forced.levels)} undecided forced prefixes"
+    )
+    models, trained, recovery = _family(
+        base, base, harm, lam, forced, setting, setting.budgets, setting.optimizers, None, log, ""
+    )
     if setting.transformer_budgets:
         tcfg = setting.transformer
         policy = policy_from_config(tcfg.policy, world)
@@ -229,14 +314,25 @@ def run_dynamics(out: str, quick: bool = False, log=print, setting: Setting | No
         tbase = get_base(tcfg, world, policy, out)
         t_tables = tuple(jnp.asarray(z) for z in tbase.tables[HARMFUL])
         t_forced = Forced(t_tables, harm, world.determined)
-        rows, t_trained, t_recovery = _family(tbase.params, t_tables, harm, lam, t_forced, setting,
-                                              setting.transformer_budgets, ("adam",), policy, log,
-                                              "transformer_")
+        rows, t_trained, t_recovery = _family(
+            tbase.params,
+            t_tables,
+            harm,
+            lam,
+            t_forced,
+            setting,
+            setting.transformer_budgets,
+            ("adam",),
+            policy,
+            log,
+            "transformer_",
+        )
         models.update(rows)
         trained.update(t_trained)
         recovery.update(t_recovery)
-    summary = build_summary(setting, world, forced, models, trained, recovery, quick,
-                            time.perf_counter() - start)
+    summary = build_summary(
+        setting, world, forced, models, trained, recovery, quick, time.perf_counter() - start
+    )
     os.makedirs(out, exist_ok=True)
     summary["figures"] = dynamics_figures.make_figures(out, summary)
     write_json_atomic(os.path.join(out, "summary.json"), summary)

@@ -27,8 +27,18 @@ import numpy as np
 from toy_lm.errors import InputError
 from toy_lm.outputs import write_text
 
-__all__ = ["LAMBDA_GRID", "MAX_LEAVES", "SCRIPT", "STYLE", "builtin_instances", "engine_values",
-           "page_data", "render_page", "user_instance", "write_explorer"]
+__all__ = [
+    "LAMBDA_GRID",
+    "MAX_LEAVES",
+    "SCRIPT",
+    "STYLE",
+    "builtin_instances",
+    "engine_values",
+    "page_data",
+    "render_page",
+    "user_instance",
+    "write_explorer",
+]
 
 #: Largest tree the page accepts (``V**T`` leaves): drawn node by node, recomputed in JavaScript.
 MAX_LEAVES = 256
@@ -46,43 +56,54 @@ def builtin_instances() -> list[dict]:
 
     def tables(seed, vocab_size, length):  # a tabular policy: standard normal logits per prefix
         rng = np.random.default_rng(seed)
-        return [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+        return [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
 
     dfa = harmful_before_refusal(3, 2, harmful_tokens=[1], refusal_tokens=[2])
     return [
-        {"name": "decided by the first 2 tokens (V=3, T=4)",
-         "note": "a random binary harm that depends only on y_1 y_2: nothing after position 2 "
-                 "can change it, so I_t = 0 and G = 0 there",
-         "logits": tables(0, 3, 4), "harm": np.asarray(random_decided_harm(
-             jax.random.key(1), 3, 4, 2), np.float64)},
-        {"name": "refusal world (V=3, T=4)",
-         "note": "tokens 0 neutral, 1 harmful, 2 refusal; harm = two harmful tokens before any "
-                 "refusal: a refusal settles the response safely at any position",
-         "logits": tables(2, 3, 4), "harm": np.asarray(automaton_harm_table(dfa, 4), np.float64)},
-        {"name": "soft harm (V=2, T=5)",
-         "note": "a harm uniform on [0, 1] decided by the first 3 tokens",
-         "logits": tables(3, 2, 5), "harm": np.asarray(soft_harm(jax.random.key(4), 2, 5, 3),
-                                                       np.float64)},
+        {
+            "name": "decided by the first 2 tokens (V=3, T=4)",
+            "note": "a random binary harm that depends only on y_1 y_2: nothing after position 2 "
+            "can change it, so I_t = 0 and G = 0 there",
+            "logits": tables(0, 3, 4),
+            "harm": np.asarray(random_decided_harm(jax.random.key(1), 3, 4, 2), np.float64),
+        },
+        {
+            "name": "refusal world (V=3, T=4)",
+            "note": "tokens 0 neutral, 1 harmful, 2 refusal; harm = two harmful tokens before any "
+            "refusal: a refusal settles the response safely at any position",
+            "logits": tables(2, 3, 4),
+            "harm": np.asarray(automaton_harm_table(dfa, 4), np.float64),
+        },
+        {
+            "name": "soft harm (V=2, T=5)",
+            "note": "a harm uniform on [0, 1] decided by the first 3 tokens",
+            "logits": tables(3, 2, 5),
+            "harm": np.asarray(soft_harm(jax.random.key(4), 2, 5, 3), np.float64),
+        },
     ]
 
 
 def user_instance(path: str) -> dict:
     """An instance from an ``analyze``-style ``.npz`` (``logits_*``, ``harm``), at most
     :data:`MAX_LEAVES` leaves (checked from the headers, before loading)."""
-    from toy_lm.io import read_tables
-    from toy_lm.io import level_keys, npz_shapes
+    from toy_lm.io import level_keys, npz_shapes, read_tables
 
     shapes = npz_shapes(path)
     keys = level_keys(shapes, "logits")
     if keys and "logits_0" in shapes and len(shapes["logits_0"][0]) == 2:
         leaves = int(shapes["logits_0"][0][1]) ** len(keys)
         if leaves > MAX_LEAVES:
-            raise InputError(f"{path}: V**T = {leaves} leaves; the explorer draws and recomputes "
-                             f"trees of at most {MAX_LEAVES} leaves (use harm-horizon analyze)")
+            raise InputError(
+                f"{path}: V**T = {leaves} leaves; the explorer draws and recomputes "
+                f"trees of at most {MAX_LEAVES} leaves (use harm-horizon analyze)"
+            )
     logits, harm, _ = read_tables(path)
-    return {"name": f"your tables ({Path(path).name})", "note": f"read from {path}",
-            "logits": [np.asarray(z, np.float64) for z in logits],
-            "harm": np.asarray(harm, np.float64)}
+    return {
+        "name": f"your tables ({Path(path).name})",
+        "note": f"read from {path}",
+        "logits": [np.asarray(z, np.float64) for z in logits],
+        "harm": np.asarray(harm, np.float64),
+    }
 
 
 def engine_values(logits, harm, lams=LAMBDA_GRID) -> dict:
@@ -102,17 +123,26 @@ def engine_values(logits, harm, lams=LAMBDA_GRID) -> dict:
     harm = np.asarray(harm, np.float64)
     flat = lambda tables: [np.asarray(t).reshape(-1).tolist() for t in tables]  # noqa: E731
     result = analyze_tree(logits, harm)
-    out = {"H": flat(result.cond_harm), "G": flat(result.logit_grads),
-           "I": np.asarray(result.harm_information).tolist(),
-           "determined": [np.asarray(m).astype(int).tolist() for m in result.determined],
-           "horizon": int(result.horizon), "expected_harm": float(result.expected_harm),
-           "lams": []}
+    out = {
+        "H": flat(result.cond_harm),
+        "G": flat(result.logit_grads),
+        "I": np.asarray(result.harm_information).tolist(),
+        "determined": [np.asarray(m).astype(int).tolist() for m in result.determined],
+        "horizon": int(result.horizon),
+        "expected_harm": float(result.expected_harm),
+        "lams": [],
+    }
     for lam in lams:
         at = analyze_tree(logits, harm, lam=lam)
         eq = [np.asarray(t, np.float64) for t in at.equilibrium_logits]  # log-probabilities
-        out["lams"].append({"lam": float(lam), "kl": np.asarray(at.equilibrium_kl).tolist(),
-                            "eq_harm": float(analyze_tree(eq, harm).expected_harm),
-                            "eq_probs": flat(np.exp(t) for t in eq)})
+        out["lams"].append(
+            {
+                "lam": float(lam),
+                "kl": np.asarray(at.equilibrium_kl).tolist(),
+                "eq_harm": float(analyze_tree(eq, harm).expected_harm),
+                "eq_probs": flat(np.exp(t) for t in eq),
+            }
+        )
     return out
 
 
@@ -122,13 +152,19 @@ def page_data(instances) -> dict:
     for inst in instances:
         logits, harm = inst["logits"], inst["harm"]
         vocab_size, length = int(logits[0].shape[1]), len(logits)
-        if vocab_size ** length > MAX_LEAVES:
-            raise InputError(f"{inst['name']}: {vocab_size ** length} leaves, more than "
-                             f"{MAX_LEAVES}")
-        data["instances"].append({
-            "name": inst["name"], "note": inst["note"], "V": vocab_size, "T": length,
-            "logits": [np.asarray(z).reshape(-1).tolist() for z in logits],
-            "harm": np.asarray(harm).tolist(), "engine": engine_values(logits, harm)})
+        if vocab_size**length > MAX_LEAVES:
+            raise InputError(f"{inst['name']}: {vocab_size**length} leaves, more than {MAX_LEAVES}")
+        data["instances"].append(
+            {
+                "name": inst["name"],
+                "note": inst["note"],
+                "V": vocab_size,
+                "T": length,
+                "logits": [np.asarray(z).reshape(-1).tolist() for z in logits],
+                "harm": np.asarray(harm).tolist(),
+                "engine": engine_values(logits, harm),
+            }
+        )
     return data
 
 

@@ -24,19 +24,47 @@ import numpy as np
 from experiments.config import config_from_dict, flat_config
 from experiments.results import load_results
 
-__all__ = ["COLORS", "DEEP", "NAMES", "STANDARD", "fitted_slope", "labels", "make_figures",
-           "objective", "plot_asr", "plot_attack", "plot_grad_map", "plot_information", "plot_kl",
-           "plot_paths"]
+__all__ = [
+    "COLORS",
+    "DEEP",
+    "NAMES",
+    "STANDARD",
+    "fitted_slope",
+    "labels",
+    "make_figures",
+    "objective",
+    "plot_asr",
+    "plot_attack",
+    "plot_grad_map",
+    "plot_information",
+    "plot_kl",
+    "plot_paths",
+]
 
 STANDARD = ("rlhf", "reinforce", "dpo", "dpo_sampled", "sft_refusal")
 DEEP = ("augmentation", "recovery_prefill", "recovery_dense")  # recovery_dense: on-policy
-NAMES = {"none": "base", "rlhf": "KL-regularized RLHF", "reinforce": "REINFORCE",
-         "dpo": "DPO", "dpo_sampled": "DPO (sampled)", "sft_refusal": "SFT on refusals",
-         "augmentation": "recovery augmentation", "recovery_prefill": "recovery penalty (prefill)",
-         "recovery_dense": "recovery penalty (dense, on-policy)"}
-COLORS = {"none": "black", "rlhf": "tab:blue", "reinforce": "tab:cyan", "dpo": "tab:orange",
-          "dpo_sampled": "tab:brown", "sft_refusal": "tab:pink", "augmentation": "tab:green",
-          "recovery_prefill": "tab:red", "recovery_dense": "tab:purple"}
+NAMES = {
+    "none": "base",
+    "rlhf": "KL-regularized RLHF",
+    "reinforce": "REINFORCE",
+    "dpo": "DPO",
+    "dpo_sampled": "DPO (sampled)",
+    "sft_refusal": "SFT on refusals",
+    "augmentation": "recovery augmentation",
+    "recovery_prefill": "recovery penalty (prefill)",
+    "recovery_dense": "recovery penalty (dense, on-policy)",
+}
+COLORS = {
+    "none": "black",
+    "rlhf": "tab:blue",
+    "reinforce": "tab:cyan",
+    "dpo": "tab:orange",
+    "dpo_sampled": "tab:brown",
+    "sft_refusal": "tab:pink",
+    "augmentation": "tab:green",
+    "recovery_prefill": "tab:red",
+    "recovery_dense": "tab:purple",
+}
 
 
 def objective(result: dict) -> str:
@@ -49,12 +77,17 @@ def labels(results: list[dict]) -> list[str]:
     objectives = [objective(r) for r in results]
     if len(set(objectives)) == len(objectives):  # the objective alone tells the runs apart
         return [NAMES.get(o, o) for o in objectives]
-    varying = [k for k in flats[0] if k not in ("name", "align.objective")
-               and len({str(f.get(k)) for f in flats}) > 1]
+    varying = [
+        k
+        for k in flats[0]
+        if k not in ("name", "align.objective") and len({str(f.get(k)) for f in flats}) > 1
+    ]
     out = []
     for result, flat in zip(results, flats):
         extra = ", ".join(f"{k.split('.')[-1]}={flat[k]}" for k in varying)
-        out.append(NAMES.get(objective(result), objective(result)) + (f" ({extra})" if extra else ""))
+        out.append(
+            NAMES.get(objective(result), objective(result)) + (f" ({extra})" if extra else "")
+        )
     return out
 
 
@@ -68,9 +101,15 @@ def _save(fig, folder: str, stem: str) -> list[str]:
 
 def _shade_beyond(ax, horizon: int, last: int, label: bool) -> None:
     if horizon < last:
-        ax.axvspan(horizon + 0.5, last + 0.5, color="0.9", zorder=0,
-                   label="harm already decided (beyond τ of the typical harmful response)"
-                   if label else None)
+        ax.axvspan(
+            horizon + 0.5,
+            last + 0.5,
+            color="0.9",
+            zorder=0,
+            label="harm already decided (beyond τ of the typical harmful response)"
+            if label
+            else None,
+        )
 
 
 def plot_kl(results, folder) -> list[str]:
@@ -80,13 +119,20 @@ def plot_kl(results, folder) -> list[str]:
     length = len(results[0]["aligned"]["per_position_kl"])
     positions = np.arange(1, length + 1)
     horizon = results[0]["base"]["harmful_path_horizon"]
-    for ax, group, title in ((axes[0], STANDARD, "standard objectives"),
-                             (axes[1], DEEP, "deep objectives (recovery)")):
+    for ax, group, title in (
+        (axes[0], STANDARD, "standard objectives"),
+        (axes[1], DEEP, "deep objectives (recovery)"),
+    ):
         _shade_beyond(ax, horizon, length, ax is axes[0])
         for result, name in zip(results, names):
             if objective(result) in group:
-                ax.plot(positions, result["aligned"]["per_position_kl"], "o-", label=name,
-                        color=COLORS.get(objective(result)))
+                ax.plot(
+                    positions,
+                    result["aligned"]["per_position_kl"],
+                    "o-",
+                    label=name,
+                    color=COLORS.get(objective(result)),
+                )
         _plot_optimum(ax, results, group, positions, "per_position_kl")
         ax.set_title(title)
         ax.set_xlabel("position t")
@@ -97,9 +143,11 @@ def plot_kl(results, folder) -> list[str]:
             ax.text(0.5, 0.5, "no run of this group", ha="center", transform=ax.transAxes)
     axes[0].set_ylabel("KL(π ‖ π0) at position t\n(teacher-forced on base harmful responses)")
     base = results[0]["base"]
-    fig.suptitle(f"Where alignment changes the model (typical harmful response "
-                 f"'{base['typical_harmful_response']}', decided at τ(y) = {horizon}; "
-                 f"global horizon τ* = {base.get('global_horizon', '?')})")
+    fig.suptitle(
+        f"Where alignment changes the model (typical harmful response "
+        f"'{base['typical_harmful_response']}', decided at τ(y) = {horizon}; "
+        f"global horizon τ* = {base.get('global_horizon', '?')})"
+    )
     return _save(fig, folder, "kl_per_position")
 
 
@@ -109,8 +157,13 @@ def _plot_optimum(ax, results, group, xs, field) -> None:
     present = {objective(r) for r in results}
     name = "rlhf" if "rlhf" in group else "recovery_dense"
     if name in optima and name in present:
-        ax.plot(xs, optima[name][field], ":", color=COLORS[name],
-                label=f"{NAMES[name]}: exact optimum (untrained)")
+        ax.plot(
+            xs,
+            optima[name][field],
+            ":",
+            color=COLORS[name],
+            label=f"{NAMES[name]}: exact optimum (untrained)",
+        )
 
 
 def plot_asr(results, folder) -> list[str]:
@@ -118,13 +171,23 @@ def plot_asr(results, folder) -> list[str]:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     base = results[0]["base"]
     ks = np.arange(len(base["prefill_asr"]))
-    ax.fill_between(ks, 0, base["prefill_asr_floor"], color="0.85",
-                    label="floor: harm already inside the prefix")
+    ax.fill_between(
+        ks,
+        0,
+        base["prefill_asr_floor"],
+        color="0.85",
+        label="floor: harm already inside the prefix",
+    )
     ax.plot(ks, base["prefill_asr"], "k--", label="base model")
     for result, name in zip(results, labels(results)):
         if objective(result) != "none":
-            ax.plot(ks, result["aligned"]["prefill_asr"], "o-", label=name,
-                    color=COLORS.get(objective(result)))
+            ax.plot(
+                ks,
+                result["aligned"]["prefill_asr"],
+                "o-",
+                label=name,
+                color=COLORS.get(objective(result)),
+            )
     _plot_optimum(ax, results, STANDARD, ks, "prefill_asr")
     ax.set_xlabel("prefill length k (tokens of a base harmful response forced)")
     ax.set_ylabel("ASR(k) = E[h | forced harmful prefix]")
@@ -142,27 +205,38 @@ def plot_grad_map(results, folder) -> list[str]:
         return []
     cols = min(3, len(trained))
     rows = -(-len(trained) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False,
-                             layout="constrained")
-    maps = [np.log10(np.maximum(np.asarray(r["training"]["grad_norms"], float).T, 1e-300))
-            for r, _ in trained]
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, layout="constrained"
+    )
+    maps = [
+        np.log10(np.maximum(np.asarray(r["training"]["grad_norms"], float).T, 1e-300))
+        for r, _ in trained
+    ]
     finite = np.concatenate([m[np.isfinite(m) & (m > -299)] for m in maps])
     vmin, vmax = (np.percentile(finite, 2), finite.max()) if finite.size else (-10, 0)
     for ax, (result, name), grid in zip(axes.flat, trained, maps):
         steps = result["training"]["grad_steps"]
-        image = ax.imshow(grid, aspect="auto", origin="lower", vmin=vmin, vmax=vmax,
-                          extent=(steps[0] - 0.5, steps[-1] + 0.5, 0.5, grid.shape[0] + 0.5),
-                          cmap="viridis")
+        image = ax.imshow(
+            grid,
+            aspect="auto",
+            origin="lower",
+            vmin=vmin,
+            vmax=vmax,
+            extent=(steps[0] - 0.5, steps[-1] + 0.5, 0.5, grid.shape[0] + 0.5),
+            cmap="viridis",
+        )
         if result["base"]["global_horizon"] < grid.shape[0]:
             ax.axhline(result["base"]["global_horizon"] + 0.5, color="w", ls="--", lw=1)
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("training step")
         ax.set_ylabel("position t")
-    for ax in list(axes.flat)[len(trained):]:
+    for ax in list(axes.flat)[len(trained) :]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, label="log10 ‖g_t‖ (per-position gradient norm)")
-    fig.suptitle(f"Per-position gradient norms (global harm horizon τ* = "
-                 f"{trained[0][0]['base']['global_horizon']}; dashed when τ* < T)")
+    fig.suptitle(
+        f"Per-position gradient norms (global harm horizon τ* = "
+        f"{trained[0][0]['base']['global_horizon']}; dashed when τ* < T)"
+    )
     return _save(fig, folder, "grad_norm_map")
 
 
@@ -197,17 +271,24 @@ def plot_paths(results, folder) -> list[str]:
     shown = list(zip(results, labels(results)))[:6]
     cols = min(3, len(shown))
     rows = -(-len(shown) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False,
-                             sharey=True, layout="constrained")
+    fig, axes = plt.subplots(
+        rows, cols, figsize=(4 * cols, 3.3 * rows), squeeze=False, sharey=True, layout="constrained"
+    )
     for ax, (result, name) in zip(axes.flat, shown):
         paths = np.asarray(result["aligned"]["martingale_paths"])
         for path in paths:
-            ax.plot(np.arange(paths.shape[1]), path, "-", color=COLORS.get(objective(result)),
-                    alpha=0.35, lw=1)
+            ax.plot(
+                np.arange(paths.shape[1]),
+                path,
+                "-",
+                color=COLORS.get(objective(result)),
+                alpha=0.35,
+                lw=1,
+            )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("level t (tokens generated)")
         ax.set_ylabel("H_t = E[h | y_<=t]")
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     fig.suptitle("Conditional expected harm along sampled responses (harmful prompt)")
     return _save(fig, folder, "martingale_paths")
@@ -222,9 +303,13 @@ def plot_attack(results, folder) -> list[str]:
     for result, name in attacked:
         for attack_name, curve in result["attack"].items():
             style = "-" if attack_name == "sft" else "--"
-            ax.plot(curve["steps"], curve["expected_harm"], style,
-                    color=COLORS.get(objective(result)),
-                    label=f"{name}, {'SFT' if attack_name == 'sft' else 'constrained SFT'}")
+            ax.plot(
+                curve["steps"],
+                curve["expected_harm"],
+                style,
+                color=COLORS.get(objective(result)),
+                label=f"{name}, {'SFT' if attack_name == 'sft' else 'constrained SFT'}",
+            )
     ax.set_xlabel("fine-tuning attack step (SFT on harmful completions)")
     ax.set_ylabel("E[h]")
     ax.set_ylim(0, 1.02)

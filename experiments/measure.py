@@ -33,10 +33,22 @@ from toy_lm.engines import tree
 from toy_lm.models.harms import horizon_from_masks
 from toy_lm.tables import all_prefixes, prefix_index
 
-__all__ = ["base_measurements", "equilibria_arrays", "equilibria_from_arrays",
-           "equilibrium_measurements", "equilibrium_optima", "martingale_paths", "model_arrays",
-           "model_from_arrays", "model_measurements", "recovery_costs", "row_kl",
-           "sample_from_tables", "tokens_from_uniforms", "value_paths"]
+__all__ = [
+    "base_measurements",
+    "equilibria_arrays",
+    "equilibria_from_arrays",
+    "equilibrium_measurements",
+    "equilibrium_optima",
+    "martingale_paths",
+    "model_arrays",
+    "model_from_arrays",
+    "model_measurements",
+    "recovery_costs",
+    "row_kl",
+    "sample_from_tables",
+    "tokens_from_uniforms",
+    "value_paths",
+]
 
 
 def _list(x) -> list:
@@ -67,7 +79,7 @@ def tokens_from_uniforms(logits, uniforms) -> np.ndarray:
         z = np.asarray(z)[prefix_index(tokens, vocab_size)]
         probs = np.exp(z - z.max(axis=1, keepdims=True))
         cdf = np.cumsum(probs / probs.sum(axis=1, keepdims=True), axis=1)
-        nxt = np.minimum((cdf < uniforms[:, level:level + 1]).sum(axis=1), vocab_size - 1)
+        nxt = np.minimum((cdf < uniforms[:, level : level + 1]).sum(axis=1), vocab_size - 1)
         tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
     return tokens
 
@@ -84,8 +96,13 @@ def martingale_paths(key, logits, harm, num: int, values=None) -> tuple[np.ndarr
 
 def value_paths(values, responses, vocab_size: int) -> np.ndarray:
     """``H_0(y_<1) ... H_T(y)`` along each response, ``(num, T+1)``, from ``values`` ``H_l``."""
-    return np.stack([np.asarray(values[level])[prefix_index(responses[:, :level], vocab_size)]
-                     for level in range(responses.shape[1] + 1)], axis=1)
+    return np.stack(
+        [
+            np.asarray(values[level])[prefix_index(responses[:, :level], vocab_size)]
+            for level in range(responses.shape[1] + 1)
+        ],
+        axis=1,
+    )
 
 
 _cond_harm = jax.jit(tree.cond_harm)
@@ -95,8 +112,12 @@ _cond_harm = jax.jit(tree.cond_harm)
 def _base_arrays(base_h, base_b, harm, utility, det, lams):
     qs = [tree.harmful_prefix_dist(base_h, harm, level) for level in range(len(base_h))]
     values = tree.cond_harm(base_h, harm)
-    eq_kl = jnp.stack([tree.per_position_kl(tree.equilibrium_policy(base_h, harm, lams[i]), base_h)
-                       for i in range(lams.shape[0])])
+    eq_kl = jnp.stack(
+        [
+            tree.per_position_kl(tree.equilibrium_policy(base_h, harm, lams[i]), base_h)
+            for i in range(lams.shape[0])
+        ]
+    )
     return {
         "expected_harm": values[0][0],
         "utility": tree.expected_harm(base_b, utility),
@@ -113,12 +134,21 @@ def _base_arrays(base_h, base_b, harm, utility, det, lams):
 def base_measurements(world: RefusalWorld, base_tables, equilibrium_lams) -> dict:
     """Everything about the base model ``π0`` a run reports (harmful prompt unless noted)."""
     det = world.determined
-    arrays = _base_arrays(*base_tables, world.harm, world.utility, det[:-1],
-                          jnp.asarray(equilibrium_lams, jnp.float64))
+    arrays = _base_arrays(
+        *base_tables,
+        world.harm,
+        world.utility,
+        det[:-1],
+        jnp.asarray(equilibrium_lams, jnp.float64),
+    )
     joint = np.asarray(arrays.pop("harmful_responses"))
     typical = all_prefixes(world.vocab_size, world.length)[int(np.argmax(joint))]
-    path_horizon = int(sum(not det[level][int(prefix_index(typical[:level], world.vocab_size))]
-                           for level in range(world.length)))
+    path_horizon = int(
+        sum(
+            not det[level][int(prefix_index(typical[:level], world.vocab_size))]
+            for level in range(world.length)
+        )
+    )
     out = {k: (float(v) if np.ndim(v) == 0 else _list(v)) for k, v in arrays.items()}
     eq_kl = out.pop("equilibrium_kl")
     return {
@@ -141,8 +171,9 @@ def model_arrays(tab_h, tab_b, base_h, base_b, harm, utility, det):
         "expected_harm": tree.expected_harm(tab_h, harm),
         "utility": tree.expected_harm(tab_b, utility),
         "per_position_kl": jnp.stack([jnp.sum(q * k) for q, k in zip(qs, kl_rows)]),
-        "per_position_kl_beyond_horizon": jnp.stack([jnp.sum(q * k * d)
-                                                     for q, k, d in zip(qs, kl_rows, det)]),
+        "per_position_kl_beyond_horizon": jnp.stack(
+            [jnp.sum(q * k * d) for q, k, d in zip(qs, kl_rows, det)]
+        ),
         "per_position_kl_own": tree.per_position_kl(tab_h, base_h),
         "spill_over_kl": jnp.stack([jnp.sum(p * k * d) for p, k, d in zip(own, kl_rows, det)]),
         "benign_per_position_kl": tree.per_position_kl(tab_b, base_b),
@@ -163,8 +194,15 @@ def equilibrium_measurements(world: RefusalWorld, base_tables, lam: float, mu: f
 
     The benign prompt keeps the base tables, so only harmful-prompt fields are meaningful.
     """
-    arrays = equilibria_arrays(*base_tables, world.harm, world.utility, world.determined[:-1],
-                               recovery_costs(world), jnp.full(world.length, mu), lam)
+    arrays = equilibria_arrays(
+        *base_tables,
+        world.harm,
+        world.utility,
+        world.determined[:-1],
+        recovery_costs(world),
+        jnp.full(world.length, mu),
+        lam,
+    )
     return equilibria_from_arrays(arrays)
 
 
@@ -175,23 +213,33 @@ def recovery_costs(world: RefusalWorld):
 
 def equilibria_from_arrays(arrays: dict) -> dict:
     """:func:`equilibrium_measurements` from the arrays of :func:`equilibria_arrays`."""
-    return {name: _scalars_and_lists({k: v for k, v in measured.items()
-                                      if not k.startswith("benign") and k not in ("utility",
-                                                                                  "cond_harm")})
-            for name, measured in arrays.items()}
+    return {
+        name: _scalars_and_lists(
+            {
+                k: v
+                for k, v in measured.items()
+                if not k.startswith("benign") and k not in ("utility", "cond_harm")
+            }
+        )
+        for name, measured in arrays.items()
+    }
 
 
 @jax.jit
 def equilibria_arrays(base_h, base_b, harm, utility, det, costs, mu, lam):
     """The exact optima of :func:`equilibrium_measurements`, measured by :func:`model_arrays`."""
-    return {name: model_arrays(tables, base_b, base_h, base_b, harm, utility, det)
-            for name, tables in equilibrium_optima(base_h, harm, costs, mu, lam).items()}
+    return {
+        name: model_arrays(tables, base_b, base_h, base_b, harm, utility, det)
+        for name, tables in equilibrium_optima(base_h, harm, costs, mu, lam).items()
+    }
 
 
 def equilibrium_optima(base_h, harm, costs, mu, lam) -> dict:
     """Level tables of ``π*_λ`` (``rlhf``) and of the dense recovery optimum (``recovery_dense``)."""
-    return {"rlhf": tree.equilibrium_policy(base_h, harm, lam),
-            "recovery_dense": exact.dense_equilibrium_policy(base_h, harm, costs, mu, lam)}
+    return {
+        "rlhf": tree.equilibrium_policy(base_h, harm, lam),
+        "recovery_dense": exact.dense_equilibrium_policy(base_h, harm, costs, mu, lam),
+    }
 
 
 def model_measurements(world: RefusalWorld, tables, base_tables, key, num_paths: int) -> dict:

@@ -42,8 +42,17 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["DEFAULT_MODULES", "JAX_CACHE", "LOG", "MUTMUT_OPTIONS", "ROOT", "SLOW", "SUITE",
-           "TIMEOUT_S", "main"]
+__all__ = [
+    "DEFAULT_MODULES",
+    "JAX_CACHE",
+    "LOG",
+    "MUTMUT_OPTIONS",
+    "ROOT",
+    "SLOW",
+    "SUITE",
+    "TIMEOUT_S",
+    "main",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Per-mutant log, one JSON object a line (appended; ``run`` starts it afresh).
@@ -58,11 +67,19 @@ DEFAULT_MODULES = ("toy_lm/engines/tree.py",)
 #: mutmut 2 options (passed on its command line; no config file is read or written).
 #: String mutants are disabled: in these modules strings are injection-point names (read only while
 #: a ``proofs_check.mutants`` mutant is active) and labels of error messages; see the report.
-MUTMUT_OPTIONS = ("--disable-mutation-types", "string", "--tests-dir", "experiments",
-                  "--no-progress", "--simple-output")
+MUTMUT_OPTIONS = (
+    "--disable-mutation-types",
+    "string",
+    "--tests-dir",
+    "experiments",
+    "--no-progress",
+    "--simple-output",
+)
 #: The checks' instances: (kind, V, T, keyword arguments of make_instance).
-SUITE = (("tabular", 3, 3, dict(seed=0, harm_kind="automaton", lam=0.5)),
-         ("tabular", 3, 3, dict(seed=1, tau=2, harm_kind="soft")))
+SUITE = (
+    ("tabular", 3, 3, dict(seed=0, harm_kind="automaton", lam=0.5)),
+    ("tabular", 3, 3, dict(seed=1, tau=2, harm_kind="soft")),
+)
 #: Checks run last (training loops and Monte Carlo: the slowest).
 SLOW = ("T8", "T9-train", "T10", "T11-train", "T14", "T14-natural")
 
@@ -83,18 +100,24 @@ def _inner() -> int:
 
     out = {"failed": [], "errors": [], "ran": 0}
     try:
-        insts = read_through([suite.make_instance(k, v, t, **kw) for k, v, t, kw in SUITE], ("tree",))
+        insts = read_through(
+            [suite.make_instance(k, v, t, **kw) for k, v, t, kw in SUITE], ("tree",)
+        )
     except Exception as err:  # noqa: BLE001 - the mutant broke instance building: an exception
         out["errors"].append(f"building the suite: {type(err).__name__}: {err}"[:300])
         insts = []
     tasks = []
-    for inst in insts:   # plan() per check: a mutant that breaks one check's `applies` spares the rest
+    for (
+        inst
+    ) in insts:  # plan() per check: a mutant that breaks one check's `applies` spares the rest
         for check in select(None):
             try:
                 tasks += plan([check], [inst])
             except Exception as err:  # noqa: BLE001
-                out["errors"].append(f"{check.id} applies on {inst.name}: {type(err).__name__}: {err}"[:300])
-    tasks.sort(key=lambda task: task.check.id in SLOW)   # stable: statement order within each group
+                out["errors"].append(
+                    f"{check.id} applies on {inst.name}: {type(err).__name__}: {err}"[:300]
+                )
+    tasks.sort(key=lambda task: task.check.id in SLOW)  # stable: statement order within each group
     for task in tasks:
         result = run_tasks([task])[0]
         out["ran"] += 1
@@ -103,8 +126,12 @@ def _inner() -> int:
             out["errors"].append(f"{where}: {result.parts[0].lhs}"[:300])
         elif result.status == "fail":
             bad = [p for p in result.parts if not p.passed]
-            out["failed"].append(f"{where}: " + "; ".join(
-                f"{p.name} (err {p.max_abs_error:.3g}, tol {p.tolerance:.3g})" for p in bad)[:300])
+            out["failed"].append(
+                f"{where}: "
+                + "; ".join(
+                    f"{p.name} (err {p.max_abs_error:.3g}, tol {p.tolerance:.3g})" for p in bad
+                )[:300]
+            )
             break
     out["seconds"] = round(time.perf_counter() - start, 1)
     print("MECHANICAL_MUTANTS_RESULT " + json.dumps(out))
@@ -113,8 +140,13 @@ def _inner() -> int:
 
 def _mutated_diff() -> str:
     """``git diff`` of the engine modules: the mutant under test ("" for the baseline run)."""
-    return subprocess.run(["git", "diff", "-U0", "--", "toy_lm/"], cwd=ROOT, capture_output=True,
-                          text=True, check=True).stdout
+    return subprocess.run(
+        ["git", "diff", "-U0", "--", "toy_lm/"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
 
 
 def _last_error(stderr: str) -> str:
@@ -129,20 +161,37 @@ def _test() -> int:
     record = {"diff": diff, "time": time.strftime("%H:%M:%S")}
     start = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, __file__, "inner"], cwd=ROOT, capture_output=True,
-                              text=True, timeout=TIMEOUT_S)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("MECHANICAL_MUTANTS_RESULT ")]
+        proc = subprocess.run(
+            [sys.executable, __file__, "inner"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+        lines = [
+            ln for ln in proc.stdout.splitlines() if ln.startswith("MECHANICAL_MUTANTS_RESULT ")
+        ]
         if lines:
             result = json.loads(lines[-1].split(" ", 1)[1])
-        else:   # the process died (e.g. an abort in native code): not a kill
-            result = {"failed": [], "errors": [f"process exited {proc.returncode}: "
-                                               + _last_error(proc.stderr)], "ran": 0}
+        else:  # the process died (e.g. an abort in native code): not a kill
+            result = {
+                "failed": [],
+                "errors": [f"process exited {proc.returncode}: " + _last_error(proc.stderr)],
+                "ran": 0,
+            }
     except subprocess.TimeoutExpired:
         result = {"failed": [], "errors": [], "ran": None, "timeout": True}
     result["wall"] = round(time.perf_counter() - start, 1)
     record.update(result)
-    record["verdict"] = ("killed" if result["failed"] else "timeout" if result.get("timeout")
-                         else "exception" if result["errors"] else "survived")
+    record["verdict"] = (
+        "killed"
+        if result["failed"]
+        else "timeout"
+        if result.get("timeout")
+        else "exception"
+        if result["errors"]
+        else "survived"
+    )
     LOG.parent.mkdir(parents=True, exist_ok=True)
     with LOG.open("a") as fh:
         fh.write(json.dumps(record) + "\n")
@@ -152,16 +201,30 @@ def _test() -> int:
 
 def _run(modules) -> int:
     """Start mutmut over ``modules`` with :data:`MUTMUT_OPTIONS` and this script as the runner."""
-    dirty = subprocess.run(["git", "status", "--porcelain", "--", *modules], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--", *modules],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     if dirty.strip():
         print(f"refusing to mutate modified modules:\n{dirty}", file=sys.stderr)
         return 2
     if LOG.exists():
         LOG.rename(LOG.with_suffix(f".{int(time.time())}.jsonl"))
     runner = f"{shlex.quote(sys.executable)} {shlex.quote(str(Path(__file__).resolve()))} test"
-    mutmut = [sys.executable, "-m", "mutmut", "run", "--paths-to-mutate", ",".join(modules),
-              "--runner", runner, *MUTMUT_OPTIONS]
+    mutmut = [
+        sys.executable,
+        "-m",
+        "mutmut",
+        "run",
+        "--paths-to-mutate",
+        ",".join(modules),
+        "--runner",
+        runner,
+        *MUTMUT_OPTIONS,
+    ]
     print(" ".join(shlex.quote(a) for a in mutmut), file=sys.stderr)
     return subprocess.run(mutmut, cwd=ROOT).returncode
 
@@ -173,11 +236,15 @@ def _report() -> int:
     tally = {}
     for r in mutants:
         tally[r["verdict"]] = tally.get(r["verdict"], 0) + 1
-    nonfinite = sum(r["verdict"] == "killed"
-                    and any(f"err {x}," in r["failed"][0].split(";")[0] for x in ("inf", "nan"))
-                    for r in mutants)
-    print(f"{len(mutants)} mutants: {tally}; killed with an inf/NaN error in the first failed part: "
-          f"{nonfinite}")
+    nonfinite = sum(
+        r["verdict"] == "killed"
+        and any(f"err {x}," in r["failed"][0].split(";")[0] for x in ("inf", "nan"))
+        for r in mutants
+    )
+    print(
+        f"{len(mutants)} mutants: {tally}; killed with an inf/NaN error in the first failed part: "
+        f"{nonfinite}"
+    )
     killers = {}
     for r in mutants:
         if r["verdict"] == "killed":
@@ -185,11 +252,15 @@ def _report() -> int:
             killers[check] = killers.get(check, 0) + 1
     print(f"first failing check of the killed mutants: {killers}")
     for n, r in enumerate(mutants):
-        body = [ln for ln in r["diff"].splitlines() if ln[:1] in "+-@" and ln[:3] not in ("+++", "---")]
+        body = [
+            ln for ln in r["diff"].splitlines() if ln[:1] in "+-@" and ln[:3] not in ("+++", "---")
+        ]
         why = (r["failed"] or r["errors"] or [""])[0]
         why = _last_error(why) if r["errors"] and not r["failed"] else why
-        print(f"\n#### {n}. {r['verdict']} ({r['wall']} s) {why[:200]}\n"
-              "```diff\n" + "\n".join(body) + "\n```")
+        print(
+            f"\n#### {n}. {r['verdict']} ({r['wall']} s) {why[:200]}\n"
+            "```diff\n" + "\n".join(body) + "\n```"
+        )
     return 0
 
 

@@ -31,8 +31,9 @@ def write_notebooks(out_dir, only=None) -> list[Path]:
     try:
         import jupytext
     except ImportError:
-        raise InputError("--notebooks needs jupytext: pip install jupytext "
-                         "(or pip install -e \".[test]\")") from None
+        raise InputError(
+            '--notebooks needs jupytext: pip install jupytext (or pip install -e ".[test]")'
+        ) from None
     from experiments.report import demo_scripts
 
     out_dir = Path(out_dir)

@@ -40,20 +40,33 @@ from toy_lm.engines import tree
 from toy_lm.errors import InputError
 from toy_lm.tables import prefix_index
 
-__all__ = ["constrained_loss", "dpo_loss_binary", "dpo_loss_blocks", "dpo_pair_blocks",
-           "dpo_preferences", "mean_baseline", "qi_betas", "reinforce_surrogate", "returns_to_go",
-           "sampled_dpo_loss", "supervised_loss", "value_baseline"]
+__all__ = [
+    "constrained_loss",
+    "dpo_loss_binary",
+    "dpo_loss_blocks",
+    "dpo_pair_blocks",
+    "dpo_preferences",
+    "mean_baseline",
+    "qi_betas",
+    "reinforce_surrogate",
+    "returns_to_go",
+    "sampled_dpo_loss",
+    "supervised_loss",
+    "value_baseline",
+]
 
 
 # -- supervised -------------------------------------------------------------------------------
 def supervised_loss(logits: Sequence, weights: Sequence) -> jax.Array:
     """``Σ_l Σ_{u,v} W_l[u, v] · (-log π(v | u))`` over level tables ``(V**l, V)``."""
-    return sum(jnp.sum(jnp.asarray(w) * -jax.nn.log_softmax(z, axis=-1))
-               for z, w in zip(logits, weights))
+    return sum(
+        jnp.sum(jnp.asarray(w) * -jax.nn.log_softmax(z, axis=-1)) for z, w in zip(logits, weights)
+    )
 
 
-def qi_betas(length: int, first: float = 0.5, early: float = 2.0, early_until: int = 5,
-             late: float = 0.1) -> np.ndarray:
+def qi_betas(
+    length: int, first: float = 0.5, early: float = 2.0, early_until: int = 5, late: float = 0.1
+) -> np.ndarray:
     """Per-position ``β_t``, ``t = 1 ... T``: ``β_1 = first``, ``β_t = early`` for
     ``2 <= t <= early_until``, ``β_t = late`` after (Qi et al.'s default schedule)."""
     betas = np.full(length, float(late))
@@ -62,8 +75,7 @@ def qi_betas(length: int, first: float = 0.5, early: float = 2.0, early_until: i
     return betas
 
 
-def constrained_loss(logits: Sequence, ref_logits: Sequence, weights: Sequence,
-                     betas) -> jax.Array:
+def constrained_loss(logits: Sequence, ref_logits: Sequence, weights: Sequence, betas) -> jax.Array:
     """Qi et al.'s token-wise constrained fine-tuning loss on level tables.
 
     ``Σ_l Σ_{u,v} W_l[u,v] · (-(2/β_t) log σ(β_t (log π(v|u) - log π_ref(v|u))))`` with
@@ -94,8 +106,10 @@ def value_baseline(values: Sequence, responses: jax.Array, vocab_size: int) -> j
       responses: ``(B, T)`` sampled responses.
     """
     length = responses.shape[1]
-    return jnp.stack([values[level][prefix_index(responses[:, :level], vocab_size)]
-                      for level in range(length)], axis=1)
+    return jnp.stack(
+        [values[level][prefix_index(responses[:, :level], vocab_size)] for level in range(length)],
+        axis=1,
+    )
 
 
 def mean_baseline(returns: jax.Array) -> jax.Array:
@@ -107,8 +121,10 @@ def mean_baseline(returns: jax.Array) -> jax.Array:
 def reinforce_surrogate(token_logp: jax.Array, advantages: jax.Array) -> jax.Array:
     """``(1/B) Σ_b Σ_t sg(A_t^(b)) log π(y_t^(b) | y_<t^(b))``; its gradient is the estimate."""
     if token_logp.shape != advantages.shape:
-        raise InputError(f"token log-probs {token_logp.shape} and advantages {advantages.shape} "
-                         "must both be (B, T)")
+        raise InputError(
+            f"token log-probs {token_logp.shape} and advantages {advantages.shape} "
+            "must both be (B, T)"
+        )
     return jnp.mean(jnp.sum(jax.lax.stop_gradient(advantages) * token_logp, axis=1))
 
 
@@ -136,16 +152,20 @@ def dpo_pair_blocks(cost, chunk: int = 1024) -> dict:
     and ``bad``. ``cost`` must be a concrete 0/1 array."""
     cost = np.asarray(cost)
     if not np.all((cost == 0) | (cost == 1)):
-        raise InputError("the block DPO loss needs a binary (0/1) cost; use "
-                         "toy_lm.engines.objectives.dpo_loss for soft costs")
+        raise InputError(
+            "the block DPO loss needs a binary (0/1) cost; use "
+            "toy_lm.engines.objectives.dpo_loss for soft costs"
+        )
     good, bad = np.flatnonzero(cost == 0), np.flatnonzero(cost == 1)
     if len(good) == 0 or len(bad) == 0:
         raise InputError("every response has the same cost: DPO has no preference pairs")
     chunk = min(chunk, len(good))
     pad = (-len(good)) % chunk
-    return {"good": np.concatenate([good, np.full(pad, good[0])]).reshape(-1, chunk),
-            "live": np.concatenate([np.ones(len(good)), np.zeros(pad)]).reshape(-1, chunk),
-            "bad": bad}
+    return {
+        "good": np.concatenate([good, np.full(pad, good[0])]).reshape(-1, chunk),
+        "live": np.concatenate([np.ones(len(good)), np.zeros(pad)]).reshape(-1, chunk),
+        "bad": bad,
+    }
 
 
 def dpo_loss_blocks(logits, ref_logits, blocks: dict, beta) -> jax.Array:

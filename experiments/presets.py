@@ -25,27 +25,55 @@ from experiments.config import RunConfig, config_from_dict, with_overrides
 from toy_lm.errors import ConfigError, InputError
 from toy_lm.io import open_input
 
-__all__ = ["MAX_CONFIG_BYTES", "PRESETS", "config_from_source", "load_config", "preset",
-           "read_config_file"]
+__all__ = [
+    "MAX_CONFIG_BYTES",
+    "PRESETS",
+    "config_from_source",
+    "load_config",
+    "preset",
+    "read_config_file",
+]
 
 
 # -- presets and files --------------------------------------------------------------------------
 def _presets() -> dict[str, RunConfig]:
     default = RunConfig(name="default")
-    quick = with_overrides(default, {
-        "name": "quick", "base.steps": 300, "align.steps": 200, "measure.num_paths": 16})
-    tiny = with_overrides(default, {
-        "name": "tiny", "world.length": 4, "world.num_harmful": 2, "base.steps": 150,
-        "align.steps": 40, "attack.steps": 4, "measure.num_paths": 4,
-        "measure.equilibrium_lams": [3.0, 30.0]})
+    quick = with_overrides(
+        default, {"name": "quick", "base.steps": 300, "align.steps": 200, "measure.num_paths": 16}
+    )
+    tiny = with_overrides(
+        default,
+        {
+            "name": "tiny",
+            "world.length": 4,
+            "world.num_harmful": 2,
+            "base.steps": 150,
+            "align.steps": 40,
+            "attack.steps": 4,
+            "measure.num_paths": 4,
+            "measure.equilibrium_lams": [3.0, 30.0],
+        },
+    )
     transformer_overrides = {
-        "policy.kind": "transformer", "base.steps": 600, "base.learning_rate": 0.01,
-        "align.optimizer": "adam", "align.learning_rate": 0.01, "align.grad_map_every": 5,
-        "attack.optimizer": "adam", "attack.learning_rate": 0.01}
+        "policy.kind": "transformer",
+        "base.steps": 600,
+        "base.learning_rate": 0.01,
+        "align.optimizer": "adam",
+        "align.learning_rate": 0.01,
+        "align.grad_map_every": 5,
+        "attack.optimizer": "adam",
+        "attack.learning_rate": 0.01,
+    }
     transformer = with_overrides(default, {"name": "transformer", **transformer_overrides})
-    quick_transformer = with_overrides(quick, {"name": "quick-transformer",
-                                               **transformer_overrides, "base.steps": 400,
-                                               "align.steps": 150})
+    quick_transformer = with_overrides(
+        quick,
+        {
+            "name": "quick-transformer",
+            **transformer_overrides,
+            "base.steps": 400,
+            "align.steps": 150,
+        },
+    )
     markov = with_overrides(default, {"name": "markov", "policy.kind": "markov"})
     return {c.name: c for c in (default, quick, tiny, transformer, quick_transformer, markov)}
 
@@ -62,8 +90,10 @@ def read_config_file(path: str) -> dict:
     :data:`MAX_CONFIG_BYTES`, valid UTF-8)."""
     if not path.endswith((".toml", ".json")):
         if not os.path.exists(path):
-            raise ConfigError(f"cannot read configuration {path}: no such file, and not a preset "
-                              f"name ({', '.join(PRESETS)})")
+            raise ConfigError(
+                f"cannot read configuration {path}: no such file, and not a preset "
+                f"name ({', '.join(PRESETS)})"
+            )
         raise ConfigError(f"configuration file {path} must end in .toml or .json")
     try:
         with open_input(path, "configuration") as fh:
@@ -74,8 +104,10 @@ def read_config_file(path: str) -> dict:
     except OSError as err:
         raise ConfigError(f"cannot read configuration {path}: {err.strerror}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"configuration {path} is larger than {MAX_CONFIG_BYTES} bytes; a "
-                          "configuration states a few settings")
+        raise ConfigError(
+            f"configuration {path} is larger than {MAX_CONFIG_BYTES} bytes; a "
+            "configuration states a few settings"
+        )
     try:
         text = raw.decode("utf-8")
         data = tomllib.loads(text) if path.endswith(".toml") else json.loads(text)

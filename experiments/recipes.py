@@ -36,9 +36,17 @@ from toy_lm.engines import tree
 from toy_lm.models.policies import Policy
 from toy_lm.tables import prefix_index
 
-__all__ = ["BASELINE_CODES", "Objective", "exact_objective", "harmful_attack_weights",
-           "make_objective", "objective_settings", "prompt_weights", "reinforce_objective",
-           "sampled_dpo_objective"]
+__all__ = [
+    "BASELINE_CODES",
+    "Objective",
+    "exact_objective",
+    "harmful_attack_weights",
+    "make_objective",
+    "objective_settings",
+    "prompt_weights",
+    "reinforce_objective",
+    "sampled_dpo_objective",
+]
 
 
 class Objective(NamedTuple):
@@ -66,9 +74,13 @@ def objective_settings(cfg: RunConfig) -> dict:
     p(benign))`` and ``baseline`` (:data:`BASELINE_CODES`)."""
     a = cfg.align
     w_harm, w_benign = prompt_weights(cfg)
-    return {"lam": np.float64(a.lam), "beta": np.float64(a.beta), "mu": np.float64(a.mu),
-            "prompt_weights": (np.float64(w_harm), np.float64(w_benign)),
-            "baseline": np.int32(BASELINE_CODES[a.baseline])}
+    return {
+        "lam": np.float64(a.lam),
+        "beta": np.float64(a.beta),
+        "mu": np.float64(a.mu),
+        "prompt_weights": (np.float64(w_harm), np.float64(w_benign)),
+        "baseline": np.int32(BASELINE_CODES[a.baseline]),
+    }
 
 
 def _no_batch(params, key, data):
@@ -80,6 +92,7 @@ def _table_features(policy: Policy):
     def features(params, batch):
         per_prompt = [policy.level_tables(params, x) for x in range(len(PROMPTS))]
         return tuple(tuple(t[level] for t in per_prompt) for level in range(policy.length))
+
     return features
 
 
@@ -97,23 +110,39 @@ def _harmful_prompt_loss(cfg: RunConfig, world: RefusalWorld, base_h):
     if a.objective == "rlhf":
         return (lambda t, d: exact.kl_regularized_loss(t, d["base"][0], d["harm"], d["lam"])), {}
     if a.objective == "recovery_prefill":
-        extra = {"q": [jnp.asarray(q) for q in datasets.harmful_prefix_dists(base_h, world.harm)[1:]]}
-        return (lambda t, d: exact.recovery_prefill_loss(t, d["harm"], d["q"],
-                                                         jnp.full(world.length - 1, d["mu"]))
-                + _kl(t, d["base"][0], d["lam"])), extra
+        extra = {
+            "q": [jnp.asarray(q) for q in datasets.harmful_prefix_dists(base_h, world.harm)[1:]]
+        }
+        return (
+            lambda t, d: (
+                exact.recovery_prefill_loss(
+                    t, d["harm"], d["q"], jnp.full(world.length - 1, d["mu"])
+                )
+                + _kl(t, d["base"][0], d["lam"])
+            )
+        ), extra
     if a.objective == "recovery_dense":
         extra = {"c": exact.automaton_costs(world.recovery_dfa, world.length, [1])}
-        return (lambda t, d: exact.dense_recovery_loss(t, d["harm"], d["c"],
-                                                       jnp.full(world.length, d["mu"]))
-                + _kl(t, d["base"][0], d["lam"])), extra
+        return (
+            lambda t, d: (
+                exact.dense_recovery_loss(t, d["harm"], d["c"], jnp.full(world.length, d["mu"]))
+                + _kl(t, d["base"][0], d["lam"])
+            )
+        ), extra
     if a.objective == "dpo":
         extra = {"pairs": sampled.dpo_pair_blocks(world.harm)}
         return (lambda t, d: sampled.dpo_loss_blocks(t, d["base"][0], d["pairs"], d["beta"])), extra
     key = jax.random.fold_in(jax.random.key(cfg.seed), 7)
-    examples = (datasets.refusal_examples(world) if a.objective == "sft_refusal"
-                else datasets.augmentation_examples(base_h, world))
-    extra = {"w": datasets.level_weights(datasets.sample_examples(key, examples, a.num_examples),
-                                         world.vocab_size, world.length)}
+    examples = (
+        datasets.refusal_examples(world)
+        if a.objective == "sft_refusal"
+        else datasets.augmentation_examples(base_h, world)
+    )
+    extra = {
+        "w": datasets.level_weights(
+            datasets.sample_examples(key, examples, a.num_examples), world.vocab_size, world.length
+        )
+    }
     return (lambda t, d: sampled.supervised_loss(t, d["w"])), extra
 
 
@@ -121,17 +150,23 @@ def _benign_prompt_loss(cfg: RunConfig, world: RefusalWorld, base_b):
     """The benign prompt's part: the same family of objective, with utility as the reward."""
     a = cfg.align
     if a.objective in ("rlhf", "recovery_prefill", "recovery_dense"):
-        return (lambda t, d: exact.kl_regularized_loss(t, d["base"][1], d["unhelpful"],
-                                                       d["lam"])), {}
+        return (
+            lambda t, d: exact.kl_regularized_loss(t, d["base"][1], d["unhelpful"], d["lam"])
+        ), {}
     if a.objective == "dpo":
         extra = {"pairs_benign": sampled.dpo_pair_blocks(world.costs[1])}
-        return (lambda t, d: sampled.dpo_loss_blocks(t, d["base"][1], d["pairs_benign"],
-                                                     d["beta"])), extra
+        return (
+            lambda t, d: sampled.dpo_loss_blocks(t, d["base"][1], d["pairs_benign"], d["beta"])
+        ), extra
     key = jax.random.fold_in(jax.random.key(cfg.seed), 8)
-    helpful = datasets.response_examples(datasets.helpful_response_probs(base_b, world),
-                                         world.vocab_size, world.length)
-    extra = {"w_benign": datasets.level_weights(
-        datasets.sample_examples(key, helpful, a.num_examples), world.vocab_size, world.length)}
+    helpful = datasets.response_examples(
+        datasets.helpful_response_probs(base_b, world), world.vocab_size, world.length
+    )
+    extra = {
+        "w_benign": datasets.level_weights(
+            datasets.sample_examples(key, helpful, a.num_examples), world.vocab_size, world.length
+        )
+    }
     return (lambda t, d: sampled.supervised_loss(t, d["w_benign"])), extra
 
 
@@ -139,9 +174,14 @@ def exact_objective(cfg: RunConfig, policy: Policy, world: RefusalWorld, base_ta
     """The exact-expectation objectives: rlhf, dpo, recovery_*, sft_refusal, augmentation."""
     harm_loss, harm_data = _harmful_prompt_loss(cfg, world, base_tables[HARMFUL])
     benign_loss, benign_data = _benign_prompt_loss(cfg, world, base_tables[1])
-    data = {"base": tuple(tuple(jnp.asarray(t) for t in b) for b in base_tables),
-            "harm": world.harm, "unhelpful": world.costs[1], **harm_data, **benign_data,
-            **objective_settings(cfg)}
+    data = {
+        "base": tuple(tuple(jnp.asarray(t) for t in b) for b in base_tables),
+        "harm": world.harm,
+        "unhelpful": world.costs[1],
+        **harm_data,
+        **benign_data,
+        **objective_settings(cfg),
+    }
 
     def loss(feats, batch, d):
         tables_h, tables_b = _tables(feats)
@@ -154,11 +194,16 @@ def exact_objective(cfg: RunConfig, policy: Policy, world: RefusalWorld, base_ta
 # -- sampled objectives ---------------------------------------------------------------------------
 def _sample_features(policy: Policy, keys: tuple[str, ...]):
     """Per-position teacher-forced logits of the batch's responses ``batch[k][x]`` ``(B, T)``."""
+
     def features(params, batch):
-        logits = [[policy.teacher_forced_logits(params, batch[k][x], x) for x in range(len(PROMPTS))]
-                  for k in keys]
-        return tuple(tuple(tuple(lx[:, t] for lx in lk) for lk in logits)
-                     for t in range(policy.length))
+        logits = [
+            [policy.teacher_forced_logits(params, batch[k][x], x) for x in range(len(PROMPTS))]
+            for k in keys
+        ]
+        return tuple(
+            tuple(tuple(lx[:, t] for lx in lk) for lk in logits) for t in range(policy.length)
+        )
+
     return features
 
 
@@ -177,8 +222,9 @@ def _baseline(code, returns, values, responses, vocab_size: int) -> jax.Array:
     so that runs with different baselines share one program (``returns - 0`` is ``returns``)."""
     value = sampled.value_baseline(values, responses, vocab_size)
     mean = sampled.mean_baseline(returns)
-    return jnp.where(code == BASELINE_CODES["value"], value,
-                     jnp.where(code == BASELINE_CODES["mean"], mean, 0.0))
+    return jnp.where(
+        code == BASELINE_CODES["value"], value, jnp.where(code == BASELINE_CODES["mean"], mean, 0.0)
+    )
 
 
 def reinforce_objective(cfg, policy, world, base_params) -> Objective:
@@ -190,8 +236,9 @@ def reinforce_objective(cfg, policy, world, base_params) -> Objective:
         responses, advantages = [], []
         for x in range(len(PROMPTS)):
             y = policy.sample(jax.random.fold_in(key, x), params, a.batch_size, x)
-            log_ratio = (policy.token_log_probs(params, y, x)
-                         - policy.token_log_probs(d["base_params"], y, x))
+            log_ratio = policy.token_log_probs(params, y, x) - policy.token_log_probs(
+                d["base_params"], y, x
+            )
             cost = d["costs"][x][prefix_index(y, vocab_size)]
             returns = sampled.returns_to_go(cost, log_ratio, d["lam"])
             values = tree.cond_harm(policy.level_tables(params, x), d["costs"][x])
@@ -201,12 +248,21 @@ def reinforce_objective(cfg, policy, world, base_params) -> Objective:
         return {"y": tuple(responses), "advantage": tuple(advantages)}
 
     def loss(feats, batch, d):
-        return sum(d["prompt_weights"][x] * sampled.reinforce_surrogate(
-            _token_logp(feats, batch["y"][x], 0, x), batch["advantage"][x])
-            for x in range(len(PROMPTS)))
+        return sum(
+            d["prompt_weights"][x]
+            * sampled.reinforce_surrogate(
+                _token_logp(feats, batch["y"][x], 0, x), batch["advantage"][x]
+            )
+            for x in range(len(PROMPTS))
+        )
 
-    return Objective("reinforce", _sample_data(cfg, world, base_params), prepare,
-                     _sample_features(policy, ("y",)), loss)
+    return Objective(
+        "reinforce",
+        _sample_data(cfg, world, base_params),
+        prepare,
+        _sample_features(policy, ("y",)),
+        loss,
+    )
 
 
 def sampled_dpo_objective(cfg, policy, world, base_params) -> Objective:
@@ -224,8 +280,12 @@ def sampled_dpo_objective(cfg, policy, world, base_params) -> Objective:
             out["ref_a"].append(policy.log_prob(d["base_params"], ya, x))
             out["ref_b"].append(policy.log_prob(d["base_params"], yb, x))
             cost = d["costs"][x]
-            out["pref"].append(sampled.dpo_preferences(cost[prefix_index(ya, world.vocab_size)],
-                                                       cost[prefix_index(yb, world.vocab_size)]))
+            out["pref"].append(
+                sampled.dpo_preferences(
+                    cost[prefix_index(ya, world.vocab_size)],
+                    cost[prefix_index(yb, world.vocab_size)],
+                )
+            )
         return {k: tuple(v) for k, v in out.items()}
 
     def loss(feats, batch, d):
@@ -234,15 +294,22 @@ def sampled_dpo_objective(cfg, policy, world, base_params) -> Objective:
             lp_a = _token_logp(feats, batch["a"][x], 0, x).sum(axis=1)
             lp_b = _token_logp(feats, batch["b"][x], 1, x).sum(axis=1)
             total = total + d["prompt_weights"][x] * sampled.sampled_dpo_loss(
-                lp_a, lp_b, batch["ref_a"][x], batch["ref_b"][x], batch["pref"][x], d["beta"])
+                lp_a, lp_b, batch["ref_a"][x], batch["ref_b"][x], batch["pref"][x], d["beta"]
+            )
         return total
 
-    return Objective("dpo_sampled", _sample_data(cfg, world, base_params), prepare,
-                     _sample_features(policy, ("a", "b")), loss)
+    return Objective(
+        "dpo_sampled",
+        _sample_data(cfg, world, base_params),
+        prepare,
+        _sample_features(policy, ("a", "b")),
+        loss,
+    )
 
 
-def make_objective(cfg: RunConfig, policy: Policy, world: RefusalWorld, base_params,
-                   base_tables) -> Objective:
+def make_objective(
+    cfg: RunConfig, policy: Policy, world: RefusalWorld, base_params, base_tables
+) -> Objective:
     """The :class:`Objective` named by ``cfg.align.objective``."""
     name = cfg.align.objective
     if name == "reinforce":
@@ -255,7 +322,10 @@ def make_objective(cfg: RunConfig, policy: Policy, world: RefusalWorld, base_par
 def harmful_attack_weights(cfg: RunConfig, world: RefusalWorld, base_tables, key) -> tuple:
     """Level weights of the fine-tuning attack's data: base harmful completions, harmful prompt."""
     examples = datasets.response_examples(
-        datasets.harmful_response_probs(base_tables[HARMFUL], world), world.vocab_size,
-        world.length)
-    return datasets.level_weights(datasets.sample_examples(key, examples, cfg.attack.num_examples),
-                                  world.vocab_size, world.length)
+        datasets.harmful_response_probs(base_tables[HARMFUL], world), world.vocab_size, world.length
+    )
+    return datasets.level_weights(
+        datasets.sample_examples(key, examples, cfg.attack.num_examples),
+        world.vocab_size,
+        world.length,
+    )

@@ -20,8 +20,17 @@ import time
 import traceback
 from pathlib import Path
 
-__all__ = ["DEMO_DIR", "DemoRun", "build_report", "demo_scripts", "demo_section",
-           "markdown_to_html", "parse_cells", "run_demos", "run_instance_checks"]
+__all__ = [
+    "DEMO_DIR",
+    "DemoRun",
+    "build_report",
+    "demo_scripts",
+    "demo_section",
+    "markdown_to_html",
+    "parse_cells",
+    "run_demos",
+    "run_instance_checks",
+]
 
 DEMO_DIR = Path(__file__).parent / "demos"
 
@@ -66,8 +75,9 @@ def run_instance_checks(demo, progress=print) -> list[dict]:
     return records
 
 
-def run_demos(out_dir, *, quick: bool = False, only=None, with_checks: bool = True,
-              progress=print) -> list[DemoRun]:
+def run_demos(
+    out_dir, *, quick: bool = False, only=None, with_checks: bool = True, progress=print
+) -> list[DemoRun]:
     """Execute the demos, each writing into ``out_dir/<script stem>``.
 
     With ``with_checks``, the theorem checks of :mod:`proofs_check` then run on the instances each
@@ -97,8 +107,10 @@ def run_demos(out_dir, *, quick: bool = False, only=None, with_checks: bool = Tr
             if error is None and with_checks and "demo" in namespace:
                 start = time.perf_counter()
                 checks = run_instance_checks(namespace["demo"], progress)
-                progress(f"[demo] {script.stem}: {len(checks)} theorem checks in "
-                         f"{time.perf_counter() - start:.1f} s")
+                progress(
+                    f"[demo] {script.stem}: {len(checks)} theorem checks in "
+                    f"{time.perf_counter() - start:.1f} s"
+                )
             runs.append(DemoRun(script, target, seconds, error, checks))
     finally:
         for k, v in saved.items():
@@ -152,8 +164,10 @@ def markdown_to_html(text: str) -> str:
 
 def _figure(path: Path, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return (f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure><img alt="{html.escape(caption)}" src="data:image/png;base64,{data}">'
+        f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def _numbers_table(numbers: dict) -> str:
@@ -161,9 +175,12 @@ def _numbers_table(numbers: dict) -> str:
         return ""
     rows = "".join(
         f"<tr><td><code>{html.escape(k)}</code></td><td>{html.escape(_fmt(v))}</td></tr>"
-        for k, v in numbers.items())
-    return ("<details><summary>numbers this run measured</summary><table>"
-            f"<tr><th>name</th><th>value</th></tr>{rows}</table></details>")
+        for k, v in numbers.items()
+    )
+    return (
+        "<details><summary>numbers this run measured</summary><table>"
+        f"<tr><th>name</th><th>value</th></tr>{rows}</table></details>"
+    )
 
 
 def _fmt(value) -> str:
@@ -181,11 +198,15 @@ def _checks_table(results: list[dict]) -> str:
         f"<tr><td>{html.escape(r['check'])}</td><td>{html.escape(r['statement'])}</td>"
         f"<td>{html.escape(r['instance'])}</td><td>{r['max_abs_error']:.3g}</td>"
         f"<td>{r['tolerance']:.3g}</td>"
-        f"<td class=\"{'pass' if r['passed'] else 'fail'}\">{'pass' if r['passed'] else 'FAIL'}"
-        "</td></tr>" for r in results)
-    return ("<h3>Theorem checks on this demo's instances</h3><table><tr><th>check</th>"
-            "<th>statement</th><th>instance</th><th>worst error</th><th>tolerance</th>"
-            f"<th>status</th></tr>{rows}</table>")
+        f'<td class="{"pass" if r["passed"] else "fail"}">{"pass" if r["passed"] else "FAIL"}'
+        "</td></tr>"
+        for r in results
+    )
+    return (
+        "<h3>Theorem checks on this demo's instances</h3><table><tr><th>check</th>"
+        "<th>statement</th><th>instance</th><th>worst error</th><th>tolerance</th>"
+        f"<th>status</th></tr>{rows}</table>"
+    )
 
 
 def demo_section(run: DemoRun, check_results: list[dict]) -> str:
@@ -204,15 +225,21 @@ def demo_section(run: DemoRun, check_results: list[dict]) -> str:
             if png.exists():
                 parts.append(_figure(png, captions.get(png.name, stem)))
     if run.error:
-        parts.append(f'<div class="error"><b>This demo failed:</b><pre>{html.escape(run.error)}'
-                     "</pre></div>")
+        parts.append(
+            f'<div class="error"><b>This demo failed:</b><pre>{html.escape(run.error)}</pre></div>'
+        )
     parts.append(_numbers_table(record.get("numbers", {})))
     notes = [i for i in record.get("instances", []) if i.get("note")]
     parts.append(_checks_table(check_results))
-    parts.extend(f"<p><small>Checked instance <code>{html.escape(i['name'])}</code>: "
-                 f"{html.escape(i['note'])}.</small></p>" for i in notes)
-    parts.append(f"<p><small>ran in {run.seconds:.1f} s"
-                 f"{' (quick mode)' if record.get('quick') else ''}</small></p></section>")
+    parts.extend(
+        f"<p><small>Checked instance <code>{html.escape(i['name'])}</code>: "
+        f"{html.escape(i['note'])}.</small></p>"
+        for i in notes
+    )
+    parts.append(
+        f"<p><small>ran in {run.seconds:.1f} s"
+        f"{' (quick mode)' if record.get('quick') else ''}</small></p></section>"
+    )
     return "\n".join(parts)
 
 
@@ -220,22 +247,26 @@ def build_report(runs: list[DemoRun], out_dir) -> Path:
     """Write ``out_dir/report.html`` (atomically) and return its path."""
     from toy_lm import __version__
 
-    nav = "".join(f'<li><a href="#{r.script.stem}">{html.escape(r.script.stem)}</a></li>'
-                  for r in runs)
+    nav = "".join(
+        f'<li><a href="#{r.script.stem}">{html.escape(r.script.stem)}</a></li>' for r in runs
+    )
     link = ""
     if (Path(out_dir) / "explorer.html").exists():  # written next to the report by the demo command
-        link = ('<p><a href="explorer.html">The interactive explorer</a>: flip a leaf\'s harm, '
-                "drag a probability or move λ and watch H_t, G, I_t and τ* change.</p>")
+        link = (
+            '<p><a href="explorer.html">The interactive explorer</a>: flip a leaf\'s harm, '
+            "drag a probability or move λ and watch H_t, G, I_t and τ* change.</p>"
+        )
     body = "\n<hr>\n".join(demo_section(r, r.checks) for r in runs)
     page = (
-        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
         "<title>harm-horizon: why alignment gradients stop at the harm horizon</title>"
         f"<style>{_CSS}</style></head><body>"
         "<h1>harm-horizon demonstrations</h1>"
         "<p>Why RLHF-style alignment only changes the first few tokens of a response, computed "
         "exactly on small models. Every number and figure below was produced by the run that wrote "
         f"this file (harm-horizon {__version__}); the theorem statements are in THEORY.md.</p>"
-        f"<nav><b>Contents</b><ol>{nav}</ol>{link}</nav>{body}</body></html>")
+        f"<nav><b>Contents</b><ol>{nav}</ol>{link}</nav>{body}</body></html>"
+    )
     from toy_lm.outputs import write_atomic
 
     path = Path(out_dir) / "report.html"

@@ -28,15 +28,28 @@ from toy_lm.errors import InputError
 from toy_lm.io import open_input
 from toy_lm.outputs import write_atomic
 
-__all__ = ["TABLES", "attack_rows", "load_results", "read_result", "results_rows", "training_rows",
-           "write_table", "write_tables"]
+__all__ = [
+    "TABLES",
+    "attack_rows",
+    "load_results",
+    "read_result",
+    "results_rows",
+    "training_rows",
+    "write_table",
+    "write_tables",
+]
 
 TABLES = ("results", "training", "attack")
 
-_PER_POSITION = ("per_position_kl", "per_position_kl_beyond_horizon", "per_position_kl_own",
-                 "spill_over_kl", "benign_per_position_kl", "prefill_asr")
-_BASE_PER_POSITION = ("prefill_asr", "prefill_asr_floor", "harm_information",
-                      "determined_fraction")
+_PER_POSITION = (
+    "per_position_kl",
+    "per_position_kl_beyond_horizon",
+    "per_position_kl_own",
+    "spill_over_kl",
+    "benign_per_position_kl",
+    "prefill_asr",
+)
+_BASE_PER_POSITION = ("prefill_asr", "prefill_asr_floor", "harm_information", "determined_fraction")
 
 
 def read_result(path: str) -> dict:
@@ -46,7 +59,7 @@ def read_result(path: str) -> dict:
             return json.loads(fh.read().decode("utf-8"))
     except InputError:
         raise
-    except (OSError, ValueError, RecursionError) as err:   # JSON, UTF-8 and I/O errors
+    except (OSError, ValueError, RecursionError) as err:  # JSON, UTF-8 and I/O errors
         raise InputError(f"cannot read result {path}: {' '.join(str(err).split())}") from None
 
 
@@ -59,10 +72,15 @@ def results_rows(result: dict) -> list[dict]:
     """Rows of the ``results`` table for one run (one per position)."""
     ident = _identity(result)
     base, aligned = result["base"], result["aligned"]
-    scalars = {"expected_harm": aligned["expected_harm"], "utility": aligned["utility"],
-               "base_expected_harm": base["expected_harm"], "base_utility": base["utility"],
-               "harmful_path_horizon": base["harmful_path_horizon"],
-               "global_horizon": base["global_horizon"], "seconds": result["seconds"]["total"]}
+    scalars = {
+        "expected_harm": aligned["expected_harm"],
+        "utility": aligned["utility"],
+        "base_expected_harm": base["expected_harm"],
+        "base_utility": base["utility"],
+        "harmful_path_horizon": base["harmful_path_horizon"],
+        "global_horizon": base["global_horizon"],
+        "seconds": result["seconds"]["total"],
+    }
     for name, curve in result.get("attack", {}).items():
         scalars[f"attack_{name}_final_harm"] = curve["expected_harm"][-1]
     rows = []
@@ -82,18 +100,28 @@ def training_rows(result: dict) -> list[dict]:
     rows = []
     for step, norms in zip(hist["grad_steps"], hist["grad_norms"]):
         for index, norm in enumerate(norms):
-            rows.append({**ident, "step": step, "position": index + 1, "grad_norm": norm,
-                         "loss": hist["loss"][step], "expected_harm": hist["expected_harm"][step],
-                         "utility": hist["utility"][step]})
+            rows.append(
+                {
+                    **ident,
+                    "step": step,
+                    "position": index + 1,
+                    "grad_norm": norm,
+                    "loss": hist["loss"][step],
+                    "expected_harm": hist["expected_harm"][step],
+                    "utility": hist["utility"][step],
+                }
+            )
     return rows
 
 
 def attack_rows(result: dict) -> list[dict]:
     """Rows of the ``attack`` table (attack objective x step)."""
     ident = _identity(result)
-    return [{**ident, "attack_objective": name, "attack_step": step, "expected_harm": harm}
-            for name, curve in result.get("attack", {}).items()
-            for step, harm in zip(curve["steps"], curve["expected_harm"])]
+    return [
+        {**ident, "attack_objective": name, "attack_step": step, "expected_harm": harm}
+        for name, curve in result.get("attack", {}).items()
+        for step, harm in zip(curve["steps"], curve["expected_harm"])
+    ]
 
 
 def write_table(rows: list[dict], path_stem: str) -> list[str]:
@@ -133,8 +161,10 @@ def load_results(out: str) -> list[dict]:
         try:
             ids = [str(run["run_id"]) for run in read_result(listing)["runs"]]
         except (KeyError, TypeError):
-            raise InputError(f"{listing} is damaged (no list of runs with run ids); rerun the "
-                             "sweep to rewrite it") from None
+            raise InputError(
+                f"{listing} is damaged (no list of runs with run ids); rerun the "
+                "sweep to rewrite it"
+            ) from None
     else:
         folder = os.path.join(out, "runs")
         names = os.listdir(folder) if os.path.isdir(folder) else []
@@ -142,11 +172,17 @@ def load_results(out: str) -> list[dict]:
     paths = [os.path.join(out, "runs", f"{rid}.json") for rid in ids]
     found = [read_result(p) for p in paths if os.path.exists(p)]
     for path, result in zip([p for p in paths if os.path.exists(p)], found):
-        if not (isinstance(result, dict)
-                and all(k in result for k in ("run_id", "config", "base", "aligned", "training"))):
-            raise InputError(f"{path} is not a complete run result (damaged or replaced); rerun "
-                             "the sweep or experiment to redo that run")
+        if not (
+            isinstance(result, dict)
+            and all(k in result for k in ("run_id", "config", "base", "aligned", "training"))
+        ):
+            raise InputError(
+                f"{path} is not a complete run result (damaged or replaced); rerun "
+                "the sweep or experiment to redo that run"
+            )
     if not found:
-        raise InputError(f"no finished runs in {out} (expected {out}/runs/<run id>.json); run "
-                         "`harm-horizon sweep` or `harm-horizon experiment` first")
+        raise InputError(
+            f"no finished runs in {out} (expected {out}/runs/<run id>.json); run "
+            "`harm-horizon sweep` or `harm-horizon experiment` first"
+        )
     return found

@@ -41,28 +41,64 @@ import time
 from collections.abc import Callable
 
 from experiments import results as results_mod
-from experiments.config import (RunConfig, check_run_memory, config_from_dict, config_to_dict,
-                                with_overrides)
+from experiments.config import (
+    RunConfig,
+    check_run_memory,
+    config_from_dict,
+    config_to_dict,
+    with_overrides,
+)
 from experiments.presets import PRESETS, config_from_source, read_config_file
-from experiments.train import (base_cache_path, get_base, result_path, run_id, train_and_evaluate,
-                               write_json_atomic)
+from experiments.train import (
+    base_cache_path,
+    get_base,
+    result_path,
+    run_id,
+    train_and_evaluate,
+    write_json_atomic,
+)
 from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
 
-__all__ = ["SWEEPS", "WORKER_XLA_FLAGS", "cache_base", "clean_partial_files", "expand",
-           "finished", "folder_lock", "format_seconds", "load_sweep", "missing_bases", "pending",
-           "run_sweep"]
+__all__ = [
+    "SWEEPS",
+    "WORKER_XLA_FLAGS",
+    "cache_base",
+    "clean_partial_files",
+    "expand",
+    "finished",
+    "folder_lock",
+    "format_seconds",
+    "load_sweep",
+    "missing_bases",
+    "pending",
+    "run_sweep",
+]
 
 #: Built-in sweeps: name -> (preset, grid).
 SWEEPS = {
     "quick": ("quick", {"align.objective": ["rlhf", "dpo", "augmentation", "recovery_prefill"]}),
-    "objectives": ("default", {"align.objective": ["rlhf", "reinforce", "dpo", "dpo_sampled",
-                                                   "sft_refusal", "augmentation",
-                                                   "recovery_prefill", "recovery_dense"]}),
+    "objectives": (
+        "default",
+        {
+            "align.objective": [
+                "rlhf",
+                "reinforce",
+                "dpo",
+                "dpo_sampled",
+                "sft_refusal",
+                "augmentation",
+                "recovery_prefill",
+                "recovery_dense",
+            ]
+        },
+    ),
     "lambda": ("default", {"align.lam": [0.1, 0.3, 1.0, 3.0]}),
-    "baselines": ("quick", {"align.objective": ["reinforce"],
-                            "align.baseline": ["none", "value", "mean"]}),
+    "baselines": (
+        "quick",
+        {"align.objective": ["reinforce"], "align.baseline": ["none", "value", "mean"]},
+    ),
 }
 
 
@@ -82,10 +118,16 @@ def expand(base: RunConfig, grid: dict | None = None, runs: list | None = None) 
     for start, run_overrides in starts:
         for values in itertools.product(*(grid[k] for k in keys)):
             overrides = dict(zip(keys, values))
-            label = ",".join(f"{k.split('.')[-1]}={v}" for k, v in {**run_overrides,
-                                                                   **overrides}.items())
-            cfg = with_overrides(start, {**overrides, "name": f"{base.name}-{len(configs):03d}"
-                                         + (f"[{label}]" if label else "")})
+            label = ",".join(
+                f"{k.split('.')[-1]}={v}" for k, v in {**run_overrides, **overrides}.items()
+            )
+            cfg = with_overrides(
+                start,
+                {
+                    **overrides,
+                    "name": f"{base.name}-{len(configs):03d}" + (f"[{label}]" if label else ""),
+                },
+            )
             if run_id(cfg) not in seen:
                 seen.add(run_id(cfg))
                 configs.append(cfg)
@@ -100,8 +142,10 @@ def load_sweep(spec: str) -> list[RunConfig]:
     if spec in PRESETS:
         return [PRESETS[spec]]
     if not os.path.exists(spec):
-        raise ConfigError(f"cannot read sweep {spec}: no such file, and not a built-in sweep "
-                          f"({', '.join(SWEEPS)}) or a preset name ({', '.join(PRESETS)})")
+        raise ConfigError(
+            f"cannot read sweep {spec}: no such file, and not a built-in sweep "
+            f"({', '.join(SWEEPS)}) or a preset name ({', '.join(PRESETS)})"
+        )
     data = read_config_file(spec)
     sweep = data.pop("sweep", {})
     if not isinstance(sweep, dict):
@@ -110,7 +154,9 @@ def load_sweep(spec: str) -> list[RunConfig]:
     if unknown:
         raise ConfigError(f"{spec}: unknown sweep setting {unknown[0]!r}; use grid and/or runs")
     runs = sweep.get("runs")
-    if runs is not None and (not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs)):
+    if runs is not None and (
+        not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs)
+    ):
         raise ConfigError(f"{spec}: sweep.runs must be a list of tables of dotted overrides")
     grid = sweep.get("grid", {})
     if not isinstance(grid, dict):
@@ -161,9 +207,9 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the wor
     try:
         import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
-        pass   # not Linux: the watchdog below does it within a second
+        pass  # not Linux: the watchdog below does it within a second
 
     def watch():
         while os.getppid() == parent:
@@ -176,7 +222,7 @@ def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the wor
 
 
 def _init_worker(parent: int):  # pragma: no cover - runs in the worker processes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # the parent handles Ctrl-C and ends the pool
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
     _die_with_parent(parent)
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()
     from toy_lm.precision import require_x64
@@ -202,8 +248,11 @@ def finished(cfg: RunConfig, out: str) -> bool:
         result = results_mod.read_result(path)
     except InputError:
         return False
-    return (isinstance(result, dict) and result.get("run_id") == run_id(cfg)
-            and all(k in result for k in ("config", "base", "aligned", "training")))
+    return (
+        isinstance(result, dict)
+        and result.get("run_id") == run_id(cfg)
+        and all(k in result for k in ("config", "base", "aligned", "training"))
+    )
 
 
 def pending(configs: list[RunConfig], out: str) -> list[RunConfig]:
@@ -223,9 +272,11 @@ def folder_lock(out: str):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "another process"
-            raise ConfigError(f"another sweep (pid {holder}) is running in {out}; wait for it to "
-                              "finish (then rerun to complete any missing runs) or use another "
-                              "--out") from None
+            raise ConfigError(
+                f"another sweep (pid {holder}) is running in {out}; wait for it to "
+                "finish (then rerun to complete any missing runs) or use another "
+                "--out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         yield
@@ -248,10 +299,16 @@ def missing_bases(configs: list[RunConfig], out: str) -> list[RunConfig]:
 BACKENDS = ("local", "ray")
 
 
-def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
-              log: Callable[[str], None] | None = None, per_run: bool = False,
-              batch_size: int | None = None, backend: str = "local",
-              address: str | None = None) -> list[dict]:
+def run_sweep(
+    configs: list[RunConfig],
+    out: str,
+    jobs: int = 1,
+    log: Callable[[str], None] | None = None,
+    per_run: bool = False,
+    batch_size: int | None = None,
+    backend: str = "local",
+    address: str | None = None,
+) -> list[dict]:
     """Run every configuration without a result in ``out``; then write the tidy tables.
 
     Args:
@@ -282,7 +339,7 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
         raise ConfigError(f"--backend {backend!r} is not one of {', '.join(BACKENDS)}")
     if address is not None and backend != "ray":
         raise ConfigError("--address joins a Ray cluster: it needs --backend ray")
-    if backend == "ray":   # refused before anything is written: Ray missing, cluster unreachable
+    if backend == "ray":  # refused before anything is written: Ray missing, cluster unreachable
         from experiments import sweep_ray
 
         sweep_ray.import_ray()
@@ -296,21 +353,38 @@ def run_sweep(configs: list[RunConfig], out: str, jobs: int = 1,
         return _locked_sweep(configs, out, jobs, log, per_run, batch_size, backend, address)
 
 
-def _locked_sweep(configs, out, jobs, log, per_run: bool, batch_size: int | None, backend: str,
-                  address: str | None) -> list[dict]:
+def _locked_sweep(
+    configs,
+    out,
+    jobs,
+    log,
+    per_run: bool,
+    batch_size: int | None,
+    backend: str,
+    address: str | None,
+) -> list[dict]:
     if clean_partial_files(out):
         log("removed partial files of an interrupted run")
-    write_json_atomic(os.path.join(out, "sweep.json"),
-                      {"runs": [{"run_id": run_id(c), "config": config_to_dict(c)} for c in configs]})
+    write_json_atomic(
+        os.path.join(out, "sweep.json"),
+        {"runs": [{"run_id": run_id(c), "config": config_to_dict(c)} for c in configs]},
+    )
     todo = pending(configs, out)
     damaged = [c for c in todo if os.path.exists(result_path(out, c))]
     if damaged:
-        log(f"{len(damaged)} damaged result file(s) (e.g. {result_path(out, damaged[0])}) will be "
-            "run again")
-    where = (f"{jobs} parallel" if backend == "local" else
-             f"Ray, {'cluster ' + address if address else f'local instance of {jobs} CPUs'}")
-    log(f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
-        f" ({where})")
+        log(
+            f"{len(damaged)} damaged result file(s) (e.g. {result_path(out, damaged[0])}) will be "
+            "run again"
+        )
+    where = (
+        f"{jobs} parallel"
+        if backend == "local"
+        else f"Ray, {'cluster ' + address if address else f'local instance of {jobs} CPUs'}"
+    )
+    log(
+        f"sweep: {len(configs)} runs, {len(configs) - len(todo)} already done, {len(todo)} to run"
+        f" ({where})"
+    )
     if not todo:
         failures = []
     elif backend == "ray":
@@ -325,8 +399,10 @@ def _locked_sweep(configs, out, jobs, log, per_run: bool, batch_size: int | None
         paths = results_mod.write_tables(results, out)
         log(f"tables: {', '.join(os.path.relpath(p, out) for p in paths)}")
     if failures:
-        raise InputError(f"{len(failures)} of {len(todo)} runs failed (rerun the same command to "
-                         f"retry them); first: {failures[0]}")
+        raise InputError(
+            f"{len(failures)} of {len(todo)} runs failed (rerun the same command to "
+            f"retry them); first: {failures[0]}"
+        )
     return results
 
 
@@ -336,16 +412,24 @@ def _dispatch(todo, out, jobs, log, per_run: bool, batch_size: int | None) -> li
         return _execute(todo, out, jobs, log)
     from experiments import batch_sweep
 
-    return batch_sweep.execute(todo, out, jobs, log, WORKER_XLA_FLAGS,
-                               lambda single: _execute(single, out, jobs, log), batch_size)
+    return batch_sweep.execute(
+        todo,
+        out,
+        jobs,
+        log,
+        WORKER_XLA_FLAGS,
+        lambda single: _execute(single, out, jobs, log),
+        batch_size,
+    )
 
 
 def _execute(todo, out, jobs, log) -> list[str]:
     """Train the missing base models, then run ``todo``, in a pool of worker processes."""
     failures = []
     bases = missing_bases(todo, out)
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(todo)), _init_worker,
-                                                     (os.getpid(),))
+    pool = multiprocessing.get_context("spawn").Pool(
+        min(jobs, len(todo)), _init_worker, (os.getpid(),)
+    )
     try:
         if bases:
             log(f"training {len(bases)} base model(s)")
@@ -357,8 +441,10 @@ def _execute(todo, out, jobs, log) -> list[str]:
             elapsed = time.perf_counter() - start
             eta = elapsed / index * (len(tasks) - index)
             status = f"FAILED: {error}" if error else f"done in {format_seconds(seconds)}"
-            log(f"[{index}/{len(tasks)}] {rid} {status}; elapsed {format_seconds(elapsed)}, "
-                f"ETA {format_seconds(eta)}")
+            log(
+                f"[{index}/{len(tasks)}] {rid} {status}; elapsed {format_seconds(elapsed)}, "
+                f"ETA {format_seconds(eta)}"
+            )
             if error:
                 failures.append(f"{rid}: {error}")
         pool.close()

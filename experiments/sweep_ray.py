@@ -55,7 +55,7 @@ CONNECT_TIMEOUT = 5.0
 #: Ray's switch for usage statistics, off for the local instances started here.
 USAGE_STATS_ENV = "RAY_USAGE_STATS_ENABLED"
 #: Object store of a local instance: results and base models of a few batches at a time.
-LOCAL_OBJECT_STORE_BYTES = 256 * 2 ** 20
+LOCAL_OBJECT_STORE_BYTES = 256 * 2**20
 
 
 def import_ray():
@@ -65,8 +65,9 @@ def import_ray():
     except ModuleNotFoundError as err:
         if (err.name or "").split(".")[0] != "ray":
             raise
-        raise ConfigError(f"--backend ray needs Ray, which is not installed; install it with "
-                          f"{INSTALL}") from None
+        raise ConfigError(
+            f"--backend ray needs Ray, which is not installed; install it with {INSTALL}"
+        ) from None
     return ray
 
 
@@ -77,21 +78,25 @@ def check_address(address: str) -> None:
         return
     host, colon, port = address.rpartition(":")
     if not colon or not host or not port.isdigit():
-        raise ConfigError(f"--address {address!r} is not host:port (the address `ray start "
-                          "--head` prints) or auto")
+        raise ConfigError(
+            f"--address {address!r} is not host:port (the address `ray start "
+            "--head` prints) or auto"
+        )
     try:
         with socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT):
             pass
     except OSError as err:
         reason = err.strerror or type(err).__name__
-        raise ConfigError(f"cannot reach a Ray cluster at --address {address} ({reason}); start "
-                          "one with `ray start --head` and pass the address it prints, or leave "
-                          "out --address to start a local Ray instance") from None
+        raise ConfigError(
+            f"cannot reach a Ray cluster at --address {address} ({reason}); start "
+            "one with `ray start --head` and pass the address it prints, or leave "
+            "out --address to start a local Ray instance"
+        ) from None
 
 
 def _one_line(text: object, limit: int = 300) -> str:
     line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[:limit - 3] + "..."
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 @contextlib.contextmanager
@@ -106,20 +111,27 @@ def ray_session(ray, address: str | None, jobs: int):
         check_address(address)
         try:
             ray.init(address=address, **quiet)
-        except Exception as err:   # Ray's own types vary (connection, authentication, version)
-            raise ConfigError(f"cannot join the Ray cluster at --address {address}: "
-                              f"{_one_line(err)} (a cluster with token authentication needs "
-                              "RAY_AUTH_MODE=token and its token, in RAY_AUTH_TOKEN or "
-                              "~/.ray/auth_token, as any Ray driver does)") from None
+        except Exception as err:  # Ray's own types vary (connection, authentication, version)
+            raise ConfigError(
+                f"cannot join the Ray cluster at --address {address}: "
+                f"{_one_line(err)} (a cluster with token authentication needs "
+                "RAY_AUTH_MODE=token and its token, in RAY_AUTH_TOKEN or "
+                "~/.ray/auth_token, as any Ray driver does)"
+            ) from None
         temp = None
     else:
         # /tmp, not the output folder: Ray's socket paths must stay under 108 characters
         temp = fresh_folder("harm-horizon-ray-", "/tmp")
         previous = os.environ.get(USAGE_STATS_ENV)
-        os.environ[USAGE_STATS_ENV] = "0"   # read by ray.init and the processes it starts
+        os.environ[USAGE_STATS_ENV] = "0"  # read by ray.init and the processes it starts
         try:
-            ray.init(num_cpus=jobs, include_dashboard=False, _temp_dir=temp,
-                     object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
+            ray.init(
+                num_cpus=jobs,
+                include_dashboard=False,
+                _temp_dir=temp,
+                object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+                **quiet,
+            )
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
@@ -143,13 +155,20 @@ class _Driver:
     def __init__(self, ray, out: str, log: Callable[[str], None]):
         self.ray, self.out, self.log = ray, out, log
 
-    def gather(self, name: str, fn: Callable, tasks: list[tuple], describe: Callable[[int], str],
-               done: Callable[[int, object], None]) -> list[tuple[int, str]]:
+    def gather(
+        self,
+        name: str,
+        fn: Callable,
+        tasks: list[tuple],
+        describe: Callable[[int], str],
+        done: Callable[[int, object], None],
+    ) -> list[tuple[int, str]]:
         """Run ``fn(*args)`` as a Ray task (named ``name``) for each ``args`` of ``tasks``, calling
         ``done(index, value)`` in the driver as each finishes; returns ``(index, error)`` of the
         tasks that failed :data:`RESUBMITS` + 1 times."""
-        remote = self.ray.remote(fn).options(name=name, num_cpus=1, max_retries=MAX_RETRIES,
-                                             retry_exceptions=False)
+        remote = self.ray.remote(fn).options(
+            name=name, num_cpus=1, max_retries=MAX_RETRIES, retry_exceptions=False
+        )
         pending = {remote.remote(*args): (index, 0) for index, args in enumerate(tasks)}
         lost = []
         try:
@@ -160,11 +179,16 @@ class _Driver:
                     value = self.ray.get(ready[0])
                 except self.ray.exceptions.RayError as err:
                     cause = getattr(err, "cause", None)
-                    reason = _one_line(f"{type(cause).__name__}: {cause}" if cause is not None
-                                       else f"{type(err).__name__}: {err}")
+                    reason = _one_line(
+                        f"{type(cause).__name__}: {cause}"
+                        if cause is not None
+                        else f"{type(err).__name__}: {err}"
+                    )
                     if attempt < RESUBMITS:
-                        self.log(f"{describe(index)} failed ({reason}); re-submitted (attempt "
-                                 f"{attempt + 2} of {RESUBMITS + 1})")
+                        self.log(
+                            f"{describe(index)} failed ({reason}); re-submitted (attempt "
+                            f"{attempt + 2} of {RESUBMITS + 1})"
+                        )
                         pending[remote.remote(*tasks[index])] = (index, attempt + 1)
                     else:
                         lost.append((index, f"Ray task failed {RESUBMITS + 1} times: {reason}"))
@@ -192,9 +216,15 @@ class _Driver:
         return files
 
 
-def execute(todo: list[RunConfig], out: str, jobs: int, log: Callable[[str], None],
-            per_run: bool = False, batch_size: int | None = None,
-            address: str | None = None) -> list[str]:
+def execute(
+    todo: list[RunConfig],
+    out: str,
+    jobs: int,
+    log: Callable[[str], None],
+    per_run: bool = False,
+    batch_size: int | None = None,
+    address: str | None = None,
+) -> list[str]:
     """Run ``todo`` on Ray into ``out``; returns the failures (``"run id: message"``).
 
     Args:
@@ -224,25 +254,35 @@ def execute(todo: list[RunConfig], out: str, jobs: int, log: Callable[[str], Non
     return failures
 
 
-def _vectorized(driver: _Driver, groups: list[list[RunConfig]], jobs: int, cpus: int,
-                batch_size: int | None) -> list[str]:
+def _vectorized(
+    driver: _Driver, groups: list[list[RunConfig]], jobs: int, cpus: int, batch_size: int | None
+) -> list[str]:
     out, log = driver.out, driver.log
     runs = [c for g in groups for c in g]
     base_groups = batch_sweep.missing_base_groups(runs, out)
     if base_groups:
-        log(f"training {sum(map(len, base_groups))} base model(s) in {len(base_groups)} "
-            "program(s)")
+        log(f"training {sum(map(len, base_groups))} base model(s) in {len(base_groups)} program(s)")
 
         def bases_done(_, value):
             report, files = value
             driver.write_bases(files)
-            log(f"{report.runs} base model(s) ready in {report.seconds:.1f} s (compile "
-                f"{report.compile_seconds:.1f} s)")
+            log(
+                f"{report.runs} base model(s) ready in {report.seconds:.1f} s (compile "
+                f"{report.compile_seconds:.1f} s)"
+            )
 
-        driver.gather("harm-horizon-bases", bases_task, [(g,) for g in base_groups],
-                      lambda i: f"base models of program {i + 1}", bases_done)
-    failures = [f"{run_id(c)}: its base model could not be trained" for c in runs
-                if not os.path.exists(base_cache_path(out, c))]
+        driver.gather(
+            "harm-horizon-bases",
+            bases_task,
+            [(g,) for g in base_groups],
+            lambda i: f"base models of program {i + 1}",
+            bases_done,
+        )
+    failures = [
+        f"{run_id(c)}: its base model could not be trained"
+        for c in runs
+        if not os.path.exists(base_cache_path(out, c))
+    ]
     groups = [[c for c in g if os.path.exists(base_cache_path(out, c))] for g in groups]
     groups = [g for g in groups if g]
     if not groups:
@@ -250,10 +290,13 @@ def _vectorized(driver: _Driver, groups: list[list[RunConfig]], jobs: int, cpus:
     budget = memory_budget() // max(jobs, 1)
     batches = batch_sweep.plan_batches(groups, cpus, batch_size, budget)
     total = sum(len(b.configs) for b in batches)
-    log(f"vectorized: {total} runs in {len(groups)} program(s), {len(batches)} batch(es) of up "
-        f"to {max(b.size for b in batches)} runs")
-    tasks = [(b, budget, driver.read_bases([config_from_dict(c) for c in b.configs]))
-             for b in batches]
+    log(
+        f"vectorized: {total} runs in {len(groups)} program(s), {len(batches)} batch(es) of up "
+        f"to {max(b.size for b in batches)} runs"
+    )
+    tasks = [
+        (b, budget, driver.read_bases([config_from_dict(c) for c in b.configs])) for b in batches
+    ]
     start, finished = time.perf_counter(), [0, 0]
 
     def batch_done(_, value):
@@ -263,14 +306,21 @@ def _vectorized(driver: _Driver, groups: list[list[RunConfig]], jobs: int, cpus:
         finished[1] += report.runs
         elapsed = time.perf_counter() - start
         eta = elapsed / finished[1] * (total - finished[1])
-        log(f"[{finished[0]}/{len(batches)}] batch of {report.runs} runs done in "
+        log(
+            f"[{finished[0]}/{len(batches)}] batch of {report.runs} runs done in "
             f"{format_seconds(report.seconds)} (compile {report.compile_seconds:.1f} s); "
             f"{finished[1]}/{total} runs; elapsed {format_seconds(elapsed)}, ETA "
-            f"{format_seconds(eta)}")
+            f"{format_seconds(eta)}"
+        )
         failures.extend(report.failures)
 
-    lost = driver.gather("harm-horizon-batch", batch_task, tasks,
-                         lambda i: f"batch {i + 1} of {len(batches)}", batch_done)
+    lost = driver.gather(
+        "harm-horizon-batch",
+        batch_task,
+        tasks,
+        lambda i: f"batch {i + 1} of {len(batches)}",
+        batch_done,
+    )
     for index, error in lost:
         failures += [f"{run_id(config_from_dict(c))}: {error}" for c in batches[index].configs]
     return failures
@@ -286,8 +336,13 @@ def _one_by_one(driver: _Driver, todo: list[RunConfig]) -> list[str]:
             driver.write_bases(files)
             log(f"base model {', '.join(files)} ready")
 
-        driver.gather("harm-horizon-base", base_task, [(config_to_dict(c),) for c in bases],
-                      lambda i: f"base model {i + 1} of {len(bases)}", base_done)
+        driver.gather(
+            "harm-horizon-base",
+            base_task,
+            [(config_to_dict(c),) for c in bases],
+            lambda i: f"base model {i + 1} of {len(bases)}",
+            base_done,
+        )
     failures = []
     start, count = time.perf_counter(), [0]
 
@@ -300,13 +355,16 @@ def _one_by_one(driver: _Driver, todo: list[RunConfig]) -> list[str]:
         elapsed = time.perf_counter() - start
         eta = elapsed / count[0] * (len(todo) - count[0])
         status = f"FAILED: {error}" if error else f"done in {format_seconds(seconds)}"
-        log(f"[{count[0]}/{len(todo)}] {run_id(cfg)} {status}; elapsed "
-            f"{format_seconds(elapsed)}, ETA {format_seconds(eta)}")
+        log(
+            f"[{count[0]}/{len(todo)}] {run_id(cfg)} {status}; elapsed "
+            f"{format_seconds(elapsed)}, ETA {format_seconds(eta)}"
+        )
         if error:
             failures.append(f"{run_id(cfg)}: {error}")
 
     tasks = [(config_to_dict(c), driver.read_bases([c])) for c in todo]
-    lost = driver.gather("harm-horizon-run", run_task, tasks,
-                         lambda i: f"run {run_id(todo[i])}", run_done)
+    lost = driver.gather(
+        "harm-horizon-run", run_task, tasks, lambda i: f"run {run_id(todo[i])}", run_done
+    )
     failures += [f"{run_id(todo[i])}: {error}" for i, error in lost]
     return failures

@@ -34,7 +34,7 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:   # another user's process
+    except PermissionError:  # another user's process
         return True
     return True
 
@@ -43,11 +43,10 @@ def fresh_folder(prefix: str, root: str) -> str:
     """A new folder ``root/<prefix><pid>-XXXXXXXX`` of this process, after removing the folders
     of processes that died (a SIGKILLed worker or driver cannot remove its own)."""
     for path in glob.glob(os.path.join(root, f"{prefix}*-*")):
-        pid = os.path.basename(path)[len(prefix):].split("-")[0]
+        pid = os.path.basename(path)[len(prefix) :].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
     return tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=root)
-
 
 
 @contextlib.contextmanager
@@ -84,8 +83,9 @@ def bases_task(configs: list[dict]):
 def batch_task(batch: batch_sweep.Batch, budget: int, bases: dict[str, bytes]):
     """Run one vectorized batch; returns ``(report, result dicts)``."""
     with _scratch(bases) as folder:
-        report = batch_runs.run_batch([config_from_dict(c) for c in batch.configs], batch.size,
-                                      folder, budget)
+        report = batch_runs.run_batch(
+            [config_from_dict(c) for c in batch.configs], batch.size, folder, budget
+        )
         runs = os.path.join(folder, "runs")
         results = []
         for name in sorted(os.listdir(runs)) if os.path.isdir(runs) else []:

@@ -26,20 +26,34 @@ import numpy as np
 import optax
 
 from experiments import attack, base_model, measure
-from experiments.config import (AlignConfig, RunConfig, check_run_memory, config_hash,
-                                config_to_dict)
+from experiments.config import AlignConfig, RunConfig, check_run_memory, config_hash, config_to_dict
 from experiments.recipes import Objective, make_objective
 from experiments.world import BENIGN, HARMFUL, RefusalWorld, make_world
 from toy_lm.engines import tree
 from toy_lm.errors import InputError
-from toy_lm.outputs import write_text
 from toy_lm.models.policies import Policy
+from toy_lm.outputs import write_text
 from toy_lm.precision import check_x64
 
-__all__ = ["ALIGN_TAG", "ATTACK_TAG", "BASE_TAG", "History", "MEASURE_TAG", "align",
-           "base_cache_path", "compiled_step", "divergence_message", "get_base", "make_step",
-           "package_version", "result_path", "run_id", "step_function", "train_and_evaluate",
-           "write_json_atomic"]
+__all__ = [
+    "ALIGN_TAG",
+    "ATTACK_TAG",
+    "BASE_TAG",
+    "History",
+    "MEASURE_TAG",
+    "align",
+    "base_cache_path",
+    "compiled_step",
+    "divergence_message",
+    "get_base",
+    "make_step",
+    "package_version",
+    "result_path",
+    "run_id",
+    "step_function",
+    "train_and_evaluate",
+    "write_json_atomic",
+]
 
 #: ``fold_in`` tags of the stages of a run (base model, alignment, attack, measurement).
 BASE_TAG, ALIGN_TAG, ATTACK_TAG, MEASURE_TAG = 1, 2, 3, 4
@@ -69,18 +83,22 @@ class History(NamedTuple):
 
 def _only_position(cotangent: tuple, position: int) -> tuple:
     """The features' cotangent with every position but ``position`` zeroed."""
-    return tuple(c if t == position else jax.tree_util.tree_map(jnp.zeros_like, c)
-                 for t, c in enumerate(cotangent))
+    return tuple(
+        c if t == position else jax.tree_util.tree_map(jnp.zeros_like, c)
+        for t, c in enumerate(cotangent)
+    )
 
 
-def make_step(objective: Objective, optimizer: optax.GradientTransformation, policy: Policy,
-              with_map: bool):
+def make_step(
+    objective: Objective, optimizer: optax.GradientTransformation, policy: Policy, with_map: bool
+):
     """:func:`step_function`, jitted."""
     return jax.jit(step_function(objective, optimizer, policy, with_map))
 
 
-def step_function(objective: Objective, optimizer: optax.GradientTransformation, policy: Policy,
-                  with_map: bool):
+def step_function(
+    objective: Objective, optimizer: optax.GradientTransformation, policy: Policy, with_map: bool
+):
     """A pure optax step ``(params, state, key, data, harm, utility) -> (params, state, loss,
     norms (T,), E[h], E[u])`` where ``E[h]`` (harmful prompt) and ``E[u]`` (benign prompt) are
     exact and belong to the parameters *before* the update.
@@ -91,8 +109,10 @@ def step_function(objective: Objective, optimizer: optax.GradientTransformation,
     length = policy.length
 
     def step(params, state, key, data, harm, utility):
-        before = (tree.expected_harm(policy.level_tables(params, HARMFUL), harm),
-                  tree.expected_harm(policy.level_tables(params, BENIGN), utility))
+        before = (
+            tree.expected_harm(policy.level_tables(params, HARMFUL), harm),
+            tree.expected_harm(policy.level_tables(params, BENIGN), utility),
+        )
         batch = objective.prepare(params, key, data)
         feats, pullback = jax.vjp(lambda p: objective.features(p, batch), params)
         loss, cotangent = jax.value_and_grad(objective.loss)(feats, batch, data)
@@ -127,8 +147,12 @@ def compiled_step(cfg: RunConfig, policy: Policy, objective: Objective, with_map
     those - not the seed, ``λ``, the learning rate or the step count - are the key: a grid over
     ``λ`` and learning rates compiles the step once.
     """
-    fixed = dataclasses.replace(cfg.align, steps=0, grad_map_every=1,
-                                **{f: getattr(AlignConfig(), f) for f in STEP_DATA_FIELDS})
+    fixed = dataclasses.replace(
+        cfg.align,
+        steps=0,
+        grad_map_every=1,
+        **{f: getattr(AlignConfig(), f) for f in STEP_DATA_FIELDS},
+    )
     key = (policy, cfg.world, fixed, with_map)
     if key not in _STEPS:
         name = cfg.align.optimizer
@@ -141,8 +165,14 @@ def compiled_step(cfg: RunConfig, policy: Policy, objective: Objective, with_map
     return _STEPS[key]
 
 
-def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWorld, params,
-          key: jax.Array):
+def align(
+    cfg: RunConfig,
+    policy: Policy,
+    objective: Objective,
+    world: RefusalWorld,
+    params,
+    key: jax.Array,
+):
     """``align.steps`` optax steps of ``objective`` from ``params``; returns ``(params, History)``."""
     a = cfg.align
     optimizer = base_model.make_optimizer(a.optimizer, a.learning_rate)
@@ -153,9 +183,15 @@ def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWo
     for i in range(a.steps):
         recorded = i % a.grad_map_every == 0
         step = step_map if recorded else step_plain
-        params, state, loss, norms, harm, util = step(a.learning_rate, params, state,
-                                                      jax.random.fold_in(key, i), objective.data,
-                                                      world.harm, world.utility)
+        params, state, loss, norms, harm, util = step(
+            a.learning_rate,
+            params,
+            state,
+            jax.random.fold_in(key, i),
+            objective.data,
+            world.harm,
+            world.utility,
+        )
         if not np.isfinite(float(loss)):
             raise InputError(divergence_message(cfg, i, float(loss)))
         hist.loss.append(float(loss))
@@ -169,13 +205,17 @@ def align(cfg: RunConfig, policy: Policy, objective: Objective, world: RefusalWo
 
 def divergence_message(cfg: RunConfig, step: int, loss: float) -> str:
     """The error of a run whose loss became non-finite at ``step``."""
-    return (f"training diverged at step {step} (loss {loss}); lower "
-            f"align.learning_rate={cfg.align.learning_rate}")
+    return (
+        f"training diverged at step {step} (loss {loss}); lower "
+        f"align.learning_rate={cfg.align.learning_rate}"
+    )
 
 
 def base_cache_path(workdir: str, cfg: RunConfig) -> str:
     """Where the base model of ``cfg`` is cached: keyed by (world, policy, base, seed)."""
-    keyed = {k: v for k, v in config_to_dict(cfg).items() if k in ("world", "policy", "base", "seed")}
+    keyed = {
+        k: v for k, v in config_to_dict(cfg).items() if k in ("world", "policy", "base", "seed")
+    }
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
     return os.path.join(workdir, "bases", f"base-{digest}.npz")
 
@@ -187,8 +227,9 @@ def get_base(cfg: RunConfig, world: RefusalWorld, policy: Policy, workdir: str |
         cached = base_model.load_base(path, policy, cfg.policy)
         if cached is not None:
             return cached
-    base = base_model.train_base(cfg, world, policy,
-                                 jax.random.fold_in(jax.random.key(cfg.seed), BASE_TAG))
+    base = base_model.train_base(
+        cfg, world, policy, jax.random.fold_in(jax.random.key(cfg.seed), BASE_TAG)
+    )
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         base_model.save_base(path, base)
@@ -230,12 +271,14 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
     hist = History([], [], [], [], [])
     if cfg.align.objective != "none":
         objective = make_objective(cfg, policy, world, base.params, base.tables)
-        params, hist = align(cfg, policy, objective, world, params,
-                             jax.random.fold_in(key, ALIGN_TAG))
+        params, hist = align(
+            cfg, policy, objective, world, params, jax.random.fold_in(key, ALIGN_TAG)
+        )
     align_seconds = time.perf_counter() - start - base_seconds
     tables = base_model.all_tables(policy, params)
-    aligned = measure.model_measurements(world, tables, base.tables,
-                                         jax.random.fold_in(key, MEASURE_TAG), cfg.measure.num_paths)
+    aligned = measure.model_measurements(
+        world, tables, base.tables, jax.random.fold_in(key, MEASURE_TAG), cfg.measure.num_paths
+    )
     if cfg.align.objective != "none":  # the history ends with the trained model's values
         hist.expected_harm.append(aligned["expected_harm"])
         hist.utility.append(aligned["utility"])
@@ -243,18 +286,26 @@ def train_and_evaluate(cfg: RunConfig, workdir: str | None = None) -> dict:
         "run_id": run_id(cfg),
         "version": package_version(),
         "config": config_to_dict(cfg),
-        "base": {**measure.base_measurements(world, base.tables, cfg.measure.equilibrium_lams),
-                 "sft_gap": base.sft_gap},
+        "base": {
+            **measure.base_measurements(world, base.tables, cfg.measure.equilibrium_lams),
+            "sft_gap": base.sft_gap,
+        },
         "aligned": aligned,
-        "equilibria": measure.equilibrium_measurements(world, base.tables, cfg.align.lam,
-                                                       cfg.align.mu),
+        "equilibria": measure.equilibrium_measurements(
+            world, base.tables, cfg.align.lam, cfg.align.mu
+        ),
         "training": hist._asdict(),
-        "attack": attack.fine_tuning_attacks(cfg, policy, world, params, base.tables,
-                                             jax.random.fold_in(key, ATTACK_TAG))
-        if cfg.attack.steps > 0 else {},
+        "attack": attack.fine_tuning_attacks(
+            cfg, policy, world, params, base.tables, jax.random.fold_in(key, ATTACK_TAG)
+        )
+        if cfg.attack.steps > 0
+        else {},
     }
-    result["seconds"] = {"base": base_seconds, "align": align_seconds,
-                         "total": time.perf_counter() - start}
+    result["seconds"] = {
+        "base": base_seconds,
+        "align": align_seconds,
+        "total": time.perf_counter() - start,
+    }
     if workdir is not None:
         write_json_atomic(result_path(workdir, cfg), result)
     return result

@@ -34,16 +34,41 @@ from experiments.world import HARMFUL, RefusalWorld
 from toy_lm.models.policies import Policy
 from toy_lm.models.policy_factory import init_params
 
-__all__ = ["BASE_VECTOR_FIELDS", "BaseInputs", "RUN_CHUNK", "RunInputs", "VECTOR_FIELDS",
-           "VECTOR_POLICIES", "base_group_key", "base_program", "chunk_size", "chunked_size",
-           "group_key", "not_vectorizable", "run_program"]
+__all__ = [
+    "BASE_VECTOR_FIELDS",
+    "BaseInputs",
+    "RUN_CHUNK",
+    "RunInputs",
+    "VECTOR_FIELDS",
+    "VECTOR_POLICIES",
+    "base_group_key",
+    "base_program",
+    "chunk_size",
+    "chunked_size",
+    "group_key",
+    "not_vectorizable",
+    "run_program",
+]
 
 #: Settings that may differ between the runs of one compiled program (they are data).
-VECTOR_FIELDS = ("name", "seed", "policy.init_scale", "base.learning_rate", "align.lam",
-                 "align.beta", "align.mu", "align.learning_rate", "align.utility_weight",
-                 "align.baseline", "attack.learning_rate", "attack.beta_first",
-                 "attack.beta_early", "attack.early_until", "attack.beta_late",
-                 "measure.equilibrium_lams")
+VECTOR_FIELDS = (
+    "name",
+    "seed",
+    "policy.init_scale",
+    "base.learning_rate",
+    "align.lam",
+    "align.beta",
+    "align.mu",
+    "align.learning_rate",
+    "align.utility_weight",
+    "align.baseline",
+    "attack.learning_rate",
+    "attack.beta_first",
+    "attack.beta_early",
+    "attack.early_until",
+    "attack.beta_late",
+    "measure.equilibrium_lams",
+)
 #: Settings that may differ between the base models trained by one compiled SFT program.
 BASE_VECTOR_FIELDS = ("seed", "policy.init_scale", "base.learning_rate")
 #: Policy kinds whose runs vectorize (the transformer's Flax modules run per run).
@@ -94,8 +119,10 @@ def base_group_key(cfg: RunConfig) -> str:
 def not_vectorizable(cfg: RunConfig) -> str | None:
     """Why a run cannot join a vectorized group (``None`` when it can)."""
     if cfg.policy.kind not in VECTOR_POLICIES:
-        return (f"policy.kind={cfg.policy.kind!r} is not vectorized (Flax modules); its runs go "
-                "one by one")
+        return (
+            f"policy.kind={cfg.policy.kind!r} is not vectorized (Flax modules); its runs go "
+            "one by one"
+        )
     return None
 
 
@@ -160,14 +187,14 @@ def _measurements(world, det, costs, tables, base_tables, mu, lam):
     """:func:`experiments.measure.model_arrays` of the aligned model and of the two optima of
     :func:`experiments.measure.equilibria_arrays`, as one mapped program over the three."""
     base_h, base_b = base_tables
-    optima = measure.equilibrium_optima(base_h, world.harm, costs,
-                                        jnp.full(world.length, mu), lam)
+    optima = measure.equilibrium_optima(base_h, world.harm, costs, jnp.full(world.length, mu), lam)
     names = list(optima)
     harmful = [tables[HARMFUL]] + [optima[n] for n in names]
     benign = [tables[1]] + [base_b] * len(names)
     stack = lambda trees: jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *trees)  # noqa: E731
     arrays = jax.vmap(measure.model_arrays, in_axes=(0, 0, None, None, None, None, None))(
-        stack(harmful), stack(benign), base_h, base_b, world.harm, world.utility, det)
+        stack(harmful), stack(benign), base_h, base_b, world.harm, world.utility, det
+    )
     part = lambda i: jax.tree_util.tree_map(lambda x: x[i], arrays)  # noqa: E731
     return part(0), {n: part(i + 1) for i, n in enumerate(names)}
 
@@ -206,36 +233,45 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
                 if a.grad_map_every == 1:
                     p, state, *rest = step_map(*args)
                 else:
-                    p, state, *rest = jax.lax.cond(i % a.grad_map_every == 0, step_map,
-                                                   step_plain, *args)
+                    p, state, *rest = jax.lax.cond(
+                        i % a.grad_map_every == 0, step_map, step_plain, *args
+                    )
                 return (p, state), tuple(rest)
 
-            (params, _), hist = jax.lax.scan(body, (params, opt.init(params)),
-                                             jnp.arange(a.steps))
+            (params, _), hist = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(a.steps))
             out.update(zip(("loss", "grad_norms", "expected_harm", "utility"), hist))
         tables = prompt_tables(policy, params)
         out["tables"] = tables[HARMFUL]
         out["aligned"], out["equilibria"] = _measurements(
-            world, det, costs, tables, base_tables, run.settings["mu"], run.settings["lam"])
+            world, det, costs, tables, base_tables, run.settings["mu"], run.settings["lam"]
+        )
         if k.steps > 0:
             opt = make_optimizer(k.optimizer, run.attack_learning_rate)
-            d = {"reference": tables[HARMFUL], "weights": pick(bases.attack_weights),
-                 "betas": run.betas, "harm": world.harm}
+            d = {
+                "reference": tables[HARMFUL],
+                "weights": pick(bases.attack_weights),
+                "betas": run.betas,
+                "harm": world.harm,
+            }
             names = attack_names(cfg)
             flags = jnp.asarray([float(name == "constrained") for name in names])
             # both attacks as one mapped program (the loss is selected by data)
-            curves = jax.vmap(lambda flag: _attack_curve(policy, opt, k.steps, params,
-                                                         {**d, "constrained": flag}))(flags)
+            curves = jax.vmap(
+                lambda flag: _attack_curve(policy, opt, k.steps, params, {**d, "constrained": flag})
+            )(flags)
             out["attack"] = {name: curves[i] for i, name in enumerate(names)}
-        out["uniforms"] = jax.random.uniform(jax.random.fold_in(key, MEASURE_TAG),
-                                             (cfg.measure.num_paths, world.length))
+        out["uniforms"] = jax.random.uniform(
+            jax.random.fold_in(key, MEASURE_TAG), (cfg.measure.num_paths, world.length)
+        )
         return out
 
     def batch(runs: RunInputs, bases: BaseInputs):
         size = runs.seed.shape[0]
         if size != chunked_size(size):
-            raise ValueError(f"a batch of {size} runs is not a multiple of its chunk size "
-                             f"{chunk_size(size)}; pad it to chunked_size({size})")
+            raise ValueError(
+                f"a batch of {size} runs is not a multiple of its chunk size "
+                f"{chunk_size(size)}; pad it to chunked_size({size})"
+            )
         return jax.lax.map(lambda run: one(run, bases), runs, batch_size=chunk_size(size))
 
     return jax.jit(batch)

@@ -35,9 +35,20 @@ from toy_lm.models import automata
 from toy_lm.models.automata import Automaton
 from toy_lm.tables import all_prefixes
 
-__all__ = ["BENIGN", "HARMFUL", "PROMPTS", "RefusalWorld", "behaviour_tables", "describe_response",
-           "make_world", "recovery_automaton", "role_chain", "role_tokens", "token_names",
-           "utility_table"]
+__all__ = [
+    "BENIGN",
+    "HARMFUL",
+    "PROMPTS",
+    "RefusalWorld",
+    "behaviour_tables",
+    "describe_response",
+    "make_world",
+    "recovery_automaton",
+    "role_chain",
+    "role_tokens",
+    "token_names",
+    "utility_table",
+]
 
 HARMFUL, BENIGN = 0, 1
 PROMPTS = ("harmful", "benign")
@@ -100,8 +111,10 @@ class RefusalWorld(NamedTuple):
 
 def role_tokens(vocab) -> dict:
     """``{role: tuple of token ids}`` for a vocabulary given as a role per token."""
-    return {role: tuple(i for i, r in enumerate(vocab) if r == role) for role in
-            ("end", "refusal", "comply", "harmful", "neutral")}
+    return {
+        role: tuple(i for i, r in enumerate(vocab) if r == role)
+        for role in ("end", "refusal", "comply", "harmful", "neutral")
+    }
 
 
 def role_chain(cfg: WorldConfig, prompt: int) -> dict:
@@ -111,12 +124,20 @@ def role_chain(cfg: WorldConfig, prompt: int) -> dict:
         chain["start"]["refusal"] = cfg.benign_refuse_prob
         return chain
     rest = 1.0 - cfg.comply_prob - cfg.refuse_prob
-    start = {"comply": cfg.comply_prob, "refusal": cfg.refuse_prob,
-             "harmful": rest / 2, "neutral": rest / 2}
+    start = {
+        "comply": cfg.comply_prob,
+        "refusal": cfg.refuse_prob,
+        "harmful": rest / 2,
+        "neutral": rest / 2,
+    }
     escape = (1.0 - cfg.persistence) / 3
     going = {"harmful": cfg.persistence, "neutral": escape, "refusal": escape, "end": escape}
-    return {"start": start, "comply": dict(going), "harmful": dict(going),
-            **{k: dict(v) for k, v in _HARMFUL_CHAIN_REST.items()}}
+    return {
+        "start": start,
+        "comply": dict(going),
+        "harmful": dict(going),
+        **{k: dict(v) for k, v in _HARMFUL_CHAIN_REST.items()},
+    }
 
 
 def _next_token_probs(chain_row: dict, tokens: dict, vocab_size: int, smoothing: float):
@@ -133,8 +154,10 @@ def behaviour_tables(cfg: WorldConfig, prompt: int) -> tuple:
     vocab_size = len(cfg.vocab)
     tokens = role_tokens(cfg.vocab)
     chain = role_chain(cfg, prompt)
-    rows = {role: np.log(_next_token_probs(chain[role], tokens, vocab_size, cfg.smoothing))
-            for role in chain}
+    rows = {
+        role: np.log(_next_token_probs(chain[role], tokens, vocab_size, cfg.smoothing))
+        for role in chain
+    }
     token_rows = np.stack([rows[r] for r in cfg.vocab])  # indexed by the previous token
     tables = [rows["start"][None, :]]
     for level in range(1, cfg.length):
@@ -173,13 +196,21 @@ def make_world(cfg: WorldConfig) -> RefusalWorld:
     """Build the :class:`RefusalWorld` of a configuration."""
     vocab_size, length = len(cfg.vocab), cfg.length
     tokens = role_tokens(cfg.vocab)
-    dfa = automata.harmful_before_refusal(vocab_size, cfg.num_harmful, tokens["harmful"],
-                                          tokens["refusal"])
+    dfa = automata.harmful_before_refusal(
+        vocab_size, cfg.num_harmful, tokens["harmful"], tokens["refusal"]
+    )
     harm = automata.automaton_harm_table(dfa, length)
     utility = jnp.asarray(utility_table(tokens, vocab_size, length))
     return RefusalWorld(
-        vocab_size=vocab_size, length=length, num_harmful=cfg.num_harmful, roles=tuple(cfg.vocab),
-        tokens=tokens, harm_dfa=dfa, harm=harm, utility=utility, costs=(harm, 1.0 - utility),
+        vocab_size=vocab_size,
+        length=length,
+        num_harmful=cfg.num_harmful,
+        roles=tuple(cfg.vocab),
+        tokens=tokens,
+        harm_dfa=dfa,
+        harm=harm,
+        utility=utility,
+        costs=(harm, 1.0 - utility),
         determined=automata.automaton_determined_masks(dfa, length),
         recovery_dfa=recovery_automaton(vocab_size, tokens),
         behaviour=(behaviour_tables(cfg, HARMFUL), behaviour_tables(cfg, BENIGN)),

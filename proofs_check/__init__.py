@@ -24,7 +24,12 @@ _EXPORTS = {
     "proofs_check.controls": ("PLANTS", "Plant"),
     "proofs_check.engines": ("ENGINES", "available_engines", "engine_outputs", "read_through"),
     "proofs_check.instances": (
-        "Instance", "builtin_suite", "make_instance", "recovery_cost_automaton", "with_engine"),
+        "Instance",
+        "builtin_suite",
+        "make_instance",
+        "recovery_cost_automaton",
+        "with_engine",
+    ),
     "proofs_check.mutants": ("MUTANTS", "Mutant", "run_mutants"),
     "proofs_check.registry": ("REGISTRY", "Check", "all_checks", "select"),
     "proofs_check.results": ("CheckResult", "Part", "rounding_tolerance"),

@@ -30,9 +30,18 @@ import numpy as np
 from toy_lm.engines import gradients
 from toy_lm.tables import all_prefixes
 
-__all__ = ["COMPILER_OPTIONS", "flatten", "jit", "level_tables", "parameter_quantities",
-           "response_log_probs", "score_tensor", "teacher_forced_grads", "to_numpy",
-           "value_and_flat_grad"]
+__all__ = [
+    "COMPILER_OPTIONS",
+    "flatten",
+    "jit",
+    "level_tables",
+    "parameter_quantities",
+    "response_log_probs",
+    "score_tensor",
+    "teacher_forced_grads",
+    "to_numpy",
+    "value_and_flat_grad",
+]
 
 #: XLA options for the checks' programs: backend optimization off (compile time is the cost).
 COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
@@ -101,10 +110,12 @@ def parameter_quantities(policy, params, harm) -> dict:
         "tables": tables_fn(params),
         "token_log_probs": policy.token_log_probs(params, responses),
         "scores": score_tensor(policy, params, responses),
-        "g_autodiff": flatten(gradients.per_position_grads_autodiff(tables_fn, params, harm),
-                              (length,)),
-        "g_surrogate": flatten(gradients.per_position_grads_surrogate(tables_fn, params, harm),
-                               (length,)),
+        "g_autodiff": flatten(
+            gradients.per_position_grads_autodiff(tables_fn, params, harm), (length,)
+        ),
+        "g_surrogate": flatten(
+            gradients.per_position_grads_surrogate(tables_fn, params, harm), (length,)
+        ),
         "g_total": flatten(gradients.total_grad(tables_fn, params, harm), ()),
         "g_teacher": _teacher_forced_grads(policy, params, harm, stop_gradient=True),
     }
@@ -148,8 +159,11 @@ def response_log_probs(tables, vocab_size: int, length: int) -> jax.Array:
     digits = jnp.asarray(all_prefixes(vocab_size, length))
     out = jnp.zeros(digits.shape[0], jnp.result_type(float))
     for level, table in enumerate(tables):
-        row = (digits[:, :level] @ (vocab_size ** jnp.arange(level - 1, -1, -1)) if level
-               else jnp.zeros(digits.shape[0], int))
+        row = (
+            digits[:, :level] @ (vocab_size ** jnp.arange(level - 1, -1, -1))
+            if level
+            else jnp.zeros(digits.shape[0], int)
+        )
         out = out + jax.nn.log_softmax(jnp.asarray(table), axis=-1)[row, digits[:, level]]
     return out
 
@@ -158,5 +172,6 @@ def value_and_flat_grad(fn, tables) -> np.ndarray:
     """``[fn(tables), ∇fn(tables) flattened]`` as one float64 vector (a loss and its gradient
     compared with a direct sum in one part)."""
     value, grads = jax.value_and_grad(fn)(tables)
-    return np.concatenate([[float(value)]] + [np.asarray(g).reshape(-1)
-                                              for g in jax.tree_util.tree_leaves(grads)])
+    return np.concatenate(
+        [[float(value)]] + [np.asarray(g).reshape(-1) for g in jax.tree_util.tree_leaves(grads)]
+    )

@@ -14,4 +14,4 @@ from proofs_check import (  # noqa: F401
     training,
 )
 
-__all__: list[str] = []   # imported for its side effect only
+__all__: list[str] = []  # imported for its side effect only

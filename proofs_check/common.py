@@ -4,12 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from toy_lm.models.neural import MLPPolicy, TransformerPolicy
 from proofs_check.autodiff import parameter_quantities, to_numpy
 from proofs_check.engine import engine_quantities
+from toy_lm.models.neural import MLPPolicy, TransformerPolicy
 
-__all__ = ["NEURAL_OPS", "OPS_PER_LEVEL", "engine", "expect", "level_blocks", "ops", "outputs",
-           "quantities", "score_magnitude"]
+__all__ = [
+    "NEURAL_OPS",
+    "OPS_PER_LEVEL",
+    "engine",
+    "expect",
+    "level_blocks",
+    "ops",
+    "outputs",
+    "quantities",
+    "score_magnitude",
+]
 
 #: Floating-point operations per level along one term's path: log-softmax (max, subtract, exp,
 #: sum, log), the product of conditionals, and the same again in the backward pass.
@@ -57,7 +66,7 @@ def score_magnitude(inst) -> float:
 def level_blocks(values_per_response: np.ndarray, vocab_size: int, level: int) -> np.ndarray:
     """Reshape ``(V**T, ...)`` to ``(V**l, V**(T-l), ...)``: responses grouped by level-l prefix."""
     values = np.asarray(values_per_response)
-    return values.reshape((vocab_size ** level, -1) + values.shape[1:])
+    return values.reshape((vocab_size**level, -1) + values.shape[1:])
 
 
 def outputs(inst, harm=None) -> dict:

@@ -20,9 +20,21 @@ import numpy as np
 
 from proofs_check import enumeration
 
-__all__ = ["PLANTS", "Plant", "changed_below_determined", "claimed_determined", "claimed_horizon",
-           "has_determined_prefix", "increments_of", "informative", "perturbed_tables",
-           "planted_harm", "prompt_horizons", "shifted_levels", "wrong_level_baseline"]
+__all__ = [
+    "PLANTS",
+    "Plant",
+    "changed_below_determined",
+    "claimed_determined",
+    "claimed_horizon",
+    "has_determined_prefix",
+    "increments_of",
+    "informative",
+    "perturbed_tables",
+    "planted_harm",
+    "prompt_horizons",
+    "shifted_levels",
+    "wrong_level_baseline",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +47,10 @@ class Plant:
 
 
 def _below_determined_applies(inst) -> bool:
-    return changed_below_determined(inst.harm, inst.vocab_size, inst.length, inst.determined) is not None
+    return (
+        changed_below_determined(inst.harm, inst.vocab_size, inst.length, inst.determined)
+        is not None
+    )
 
 
 def _prompts(inst):
@@ -44,8 +59,9 @@ def _prompts(inst):
 
 def prompt_horizons(inst) -> list[int]:
     """``τ*(h_x)`` of every prompt's harm, by direct comparison of harm values."""
-    return [enumeration.direct_horizon(h, inst.vocab_size, inst.length)
-            for h in _prompts(inst).harms]
+    return [
+        enumeration.direct_horizon(h, inst.vocab_size, inst.length) for h in _prompts(inst).harms
+    ]
 
 
 def informative(inst) -> bool:
@@ -59,52 +75,108 @@ def has_determined_prefix(inst) -> bool:
 
 
 #: Every planted error, by name.
-PLANTS: dict[str, Plant] = {p.name: p for p in (
-    Plant("shifted-H", "H_t shifted by one position: H_l(u) read as H_{l+1}(u0)",
-          lambda inst: inst.length >= 2 and informative(inst)),
-    Plant("wrong-baseline-level", "baseline from the wrong level: H_{t-2} where H_{t-1} belongs",
-          lambda inst: inst.length >= 2 and informative(inst)),
-    Plant("no-stop-gradient", "stop-gradient dropped: every factor of P(y) differentiated",
-          lambda inst: inst.length >= 2 and informative(inst)),
-    Plant("wrong-position-score", "the score of the wrong position: s_{t+1} (cyclically) for s_t",
-          lambda inst: inst.length >= 2 and informative(inst)),
-    Plant("previous-position-score", "the score of the previous position s_{t-1} for s_t",
-          lambda inst: inst.length >= 2),
-    Plant("off-policy-weights", "conditional mean taken under the uniform policy instead of π"),
-    Plant("uniform-H", "H_t computed with uniform instead of π weights in the backward recursion",
-          informative),
-    Plant("mu-zero", "every recovery weight μ_k = 0 (the recovery objective reduces to E[h])",
-          informative),
-    Plant("mi-in-bits", "I_t^MI in bits instead of nats (divided by log 2)", informative),
-    Plant("masks-from-first-child", "determined masks from the first child's subtree only",
-          lambda inst: inst.horizon >= 1),
-    Plant("harm-below-determined",
-          "the harm changes below a prefix claimed determined (beyond the claimed horizon)",
-          _below_determined_applies),
-    Plant("horizon-off-by-one", "the claimed horizon is one less than the true τ*",
-          lambda inst: inst.horizon >= 1),
-    Plant("lambda-sign", "λ with the wrong sign (π0 tilted by exp(+h/λ))", informative),
-    Plant("lambda-scale", "λ off by a factor of 2 on one side", informative),
-    Plant("wrong-position-information", "I_{t+1} used where I_t belongs (I_{T+1} = 0)",
-          lambda inst: inst.horizon >= 1),
-    Plant("not-at-base", "the policy differs from π0 also at determined prefixes",
-          has_determined_prefix),
-    Plant("wrong-reference", "DPO reference policy differs from the initial policy",
-          lambda inst: informative(inst) and has_determined_prefix(inst)),
-    Plant("mu-sign", "recovery weights μ with the wrong sign"),
-    Plant("mu-dropped", "the recovery term left out of the closed form (μ = 0 on one side)"),
-    Plant("costs-dropped", "the dense cost left out of the equilibrium (μ = 0)"),
-    Plant("prefix-mass-dropped", "the subtree trained alone with step η instead of η P_π(u)",
-          lambda inst: inst.horizon >= 2),
-    Plant("prefix-mass-added", "natural gradient on the subtree alone with step η P_π(u), not η",
-          lambda inst: inst.horizon >= 2),
-    Plant("ancestors-not-frozen", "the logits above u trained too, so P_π(u) drifts",
-          lambda inst: inst.horizon >= 2),
-    Plant("prompt-weights-ignored", "the prompts averaged uniformly instead of with p(x)",
-          lambda inst: _prompts(inst) is not None and np.ptp(_prompts(inst).weights) > 0),
-    Plant("horizon-min-over-prompts", "the horizon of a mixture taken as the minimum over prompts",
-          lambda inst: _prompts(inst) is not None and len(set(prompt_horizons(inst))) > 1),
-)}
+PLANTS: dict[str, Plant] = {
+    p.name: p
+    for p in (
+        Plant(
+            "shifted-H",
+            "H_t shifted by one position: H_l(u) read as H_{l+1}(u0)",
+            lambda inst: inst.length >= 2 and informative(inst),
+        ),
+        Plant(
+            "wrong-baseline-level",
+            "baseline from the wrong level: H_{t-2} where H_{t-1} belongs",
+            lambda inst: inst.length >= 2 and informative(inst),
+        ),
+        Plant(
+            "no-stop-gradient",
+            "stop-gradient dropped: every factor of P(y) differentiated",
+            lambda inst: inst.length >= 2 and informative(inst),
+        ),
+        Plant(
+            "wrong-position-score",
+            "the score of the wrong position: s_{t+1} (cyclically) for s_t",
+            lambda inst: inst.length >= 2 and informative(inst),
+        ),
+        Plant(
+            "previous-position-score",
+            "the score of the previous position s_{t-1} for s_t",
+            lambda inst: inst.length >= 2,
+        ),
+        Plant("off-policy-weights", "conditional mean taken under the uniform policy instead of π"),
+        Plant(
+            "uniform-H",
+            "H_t computed with uniform instead of π weights in the backward recursion",
+            informative,
+        ),
+        Plant(
+            "mu-zero",
+            "every recovery weight μ_k = 0 (the recovery objective reduces to E[h])",
+            informative,
+        ),
+        Plant("mi-in-bits", "I_t^MI in bits instead of nats (divided by log 2)", informative),
+        Plant(
+            "masks-from-first-child",
+            "determined masks from the first child's subtree only",
+            lambda inst: inst.horizon >= 1,
+        ),
+        Plant(
+            "harm-below-determined",
+            "the harm changes below a prefix claimed determined (beyond the claimed horizon)",
+            _below_determined_applies,
+        ),
+        Plant(
+            "horizon-off-by-one",
+            "the claimed horizon is one less than the true τ*",
+            lambda inst: inst.horizon >= 1,
+        ),
+        Plant("lambda-sign", "λ with the wrong sign (π0 tilted by exp(+h/λ))", informative),
+        Plant("lambda-scale", "λ off by a factor of 2 on one side", informative),
+        Plant(
+            "wrong-position-information",
+            "I_{t+1} used where I_t belongs (I_{T+1} = 0)",
+            lambda inst: inst.horizon >= 1,
+        ),
+        Plant(
+            "not-at-base",
+            "the policy differs from π0 also at determined prefixes",
+            has_determined_prefix,
+        ),
+        Plant(
+            "wrong-reference",
+            "DPO reference policy differs from the initial policy",
+            lambda inst: informative(inst) and has_determined_prefix(inst),
+        ),
+        Plant("mu-sign", "recovery weights μ with the wrong sign"),
+        Plant("mu-dropped", "the recovery term left out of the closed form (μ = 0 on one side)"),
+        Plant("costs-dropped", "the dense cost left out of the equilibrium (μ = 0)"),
+        Plant(
+            "prefix-mass-dropped",
+            "the subtree trained alone with step η instead of η P_π(u)",
+            lambda inst: inst.horizon >= 2,
+        ),
+        Plant(
+            "prefix-mass-added",
+            "natural gradient on the subtree alone with step η P_π(u), not η",
+            lambda inst: inst.horizon >= 2,
+        ),
+        Plant(
+            "ancestors-not-frozen",
+            "the logits above u trained too, so P_π(u) drifts",
+            lambda inst: inst.horizon >= 2,
+        ),
+        Plant(
+            "prompt-weights-ignored",
+            "the prompts averaged uniformly instead of with p(x)",
+            lambda inst: _prompts(inst) is not None and np.ptp(_prompts(inst).weights) > 0,
+        ),
+        Plant(
+            "horizon-min-over-prompts",
+            "the horizon of a mixture taken as the minimum over prompts",
+            lambda inst: _prompts(inst) is not None and len(set(prompt_horizons(inst))) > 1,
+        ),
+    )
+}
 
 
 def shifted_levels(values) -> list[np.ndarray]:
@@ -117,8 +189,10 @@ def shifted_levels(values) -> list[np.ndarray]:
 
 def increments_of(values, vocab_size: int) -> list[np.ndarray]:
     """``Δ_t(y_<=t) = H_t(y_<=t) - H_{t-1}(y_<t)`` from per-level values ``H_0 ... H_T``."""
-    return [np.asarray(values[t]) - np.repeat(np.asarray(values[t - 1]), vocab_size)
-            for t in range(1, len(values))]
+    return [
+        np.asarray(values[t]) - np.repeat(np.asarray(values[t - 1]), vocab_size)
+        for t in range(1, len(values))
+    ]
 
 
 def wrong_level_baseline(values, vocab_size: int) -> list[np.ndarray]:
@@ -162,8 +236,9 @@ def changed_below_determined(harm, vocab_size: int, length: int, determined, pro
 def planted_harm(inst, plant: str | None) -> np.ndarray:
     """The harm a check should compute with: the instance's, or the changed one under the plant."""
     if plant == "harm-below-determined":
-        return changed_below_determined(inst.harm, inst.vocab_size, inst.length, inst.determined,
-                                        inst.probs)
+        return changed_below_determined(
+            inst.harm, inst.vocab_size, inst.length, inst.determined, inst.probs
+        )
     return inst.harm
 
 

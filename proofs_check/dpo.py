@@ -53,30 +53,53 @@ def dpo_closed_form(inst, beta: float = BETA) -> list[np.ndarray]:
 
 def _reference(inst, plant):
     if plant == "wrong-reference":
-        return controls.perturbed_tables(inst.tables, inst.determined, inst.seed + 11, everywhere=True)
+        return controls.perturbed_tables(
+            inst.tables, inst.determined, inst.seed + 11, everywhere=True
+        )
     return inst.tables
 
 
 def _tolerance(inst):
-    return rounding_tolerance(np.float64, terms=inst.num_responses ** 2, ops=ops(inst),
-                              magnitude=2 * BETA, what="2β: Σ pairs π_ref(y)π_ref(y')|∂ℓ| <= β")
+    return rounding_tolerance(
+        np.float64,
+        terms=inst.num_responses**2,
+        ops=ops(inst),
+        magnitude=2 * BETA,
+        what="2β: Σ pairs π_ref(y)π_ref(y')|∂ℓ| <= β",
+    )
 
 
-@register("T11", "at π = π_ref the exact DPO gradient is C(uv) - π(v|u)C(u) and vanishes at "
-                 "determined prefixes", plants=["harm-below-determined", "wrong-reference"])
+@register(
+    "T11",
+    "at π = π_ref the exact DPO gradient is C(uv) - π(v|u)C(u) and vanishes at determined prefixes",
+    plants=["harm-below-determined", "wrong-reference"],
+)
 def dpo_gradient(inst, plant):
     harm = controls.planted_harm(inst, plant)
     grad = [np.asarray(g) for g in dpo_grad(inst.tables, _reference(inst, plant), harm, BETA)]
     closed = dpo_closed_form(inst)
     flat = lambda ts: np.concatenate([np.asarray(t).reshape(-1) for t in ts])
     tol = _tolerance(inst)
-    return [compare("∇L_DPO = C(uv) - π(v|u) C(u) at π = π_ref", flat(grad), flat(closed), tol,
-                    lhs_name="jax.grad of toy_lm.engines.objectives.dpo_loss w.r.t. the tables",
-                    rhs_name="closed form from direct sums over responses"),
-            compare("∇L_DPO = 0 at determined prefixes", at_determined(grad, inst.determined), 0.0,
-                    tol, scale=float(np.max(np.abs(flat(grad)))),
-                    lhs_name="jax.grad of dpo_loss at determined rows", rhs_name="0"),
-            _away_from_reference(inst)]
+    return [
+        compare(
+            "∇L_DPO = C(uv) - π(v|u) C(u) at π = π_ref",
+            flat(grad),
+            flat(closed),
+            tol,
+            lhs_name="jax.grad of toy_lm.engines.objectives.dpo_loss w.r.t. the tables",
+            rhs_name="closed form from direct sums over responses",
+        ),
+        compare(
+            "∇L_DPO = 0 at determined prefixes",
+            at_determined(grad, inst.determined),
+            0.0,
+            tol,
+            scale=float(np.max(np.abs(flat(grad)))),
+            lhs_name="jax.grad of dpo_loss at determined rows",
+            rhs_name="0",
+        ),
+        _away_from_reference(inst),
+    ]
 
 
 def _away_from_reference(inst):
@@ -88,9 +111,12 @@ def _away_from_reference(inst):
 
     vocab, length = inst.vocab_size, inst.length
     ref = tuple(jnp.asarray(z) for z in inst.tables)
-    moved = tuple(jnp.asarray(z) for z in
-                  controls.perturbed_tables(inst.tables, inst.determined, inst.seed + 13,
-                                            everywhere=True))
+    moved = tuple(
+        jnp.asarray(z)
+        for z in controls.perturbed_tables(
+            inst.tables, inst.determined, inst.seed + 13, everywhere=True
+        )
+    )
     harm = jnp.asarray(inst.harm)
     strictly = jnp.asarray(inst.harm[:, None] < inst.harm[None, :])
 
@@ -102,33 +128,62 @@ def _away_from_reference(inst):
     def direct(z):
         r = log_probs(z) - ref_logp
         pairs = jnp.exp(ref_logp[:, None] + ref_logp[None, :])
-        return jnp.sum(jnp.where(strictly, pairs * jnp.logaddexp(0.0, -BETA * (r[:, None] - r[None, :])),
-                                 0.0))
+        return jnp.sum(
+            jnp.where(strictly, pairs * jnp.logaddexp(0.0, -BETA * (r[:, None] - r[None, :])), 0.0)
+        )
 
     loss = lambda z: dpo_loss(z, ref, harm, BETA)
     lhs, rhs = value_and_flat_grad(loss, moved), value_and_flat_grad(direct, moved)
     r = np.asarray(log_probs(moved) - ref_logp)
     worst = float(np.log1p(np.exp(BETA * (np.max(r) - np.min(r)))))
-    tol = rounding_tolerance(np.float64, terms=inst.num_responses ** 2, ops=ops(inst),
-                             magnitude=2 * (worst + BETA),
-                             what="2 (max -log σ(β Δr) + β): the pair weights sum to <= 1")
-    return compare("L_DPO and ∇L_DPO at π ≠ π_ref = sum over strictly ordered pairs", lhs, rhs, tol,
-                   lhs_name="toy_lm.engines.objectives.dpo_loss and its jax.grad at perturbed tables",
-                   rhs_name="Σ_{h(y) < h(y')} π_ref(y) π_ref(y') softplus(-β (r(y) - r(y'))) over "
-                            "every pair, and its jax.grad")
+    tol = rounding_tolerance(
+        np.float64,
+        terms=inst.num_responses**2,
+        ops=ops(inst),
+        magnitude=2 * (worst + BETA),
+        what="2 (max -log σ(β Δr) + β): the pair weights sum to <= 1",
+    )
+    return compare(
+        "L_DPO and ∇L_DPO at π ≠ π_ref = sum over strictly ordered pairs",
+        lhs,
+        rhs,
+        tol,
+        lhs_name="toy_lm.engines.objectives.dpo_loss and its jax.grad at perturbed tables",
+        rhs_name="Σ_{h(y) < h(y')} π_ref(y) π_ref(y') softplus(-β (r(y) - r(y'))) over "
+        "every pair, and its jax.grad",
+    )
 
 
-@register("T11-train", "exact DPO (optax SGD, tabular, from π_ref) keeps determined conditionals at "
-                       "π_ref at every step", plants=["harm-below-determined", "wrong-reference"])
+@register(
+    "T11-train",
+    "exact DPO (optax SGD, tabular, from π_ref) keeps determined conditionals at "
+    "π_ref at every step",
+    plants=["harm-below-determined", "wrong-reference"],
+)
 def dpo_training(inst, plant):
     harm = controls.planted_harm(inst, plant)
     start = tuple(jnp.asarray(z) for z in inst.tables)
     ref = tuple(jnp.asarray(z) for z in _reference(inst, plant))
     masks = tuple(jnp.asarray(m) for m in inst.determined[:-1])
-    _, hist = train_tables(start, start, masks, (ref, jnp.asarray(harm), BETA), objective="dpo",
-                           steps=DPO_STEPS, optimizer="sgd", learning_rate=DPO_LR)
+    _, hist = train_tables(
+        start,
+        start,
+        masks,
+        (ref, jnp.asarray(harm), BETA),
+        objective="dpo",
+        steps=DPO_STEPS,
+        optimizer="sgd",
+        learning_rate=DPO_LR,
+    )
     change = np.asarray(hist["determined_change"])
-    return [compare("determined conditionals stay at π_ref at every step", change, 0.0,
-                    frozen_tolerance(inst, DPO_STEPS), scale=1.0,
-                    lhs_name="max |log π_k(v|u) - log π_ref(v|u)| over determined u, per step",
-                    rhs_name="0")], {"kl_t_final": np.asarray(hist["kl_t"])[-1].tolist()}
+    return [
+        compare(
+            "determined conditionals stay at π_ref at every step",
+            change,
+            0.0,
+            frozen_tolerance(inst, DPO_STEPS),
+            scale=1.0,
+            lhs_name="max |log π_k(v|u) - log π_ref(v|u)| over determined u, per step",
+            rhs_name="0",
+        )
+    ], {"kl_t_final": np.asarray(hist["kl_t"])[-1].tolist()}

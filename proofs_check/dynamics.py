@@ -29,18 +29,31 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm.engines import objectives
 from proofs_check.autodiff import jit
-from proofs_check.enumeration import log_softmax
 from proofs_check.common import ops
+from proofs_check.enumeration import log_softmax
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 from proofs_check.training import train_tables
+from toy_lm.engines import objectives
 
-__all__ = ["GD_LR", "NATURAL_LR_TIMES_LAMBDA", "NONZERO_FACTOR", "STEPS", "ancestors",
-           "checked_prefixes", "continuation_log_probs", "deep_undetermined",
-           "gradient_descent_scaled_by_prefix_mass", "natural_gradient_without_prefix_mass",
-           "shared_weight_gap", "subtree", "subtree_loss", "train_shared_gd", "train_subtree"]
+__all__ = [
+    "GD_LR",
+    "NATURAL_LR_TIMES_LAMBDA",
+    "NONZERO_FACTOR",
+    "STEPS",
+    "ancestors",
+    "checked_prefixes",
+    "continuation_log_probs",
+    "deep_undetermined",
+    "gradient_descent_scaled_by_prefix_mass",
+    "natural_gradient_without_prefix_mass",
+    "shared_weight_gap",
+    "subtree",
+    "subtree_loss",
+    "train_shared_gd",
+    "train_subtree",
+]
 
 #: Steps of every run; plain gradient descent's step ``η``; natural gradient's step is ``η_nat / λ``.
 STEPS, GD_LR, NATURAL_LR_TIMES_LAMBDA = 16, 1.0, 0.5
@@ -56,7 +69,7 @@ def deep_undetermined(inst) -> bool:
 
 def checked_prefixes(inst) -> list[tuple[int, int]]:
     """``(level, row)`` per level ``1 ... T-1``: its undetermined prefix of smallest ``P_π(u)``."""
-    marg = [inst.probs.reshape(inst.vocab_size ** l, -1).sum(axis=1) for l in range(inst.length)]
+    marg = [inst.probs.reshape(inst.vocab_size**l, -1).sum(axis=1) for l in range(inst.length)]
     out = []
     for level in range(1, inst.length):
         rows = np.flatnonzero(~inst.determined[level])
@@ -68,24 +81,30 @@ def checked_prefixes(inst) -> list[tuple[int, int]]:
 def subtree(tables, level: int, row: int) -> list:
     """The rows of the subtree below the level-``l`` prefix ``row``: ``(V**d, V)`` for ``d = 0 ... T-l-1``."""
     vocab = tables[0].shape[-1]
-    return [tables[level + d][row * vocab ** d:(row + 1) * vocab ** d] for d in range(len(tables) - level)]
+    return [
+        tables[level + d][row * vocab**d : (row + 1) * vocab**d] for d in range(len(tables) - level)
+    ]
 
 
 def ancestors(inst, level: int, row: int) -> tuple:
     """Row masks (one per level ``0 ... T-1``) of ``u``'s ancestors: the rows frozen by T14."""
     vocab = inst.vocab_size
-    return tuple(jnp.asarray(np.arange(vocab ** l) == (row // vocab ** (level - l) if l < level else -1))
-                 for l in range(inst.length))
+    return tuple(
+        jnp.asarray(np.arange(vocab**l) == (row // vocab ** (level - l) if l < level else -1))
+        for l in range(inst.length)
+    )
 
 
 def continuation_log_probs(sub) -> jax.Array:
     """``log π_u(y')`` of every continuation ``y'`` of ``u`` (``V**m``), summed position by position."""
     vocab, depth = sub[0].shape[-1], len(sub)
-    index = jnp.arange(vocab ** depth)
-    total = jnp.zeros(vocab ** depth)
+    index = jnp.arange(vocab**depth)
+    total = jnp.zeros(vocab**depth)
     for d, z in enumerate(sub):
         logp = z - jax.scipy.special.logsumexp(z, axis=-1, keepdims=True)
-        total = total + logp[index // vocab ** (depth - d), (index // vocab ** (depth - d - 1)) % vocab]
+        total = (
+            total + logp[index // vocab ** (depth - d), (index // vocab ** (depth - d - 1)) % vocab]
+        )
     return total
 
 
@@ -93,14 +112,18 @@ def subtree_loss(sub, sub_base, sub_harm, lam) -> jax.Array:
     """``L_λ^u = Σ_{y'} π_u(y') h(uy') + λ Σ_{y'} π_u(y') log(π_u(y')/π0_u(y'))`` by direct sums."""
     logp = continuation_log_probs(sub)
     probs = jnp.exp(logp)
-    return jnp.sum(probs * sub_harm) + lam * jnp.sum(probs * (logp - continuation_log_probs(sub_base)))
+    return jnp.sum(probs * sub_harm) + lam * jnp.sum(
+        probs * (logp - continuation_log_probs(sub_base))
+    )
 
 
 def _fisher_diagonal(sub) -> list:
     """``P_u(w) π(v|w) = P_u(wv)``: direct sums of continuation probabilities, ``(V**d, V)`` each."""
     vocab, depth = sub[0].shape[-1], len(sub)
     probs = jnp.exp(continuation_log_probs(sub))
-    return [probs.reshape(vocab ** (d + 1), -1).sum(axis=1).reshape(-1, vocab) for d in range(depth)]
+    return [
+        probs.reshape(vocab ** (d + 1), -1).sum(axis=1).reshape(-1, vocab) for d in range(depth)
+    ]
 
 
 @jit(static_argnames=("steps", "natural"))
@@ -121,9 +144,15 @@ def train_subtree(sub, sub_base, sub_harm, lam, learning_rate, *, steps: int, na
 def train_shared_gd(policy, params, harm, lam, learning_rate, *, steps: int):
     """Plain gradient descent on ``L_λ`` through a policy's own parameters; the final level tables."""
     base = jax.lax.stop_gradient(policy.level_tables(params))
-    grad = jax.grad(lambda p: objectives.kl_regularized_loss(policy.level_tables(p), base, harm, lam))
-    final = jax.lax.fori_loop(0, steps, lambda _, p: jax.tree_util.tree_map(
-        lambda a, g: a - learning_rate * g, p, grad(p)), params)
+    grad = jax.grad(
+        lambda p: objectives.kl_regularized_loss(policy.level_tables(p), base, harm, lam)
+    )
+    final = jax.lax.fori_loop(
+        0,
+        steps,
+        lambda _, p: jax.tree_util.tree_map(lambda a, g: a - learning_rate * g, p, grad(p)),
+        params,
+    )
     return policy.level_tables(final)
 
 
@@ -135,30 +164,47 @@ def shared_weight_gap(inst, prefixes) -> dict:
     ancestors) and under the prediction (step ``η P_π0(u)`` on the subtree alone), their ratio,
     and the largest difference relative to the predicted change.
     """
-    final = [np.asarray(t) for t in
-             train_shared_gd(inst.policy, inst.params, jnp.asarray(inst.harm), inst.lam, GD_LR,
-                             steps=STEPS)]
+    final = [
+        np.asarray(t)
+        for t in train_shared_gd(
+            inst.policy, inst.params, jnp.asarray(inst.harm), inst.lam, GD_LR, steps=STEPS
+        )
+    ]
     out = []
     for level, row, mass in prefixes:
         start = subtree(inst.tables, level, row)
-        alone = train_subtree([jnp.asarray(z) for z in start], [jnp.asarray(z) for z in start],
-                              jnp.asarray(_subtree_harm(inst.harm, inst, level, row)), inst.lam,
-                              GD_LR * mass, steps=STEPS, natural=False)
+        alone = train_subtree(
+            [jnp.asarray(z) for z in start],
+            [jnp.asarray(z) for z in start],
+            jnp.asarray(_subtree_harm(inst.harm, inst, level, row)),
+            inst.lam,
+            GD_LR * mass,
+            steps=STEPS,
+            natural=False,
+        )
         moved = [log_softmax(a) - log_softmax(z) for a, z in zip(subtree(final, level, row), start)]
         predicted = [log_softmax(np.asarray(a)) - log_softmax(z) for a, z in zip(alone, start)]
         size = lambda ds: max(float(np.max(np.abs(d))) for d in ds)
         diff = max(float(np.max(np.abs(a - b))) for a, b in zip(moved, predicted))
-        out.append({"level": level, "P_u": mass, "shared_change": size(moved),
-                    "predicted_change": size(predicted),
-                    "change_ratio": size(moved) / max(size(predicted), np.finfo(float).tiny),
-                    "relative_error": diff / max(size(predicted), np.finfo(float).tiny)})
-    return {"optimizer": f"plain GD (step {GD_LR}), {STEPS} steps on the policy's parameters",
-            "prefixes": out}
+        out.append(
+            {
+                "level": level,
+                "P_u": mass,
+                "shared_change": size(moved),
+                "predicted_change": size(predicted),
+                "change_ratio": size(moved) / max(size(predicted), np.finfo(float).tiny),
+                "relative_error": diff / max(size(predicted), np.finfo(float).tiny),
+            }
+        )
+    return {
+        "optimizer": f"plain GD (step {GD_LR}), {STEPS} steps on the policy's parameters",
+        "prefixes": out,
+    }
 
 
 def _subtree_harm(harm, inst, level: int, row: int) -> np.ndarray:
     block = inst.vocab_size ** (inst.length - level)
-    return np.asarray(harm)[row * block:(row + 1) * block]
+    return np.asarray(harm)[row * block : (row + 1) * block]
 
 
 def _identity(inst, plant, *, natural: bool):
@@ -170,19 +216,35 @@ def _identity(inst, plant, *, natural: bool):
     # Plain GD at min(1, 1/λ): the KL term's curvature is up to λ per logit, and past the
     # stability limit the identity still holds exactly but rounding grows ~λ-fold per step.
     lr = NATURAL_LR_TIMES_LAMBDA / lam if natural else min(GD_LR, 1.0 / lam)
-    prefixes = [(level, row, float(inst.probs.reshape(inst.vocab_size ** level, -1)[row].sum()))
-                for level, row in checked_prefixes(inst)]
+    prefixes = [
+        (level, row, float(inst.probs.reshape(inst.vocab_size**level, -1)[row].sum()))
+        for level, row in checked_prefixes(inst)
+    ]
     lhs, rhs, start = [], [], []
     for level, row, mass in prefixes:
         frozen = None if plant == "ancestors-not-frozen" else ancestors(inst, level, row)
-        final, _ = train_tables(base, base, masks, (base, harm, lam), objective="kl", steps=STEPS,
-                                optimizer="natural" if natural else "sgd", learning_rate=lr,
-                                frozen=frozen)
+        final, _ = train_tables(
+            base,
+            base,
+            masks,
+            (base, harm, lam),
+            objective="kl",
+            steps=STEPS,
+            optimizer="natural" if natural else "sgd",
+            learning_rate=lr,
+            frozen=frozen,
+        )
         scaled = (not natural and plant != "prefix-mass-dropped") or plant == "prefix-mass-added"
         sub = [jnp.asarray(z) for z in subtree(inst.tables, level, row)]
-        alone = train_subtree(sub, sub, jnp.asarray(_subtree_harm(inst.harm, inst, level, row)),
-                              2 * lam if plant == "lambda-scale" else lam,
-                              lr * mass if scaled else lr, steps=STEPS, natural=natural)
+        alone = train_subtree(
+            sub,
+            sub,
+            jnp.asarray(_subtree_harm(inst.harm, inst, level, row)),
+            2 * lam if plant == "lambda-scale" else lam,
+            lr * mass if scaled else lr,
+            steps=STEPS,
+            natural=natural,
+        )
         lhs += [np.asarray(z).reshape(-1) for z in subtree(final, level, row)]
         rhs += [np.asarray(z).reshape(-1) for z in alone]
         start += [np.asarray(z).reshape(-1) for z in sub]
@@ -190,32 +252,55 @@ def _identity(inst, plant, *, natural: bool):
     moved = float(np.max(np.abs(lhs - start)))
     bound = 1.0 + lam * inst.length * (1.0 + 2.0 * moved)
     tol = rounding_tolerance(
-        np.float64, terms=inst.num_responses * STEPS, ops=ops(inst) * STEPS,
+        np.float64,
+        terms=inst.num_responses * STEPS,
+        ops=ops(inst) * STEPS,
         magnitude=float(np.max(np.abs(start))) + STEPS * lr * bound,
         what=f"max|z_0| + {STEPS} steps x η x (1 + λ T (1 + 2 max|Δz|)), a bound on each step's "
-             f"logit gradient (natural: advantage) since |Δ log π| <= 2 max|Δz|")
+        f"logit gradient (natural: advantage) since |Δ log π| <= 2 max|Δz|",
+    )
     which = "natural-gradient" if natural else "plain GD"
     factor = "η" if natural else "η P_π(u)"
-    parts = [compare(f"subtree after {STEPS} {which} steps: whole tree (step η, ancestors frozen) "
-                     f"= subtree alone (step {factor})", lhs, rhs, tol,
-                     lhs_name="train_tables on L_λ (toy_lm.engines.objectives), ancestors of u frozen, "
-                              "subtree rows read off",
-                     rhs_name=f"train_subtree: direct-sum L_λ^u on the sliced tables, step {factor}"),
-             compare("the subtree moved (the comparison is not vacuous)", moved,
-                     NONZERO_FACTOR * tol.value,
-                     stated_tolerance(0.0, f"0: the claim is max|z_n - z_0| >= 1e3 x rounding "
-                                           f"tolerance = {NONZERO_FACTOR * tol.value:.3g}"),
-                     bound="lower", lhs_name="max |z_n - z_0| over the checked subtrees",
-                     rhs_name="floor (1e3 x rounding tolerance)")]
-    measurements = {"prefixes": [{"level": l, "row": r, "P_u": m} for l, r, m in prefixes],
-                    "steps": STEPS, "learning_rate": lr}
+    parts = [
+        compare(
+            f"subtree after {STEPS} {which} steps: whole tree (step η, ancestors frozen) "
+            f"= subtree alone (step {factor})",
+            lhs,
+            rhs,
+            tol,
+            lhs_name="train_tables on L_λ (toy_lm.engines.objectives), ancestors of u frozen, "
+            "subtree rows read off",
+            rhs_name=f"train_subtree: direct-sum L_λ^u on the sliced tables, step {factor}",
+        ),
+        compare(
+            "the subtree moved (the comparison is not vacuous)",
+            moved,
+            NONZERO_FACTOR * tol.value,
+            stated_tolerance(
+                0.0,
+                f"0: the claim is max|z_n - z_0| >= 1e3 x rounding "
+                f"tolerance = {NONZERO_FACTOR * tol.value:.3g}",
+            ),
+            bound="lower",
+            lhs_name="max |z_n - z_0| over the checked subtrees",
+            rhs_name="floor (1e3 x rounding tolerance)",
+        ),
+    ]
+    measurements = {
+        "prefixes": [{"level": l, "row": r, "P_u": m} for l, r, m in prefixes],
+        "steps": STEPS,
+        "learning_rate": lr,
+    }
     return parts, measurements, prefixes
 
 
-@register("T14", "with ancestors frozen, n plain GD steps (step η) on the whole tree move the "
-                 "subtree below u as n steps with step η P_π(u) on the subtree alone",
-          plants=["prefix-mass-dropped", "ancestors-not-frozen", "lambda-scale"],
-          applies=deep_undetermined)
+@register(
+    "T14",
+    "with ancestors frozen, n plain GD steps (step η) on the whole tree move the "
+    "subtree below u as n steps with step η P_π(u) on the subtree alone",
+    plants=["prefix-mass-dropped", "ancestors-not-frozen", "lambda-scale"],
+    applies=deep_undetermined,
+)
 def gradient_descent_scaled_by_prefix_mass(inst, plant):
     parts, measurements, prefixes = _identity(inst, plant, natural=False)
     if inst.kind != "tabular" and plant is None:
@@ -223,9 +308,13 @@ def gradient_descent_scaled_by_prefix_mass(inst, plant):
     return parts, measurements
 
 
-@register("T14-natural", "with ancestors frozen, n natural-gradient steps (step η) on the whole "
-                         "tree move the subtree below u as n steps with step η on it alone",
-          plants=["prefix-mass-added", "lambda-scale"], applies=deep_undetermined)
+@register(
+    "T14-natural",
+    "with ancestors frozen, n natural-gradient steps (step η) on the whole "
+    "tree move the subtree below u as n steps with step η on it alone",
+    plants=["prefix-mass-added", "lambda-scale"],
+    applies=deep_undetermined,
+)
 def natural_gradient_without_prefix_mass(inst, plant):
     parts, measurements, _ = _identity(inst, plant, natural=True)
     return parts, measurements

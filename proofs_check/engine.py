@@ -11,12 +11,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from toy_lm.engines import objectives
-from toy_lm.engines import tree
 from proofs_check.autodiff import jit
+from toy_lm.engines import objectives, tree
 
-__all__ = ["dense_equilibrium", "dpo_grad", "engine_quantities", "equilibrium_sweep",
-           "kl_loss_grad", "recovery_grad"]
+__all__ = [
+    "dense_equilibrium",
+    "dpo_grad",
+    "engine_quantities",
+    "equilibrium_sweep",
+    "kl_loss_grad",
+    "recovery_grad",
+]
 
 
 def _sequence_expectation(tables, harm):
@@ -65,8 +70,12 @@ def equilibrium_sweep(base_tables, harm, lams) -> dict:
         return eq, tree.per_position_kl(eq, base), tree.log_partition(base, harm, lam)
 
     log_tables, kl, logz = jax.vmap(one)(lams)
-    return {"log_tables": log_tables, "kl": kl, "log_partition": logz,
-            "harm_information": tree.harm_information(base, harm)}
+    return {
+        "log_tables": log_tables,
+        "kl": kl,
+        "log_partition": logz,
+        "harm_information": tree.harm_information(base, harm),
+    }
 
 
 @jit

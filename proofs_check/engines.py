@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import numpy as np
 
+from proofs_check.autodiff import jit, to_numpy
 from toy_lm.engines import tree
 from toy_lm.models.harms import determined_masks, horizon_from_masks
-from proofs_check.autodiff import jit, to_numpy
 
-__all__ = ["ENGINES", "XLA_CHUNK_ROWS", "available_engines", "engine_applies", "engine_outputs",
-           "numba_available", "read_through"]
+__all__ = [
+    "ENGINES",
+    "XLA_CHUNK_ROWS",
+    "available_engines",
+    "engine_applies",
+    "engine_outputs",
+    "numba_available",
+    "read_through",
+]
 
 #: Every engine name, in the order ``harm-horizon check --engine all`` runs them.
 ENGINES = ("tree", "analysis", "xla", "markov")
@@ -61,11 +68,14 @@ def engine_applies(engine: str, inst) -> bool:
 def _tree_outputs(tables, harm, lam):
     tables = tuple(tables)
     eq = tree.equilibrium_policy(tables, harm, lam)
-    return {"cond_harm": tree.cond_harm(tables, harm), "logit_grads": tree.logit_grads(tables, harm),
-            "harm_information": tree.harm_information(tables, harm),
-            "harm_information_mi": tree.harm_information_mi(tables, harm),
-            "equilibrium_logits": eq,
-            "equilibrium_kl": tree.per_position_kl(eq, tree.log_policy(tables))}
+    return {
+        "cond_harm": tree.cond_harm(tables, harm),
+        "logit_grads": tree.logit_grads(tables, harm),
+        "harm_information": tree.harm_information(tables, harm),
+        "harm_information_mi": tree.harm_information_mi(tables, harm),
+        "equilibrium_logits": eq,
+        "equilibrium_kl": tree.per_position_kl(eq, tree.log_policy(tables)),
+    }
 
 
 def _tree(inst) -> dict:
@@ -78,14 +88,23 @@ def _analysis(inst, backend: str) -> dict:
     from toy_lm.engines.analysis import analyze_tree
 
     kwargs = {"chunk_rows": XLA_CHUNK_ROWS} if backend == "xla" else {}
-    res = analyze_tree(inst.tables, inst.harm, lam=inst.lam, mutual_information=inst.binary,
-                       backend=backend, **kwargs)
-    return {"cond_harm": list(res.cond_harm), "logit_grads": list(res.logit_grads),
-            "harm_information": np.asarray(res.harm_information),
-            "harm_information_mi": res.harm_information_mi,
-            "determined": [np.asarray(m) for m in res.determined],
-            "equilibrium_logits": list(res.equilibrium_logits),
-            "equilibrium_kl": np.asarray(res.equilibrium_kl)}
+    res = analyze_tree(
+        inst.tables,
+        inst.harm,
+        lam=inst.lam,
+        mutual_information=inst.binary,
+        backend=backend,
+        **kwargs,
+    )
+    return {
+        "cond_harm": list(res.cond_harm),
+        "logit_grads": list(res.logit_grads),
+        "harm_information": np.asarray(res.harm_information),
+        "harm_information_mi": res.harm_information_mi,
+        "determined": [np.asarray(m) for m in res.determined],
+        "equilibrium_logits": list(res.equilibrium_logits),
+        "equilibrium_kl": np.asarray(res.equilibrium_kl),
+    }
 
 
 def _markov(inst) -> dict:
@@ -95,10 +114,15 @@ def _markov(inst) -> dict:
     res = analyze_markov(logits, inst.dfa, lam=inst.lam)
     length = inst.length
     cond = expand_to_tree(res.cond_harm, inst.dfa)
-    return {"cond_harm": list(cond), "logit_grads": None,
-            "harm_information": np.asarray(res.harm_information), "harm_information_mi": None,
-            "determined": list(expand_to_tree(res.determined, inst.dfa, range(length + 1))),
-            "equilibrium_logits": None, "equilibrium_kl": np.asarray(res.equilibrium_kl)}
+    return {
+        "cond_harm": list(cond),
+        "logit_grads": None,
+        "harm_information": np.asarray(res.harm_information),
+        "harm_information_mi": None,
+        "determined": list(expand_to_tree(res.determined, inst.dfa, range(length + 1))),
+        "equilibrium_logits": None,
+        "equilibrium_kl": np.asarray(res.equilibrium_kl),
+    }
 
 
 def engine_outputs(inst, harm=None) -> dict:
@@ -112,7 +136,7 @@ def engine_outputs(inst, harm=None) -> dict:
       ``equilibrium_kl`` ``(T,)``. With ``harm`` (a planted error's harm), the outputs for that
       harm instead, not cached.
     """
-    if harm is not None and harm is not inst.harm:   # a planted harm: not cached
+    if harm is not None and harm is not inst.harm:  # a planted harm: not cached
         import dataclasses
 
         other = dataclasses.replace(inst, harm=harm)

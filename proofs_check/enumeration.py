@@ -17,10 +17,22 @@ import numpy as np
 
 from toy_lm.tables import all_prefixes
 
-__all__ = ["all_responses", "block_sums", "direct_cond_harm", "direct_conditionals",
-           "direct_determined", "direct_horizon", "expand", "log_normalize", "log_softmax",
-           "per_position_kl_direct", "per_prefix_kl", "prefix_marginals",
-           "response_log_probs_from_tables", "sequence_kl"]
+__all__ = [
+    "all_responses",
+    "block_sums",
+    "direct_cond_harm",
+    "direct_conditionals",
+    "direct_determined",
+    "direct_horizon",
+    "expand",
+    "log_normalize",
+    "log_softmax",
+    "per_position_kl_direct",
+    "per_prefix_kl",
+    "prefix_marginals",
+    "response_log_probs_from_tables",
+    "sequence_kl",
+]
 
 
 def all_responses(vocab_size: int, length: int) -> np.ndarray:
@@ -31,7 +43,7 @@ def all_responses(vocab_size: int, length: int) -> np.ndarray:
 def block_sums(values: np.ndarray, vocab_size: int, level: int) -> np.ndarray:
     """``Σ_{y ⊒ u} values(y)`` for every level-``l`` prefix ``u``: ``(V**T, ...) -> (V**l, ...)``."""
     values = np.asarray(values)
-    return values.reshape((vocab_size ** level, -1) + values.shape[1:]).sum(axis=1)
+    return values.reshape((vocab_size**level, -1) + values.shape[1:]).sum(axis=1)
 
 
 def expand(values: np.ndarray, vocab_size: int, length: int) -> np.ndarray:
@@ -46,11 +58,14 @@ def prefix_marginals(probs: np.ndarray, vocab_size: int, length: int) -> list[np
     return [block_sums(probs, vocab_size, level) for level in range(length + 1)]
 
 
-def direct_cond_harm(probs: np.ndarray, harm: np.ndarray, vocab_size: int,
-                     length: int) -> list[np.ndarray]:
+def direct_cond_harm(
+    probs: np.ndarray, harm: np.ndarray, vocab_size: int, length: int
+) -> list[np.ndarray]:
     """``H_l(u) = Σ_{y ⊒ u} P(y) h(y) / P_l(u)`` for ``l = 0 ... T`` from the definition."""
-    return [block_sums(probs * harm, vocab_size, level) / block_sums(probs, vocab_size, level)
-            for level in range(length + 1)]
+    return [
+        block_sums(probs * harm, vocab_size, level) / block_sums(probs, vocab_size, level)
+        for level in range(length + 1)
+    ]
 
 
 def direct_conditionals(probs: np.ndarray, vocab_size: int, length: int) -> list[np.ndarray]:
@@ -67,7 +82,7 @@ def direct_determined(harm: np.ndarray, vocab_size: int, length: int) -> list[np
     harm = np.asarray(harm)
     out = []
     for level in range(length + 1):
-        block = harm.reshape(vocab_size ** level, -1)
+        block = harm.reshape(vocab_size**level, -1)
         out.append(np.all(block == block[:, :1], axis=1))
     return out
 
@@ -89,8 +104,9 @@ def log_normalize(log_weights: np.ndarray) -> np.ndarray:
     return log_weights - top - np.log(np.sum(np.exp(log_weights - top)))
 
 
-def per_position_kl_direct(log_p: np.ndarray, log_q: np.ndarray, vocab_size: int,
-                           length: int) -> np.ndarray:
+def per_position_kl_direct(
+    log_p: np.ndarray, log_q: np.ndarray, vocab_size: int, length: int
+) -> np.ndarray:
     """``KL_t(p || q)`` for ``t = 1 ... T`` from whole-response distributions, by marginals.
 
     ``KL_t = Σ_{y_<=t} P_t(y_<=t) log[(P_t(y_<=t)/P_{t-1}(y_<t)) / (Q_t(y_<=t)/Q_{t-1}(y_<t))]``.
@@ -108,8 +124,10 @@ def per_position_kl_direct(log_p: np.ndarray, log_q: np.ndarray, vocab_size: int
 
 def per_prefix_kl(logp_tables, logq_tables) -> list[np.ndarray]:
     """``KL(p(.|u) || q(.|u))`` at every prefix ``u`` from log-conditional tables, ``(V**l,)``."""
-    return [np.sum(np.exp(a) * (a - b), axis=1)
-            for a, b in zip(map(np.asarray, logp_tables), map(np.asarray, logq_tables))]
+    return [
+        np.sum(np.exp(a) * (a - b), axis=1)
+        for a, b in zip(map(np.asarray, logp_tables), map(np.asarray, logq_tables))
+    ]
 
 
 def log_softmax(z: np.ndarray) -> np.ndarray:
@@ -121,7 +139,7 @@ def log_softmax(z: np.ndarray) -> np.ndarray:
 
 def response_log_probs_from_tables(log_tables, vocab_size: int, length: int) -> np.ndarray:
     """``log π(y) = Σ_t log π(y_t|y_<t)`` read off per-level log-conditional tables, ``(V**T,)``."""
-    out = np.zeros(vocab_size ** length)
+    out = np.zeros(vocab_size**length)
     for level, table in enumerate(log_tables):
         flat = np.asarray(table).reshape(-1)  # row-major: index (prefix, token) = level-(l+1) row
         out = out + np.repeat(flat, vocab_size ** (length - level - 1))

@@ -10,9 +10,36 @@ from collections.abc import Sequence
 
 __all__ = ["CHECK_IDS", "matches", "unknown"]
 
-CHECK_IDS = ("T1", "T1-orth", "T1-sum", "T1-var", "T2", "T3", "T3-prompts", "T3-total", "T4", "T5", "T5-kl",
-             "T6", "T7a", "T7b", "T7c", "T7d", "T7e", "T8", "T9", "T9-train", "T9b", "T10",
-             "T11", "T11-train", "T12", "T13", "T14", "T14-natural")
+CHECK_IDS = (
+    "T1",
+    "T1-orth",
+    "T1-sum",
+    "T1-var",
+    "T2",
+    "T3",
+    "T3-prompts",
+    "T3-total",
+    "T4",
+    "T5",
+    "T5-kl",
+    "T6",
+    "T7a",
+    "T7b",
+    "T7c",
+    "T7d",
+    "T7e",
+    "T8",
+    "T9",
+    "T9-train",
+    "T9b",
+    "T10",
+    "T11",
+    "T11-train",
+    "T12",
+    "T13",
+    "T14",
+    "T14-natural",
+)
 
 
 def matches(check_id: str, wanted: str) -> bool:
@@ -20,7 +47,7 @@ def matches(check_id: str, wanted: str) -> bool:
     cid, want = check_id.upper(), wanted.upper()
     if cid == want:
         return True
-    rest = cid[len(want):] if cid.startswith(want) else None
+    rest = cid[len(want) :] if cid.startswith(want) else None
     return bool(rest) and not rest[0].isdigit()
 
 

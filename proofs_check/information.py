@@ -19,8 +19,12 @@ from proofs_check.horizon import direct_information
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance, stated_tolerance
 
-__all__ = ["chi_square_bound", "direct_mutual_information", "harm_entropy",
-           "mutual_information_form"]
+__all__ = [
+    "chi_square_bound",
+    "direct_mutual_information",
+    "harm_entropy",
+    "mutual_information_form",
+]
 
 
 def _xlogy_ratio(p, num, den) -> np.ndarray:
@@ -36,11 +40,13 @@ def direct_mutual_information(inst) -> np.ndarray:
     for t in range(1, length + 1):
         total = 0.0
         for bit in (0.0, 1.0):
-            joint = enumeration.block_sums(inst.probs * (inst.harm == bit), vocab, t)   # p(b,u,v)
-            marg_b = joint.reshape(-1, vocab).sum(axis=1)                            # p(b,u)
-            p_uv = enumeration.block_sums(inst.probs, vocab, t)                      # p(u,v)
-            p_u = np.repeat(p_uv.reshape(-1, vocab).sum(axis=1), vocab)              # p(u)
-            total += float(np.sum(_xlogy_ratio(joint, joint * p_u, np.repeat(marg_b, vocab) * p_uv)))
+            joint = enumeration.block_sums(inst.probs * (inst.harm == bit), vocab, t)  # p(b,u,v)
+            marg_b = joint.reshape(-1, vocab).sum(axis=1)  # p(b,u)
+            p_uv = enumeration.block_sums(inst.probs, vocab, t)  # p(u,v)
+            p_u = np.repeat(p_uv.reshape(-1, vocab).sum(axis=1), vocab)  # p(u)
+            total += float(
+                np.sum(_xlogy_ratio(joint, joint * p_u, np.repeat(marg_b, vocab) * p_uv))
+            )
         out.append(total)
     return np.array(out)
 
@@ -61,15 +67,18 @@ def chi_square_bound(inst) -> np.ndarray:
         delta = values[t] - parent
         spread = parent * (1 - parent)
         with np.errstate(divide="ignore", invalid="ignore"):
-            out.append(float(np.sum(np.where(spread > 0, marg[t] * delta ** 2 / spread, 0.0))))
+            out.append(float(np.sum(np.where(spread > 0, marg[t] * delta**2 / spread, 0.0))))
     return np.array(out)
 
 
-@register("T13", "binary harm: I_t^MI = I(h; Y_t | Y_<t) (joint enumeration), 2 I_t <= I_t^MI <= "
-                 "E[Δ²/(H(1-H))], 0 exactly where I_t = 0, Σ_t I_t^MI = H(h(Y))",
-          plants=["mi-in-bits", "wrong-position-information"],
-          applies=lambda inst: inst.binary and 0 < float(np.sum(inst.harm)) < inst.harm.size,
-          engines=("tree", "analysis", "xla"))
+@register(
+    "T13",
+    "binary harm: I_t^MI = I(h; Y_t | Y_<t) (joint enumeration), 2 I_t <= I_t^MI <= "
+    "E[Δ²/(H(1-H))], 0 exactly where I_t = 0, Σ_t I_t^MI = H(h(Y))",
+    plants=["mi-in-bits", "wrong-position-information"],
+    applies=lambda inst: inst.binary and 0 < float(np.sum(inst.harm)) < inst.harm.size,
+    engines=("tree", "analysis", "xla"),
+)
 def mutual_information_form(inst, plant):
     engine_mi = np.asarray(outputs(inst)["harm_information_mi"], np.float64)
     if plant == "mi-in-bits":
@@ -80,25 +89,58 @@ def mutual_information_form(inst, plant):
     info = direct_information(inst)
     entropy = harm_entropy(inst)
     # |log p| <= 40 for the suite's probabilities (>= 1e-17); each side sums V**T terms.
-    tol = rounding_tolerance(np.float64, terms=inst.num_responses, ops=ops(inst),
-                             magnitude=max(entropy, 1.0) * 40.0,
-                             what="Σ p |log p| terms, |log p| <= 40")
+    tol = rounding_tolerance(
+        np.float64,
+        terms=inst.num_responses,
+        ops=ops(inst),
+        magnitude=max(entropy, 1.0) * 40.0,
+        what="Σ p |log p| terms, |log p| <= 40",
+    )
     exact = stated_tolerance(0.0, "0: where every Δ_t = 0 exactly, every Bernoulli KL is exactly 0")
     zero = info == 0.0
     return [
-        compare("I_t^MI engine = I(h; Y_t | Y_<t) joint enumeration", engine_mi, direct, tol,
-                lhs_name=f"I_t^MI of the {inst.engine} engine",
-                rhs_name="Σ p(b,u,v) log(p(b,u,v) p(u) / (p(b,u) p(u,v))) over whole responses"),
-        compare("Pinsker: 2 I_t <= I_t^MI", 2 * info, engine_mi, tol, bound="upper",
-                lhs_name="2 I_t (direct sums)", rhs_name=f"I_t^MI ({inst.engine} engine)"),
-        compare("χ²: I_t^MI <= E[Δ_t²/(H_{t-1}(1-H_{t-1}))]", engine_mi, chi_square_bound(inst), tol,
-                bound="upper", lhs_name=f"I_t^MI ({inst.engine} engine)",
-                rhs_name="E[Δ_t² / (H_{t-1}(1 - H_{t-1}))] (direct sums)"),
-        compare("I_t^MI = 0 exactly where I_t = 0", engine_mi[zero], 0.0, exact,
-                scale=float(np.max(engine_mi, initial=0.0)),
-                lhs_name=f"I_t^MI ({inst.engine} engine) at positions with I_t = 0 (direct; n/a "
-                         "when there are none)", rhs_name="0"),
-        compare("chain rule: Σ_t I_t^MI = H(h(Y))", float(np.sum(engine_mi)), entropy, tol,
-                lhs_name=f"Σ_t I_t^MI ({inst.engine} engine)",
-                rhs_name="-Σ_b P(h=b) log P(h=b) (direct)"),
+        compare(
+            "I_t^MI engine = I(h; Y_t | Y_<t) joint enumeration",
+            engine_mi,
+            direct,
+            tol,
+            lhs_name=f"I_t^MI of the {inst.engine} engine",
+            rhs_name="Σ p(b,u,v) log(p(b,u,v) p(u) / (p(b,u) p(u,v))) over whole responses",
+        ),
+        compare(
+            "Pinsker: 2 I_t <= I_t^MI",
+            2 * info,
+            engine_mi,
+            tol,
+            bound="upper",
+            lhs_name="2 I_t (direct sums)",
+            rhs_name=f"I_t^MI ({inst.engine} engine)",
+        ),
+        compare(
+            "χ²: I_t^MI <= E[Δ_t²/(H_{t-1}(1-H_{t-1}))]",
+            engine_mi,
+            chi_square_bound(inst),
+            tol,
+            bound="upper",
+            lhs_name=f"I_t^MI ({inst.engine} engine)",
+            rhs_name="E[Δ_t² / (H_{t-1}(1 - H_{t-1}))] (direct sums)",
+        ),
+        compare(
+            "I_t^MI = 0 exactly where I_t = 0",
+            engine_mi[zero],
+            0.0,
+            exact,
+            scale=float(np.max(engine_mi, initial=0.0)),
+            lhs_name=f"I_t^MI ({inst.engine} engine) at positions with I_t = 0 (direct; n/a "
+            "when there are none)",
+            rhs_name="0",
+        ),
+        compare(
+            "chain rule: Σ_t I_t^MI = H(h(Y))",
+            float(np.sum(engine_mi)),
+            entropy,
+            tol,
+            lhs_name=f"Σ_t I_t^MI ({inst.engine} engine)",
+            rhs_name="-Σ_b P(h=b) log P(h=b) (direct)",
+        ),
     ], {"mi": engine_mi.tolist(), "entropy": entropy}

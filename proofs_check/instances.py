@@ -24,20 +24,42 @@ from typing import Any
 import jax
 import numpy as np
 
-from toy_lm.models.automata import Automaton, automaton_harm_table, harmful_before_refusal, make_automaton
+from proofs_check import enumeration
+from proofs_check.autodiff import level_tables, parameter_quantities, to_numpy
 from toy_lm.errors import InputError, PrecisionError
+from toy_lm.models.automata import (
+    Automaton,
+    automaton_harm_table,
+    harmful_before_refusal,
+    make_automaton,
+)
 from toy_lm.models.harms import random_decided_harm, soft_harm
 from toy_lm.models.policies import Policy
 from toy_lm.models.policy_factory import POLICY_KINDS, init_params, make_policy, policy_kind
 from toy_lm.precision import check_x64
-from proofs_check import enumeration
-from proofs_check.autodiff import level_tables, parameter_quantities, to_numpy
 
-__all__ = ["BUILTIN_AUTOMATON", "BUILTIN_ONLY_EXTRA", "BUILTIN_SEEDS", "BUILTIN_SETTINGS",
-           "ENGINE_FREE_CACHE", "EXTRA_INSTANCES", "HARMFUL_TOKEN", "Instance", "MAX_RESPONSES",
-           "MIXTURE_INSTANCES", "NUM_HARMFUL", "RARE_LOGIT", "REFUSAL_TOKEN",
-           "TRANSFORMER_SETTINGS", "builtin_suite", "make_instance", "make_mixture_instance",
-           "recovery_cost_automaton", "suite_settings", "with_engine"]
+__all__ = [
+    "BUILTIN_AUTOMATON",
+    "BUILTIN_ONLY_EXTRA",
+    "BUILTIN_SEEDS",
+    "BUILTIN_SETTINGS",
+    "ENGINE_FREE_CACHE",
+    "EXTRA_INSTANCES",
+    "HARMFUL_TOKEN",
+    "Instance",
+    "MAX_RESPONSES",
+    "MIXTURE_INSTANCES",
+    "NUM_HARMFUL",
+    "RARE_LOGIT",
+    "REFUSAL_TOKEN",
+    "TRANSFORMER_SETTINGS",
+    "builtin_suite",
+    "make_instance",
+    "make_mixture_instance",
+    "recovery_cost_automaton",
+    "suite_settings",
+    "with_engine",
+]
 
 #: Largest number of responses ``V**T`` a check instance may have (DPO pairs cost ``V**(2T)``).
 MAX_RESPONSES = 1024
@@ -68,9 +90,7 @@ EXTRA_INSTANCES = (
 #: Built-in prompt mixtures: (kind, V, T, horizon of each prompt's harm, prompt weights p(x)).
 #: The MLP shares its weights across prompts (a one-hot prompt input), so the prompts' gradients
 #: mix in parameter space; the horizons differ, so the mixture's horizon is their maximum.
-MIXTURE_INSTANCES = (
-    ("mlp", 3, 4, (1, 3, 2), (0.5, 0.3, 0.2)),
-)
+MIXTURE_INSTANCES = (("mlp", 3, 4, (1, 3, 2), (0.5, 0.3, 0.2)),)
 
 #: Logit that makes a prefix rare: ``π(0|0) ≈ e^-30 ≈ 1e-13`` at the level-1 prefix ``0``.
 RARE_LOGIT = -30.0
@@ -80,8 +100,9 @@ RARE_LOGIT = -30.0
 HARMFUL_TOKEN, REFUSAL_TOKEN, NUM_HARMFUL = 1, 2, 2
 
 
-def recovery_cost_automaton(vocab_size: int, harmful: int = HARMFUL_TOKEN,
-                            refusal: int = REFUSAL_TOKEN) -> Automaton:
+def recovery_cost_automaton(
+    vocab_size: int, harmful: int = HARMFUL_TOKEN, refusal: int = REFUSAL_TOKEN
+) -> Automaton:
     """The dense cost's automaton: "harmful content emitted and not yet recovered".
 
     States: 0 clean, 1 harmful and not yet recovered (the cost state), 2 recovered (a refusal
@@ -135,21 +156,28 @@ class Instance:
 
     def __post_init__(self):
         harm = np.asarray(self.harm, np.float64)
-        n = self.policy.vocab_size ** self.policy.length
+        n = self.policy.vocab_size**self.policy.length
         if harm.shape != (n,):
-            raise InputError(f"instance {self.name!r}: harm has shape {harm.shape}, expected ({n},)")
+            raise InputError(
+                f"instance {self.name!r}: harm has shape {harm.shape}, expected ({n},)"
+            )
         if n > MAX_RESPONSES:
             raise InputError(
                 f"instance {self.name!r} has V**T = {n} responses; the checks enumerate every "
                 f"response (and DPO every pair), so keep V**T <= {MAX_RESPONSES}: lower --vocab "
-                "or --length")
+                "or --length"
+            )
         object.__setattr__(self, "harm", harm)
-        low = {str(leaf.dtype) for leaf in jax.tree_util.tree_leaves(self.params)
-               if np.issubdtype(leaf.dtype, np.floating) and leaf.dtype != np.float64}
+        low = {
+            str(leaf.dtype)
+            for leaf in jax.tree_util.tree_leaves(self.params)
+            if np.issubdtype(leaf.dtype, np.floating) and leaf.dtype != np.float64
+        }
         if low:
             raise PrecisionError(
                 f"instance {self.name!r} has {', '.join(sorted(low))} parameters; the checks are "
-                "exact in float64: call toy_lm.require_x64() before creating parameters")
+                "exact in float64: call toy_lm.require_x64() before creating parameters"
+            )
 
     @property
     def vocab_size(self) -> int:
@@ -161,7 +189,7 @@ class Instance:
 
     @property
     def num_responses(self) -> int:
-        return self.vocab_size ** self.length
+        return self.vocab_size**self.length
 
     @property
     def kind(self) -> str:
@@ -226,8 +254,17 @@ def with_engine(inst: Instance, engine: str) -> Instance:
     return out
 
 
-def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: int | None = None,
-                  harm_kind: str = "binary", lam: float = 1.0, rare: bool = False) -> Instance:
+def make_instance(
+    kind: str,
+    vocab_size: int,
+    length: int,
+    *,
+    seed: int,
+    tau: int | None = None,
+    harm_kind: str = "binary",
+    lam: float = 1.0,
+    rare: bool = False,
+) -> Instance:
     """A random instance of a parameterization (needs float64 on: :func:`toy_lm.require_x64`).
 
     Args:
@@ -254,19 +291,23 @@ def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: in
     dfa = cost_dfa = None
     if harm_kind == "automaton":
         if vocab_size < 3:
-            raise InputError(f"an automaton (harmful/refusal) instance needs V >= 3, got V={vocab_size}")
+            raise InputError(
+                f"an automaton (harmful/refusal) instance needs V >= 3, got V={vocab_size}"
+            )
         dfa = harmful_before_refusal(vocab_size, NUM_HARMFUL, [HARMFUL_TOKEN], [REFUSAL_TOKEN])
         cost_dfa = recovery_cost_automaton(vocab_size)
         harm = np.asarray(automaton_harm_table(dfa, length))
         label = "automaton"
     elif harm_kind == "mixed":
         if vocab_size < 3 or tau is None or not 1 <= tau <= length:
-            raise InputError(f"a mixed-horizon instance needs V >= 3 and 1 <= tau <= T, got "
-                             f"V={vocab_size}, tau={tau}")
+            raise InputError(
+                f"a mixed-horizon instance needs V >= 3 and 1 <= tau <= T, got "
+                f"V={vocab_size}, tau={tau}"
+            )
         dfa = harmful_before_refusal(vocab_size, NUM_HARMFUL, [HARMFUL_TOKEN], [REFUSAL_TOKEN])
         first = np.asarray(automaton_harm_table(dfa, tau))
         harm = np.repeat(first, vocab_size ** (length - tau))
-        dfa = None   # the automaton reads the whole response; this harm reads the first tau tokens
+        dfa = None  # the automaton reads the whole response; this harm reads the first tau tokens
         label = f"tau{tau} mixed"
     else:
         if tau is None or not 0 <= tau <= length:
@@ -278,15 +319,26 @@ def make_instance(kind: str, vocab_size: int, length: int, *, seed: int, tau: in
         elif harm_kind == "ties":
             harm = np.round(2 * np.asarray(soft_harm(key_harm, vocab_size, length, tau))) / 2
         else:
-            raise InputError(f"unknown harm kind {harm_kind!r}: binary, soft, ties, automaton or mixed")
+            raise InputError(
+                f"unknown harm kind {harm_kind!r}: binary, soft, ties, automaton or mixed"
+            )
         label = f"tau{tau} {harm_kind}"
     name = f"{kind} V{vocab_size} T{length} {label} s{seed}"
     if lam != 1.0 and harm_kind != "automaton":
         name += f" lam{lam:g}"
     if rare:
         name += " rare"
-    return Instance(name, policy, params, harm, lam=lam, seed=seed, harm_kind=harm_kind, dfa=dfa,
-                    cost_dfa=cost_dfa)
+    return Instance(
+        name,
+        policy,
+        params,
+        harm,
+        lam=lam,
+        seed=seed,
+        harm_kind=harm_kind,
+        dfa=dfa,
+        cost_dfa=cost_dfa,
+    )
 
 
 def suite_settings(vocab=None, length=None, horizon=None) -> tuple[list, list]:
@@ -317,8 +369,15 @@ def suite_settings(vocab=None, length=None, horizon=None) -> tuple[list, list]:
     return decided, automaton
 
 
-def make_mixture_instance(kind: str, vocab_size: int, length: int, *, seed: int,
-                          taus: Sequence[int], weights: Sequence[float] | np.ndarray) -> Instance:
+def make_mixture_instance(
+    kind: str,
+    vocab_size: int,
+    length: int,
+    *,
+    seed: int,
+    taus: Sequence[int],
+    weights: Sequence[float] | np.ndarray,
+) -> Instance:
     """A prompt mixture: prompt ``x`` has weight ``weights[x]`` and a binary harm decided by its
     first ``taus[x]`` tokens; the policy is conditioned on the prompt (see :class:`Instance`)."""
     from proofs_check.prompts import PromptMixture
@@ -326,23 +385,39 @@ def make_mixture_instance(kind: str, vocab_size: int, length: int, *, seed: int,
     check_x64("make_mixture_instance")
     weights = np.asarray(weights, np.float64)
     if len(taus) != weights.size or weights.size < 2:
-        raise InputError(f"a prompt mixture needs one horizon per prompt and at least two prompts, "
-                         f"got {len(taus)} horizons and {weights.size} weights")
+        raise InputError(
+            f"a prompt mixture needs one horizon per prompt and at least two prompts, "
+            f"got {len(taus)} horizons and {weights.size} weights"
+        )
     if np.any(weights <= 0) or abs(weights.sum() - 1.0) > 1e-12:
         raise InputError(f"prompt weights must be positive and sum to 1, got {weights.tolist()}")
     policy = make_policy(kind, vocab_size, length, num_prompts=weights.size)
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     params = init_params(policy, key_policy)
-    harms = np.stack([np.asarray(random_decided_harm(k, vocab_size, length, tau))
-                      for k, tau in zip(jax.random.split(key_harm, weights.size), taus)])
-    name = (f"{kind} V{vocab_size} T{length} prompts p={'/'.join(f'{w:g}' for w in weights)} "
-            f"tau{'/'.join(map(str, taus))} s{seed}")
-    return Instance(name, policy, params, harms[0], seed=seed,
-                    prompts=PromptMixture(weights, harms))
+    harms = np.stack(
+        [
+            np.asarray(random_decided_harm(k, vocab_size, length, tau))
+            for k, tau in zip(jax.random.split(key_harm, weights.size), taus)
+        ]
+    )
+    name = (
+        f"{kind} V{vocab_size} T{length} prompts p={'/'.join(f'{w:g}' for w in weights)} "
+        f"tau{'/'.join(map(str, taus))} s{seed}"
+    )
+    return Instance(
+        name, policy, params, harms[0], seed=seed, prompts=PromptMixture(weights, harms)
+    )
 
 
-def builtin_suite(kinds=POLICY_KINDS, *, vocab=None, length=None, horizon=None,
-                  seeds: int = BUILTIN_SEEDS, first_seed: int = 0) -> list[Instance]:
+def builtin_suite(
+    kinds=POLICY_KINDS,
+    *,
+    vocab=None,
+    length=None,
+    horizon=None,
+    seeds: int = BUILTIN_SEEDS,
+    first_seed: int = 0,
+) -> list[Instance]:
     """The instances ``harm-horizon check`` runs (see the module docstring).
 
     Args:
@@ -356,31 +431,44 @@ def builtin_suite(kinds=POLICY_KINDS, *, vocab=None, length=None, horizon=None,
     decided, automaton = suite_settings(vocab, length, horizon)
     builtin = vocab is None and length is None and horizon is None
     for v, t, *_ in decided + automaton:
-        if v ** t > MAX_RESPONSES:
-            raise InputError(f"V={v}, T={t} gives V**T = {v ** t} responses, more than the "
-                             f"checks enumerate ({MAX_RESPONSES}); lower --vocab or --length")
+        if v**t > MAX_RESPONSES:
+            raise InputError(
+                f"V={v}, T={t} gives V**T = {v**t} responses, more than the "
+                f"checks enumerate ({MAX_RESPONSES}); lower --vocab or --length"
+            )
     out = []
     for kind in kinds:
         settings = decided
         if builtin and kind in BUILTIN_ONLY_EXTRA:
             settings = BUILTIN_ONLY_EXTRA[kind]
         for (v, t, tau), s in itertools.product(settings, range(first_seed, first_seed + seeds)):
-            out.append(make_instance(kind, v, t, seed=s, tau=tau,
-                                     harm_kind="binary" if s % 2 == 0 else "soft"))
+            out.append(
+                make_instance(
+                    kind, v, t, seed=s, tau=tau, harm_kind="binary" if s % 2 == 0 else "soft"
+                )
+            )
         for v, t in automaton if not (builtin and kind == "mlp") else ():
             out.append(make_instance(kind, v, t, seed=first_seed, harm_kind="automaton", lam=0.5))
     if builtin:
-        out += [make_instance(kind, v, t, seed=first_seed, tau=tau, harm_kind=harm_kind, lam=lam,
-                              rare=rare)
-                for kind, v, t, tau, harm_kind, lam, rare in EXTRA_INSTANCES if kind in kinds]
-        out += [make_mixture_instance(kind, v, t, seed=first_seed, taus=taus, weights=weights)
-                for kind, v, t, taus, weights in MIXTURE_INSTANCES if kind in kinds]
+        out += [
+            make_instance(
+                kind, v, t, seed=first_seed, tau=tau, harm_kind=harm_kind, lam=lam, rare=rare
+            )
+            for kind, v, t, tau, harm_kind, lam, rare in EXTRA_INSTANCES
+            if kind in kinds
+        ]
+        out += [
+            make_mixture_instance(kind, v, t, seed=first_seed, taus=taus, weights=weights)
+            for kind, v, t, taus, weights in MIXTURE_INSTANCES
+            if kind in kinds
+        ]
     elif decided and kinds:
         # chosen sizes: one two-prompt mixture at the first chosen (V, T, τ), the second prompt's
         # harm with another horizon, on the MLP (shared weights) when chosen
         v, t, tau = decided[0]
         taus = (tau, t) if tau < t else (tau, t - 1)
         kind = "mlp" if "mlp" in kinds else kinds[0]
-        out.append(make_mixture_instance(kind, v, t, seed=first_seed, taus=taus,
-                                         weights=(0.6, 0.4)))
+        out.append(
+            make_mixture_instance(kind, v, t, seed=first_seed, taus=taus, weights=(0.6, 0.4))
+        )
     return out

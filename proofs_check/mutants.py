@@ -30,9 +30,23 @@ import numpy as np
 
 from toy_lm.mutation import active
 
-__all__ = ["EQ_CHECKS", "GRAD_CHECKS", "H_CHECKS", "INFO_CHECKS", "MUTANTS", "Mutant",
-           "MutantReport", "OBJECTIVE_CHECKS", "PARAM_CHECKS", "STRENGTH",
-           "baseline_engine_outputs", "blend", "mutant_suite", "run_mutant", "run_mutants"]
+__all__ = [
+    "EQ_CHECKS",
+    "GRAD_CHECKS",
+    "H_CHECKS",
+    "INFO_CHECKS",
+    "MUTANTS",
+    "Mutant",
+    "MutantReport",
+    "OBJECTIVE_CHECKS",
+    "PARAM_CHECKS",
+    "STRENGTH",
+    "baseline_engine_outputs",
+    "blend",
+    "mutant_suite",
+    "run_mutant",
+    "run_mutants",
+]
 
 #: Blend strength of value mutants: the bug moves the value by ``1e-4`` of its own size.
 STRENGTH = 1e-4
@@ -182,102 +196,238 @@ _ENGINE_ALL = ("tree", "analysis", "xla", "markov")
 
 #: The catalogue.
 MUTANTS: tuple[Mutant, ...] = (
-    Mutant("H-uniform-weights", "backward step averages the children uniformly instead of by π",
-           {"tree.backward.weights": blend(_uniform_like)}, H_CHECKS + ("T9", "T10", "T13", "T14")),
-    Mutant("H-temperature", "backward step uses π² (renormalized), a temperature slip",
-           {"tree.backward.weights": blend(lambda pi, **_: pi ** 2 / (pi ** 2).sum(-1, keepdims=True))},
-           H_CHECKS + ("T13",)),
-    Mutant("H-plain-sum", "backward step without the reference child: H = Σ_v π H_v (leaves "
-           "rounding residues where the children are equal)",
-           {"tree.backward.reference": lambda ref, **_: 0.0 * ref}, H_CHECKS + ("T13",),
-           structural=True),
-    Mutant("H-last-child-reference", "reference child c = H(u, V-1) instead of H(u, 0)",
-           {"tree.backward.reference": lambda ref, child, **_: child[:, -1:]}, H_CHECKS,
-           structural=True,
-           equivalent="any child is an exact reference: c + Σ_v π(v|u)(H_v - c) = Σ_v π H_v for every "
-                      "c, and constant children still give exact zeros; only rounding can differ"),
-    Mutant("P-drop-conditional", "prefix-probability pass forgets the conditional: P_{l+1}(uv) = P_l(u)",
-           {"tree.prefix_probs.step": blend(lambda x, **_: 0.0 * x + x.sum(axis=1, keepdims=True),
-                                             strength=STRENGTH / 4)},
-           GRAD_CHECKS + INFO_CHECKS + ("T7b", "T13", "T3", "T6", "T14-natural")),
-    Mutant("I-parent-probability", "I_t weighted by the parent's probability P_{t-1}(y_<t) instead "
-           "of the child's P_t(y_<=t)",
-           {"tree.information.weight": blend(_parent_prob, strength=STRENGTH / 4)}, INFO_CHECKS),
-    Mutant("G-level-off-by-one", "logit gradient G(u) weighted by the level above's probability",
-           {"tree.grads.prefix_weight": blend(_parent_prob)}, GRAD_CHECKS),
-    Mutant("KL-weighted-by-base-prefixes", "KL_t weighted by π0's prefix probabilities instead of π's",
-           {"tree.kl.weight": blend(_base_prefix_weight)}, EQ_CHECKS + ("T8", "T5-kl")),
-    Mutant("KL-direction-swapped", "row KL computed as KL(π0 ‖ π) instead of KL(π ‖ π0)",
-           {"tree.kl.rows": _swap_pair}, EQ_CHECKS + ("T8", "T14"), structural=True),
-    Mutant("tilt-scale", "tilt exp(-h/λ) with λ off by a factor 1 + 1e-4",
-           {"tree.tilt": lambda x, **_: x * (1.0 + STRENGTH)}, EQ_CHECKS),
-    Mutant("tilt-sign", "tilt exp(+h/λ) (sign slip), blended",
-           {"tree.tilt": blend(lambda x, **_: -x)}, EQ_CHECKS),
-    Mutant("Z-parent-level", "equilibrium reads the parent's log Z for the children (level off by "
-           "one): π* = π0 renormalized",
-           {"tree.partition.level": blend(
-               lambda z, level, logz, **_: jnp.repeat(logz[level], z.shape[0] // logz[level].shape[0]))},
-           EQ_CHECKS),
-    Mutant("equilibrium-constant-first-two", "equilibrium copies π0 where the first two children's Z "
-           "agree (right for V = 2 only)",
-           {"tree.equilibrium.constant": _constant_first_two}, ("T7a", "T7b", "T7e"),
-           structural=True),
-    Mutant("MI-in-bits", "I_t^MI in bits (log2) instead of nats, blended",
-           {"tree.mi.kl": blend(lambda kl, **_: kl / np.log(2.0))}, ("T13",)),
-    Mutant("masks-first-two-children", "determined masks from the first two children's ranges only "
-           "(right for V = 2 only)",
-           {"harms.range.children": _first_two_children}, ("T12", "T5", "T7b"), structural=True),
-    Mutant("DPO-beta-one-side", "DPO margin β r(y) - r(y') instead of β (r(y) - r(y'))",
-           {"objectives.dpo.margin": blend(_dpo_beta_one_side)},
-           ("T11", "T11-train")),
-    Mutant("DPO-ties-both-ways", "tied pairs (y = y' included) carry a preference in both directions: "
-           "h(y) <= h(y') instead of h(y) < h(y')",
-           {"objectives.dpo.preferred": lambda mask, harm, **_: harm[:, None] <= harm[None, :]},
-           ("T11", "T11-train"), structural=True),
-    Mutant("ASR-prefixes-by-probability", "the prefill attack's q_k(u) weighted by P0(u) alone, not "
-           "P0(u) H_k(u) (harm left out), blended",
-           {"tree.asr.prefix_weight": blend(lambda w, probs, **_: probs * w.sum())},
-           ("T9", "T9-train")),
-    Mutant("L-lambda-KL-reversed", "L_λ regularizes with KL(π0 ‖ π) instead of KL(π ‖ π0)",
-           {"objectives.kl.pair": _swap_pair}, ("T5-kl", "T8", "T14", "T14-natural"), structural=True),
-    Mutant("recovery-q-uniform", "ASR(k) averaged over uniform forced prefixes instead of q_k",
-           {"objectives.recovery.dist": blend(_uniform_like)}, ("T9", "T9-train")),
-    Mutant("dense-cost-last-dropped", "dense cost loop stops one position early (c_T left out)",
-           {"objectives.dense.cost": lambda c, position, length, **_: c if position < length else 0.0 * c},
-           ("T9b",), structural=True),
-    Mutant("surrogate-stop-gradient-dropped", "martingale surrogate weights sg(P Δ) computed from "
-           "live tables (stop-gradient dropped)",
-           {"gradients.surrogate.weights": _live_weights}, ("T3", "T6", "T5"), structural=True),
-    Mutant("autodiff-live-level-off-by-one", "per-position autodiff leaves level t live for g_t "
-           "instead of level t - 1",
-           {"gradients.autodiff.live": _live_next}, ("T3", "T3-total", "T5", "T10"), structural=True),
-    Mutant("REINFORCE-baseline-one-late", "exact baseline b_t = H_t(y_<=t) instead of H_{t-1}(y_<t)",
-           {"montecarlo.baseline": _baseline_one_late}, ("T10",), structural=True),
-    Mutant("step-uniform-weights", "the level step shared by the XLA drivers averages the children "
-           "uniformly instead of by π",
-           {"step.backward.weights": blend(_uniform_like)}, H_CHECKS, engines=("xla",)),
-    Mutant("xla-chunk-boundary", "XLA backward pass: the first child row of every chunk after the "
-           "first is read from the row before (chunk boundary off by one)",
-           {"analysis.xla.child_h": _previous_chunk_row}, H_CHECKS + ("T7b", "T13"),
-           engines=("xla",), structural=True),
-    Mutant("xla-last-chunk-dropped", "XLA combine: the last chunk's I_t sum is dropped",
-           {"analysis.xla.level_sums": _drop_last_chunk}, INFO_CHECKS, engines=("xla",),
-           structural=True),
-    Mutant("numba-level-sums-one-late", "Numba driver: a level's I_t block sums blended with the "
-           "previous level's (accumulator updated one level late)",
-           {}, INFO_CHECKS, engines=("analysis",), stateful=lambda: {
-               "analysis.numba.level_sums": _PreviousLevel()}),
-    Mutant("analysis-determined-first-two", "analysis marks a prefix determined when its first two "
-           "children are determined and agree (right for V = 2 only)",
-           {"analysis.determined": _determined_first_two}, ("T12", "T5", "T7b"),
-           engines=("analysis", "xla"), structural=True),
-    Mutant("markov-uniform-weights", "DP backward step averages the children uniformly",
-           {"markov.backward.weights": blend(_uniform_like)}, H_CHECKS + ("T7b",),
-           engines=("markov",)),
-    Mutant("markov-child-state-slip", "DP child index: the last token's next state taken from "
-           "token 0's column",
-           {"markov.child_state": _token0_child_state}, H_CHECKS + ("T7b",), engines=("markov",),
-           structural=True),
+    Mutant(
+        "H-uniform-weights",
+        "backward step averages the children uniformly instead of by π",
+        {"tree.backward.weights": blend(_uniform_like)},
+        H_CHECKS + ("T9", "T10", "T13", "T14"),
+    ),
+    Mutant(
+        "H-temperature",
+        "backward step uses π² (renormalized), a temperature slip",
+        {"tree.backward.weights": blend(lambda pi, **_: pi**2 / (pi**2).sum(-1, keepdims=True))},
+        H_CHECKS + ("T13",),
+    ),
+    Mutant(
+        "H-plain-sum",
+        "backward step without the reference child: H = Σ_v π H_v (leaves "
+        "rounding residues where the children are equal)",
+        {"tree.backward.reference": lambda ref, **_: 0.0 * ref},
+        H_CHECKS + ("T13",),
+        structural=True,
+    ),
+    Mutant(
+        "H-last-child-reference",
+        "reference child c = H(u, V-1) instead of H(u, 0)",
+        {"tree.backward.reference": lambda ref, child, **_: child[:, -1:]},
+        H_CHECKS,
+        structural=True,
+        equivalent="any child is an exact reference: c + Σ_v π(v|u)(H_v - c) = Σ_v π H_v for every "
+        "c, and constant children still give exact zeros; only rounding can differ",
+    ),
+    Mutant(
+        "P-drop-conditional",
+        "prefix-probability pass forgets the conditional: P_{l+1}(uv) = P_l(u)",
+        {
+            "tree.prefix_probs.step": blend(
+                lambda x, **_: 0.0 * x + x.sum(axis=1, keepdims=True), strength=STRENGTH / 4
+            )
+        },
+        GRAD_CHECKS + INFO_CHECKS + ("T7b", "T13", "T3", "T6", "T14-natural"),
+    ),
+    Mutant(
+        "I-parent-probability",
+        "I_t weighted by the parent's probability P_{t-1}(y_<t) instead of the child's P_t(y_<=t)",
+        {"tree.information.weight": blend(_parent_prob, strength=STRENGTH / 4)},
+        INFO_CHECKS,
+    ),
+    Mutant(
+        "G-level-off-by-one",
+        "logit gradient G(u) weighted by the level above's probability",
+        {"tree.grads.prefix_weight": blend(_parent_prob)},
+        GRAD_CHECKS,
+    ),
+    Mutant(
+        "KL-weighted-by-base-prefixes",
+        "KL_t weighted by π0's prefix probabilities instead of π's",
+        {"tree.kl.weight": blend(_base_prefix_weight)},
+        EQ_CHECKS + ("T8", "T5-kl"),
+    ),
+    Mutant(
+        "KL-direction-swapped",
+        "row KL computed as KL(π0 ‖ π) instead of KL(π ‖ π0)",
+        {"tree.kl.rows": _swap_pair},
+        EQ_CHECKS + ("T8", "T14"),
+        structural=True,
+    ),
+    Mutant(
+        "tilt-scale",
+        "tilt exp(-h/λ) with λ off by a factor 1 + 1e-4",
+        {"tree.tilt": lambda x, **_: x * (1.0 + STRENGTH)},
+        EQ_CHECKS,
+    ),
+    Mutant(
+        "tilt-sign",
+        "tilt exp(+h/λ) (sign slip), blended",
+        {"tree.tilt": blend(lambda x, **_: -x)},
+        EQ_CHECKS,
+    ),
+    Mutant(
+        "Z-parent-level",
+        "equilibrium reads the parent's log Z for the children (level off by "
+        "one): π* = π0 renormalized",
+        {
+            "tree.partition.level": blend(
+                lambda z, level, logz, **_: jnp.repeat(
+                    logz[level], z.shape[0] // logz[level].shape[0]
+                )
+            )
+        },
+        EQ_CHECKS,
+    ),
+    Mutant(
+        "equilibrium-constant-first-two",
+        "equilibrium copies π0 where the first two children's Z agree (right for V = 2 only)",
+        {"tree.equilibrium.constant": _constant_first_two},
+        ("T7a", "T7b", "T7e"),
+        structural=True,
+    ),
+    Mutant(
+        "MI-in-bits",
+        "I_t^MI in bits (log2) instead of nats, blended",
+        {"tree.mi.kl": blend(lambda kl, **_: kl / np.log(2.0))},
+        ("T13",),
+    ),
+    Mutant(
+        "masks-first-two-children",
+        "determined masks from the first two children's ranges only (right for V = 2 only)",
+        {"harms.range.children": _first_two_children},
+        ("T12", "T5", "T7b"),
+        structural=True,
+    ),
+    Mutant(
+        "DPO-beta-one-side",
+        "DPO margin β r(y) - r(y') instead of β (r(y) - r(y'))",
+        {"objectives.dpo.margin": blend(_dpo_beta_one_side)},
+        ("T11", "T11-train"),
+    ),
+    Mutant(
+        "DPO-ties-both-ways",
+        "tied pairs (y = y' included) carry a preference in both directions: "
+        "h(y) <= h(y') instead of h(y) < h(y')",
+        {"objectives.dpo.preferred": lambda mask, harm, **_: harm[:, None] <= harm[None, :]},
+        ("T11", "T11-train"),
+        structural=True,
+    ),
+    Mutant(
+        "ASR-prefixes-by-probability",
+        "the prefill attack's q_k(u) weighted by P0(u) alone, not "
+        "P0(u) H_k(u) (harm left out), blended",
+        {"tree.asr.prefix_weight": blend(lambda w, probs, **_: probs * w.sum())},
+        ("T9", "T9-train"),
+    ),
+    Mutant(
+        "L-lambda-KL-reversed",
+        "L_λ regularizes with KL(π0 ‖ π) instead of KL(π ‖ π0)",
+        {"objectives.kl.pair": _swap_pair},
+        ("T5-kl", "T8", "T14", "T14-natural"),
+        structural=True,
+    ),
+    Mutant(
+        "recovery-q-uniform",
+        "ASR(k) averaged over uniform forced prefixes instead of q_k",
+        {"objectives.recovery.dist": blend(_uniform_like)},
+        ("T9", "T9-train"),
+    ),
+    Mutant(
+        "dense-cost-last-dropped",
+        "dense cost loop stops one position early (c_T left out)",
+        {
+            "objectives.dense.cost": lambda c, position, length, **_: (
+                c if position < length else 0.0 * c
+            )
+        },
+        ("T9b",),
+        structural=True,
+    ),
+    Mutant(
+        "surrogate-stop-gradient-dropped",
+        "martingale surrogate weights sg(P Δ) computed from live tables (stop-gradient dropped)",
+        {"gradients.surrogate.weights": _live_weights},
+        ("T3", "T6", "T5"),
+        structural=True,
+    ),
+    Mutant(
+        "autodiff-live-level-off-by-one",
+        "per-position autodiff leaves level t live for g_t instead of level t - 1",
+        {"gradients.autodiff.live": _live_next},
+        ("T3", "T3-total", "T5", "T10"),
+        structural=True,
+    ),
+    Mutant(
+        "REINFORCE-baseline-one-late",
+        "exact baseline b_t = H_t(y_<=t) instead of H_{t-1}(y_<t)",
+        {"montecarlo.baseline": _baseline_one_late},
+        ("T10",),
+        structural=True,
+    ),
+    Mutant(
+        "step-uniform-weights",
+        "the level step shared by the XLA drivers averages the children uniformly instead of by π",
+        {"step.backward.weights": blend(_uniform_like)},
+        H_CHECKS,
+        engines=("xla",),
+    ),
+    Mutant(
+        "xla-chunk-boundary",
+        "XLA backward pass: the first child row of every chunk after the "
+        "first is read from the row before (chunk boundary off by one)",
+        {"analysis.xla.child_h": _previous_chunk_row},
+        H_CHECKS + ("T7b", "T13"),
+        engines=("xla",),
+        structural=True,
+    ),
+    Mutant(
+        "xla-last-chunk-dropped",
+        "XLA combine: the last chunk's I_t sum is dropped",
+        {"analysis.xla.level_sums": _drop_last_chunk},
+        INFO_CHECKS,
+        engines=("xla",),
+        structural=True,
+    ),
+    Mutant(
+        "numba-level-sums-one-late",
+        "Numba driver: a level's I_t block sums blended with the "
+        "previous level's (accumulator updated one level late)",
+        {},
+        INFO_CHECKS,
+        engines=("analysis",),
+        stateful=lambda: {"analysis.numba.level_sums": _PreviousLevel()},
+    ),
+    Mutant(
+        "analysis-determined-first-two",
+        "analysis marks a prefix determined when its first two "
+        "children are determined and agree (right for V = 2 only)",
+        {"analysis.determined": _determined_first_two},
+        ("T12", "T5", "T7b"),
+        engines=("analysis", "xla"),
+        structural=True,
+    ),
+    Mutant(
+        "markov-uniform-weights",
+        "DP backward step averages the children uniformly",
+        {"markov.backward.weights": blend(_uniform_like)},
+        H_CHECKS + ("T7b",),
+        engines=("markov",),
+    ),
+    Mutant(
+        "markov-child-state-slip",
+        "DP child index: the last token's next state taken from token 0's column",
+        {"markov.child_state": _token0_child_state},
+        H_CHECKS + ("T7b",),
+        engines=("markov",),
+        structural=True,
+    ),
 )
 
 
@@ -286,10 +436,12 @@ def mutant_suite():
     decided harm, an automaton harm) and a Markov automaton instance for the DP engine."""
     from proofs_check.instances import make_instance
 
-    return [make_instance("tabular", 3, 4, seed=0, tau=2, harm_kind="binary"),
-            make_instance("tabular", 3, 4, seed=1, tau=2, harm_kind="soft"),
-            make_instance("tabular", 3, 4, seed=0, harm_kind="automaton", lam=0.5),
-            make_instance("markov", 3, 4, seed=0, harm_kind="automaton", lam=0.5)]
+    return [
+        make_instance("tabular", 3, 4, seed=0, tau=2, harm_kind="binary"),
+        make_instance("tabular", 3, 4, seed=1, tau=2, harm_kind="soft"),
+        make_instance("tabular", 3, 4, seed=0, harm_kind="automaton", lam=0.5),
+        make_instance("markov", 3, 4, seed=0, harm_kind="automaton", lam=0.5),
+    ]
 
 
 @dataclasses.dataclass
@@ -370,11 +522,16 @@ def run_mutant(mutant: Mutant, instances, baseline_outputs: dict | None = None) 
     start = time.perf_counter()
     checks = [c for c in select(list(mutant.checks)) if c.id in mutant.checks]
     quantities = bool({"T3", "T3-total", "T6", "T10"} & set(mutant.checks)) and not set(
-        mutant.engines) - {"tree"}
+        mutant.engines
+    ) - {"tree"}
     with mutant.active():
         fresh = _fresh(instances, mutant.engines, with_quantities=quantities)
-        tasks = [Task(c, inst) for inst in fresh for c in checks
-                 if inst.engine in c.engines and c.applies(inst)]
+        tasks = [
+            Task(c, inst)
+            for inst in fresh
+            for c in checks
+            if inst.engine in c.engines and c.applies(inst)
+        ]
         results = run_tasks(tasks)
         sizes = []
         if baseline_outputs is not None:
@@ -387,17 +544,26 @@ def run_mutant(mutant: Mutant, instances, baseline_outputs: dict | None = None) 
                         pass
     killed = sorted({r.check for r in results if r.killed_by_comparison()})
     errors = sorted({f"{r.check}: {r.parts[0].lhs}" for r in results if r.status == "error"})
-    return MutantReport(mutant.name, mutant.description, killed, errors, len(tasks),
-                        _reported_size(sizes), time.perf_counter() - start,
-                        mutant.equivalent)
+    return MutantReport(
+        mutant.name,
+        mutant.description,
+        killed,
+        errors,
+        len(tasks),
+        _reported_size(sizes),
+        time.perf_counter() - start,
+        mutant.equivalent,
+    )
 
 
 def baseline_engine_outputs(instances, engines) -> dict:
     """Every engine's outputs on the suite without any mutant (for the mutants' sizes)."""
     from proofs_check.engines import available_engines, read_through
 
-    return {inst.name: _engine_arrays(inst)
-            for inst in read_through(instances, [e for e in engines if e in available_engines()])}
+    return {
+        inst.name: _engine_arrays(inst)
+        for inst in read_through(instances, [e for e in engines if e in available_engines()])
+    }
 
 
 def run_mutants(mutants=None, progress=None) -> list[MutantReport]:

@@ -32,8 +32,16 @@ from proofs_check.results import compare, rounding_tolerance
 from toy_lm.engines import tree
 from toy_lm.tables import all_prefixes
 
-__all__ = ["PromptMixture", "covariance_sum", "has_mixture", "mixture_gradient",
-           "mixture_gradients", "mixture_horizon", "per_prompt", "prompt_quantities"]
+__all__ = [
+    "PromptMixture",
+    "covariance_sum",
+    "has_mixture",
+    "mixture_gradient",
+    "mixture_gradients",
+    "mixture_horizon",
+    "per_prompt",
+    "prompt_quantities",
+]
 
 
 class PromptMixture(NamedTuple):
@@ -49,10 +57,10 @@ def mixture_gradients(policy, params, harms, weights) -> jax.Array:
     responses = jnp.asarray(all_prefixes(policy.vocab_size, policy.length))
     length = responses.shape[1]
 
-    def objective(p):   # (T,): entry t has only position t's factor live
+    def objective(p):  # (T,): entry t has only position t's factor live
         lp = jnp.stack([policy.token_log_probs(p, responses, x) for x in range(harms.shape[0])])
         fixed = jax.lax.stop_gradient(lp)
-        live = fixed.sum(axis=-1, keepdims=True) + (lp - fixed)   # (P, N, T)
+        live = fixed.sum(axis=-1, keepdims=True) + (lp - fixed)  # (P, N, T)
         return jnp.einsum("x,xn,xnt->t", weights, harms, jnp.exp(live))
 
     return flatten(jax.jacrev(objective)(params), (length,))
@@ -62,9 +70,11 @@ def mixture_gradients(policy, params, harms, weights) -> jax.Array:
 def prompt_quantities(policy, params, prompt) -> dict:
     """One prompt's level tables, response log-probabilities and score tensor."""
     responses = jnp.asarray(all_prefixes(policy.vocab_size, policy.length))
-    return {"tables": policy.level_tables(params, prompt),
-            "log_probs": policy.token_log_probs(params, responses, prompt).sum(axis=-1),
-            "scores": score_tensor(_Prompted(policy, prompt), params, responses)}
+    return {
+        "tables": policy.level_tables(params, prompt),
+        "log_probs": policy.token_log_probs(params, responses, prompt).sum(axis=-1),
+        "scores": score_tensor(_Prompted(policy, prompt), params, responses),
+    }
 
 
 class _Prompted:
@@ -101,8 +111,9 @@ def covariance_sum(inst, weights) -> np.ndarray:
         for t in range(1, length + 1):
             s = q["scores"][:, t - 1]
             h_t = enumeration.expand(np.asarray(q["cond_harm"][t]), vocab, length)
-            cov[t - 1] = (np.tensordot(probs, h_t[:, None] * s, axes=(0, 0))
-                          - np.dot(probs, h_t) * np.tensordot(probs, s, axes=(0, 0)))
+            cov[t - 1] = np.tensordot(probs, h_t[:, None] * s, axes=(0, 0)) - np.dot(
+                probs, h_t
+            ) * np.tensordot(probs, s, axes=(0, 0))
         total = total + w * cov
     return total
 
@@ -124,28 +135,55 @@ def has_mixture(inst) -> bool:
     return inst.prompts is not None
 
 
-@register("T3-prompts", "on a prompt mixture, g_t of Σ_x p(x) E[h_x|x] = Σ_x p(x) Cov_x(H_t, s_t), "
-          "and g_t = 0 for t > τ* = max_x τ*(h_x)",
-          plants=["prompt-weights-ignored", "horizon-min-over-prompts"], applies=has_mixture,
-          mixture=True)
+@register(
+    "T3-prompts",
+    "on a prompt mixture, g_t of Σ_x p(x) E[h_x|x] = Σ_x p(x) Cov_x(H_t, s_t), "
+    "and g_t = 0 for t > τ* = max_x τ*(h_x)",
+    plants=["prompt-weights-ignored", "horizon-min-over-prompts"],
+    applies=has_mixture,
+    mixture=True,
+)
 def mixture_gradient(inst, plant):
-    mix = to_numpy(mixture_gradients(inst.policy, inst.params, jnp.asarray(inst.prompts.harms),
-                                     jnp.asarray(inst.prompts.weights)))
+    mix = to_numpy(
+        mixture_gradients(
+            inst.policy,
+            inst.params,
+            jnp.asarray(inst.prompts.harms),
+            jnp.asarray(inst.prompts.weights),
+        )
+    )
     cov = covariance_sum(inst, _weights(inst, plant))
-    score_mag = max(float(np.max(np.tensordot(np.exp(q["log_probs"]), np.abs(q["scores"]),
-                                              axes=(0, 0)))) for q in per_prompt(inst))
+    score_mag = max(
+        float(np.max(np.tensordot(np.exp(q["log_probs"]), np.abs(q["scores"]), axes=(0, 0))))
+        for q in per_prompt(inst)
+    )
     terms = inst.num_responses * len(inst.prompts.weights)
-    tol = rounding_tolerance(np.float64, terms=terms, ops=ops(inst), magnitude=2 * score_mag,
-                             what="2 max_{x,t,i} E_x|s_{t,i}|, as |h|, |H_t| <= 1 and Σ p(x) = 1")
+    tol = rounding_tolerance(
+        np.float64,
+        terms=terms,
+        ops=ops(inst),
+        magnitude=2 * score_mag,
+        what="2 max_{x,t,i} E_x|s_{t,i}|, as |h|, |H_t| <= 1 and Σ p(x) = 1",
+    )
     tau = mixture_horizon(inst, plant)
     parts = [
-        compare("g_t (mixture, autodiff) = Σ_x p(x) Cov_x(H_t, s_t)", mix, cov, tol,
-                lhs_name="jax.jacrev of Σ_x p(x) Σ_y P(y|x) h_x(y), teacher-forced, position t live",
-                rhs_name="Σ_x p(x) Cov_x(H_t, s_t): H_t from the tree engine per prompt, scores "
-                         "and P(y|x) teacher-forced, covariance by direct sums"),
-        compare("g_t = 0 for t > max_x τ*(h_x)", mix[tau:], 0.0, tol,
-                scale=float(np.max(np.abs(mix))),
-                lhs_name="mixture g_t beyond the horizon over prompts (n/a when it is T)",
-                rhs_name="0"),
+        compare(
+            "g_t (mixture, autodiff) = Σ_x p(x) Cov_x(H_t, s_t)",
+            mix,
+            cov,
+            tol,
+            lhs_name="jax.jacrev of Σ_x p(x) Σ_y P(y|x) h_x(y), teacher-forced, position t live",
+            rhs_name="Σ_x p(x) Cov_x(H_t, s_t): H_t from the tree engine per prompt, scores "
+            "and P(y|x) teacher-forced, covariance by direct sums",
+        ),
+        compare(
+            "g_t = 0 for t > max_x τ*(h_x)",
+            mix[tau:],
+            0.0,
+            tol,
+            scale=float(np.max(np.abs(mix))),
+            lhs_name="mixture g_t beyond the horizon over prompts (n/a when it is T)",
+            rhs_name="0",
+        ),
     ]
     return parts, {"horizons": [q["horizon"] for q in per_prompt(inst)], "claimed_horizon": tau}

@@ -14,10 +14,10 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
-from toy_lm.errors import InputError
 from proofs_check.controls import PLANTS, Plant
 from proofs_check.ids import matches
 from proofs_check.results import CheckResult
+from toy_lm.errors import InputError
 
 __all__ = ["Check", "REGISTRY", "all_checks", "register", "select"]
 
@@ -55,22 +55,39 @@ class Check:
         start = time.perf_counter()
         out = self.fn(instance, plant)
         parts, measurements = out if isinstance(out, tuple) else (out, {})
-        return CheckResult(check=self.id, statement=self.statement, instance=instance.name,
-                           parts=list(parts), seconds=time.perf_counter() - start, plant=plant,
-                           measurements=measurements)
+        return CheckResult(
+            check=self.id,
+            statement=self.statement,
+            instance=instance.name,
+            parts=list(parts),
+            seconds=time.perf_counter() - start,
+            plant=plant,
+            measurements=measurements,
+        )
 
     def plants_for(self, instance) -> list[Plant]:
         """The planted errors of this check that apply to ``instance``."""
         extra = dict(self.plant_requires)
-        return [PLANTS[name] for name in self.plants
-                if PLANTS[name].applies(instance) and extra.get(name, lambda inst: True)(instance)]
+        return [
+            PLANTS[name]
+            for name in self.plants
+            if PLANTS[name].applies(instance) and extra.get(name, lambda inst: True)(instance)
+        ]
 
 
 REGISTRY: dict[str, Check] = {}
 
 
-def register(check_id: str, statement: str, *, plants: Sequence[str], applies=None,
-             plant_requires=None, engines: Sequence[str] = ("tree",), mixture: bool = False):
+def register(
+    check_id: str,
+    statement: str,
+    *,
+    plants: Sequence[str],
+    applies=None,
+    plant_requires=None,
+    engines: Sequence[str] = ("tree",),
+    mixture: bool = False,
+):
     """Decorator: register ``fn(instance, plant)`` as the check ``check_id``.
 
     ``plant_requires`` maps a planted error to an extra condition on the instance under which this
@@ -90,10 +107,17 @@ def register(check_id: str, statement: str, *, plants: Sequence[str], applies=No
         def applies_here(inst):
             return (getattr(inst, "prompts", None) is not None) == mixture and condition(inst)
 
-        REGISTRY[check_id] = Check(check_id, statement, fn, tuple(plants),
-                                   applies_here, fn.__module__.rsplit(".", 1)[-1],
-                                   tuple((plant_requires or {}).items()), tuple(engines),
-                                   mixture)
+        REGISTRY[check_id] = Check(
+            check_id,
+            statement,
+            fn,
+            tuple(plants),
+            applies_here,
+            fn.__module__.rsplit(".", 1)[-1],
+            tuple((plant_requires or {}).items()),
+            tuple(engines),
+            mixture,
+        )
         return fn
 
     return wrap

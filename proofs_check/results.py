@@ -46,8 +46,7 @@ def rounding_tolerance(dtype, *, terms: int, ops: int, magnitude: float, what: s
     if not math.isfinite(magnitude):
         magnitude = math.inf
     factor = 2.0 * (ops + terms) * max(magnitude, np.finfo(np.dtype(dtype)).tiny)
-    why = (f"2 sides x ({ops} ops/term + {terms} terms summed) x Σ|terms| {magnitude:.3g} "
-           f"({what})")
+    why = f"2 sides x ({ops} ops/term + {terms} terms summed) x Σ|terms| {magnitude:.3g} ({what})"
     return eps_tolerance(dtype, factor, why)
 
 
@@ -63,8 +62,12 @@ def _summary(x, limit: int = 8) -> list[float]:
         return [float(arr)]
     if arr.size <= limit:
         return [float(v) for v in arr.reshape(-1)]
-    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 and arr.shape[0] <= limit else arr.reshape(1, -1)
-    return [float(v) for v in np.sqrt(np.sum(flat ** 2, axis=1))]
+    flat = (
+        arr.reshape(arr.shape[0], -1)
+        if arr.ndim > 1 and arr.shape[0] <= limit
+        else arr.reshape(1, -1)
+    )
+    return [float(v) for v in np.sqrt(np.sum(flat**2, axis=1))]
 
 
 @dataclasses.dataclass
@@ -120,9 +123,19 @@ def _data_dtype(*sides) -> str:
     return np.result_type(*dtypes).name if dtypes else "float64"
 
 
-def compare(name: str, lhs, rhs, tol: Tolerance, *, lhs_name: str, rhs_name: str,
-            scale: float | None = None, bound: str | None = None, kind: str = "exact",
-            independent: bool = True) -> Part:
+def compare(
+    name: str,
+    lhs,
+    rhs,
+    tol: Tolerance,
+    *,
+    lhs_name: str,
+    rhs_name: str,
+    scale: float | None = None,
+    bound: str | None = None,
+    kind: str = "exact",
+    independent: bool = True,
+) -> Part:
     """Build a :class:`Part` comparing two arrays (broadcast against each other).
 
     Args:
@@ -153,11 +166,22 @@ def compare(name: str, lhs, rhs, tol: Tolerance, *, lhs_name: str, rhs_name: str
     if scale is None:
         scale = max(float(np.max(np.abs(a), initial=0.0)), float(np.max(np.abs(b), initial=0.0)))
     rel = err / scale if scale > 0 else (0.0 if err == 0 else math.inf)
-    return Part(name=name, lhs=lhs_name, rhs=rhs_name, lhs_summary=_summary(a),
-                rhs_summary=_summary(b), max_abs_error=err, max_rel_error=rel,
-                tolerance=tol.value, tolerance_derivation=tol.derivation, dtype=dtype,
-                passed=bool(err <= tol.value), kind=kind, compared=int(diff.size),
-                independent=independent)
+    return Part(
+        name=name,
+        lhs=lhs_name,
+        rhs=rhs_name,
+        lhs_summary=_summary(a),
+        rhs_summary=_summary(b),
+        max_abs_error=err,
+        max_rel_error=rel,
+        tolerance=tol.value,
+        tolerance_derivation=tol.derivation,
+        dtype=dtype,
+        passed=bool(err <= tol.value),
+        kind=kind,
+        compared=int(diff.size),
+        independent=independent,
+    )
 
 
 @dataclasses.dataclass
@@ -212,16 +236,33 @@ class CheckResult:
         """Flat record: id, statement, both sides, errors, tolerance and derivation, dtype, passed."""
         w = self.worst
         return {
-            "check": self.check, "statement": self.statement, "instance": self.instance,
-            "plant": self.plant, "lhs": w.lhs, "rhs": w.rhs, "lhs_summary": w.lhs_summary,
-            "rhs_summary": w.rhs_summary, "max_abs_error": _finite(w.max_abs_error),
-            "max_rel_error": _finite(w.max_rel_error), "tolerance": w.tolerance,
-            "tolerance_derivation": w.tolerance_derivation, "dtype": w.dtype,
-            "passed": self.passed, "status": self.status, "comparisons": self.comparisons,
+            "check": self.check,
+            "statement": self.statement,
+            "instance": self.instance,
+            "plant": self.plant,
+            "lhs": w.lhs,
+            "rhs": w.rhs,
+            "lhs_summary": w.lhs_summary,
+            "rhs_summary": w.rhs_summary,
+            "max_abs_error": _finite(w.max_abs_error),
+            "max_rel_error": _finite(w.max_rel_error),
+            "tolerance": w.tolerance,
+            "tolerance_derivation": w.tolerance_derivation,
+            "dtype": w.dtype,
+            "passed": self.passed,
+            "status": self.status,
+            "comparisons": self.comparisons,
             "seconds": self.seconds,
-            "parts": [{**{k: (_finite(v) if isinstance(v, float) else v)
-                          for k, v in dataclasses.asdict(p).items()}, "status": p.status}
-                      for p in self.parts],
+            "parts": [
+                {
+                    **{
+                        k: (_finite(v) if isinstance(v, float) else v)
+                        for k, v in dataclasses.asdict(p).items()
+                    },
+                    "status": p.status,
+                }
+                for p in self.parts
+            ],
             "measurements": self.measurements,
         }
 

@@ -14,10 +14,10 @@ import traceback
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from toy_lm.errors import HarmHorizonError
 from proofs_check.controls import PLANTS
 from proofs_check.registry import Check, all_checks
 from proofs_check.results import CheckResult, Part
+from toy_lm.errors import HarmHorizonError
 
 __all__ = ["Summary", "Task", "plan", "run_checks", "run_tasks", "summarize"]
 
@@ -34,7 +34,9 @@ class Task:
     plant: str | None = None
 
 
-def plan(checks: Sequence[Check], instances: Sequence, *, negative_controls: bool = False) -> list[Task]:
+def plan(
+    checks: Sequence[Check], instances: Sequence, *, negative_controls: bool = False
+) -> list[Task]:
     """The tasks to run, instance by instance (so each instance's cached quantities are reused).
 
     A check runs on an instance when it applies to it and reads the instance's engine.
@@ -54,15 +56,29 @@ def plan(checks: Sequence[Check], instances: Sequence, *, negative_controls: boo
 def _crashed(task: Task, err: BaseException) -> CheckResult:
     where = traceback.extract_tb(err.__traceback__)[-1]
     message = f"{type(err).__name__}: {err} ({where.filename.rsplit('/', 1)[-1]}:{where.lineno})"
-    part = Part(name="check raised an exception", lhs=message, rhs="", lhs_summary=[],
-                rhs_summary=[], max_abs_error=math.inf, max_rel_error=math.inf, tolerance=0.0,
-                tolerance_derivation="", dtype="", passed=False, kind="error", compared=0)
-    return CheckResult(task.check.id, task.check.statement, task.instance.name, [part],
-                       plant=task.plant)
+    part = Part(
+        name="check raised an exception",
+        lhs=message,
+        rhs="",
+        lhs_summary=[],
+        rhs_summary=[],
+        max_abs_error=math.inf,
+        max_rel_error=math.inf,
+        tolerance=0.0,
+        tolerance_derivation="",
+        dtype="",
+        passed=False,
+        kind="error",
+        compared=0,
+    )
+    return CheckResult(
+        task.check.id, task.check.statement, task.instance.name, [part], plant=task.plant
+    )
 
 
-def run_tasks(tasks: Sequence[Task], progress: Callable[[Task, bool], None] | None = None
-              ) -> list[CheckResult]:
+def run_tasks(
+    tasks: Sequence[Task], progress: Callable[[Task, bool], None] | None = None
+) -> list[CheckResult]:
     """Run tasks in order; ``progress(task, done)`` is called before (False) and after (True) each."""
     results = []
     for task in tasks:
@@ -80,7 +96,9 @@ def run_tasks(tasks: Sequence[Task], progress: Callable[[Task, bool], None] | No
     return results
 
 
-def run_checks(checks, instances, *, negative_controls: bool = False, progress=None) -> list[CheckResult]:
+def run_checks(
+    checks, instances, *, negative_controls: bool = False, progress=None
+) -> list[CheckResult]:
     """:func:`plan` then :func:`run_tasks`: every check on every instance it applies to.
 
     Args:
@@ -163,9 +181,18 @@ def summarize(results: Sequence[CheckResult]) -> list[Summary]:
             pick = max(rs, key=lambda r: (r.status in ("fail", "error"), r.worst.ratio))
         else:
             pick = min(rs, key=lambda r: (r.status != "fail", r.worst.ratio))
-        rows.append(Summary(check, rs[0].statement, plant, len(rs),
-                            sum(r.status == "fail" for r in rs), pick.worst, pick.instance,
-                            errors=sum(r.status == "error" for r in rs),
-                            na=sum(r.status == "n/a" for r in rs),
-                            comparisons=sum(r.comparisons for r in rs)))
+        rows.append(
+            Summary(
+                check,
+                rs[0].statement,
+                plant,
+                len(rs),
+                sum(r.status == "fail" for r in rs),
+                pick.worst,
+                pick.instance,
+                errors=sum(r.status == "error" for r in rs),
+                na=sum(r.status == "n/a" for r in rs),
+                comparisons=sum(r.comparisons for r in rs),
+            )
+        )
     return rows

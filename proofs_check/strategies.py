@@ -29,10 +29,6 @@ import jax
 import numpy as np
 from hypothesis import strategies as st
 
-from toy_lm.models.automata import automaton_harm_table, harmful_before_refusal, pattern_harm
-from toy_lm.models.harms import random_decided_harm, soft_harm
-from toy_lm.models.policy_factory import POLICY_KINDS, init_params, make_policy, policy_kind
-from toy_lm.precision import require_x64
 from proofs_check.instances import (
     HARMFUL_TOKEN,
     NUM_HARMFUL,
@@ -40,6 +36,10 @@ from proofs_check.instances import (
     Instance,
     recovery_cost_automaton,
 )
+from toy_lm.models.automata import automaton_harm_table, harmful_before_refusal, pattern_harm
+from toy_lm.models.harms import random_decided_harm, soft_harm
+from toy_lm.models.policy_factory import POLICY_KINDS, init_params, make_policy, policy_kind
+from toy_lm.precision import require_x64
 
 __all__ = ["HARM_KINDS", "harms", "instances", "lengths", "mixtures", "policies", "vocab_sizes"]
 
@@ -60,8 +60,15 @@ def lengths(min_value: int = 1, max_value: int = 4) -> st.SearchStrategy[int]:
 
 
 @st.composite
-def policies(draw, *, vocab_size=None, length=None, kinds=POLICY_KINDS, max_vocab: int = 3,
-             max_length: int = 4):
+def policies(
+    draw,
+    *,
+    vocab_size=None,
+    length=None,
+    kinds=POLICY_KINDS,
+    max_vocab: int = 3,
+    max_length: int = 4,
+):
     """``(policy, params)`` of a drawn parameterization and size.
 
     Args:
@@ -98,11 +105,15 @@ def harms(draw, vocab_size: int, length: int, *, horizon=None, kinds=HARM_KINDS)
     key = jax.random.key(draw(_SEEDS))
     if kind == "automaton":
         if vocab_size >= 3 and draw(st.booleans()):
-            dfa = harmful_before_refusal(vocab_size, draw(st.integers(1, 2)), [HARMFUL_TOKEN],
-                                         [REFUSAL_TOKEN])
+            dfa = harmful_before_refusal(
+                vocab_size, draw(st.integers(1, 2)), [HARMFUL_TOKEN], [REFUSAL_TOKEN]
+            )
         else:
-            pattern = draw(st.lists(st.integers(0, vocab_size - 1), min_size=1,
-                                    max_size=max(1, min(length, 2))))
+            pattern = draw(
+                st.lists(
+                    st.integers(0, vocab_size - 1), min_size=1, max_size=max(1, min(length, 2))
+                )
+            )
             dfa = pattern_harm(vocab_size, pattern)
         return np.asarray(automaton_harm_table(dfa, length), np.float64)
     tau = horizon if horizon is not None else draw(st.integers(0, length))
@@ -112,9 +123,18 @@ def harms(draw, vocab_size: int, length: int, *, horizon=None, kinds=HARM_KINDS)
 
 
 @st.composite
-def instances(draw, *, kinds=POLICY_KINDS, harm_kinds=HARM_KINDS, max_vocab: int = 3,
-              max_length: int = 4, min_length: int = 1, min_vocab: int = 2, horizon=None,
-              lams=st.floats(min_value=0.1, max_value=10.0)):
+def instances(
+    draw,
+    *,
+    kinds=POLICY_KINDS,
+    harm_kinds=HARM_KINDS,
+    max_vocab: int = 3,
+    max_length: int = 4,
+    min_length: int = 1,
+    min_vocab: int = 2,
+    horizon=None,
+    lams=st.floats(min_value=0.1, max_value=10.0),
+):
     """A full :class:`~proofs_check.instances.Instance`: policy, parameters, harm and ``λ``.
 
     Automaton instances drawn here (``V >= 3``, ``"automaton"`` in ``harm_kinds``) carry the
@@ -127,22 +147,47 @@ def instances(draw, *, kinds=POLICY_KINDS, harm_kinds=HARM_KINDS, max_vocab: int
     policy, params = draw(policies(vocab_size=v, length=t, kinds=kinds))
     lam = draw(lams)
     seed = draw(_SEEDS)
-    recovery = "automaton" in harm_kinds and horizon is None and v >= 3 and t >= 2 and draw(st.booleans())
+    recovery = (
+        "automaton" in harm_kinds and horizon is None and v >= 3 and t >= 2 and draw(st.booleans())
+    )
     if recovery:
         dfa = harmful_before_refusal(v, NUM_HARMFUL, [HARMFUL_TOKEN], [REFUSAL_TOKEN])
         harm = np.asarray(automaton_harm_table(dfa, t), np.float64)
-        return Instance(f"drawn {policy_kind(policy)} V{v} T{t} recovery", policy, params, harm,
-                        lam=lam, seed=seed, harm_kind="automaton", dfa=dfa,
-                        cost_dfa=recovery_cost_automaton(v))
+        return Instance(
+            f"drawn {policy_kind(policy)} V{v} T{t} recovery",
+            policy,
+            params,
+            harm,
+            lam=lam,
+            seed=seed,
+            harm_kind="automaton",
+            dfa=dfa,
+            cost_dfa=recovery_cost_automaton(v),
+        )
     harm = draw(harms(v, t, horizon=horizon, kinds=harm_kinds))
     binary = bool(np.all((harm == 0) | (harm == 1)))
-    return Instance(f"drawn {policy_kind(policy)} V{v} T{t}", policy, params, harm, lam=lam,
-                    seed=seed, harm_kind="binary" if binary else "soft")
+    return Instance(
+        f"drawn {policy_kind(policy)} V{v} T{t}",
+        policy,
+        params,
+        harm,
+        lam=lam,
+        seed=seed,
+        harm_kind="binary" if binary else "soft",
+    )
 
 
 @st.composite
-def mixtures(draw, *, kinds=POLICY_KINDS, max_vocab: int = 3, max_length: int = 4,
-             min_length: int = 1, min_vocab: int = 2, max_prompts: int = 3):
+def mixtures(
+    draw,
+    *,
+    kinds=POLICY_KINDS,
+    max_vocab: int = 3,
+    max_length: int = 4,
+    min_length: int = 1,
+    min_vocab: int = 2,
+    max_prompts: int = 3,
+):
     """A prompt-mixture :class:`~proofs_check.instances.Instance` (THEORY.md "Prompts"): a policy
     conditioned on ``P = 2 ... max_prompts`` prompts, drawn positive weights ``p(x)`` and one drawn
     harm per prompt (binary or soft, with its own horizon)."""
@@ -155,11 +200,18 @@ def mixtures(draw, *, kinds=POLICY_KINDS, max_vocab: int = 3, max_length: int = 
     kind = draw(st.sampled_from(tuple(kinds)))
     policy = make_policy(kind, v, t, num_prompts=num_prompts)
     params = init_params(policy, jax.random.key(draw(_SEEDS)))
-    counts = np.array(draw(st.lists(st.integers(1, 9), min_size=num_prompts,
-                                    max_size=num_prompts)), np.float64)
+    counts = np.array(
+        draw(st.lists(st.integers(1, 9), min_size=num_prompts, max_size=num_prompts)), np.float64
+    )
     weights = counts / counts.sum()
-    prompt_harms = np.stack([draw(harms(v, t, kinds=("binary", "soft")))
-                             for _ in range(num_prompts)])
-    return Instance(f"drawn {kind} V{v} T{t} prompts p={'/'.join(f'{w:.3g}' for w in weights)}",
-                    policy, params, prompt_harms[0], seed=draw(_SEEDS),
-                    prompts=PromptMixture(weights, prompt_harms))
+    prompt_harms = np.stack(
+        [draw(harms(v, t, kinds=("binary", "soft"))) for _ in range(num_prompts)]
+    )
+    return Instance(
+        f"drawn {kind} V{v} T{t} prompts p={'/'.join(f'{w:.3g}' for w in weights)}",
+        policy,
+        params,
+        prompt_harms[0],
+        seed=draw(_SEEDS),
+        prompts=PromptMixture(weights, prompt_harms),
+    )

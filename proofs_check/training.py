@@ -31,18 +31,28 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from toy_lm.engines import objectives
-from toy_lm.engines import tree
-from toy_lm.precision import eps_tolerance
 from proofs_check import controls
 from proofs_check.autodiff import jit
 from proofs_check.common import ops
 from proofs_check.registry import register
 from proofs_check.results import compare, rounding_tolerance
+from toy_lm.engines import objectives, tree
+from toy_lm.precision import eps_tolerance
 
-__all__ = ["CONVERGENCE_FACTOR", "NATIVE_LR", "NATIVE_STEPS", "SGD_LR", "STEPS", "freeze_rows",
-           "frozen_tolerance", "scale_by_inverse_prefix_mass", "shared_weight_spill_over",
-           "train_native", "train_tables", "training_stays_shallow"]
+__all__ = [
+    "CONVERGENCE_FACTOR",
+    "NATIVE_LR",
+    "NATIVE_STEPS",
+    "SGD_LR",
+    "STEPS",
+    "freeze_rows",
+    "frozen_tolerance",
+    "scale_by_inverse_prefix_mass",
+    "shared_weight_spill_over",
+    "train_native",
+    "train_tables",
+    "training_stays_shallow",
+]
 
 #: Optimizer steps of the exact-expectation training runs (natural gradient, step 1/λ).
 STEPS = 16
@@ -89,8 +99,9 @@ def _loss(objective: str, tables, args):
         return objectives.kl_regularized_loss(tables, base, harm, lam)
     if objective == "recovery":
         base, harm, dists, mu, lam = args
-        return (objectives.recovery_prefill_loss(tables, harm, dists, mu)
-                + lam * jnp.sum(tree.per_position_kl(tables, base)))
+        return objectives.recovery_prefill_loss(tables, harm, dists, mu) + lam * jnp.sum(
+            tree.per_position_kl(tables, base)
+        )
     if objective == "dpo":
         ref, harm, beta = args
         return objectives.dpo_loss(tables, ref, harm, beta)
@@ -107,8 +118,19 @@ def _max_change_at_determined(tables, base, masks):
 
 
 @jit(static_argnames=("objective", "steps", "optimizer"))
-def train_tables(start, base, masks, args, *, objective: str, steps: int, optimizer: str,
-                 learning_rate, target=None, frozen=None):
+def train_tables(
+    start,
+    base,
+    masks,
+    args,
+    *,
+    objective: str,
+    steps: int,
+    optimizer: str,
+    learning_rate,
+    target=None,
+    frozen=None,
+):
     """Train tabular logits on an exact objective, recording per-step metrics.
 
     Args:
@@ -138,8 +160,12 @@ def train_tables(start, base, masks, args, *, objective: str, steps: int, optimi
 
     def metrics(z):
         gap = jnp.sum(tree.per_position_kl(z, target)) if target is not None else jnp.zeros(())
-        return {"determined_change": _max_change_at_determined(z, base, masks),
-                "kl_t": tree.per_position_kl(z, base), "loss": loss(z), "gap": gap}
+        return {
+            "determined_change": _max_change_at_determined(z, base, masks),
+            "kl_t": tree.per_position_kl(z, base),
+            "loss": loss(z),
+            "gap": gap,
+        }
 
     def step(carry, _):
         z, state = carry
@@ -166,8 +192,10 @@ def train_native(policy, params, harm, lam, masks, *, steps: int, learning_rate:
 
     def metrics(p):
         z = policy.level_tables(p)
-        return {"determined_change": _max_change_at_determined(z, base, masks),
-                "kl_t": tree.per_position_kl(z, base)}
+        return {
+            "determined_change": _max_change_at_determined(z, base, masks),
+            "kl_t": tree.per_position_kl(z, base),
+        }
 
     def step(carry, _):
         p, state = carry
@@ -176,8 +204,9 @@ def train_native(policy, params, harm, lam, masks, *, steps: int, learning_rate:
         return (p, state), metrics(p)
 
     _, history = jax.lax.scan(step, (params, opt.init(params)), None, length=steps)
-    return jax.tree_util.tree_map(lambda a, h: jnp.concatenate([a[None], h]), metrics(params),
-                                  history)
+    return jax.tree_util.tree_map(
+        lambda a, h: jnp.concatenate([a[None], h]), metrics(params), history
+    )
 
 
 def frozen_tolerance(inst, steps: int):
@@ -188,75 +217,143 @@ def frozen_tolerance(inst, steps: int):
     moves a logit by at most a bounded multiple of it, so over ``steps`` steps the change of
     ``log π`` stays within ``steps`` times the per-step bound.
     """
-    return rounding_tolerance(np.float64, terms=inst.num_responses * steps, ops=ops(inst) * steps,
-                              magnitude=2.0 + inst.lam * inst.length,
-                              what=f"{steps} steps x (E[h] + λ Σ_t KL_t terms)")
+    return rounding_tolerance(
+        np.float64,
+        terms=inst.num_responses * steps,
+        ops=ops(inst) * steps,
+        magnitude=2.0 + inst.lam * inst.length,
+        what=f"{steps} steps x (E[h] + λ Σ_t KL_t terms)",
+    )
 
 
 def shared_weight_spill_over(inst) -> dict:
     """Measured spill-over beyond the horizon when training the policy's own shared weights."""
     masks = tuple(jnp.asarray(m) for m in inst.determined[:-1])
-    hist = train_native(inst.policy, inst.params, inst.harm, inst.lam, masks,
-                        steps=NATIVE_STEPS, learning_rate=NATIVE_LR)
+    hist = train_native(
+        inst.policy,
+        inst.params,
+        inst.harm,
+        inst.lam,
+        masks,
+        steps=NATIVE_STEPS,
+        learning_rate=NATIVE_LR,
+    )
     kl = np.asarray(hist["kl_t"])
     tau = inst.horizon
-    return {"optimizer": f"adam(lr={NATIVE_LR}), {NATIVE_STEPS} steps on the policy's parameters",
-            "max_kl_beyond_horizon": (float(np.max(kl[:, tau:].sum(axis=1)))
-                                      if tau < inst.length else None),
-            "max_kl_within_horizon": float(np.max(kl[:, :tau].sum(axis=1), initial=0.0)),
-            "max_determined_change": float(np.max(np.asarray(hist["determined_change"])))}
+    return {
+        "optimizer": f"adam(lr={NATIVE_LR}), {NATIVE_STEPS} steps on the policy's parameters",
+        "max_kl_beyond_horizon": (
+            float(np.max(kl[:, tau:].sum(axis=1))) if tau < inst.length else None
+        ),
+        "max_kl_within_horizon": float(np.max(kl[:, :tau].sum(axis=1), initial=0.0)),
+        "max_determined_change": float(np.max(np.asarray(hist["determined_change"]))),
+    }
 
 
 #: Largest step size of T8's plain gradient descent (the statement's optimizer).
 SGD_LR = 1.0
 
 
-@register("T8", "gradient descent on L_λ (optax SGD, tabular, from π0) never moves determined "
-                "conditionals; the natural-gradient variant converges to π*_λ",
-          plants=["harm-below-determined", "lambda-scale", "not-at-base"])
+@register(
+    "T8",
+    "gradient descent on L_λ (optax SGD, tabular, from π0) never moves determined "
+    "conditionals; the natural-gradient variant converges to π*_λ",
+    plants=["harm-below-determined", "lambda-scale", "not-at-base"],
+)
 def training_stays_shallow(inst, plant):
     harm = controls.planted_harm(inst, plant)
     base = tuple(jnp.asarray(z) for z in inst.tables)
     masks = tuple(jnp.asarray(m) for m in inst.determined[:-1])
     start = base
     if plant == "not-at-base":
-        start = tuple(jnp.asarray(z) for z in
-                      controls.perturbed_tables(inst.tables, inst.determined, inst.seed + 7,
-                                                everywhere=True))
+        start = tuple(
+            jnp.asarray(z)
+            for z in controls.perturbed_tables(
+                inst.tables, inst.determined, inst.seed + 7, everywhere=True
+            )
+        )
     lam = 2 * inst.lam if plant == "lambda-scale" else inst.lam
     target = tree.equilibrium_policy(base, jnp.asarray(inst.harm), inst.lam)
     args = (base, jnp.asarray(harm), lam)
     # min(1, 1/λ): the KL term's curvature is at most λ per logit, so the step stays stable.
-    _, plain = train_tables(start, base, masks, args, objective="kl", steps=STEPS, optimizer="sgd",
-                            learning_rate=min(SGD_LR, 1.0 / lam))
-    _, hist = train_tables(start, base, masks, args, objective="kl", steps=STEPS,
-                           optimizer="natural", learning_rate=1.0 / lam, target=target)
+    _, plain = train_tables(
+        start,
+        base,
+        masks,
+        args,
+        objective="kl",
+        steps=STEPS,
+        optimizer="sgd",
+        learning_rate=min(SGD_LR, 1.0 / lam),
+    )
+    _, hist = train_tables(
+        start,
+        base,
+        masks,
+        args,
+        objective="kl",
+        steps=STEPS,
+        optimizer="natural",
+        learning_rate=1.0 / lam,
+        target=target,
+    )
     plain = {k: np.asarray(v) for k, v in plain.items()}
     hist = {k: np.asarray(v) for k, v in hist.items()}
     tau = inst.horizon
     tol = frozen_tolerance(inst, STEPS)
-    parts = [compare("determined conditionals unchanged at every step (plain GD)",
-                     plain["determined_change"], 0.0, tol, scale=1.0,
-                     lhs_name="max |log π_k(v|u) - log π0(v|u)| over determined u, per step k of "
-                              "plain gradient descent (step min(1, 1/λ))",
-                     rhs_name="0"),
-             compare("KL_t(π_k‖π0) = 0 for t > τ*, every step (plain GD)", plain["kl_t"][:, tau:],
-                     0.0, tol, scale=float(np.max(plain["kl_t"])),
-                     lhs_name="tree.per_position_kl(π_k, π0), t > τ* (n/a when τ* = T)",
-                     rhs_name="0"),
-             compare("determined conditionals unchanged at every step (natural gradient)",
-                     hist["determined_change"], 0.0, tol, scale=1.0,
-                     lhs_name="the same for natural-gradient steps", rhs_name="0")]
-    conv = eps_tolerance(np.float64, CONVERGENCE_FACTOR,
-                         f"room for the rounding floor of L_λ: L_λ(π) - L_λ(π*) = λ KL(π‖π*), and "
-                         f"natural gradient with step 1/λ is soft policy iteration, exact after "
-                         f"T <= {STEPS} steps")
-    parts.append(compare("natural gradient converges to π*_λ: KL(π_S‖π*_λ) -> 0", hist["gap"][-1],
-                         0.0, conv, scale=float(hist["gap"][0]),
-                         lhs_name=f"Σ_t KL_t(π_S‖π*_λ) after {STEPS} natural-gradient steps",
-                         rhs_name="0 (π*_λ from tree.equilibrium_policy)", independent=False))
-    measurements = {"gap_per_step": hist["gap"].tolist(),
-                    "determined_change_max": float(np.max(plain["determined_change"]))}
+    parts = [
+        compare(
+            "determined conditionals unchanged at every step (plain GD)",
+            plain["determined_change"],
+            0.0,
+            tol,
+            scale=1.0,
+            lhs_name="max |log π_k(v|u) - log π0(v|u)| over determined u, per step k of "
+            "plain gradient descent (step min(1, 1/λ))",
+            rhs_name="0",
+        ),
+        compare(
+            "KL_t(π_k‖π0) = 0 for t > τ*, every step (plain GD)",
+            plain["kl_t"][:, tau:],
+            0.0,
+            tol,
+            scale=float(np.max(plain["kl_t"])),
+            lhs_name="tree.per_position_kl(π_k, π0), t > τ* (n/a when τ* = T)",
+            rhs_name="0",
+        ),
+        compare(
+            "determined conditionals unchanged at every step (natural gradient)",
+            hist["determined_change"],
+            0.0,
+            tol,
+            scale=1.0,
+            lhs_name="the same for natural-gradient steps",
+            rhs_name="0",
+        ),
+    ]
+    conv = eps_tolerance(
+        np.float64,
+        CONVERGENCE_FACTOR,
+        f"room for the rounding floor of L_λ: L_λ(π) - L_λ(π*) = λ KL(π‖π*), and "
+        f"natural gradient with step 1/λ is soft policy iteration, exact after "
+        f"T <= {STEPS} steps",
+    )
+    parts.append(
+        compare(
+            "natural gradient converges to π*_λ: KL(π_S‖π*_λ) -> 0",
+            hist["gap"][-1],
+            0.0,
+            conv,
+            scale=float(hist["gap"][0]),
+            lhs_name=f"Σ_t KL_t(π_S‖π*_λ) after {STEPS} natural-gradient steps",
+            rhs_name="0 (π*_λ from tree.equilibrium_policy)",
+            independent=False,
+        )
+    )
+    measurements = {
+        "gap_per_step": hist["gap"].tolist(),
+        "determined_change_max": float(np.max(plain["determined_change"])),
+    }
     if inst.kind not in ("tabular",) and plant is None:
         measurements["shared_weight_spill_over"] = shared_weight_spill_over(inst)
     return parts, measurements

@@ -18,14 +18,21 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 # ``maybe_jit`` below is a stateless function-scoped fixture, safe to share across examples.
-_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large,
-             HealthCheck.function_scoped_fixture]
+_SUPPRESS = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture]
 settings.register_profile(
-    "ci", derandomize=True, deadline=None, max_examples=25, print_blob=True,
+    "ci",
+    derandomize=True,
+    deadline=None,
+    max_examples=25,
+    print_blob=True,
     suppress_health_check=_SUPPRESS,
 )
 settings.register_profile(
-    "long", deadline=None, max_examples=500, print_blob=True, suppress_health_check=_SUPPRESS,
+    "long",
+    deadline=None,
+    max_examples=500,
+    print_blob=True,
+    suppress_health_check=_SUPPRESS,
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 

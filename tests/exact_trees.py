@@ -34,7 +34,7 @@ class PathTree:
         """``Π_{start < t <= stop} π(y_t | y_<t)``."""
         out = self.one
         for t in range(start + 1, stop + 1):
-            out *= self.pi(y[:t - 1], y[t - 1])
+            out *= self.pi(y[: t - 1], y[t - 1])
         return out
 
     def prob(self, u):
@@ -42,4 +42,4 @@ class PathTree:
         return self.path(u, 0, len(u))
 
     def extensions(self, u):
-        return [y for y in self.responses if y[:len(u)] == u]
+        return [y for y in self.responses if y[: len(u)] == u]

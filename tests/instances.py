@@ -16,9 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from hypothesis import strategies as st
 
-from toy_lm.models import policy_factory
-from toy_lm.models import automata
-from toy_lm.models import harms
+from toy_lm.models import automata, harms, policy_factory
 from toy_lm.precision import eps_tolerance
 
 EPS = float(np.finfo(np.float64).eps)
@@ -27,30 +25,46 @@ EPS = float(np.finfo(np.float64).eps)
 LONG = os.environ.get("HYPOTHESIS_PROFILE", "ci") == "long"
 #: (V, T) pairs the property tests draw from. Under ``ci`` they are few, so that the compiled
 #: programs are reused across examples and test files; ``long`` draws from many more.
-SIZES = ((2, 1), (2, 3), (3, 2), (2, 4), (3, 3), (4, 2), (2, 5), (3, 4), (4, 3)) if LONG else \
-    ((2, 3), (3, 2), (2, 4))
+SIZES = (
+    ((2, 1), (2, 3), (3, 2), (2, 4), (3, 3), (4, 2), (2, 5), (3, 4), (4, 3))
+    if LONG
+    else ((2, 3), (3, 2), (2, 4))
+)
 #: Pairs for tests that compile bigger programs (neural policies, gradients, whole engines).
 SMALL_SIZES = ((2, 1), (2, 3), (3, 2), (2, 4), (3, 3), (4, 2)) if LONG else ((2, 3), (3, 2))
 
 POLICY_KINDS = ("tabular", "positional", "markov1", "markov2", "transformer", "mlp")
-HARM_KINDS = ("table_binary", "table_soft", "decided", "soft", "before_refusal", "pattern",
-              "random_dfa")
+HARM_KINDS = (
+    "table_binary",
+    "table_soft",
+    "decided",
+    "soft",
+    "before_refusal",
+    "pattern",
+    "random_dfa",
+)
 AUTOMATON_KINDS = ("before_refusal", "pattern", "random_dfa")
 
 
 #: The tests' policy kinds as calls of the one factory (:func:`toy_lm.models.policy_factory.make_policy`):
 #: its kind names, with the Markov order spelled out and a two-head transformer.
-KIND_OPTIONS = {"tabular": ("tabular", {}), "positional": ("positional", {}),
-                "markov1": ("markov", {"order": 1}), "markov2": ("markov", {"order": 2}),
-                "transformer": ("transformer", {"num_heads": 2}), "mlp": ("mlp", {})}
+KIND_OPTIONS = {
+    "tabular": ("tabular", {}),
+    "positional": ("positional", {}),
+    "markov1": ("markov", {"order": 1}),
+    "markov2": ("markov", {"order": 2}),
+    "transformer": ("transformer", {"num_heads": 2}),
+    "mlp": ("mlp", {}),
+}
 
 
 @functools.cache
 def make_policy(kind: str, vocab_size: int, length: int, num_prompts: int = 1):
     """A policy object of one of :data:`POLICY_KINDS` (cached: policies are hashable, stateless)."""
     factory_kind, options = KIND_OPTIONS[kind]
-    return policy_factory.make_policy(factory_kind, vocab_size, length, num_prompts=num_prompts,
-                                      **options)
+    return policy_factory.make_policy(
+        factory_kind, vocab_size, length, num_prompts=num_prompts, **options
+    )
 
 
 NEURAL_KINDS = ("transformer", "mlp")
@@ -93,11 +107,15 @@ def make_automaton(kind: str, vocab_size: int, length: int, seed: int) -> automa
         n_harmful = int(rng.integers(1, vocab_size))  # at least one refusal token remains
         n_refusal = int(rng.integers(1, vocab_size - n_harmful + 1))
         return automata.harmful_before_refusal(
-            vocab_size, int(rng.integers(1, length + 2)), tokens[:n_harmful],
-            tokens[n_harmful:n_harmful + n_refusal])
+            vocab_size,
+            int(rng.integers(1, length + 2)),
+            tokens[:n_harmful],
+            tokens[n_harmful : n_harmful + n_refusal],
+        )
     if kind == "pattern":
-        return automata.pattern_harm(vocab_size, rng.integers(0, vocab_size,
-                                                              int(rng.integers(1, length + 1))))
+        return automata.pattern_harm(
+            vocab_size, rng.integers(0, vocab_size, int(rng.integers(1, length + 1)))
+        )
     if kind == "random_dfa":
         return random_automaton(seed, vocab_size)
     raise ValueError(kind)
@@ -107,7 +125,7 @@ def make_harm(kind: str, vocab_size: int, length: int, tau: int, seed: int) -> n
     """A harm table ``(V**T,)`` of the given kind, as float64 numpy."""
     key = jax.random.key(seed)
     rng = np.random.default_rng(seed)
-    n = vocab_size ** length
+    n = vocab_size**length
     if kind == "table_binary":
         return np.asarray(harms.harm_table(rng.integers(0, 2, n), vocab_size, length))
     if kind == "table_soft":
@@ -136,8 +154,10 @@ class Instance:
     harm: np.ndarray  # (V**T,)
 
     def __repr__(self):  # Hypothesis prints this on failure; keep it short and reproducible.
-        return (f"Instance(V={self.vocab_size}, T={self.length}, tau={self.tau}, seed={self.seed}, "
-                f"policy={self.policy_kind}, harm={self.harm_kind})")
+        return (
+            f"Instance(V={self.vocab_size}, T={self.length}, tau={self.tau}, seed={self.seed}, "
+            f"policy={self.policy_kind}, harm={self.harm_kind})"
+        )
 
 
 @st.composite
@@ -148,8 +168,9 @@ def instances(draw, sizes=SIZES, policy_kinds=POLICY_KINDS, harm_kinds=HARM_KIND
     seed = draw(st.integers(0, 2**31 - 1))
     # Neural policies only at the SMALL_SIZES, which other tests compile anyway: building and
     # compiling a transformer for every size would cost more than all the arithmetic.
-    allowed = [k for k in policy_kinds if k not in NEURAL_KINDS or (vocab_size, length) in
-               SMALL_SIZES] or list(policy_kinds)
+    allowed = [
+        k for k in policy_kinds if k not in NEURAL_KINDS or (vocab_size, length) in SMALL_SIZES
+    ] or list(policy_kinds)
     policy_kind = draw(st.sampled_from(allowed))
     harm_kind = draw(st.sampled_from(harm_kinds))
     if scale is None:
@@ -158,8 +179,9 @@ def instances(draw, sizes=SIZES, policy_kinds=POLICY_KINDS, harm_kinds=HARM_KIND
     params = init_params(policy, policy_kind, seed, scale)
     tables = [np.asarray(z, np.float64) for z in jitted(policy, "level_tables")(params)]
     harm = make_harm(harm_kind, vocab_size, length, tau, seed)
-    return Instance(vocab_size, length, tau, seed, policy_kind, harm_kind, policy, params, tables,
-                    harm)
+    return Instance(
+        vocab_size, length, tau, seed, policy_kind, harm_kind, policy, params, tables, harm
+    )
 
 
 def tol(factor: float, why: str) -> float:
@@ -169,7 +191,7 @@ def tol(factor: float, why: str) -> float:
 
 def random_tables(rng: np.random.Generator, vocab_size: int, length: int, scale: float = 1.0):
     """Independent normal logit tables ``(V**l, V)`` (a tabular policy straight from numpy)."""
-    return [scale * rng.normal(size=(vocab_size ** level, vocab_size)) for level in range(length)]
+    return [scale * rng.normal(size=(vocab_size**level, vocab_size)) for level in range(length)]
 
 
 def examples(n: int) -> int:

@@ -12,8 +12,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
-from toy_lm.models.automata import Automaton, automaton_harm_table, make_automaton
 from toy_lm.compile_options import CPU_COMPILER_OPTIONS
+from toy_lm.models.automata import Automaton, automaton_harm_table, make_automaton
 from toy_lm.models.policies import MarkovPolicy
 from toy_lm.precision import Tolerance, eps_tolerance
 
@@ -22,20 +22,29 @@ class Case(NamedTuple):
     vocab_size: int
     length: int
     order: int
-    logits: np.ndarray        # (T, V**k, V)
-    ref_logits: np.ndarray    # (T, V**k', V), another order
+    logits: np.ndarray  # (T, V**k, V)
+    ref_logits: np.ndarray  # (T, V**k', V), another order
     dfa: Automaton
-    tables: tuple             # canonical level tables of the Markov policy
+    tables: tuple  # canonical level tables of the Markov policy
     ref_tables: tuple
-    harm: np.ndarray          # (V**T,)
+    harm: np.ndarray  # (V**T,)
 
 
-def random_automaton(rng: np.random.Generator, num_states: int, vocab_size: int, *,
-                     binary: bool = True, absorbing: int = 2) -> Automaton:
+def random_automaton(
+    rng: np.random.Generator,
+    num_states: int,
+    vocab_size: int,
+    *,
+    binary: bool = True,
+    absorbing: int = 2,
+) -> Automaton:
     """Random transitions; the last ``absorbing`` states absorb (HARM first, then SAFE)."""
     trans = rng.integers(0, num_states, (num_states, vocab_size))
-    verdict = (rng.integers(0, 2, num_states).astype(float) if binary
-               else np.round(rng.random(num_states), 3))
+    verdict = (
+        rng.integers(0, 2, num_states).astype(float)
+        if binary
+        else np.round(rng.random(num_states), 3)
+    )
     for j in range(min(absorbing, num_states - 1)):
         state = num_states - 1 - j
         trans[state] = state
@@ -49,18 +58,33 @@ def markov_tables(logits: np.ndarray, vocab_size: int, length: int, order: int) 
     return tuple(np.asarray(t) for t in policy.level_tables(np.asarray(logits)[None]))
 
 
-def make_case(seed: int, vocab_size: int, length: int, order: int, num_states: int, *,
-              binary: bool = True, dfa: Automaton | None = None, scale: float = 1.5) -> Case:
+def make_case(
+    seed: int,
+    vocab_size: int,
+    length: int,
+    order: int,
+    num_states: int,
+    *,
+    binary: bool = True,
+    dfa: Automaton | None = None,
+    scale: float = 1.5,
+) -> Case:
     rng = np.random.default_rng(seed)
-    dfa = dfa if dfa is not None else random_automaton(rng, num_states, vocab_size,
-                                                      binary=binary)
-    logits = scale * rng.normal(size=(length, vocab_size ** order, vocab_size))
+    dfa = dfa if dfa is not None else random_automaton(rng, num_states, vocab_size, binary=binary)
+    logits = scale * rng.normal(size=(length, vocab_size**order, vocab_size))
     ref_order = (order + 1) % 3
-    ref_logits = scale * rng.normal(size=(length, vocab_size ** ref_order, vocab_size))
-    return Case(vocab_size, length, order, logits, ref_logits, dfa,
-                markov_tables(logits, vocab_size, length, order),
-                markov_tables(ref_logits, vocab_size, length, ref_order),
-                np.asarray(automaton_harm_table(dfa, length)))
+    ref_logits = scale * rng.normal(size=(length, vocab_size**ref_order, vocab_size))
+    return Case(
+        vocab_size,
+        length,
+        order,
+        logits,
+        ref_logits,
+        dfa,
+        markov_tables(logits, vocab_size, length, order),
+        markov_tables(ref_logits, vocab_size, length, ref_order),
+        np.asarray(automaton_harm_table(dfa, length)),
+    )
 
 
 #: Held-out instances: orders 0, 1, 2; binary and soft verdicts; random automata and built-ins.
@@ -78,10 +102,17 @@ def builtin_cases() -> dict:
 
     # Same shapes as two random cases above (S = 4), so they reuse the compiled programs.
     return {
-        "k1-V3-T6-refusal": dict(seed=21, vocab_size=3, length=6, order=1, num_states=0,
-                                 dfa=harmful_before_refusal(3, 2, [1], [2])),
-        "k2-V2-T7-pattern": dict(seed=22, vocab_size=2, length=7, order=2, num_states=0,
-                                 dfa=pattern_harm(2, [1, 0, 1])),
+        "k1-V3-T6-refusal": dict(
+            seed=21,
+            vocab_size=3,
+            length=6,
+            order=1,
+            num_states=0,
+            dfa=harmful_before_refusal(3, 2, [1], [2]),
+        ),
+        "k2-V2-T7-pattern": dict(
+            seed=22, vocab_size=2, length=7, order=2, num_states=0, dfa=pattern_harm(2, [1, 0, 1])
+        ),
     }
 
 
@@ -107,9 +138,10 @@ def tolerance(case: Case) -> Tolerance:
     magnitude of what they compare). At the test sizes this is below 1e-12, tighter than the
     issue's 1e-10.
     """
-    factor = 16 * (case.length + 1) * case.vocab_size ** 2
-    return eps_tolerance(np.float64, factor,
-                         f"16 (T+1) V^2 with T={case.length}, V={case.vocab_size}")
+    factor = 16 * (case.length + 1) * case.vocab_size**2
+    return eps_tolerance(
+        np.float64, factor, f"16 (T+1) V^2 with T={case.length}, V={case.vocab_size}"
+    )
 
 
 def assert_close(actual, expected, tol: Tolerance, what: str) -> float:
@@ -121,7 +153,8 @@ def assert_close(actual, expected, tol: Tolerance, what: str) -> float:
     err = float(np.max(np.abs(actual - expected), initial=0.0))
     assert err <= tol.value * scale, (
         f"{what}: max abs error {err:.3g} > {tol.value * scale:.3g} ({tol.derivation}, "
-        f"scaled by {scale:.3g})")
+        f"scaled by {scale:.3g})"
+    )
     return err
 
 
@@ -133,6 +166,7 @@ def jit(fn, **static):
     so instances of the same shapes share one compiled program."""
     key = (fn, tuple(sorted(static.items())))
     if key not in _JITTED:
-        _JITTED[key] = jax.jit(lambda *args: fn(*args, **static),
-                               compiler_options=CPU_COMPILER_OPTIONS)
+        _JITTED[key] = jax.jit(
+            lambda *args: fn(*args, **static), compiler_options=CPU_COMPILER_OPTIONS
+        )
     return _JITTED[key]

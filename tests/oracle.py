@@ -32,15 +32,17 @@ def response_log_probs(tables):
 
 def prefix_mass(values, vocab_size, level):
     """``Σ`` of a per-response array over the continuations of every level-``level`` prefix."""
-    return np.asarray(values).reshape(vocab_size ** level, -1).sum(axis=1)
+    return np.asarray(values).reshape(vocab_size**level, -1).sum(axis=1)
 
 
 def cond_harm(tables, harm):
     """``H_l = Σ_{y ⊒ u} P(y) h(y) / Σ_{y ⊒ u} P(y)`` for ``l = 0 ... T``."""
     vocab_size, length = tables[0].shape[1], len(tables)
     probs = np.exp(response_log_probs(tables))
-    return [prefix_mass(probs * harm, vocab_size, l) / prefix_mass(probs, vocab_size, l)
-            for l in range(length + 1)]
+    return [
+        prefix_mass(probs * harm, vocab_size, l) / prefix_mass(probs, vocab_size, l)
+        for l in range(length + 1)
+    ]
 
 
 def expected_harm_of_tables(tables, harm):

@@ -14,26 +14,35 @@ from hypothesis import strategies as st
 from instances import examples, instances, tol
 from tree_all import engine
 
-from toy_lm.models import harms
-from toy_lm.engines import tree
-from toy_lm.engines.analysis import BACKENDS, CHUNK_ROWS, analyze_tree, compile_kernels, numba_available
 from experiments.cli.analyze import output_arrays
-from toy_lm.errors import InputError
+from toy_lm.engines import tree
+from toy_lm.engines.analysis import (
+    BACKENDS,
+    CHUNK_ROWS,
+    analyze_tree,
+    compile_kernels,
+    numba_available,
+)
 from toy_lm.engines.reference import reference_analysis
+from toy_lm.errors import InputError
+from toy_lm.models import harms
 from toy_lm.tables import is_binary
 
 ISSUE_BOUND = 1e-10
 
 #: Numba is an optional extra: its tests skip, with the reason, where it is not installed.
-needs_numba = pytest.mark.skipif(not numba_available(),
-                                 reason='numba not installed (pip install "harm-horizon[numba]")')
+needs_numba = pytest.mark.skipif(
+    not numba_available(), reason='numba not installed (pip install "harm-horizon[numba]")'
+)
 #: Every backend, the Numba one marked.
 BACKEND_PARAMS = [pytest.param(b, marks=needs_numba) if b == "numba" else b for b in BACKENDS]
 
 
 def bound(vocab_size, length, c=64, lam=1.0):
-    return tol(c * (length + 1) * vocab_size ** length * max(1.0, 1 / lam),
-               f"{c} x (T+1) factors x V**T terms (x 1/λ for log Z)")
+    return tol(
+        c * (length + 1) * vocab_size**length * max(1.0, 1 / lam),
+        f"{c} x (T+1) factors x V**T terms (x 1/λ for log Z)",
+    )
 
 
 def reference_policy(inst):
@@ -50,8 +59,15 @@ def test_every_key_matches_engine_and_reference(backend, inst, lam):
     binary = is_binary(harm)
     # XLA: chunks of 2 rows, so several chunks per level, padded tails (V = 3), one compile for
     # all T. (Numba's blocks of 1024 rows are split in test_backends_agree_on_multi_block_levels.)
-    result = analyze_tree(inst.tables, harm, lam=lam, ref_logits=ref, mutual_information=binary,
-                          backend=backend, chunk_rows=2)
+    result = analyze_tree(
+        inst.tables,
+        harm,
+        lam=lam,
+        ref_logits=ref,
+        mutual_information=binary,
+        backend=backend,
+        chunk_rows=2,
+    )
     got = output_arrays(result, lam)
     want = reference_analysis(inst.tables, harm, lam=lam, ref_logits=ref)
     assert set(got) - {"harm_information_mi"} == set(want)
@@ -77,8 +93,9 @@ def test_every_key_matches_engine_and_reference(backend, inst, lam):
         np.testing.assert_allclose(result.harm_information_mi, out["mi"], rtol=0, atol=b)
     if lam is not None:
         for level in range(T):
-            np.testing.assert_allclose(result.equilibrium_logits[level], out["eq"][level],
-                                       rtol=0, atol=b)
+            np.testing.assert_allclose(
+                result.equilibrium_logits[level], out["eq"][level], rtol=0, atol=b
+            )
         np.testing.assert_allclose(result.equilibrium_kl, out["eq_kl_normalized"], rtol=0, atol=b)
     if with_ref:
         kl = engine(True)(tables, jnp.asarray(harm), [jnp.asarray(z) for z in ref], 1.0)["kl"]
@@ -99,34 +116,39 @@ def test_every_key_matches_engine_and_reference(backend, inst, lam):
         assert np.all(result.equilibrium_kl[tau_star:] == 0.0)
         logp = tree.log_policy(inst.tables)
         for level in range(T):
-            np.testing.assert_allclose(result.equilibrium_logits[level][masks[level]],
-                                       np.asarray(logp[level])[masks[level]], rtol=0,
-                                       atol=tol(8, "one log-softmax"))
-    np.testing.assert_array_equal(result.determined_fraction(),
-                                  [m.mean() for m in masks[:-1]])
-    np.testing.assert_allclose(result.grad_abs_sum(),
-                               [np.abs(g).sum() for g in result.logit_grads], rtol=1e-15, atol=0)
+            np.testing.assert_allclose(
+                result.equilibrium_logits[level][masks[level]],
+                np.asarray(logp[level])[masks[level]],
+                rtol=0,
+                atol=tol(8, "one log-softmax"),
+            )
+    np.testing.assert_array_equal(result.determined_fraction(), [m.mean() for m in masks[:-1]])
+    np.testing.assert_allclose(
+        result.grad_abs_sum(), [np.abs(g).sum() for g in result.logit_grads], rtol=1e-15, atol=0
+    )
 
 
 @pytest.mark.parametrize("chunk_rows", [1, CHUNK_ROWS])
 def test_chunking_does_not_change_results(chunk_rows):
     rng = np.random.default_rng(1)
-    tables = [rng.normal(size=(3 ** l, 3)) for l in range(4)]
-    ref = [rng.normal(size=(3 ** l, 3)) for l in range(4)]
+    tables = [rng.normal(size=(3**l, 3)) for l in range(4)]
+    ref = [rng.normal(size=(3**l, 3)) for l in range(4)]
     harm = np.repeat((rng.random(27) < 0.5).astype(float), 3)
     kwargs = dict(lam=0.3, ref_logits=ref, mutual_information=True)
     base = output_arrays(analyze_tree(tables, harm, backend="xla", chunk_rows=2, **kwargs), 0.3)
-    other = output_arrays(analyze_tree(tables, harm, backend="xla", chunk_rows=chunk_rows,
-                                       **kwargs), 0.3)
+    other = output_arrays(
+        analyze_tree(tables, harm, backend="xla", chunk_rows=chunk_rows, **kwargs), 0.3
+    )
     for key, value in base.items():
-        np.testing.assert_allclose(other[key], value, rtol=0, atol=bound(3, 4, lam=0.3),
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            other[key], value, rtol=0, atol=bound(3, 4, lam=0.3), err_msg=key
+        )
 
 
 def test_every_key_check_detects_a_wrong_harm():
     """Planted error: the analysis of a slightly different harm fails the 1e-10 comparison."""
     rng = np.random.default_rng(0)
-    tables = [rng.normal(size=(3 ** l, 3)) for l in range(3)]
+    tables = [rng.normal(size=(3**l, 3)) for l in range(3)]
     harm = (rng.random(27) < 0.5).astype(float)
     moved = harm.copy()
     moved[5] = 0.5 if harm[5] == 0 else 0.999
@@ -137,7 +159,7 @@ def test_every_key_check_detects_a_wrong_harm():
 
 
 def test_length_one_and_docstring_example():
-    tables = [np.zeros((2 ** l, 2)) for l in range(3)]
+    tables = [np.zeros((2**l, 2)) for l in range(3)]
     assert analyze_tree(tables, np.repeat([0.0, 1.0], 4)).expected_harm == 0.5
     result = analyze_tree([np.array([[0.0, np.log(3.0)]])], np.array([1.0, 0.0]), lam=1.0)
     assert abs(result.expected_harm - 0.25) <= tol(4, "two terms")
@@ -148,26 +170,40 @@ def test_length_one_and_docstring_example():
 def test_extreme_inputs_stay_finite_and_exact(backend):
     """λ = 1e-3 (Z down to e^-1000, log space) and logits of ±30 (probabilities ~1e-26)."""
     rng = np.random.default_rng(3)
-    tables = [30 * np.sign(rng.normal(size=(3 ** l, 3))) for l in range(4)]
+    tables = [30 * np.sign(rng.normal(size=(3**l, 3))) for l in range(4)]
     harm = np.repeat((rng.random(9) < 0.5).astype(float), 9)
     ref = [np.zeros_like(z) for z in tables]
     # Chunks of 2 and every option on: the kernels the property test above compiles.
-    result = analyze_tree(tables, harm, lam=1e-3, ref_logits=ref, mutual_information=True,
-                          backend=backend, chunk_rows=2)
+    result = analyze_tree(
+        tables,
+        harm,
+        lam=1e-3,
+        ref_logits=ref,
+        mutual_information=True,
+        backend=backend,
+        chunk_rows=2,
+    )
     want = reference_analysis(tables, harm, lam=1e-3, ref_logits=ref)
     for level in range(4):
         assert np.all(np.isfinite(result.equilibrium_logits[level]))
-        np.testing.assert_allclose(result.equilibrium_logits[level],
-                                   want[f"equilibrium_logits_{level}"], rtol=0,
-                                   atol=tol(64 * 5 * 81 * 1e3, "log-sum-exp at scale 1/λ"))
+        np.testing.assert_allclose(
+            result.equilibrium_logits[level],
+            want[f"equilibrium_logits_{level}"],
+            rtol=0,
+            atol=tol(64 * 5 * 81 * 1e3, "log-sum-exp at scale 1/λ"),
+        )
     assert np.all(np.isfinite(result.equilibrium_kl))
     assert np.all(result.equilibrium_kl[2:] == 0.0)
-    np.testing.assert_allclose(result.equilibrium_kl, want["equilibrium_kl"], rtol=1e-9,
-                               atol=tol(64 * 5 * 81, "(T+1) factors x V**T terms"))
+    np.testing.assert_allclose(
+        result.equilibrium_kl,
+        want["equilibrium_kl"],
+        rtol=1e-9,
+        atol=tol(64 * 5 * 81, "(T+1) factors x V**T terms"),
+    )
 
 
 def test_bad_arguments_are_refused():
-    tables = [np.zeros((2 ** l, 2)) for l in range(2)]
+    tables = [np.zeros((2**l, 2)) for l in range(2)]
     harm = np.array([0.0, 1.0, 0.5, 0.5])
     with pytest.raises(InputError, match="binary"):
         analyze_tree(tables, harm, mutual_information=True)
@@ -191,7 +227,7 @@ def test_default_backend_is_xla_and_follows_jax_dtype(monkeypatch):
     from toy_lm.engines import analysis
 
     assert BACKENDS[0] == "xla"
-    tables = [np.zeros((2 ** l, 2)) for l in range(2)]
+    tables = [np.zeros((2**l, 2)) for l in range(2)]
     result = analyze_tree(tables, np.array([0.0, 1.0, 1.0, 1.0]))
     assert result.cond_harm[0].dtype == np.dtype(jnp.result_type(float))
     assert analysis.choose_backend(2, 3) == "xla"
@@ -216,15 +252,16 @@ def test_large_vocabulary_reductions(backend):
 
     vocab_size = UNROLL_MAX_V + 1
     rng = np.random.default_rng(4)
-    tables = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(2)]
+    tables = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(2)]
     ref = [rng.normal(size=z.shape) for z in tables]
     harm = np.repeat((rng.random(vocab_size) < 0.5).astype(float), vocab_size)
     harm[:vocab_size] = np.arange(vocab_size) % 2  # the first prefix stays undetermined
     got = output_arrays(analyze_tree(tables, harm, lam=0.7, ref_logits=ref, backend=backend), 0.7)
     want = reference_analysis(tables, harm, lam=0.7, ref_logits=ref)
     for key, value in want.items():
-        np.testing.assert_allclose(got[key], value, rtol=0, atol=bound(vocab_size, 2, lam=0.7),
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            got[key], value, rtol=0, atol=bound(vocab_size, 2, lam=0.7), err_msg=key
+        )
 
 
 @needs_numba
@@ -234,11 +271,12 @@ def test_backends_agree_on_multi_block_levels(vocab_size, length):
     vocabulary-specialized block functions (V = 2, 4) and the generic one (V = 3, 5): every
     output, every option, against the numpy reference and the XLA backend."""
     rng = np.random.default_rng(vocab_size)
-    tables = [2 * rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+    tables = [2 * rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
     ref = [rng.normal(size=z.shape) for z in tables]
     tau = length - 2
-    harm = np.repeat((rng.random(vocab_size ** tau) < 0.5).astype(float),
-                     vocab_size ** (length - tau))
+    harm = np.repeat(
+        (rng.random(vocab_size**tau) < 0.5).astype(float), vocab_size ** (length - tau)
+    )
     assert vocab_size ** (length - 1) > 1024
     kwargs = dict(lam=0.3, ref_logits=ref, mutual_information=True)
     fast = analyze_tree(tables, harm, backend="numba", **kwargs)
@@ -260,8 +298,8 @@ def test_numba_results_do_not_depend_on_the_thread_count():
     import numba
 
     rng = np.random.default_rng(7)
-    tables = [rng.normal(size=(3 ** l, 3)) for l in range(8)]
-    harm = rng.random(3 ** 8)
+    tables = [rng.normal(size=(3**l, 3)) for l in range(8)]
+    harm = rng.random(3**8)
     kwargs = dict(lam=0.4, ref_logits=[0.5 * z for z in tables], backend="numba")
     before = numba.get_num_threads()
     try:
@@ -282,8 +320,8 @@ def test_numba_results_do_not_depend_on_the_thread_count():
 def test_non_finite_tables_are_refused_not_analyzed(bad, where, level, backend):
     """The Numba kernels test the logits themselves as they read them (no numpy pre-pass):
     every level, both backends, the same message."""
-    tables = [np.zeros((2 ** l, 2)) for l in range(3)]
-    ref = [np.zeros((2 ** l, 2)) for l in range(3)]
+    tables = [np.zeros((2**l, 2)) for l in range(3)]
+    ref = [np.zeros((2**l, 2)) for l in range(3)]
     (tables if where == "logits" else ref)[level][-1, level % 2] = bad
     with pytest.raises(InputError, match=f"{where}_{level} has 1 non-finite"):
         analyze_tree(tables, np.repeat([0.0, 1.0], 4), lam=0.5, ref_logits=ref, backend=backend)
@@ -292,9 +330,9 @@ def test_non_finite_tables_are_refused_not_analyzed(bad, where, level, backend):
 def test_non_finite_logits_are_found_in_any_block_of_a_large_level():
     """A NaN in the last block of a level of several blocks (V = 3: the generic kernel)."""
     rng = np.random.default_rng(5)
-    tables = [rng.normal(size=(3 ** l, 3)) for l in range(8)]
+    tables = [rng.normal(size=(3**l, 3)) for l in range(8)]
     tables[7][-1, 2] = np.nan
-    harm = (rng.random(3 ** 8) < 0.5).astype(float)
+    harm = (rng.random(3**8) < 0.5).astype(float)
     for backend in ("xla", "numba") if numba_available() else ("xla",):
         with pytest.raises(InputError, match="logits_7 has 1 non-finite"):
             analyze_tree(tables, harm, lam=0.5, backend=backend)

@@ -8,9 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from instances import AUTOMATON_KINDS, SIZES, examples, make_automaton, random_automaton
 
-from toy_lm.models import automata
-from toy_lm.models import harms
 from toy_lm.errors import InputError
+from toy_lm.models import automata, harms
 
 responses = lambda V, T: itertools.product(range(V), repeat=T)  # noqa: E731
 
@@ -22,8 +21,11 @@ def run_dfa(dfa, tokens):
     return state
 
 
-automaton_cases = st.tuples(st.sampled_from(SIZES + ((2, 6), (4, 3))),
-                            st.sampled_from(AUTOMATON_KINDS), st.integers(0, 2**31 - 1))
+automaton_cases = st.tuples(
+    st.sampled_from(SIZES + ((2, 6), (4, 3))),
+    st.sampled_from(AUTOMATON_KINDS),
+    st.integers(0, 2**31 - 1),
+)
 
 
 @settings(max_examples=examples(40))
@@ -37,7 +39,8 @@ def test_table_and_dp_masks_agree_with_simulation(case):
     states = automata.level_states(dfa, length)
     for level in range(length + 1):
         np.testing.assert_array_equal(
-            states[level], [run_dfa(dfa, y) for y in responses(vocab_size, level)])
+            states[level], [run_dfa(dfa, y) for y in responses(vocab_size, level)]
+        )
     # The DP masks over (steps left, state) equal the masks computed from the table.
     dp = automata.automaton_determined_masks(dfa, length)
     for got, exp in zip(dp, harms.determined_masks(table, vocab_size)):
@@ -80,8 +83,9 @@ def test_harmful_before_refusal_semantics(vt, num_harmful, seed):
 def test_pattern_harm_is_substring_search(vt, pattern):
     vocab_size, length = vt
     pattern = [p % vocab_size for p in pattern]
-    table = np.asarray(automata.automaton_harm_table(automata.pattern_harm(vocab_size, pattern),
-                                                     length))
+    table = np.asarray(
+        automata.automaton_harm_table(automata.pattern_harm(vocab_size, pattern), length)
+    )
     text = lambda seq: ",".join(map(str, seq)) + ","  # noqa: E731
     for row, y in enumerate(responses(vocab_size, length)):
         assert table[row] == float(("," + text(pattern)) in ("," + text(y))), (y, pattern)
@@ -101,14 +105,17 @@ def test_random_automaton_is_valid():
     assert dfa.vocab_size == 3 and 1 <= dfa.num_states <= 4
 
 
-@pytest.mark.parametrize("args, match", [
-    ((np.zeros((2, 1), int), [0, 1]), r"shape \(S, V\)"),
-    ((np.zeros((2, 2)), [0, 1]), "integers"),
-    ((np.zeros((2, 2), int), [0, 1, 0]), "dfa_verdict must have shape"),
-    ((np.full((2, 2), 2), [0, 1]), "outside"),
-    ((np.zeros((2, 2), int), [0, 1.5]), r"\[0, 1\]"),
-    ((np.zeros((2, 2), int), [0, np.nan]), r"\[0, 1\]"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        ((np.zeros((2, 1), int), [0, 1]), r"shape \(S, V\)"),
+        ((np.zeros((2, 2)), [0, 1]), "integers"),
+        ((np.zeros((2, 2), int), [0, 1, 0]), "dfa_verdict must have shape"),
+        ((np.full((2, 2), 2), [0, 1]), "outside"),
+        ((np.zeros((2, 2), int), [0, 1.5]), r"\[0, 1\]"),
+        ((np.zeros((2, 2), int), [0, np.nan]), r"\[0, 1\]"),
+    ],
+)
 def test_make_automaton_rejects(args, match):
     with pytest.raises(InputError, match=match):
         automata.make_automaton(*args)

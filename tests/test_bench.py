@@ -7,12 +7,13 @@ import jax
 import numpy as np
 import pytest
 
-from toy_lm.engines import analysis
 from experiments.bench import main as bench
 from experiments.cli.main import main
+from toy_lm.engines import analysis
 
-needs_numba = pytest.mark.skipif(not analysis.numba_available(),
-                                 reason='numba not installed (pip install "harm-horizon[numba]")')
+needs_numba = pytest.mark.skipif(
+    not analysis.numba_available(), reason='numba not installed (pip install "harm-horizon[numba]")'
+)
 
 KEYS = {"name", "sequences", "seconds", "floor_seconds", "ratio_to_floor", "ratio_to_reference"}
 
@@ -67,12 +68,15 @@ def test_bench_tree_row_is_consistent(keep_caches, numba_compiles, numba):
     if numba:
         assert row["compile_seconds"] == 1.0 and row["numba_seconds"] > 0
         assert row["numba_ratio_to_floor"] == pytest.approx(
-            row["numba_seconds"] / row["floor_seconds"])
+            row["numba_seconds"] / row["floor_seconds"]
+        )
 
 
 @pytest.mark.parametrize("compile_flag", [[], ["--compile"]])
 def test_cli_bench_json(capsys, numba_compiles, compile_flag):
-    status = main(["bench", "--suite", "tree", "--json", "--quick", "--repeats", "1"] + compile_flag)
+    status = main(
+        ["bench", "--suite", "tree", "--json", "--quick", "--repeats", "1"] + compile_flag
+    )
     assert status == 0
     # From scratch only on request (and with numba installed), and then once for every size (the
     # kernels do not depend on V or T); otherwise the kernels come from the on-disk cache.
@@ -104,10 +108,10 @@ def test_compile_numba_kernels_from_scratch(monkeypatch):
     monkeypatch.undo()
     seconds = analysis.compile_numba_kernels()
     assert seconds > 0
-    tables = [np.zeros((3 ** l, 3)) for l in range(3)]
-    assert analysis.analyze_tree(tables, np.repeat([0.0, 1.0, 1.0], 9),
-                                 backend="numba").expected_harm == (
-        pytest.approx(2 / 3, abs=1e-15))
+    tables = [np.zeros((3**l, 3)) for l in range(3)]
+    assert analysis.analyze_tree(
+        tables, np.repeat([0.0, 1.0, 1.0], 9), backend="numba"
+    ).expected_harm == (pytest.approx(2 / 3, abs=1e-15))
 
 
 def test_the_table_shows_rows_with_different_columns(capsys, monkeypatch):

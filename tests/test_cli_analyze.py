@@ -20,7 +20,7 @@ V, T = 2, 3
 
 def instance(seed=0, vocab_size=V, length=T):
     rng = np.random.default_rng(seed)
-    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+    logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
     # A binary harm decided by the first token (horizon 1).
     harm = np.repeat(np.arange(vocab_size) % 2, vocab_size ** (length - 1)).astype(float)
     return logits, harm
@@ -58,6 +58,7 @@ def expected_keys(length, lam=False, ref=False):
 
 # -- successful runs ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("lam, with_ref", [(None, False), (0.5, True)])
 def test_out_keys_and_values(tmp_path, capsys, lam, with_ref):
     logits, harm = instance(1)
@@ -78,10 +79,10 @@ def test_out_keys_and_values(tmp_path, capsys, lam, with_ref):
         assert data["horizon"].shape == () and np.issubdtype(data["horizon"].dtype, np.integer)
         assert data["harm_information"].shape == (T,)
         for l in range(T + 1):
-            assert data[f"H_{l}"].shape == (V ** l,)
+            assert data[f"H_{l}"].shape == (V**l,)
             assert data[f"determined_{l}"].dtype == np.bool_
         for l in range(T):
-            assert data[f"grad_{l}"].shape == (V ** l, V)
+            assert data[f"grad_{l}"].shape == (V**l, V)
         for key in want:
             if data[key].dtype == np.bool_:
                 np.testing.assert_array_equal(data[key], want[key], err_msg=key)
@@ -103,8 +104,15 @@ def test_json_shape(tmp_path, capsys):
     assert abs(info["expected_harm"] - want["expected_harm"]) <= 1e-12
     assert [row["position"] for row in info["positions"]] == [1, 2, 3]
     for t, row in enumerate(info["positions"], start=1):
-        assert set(row) == {"position", "harm_information", "harm_information_mi", "grad_abs_sum",
-                            "determined_fraction", "equilibrium_kl", "per_position_kl"}
+        assert set(row) == {
+            "position",
+            "harm_information",
+            "harm_information_mi",
+            "grad_abs_sum",
+            "determined_fraction",
+            "equilibrium_kl",
+            "per_position_kl",
+        }
         assert abs(row["harm_information"] - want["harm_information"][t - 1]) <= 1e-12
         assert abs(row["grad_abs_sum"] - np.abs(want[f"grad_{t - 1}"]).sum()) <= 1e-12
         assert row["determined_fraction"] == want[f"determined_{t - 1}"].mean()
@@ -113,13 +121,30 @@ def test_json_shape(tmp_path, capsys):
     plain = write(tmp_path / "plain.npz", logits, harm)
     status, stdout, _ = run(["analyze", plain, "--json"], capsys)
     assert set(json.loads(stdout)["positions"][0]) == {
-        "position", "harm_information", "grad_abs_sum", "determined_fraction"}
+        "position",
+        "harm_information",
+        "grad_abs_sum",
+        "determined_fraction",
+    }
 
 
 def test_random_instance_save_tables_round_trip(tmp_path, capsys):
     saved = tmp_path / "inst.npz"
-    status, stdout, _ = run(["analyze", "--random", str(V), str(T), "2", "--seed", "5",
-                             "--save-tables", str(saved), "--json"], capsys)
+    status, stdout, _ = run(
+        [
+            "analyze",
+            "--random",
+            str(V),
+            str(T),
+            "2",
+            "--seed",
+            "5",
+            "--save-tables",
+            str(saved),
+            "--json",
+        ],
+        capsys,
+    )
     assert status == 0
     first = json.loads(stdout)
     assert first["horizon"] == 2  # the harm is decided by exactly TAU tokens
@@ -137,6 +162,7 @@ def test_random_instance_save_tables_round_trip(tmp_path, capsys):
 
 
 # -- bad input ---------------------------------------------------------------------------------
+
 
 def assert_refused(capsys, argv, match, out_path):
     status, stdout, stderr = run(argv + ["--out", str(out_path)], capsys)
@@ -163,14 +189,27 @@ def bad_files(tmp_path):
     case("no_harm", "no 'harm' array", logits=logits)
     case("no_logits", "T = 0", harm=harm)
     case("gap", "missing logits_1", harm=harm, logits_0=logits[0], logits_2=logits[2])
-    case("logits0_shape", "logits_0 must have shape (1, V)", logits=[np.zeros((2, 2))] + logits[1:],
-         harm=harm)
-    case("level_shape", "logits_2 has shape (3, 2), expected (4, 2)",
-         logits=logits[:2] + [np.zeros((3, 2))], harm=harm)
+    case(
+        "logits0_shape",
+        "logits_0 must have shape (1, V)",
+        logits=[np.zeros((2, 2))] + logits[1:],
+        harm=harm,
+    )
+    case(
+        "level_shape",
+        "logits_2 has shape (3, 2), expected (4, 2)",
+        logits=logits[:2] + [np.zeros((3, 2))],
+        harm=harm,
+    )
     case("harm_shape", "harm has shape (7,), expected (8,)", logits=logits, harm=np.zeros(7))
     case("ref_count", "ref_logits_* tables", logits=logits, harm=harm, ref=logits[:2])
-    case("ref_shape", "ref_logits_1 has shape", logits=logits, harm=harm,
-         ref=[logits[0], np.zeros((2, 3)), logits[2]])
+    case(
+        "ref_shape",
+        "ref_logits_1 has shape",
+        logits=logits,
+        harm=harm,
+        ref=[logits[0], np.zeros((2, 3)), logits[2]],
+    )
     case("v1", "V = 1", logits=[np.zeros((1, 1))], harm=np.zeros(1))
     nan = [z.copy() for z in logits]
     nan[1][0, 1] = np.nan
@@ -198,15 +237,18 @@ def test_every_bad_file_is_refused(tmp_path, capsys):
         assert_refused(capsys, ["analyze", path], match, tmp_path / f"out_{name}.npz")
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--lam", "0"], "--lam 0.0 must be a positive finite number"),
-    (["--lam", "-1"], "must be a positive finite"),
-    (["--lam", "nan"], "must be a positive finite"),
-    (["--lam", "inf"], "must be a positive finite"),
-    (["--mi"], "binary harm"),
-    (["--save-tables", "x.npz"], "--save-tables only applies to --random"),
-    (["--random", "2", "3", "1"], "exactly one of TABLES.npz or --random"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--lam", "0"], "--lam 0.0 must be a positive finite number"),
+        (["--lam", "-1"], "must be a positive finite"),
+        (["--lam", "nan"], "must be a positive finite"),
+        (["--lam", "inf"], "must be a positive finite"),
+        (["--mi"], "binary harm"),
+        (["--save-tables", "x.npz"], "--save-tables only applies to --random"),
+        (["--random", "2", "3", "1"], "exactly one of TABLES.npz or --random"),
+    ],
+)
 def test_bad_options_with_a_file(tmp_path, capsys, argv, match):
     logits, harm = instance(4)
     soft = np.where(harm > 0, 0.5, 0.0) if "--mi" in argv else harm
@@ -214,13 +256,16 @@ def test_bad_options_with_a_file(tmp_path, capsys, argv, match):
     assert_refused(capsys, ["analyze", tables] + argv, match, tmp_path / "out.npz")
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--random", "2", "0", "0"], "T = 0"),
-    (["--random", "1", "3", "1"], "V = 1"),
-    (["--random", "2", "3", "4"], "TAU = 4"),
-    (["--random", "2", "3", "-1"], "TAU = -1"),
-    ([], "exactly one of TABLES.npz or --random"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--random", "2", "0", "0"], "T = 0"),
+        (["--random", "1", "3", "1"], "V = 1"),
+        (["--random", "2", "3", "4"], "TAU = 4"),
+        (["--random", "2", "3", "-1"], "TAU = -1"),
+        ([], "exactly one of TABLES.npz or --random"),
+    ],
+)
 def test_bad_random_instances(tmp_path, capsys, argv, match):
     assert_refused(capsys, ["analyze"] + argv, match, tmp_path / "out.npz")
 
@@ -231,8 +276,9 @@ def test_enumeration_too_large_is_refused_before_loading(tmp_path, capsys, monke
     monkeypatch.setenv(MEMORY_LIMIT_ENV, "1K")
     monkeypatch.setattr(np, "load", lambda *a, **k: pytest.fail("loaded before the size check"))
     assert_refused(capsys, ["analyze", tables], "needs about", tmp_path / "out.npz")
-    assert_refused(capsys, ["analyze", "--random", "2", "3", "1"], MEMORY_LIMIT_ENV,
-                   tmp_path / "out.npz")
+    assert_refused(
+        capsys, ["analyze", "--random", "2", "3", "1"], MEMORY_LIMIT_ENV, tmp_path / "out.npz"
+    )
 
 
 def test_x64_disabled_is_refused_in_process(tmp_path, capsys, monkeypatch):
@@ -258,9 +304,11 @@ def test_usage_errors_exit_2_with_one_line(capsys):
 
 # -- the real console script -------------------------------------------------------------------
 
+
 def console_script():
-    path = shutil.which("harm-horizon") or os.path.join(os.path.dirname(sys.executable),
-                                                        "harm-horizon")
+    path = shutil.which("harm-horizon") or os.path.join(
+        os.path.dirname(sys.executable), "harm-horizon"
+    )
     if not os.path.exists(path):  # pragma: no cover - the package is always installed for tests
         pytest.fail("the harm-horizon console script is not installed (pip install -e .)")
     return path
@@ -271,17 +319,25 @@ def test_console_script_runs_and_refuses_32_bit(tmp_path):
     out = tmp_path / "o.npz"
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     env["JAX_PLATFORMS"] = "cpu"
-    done = subprocess.run([script, "analyze", "--random", "2", "3", "1", "--lam", "1", "--json",
-                           "--out", str(out)], capture_output=True, text=True, env=env,
-                          timeout=300)
+    done = subprocess.run(
+        [script, "analyze", "--random", "2", "3", "1", "--lam", "1", "--json", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)
     assert info["length"] == 3 and info["horizon"] == 1
     with np.load(out) as data:
         assert set(data.files) == expected_keys(3, lam=True)
-    refused = subprocess.run([script, "analyze", "--random", "2", "3", "1", "--out",
-                              str(tmp_path / "x.npz")], capture_output=True, text=True,
-                             env={**env, "JAX_ENABLE_X64": "0"}, timeout=300)
+    refused = subprocess.run(
+        [script, "analyze", "--random", "2", "3", "1", "--out", str(tmp_path / "x.npz")],
+        capture_output=True,
+        text=True,
+        env={**env, "JAX_ENABLE_X64": "0"},
+        timeout=300,
+    )
     assert refused.returncode == 2
     lines = refused.stderr.strip().splitlines()
     assert len(lines) == 1 and "float64 is required" in lines[0] and "Traceback" not in lines[0]

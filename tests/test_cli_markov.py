@@ -5,15 +5,19 @@ import re
 
 import numpy as np
 import pytest
-
 from markov_cases import CASES, make_case
+
 from experiments.cli.main import main
 from toy_lm.engines.markov_analysis import analyze_markov
 
 
 def write_model(path, case, **override):
-    arrays = dict(markov_logits=case.logits, dfa_transitions=case.dfa.transitions,
-                  dfa_verdict=case.dfa.verdict, dfa_start=np.int64(case.dfa.start))
+    arrays = dict(
+        markov_logits=case.logits,
+        dfa_transitions=case.dfa.transitions,
+        dfa_verdict=case.dfa.verdict,
+        dfa_start=np.int64(case.dfa.start),
+    )
     arrays.update(override)
     arrays = {k: v for k, v in arrays.items() if v is not None}
     np.savez(path, **arrays)
@@ -36,9 +40,16 @@ def test_json_and_out(tmp_path, case, capsys):
     assert info["expected_harm"] == expected.expected_harm
     assert [p["harm_information"] for p in info["positions"]] == list(expected.harm_information)
     with np.load(out) as data:
-        assert set(data.files) == {"expected_harm", "harm_information", "horizon", "cond_harm",
-                                   "determined", "equilibrium_kl", "equilibrium_harm",
-                                   "log_partition"}
+        assert set(data.files) == {
+            "expected_harm",
+            "harm_information",
+            "horizon",
+            "cond_harm",
+            "determined",
+            "equilibrium_kl",
+            "equilibrium_harm",
+            "log_partition",
+        }
         assert data["harm_information"].shape == (case.length,)
         assert data["equilibrium_kl"].shape == (case.length,)
         np.testing.assert_array_equal(data["equilibrium_kl"], expected.equilibrium_kl)
@@ -81,11 +92,14 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, case, capsys, name
     assert not list(tmp_path.glob(".partial-*"))
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--lam", "-1"], "must be a positive finite number"),
-    (["--lam", "nan"], "must be a positive finite number"),
-    (["--out", "/nonexistent-folder/out.npz"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--lam", "-1"], "must be a positive finite number"),
+        (["--lam", "nan"], "must be a positive finite number"),
+        (["--out", "/nonexistent-folder/out.npz"], "does not exist"),
+    ],
+)
 def test_bad_options(tmp_path, case, capsys, argv, match):
     model = write_model(tmp_path / "m.npz", case)
     assert main(["analyze-markov", model] + argv) == 2
@@ -124,14 +138,17 @@ def test_random_model_saved_and_reread_gives_the_same_analysis(tmp_path, capsys)
     assert json.loads(capsys.readouterr().out) == first
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--random", "3", "5", "1", "MODEL"], "exactly one of MODEL.npz or --random"),
-    ([], "exactly one of MODEL.npz or --random"),
-    (["MODEL", "--save-model", "x.npz"], "--save-model only applies to --random"),
-    (["--random", "2", "5", "1"], "needs V >= 3"),
-    (["--random", "3", "0", "1"], "T >= 1"),
-    (["--random", "3", "5", "-1"], "must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--random", "3", "5", "1", "MODEL"], "exactly one of MODEL.npz or --random"),
+        ([], "exactly one of MODEL.npz or --random"),
+        (["MODEL", "--save-model", "x.npz"], "--save-model only applies to --random"),
+        (["--random", "2", "5", "1"], "needs V >= 3"),
+        (["--random", "3", "0", "1"], "T >= 1"),
+        (["--random", "3", "5", "-1"], "must be >= 0"),
+    ],
+)
 def test_random_option_errors_are_one_line(tmp_path, case, capsys, argv, match):
     model = write_model(tmp_path / "m.npz", case)
     argv = [model if a == "MODEL" else a for a in argv]

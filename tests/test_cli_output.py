@@ -25,9 +25,13 @@ def test_format_value_covers_none_numbers_lists_and_numpy():
 
 def test_print_table_shows_every_row_and_a_dash_for_missing_keys():
     out = Console(width=100, record=True)
-    print_table("t [x]", [Column("name", "name", justify="left"),
-                                       Column("x", "x [1]", "{:.2f}")],
-                [{"name": "a", "x": 1.0}, {"name": "b"}], caption="caption line", out=out)
+    print_table(
+        "t [x]",
+        [Column("name", "name", justify="left"), Column("x", "x [1]", "{:.2f}")],
+        [{"name": "a", "x": 1.0}, {"name": "b"}],
+        caption="caption line",
+        out=out,
+    )
     text = out.export_text()
     assert "t [x]" in text and "x [1]" in text and "caption line" in text
     assert "1.00" in text and "-" in text.split("b", 1)[1]
@@ -50,11 +54,13 @@ def test_result_tables_are_made_in_one_place():
     found = []
     for package in ("toy_lm", "proofs_check", "experiments"):
         for path in (ROOT / package).rglob("*.py"):
-            if path.name in ("cli_output.py", "progress.py"):   # progress: the stderr spinner
+            if path.name in ("cli_output.py", "progress.py"):  # progress: the stderr spinner
                 continue
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
-                if isinstance(node, ast.ImportFrom) and node.module in ("rich.table",
-                                                                        "rich.console"):
+                if isinstance(node, ast.ImportFrom) and node.module in (
+                    "rich.table",
+                    "rich.console",
+                ):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not found, found
 
@@ -65,10 +71,19 @@ def test_experiment_commands_print_runs_through_the_helper(capsys):
     from experiments.config import config_to_dict
     from experiments.presets import preset
 
-    measured = {"expected_harm": 0.5, "utility": 0.25, "prefill_asr": [0.5, 1.0],
-                "per_position_kl": [0.1, 0.0], "harm_information": [0.2, 0.3]}
-    result = {"run_id": "r1", "base": measured, "aligned": measured,
-              "config": config_to_dict(preset("tiny"))}
+    measured = {
+        "expected_harm": 0.5,
+        "utility": 0.25,
+        "prefill_asr": [0.5, 1.0],
+        "per_position_kl": [0.1, 0.0],
+        "harm_information": [0.2, 0.3],
+    }
+    result = {
+        "run_id": "r1",
+        "base": measured,
+        "aligned": measured,
+        "config": config_to_dict(preset("tiny")),
+    }
     rows = run_rows([result])
     assert [r["name"] for r in rows][0] == "base" and rows[1]["run_id"] == "r1"
     show("train tiny", rows, {"runs": rows}, as_json=True, caption="c")

@@ -27,17 +27,30 @@ print(json.dumps({"status": status, "modules": sorted(sys.modules)}), file=sys.s
 
 
 def _probe(*argv):
-    proc = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, timeout=120
+    )
     return json.loads(proc.stderr.strip().splitlines()[-1]), proc.stdout
 
 
-@pytest.mark.parametrize("argv", [
-    ["--help"], ["analyze", "--help"], ["analyze-markov", "--help"], ["check", "--help"],
-    ["demo", "--help"], ["bench", "--help"], ["explore", "--help"],
-    ["analyze", "--bogus"], ["no-such-command"], ["check", "--seeds", "x"],
-    ["check", "--theorem", "T99"], ["check", "--seeds", "0"], ["check", "--vocab", "1"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--help"],
+        ["analyze", "--help"],
+        ["analyze-markov", "--help"],
+        ["check", "--help"],
+        ["demo", "--help"],
+        ["bench", "--help"],
+        ["explore", "--help"],
+        ["analyze", "--bogus"],
+        ["no-such-command"],
+        ["check", "--seeds", "x"],
+        ["check", "--theorem", "T99"],
+        ["check", "--seeds", "0"],
+        ["check", "--vocab", "1"],
+    ],
+)
 def test_help_and_argument_errors_import_nothing_heavy(argv):
     result, stdout = _probe(*argv)
     assert result["status"] == (0 if "--help" in argv else 2)
@@ -48,19 +61,22 @@ def test_help_and_argument_errors_import_nothing_heavy(argv):
 
 
 def test_public_names_still_import_from_every_package():
-    code = ("import toy_lm, experiments, proofs_check\n"
-            "for pkg in (toy_lm, experiments, proofs_check):\n"
-            "    for name in pkg.__all__: getattr(pkg, name)\n"
-            "    assert set(pkg.__all__) <= set(dir(pkg))\n"
-            "print('ok')")
+    code = (
+        "import toy_lm, experiments, proofs_check\n"
+        "for pkg in (toy_lm, experiments, proofs_check):\n"
+        "    for name in pkg.__all__: getattr(pkg, name)\n"
+        "    assert set(pkg.__all__) <= set(dir(pkg))\n"
+        "print('ok')"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.stdout.strip() == "ok", proc.stderr
 
 
 def test_lazy_exports_refuses_unknown_and_duplicate_names():
     namespace = {"__name__": "pkg"}
-    getattr_, dir_, all_ = lazy_exports(namespace, {"toy_lm.errors": ("InputError",)},
-                                        eager=("__version__",))
+    getattr_, dir_, all_ = lazy_exports(
+        namespace, {"toy_lm.errors": ("InputError",)}, eager=("__version__",)
+    )
     assert all_ == ["InputError", "__version__"] and "InputError" in dir_()
     from toy_lm.errors import InputError
 

@@ -38,8 +38,10 @@ def test_report_is_self_contained(demo_run):
     sources = re.findall(r'src="([^"]*)"', page)
     assert sources and all(s.startswith("data:image/png;base64,") for s in sources)
     assert "url(" not in page
-    pngs = sum(len(json.loads((out / s.stem / "record.json").read_text())["figures"])
-               for s in report.demo_scripts())
+    pngs = sum(
+        len(json.loads((out / s.stem / "record.json").read_text())["figures"])
+        for s in report.demo_scripts()
+    )
     assert len(sources) == pngs
 
 
@@ -72,7 +74,8 @@ def test_a_failing_demo_is_reported_and_fails_the_run(tmp_path, monkeypatch):
     demos.mkdir()
     (demos / "01_broken.py").write_text(
         "# %% [markdown]\n# # broken\n# **Question.** Does failure show?\n\n# %%\n"
-        "raise RuntimeError('planted failure')\n")
+        "raise RuntimeError('planted failure')\n"
+    )
     monkeypatch.setattr(report, "DEMO_DIR", demos)
     runs = report.run_demos(tmp_path / "out", quick=True, progress=lambda msg: None)
     assert len(runs) == 1 and not runs[0].ok and "planted failure" in runs[0].error
@@ -82,15 +85,23 @@ def test_a_failing_demo_is_reported_and_fails_the_run(tmp_path, monkeypatch):
 
 def test_parse_cells_splits_markdown_and_code(tmp_path):
     script = tmp_path / "01_x.py"
-    script.write_text("# %% [markdown]\n# # Title\n# text\n\n# %%\nx = 1\n\n# %% [markdown]\n# end\n")
-    assert report.parse_cells(script) == [("markdown", "# Title\ntext"), ("code", "x = 1"),
-                                          ("markdown", "end")]
+    script.write_text(
+        "# %% [markdown]\n# # Title\n# text\n\n# %%\nx = 1\n\n# %% [markdown]\n# end\n"
+    )
+    assert report.parse_cells(script) == [
+        ("markdown", "# Title\ntext"),
+        ("code", "x = 1"),
+        ("markdown", "end"),
+    ]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["demo", "--out", "OUT", "--only", "99"], "no such demo"),
-    (["demo", "--out", "FILE"], "is not a folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo", "--out", "OUT", "--only", "99"], "no such demo"),
+        (["demo", "--out", "FILE"], "is not a folder"),
+    ],
+)
 def test_bad_demo_arguments_give_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "FILE").write_text("x")
     argv = [str(tmp_path / a) if a in ("OUT", "FILE") else a for a in argv]

@@ -18,12 +18,18 @@ import numpy as np
 import pytest
 from test_sharded import tolerance
 
-from toy_lm.engines.analysis import analyze_tree
 from experiments.cli.main import main
+from toy_lm.engines.analysis import analyze_tree
 from toy_lm.engines.distributed import free_port
+from toy_lm.engines.sharded import (
+    analyze_sharded,
+    local_gather,
+    make_mesh,
+    plan,
+    share_bytes,
+    summarize_share,
+)
 from toy_lm.models.harms import random_decided_harm
-from toy_lm.engines.sharded import (analyze_sharded, local_gather, make_mesh, plan, share_bytes,
-                            summarize_share)
 from toy_lm.tables import MEMORY_LIMIT_ENV
 
 V, T, SPLIT, LAM = 2, 13, 1, 0.5
@@ -33,14 +39,18 @@ HANG_S = 120
 
 def instance(tmp_path, *, nan_in_last_row=False):
     rng = np.random.default_rng(17)
-    logits = [rng.normal(size=(V ** l, V)) for l in range(T)]
-    ref = [rng.normal(size=(V ** l, V)) for l in range(T)]
+    logits = [rng.normal(size=(V**l, V)) for l in range(T)]
+    ref = [rng.normal(size=(V**l, V)) for l in range(T)]
     harm = np.asarray(random_decided_harm(jax.random.key(17), V, T, 7, binary=False))
-    if nan_in_last_row:   # in process 1's share only (the last subtree)
+    if nan_in_last_row:  # in process 1's share only (the last subtree)
         logits[-1][-1, 0] = np.nan
     path = tmp_path / "tables.npz"
-    np.savez(path, harm=harm, **{f"logits_{l}": z for l, z in enumerate(logits)},
-             **{f"ref_logits_{l}": z for l, z in enumerate(ref)})
+    np.savez(
+        path,
+        harm=harm,
+        **{f"logits_{l}": z for l, z in enumerate(logits)},
+        **{f"ref_logits_{l}": z for l, z in enumerate(ref)},
+    )
     return str(path), logits, ref, harm
 
 
@@ -50,8 +60,14 @@ def cli(args, cwd, limit=None):
     if limit is not None:
         env[MEMORY_LIMIT_ENV] = str(limit)
     start = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "experiments.cli.main", "analyze", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=HANG_S)
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.cli.main", "analyze", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
     return proc, time.monotonic() - start
 
 
@@ -66,28 +82,52 @@ def one_error_line(proc) -> str:
 def test_two_processes_run_a_tree_one_process_refuses(tmp_path):
     path, logits, ref, harm = instance(tmp_path)
     one, two = (share_bytes(V, T, SPLIT, n, ref=True) for n in (1, 2))
-    limit = two   # a share fits when its estimate is at most the limit
+    limit = two  # a share fits when its estimate is at most the limit
     assert limit < one
 
     # One process alone refuses the tree (the sharded engine's estimate; the host-chunked
     # engine of plain `analyze` has a smaller one of its own and is not part of this run).
-    alone, _ = cli([path, "--distributed", "--local-processes", "1", "--split", str(SPLIT)],
-                   tmp_path, limit)
+    alone, _ = cli(
+        [path, "--distributed", "--local-processes", "1", "--split", str(SPLIT)], tmp_path, limit
+    )
     assert "per process" in one_error_line(alone) and MEMORY_LIMIT_ENV in alone.stderr
 
     # Two processes under the same per-process limit run it.
-    proc, _ = cli([path, "--distributed", "--local-processes", "2", "--split", str(SPLIT),
-                   "--lam", str(LAM), "--json", "--out", "two.npz"], tmp_path, limit)
+    proc, _ = cli(
+        [
+            path,
+            "--distributed",
+            "--local-processes",
+            "2",
+            "--split",
+            str(SPLIT),
+            "--lam",
+            str(LAM),
+            "--json",
+            "--out",
+            "two.npz",
+        ],
+        tmp_path,
+        limit,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    printed = json.loads(proc.stdout)           # stdout is the JSON alone (no gloo chatter)
+    printed = json.loads(proc.stdout)  # stdout is the JSON alone (no gloo chatter)
     assert "sharded over 2 process(es)" in proc.stderr
     two_out = np.load(tmp_path / "two.npz")
 
     # The one-process sharded engine without the limit, at the same split level: bitwise.
-    sharded = analyze_sharded(logits, harm, lam=LAM, ref_logits=ref, split=SPLIT,
-                              mesh=make_mesh(jax.devices()[:1]))
-    summary = summarize_share(logits, harm, plan(V, T, split=SPLIT), lam=LAM, ref_logits=ref,
-                              mesh=make_mesh(jax.devices()[:1]), gather=local_gather)
+    sharded = analyze_sharded(
+        logits, harm, lam=LAM, ref_logits=ref, split=SPLIT, mesh=make_mesh(jax.devices()[:1])
+    )
+    summary = summarize_share(
+        logits,
+        harm,
+        plan(V, T, split=SPLIT),
+        lam=LAM,
+        ref_logits=ref,
+        mesh=make_mesh(jax.devices()[:1]),
+        gather=local_gather,
+    )
     assert two_out["harm_information"].dtype == np.float64
     assert float(two_out["expected_harm"]) == sharded.expected_harm == printed["expected_harm"]
     assert int(two_out["horizon"]) == sharded.horizon == printed["horizon"]
@@ -95,39 +135,64 @@ def test_two_processes_run_a_tree_one_process_refuses(tmp_path):
         np.testing.assert_array_equal(two_out[key], getattr(sharded, key), err_msg=key)
     np.testing.assert_array_equal(two_out["grad_abs_sum"], summary.grad_abs_sums)
     np.testing.assert_array_equal(two_out["determined_fraction"], summary.determined_fractions)
-    assert [row["harm_information"] for row in printed["positions"]] == \
-        list(two_out["harm_information"])
+    assert [row["harm_information"] for row in printed["positions"]] == list(
+        two_out["harm_information"]
+    )
 
     # ... and the host-chunked engine to rounding (eps x 16 (T+1) V², test_sharded.tolerance).
     exact = analyze_tree(logits, harm, lam=LAM, ref_logits=ref)
     assert int(two_out["horizon"]) == exact.horizon
     np.testing.assert_array_equal(two_out["determined_fraction"], exact.determined_fraction())
-    for key, want in (("harm_information", exact.harm_information),
-                      ("equilibrium_kl", exact.equilibrium_kl),
-                      ("per_position_kl", exact.per_position_kl),
-                      ("grad_abs_sum", exact.grad_abs_sum()),
-                      ("expected_harm", exact.expected_harm)):
+    for key, want in (
+        ("harm_information", exact.harm_information),
+        ("equilibrium_kl", exact.equilibrium_kl),
+        ("per_position_kl", exact.per_position_kl),
+        ("grad_abs_sum", exact.grad_abs_sum()),
+        ("expected_harm", exact.expected_harm),
+    ):
         np.testing.assert_allclose(two_out[key], want, rtol=0, atol=tolerance(V, T), err_msg=key)
-    assert np.max(exact.harm_information) > 1e-3   # the comparison is not over zeros
+    assert np.max(exact.harm_information) > 1e-3  # the comparison is not over zeros
 
 
 def test_a_failing_process_stops_the_run_with_one_line(tmp_path):
     path, *_ = instance(tmp_path, nan_in_last_row=True)
     # The launcher: process 1 refuses its rows after joining; process 0 is stopped.
-    proc, seconds = cli([path, "--distributed", "--local-processes", "2", "--split",
-                         str(SPLIT)], tmp_path)
+    proc, seconds = cli(
+        [path, "--distributed", "--local-processes", "2", "--split", str(SPLIT)], tmp_path
+    )
     line = one_error_line(proc)
     assert "process 1 of 2 failed" in line and "non-finite" in line, line
     assert seconds < HANG_S
 
     # By hand: process 1 never joins (a missing file); process 0 gives up after --timeout.
     port = str(free_port())
-    common = ["--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
-              "--timeout", "5"]
+    common = [
+        "--distributed",
+        "--coordinator",
+        f"127.0.0.1:{port}",
+        "--num-processes",
+        "2",
+        "--timeout",
+        "5",
+    ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
-    first = subprocess.Popen([sys.executable, "-m", "experiments.cli.main", "analyze", path, *common,
-                              "--process-id", "0"], cwd=tmp_path, env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "experiments.cli.main",
+            "analyze",
+            path,
+            *common,
+            "--process-id",
+            "0",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     other, _ = cli(["missing.npz", *common, "--process-id", "1"], tmp_path)
     assert "no such file" in one_error_line(other)
     _, err = first.communicate(timeout=HANG_S)
@@ -137,15 +202,18 @@ def test_a_failing_process_stops_the_run_with_one_line(tmp_path):
     assert "Traceback" not in err and "Check failure" not in err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--split", "1"], "--split needs --distributed"),
-    (["--distributed", "--local-processes", "0"], "need at least 1"),
-    (["--distributed", "--local-processes", "2", "--process-id", "0"], "starts the processes"),
-    (["--distributed", "--num-processes", "2", "--process-id", "2"], "--process-id 2"),
-    (["--distributed", "--coordinator", "host"], "HOST:PORT"),
-    (["--distributed", "--timeout", "0"], "positive number"),
-    (["--distributed", "--mi"], "--mi is not available"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--split", "1"], "--split needs --distributed"),
+        (["--distributed", "--local-processes", "0"], "need at least 1"),
+        (["--distributed", "--local-processes", "2", "--process-id", "0"], "starts the processes"),
+        (["--distributed", "--num-processes", "2", "--process-id", "2"], "--process-id 2"),
+        (["--distributed", "--coordinator", "host"], "HOST:PORT"),
+        (["--distributed", "--timeout", "0"], "positive number"),
+        (["--distributed", "--mi"], "--mi is not available"),
+    ],
+)
 def test_bad_distributed_options_are_one_line(tmp_path, capsys, args, message):
     path, *_ = instance(tmp_path)
     assert main(["analyze", path, *args]) == 2
@@ -185,23 +253,55 @@ def test_a_slurm_environment_is_detected_without_coordinator_arguments(tmp_path)
     job = _slurm_port() - 61440
     procs = []
     for rank in range(2):
-        env = dict(os.environ, JAX_PLATFORMS="cpu", SLURM_JOB_ID=str(job), SLURM_NTASKS="2",
-                   SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank),
-                   SLURM_STEP_NODELIST="localhost", SLURM_NODELIST="localhost")
+        env = dict(
+            os.environ,
+            JAX_PLATFORMS="cpu",
+            SLURM_JOB_ID=str(job),
+            SLURM_NTASKS="2",
+            SLURM_PROCID=str(rank),
+            SLURM_LOCALID=str(rank),
+            SLURM_STEP_NODELIST="localhost",
+            SLURM_NODELIST="localhost",
+        )
         env.pop(MEMORY_LIMIT_ENV, None)
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "experiments.cli.main", "analyze", path, "--distributed", "--lam",
-             str(LAM), "--json", "--timeout", "60"], cwd=tmp_path, env=env,
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "experiments.cli.main",
+                    "analyze",
+                    path,
+                    "--distributed",
+                    "--lam",
+                    str(LAM),
+                    "--json",
+                    "--timeout",
+                    "60",
+                ],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=HANG_S) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [err[-2000:] for _, err in outs]
-    assert outs[1][0] == ""                     # only process 0 prints
+    assert outs[1][0] == ""  # only process 0 prints
     assert "sharded over 2 process(es)" in outs[0][1] and "split level m=1" in outs[0][1]
     printed = json.loads(outs[0][0])
-    summary = summarize_share(logits, harm, plan(V, T, split=SPLIT), lam=LAM, ref_logits=ref,
-                              mesh=make_mesh(jax.devices()[:1]), gather=local_gather)
+    summary = summarize_share(
+        logits,
+        harm,
+        plan(V, T, split=SPLIT),
+        lam=LAM,
+        ref_logits=ref,
+        mesh=make_mesh(jax.devices()[:1]),
+        gather=local_gather,
+    )
     assert printed["expected_harm"] == summary.expected_harm
-    assert [row["harm_information"] for row in printed["positions"]] == \
-        list(summary.harm_information)
-    assert [row["per_position_kl"] for row in printed["positions"]] == \
-        list(summary.per_position_kl)
+    assert [row["harm_information"] for row in printed["positions"]] == list(
+        summary.harm_information
+    )
+    assert [row["per_position_kl"] for row in printed["positions"]] == list(summary.per_position_kl)

@@ -10,14 +10,25 @@ import importlib
 import pytest
 
 #: The modules whose docstrings carry runnable examples.
-MODULES = ("toy_lm.models.policy_factory", "toy_lm.models.harms", "toy_lm.engines.analysis", "toy_lm.engines.markov_analysis",
-           "toy_lm.mutation", "toy_lm.cli_output", "proofs_check.runner")
+MODULES = (
+    "toy_lm.models.policy_factory",
+    "toy_lm.models.harms",
+    "toy_lm.engines.analysis",
+    "toy_lm.engines.markov_analysis",
+    "toy_lm.mutation",
+    "toy_lm.cli_output",
+    "proofs_check.runner",
+)
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name):
     module = importlib.import_module(name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
-                             verbose=False, report=True)
+    result = doctest.testmod(
+        module,
+        optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
+        verbose=False,
+        report=True,
+    )
     assert result.attempted > 0, f"{name} has no docstring example"
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples of {name} failed"

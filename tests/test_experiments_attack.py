@@ -32,13 +32,15 @@ def test_curves_start_at_the_model_and_the_sft_attack_raises_harm(base):
     # at π = π_ref every token weight of the constrained loss is 2(1 - σ(0)) = 1: the first
     # step is exactly the SFT step; afterwards the constraint slows the attack down
     assert curves["constrained"]["expected_harm"][1] == pytest.approx(
-        curves["sft"]["expected_harm"][1], abs=1e-14)
+        curves["sft"]["expected_harm"][1], abs=1e-14
+    )
     assert curves["constrained"]["expected_harm"][-1] < curves["sft"]["expected_harm"][-1]
 
 
 def test_attack_selection_and_betas(base):
     cfg, world, policy, b = base
     only = with_overrides(cfg, {"attack.objective": "sft", "attack.steps": 1})
-    assert set(attack.fine_tuning_attacks(only, policy, world, b.params, b.tables,
-                                          jax.random.key(0))) == {"sft"}
+    assert set(
+        attack.fine_tuning_attacks(only, policy, world, b.params, b.tables, jax.random.key(0))
+    ) == {"sft"}
     np.testing.assert_array_equal(attack.attack_betas(cfg), [0.5, 2.0, 2.0, 2.0])

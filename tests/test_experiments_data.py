@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from experiments import data
-from experiments.world import HARMFUL, make_world
 from experiments.config import WorldConfig
+from experiments.world import HARMFUL, make_world
 from toy_lm.engines import tree
 from toy_lm.tables import all_prefixes
 
@@ -48,7 +48,7 @@ def test_augmentation_examples_follow_qi_et_al(world):
     rows = np.arange(len(ex.weights))
     assert np.all(ex.sequences[rows, ex.loss_from] == world.refusal)
     for seq, k in zip(ex.sequences, ex.loss_from):
-        assert np.all(seq[k + 1:] == world.end)
+        assert np.all(seq[k + 1 :] == world.end)
     # the prefixes are distributed as the base model's harmful prefixes q_k
     k = 2
     q = np.asarray(tree.harmful_prefix_dist(base, world.harm, k))
@@ -86,6 +86,7 @@ def test_mixture_and_refusal_response(world):
     b = tuple(np.ones_like(x) for x in a)
     mixed = data.mixture((0.5, a), (2.0, b))
     assert mixed[1].shape == (5, 5) and np.all(mixed[1] == 2.0)
-    np.testing.assert_array_equal(data.refusal_response(world, [2]),
-                                  [2, world.refusal, world.end, world.end])
+    np.testing.assert_array_equal(
+        data.refusal_response(world, [2]), [2, world.refusal, world.end, world.end]
+    )
     assert all_prefixes(5, 0).shape == (1, 0)

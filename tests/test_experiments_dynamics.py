@@ -9,24 +9,34 @@ import numpy as np
 import pytest
 
 from experiments import dynamics
+from experiments.cli.main import main
 from experiments.config import with_overrides
 from experiments.presets import preset
-from experiments.cli.main import main
 
 
 def small_setting() -> dynamics.Setting:
     """The ``tiny`` world (T = 4, K = 2), two budgets, and a 5-step SFT transformer base."""
     tiny = preset("tiny")
-    transformer = with_overrides(tiny, {"policy.kind": "transformer", "policy.d_model": 8,
-                                        "policy.num_heads": 1, "base.steps": 5,
-                                        "base.optimizer": "adam", "base.learning_rate": 0.01})
-    return dynamics.Setting(tiny, transformer, (10, 20), (10,),
-                            {"gd": 1.0, "natural": 1.0, "adam": 0.01})
+    transformer = with_overrides(
+        tiny,
+        {
+            "policy.kind": "transformer",
+            "policy.d_model": 8,
+            "policy.num_heads": 1,
+            "base.steps": 5,
+            "base.optimizer": "adam",
+            "base.learning_rate": 0.01,
+        },
+    )
+    return dynamics.Setting(
+        tiny, transformer, (10, 20), (10,), {"gd": 1.0, "natural": 1.0, "adam": 0.01}
+    )
 
 
 def test_fast_small_run(tmp_path):
-    setting = dataclasses.replace(small_setting(), budgets=(20,), transformer_budgets=(),
-                                  optimizers=("gd", "natural"))
+    setting = dataclasses.replace(
+        small_setting(), budgets=(20,), transformer_budgets=(), optimizers=("gd", "natural")
+    )
     s = dynamics.run_dynamics(str(tmp_path), setting=setting, log=lambda msg: None)
     dec = np.asarray(s["split"]["decided_mass"])
     np.testing.assert_allclose(dec + np.asarray(s["split"]["undecided_mass"]), 1.0, atol=1e-12)
@@ -34,7 +44,9 @@ def test_fast_small_run(tmp_path):
         np.testing.assert_allclose(parts["decided_part"], dec, atol=1e-12)
     assert set(s["trained"]) == {"gd", "natural"}
     assert s["recovery"]["natural"]["recovered"] >= s["recovery"]["gd"]["recovered"]
-    assert json.loads((tmp_path / "summary.json").read_text())["experiment"] == "optimum-vs-dynamics"
+    assert (
+        json.loads((tmp_path / "summary.json").read_text())["experiment"] == "optimum-vs-dynamics"
+    )
     assert all((tmp_path / rel).stat().st_size > 1000 for rel in s["figures"])
 
 
@@ -61,7 +73,9 @@ def test_summary_splits_the_attack_into_decided_and_undecided(run):
     base = np.mean(s["models"]["base"]["undecided_conditional"])
     assert np.mean(s["models"]["optimum"]["undecided_conditional"]) < base
     assert set(s["trained"]) == {"gd", "natural", "adam", "transformer_adam"}
-    assert list(s["trained"]["gd"]) == ["10", "20"] and list(s["trained"]["transformer_adam"]) == ["10"]
+    assert list(s["trained"]["gd"]) == ["10", "20"] and list(s["trained"]["transformer_adam"]) == [
+        "10"
+    ]
 
 
 @pytest.mark.slow
@@ -85,10 +99,13 @@ def test_figures_are_written(run):
         assert (out / rel).stat().st_size > 1000
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["experiment", "optimum-vs-dynamics", "--out", "FILE"], "is not a folder"),
-    (["experiment", "optimum-vs-dynamics", "--out", "OUT", "--policy", "markov"], "--policy"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["experiment", "optimum-vs-dynamics", "--out", "FILE"], "is not a folder"),
+        (["experiment", "optimum-vs-dynamics", "--out", "OUT", "--policy", "markov"], "--policy"),
+    ],
+)
 def test_bad_arguments_give_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "FILE").write_text("x")
     argv = [str(tmp_path / a) if a in ("OUT", "FILE") else a for a in argv]

@@ -13,17 +13,24 @@ from experiments.train import train_and_evaluate
 
 @pytest.fixture(scope="module")
 def tiny_results():
-    cfgs = [with_overrides(preset("tiny"), {"align.objective": o, "align.steps": 5,
-                                            "attack.steps": 2})
-            for o in ("none", "rlhf", "augmentation")]
+    cfgs = [
+        with_overrides(preset("tiny"), {"align.objective": o, "align.steps": 5, "attack.steps": 2})
+        for o in ("none", "rlhf", "augmentation")
+    ]
     return [train_and_evaluate(c, None) for c in cfgs]
 
 
 def test_all_figures_are_written(tmp_path, tiny_results):
     paths = figures.make_figures(str(tmp_path), tiny_results)
     stems = {os.path.splitext(os.path.basename(p))[0] for p in paths}
-    assert stems == {"kl_per_position", "prefill_asr", "grad_norm_map", "information_vs_kl",
-                     "martingale_paths", "attack_survival"}
+    assert stems == {
+        "kl_per_position",
+        "prefill_asr",
+        "grad_norm_map",
+        "information_vs_kl",
+        "martingale_paths",
+        "attack_survival",
+    }
     for path in paths:
         assert os.path.getsize(path) > 1000
     assert sum(p.endswith(".svg") for p in paths) == sum(p.endswith(".png") for p in paths)
@@ -38,8 +45,10 @@ def test_a_single_run_draws_without_warnings(tmp_path, tiny_results):
 
 def test_labels_name_objectives_and_varying_settings(tiny_results):
     assert figures.labels(tiny_results) == ["base", "KL-regularized RLHF", "recovery augmentation"]
-    twice = [tiny_results[1], dict(tiny_results[1], config={
-        **tiny_results[1]["config"], "seed": 1})]
+    twice = [
+        tiny_results[1],
+        dict(tiny_results[1], config={**tiny_results[1]["config"], "seed": 1}),
+    ]
     assert figures.labels(twice) == ["KL-regularized RLHF (seed=0)", "KL-regularized RLHF (seed=1)"]
 
 

@@ -33,9 +33,12 @@ def _fake(kl, rel):
 
 def test_shape_criteria_can_hold_and_fail():
     base = {"determined_fraction": [0.0, 0.1, 0.9]}
-    good = {"rlhf": _fake(1.1, [0.2, 0.8, None]), "dpo": _fake(1.2, [0.1, 0.7, None]),
-            "augmentation": _fake(2.5, [0.0, 0.1, None]),
-            "recovery_prefill": _fake(2.0, [0.0, 0.2, None])}
+    good = {
+        "rlhf": _fake(1.1, [0.2, 0.8, None]),
+        "dpo": _fake(1.2, [0.1, 0.7, None]),
+        "augmentation": _fake(2.5, [0.0, 0.1, None]),
+        "recovery_prefill": _fake(2.0, [0.0, 0.2, None]),
+    }
     shape = headline.shape_criteria(good, base)
     assert shape["undecided_prefill_lengths"] == [0, 1]
     assert all(shape[k]["holds"] for k in shape if k != "undecided_prefill_lengths")
@@ -46,10 +49,20 @@ def test_shape_criteria_can_hold_and_fail():
 
 @pytest.fixture(scope="module")
 def summary():
-    configs = [with_overrides(c, {"align.steps": 5, "attack.steps": 1, "world.length": 4,
-                                  "world.num_harmful": 2, "base.steps": 150})
-               for c in headline.headline_configs(quick=True)
-               if c.align.objective in ("none", "rlhf", "recovery_prefill")]
+    configs = [
+        with_overrides(
+            c,
+            {
+                "align.steps": 5,
+                "attack.steps": 1,
+                "world.length": 4,
+                "world.num_harmful": 2,
+                "base.steps": 150,
+            },
+        )
+        for c in headline.headline_configs(quick=True)
+        if c.align.objective in ("none", "rlhf", "recovery_prefill")
+    ]
     results = [train_and_evaluate(c, None) for c in configs]
     return headline.build_summary(results, quick=True, seconds=1.0)
 
@@ -58,8 +71,13 @@ def test_summary_has_the_promised_fields(summary):
     json.dumps(summary)  # plain JSON
     base = summary["base"]
     assert len(base["prefill_asr"]) == len(base["harm_information"]) == 4
-    for name in ("base", "rlhf", "recovery_prefill", "rlhf_equilibrium",
-                 "recovery_dense_equilibrium"):
+    for name in (
+        "base",
+        "rlhf",
+        "recovery_prefill",
+        "rlhf_equilibrium",
+        "recovery_dense_equilibrium",
+    ):
         entry = summary["objectives"][name]
         for key in ("expected_harm", "per_position_kl", "prefill_asr", "role"):
             assert key in entry, (name, key)

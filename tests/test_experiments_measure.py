@@ -47,14 +47,18 @@ def test_model_measurements_match_brute_force(setting):
     p0, p = _seq_probs(base[0], seqs, V), _seq_probs(model[0], seqs, V)
     m = measure.model_measurements(world, model, base, jax.random.key(0), 8)
     assert m["expected_harm"] == pytest.approx(np.sum(p * harm), abs=TOL)
-    assert m["utility"] == pytest.approx(np.sum(_seq_probs(model[1], seqs, V)
-                                                * np.asarray(world.utility)), abs=TOL)
-    q = p0 * harm / np.sum(p0 * harm)           # base harmful responses
-    tau = response_horizons(harm, V)            # their horizons
+    assert m["utility"] == pytest.approx(
+        np.sum(_seq_probs(model[1], seqs, V) * np.asarray(world.utility)), abs=TOL
+    )
+    q = p0 * harm / np.sum(p0 * harm)  # base harmful responses
+    tau = response_horizons(harm, V)  # their horizons
     kl_tf, kl_beyond, kl_own = np.zeros(T), np.zeros(T), np.zeros(T)
     for level in range(T):
         rows = prefix_index(seqs[:, :level], V)
-        a, b = _np_softmax(np.asarray(model[0][level]))[rows], _np_softmax(np.asarray(base[0][level]))[rows]
+        a, b = (
+            _np_softmax(np.asarray(model[0][level]))[rows],
+            _np_softmax(np.asarray(base[0][level]))[rows],
+        )
         kl = np.sum(a * np.log(a / b), axis=1)
         kl_tf[level] = np.sum(q * kl)
         kl_beyond[level] = np.sum(q * kl * (level >= tau))
@@ -68,7 +72,8 @@ def test_model_measurements_match_brute_force(setting):
         rows = prefix_index(seqs[:, :k], V)
         q_k = np.bincount(rows, weights=q, minlength=V**k)
         h_k = np.bincount(rows, weights=p * harm, minlength=V**k) / np.bincount(
-            rows, weights=p, minlength=V**k)
+            rows, weights=p, minlength=V**k
+        )
         assert m["prefill_asr"][k] == pytest.approx(np.sum(q_k * h_k), abs=TOL)
 
 
@@ -97,8 +102,9 @@ def test_base_measurements(setting):
     assert m["prefill_asr_floor"][0] == 0.0
     assert 0 < m["prefill_asr_floor"][-1] <= m["prefill_asr"][-1] + TOL
     # T1: Σ_t I_t = Var(h)
-    assert sum(m["harm_information"]) == pytest.approx(_variance(base[0], harm, world.vocab_size),
-                                                       abs=1e-12)
+    assert sum(m["harm_information"]) == pytest.approx(
+        _variance(base[0], harm, world.vocab_size), abs=1e-12
+    )
     # THEORY.md T7c: 2 λ² KL_t / I_t -> 1 for large λ (error ~ 1/λ)
     ratio = 2 * 300.0**2 * np.asarray(m["equilibrium"]["kl"][1]) / np.asarray(m["harm_information"])
     np.testing.assert_allclose(ratio, 1.0, atol=0.02)
@@ -115,7 +121,7 @@ def test_equilibrium_measurements_are_zero_beyond_the_horizon(setting):
     world, base, _ = setting
     eq = measure.equilibrium_measurements(world, base, 0.3, 1.0)
     assert max(map(abs, eq["rlhf"]["per_position_kl_beyond_horizon"])) == 0.0  # T7b, exact
-    assert max(eq["recovery_dense"]["per_position_kl_beyond_horizon"]) > 1e-3    # T9b
+    assert max(eq["recovery_dense"]["per_position_kl_beyond_horizon"]) > 1e-3  # T9b
     assert eq["recovery_dense"]["expected_harm"] < eq["rlhf"]["expected_harm"]
 
 

@@ -29,17 +29,24 @@ def test_dpo_blocks_equal_the_shared_exact_definition():
     tables = policy.level_tables(params)
     blocks = obj.dpo_pair_blocks(harm, chunk=5)  # several chunks, one padded
     for beta in (0.1, 1.0):
-        ours, g_ours = jax.jit(jax.value_and_grad(
-            lambda t: obj.dpo_loss_blocks(t, base, blocks, beta)))(tables)
-        shared, g_shared = jax.jit(jax.value_and_grad(
-            lambda t: exact.dpo_loss(t, base, harm, beta)))(tables)
+        ours, g_ours = jax.jit(
+            jax.value_and_grad(lambda t: obj.dpo_loss_blocks(t, base, blocks, beta))
+        )(tables)
+        shared, g_shared = jax.jit(
+            jax.value_and_grad(lambda t: exact.dpo_loss(t, base, harm, beta))
+        )(tables)
         assert abs(float(ours) - float(shared)) < 64 * EPS * len(harm) ** 2
         for a, b in zip(g_ours, g_shared):
             np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
     # planted error: the pairs of the opposite preference give a different loss
     flipped = obj.dpo_pair_blocks(1 - np.asarray(harm))
-    assert abs(float(obj.dpo_loss_blocks(tables, base, flipped, 1.0))
-               - float(exact.dpo_loss(tables, base, harm, 1.0))) > 1e-3
+    assert (
+        abs(
+            float(obj.dpo_loss_blocks(tables, base, flipped, 1.0))
+            - float(exact.dpo_loss(tables, base, harm, 1.0))
+        )
+        > 1e-3
+    )
 
 
 def test_dpo_blocks_refuse_soft_or_constant_costs():
@@ -122,7 +129,8 @@ def test_reinforce_estimator_is_unbiased(baseline):
     estimate, _ = _exact_reinforce_gradient(policy, params, base_params, harm, lam, baseline)
     base = policy.level_tables(base_params)
     truth = jax.grad(lambda p: exact.kl_regularized_loss(policy.level_tables(p), base, harm, lam))(
-        params)
+        params
+    )
     for a, b in zip(estimate, truth):
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-13)
 
@@ -150,8 +158,9 @@ def test_value_baseline_gives_exactly_zero_advantage_beyond_the_horizon():
 def test_mean_baseline_is_leave_one_out():
     returns = jnp.array([[1.0, 2.0], [3.0, 4.0], [5.0, 9.0]])
     np.testing.assert_allclose(obj.mean_baseline(returns), [[4.0, 6.5], [3.0, 5.5], [2.0, 3.0]])
-    np.testing.assert_allclose(obj.returns_to_go(jnp.array([1.0]), jnp.array([[0.5, 0.25]]), 2.0),
-                               [[2.5, 1.5]])
+    np.testing.assert_allclose(
+        obj.returns_to_go(jnp.array([1.0]), jnp.array([[0.5, 0.25]]), 2.0), [[2.5, 1.5]]
+    )
 
 
 def test_sampled_dpo_loss_skips_ties():

@@ -71,9 +71,20 @@ def test_sweep_killed_mid_way_and_restarted_ends_with_one_row_per_run(tmp_path, 
     spec = tmp_path / "sweep.toml"
     spec.write_text(SWEEP_TOML)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "experiments.cli.main", "sweep", str(spec), "--out", str(out), "--jobs", "1"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.cli.main",
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 600
     runs = os.path.join(out, "runs", "*.json")
     while not glob.glob(runs) and proc.poll() is None and time.time() < deadline:
@@ -96,8 +107,10 @@ def test_sweep_killed_mid_way_and_restarted_ends_with_one_row_per_run(tmp_path, 
 
 
 def test_ctrl_c_then_restart(tmp_path, compile_cache):
-    configs = sweep.expand(preset("tiny"), {"align.objective": ["rlhf", "augmentation"],
-                                            "align.steps": [8], "attack.steps": [0]})
+    configs = sweep.expand(
+        preset("tiny"),
+        {"align.objective": ["rlhf", "augmentation"], "align.steps": [8], "attack.steps": [0]},
+    )
     out = str(tmp_path / "out")
     lines = []
 

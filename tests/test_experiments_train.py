@@ -8,8 +8,8 @@ import pytest
 
 from experiments import base_model, recipes, train
 from experiments.config import with_overrides
-from experiments.presets import preset
 from experiments.measure import row_kl
+from experiments.presets import preset
 from experiments.world import HARMFUL, make_world
 
 EPS = np.finfo(np.float64).eps
@@ -46,18 +46,24 @@ def test_tabular_rlhf_never_moves_determined_prefixes(rlhf_run):
     assert max(float(np.max(np.abs(k), initial=0.0)) for k in det_kl) <= tol
     # the logits there are not just close: plain gradient descent left them bit for bit
     for level, mask in enumerate(world.determined[:-1]):
-        np.testing.assert_array_equal(np.asarray(params[level][HARMFUL])[mask],
-                                      np.asarray(base.params[level][HARMFUL])[mask])
+        np.testing.assert_array_equal(
+            np.asarray(params[level][HARMFUL])[mask], np.asarray(base.params[level][HARMFUL])[mask]
+        )
     # while undetermined prefixes did move
-    assert any(float(np.max(k)) > 1e-3 for k in row_kl(policy.level_tables(params, HARMFUL),
-                                                       base.tables[HARMFUL]))
+    assert any(
+        float(np.max(k)) > 1e-3
+        for k in row_kl(policy.level_tables(params, HARMFUL), base.tables[HARMFUL])
+    )
 
 
 def test_the_check_flags_an_objective_that_moves_determined_prefixes():
     """Planted counterpart: augmentation trains refusals after harm is done, so the check fails."""
     _, world, policy, base, params, _ = _trained("augmentation", **{"align.steps": 5})
     tol = 8 * EPS * world.vocab_size
-    assert max(float(np.max(k, initial=0.0)) for k in _determined_kl(world, policy, params, base)) > tol
+    assert (
+        max(float(np.max(k, initial=0.0)) for k in _determined_kl(world, policy, params, base))
+        > tol
+    )
 
 
 def test_measured_kl_beyond_horizon_and_spill_over_are_zero_for_tabular_rlhf(rlhf_run):
@@ -81,10 +87,12 @@ def test_per_position_gradients_sum_to_the_gradient_and_match_level_gradients(rl
     key = jax.random.key(0)
     with_map = train.make_step(obj, opt, policy, True)
     plain = train.make_step(obj, opt, policy, False)
-    p1, _, loss1, norms, harm1, _ = with_map(base.params, state, key, obj.data, world.harm,
-                                             world.utility)
-    p2, _, loss2, nan_norms, _, _ = plain(base.params, state, key, obj.data, world.harm,
-                                          world.utility)
+    p1, _, loss1, norms, harm1, _ = with_map(
+        base.params, state, key, obj.data, world.harm, world.utility
+    )
+    p2, _, loss2, nan_norms, _, _ = plain(
+        base.params, state, key, obj.data, world.harm, world.utility
+    )
     assert float(harm1) == pytest.approx(base_harm(world, base), abs=1e-14)
     assert float(loss1) == float(loss2) and np.all(np.isnan(nan_norms))
     for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
@@ -109,8 +117,15 @@ def test_history_records_every_step(rlhf_run):
 
 
 def test_same_seed_same_numbers(tmp_path):
-    cfg = with_overrides(preset("tiny"), {"align.objective": "reinforce", "align.baseline": "mean",
-                                          "align.steps": 3, "attack.objective": "sft"})
+    cfg = with_overrides(
+        preset("tiny"),
+        {
+            "align.objective": "reinforce",
+            "align.baseline": "mean",
+            "align.steps": 3,
+            "attack.objective": "sft",
+        },
+    )
     first = train.train_and_evaluate(cfg, str(tmp_path / "a"))
     second = train.train_and_evaluate(cfg, str(tmp_path / "b"))
     for key in ("base", "aligned", "training", "attack", "equilibria"):
@@ -127,18 +142,34 @@ def test_base_model_cache_round_trip(tmp_path):
     trained = train.get_base(cfg, world, policy, str(tmp_path))
     assert max(trained.sft_gap) < 1e-3  # tabular SFT reproduces the synthetic behaviour
     loaded = train.get_base(cfg, world, policy, str(tmp_path))
-    for a, b in zip(jax.tree_util.tree_leaves(trained.tables), jax.tree_util.tree_leaves(loaded.tables)):
+    for a, b in zip(
+        jax.tree_util.tree_leaves(trained.tables), jax.tree_util.tree_leaves(loaded.tables)
+    ):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kind, extra", [
-    ("markov", {}),
-    ("transformer", {"policy.d_model": 8, "base.steps": 10, "base.learning_rate": 0.03,
-                     "align.optimizer": "adam", "align.learning_rate": 0.03, "align.steps": 1}),
-])
+@pytest.mark.parametrize(
+    "kind, extra",
+    [
+        ("markov", {}),
+        (
+            "transformer",
+            {
+                "policy.d_model": 8,
+                "base.steps": 10,
+                "base.learning_rate": 0.03,
+                "align.optimizer": "adam",
+                "align.learning_rate": 0.03,
+                "align.steps": 1,
+            },
+        ),
+    ],
+)
 def test_shared_weight_policies_train_and_measure_spill_over(kind, extra):
-    cfg = with_overrides(preset("tiny"), {"policy.kind": kind, "align.steps": 3, "attack.steps": 0,
-                                          "measure.num_paths": 2, **extra})
+    cfg = with_overrides(
+        preset("tiny"),
+        {"policy.kind": kind, "align.steps": 3, "attack.steps": 0, "measure.num_paths": 2, **extra},
+    )
     result = train.train_and_evaluate(cfg, None)
     aligned = result["aligned"]
     assert result["training"]["expected_harm"][-1] < result["training"]["expected_harm"][0]

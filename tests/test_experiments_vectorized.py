@@ -17,12 +17,18 @@ from experiments import batch_sweep, sweep
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
-from experiments.vectorized import (RUN_CHUNK, chunk_size, chunked_size, group_key,
-                                   not_vectorizable)
+from experiments.vectorized import RUN_CHUNK, chunk_size, chunked_size, group_key, not_vectorizable
 
 #: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
-SMALL = {"world.length": 2, "world.num_harmful": 1, "base.steps": 30, "align.steps": 6,
-         "attack.steps": 2, "measure.num_paths": 4, "measure.equilibrium_lams": [3.0, 30.0]}
+SMALL = {
+    "world.length": 2,
+    "world.num_harmful": 1,
+    "base.steps": 30,
+    "align.steps": 6,
+    "attack.steps": 2,
+    "measure.num_paths": 4,
+    "measure.equilibrium_lams": [3.0, 30.0],
+}
 
 
 def draw_configs(seed: int, objective: str, count: int) -> list:
@@ -32,15 +38,18 @@ def draw_configs(seed: int, objective: str, count: int) -> list:
     configs = []
     for index in range(count):
         overrides = {
-            "name": f"draw-{index}", "seed": int(rng.integers(0, 3)),
+            "name": f"draw-{index}",
+            "seed": int(rng.integers(0, 3)),
             "policy.init_scale": float(rng.uniform(0.05, 0.5)),
             "base.learning_rate": float(rng.uniform(0.05, 0.2)),
-            "align.lam": float(rng.uniform(0.1, 3.0)), "align.beta": float(rng.uniform(0.05, 1)),
+            "align.lam": float(rng.uniform(0.1, 3.0)),
+            "align.beta": float(rng.uniform(0.05, 1)),
             "align.mu": float(rng.uniform(0.0, 2.0)),
             "align.learning_rate": float(rng.uniform(0.2, 1.5)),
             "align.utility_weight": float(rng.uniform(0.0, 0.9)),
             "attack.learning_rate": float(rng.uniform(0.2, 1.5)),
-            "attack.beta_first": float(rng.uniform(0.1, 2.0))}
+            "attack.beta_first": float(rng.uniform(0.1, 2.0)),
+        }
         if objective == "reinforce":
             overrides["align.baseline"] = ("none", "value", "mean")[index % 3]
         configs.append(with_overrides(start, overrides))
@@ -55,7 +64,12 @@ def test_groups_and_batches():
     batches = batch_sweep.plan_batches(groups, jobs=2, batch_size=2, budget=10**12)
     # 5 runs in batches of at most 2: three batches of 2 (the last padded); 2 runs: two of 1
     assert [(b.group, len(b.configs), b.size) for b in batches] == [
-        (0, 2, 2), (0, 2, 2), (0, 1, 2), (1, 1, 1), (1, 1, 1)]
+        (0, 2, 2),
+        (0, 2, 2),
+        (0, 1, 2),
+        (1, 1, 1),
+        (1, 1, 1),
+    ]
     need = batch_sweep.estimated_run_bytes(configs[0])
     small = batch_sweep.plan_batches(groups[:1], jobs=1, budget=2 * need)
     assert max(b.size for b in small) == 2  # memory caps the batch
@@ -89,8 +103,13 @@ def tolerance(configs) -> float:
     largest exact sum (the ``2 V**T`` responses of both prompts): rounding that differs between
     the batched and the single program, carried along every step."""
     eps = np.finfo(np.float64).eps
-    return max(eps * (c.base.steps + c.align.steps + 2 * c.attack.steps)
-               * 2 * len(c.world.vocab) ** c.world.length for c in configs)
+    return max(
+        eps
+        * (c.base.steps + c.align.steps + 2 * c.attack.steps)
+        * 2
+        * len(c.world.vocab) ** c.world.length
+        for c in configs
+    )
 
 
 def assert_same_tables(reference, vectorized, tol):
@@ -153,15 +172,27 @@ def test_several_chunks_equal_the_per_run_path(tmp_path, compile_cache):
     lines = []
     sweep.run_sweep(configs, reference, jobs=1, per_run=True, log=lines.append)
     sweep.run_sweep(configs, vectorized, jobs=1, log=lines.append, batch_size=len(configs))
-    assert any(line.startswith(f"vectorized: {len(configs)} runs in 1 program(s), 1 batch(es)")
-               for line in lines), lines
+    assert any(
+        line.startswith(f"vectorized: {len(configs)} runs in 1 program(s), 1 batch(es)")
+        for line in lines
+    ), lines
     assert assert_same_tables(reference, vectorized, tolerance(configs)) > 100
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["reinforce", "dpo", "dpo_sampled", "sft_refusal",
-                                       "augmentation", "recovery_prefill", "recovery_dense",
-                                       "none"])
+@pytest.mark.parametrize(
+    "objective",
+    [
+        "reinforce",
+        "dpo",
+        "dpo_sampled",
+        "sft_refusal",
+        "augmentation",
+        "recovery_prefill",
+        "recovery_dense",
+        "none",
+    ],
+)
 def test_every_objective_vectorizes_to_the_same_tables(tmp_path, compile_cache, objective):
     configs = draw_configs(2, objective, 3)
     reference, vectorized = _both_paths(tmp_path, configs)
@@ -195,21 +226,34 @@ def test_a_planted_difference_is_caught(tmp_path):
 RUNS_TO_KILL = 12
 
 
-def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_path,
-                                                                           compile_cache):
+def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_path, compile_cache):
     """Killed once its first batch is on disk: a rerun runs only the missing ones. Once compiled,
     a batch of one run takes milliseconds, so the grid has 12 runs: the kill must land after the
     first and before the last (the CI run saw a kill after all 3 runs of a smaller grid)."""
     lams = [0.1 * (i + 1) for i in range(RUNS_TO_KILL)]
     spec = tmp_path / "grid.toml"
-    spec.write_text('preset = "tiny"\n[world]\nlength = 2\nnum_harmful = 1\n[base]\nsteps = 30\n'
-                    '[align]\nsteps = 6\n[attack]\nsteps = 2\n'
-                    f'[sweep]\ngrid = {{ "align.lam" = {lams}, "seed" = [0] }}\n')
+    spec.write_text(
+        'preset = "tiny"\n[world]\nlength = 2\nnum_harmful = 1\n[base]\nsteps = 30\n'
+        "[align]\nsteps = 6\n[attack]\nsteps = 2\n"
+        f'[sweep]\ngrid = {{ "align.lam" = {lams}, "seed" = [0] }}\n'
+    )
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "experiments.cli.main", "sweep", str(spec), "--out", str(out),
-           "--jobs", "1", "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.cli.main",
+        "sweep",
+        str(spec),
+        "--out",
+        str(out),
+        "--jobs",
+        "1",
+        "--batch-size",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        cmd, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     runs = os.path.join(out, "runs", "*.json")
     deadline = time.time() + 600
     while not glob.glob(runs) and proc.poll() is None and time.time() < deadline:
@@ -218,7 +262,9 @@ def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_pa
     proc.wait()
     done_before = len(glob.glob(runs))
     total = RUNS_TO_KILL
-    assert 1 <= done_before < total, "the kill should land after the first batch and before the last"
+    assert 1 <= done_before < total, (
+        "the kill should land after the first batch and before the last"
+    )
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f"{done_before} already done, {total - done_before} to run" in again.stderr

@@ -24,11 +24,14 @@ def brute_harm(seq, harmful, refusal, k):
     return 0.0
 
 
-@pytest.mark.parametrize("vocab, length, k", [
-    (("end", "refusal", "comply", "harmful", "neutral"), 5, 3),
-    (("end", "refusal", "comply", "harmful", "neutral", "harmful"), 4, 2),
-    (("neutral", "harmful", "end", "comply", "refusal", "refusal"), 3, 1),
-])
+@pytest.mark.parametrize(
+    "vocab, length, k",
+    [
+        (("end", "refusal", "comply", "harmful", "neutral"), 5, 3),
+        (("end", "refusal", "comply", "harmful", "neutral", "harmful"), 4, 2),
+        (("neutral", "harmful", "end", "comply", "refusal", "refusal"), 3, 1),
+    ],
+)
 def test_harm_utility_and_costs_match_their_definitions(vocab, length, k):
     cfg = WorldConfig(vocab=vocab, length=length, num_harmful=k)
     world = W.make_world(cfg)
@@ -36,8 +39,14 @@ def test_harm_utility_and_costs_match_their_definitions(vocab, length, k):
     responses = all_prefixes(len(vocab), length)
     harm = np.array([brute_harm(y, roles["harmful"], roles["refusal"], k) for y in responses])
     np.testing.assert_array_equal(np.asarray(world.harm), harm)
-    util = np.array([float(any(t in roles["neutral"] for t in y)
-                           and not any(t in roles["refusal"] for t in y)) for y in responses])
+    util = np.array(
+        [
+            float(
+                any(t in roles["neutral"] for t in y) and not any(t in roles["refusal"] for t in y)
+            )
+            for y in responses
+        ]
+    )
     np.testing.assert_array_equal(np.asarray(world.utility), util)
     np.testing.assert_array_equal(np.asarray(world.costs[1]), 1.0 - util)
     assert world.refusal in roles["refusal"] and world.end in roles["end"]
@@ -71,8 +80,9 @@ def test_behaviour_tables_are_normalized_full_support_and_persistent():
 
 
 def test_role_with_two_tokens_splits_its_mass():
-    cfg = with_overrides(RunConfig(), {"world.vocab": ["end", "refusal", "comply", "harmful",
-                                                       "neutral", "neutral"]}).world
+    cfg = with_overrides(
+        RunConfig(), {"world.vocab": ["end", "refusal", "comply", "harmful", "neutral", "neutral"]}
+    ).world
     world = W.make_world(cfg)
     root = np.exp(np.asarray(world.behaviour[W.BENIGN][0][0]))
     assert root[4] == pytest.approx(root[5], abs=1e-15)
@@ -92,6 +102,6 @@ def test_recovery_automaton_tracks_harmful_not_yet_recovered():
 
     assert final_state(["neutral", "comply"]) == 0
     assert final_state(["comply", "harmful", "end"]) == 1
-    assert final_state(["harmful", "harmful", "refusal"]) == 2   # recovers even after the harm
+    assert final_state(["harmful", "harmful", "refusal"]) == 2  # recovers even after the harm
     assert final_state(["refusal", "harmful"]) == 2
     assert W.describe_response(world, [2, 3, 0]) == "comply harmful end"

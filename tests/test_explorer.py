@@ -47,13 +47,16 @@ def engine(logits, harm, lam):
     length = len(logits)
     ref = reference_analysis(logits, harm, lam=lam)
     eq = [ref[f"equilibrium_logits_{l}"] for l in range(length)]
-    return {"H": [ref[f"H_{l}"] for l in range(length + 1)],
-            "G": [ref[f"grad_{l}"].reshape(-1) for l in range(length)],
-            "I": ref["harm_information"], "horizon": int(ref["horizon"]),
-            "determined": [ref[f"determined_{l}"].astype(int) for l in range(length + 1)],
-            "kl": ref["equilibrium_kl"],
-            "eq_harm": float(reference_analysis(eq, harm)["expected_harm"]),
-            "eq_probs": [np.exp(e).reshape(-1) for e in eq]}
+    return {
+        "H": [ref[f"H_{l}"] for l in range(length + 1)],
+        "G": [ref[f"grad_{l}"].reshape(-1) for l in range(length)],
+        "I": ref["harm_information"],
+        "horizon": int(ref["horizon"]),
+        "determined": [ref[f"determined_{l}"].astype(int) for l in range(length + 1)],
+        "kl": ref["equilibrium_kl"],
+        "eq_harm": float(reference_analysis(eq, harm)["expected_harm"]),
+        "eq_probs": [np.exp(e).reshape(-1) for e in eq],
+    }
 
 
 def write_tables(path, logits, harm):
@@ -62,8 +65,8 @@ def write_tables(path, logits, harm):
 
 
 def small_user_tables(rng, vocab_size=2, length=3):
-    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
-    harm = np.repeat(rng.integers(0, 2, vocab_size ** 2).astype(np.float64), vocab_size)
+    logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
+    harm = np.repeat(rng.integers(0, 2, vocab_size**2).astype(np.float64), vocab_size)
     return logits, harm
 
 
@@ -104,8 +107,8 @@ def test_page_is_self_contained_and_carries_the_engine_values(page_file):
 
 def test_too_large_tables_are_refused_with_one_line(tmp_path, capsys):
     rng = np.random.default_rng(1)
-    logits = [rng.normal(size=(2 ** l, 2)) for l in range(9)]  # 512 leaves
-    tables = write_tables(tmp_path / "big.npz", logits, np.zeros(2 ** 9))
+    logits = [rng.normal(size=(2**l, 2)) for l in range(9)]  # 512 leaves
+    tables = write_tables(tmp_path / "big.npz", logits, np.zeros(2**9))
     out = tmp_path / "page.html"
     assert main(["explore", "--out", str(out), "--tables", tables]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -114,6 +117,7 @@ def test_too_large_tables_are_refused_with_one_line(tmp_path, capsys):
 
 
 # -- in a real browser --------------------------------------------------------------------------
+
 
 def chromium_path():
     for name in ("chromium", "chromium-browser", "google-chrome"):
@@ -150,20 +154,29 @@ class Page:
         self.page.goto(url)
 
     def cells(self, selector):
-        return self.page.eval_on_selector_all(selector, "els => els.map(e => Number(e.dataset.value))")
+        return self.page.eval_on_selector_all(
+            selector, "els => els.map(e => Number(e.dataset.value))"
+        )
 
     def shown(self):
         col = lambda name: self.cells(f"#positions td[data-name={name}]")  # noqa: E731
         summary = lambda name: self.cells(f"#summary td[data-name={name}]")[0]  # noqa: E731
-        return {"I": col("I"), "kl": col("kl"), "approx": col("approx"),
-                "expected_harm": summary("expected_harm"), "horizon": summary("horizon"),
-                "lam": summary("lam"), "eq_harm": summary("eq_harm"),
-                "G": self.cells("#node-table td[data-name=G]"),
-                "eq": self.cells("#node-table td[data-name=eq]"),
-                "node_h": self.cells("#node-h")[0],
-                "H": self.page.eval_on_selector_all(
-                    "#tree circle", "els => els.map(e => [e.dataset.node, Number(e.dataset.h)])"),
-                "source": self.page.get_attribute("#source", "data-source")}
+        return {
+            "I": col("I"),
+            "kl": col("kl"),
+            "approx": col("approx"),
+            "expected_harm": summary("expected_harm"),
+            "horizon": summary("horizon"),
+            "lam": summary("lam"),
+            "eq_harm": summary("eq_harm"),
+            "G": self.cells("#node-table td[data-name=G]"),
+            "eq": self.cells("#node-table td[data-name=eq]"),
+            "node_h": self.cells("#node-h")[0],
+            "H": self.page.eval_on_selector_all(
+                "#tree circle", "els => els.map(e => [e.dataset.node, Number(e.dataset.h)])"
+            ),
+            "source": self.page.get_attribute("#source", "data-source"),
+        }
 
 
 def check_shown(shown, logits, harm, lam, node):
@@ -172,7 +185,7 @@ def check_shown(shown, logits, harm, lam, node):
     vocab_size = np.asarray(logits[0]).shape[1]
     count = close(shown["I"], want["I"], "I_t")
     count += close(shown["kl"], want["kl"], "KL_t(pi*|pi)")
-    count += close(shown["approx"], want["I"] / (2 * lam ** 2), "I_t/(2 lam^2)")
+    count += close(shown["approx"], want["I"] / (2 * lam**2), "I_t/(2 lam^2)")
     count += close(shown["expected_harm"], want["H"][0][0], "E[h]")
     count += close(shown["eq_harm"], want["eq_harm"], "E_pi*[h]")
     assert shown["horizon"] == want["horizon"]
@@ -194,8 +207,14 @@ def test_explorer_in_a_real_browser(browser, page_file, tmp_path):
     data = embedded_data(path.read_text(encoding="utf-8"))
     lams = data["lams"]
     view = Page(browser, path.as_uri())
-    inst = lambda i: ([np.asarray(z).reshape(-1, d["V"]) for z in d["logits"]],  # noqa: E731
-                      np.asarray(d["harm"])) if (d := data["instances"][i]) else None
+    inst = lambda i: (
+        (
+            [np.asarray(z).reshape(-1, d["V"]) for z in d["logits"]],  # noqa: E731
+            np.asarray(d["harm"]),
+        )
+        if (d := data["instances"][i])
+        else None
+    )
     compared = 0
 
     # As built: the engine's precomputed values, at the default λ and after moving the slider.
@@ -239,13 +258,14 @@ def test_explorer_in_a_real_browser(browser, page_file, tmp_path):
         vocab_size = [2, 3, 4][trial % 3]
         length = int(rng.integers(1, {2: 8, 3: 5, 4: 4}[vocab_size] + 1))  # V**T <= 256
         tau = int(rng.integers(0, length + 1))
-        logits = [rng.normal(scale=2.0, size=(vocab_size ** l, vocab_size)) for l in range(length)]
-        decided = rng.integers(0, 2, vocab_size ** tau) if trial % 2 else rng.random(vocab_size ** tau)
+        logits = [rng.normal(scale=2.0, size=(vocab_size**l, vocab_size)) for l in range(length)]
+        decided = rng.integers(0, 2, vocab_size**tau) if trial % 2 else rng.random(vocab_size**tau)
         harm = np.repeat(decided.astype(np.float64), vocab_size ** (length - tau))  # horizon <= tau
         lam = float(10 ** rng.uniform(-2, 2))
-        got = view.page.evaluate("([z, h, V, lam]) => ExplorerPort.analyze(z, h, V, lam)",
-                                 [[z.reshape(-1).tolist() for z in logits], harm.tolist(),
-                                  vocab_size, lam])
+        got = view.page.evaluate(
+            "([z, h, V, lam]) => ExplorerPort.analyze(z, h, V, lam)",
+            [[z.reshape(-1).tolist() for z in logits], harm.tolist(), vocab_size, lam],
+        )
         want = engine(logits, harm, lam)
         for level in range(length + 1):
             compared += close(got["H"][level], want["H"][level], "port H")

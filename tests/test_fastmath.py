@@ -17,8 +17,9 @@ def _ulp_error(got, want):
     return np.abs(got - want) / np.spacing(np.abs(want))
 
 
-@pytest.mark.parametrize("lo, hi", [(-1.0, 0.0), (-40.0, 0.0), (-700.0, 0.0), (-5.0, 5.0),
-                                    (0.0, 709.0)])
+@pytest.mark.parametrize(
+    "lo, hi", [(-1.0, 0.0), (-40.0, 0.0), (-700.0, 0.0), (-5.0, 5.0), (0.0, 709.0)]
+)
 def test_exp_within_one_ulp(lo, hi):
     x = np.random.default_rng(0).uniform(lo, hi, 1 << 18)
     out = np.empty_like(x)
@@ -40,8 +41,10 @@ def test_exp_special_values_and_subnormals():
     assert np.abs(got - np.exp(sub)).max() <= 2 * 5e-324
 
 
-@pytest.mark.parametrize("lo, hi", [(1.0, 4.0), (1e-300, 1.0), (0.5, 2.0), (1 - 1e-8, 1 + 1e-8),
-                                    (1e-10, 1e10), (1e-320, 1e-300)])
+@pytest.mark.parametrize(
+    "lo, hi",
+    [(1.0, 4.0), (1e-300, 1.0), (0.5, 2.0), (1 - 1e-8, 1 + 1e-8), (1e-10, 1e10), (1e-320, 1e-300)],
+)
 def test_log_within_three_ulp(lo, hi):
     x = np.random.default_rng(2).uniform(lo, hi, 1 << 18)
     out = np.empty_like(x)

@@ -18,7 +18,7 @@ from toy_lm.models.harms import random_decided_harm
 
 def _instance(vocab_size=2, length=3, seed=0):
     rng = np.random.default_rng(seed)
-    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+    logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
     harm = np.asarray(random_decided_harm(jax.random.key(seed), vocab_size, length, 2))
     return logits, harm
 
@@ -47,7 +47,8 @@ def test_optax_tree_norm():
 
     policy = TabularPolicy(vocab_size=2, length=2)
     grads = jax.grad(lambda p: tree.expected_harm(policy.level_tables(p), np.ones(4)))(
-        policy.init(jax.random.key(0)))
+        policy.init(jax.random.key(0))
+    )
     norm = float(optax.tree.norm(grads))
     assert np.isfinite(norm) and norm >= 0
 

@@ -11,9 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from instances import POLICY_KINDS, SMALL_SIZES, examples, instances, tol
 
-from toy_lm.engines import gradients
+from toy_lm.engines import gradients, tree
 from toy_lm.models import harms
-from toy_lm.engines import tree
 from toy_lm.models.policies import TabularPolicy
 
 
@@ -23,9 +22,11 @@ def routes(policy):
 
     def run(params, harm):
         tables_fn = policy.level_tables
-        return (gradients.per_position_grads_autodiff(tables_fn, params, harm),
-                gradients.per_position_grads_surrogate(tables_fn, params, harm),
-                gradients.total_grad(tables_fn, params, harm))
+        return (
+            gradients.per_position_grads_autodiff(tables_fn, params, harm),
+            gradients.per_position_grads_surrogate(tables_fn, params, harm),
+            gradients.total_grad(tables_fn, params, harm),
+        )
 
     return jax.jit(run)
 
@@ -41,7 +42,7 @@ def test_both_routes_agree_and_vanish_beyond_the_horizon(kind, data):
     """T3/T5 for any parameterization: g_t by stop-gradient autodiff equals g_t by the
     martingale surrogate; Σ_t g_t = ∇E[h]; g_t = 0 for t > τ* (exactly, by the surrogate)."""
     inst = data.draw(instances(sizes=SMALL_SIZES[:1], policy_kinds=(kind,)))
-    T, n = inst.length, inst.vocab_size ** inst.length
+    T, n = inst.length, inst.vocab_size**inst.length
     by_autodiff, by_surrogate, total = routes(inst.policy)(inst.params, jnp.asarray(inst.harm))
     a, s, g = leaves(by_autodiff), leaves(by_surrogate), leaves(total)
     scale = max(1.0, max(np.abs(x).max() for x in a))
@@ -55,8 +56,9 @@ def test_both_routes_agree_and_vanish_beyond_the_horizon(kind, data):
         assert np.all(y[tau_star:] == 0.0)
     norms = np.asarray(gradients.per_position_norms(by_surrogate))
     assert norms.shape == (T,)
-    np.testing.assert_allclose(norms, np.sqrt(sum((x.reshape(T, -1) ** 2).sum(axis=1) for x in s)),
-                               rtol=1e-12, atol=0)
+    np.testing.assert_allclose(
+        norms, np.sqrt(sum((x.reshape(T, -1) ** 2).sum(axis=1) for x in s)), rtol=1e-12, atol=0
+    )
 
 
 def test_tabular_per_position_grads_are_the_logit_grads():
@@ -69,8 +71,12 @@ def test_tabular_per_position_grads_are_the_logit_grads():
     for level in range(3):
         for t in range(3):
             want = closed[level] if t == level else 0.0
-            np.testing.assert_allclose(np.asarray(g[level])[t, 0], want, rtol=0,
-                                       atol=tol(64 * 4 * 8, "(T+1) factors x V**T terms"))
+            np.testing.assert_allclose(
+                np.asarray(g[level])[t, 0],
+                want,
+                rtol=0,
+                atol=tol(64 * 4 * 8, "(T+1) factors x V**T terms"),
+            )
 
 
 def test_routes_check_detects_a_wrong_harm():

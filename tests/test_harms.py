@@ -9,27 +9,32 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from instances import HARM_KINDS, SIZES, examples, make_harm
 
-from toy_lm.models import harms
 from toy_lm.errors import InputError
+from toy_lm.models import harms
 
 
 def brute_force_masks(harm, vocab_size, length):
     """``det_l[row]``: is ``h`` constant over every continuation of the prefix? (by enumeration)"""
-    values = {y: harm[int(np.dot(y, vocab_size ** np.arange(length - 1, -1, -1)))]
-              for y in itertools.product(range(vocab_size), repeat=length)}
+    values = {
+        y: harm[int(np.dot(y, vocab_size ** np.arange(length - 1, -1, -1)))]
+        for y in itertools.product(range(vocab_size), repeat=length)
+    }
     masks = []
     for level in range(length + 1):
         mask = []
         for prefix in itertools.product(range(vocab_size), repeat=level):
-            seen = {values[prefix + rest]
-                    for rest in itertools.product(range(vocab_size), repeat=length - level)}
+            seen = {
+                values[prefix + rest]
+                for rest in itertools.product(range(vocab_size), repeat=length - level)
+            }
             mask.append(len(seen) == 1)
         masks.append(np.array(mask))
     return masks
 
 
-harm_cases = st.tuples(st.sampled_from(SIZES), st.sampled_from(HARM_KINDS),
-                       st.integers(0, 2**31 - 1), st.data())
+harm_cases = st.tuples(
+    st.sampled_from(SIZES), st.sampled_from(HARM_KINDS), st.integers(0, 2**31 - 1), st.data()
+)
 
 
 @settings(max_examples=examples(30))
@@ -47,8 +52,11 @@ def test_determined_masks_and_horizons_agree_with_brute_force(case):
     # tau(y): the first level at which y's prefix is determined.
     taus = harms.response_horizons(harm, vocab_size)
     for row, y in enumerate(itertools.product(range(vocab_size), repeat=length)):
-        first = min(l for l in range(length + 1)
-                    if want[l][int(np.dot(y[:l], vocab_size ** np.arange(l - 1, -1, -1)))])
+        first = min(
+            l
+            for l in range(length + 1)
+            if want[l][int(np.dot(y[:l], vocab_size ** np.arange(l - 1, -1, -1)))]
+        )
         assert taus[row] == first
     assert harms.horizon(harm, vocab_size) == taus.max()
 
@@ -58,14 +66,15 @@ def test_determined_masks_and_horizons_agree_with_brute_force(case):
 def test_random_decided_harm_is_decided_at_exactly_tau(vt, seed, binary, data):
     vocab_size, length = vt
     tau = data.draw(st.integers(0, length))
-    harm = np.asarray(harms.random_decided_harm(jax.random.key(seed), vocab_size, length, tau,
-                                                binary=binary))
-    assert harm.shape == (vocab_size ** length,) and harm.dtype == np.float64
+    harm = np.asarray(
+        harms.random_decided_harm(jax.random.key(seed), vocab_size, length, tau, binary=binary)
+    )
+    assert harm.shape == (vocab_size**length,) and harm.dtype == np.float64
     assert np.all((harm >= 0) & (harm <= 1))
     if binary:
         assert set(np.unique(harm)) <= {0.0, 1.0}
     # h depends only on the first tau tokens ...
-    blocks = harm.reshape(vocab_size ** tau, -1)
+    blocks = harm.reshape(vocab_size**tau, -1)
     np.testing.assert_array_equal(blocks, np.broadcast_to(blocks[:, :1], blocks.shape))
     # ... and on all of them: the horizon is exactly tau.
     assert harms.horizon(harm, vocab_size) == tau

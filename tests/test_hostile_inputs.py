@@ -26,11 +26,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from toy_lm import bounds, io as tio, outputs, signals
-from toy_lm.models.automata import automaton_harm_table, make_automaton
 from experiments.cli.main import main
-from toy_lm.errors import InputError, OutputError
+from toy_lm import bounds, outputs, signals
+from toy_lm import io as tio
 from toy_lm.engines.reference import reference_analysis
+from toy_lm.errors import InputError, OutputError
+from toy_lm.models.automata import automaton_harm_table, make_automaton
 from toy_lm.tables import all_prefixes
 
 MEMORY_LIMIT = "64M"
@@ -102,10 +103,31 @@ def archive(members: dict, compressed: bool) -> bytes:
     return buf.getvalue()
 
 
-DTYPES = ["float64", "float32", "float16", "int8", "int64", "uint8", "bool", "complex64", "U3",
-          "m8[s]", "M8[D]", "object"]
-SHAPES = ["(1, 10**400)", "(-1, 2)", "(2**62, 2**62)", "()", "(0, 2)", "((1,),)", "'x'",
-          "(1, 2, 3)", "[" * 50 + "]" * 50]
+DTYPES = [
+    "float64",
+    "float32",
+    "float16",
+    "int8",
+    "int64",
+    "uint8",
+    "bool",
+    "complex64",
+    "U3",
+    "m8[s]",
+    "M8[D]",
+    "object",
+]
+SHAPES = [
+    "(1, 10**400)",
+    "(-1, 2)",
+    "(2**62, 2**62)",
+    "()",
+    "(0, 2)",
+    "((1,),)",
+    "'x'",
+    "(1, 2, 3)",
+    "[" * 50 + "]" * 50,
+]
 
 
 @st.composite
@@ -117,37 +139,53 @@ def hostile_archive(draw, arrays):
         if not arrays:
             break
         name, attack = draw(st.sampled_from(sorted(arrays))), draw(st.integers(0, 5))
-        if attack == 0:   # another dtype
+        if attack == 0:  # another dtype
             dtype = draw(st.sampled_from(DTYPES))
             value = arrays[name]
-            arrays[name] = (value.astype(dtype) if dtype not in ("U3", "object", "M8[D]")
-                            else value.astype("U3") if dtype == "U3"
-                            else value.astype(object) if dtype == "object"
-                            else value.astype("int64").astype("M8[D]"))
-        elif attack == 1:   # dropped, or renamed to a near-miss key
+            arrays[name] = (
+                value.astype(dtype)
+                if dtype not in ("U3", "object", "M8[D]")
+                else value.astype("U3")
+                if dtype == "U3"
+                else value.astype(object)
+                if dtype == "object"
+                else value.astype("int64").astype("M8[D]")
+            )
+        elif attack == 1:  # dropped, or renamed to a near-miss key
             value = arrays.pop(name)
-            new = draw(st.sampled_from(["", name + "0", name.replace("_", "_0"), "x", name.upper()]))
+            new = draw(
+                st.sampled_from(["", name + "0", name.replace("_", "_0"), "x", name.upper()])
+            )
             if new:
                 arrays[new] = value
-        elif attack == 2:   # another shape
+        elif attack == 2:  # another shape
             value = np.atleast_1d(arrays[name])
-            arrays[name] = draw(st.sampled_from([value.reshape(-1), value[..., :1], value[None],
-                                                 np.zeros((0,) + value.shape[1:]), value.T]))
-        elif attack == 3:   # a header that lies
+            arrays[name] = draw(
+                st.sampled_from(
+                    [
+                        value.reshape(-1),
+                        value[..., :1],
+                        value[None],
+                        np.zeros((0,) + value.shape[1:]),
+                        value.T,
+                    ]
+                )
+            )
+        elif attack == 3:  # a header that lies
             members[name] = npy_bytes(arrays.pop(name), shape_text=draw(st.sampled_from(SHAPES)))
-        elif attack == 4:   # values out of range
+        elif attack == 4:  # values out of range
             value = arrays[name].astype(np.float64)
             if value.size:
                 value.reshape(-1)[0] = draw(st.sampled_from([np.nan, np.inf, -1.0, 2.0, 1e308]))
             arrays[name] = value
-        else:   # an extra member
+        else:  # an extra member
             arrays[draw(st.sampled_from(["extra", "logits_9", "dfa_start2"]))] = np.zeros(3)
     members.update({k: npy_bytes(v) for k, v in arrays.items()})
     data = bytearray(archive(members, compressed=draw(st.booleans())))
     damage = draw(st.integers(0, 3))
-    if damage == 1 and len(data) > 1:   # truncation
+    if damage == 1 and len(data) > 1:  # truncation
         data = data[: draw(st.integers(0, len(data) - 1))]
-    elif damage == 2:   # bit flips anywhere (headers, deflate streams, directory)
+    elif damage == 2:  # bit flips anywhere (headers, deflate streams, directory)
         for _ in range(draw(st.integers(1, 4))):
             pos = draw(st.integers(0, len(data) - 1))
             data[pos] ^= 1 << draw(st.integers(0, 7))
@@ -173,8 +211,13 @@ def tolerance(logits, nodes):
     return 64 * EPS * nodes * scale
 
 
-@given(seed=st.integers(0, 2**16), vocab_size=st.sampled_from([2, 3]), length=st.integers(1, 3),
-       lam=st.sampled_from([None, 0.5]), data=st.data())
+@given(
+    seed=st.integers(0, 2**16),
+    vocab_size=st.sampled_from([2, 3]),
+    length=st.integers(1, 3),
+    lam=st.sampled_from([None, 0.5]),
+    data=st.data(),
+)
 @settings(max_examples=FUZZ_EXAMPLES or 30)
 def test_fuzz_analyze(tmp_path_factory, capsys, monkeypatch, seed, vocab_size, length, lam, data):
     monkeypatch.setenv("HARM_HORIZON_MEMORY_LIMIT", MEMORY_LIMIT)
@@ -187,7 +230,7 @@ def test_fuzz_analyze(tmp_path_factory, capsys, monkeypatch, seed, vocab_size, l
         assert_one_line_refusal(status, err, "analyze")
         check_folder_clean(folder, ["t.npz"])
         return
-    with np.load(path) as npz:   # accepted: compare with the reference on what the file holds
+    with np.load(path) as npz:  # accepted: compare with the reference on what the file holds
         keys = tio.level_keys(npz.files, "logits")
         logits = [npz[k].astype(np.float64) for k in keys]
         harm = npz["harm"].astype(np.float64)
@@ -205,10 +248,12 @@ def test_fuzz_analyze(tmp_path_factory, capsys, monkeypatch, seed, vocab_size, l
 def markov_instance(seed, vocab_size, length, order):
     rng = np.random.default_rng(seed)
     states = 3
-    return {"markov_logits": rng.normal(0, 2, (length, vocab_size**order, vocab_size)),
-            "dfa_transitions": rng.integers(0, states, (states, vocab_size)),
-            "dfa_verdict": rng.integers(0, 2, states).astype(np.float64),
-            "dfa_start": np.int64(0)}
+    return {
+        "markov_logits": rng.normal(0, 2, (length, vocab_size**order, vocab_size)),
+        "dfa_transitions": rng.integers(0, states, (states, vocab_size)),
+        "dfa_verdict": rng.integers(0, 2, states).astype(np.float64),
+        "dfa_start": np.int64(0),
+    }
 
 
 def markov_tree_logits(logits, length, vocab_size):
@@ -226,47 +271,81 @@ def markov_tree_logits(logits, length, vocab_size):
     return tables
 
 
-@given(seed=st.integers(0, 2**16), vocab_size=st.sampled_from([2, 3]), length=st.integers(1, 3),
-       order=st.integers(0, 2), data=st.data())
+@given(
+    seed=st.integers(0, 2**16),
+    vocab_size=st.sampled_from([2, 3]),
+    length=st.integers(1, 3),
+    order=st.integers(0, 2),
+    data=st.data(),
+)
 @settings(max_examples=FUZZ_EXAMPLES or 20)
-def test_fuzz_analyze_markov(tmp_path_factory, capsys, monkeypatch, seed, vocab_size, length,
-                             order, data):
+def test_fuzz_analyze_markov(
+    tmp_path_factory, capsys, monkeypatch, seed, vocab_size, length, order, data
+):
     monkeypatch.setenv("HARM_HORIZON_MEMORY_LIMIT", MEMORY_LIMIT)
     folder = tmp_path_factory.mktemp("fuzz")
     path, out = folder / "m.npz", folder / "out.npz"
     path.write_bytes(data.draw(hostile_archive(markov_instance(seed, vocab_size, length, order))))
-    status, stdout, err = run_cli(["analyze-markov", str(path), "--out", str(out), "--json"],
-                                  capsys)
+    status, stdout, err = run_cli(
+        ["analyze-markov", str(path), "--out", str(out), "--json"], capsys
+    )
     if status != 0:
         assert_one_line_refusal(status, err, "analyze-markov")
         check_folder_clean(folder, ["m.npz"])
         return
-    json.loads(stdout)   # strict JSON (a NaN would not parse back as a number... or at all)
+    json.loads(stdout)  # strict JSON (a NaN would not parse back as a number... or at all)
     assert "NaN" not in stdout and "Infinity" not in stdout
     with np.load(path) as npz:
         logits = npz["markov_logits"].astype(np.float64)
-        dfa = make_automaton(npz["dfa_transitions"], npz["dfa_verdict"],
-                             int(np.asarray(npz["dfa_start"]).reshape(-1)[0]))
+        dfa = make_automaton(
+            npz["dfa_transitions"],
+            npz["dfa_verdict"],
+            int(np.asarray(npz["dfa_start"]).reshape(-1)[0]),
+        )
     length, vocab_size = logits.shape[0], logits.shape[2]
     tree = markov_tree_logits(logits, length, vocab_size)
     want = reference_analysis(tree, np.asarray(automaton_harm_table(dfa, length)))
     tol = tolerance(tree, sum(z.size for z in tree))
     with np.load(out) as got:
         np.testing.assert_allclose(got["expected_harm"], want["expected_harm"], rtol=0, atol=tol)
-        np.testing.assert_allclose(got["harm_information"], want["harm_information"], rtol=0,
-                                   atol=tol)
+        np.testing.assert_allclose(
+            got["harm_information"], want["harm_information"], rtol=0, atol=tol
+        )
     check_folder_clean(folder, ["m.npz", "out.npz"])
 
 
-@given(text=st.one_of(
-    st.binary(max_size=200),
-    st.recursive(st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
-                 lambda inner: st.lists(inner, max_size=3)
-                 | st.dictionaries(st.sampled_from(["preset", "seed", "world", "align", "base",
-                                                    "policy", "length", "lam", "batch_size",
-                                                    "num_examples", "markov_order", "x"]),
-                                   inner, max_size=4), max_leaves=12)
-    .map(lambda v: json.dumps(v).encode())))
+@given(
+    text=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=5)),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.sampled_from(
+                        [
+                            "preset",
+                            "seed",
+                            "world",
+                            "align",
+                            "base",
+                            "policy",
+                            "length",
+                            "lam",
+                            "batch_size",
+                            "num_examples",
+                            "markov_order",
+                            "x",
+                        ]
+                    ),
+                    inner,
+                    max_size=4,
+                )
+            ),
+            max_leaves=12,
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
 @settings(max_examples=FUZZ_EXAMPLES or 40)
 def test_fuzz_config_files(tmp_path_factory, text):
     """Any configuration file either loads into a run within the memory budget or is one
@@ -288,33 +367,46 @@ def test_fuzz_config_files(tmp_path_factory, text):
 def test_non_regular_inputs_are_refused_without_blocking(tmp_path, capsys):
     fifo = tmp_path / "f.npz"
     os.mkfifo(fifo)
-    for argv in (["analyze", "/dev/zero"], ["analyze", str(fifo)], ["analyze-markov", str(fifo)],
-                 ["analyze", str(tmp_path)]):
+    for argv in (
+        ["analyze", "/dev/zero"],
+        ["analyze", str(fifo)],
+        ["analyze-markov", str(fifo)],
+        ["analyze", str(tmp_path)],
+    ):
         status, _, err = run_cli(argv, capsys)
         assert_one_line_refusal(status, err, argv[0])
 
 
 def test_markov_memory_guard_counts_the_transition_table(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("HARM_HORIZON_MEMORY_LIMIT", "100M")
-    big = 4096   # a 128 MiB (S, V) table compresses to about 130 KB
+    big = 4096  # a 128 MiB (S, V) table compresses to about 130 KB
     path = tmp_path / "m.npz"
-    np.savez_compressed(path, markov_logits=np.zeros((2, 1, big)),
-                        dfa_transitions=np.zeros((big, big), np.int64), dfa_verdict=np.zeros(big),
-                        dfa_start=np.int64(0))
+    np.savez_compressed(
+        path,
+        markov_logits=np.zeros((2, 1, big)),
+        dfa_transitions=np.zeros((big, big), np.int64),
+        dfa_verdict=np.zeros(big),
+        dfa_start=np.int64(0),
+    )
     status, _, err = run_cli(["analyze-markov", str(path)], capsys)
     assert_one_line_refusal(status, err, "analyze-markov")
     assert "S=4096" in err and "more than the 100.0 MiB" in err
 
 
-@pytest.mark.parametrize("argv", [["analyze", "--random", "100000", "100000", "1"],
-                                  ["analyze", "--random", "2", str(10**22), "1"],
-                                  ["analyze", "--random", "2", "1030", "1"],
-                                  ["analyze", "--random", "2", "3", "1", "--seed", str(2**64)],
-                                  ["analyze", "--random", "2", "3", "1", "--lam", "1e-310"],
-                                  ["check", "--seeds", "100000000"],
-                                  ["check", "--length", "999999"],
-                                  ["check", "--theorem", ""],
-                                  ["analyze", "--random", "2", "3", "1", "--out", ""]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["analyze", "--random", "100000", "100000", "1"],
+        ["analyze", "--random", "2", str(10**22), "1"],
+        ["analyze", "--random", "2", "1030", "1"],
+        ["analyze", "--random", "2", "3", "1", "--seed", str(2**64)],
+        ["analyze", "--random", "2", "3", "1", "--lam", "1e-310"],
+        ["check", "--seeds", "100000000"],
+        ["check", "--length", "999999"],
+        ["check", "--theorem", ""],
+        ["analyze", "--random", "2", "3", "1", "--out", ""],
+    ],
+)
 def test_extreme_numbers_are_refused_at_once(capsys, argv):
     status, _, err = run_cli(argv, capsys)
     assert_one_line_refusal(status, err, argv[0])
@@ -342,7 +434,7 @@ def test_lambda_down_to_the_bound_agrees_with_small_lambda(tmp_path, capsys):
     # KL values are O(1); each comes from a handful of log-sum-exps over V**T = 8 leaves.
     np.testing.assert_allclose(kls[1], kls[0], rtol=0, atol=64 * EPS * 8)
     np.testing.assert_allclose(kls[2], kls[0], rtol=0, atol=64 * EPS * 8)
-    assert max(kls[0]) > 0.01   # not a vacuous comparison of zeros
+    assert max(kls[0]) > 0.01  # not a vacuous comparison of zeros
 
 
 def test_outputs_refuse_what_they_would_destroy(tmp_path, capsys):
@@ -375,8 +467,12 @@ def test_outputs_keep_or_derive_their_mode(tmp_path, capsys):
 
 
 def test_stale_partial_files_of_dead_runs_are_removed(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     stale = tmp_path / f".partial-analyze-{dead}-x.npz"
     live = tmp_path / f".partial-analyze-{os.getpid()}-y.npz"
     other = tmp_path / f".partial-check-{dead}-z.json"
@@ -410,12 +506,14 @@ def test_corrupt_archives_are_one_input_error(tmp_path):
     path = tmp_path / "c.npz"
     np.savez_compressed(path, a=np.arange(4096.0))
     data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF   # inside the deflate stream
+    data[len(data) // 2] ^= 0xFF  # inside the deflate stream
     path.write_bytes(bytes(data))
     with pytest.raises(InputError):
         tio.load_npz(str(path), ["a"])
     with zipfile.ZipFile(path := tmp_path / "h.npz", "w") as zf:
-        zf.writestr("a.npy", npy_bytes(shape_text="(1, 10**400)".replace("10**400", "1" + "0" * 400)))
+        zf.writestr(
+            "a.npy", npy_bytes(shape_text="(1, 10**400)".replace("10**400", "1" + "0" * 400))
+        )
     with pytest.raises(InputError, match="10\\^400"):
         tio.npz_shapes(str(path))
 
@@ -432,17 +530,20 @@ def test_harm_message_shows_enough_digits():
         validate_harm(np.array([0.0, 1.0 + EPS]), 2, 1)
 
 
-@pytest.mark.parametrize("text, match", [
-    (b'preset = [1]\n', "unknown preset"),
-    (b'seed = "\xff"\n', "UTF-8"),
-    (b"a = " + b"[" * 100000 + b"]" * 100000, "nested too deeply"),
-    (b'[base]\nnum_examples = 100000000000\n', "base.num_examples"),
-    (b'[align]\nbatch_size = 10000000000\n', "align.batch_size"),
-    (b'[policy]\nkind = "markov"\nmarkov_order = 40\n', "policy.markov_order"),
-    (b'[world]\nlength = 100000000000\n', "world.length"),
-    (b'[align]\nlam = 1e-320\n', "align.lam"),
-    (b'seed = 100000000000000000000000\n', "seed"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (b"preset = [1]\n", "unknown preset"),
+        (b'seed = "\xff"\n', "UTF-8"),
+        (b"a = " + b"[" * 100000 + b"]" * 100000, "nested too deeply"),
+        (b"[base]\nnum_examples = 100000000000\n", "base.num_examples"),
+        (b"[align]\nbatch_size = 10000000000\n", "align.batch_size"),
+        (b'[policy]\nkind = "markov"\nmarkov_order = 40\n', "policy.markov_order"),
+        (b"[world]\nlength = 100000000000\n", "world.length"),
+        (b"[align]\nlam = 1e-320\n", "align.lam"),
+        (b"seed = 100000000000000000000000\n", "seed"),
+    ],
+)
 def test_config_files_are_bounded(tmp_path, text, match):
     from experiments.presets import load_config
     from toy_lm.errors import ConfigError
@@ -462,24 +563,39 @@ def test_sigint_at_any_time_is_one_line_and_130(tmp_path):
     Progress lines may precede the last one; a signal after the run finished leaves status 0."""
     tables = tmp_path / "t.npz"
     np.savez(tables, **tree_instance(0, 2, 2))
-    script = ("import sys\n"
-              "from experiments.cli.main import main\n"
-              "print('ready', flush=True)\n"
-              "sys.exit(main())\n")   # as the console script calls it
+    script = (
+        "import sys\n"
+        "from experiments.cli.main import main\n"
+        "print('ready', flush=True)\n"
+        "sys.exit(main())\n"
+    )  # as the console script calls it
     interrupted = 0
     for delay in (0.0, 0.02, 0.1, 0.3, 0.6, 1.0, 2.0):
-        proc = subprocess.Popen([sys.executable, "-c", script, "analyze", str(tables), "--lam",
-                                 "0.5", "--out", str(tmp_path / "o.npz")],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                script,
+                "analyze",
+                str(tables),
+                "--lam",
+                "0.5",
+                "--out",
+                str(tmp_path / "o.npz"),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout.readline() == "ready\n"
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         _, stderr = proc.communicate(timeout=120)
         assert "Traceback" not in stderr and "terminate called" not in stderr, stderr
-        if proc.returncode == 0:   # finished before the signal: nothing to check at this delay
+        if proc.returncode == 0:  # finished before the signal: nothing to check at this delay
             continue
         assert proc.returncode == 130, (delay, proc.returncode, stderr)
-        last = stderr.strip().splitlines()[-1]   # before the arguments are parsed: no command
+        last = stderr.strip().splitlines()[-1]  # before the arguments are parsed: no command
         assert re.fullmatch(r"harm-horizon( analyze)?: interrupted by SIGINT; .*", last), stderr
         interrupted += 1
     assert interrupted >= 3, "the run finished before most signals: the test saw nothing"
@@ -500,14 +616,15 @@ def test_sweep_damaged_files_and_lock(tmp_path):
             fh.write(damaged)
         assert sweep.pending([cfg], str(tmp_path)) == [cfg]
     with open(path, "w") as fh:
-        json.dump({"run_id": run_id(cfg), "config": {}, "base": {}, "aligned": {},
-                   "training": {}}, fh)
+        json.dump(
+            {"run_id": run_id(cfg), "config": {}, "base": {}, "aligned": {}, "training": {}}, fh
+        )
     assert sweep.pending([cfg], str(tmp_path)) == []
     with sweep.folder_lock(str(tmp_path)):
         with pytest.raises(ConfigError, match=f"pid {os.getpid()}"):
             with sweep.folder_lock(str(tmp_path)):
                 pass
-    with sweep.folder_lock(str(tmp_path)):   # released when the holder ends
+    with sweep.folder_lock(str(tmp_path)):  # released when the holder ends
         pass
 
 
@@ -537,8 +654,9 @@ def test_unwritable_folder_and_full_disk_are_one_output_error(tmp_path, monkeypa
 def test_results_folder_that_is_a_file_is_refused_before_training(tmp_path, capsys, command):
     afile = tmp_path / "afile"
     afile.write_text("keep")
-    status, _, err = run_cli([command, "tiny" if command == "train" else "quick", "--out",
-                              str(afile)], capsys)
+    status, _, err = run_cli(
+        [command, "tiny" if command == "train" else "quick", "--out", str(afile)], capsys
+    )
     assert_one_line_refusal(status, err, command)
     assert afile.read_text() == "keep"
 
@@ -546,18 +664,23 @@ def test_results_folder_that_is_a_file_is_refused_before_training(tmp_path, caps
 def test_sweep_workers_die_with_their_parent(tmp_path):
     """A worker set up like the sweep's (``_die_with_parent``) ends when its parent is killed."""
     flag = tmp_path / "up"
-    worker = ("import sys, time\n"
-              "from experiments.sweep import _die_with_parent\n"
-              "_die_with_parent(int(sys.argv[1]))\n"
-              "open(sys.argv[2], 'w').write('up')\n"
-              "time.sleep(120)\n")
-    parent = ("import os, subprocess, sys, time\n"
-              f"p = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid()), "
-              "sys.argv[1]])\n"
-              "print(p.pid, flush=True)\n"
-              "time.sleep(120)\n")
-    proc = subprocess.Popen([sys.executable, "-c", parent, str(flag)], stdout=subprocess.PIPE,
-                            text=True)
+    worker = (
+        "import sys, time\n"
+        "from experiments.sweep import _die_with_parent\n"
+        "_die_with_parent(int(sys.argv[1]))\n"
+        "open(sys.argv[2], 'w').write('up')\n"
+        "time.sleep(120)\n"
+    )
+    parent = (
+        "import os, subprocess, sys, time\n"
+        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}, str(os.getpid()), "
+        "sys.argv[1]])\n"
+        "print(p.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", parent, str(flag)], stdout=subprocess.PIPE, text=True
+    )
     worker_pid = int(proc.stdout.readline())
     deadline = time.monotonic() + 60
     while not flag.exists() and time.monotonic() < deadline:
@@ -566,14 +689,14 @@ def test_sweep_workers_die_with_their_parent(tmp_path):
     proc.kill()
     proc.wait()
     proc.stdout.close()
-    deadline = time.monotonic() + 5   # the watchdog polls every second
+    deadline = time.monotonic() + 5  # the watchdog polls every second
     while time.monotonic() < deadline:
         try:
             os.kill(worker_pid, 0)
         except ProcessLookupError:
             return
         with open(f"/proc/{worker_pid}/stat") as fh:
-            if fh.read().split()[2] == "Z":   # dead, not yet reaped
+            if fh.read().split()[2] == "Z":  # dead, not yet reaped
                 return
         time.sleep(0.05)
     pytest.fail(f"worker {worker_pid} outlived its parent by 5 s")
@@ -593,7 +716,7 @@ def test_damaged_results_are_one_line_or_rerun(tmp_path, capsys):
     policy = policy_from_config(cfg.policy, make_world(cfg.world))
     base = tmp_path / "base-x.npz"
     np.savez(base, leaf_0=np.zeros(3), sft_gap=np.zeros(2), seconds=np.zeros(()))
-    base.write_bytes(base.read_bytes()[:100])   # truncated: retrained, not fatal
+    base.write_bytes(base.read_bytes()[:100])  # truncated: retrained, not fatal
     assert load_base(str(base), policy, cfg.policy) is None
 
 
@@ -602,5 +725,5 @@ def test_signal_is_deferred_out_of_native_callers():
     import jax
 
     assert signals.safe_to_raise(sys._getframe())
-    inside = jax.tree_util.tree_map(lambda _: sys._getframe(), [0])[0]   # called by JAX's C++
+    inside = jax.tree_util.tree_map(lambda _: sys._getframe(), [0])[0]  # called by JAX's C++
     assert not signals.safe_to_raise(inside)

@@ -15,8 +15,11 @@ def test_npz_shapes_reads_headers(tmp_path):
     path = tmp_path / "t.npz"
     np.savez(path, a=np.zeros((3, 2)), b=np.arange(5, dtype=np.int32), c=np.array(True))
     shapes = io.npz_shapes(str(path))
-    assert shapes == {"a": ((3, 2), np.dtype(np.float64)), "b": ((5,), np.dtype(np.int32)),
-                      "c": ((), np.dtype(np.bool_))}
+    assert shapes == {
+        "a": ((3, 2), np.dtype(np.float64)),
+        "b": ((5,), np.dtype(np.int32)),
+        "c": ((), np.dtype(np.bool_)),
+    }
     compressed = tmp_path / "c.npz"
     np.savez_compressed(compressed, a=np.zeros((4, 4)))
     assert io.npz_shapes(str(compressed)) == {"a": ((4, 4), np.dtype(np.float64))}

@@ -13,8 +13,8 @@ import pathlib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGES = ("toy_lm", "proofs_check", "experiments")
-LAYERS = ("toy_lm", "proofs_check", "experiments", "cli")   # lowest first
-TOP = ("experiments.cli", "experiments.bench")   # the "cli" layer
+LAYERS = ("toy_lm", "proofs_check", "experiments", "cli")  # lowest first
+TOP = ("experiments.cli", "experiments.bench")  # the "cli" layer
 
 
 def _layer(module: str):
@@ -40,10 +40,14 @@ def _imported(path):
             yield node.module
             # ``from experiments import cli`` names a module of the layer above
             yield from (f"{node.module}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
-                and node.value.split(".")[0] in PACKAGES and node.value.count(".") >= 1 \
-                and " " not in node.value:
-            yield node.value   # importlib by name ("experiments.cli.experiment")
+        elif (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and node.value.split(".")[0] in PACKAGES
+            and node.value.count(".") >= 1
+            and " " not in node.value
+        ):
+            yield node.value  # importlib by name ("experiments.cli.experiment")
 
 
 def test_no_module_imports_a_higher_layer():

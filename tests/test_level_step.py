@@ -20,17 +20,25 @@ from test_sharded import tolerance
 
 from toy_lm.engines import tree
 from toy_lm.engines.analysis import analyze_tree
-from toy_lm.models.harms import determined_masks, random_decided_harm
-from toy_lm.engines.level_step import (Children, LevelRows, LevelSums, combine, forward_rows, level_step,
-                               level_sums, stack_sums)
-from toy_lm.mutation import active
+from toy_lm.engines.level_step import (
+    Children,
+    LevelRows,
+    LevelSums,
+    combine,
+    forward_rows,
+    level_step,
+    level_sums,
+    stack_sums,
+)
 from toy_lm.engines.sharded import analyze_sharded, make_mesh
+from toy_lm.models.harms import determined_masks, random_decided_harm
+from toy_lm.mutation import active
 
 
 def instance(vocab_size, length, tau, seed=0):
     rng = np.random.default_rng(seed)
-    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
-    ref = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+    logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
+    ref = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
     harm = np.asarray(random_decided_harm(jax.random.key(seed), vocab_size, length, tau))
     return logits, ref, harm
 
@@ -44,15 +52,23 @@ def step_through(logits, harm, lam, ref):
     rows, totals = [None] * length, [None] * length
     children = Children(h=jnp.asarray(harm).reshape(-1, vocab_size))
     for level in reversed(range(length)):
-        out = level_step(jnp.asarray(logits[level]), probs[level], children, lam=lam,
-                         ref_logits=jnp.asarray(ref[level]), with_mi=True)
+        out = level_step(
+            jnp.asarray(logits[level]),
+            probs[level],
+            children,
+            lam=lam,
+            ref_logits=jnp.asarray(ref[level]),
+            with_mi=True,
+        )
         rows[level] = out
         totals[level] = combine(stack_sums([level_sums(out, probs[level])]))
         if level:
-            children = Children(h=out.h.reshape(-1, vocab_size),
-                                det=out.det.reshape(-1, vocab_size),
-                                logz=out.logz.reshape(-1, vocab_size),
-                                hb=out.hb.reshape(-1, vocab_size))
+            children = Children(
+                h=out.h.reshape(-1, vocab_size),
+                det=out.det.reshape(-1, vocab_size),
+                logz=out.logz.reshape(-1, vocab_size),
+                hb=out.hb.reshape(-1, vocab_size),
+            )
     return probs, rows, totals
 
 
@@ -63,7 +79,7 @@ def test_level_step_equals_the_tree_specification(vocab_size, length, tau):
     logits, ref, harm = instance(vocab_size, length, tau)
     lam = 0.4
     probs, rows, totals = step_through(logits, harm, lam, ref)
-    b = tol(64 * (length + 1) * vocab_size ** length / lam, "(T+1) factors x V**T terms x 1/λ")
+    b = tol(64 * (length + 1) * vocab_size**length / lam, "(T+1) factors x V**T terms x 1/λ")
     spec_probs = tree.prefix_probs(logits)
     cond = tree.cond_harm(logits, harm)
     grads = tree.logit_grads(logits, harm)
@@ -95,13 +111,17 @@ def test_named_results_and_the_combine():
     """The step's results are named (no sum read back by column number); the combine of several
     blocks equals the combine of their union, empty blocks (scale -inf) weigh nothing."""
     assert LevelRows._fields[:4] == ("h", "det", "grads", "info")
-    assert {"info", "eq_kl_num", "eq_kl_den", "eq_kl_scale", "ref_kl", "mi"} == set(LevelSums._fields)
+    assert {"info", "eq_kl_num", "eq_kl_den", "eq_kl_scale", "ref_kl", "mi"} == set(
+        LevelSums._fields
+    )
     logits, ref, harm = instance(3, 3, 2, seed=1)
     probs, rows, _ = step_through(logits, harm, 0.3, ref)
     out, p = rows[2], probs[2]
     whole = combine(stack_sums([level_sums(out, p)]))
-    pieces = [level_sums(LevelRows(*(None if x is None else x[a:b] for x in out)), p[a:b])
-              for a, b in ((0, 2), (2, 2), (2, 9))]
+    pieces = [
+        level_sums(LevelRows(*(None if x is None else x[a:b] for x in out)), p[a:b])
+        for a, b in ((0, 2), (2, 2), (2, 9))
+    ]
     parts = combine(stack_sums(pieces))
     for field in ("info", "eq_kl", "ref_kl", "mi"):
         assert getattr(parts, field) == pytest.approx(getattr(whole, field), rel=1e-14, abs=1e-300)
@@ -132,10 +152,16 @@ def _drivers(mesh_devices, split, chunk, logits, ref, harm) -> dict:
     kw = dict(lam=0.5, ref_logits=ref)
     return {
         "chunked": _flat(analyze_tree(logits, harm, backend="xla", chunk_rows=chunk, **kw)),
-        "on-device": _flat(analyze_sharded(logits, harm, mesh=make_mesh(mesh_devices[:1]),
-                                           split=0, chunk_rows=chunk, **kw)),
-        "sharded-1": _flat(analyze_sharded(logits, harm, mesh=make_mesh(mesh_devices[:1]),
-                                           split=split, chunk_rows=chunk, **kw)),
+        "on-device": _flat(
+            analyze_sharded(
+                logits, harm, mesh=make_mesh(mesh_devices[:1]), split=0, chunk_rows=chunk, **kw
+            )
+        ),
+        "sharded-1": _flat(
+            analyze_sharded(
+                logits, harm, mesh=make_mesh(mesh_devices[:1]), split=split, chunk_rows=chunk, **kw
+            )
+        ),
     }
 
 
@@ -171,18 +197,27 @@ def test_one_mutant_in_the_level_step_changes_every_xla_driver_identically(tmp_p
         spec = _drivers(devices, CASE["split"], CASE["chunk"], logits, ref, harm)
 
     path = tmp_path / "four.npz"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, os.path.dirname(__file__), str(path)],
-                          env=env, capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, os.path.dirname(__file__), str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     four = np.load(path)
     clean["sharded-4"], mutant["sharded-4"], spec["sharded-4"] = (
-        four["clean"], four["mutant"], four["spec"])
+        four["clean"],
+        four["mutant"],
+        four["spec"],
+    )
 
     b = tolerance(CASE["vocab_size"], CASE["length"])
     base_change = mutant["chunked"] - clean["chunked"]
-    assert np.max(np.abs(base_change)) > 1e-3          # the mutant is seen ...
+    assert np.max(np.abs(base_change)) > 1e-3  # the mutant is seen ...
     for name in clean:
         change = mutant[name] - clean[name]
         # ... by every driver, and the same change (up to the drivers' rounding) ...

@@ -13,15 +13,23 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markov_cases import (
+    Case,
+    all_cases,
+    assert_close,
+    jit,
+    make_case,
+    prefix_probs,
+    random_automaton,
+    tolerance,
+)
 
-from markov_cases import (Case, all_cases, assert_close, jit, make_case, prefix_probs,
-                          random_automaton, tolerance)
-from toy_lm.models import harms
 from toy_lm.engines import markov
-from toy_lm.models.automata import automaton_determined_masks, make_automaton
-from toy_lm.errors import InputError
 from toy_lm.engines.analysis import analyze_tree
 from toy_lm.engines.markov_analysis import aggregate_tree_grads, expand_to_tree
+from toy_lm.errors import InputError
+from toy_lm.models import harms
+from toy_lm.models.automata import automaton_determined_masks, make_automaton
 
 CASES = all_cases()
 
@@ -35,8 +43,6 @@ def case(request) -> Case:
 def exact(case):
     """The tree engine's analysis of the same policy and harm (with the reference policy)."""
     return analyze_tree(case.tables, case.harm, ref_logits=case.ref_tables)
-
-
 
 
 def test_float64():
@@ -55,9 +61,17 @@ def test_cond_harm_and_probs_match_tree(case, exact):
     contexts = probs.shape[1]
     for level, pref in enumerate(prefix_probs(case.tables)):
         agg = np.zeros(probs.shape[1:])
-        ctx = np.arange(case.vocab_size ** level) % contexts
-        np.add.at(agg, (ctx, expand_to_tree(np.arange(probs.shape[2])[None].repeat(
-            level + 1, 0), case.dfa)[level]), np.asarray(pref))
+        ctx = np.arange(case.vocab_size**level) % contexts
+        np.add.at(
+            agg,
+            (
+                ctx,
+                expand_to_tree(np.arange(probs.shape[2])[None].repeat(level + 1, 0), case.dfa)[
+                    level
+                ],
+            ),
+            np.asarray(pref),
+        )
         assert_close(probs[level], agg, tol, f"p_{level}")
 
 
@@ -78,28 +92,35 @@ def test_reference_kl_and_prefill_match_tree(case, exact):
     kl = jit(markov.per_position_kl)(case.logits, case.ref_logits)
     assert_close(kl, exact.per_position_kl, tol, "KL_t(π||π_ref)")
     base = analyze_tree(case.ref_tables, case.harm)
-    if base.expected_harm > 0:   # ASR(k) = Σ_{y<=k} P0(y<=k) H0_k H_k / E0[h]
+    if base.expected_harm > 0:  # ASR(k) = Σ_{y<=k} P0(y<=k) H0_k H_k / E0[h]
         curve = jit(markov.prefill_asr_curve)(case.logits, case.dfa, case.ref_logits)
         base_probs = prefix_probs(case.ref_tables)
-        expected = [np.sum(base_probs[k] * base.cond_harm[k] * exact.cond_harm[k])
-                    / base.expected_harm for k in range(case.length)]
+        expected = [
+            np.sum(base_probs[k] * base.cond_harm[k] * exact.cond_harm[k]) / base.expected_harm
+            for k in range(case.length)
+        ]
         assert_close(curve, expected, tol, "prefill ASR curve")
 
 
 def test_determined_states_and_horizon_match_the_harm_table(case):
     det = markov.determined(case.dfa, case.length)
     from_table = harms.determined_masks(case.harm, case.vocab_size)
-    for level, (dp, tr, dfa_mask) in enumerate(zip(
-            expand_to_tree(det, case.dfa), from_table,
-            automaton_determined_masks(case.dfa, case.length))):
+    for level, (dp, tr, dfa_mask) in enumerate(
+        zip(
+            expand_to_tree(det, case.dfa),
+            from_table,
+            automaton_determined_masks(case.dfa, case.length),
+        )
+    ):
         np.testing.assert_array_equal(dp, tr, err_msg=f"determined, level {level}")
         np.testing.assert_array_equal(dp, dfa_mask, err_msg=f"automata module, level {level}")
     assert markov.horizon(case.dfa, case.length) == harms.horizon(case.harm, case.vocab_size)
 
 
 def test_determined_masks_match_the_tree_engine(case, exact):
-    for dp, tr in zip(expand_to_tree(markov.determined(case.dfa, case.length), case.dfa),
-                      exact.determined):
+    for dp, tr in zip(
+        expand_to_tree(markov.determined(case.dfa, case.length), case.dfa), exact.determined
+    ):
         np.testing.assert_array_equal(dp, tr)
     assert markov.horizon(case.dfa, case.length) == exact.horizon
 
@@ -108,8 +129,8 @@ def test_exact_zeros_beyond_the_horizon(case):
     tau = markov.horizon(case.dfa, case.length)
     info = np.asarray(jit(markov.harm_information)(case.logits, case.dfa))
     grads = np.asarray(jit(markov.logit_grads)(case.logits, case.dfa))
-    assert np.all(info[tau:] == 0.0), info            # positions t > τ*
-    assert np.all(grads[tau:] == 0.0)                  # levels >= τ*
+    assert np.all(info[tau:] == 0.0), info  # positions t > τ*
+    assert np.all(grads[tau:] == 0.0)  # levels >= τ*
     if tau > 0:
         assert info[tau - 1] > 0
 
@@ -122,8 +143,7 @@ def test_fixed_prefix_attack_matches_tree():
     q_tree[prefix[0] * case.vocab_size + prefix[1]] = 1.0
     asr = markov.prefill_asr(case.logits, case.dfa, q_dp, len(prefix))
     values = analyze_tree(case.tables, case.harm).cond_harm[len(prefix)]
-    assert_close(asr, np.sum(q_tree * values),
-                 tolerance(case), "ASR of a fixed prefix")
+    assert_close(asr, np.sum(q_tree * values), tolerance(case), "ASR of a fixed prefix")
 
 
 def test_eager_and_jit_agree(maybe_jit):
@@ -163,7 +183,7 @@ def test_long_horizon_is_finite_and_consistent():
     info = np.asarray(jit(markov.harm_information)(logits, dfa))
     assert np.all(np.isfinite(values)) and np.all(np.isfinite(info))
     mean = values[0, 0, dfa.start]
-    tol = 8 * 4097 * 8 ** 2 * np.finfo(np.float64).eps   # same derivation, T = 4096, V = 8
+    tol = 8 * 4097 * 8**2 * np.finfo(np.float64).eps  # same derivation, T = 4096, V = 8
     assert abs(info.sum() - mean * (1 - mean)) <= tol
     assert np.max(np.abs(probs.sum(axis=(1, 2)) - 1)) <= tol
     assert 0 < mean < 1
@@ -173,17 +193,24 @@ def test_lift_order_preserves_the_policy():
     case = make_case(**CASES["k1-V3-T6-random"])
     lifted = markov.lift_order(case.logits, 2)
     assert lifted.shape == (case.length, 9, 3)
-    assert_close(jit(markov.cond_harm)(lifted, case.dfa)[:, :3],
-                 jit(markov.cond_harm)(case.logits, case.dfa), tolerance(case), "lifted H")
+    assert_close(
+        jit(markov.cond_harm)(lifted, case.dfa)[:, :3],
+        jit(markov.cond_harm)(case.logits, case.dfa),
+        tolerance(case),
+        "lifted H",
+    )
     with pytest.raises(InputError, match="lower order"):
         markov.lift_order(lifted, 1)
 
 
-@pytest.mark.parametrize("shape, match", [
-    ((4, 3), "shape \\(T, V\\*\\*k, V\\)"),
-    ((4, 5, 3), "not a power of V=3"),
-    ((4, 3, 2), "dfa_transitions has shape"),
-])
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((4, 3), "shape \\(T, V\\*\\*k, V\\)"),
+        ((4, 5, 3), "not a power of V=3"),
+        ((4, 3, 2), "dfa_transitions has shape"),
+    ],
+)
 def test_bad_shapes_raise_input_error(shape, match):
     dfa = random_automaton(np.random.default_rng(0), 3, 3)
     with pytest.raises(InputError, match=match):
@@ -191,8 +218,14 @@ def test_bad_shapes_raise_input_error(shape, match):
 
 
 @settings(max_examples=5)
-@given(vocab_size=st.integers(2, 3), length=st.integers(1, 4), order=st.integers(0, 2),
-       num_states=st.integers(3, 4), binary=st.booleans(), seed=st.integers(0, 2**16))
+@given(
+    vocab_size=st.integers(2, 3),
+    length=st.integers(1, 4),
+    order=st.integers(0, 2),
+    num_states=st.integers(3, 4),
+    binary=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_property_dp_equals_tree(vocab_size, length, order, num_states, binary, seed):
     case = make_case(seed, vocab_size, length, order, num_states, binary=binary)
     tol = tolerance(case)
@@ -200,8 +233,9 @@ def test_property_dp_equals_tree(vocab_size, length, order, num_states, binary, 
     exact = analyze_tree(case.tables, case.harm)
     for level, (dp, tr) in enumerate(zip(expand_to_tree(values, case.dfa), exact.cond_harm)):
         assert_close(dp, tr, tol, f"H_{level}")
-    assert_close(jit(markov.harm_information)(case.logits, case.dfa), exact.harm_information,
-                 tol, "I_t")
+    assert_close(
+        jit(markov.harm_information)(case.logits, case.dfa), exact.harm_information, tol, "I_t"
+    )
     assert markov.horizon(case.dfa, length) == harms.horizon(case.harm, vocab_size)
 
 
@@ -212,5 +246,5 @@ def test_jit_compiles_once_per_shape():
         case = make_case(seed, 3, 5, 1, 4)
         fn(case.logits, case.dfa)
     assert fn._cache_size() == 1
-    fn(make_case(0, 3, 6, 1, 4).logits, case.dfa)   # another T: one more compile, as expected
+    fn(make_case(0, 3, 6, 1, 4).logits, case.dfa)  # another T: one more compile, as expected
     assert fn._cache_size() == 2

@@ -2,15 +2,19 @@
 
 import numpy as np
 import pytest
-
 from markov_cases import all_cases, assert_close, jit, make_case, tolerance
+
 from toy_lm.engines import markov
 from toy_lm.engines import markov_equilibrium as eq
 from toy_lm.engines.analysis import analyze_tree
-from toy_lm.models.automata import harmful_before_refusal, make_automaton
+from toy_lm.engines.markov_analysis import (
+    aggregate_tree_grads,
+    analyze_markov,
+    expand_to_tree,
+    joint_states,
+)
 from toy_lm.errors import InputError
-from toy_lm.engines.markov_analysis import (aggregate_tree_grads, analyze_markov, expand_to_tree,
-                                    joint_states)
+from toy_lm.models.automata import harmful_before_refusal, make_automaton
 
 LAM = 0.7
 CASES = all_cases()
@@ -24,12 +28,12 @@ def case(request):
 
 def test_analysis_matches_tree(case):
     tol = tolerance(case)
-    res = analyze_markov(case.logits, case.dfa, lam=LAM, ref_logits=case.ref_logits,
-                         logit_grads=True)
+    res = analyze_markov(
+        case.logits, case.dfa, lam=LAM, ref_logits=case.ref_logits, logit_grads=True
+    )
     exact = analyze_tree(case.tables, case.harm, lam=LAM, ref_logits=case.ref_tables)
     assert_close(res.expected_harm, exact.expected_harm, tol, "E[h]")
-    for level, (dp, tr) in enumerate(zip(expand_to_tree(res.cond_harm, case.dfa),
-                                         exact.cond_harm)):
+    for level, (dp, tr) in enumerate(zip(expand_to_tree(res.cond_harm, case.dfa), exact.cond_harm)):
         assert_close(dp, tr, tol, f"H_{level}")
     for dp, tr in zip(expand_to_tree(res.determined, case.dfa), exact.determined):
         np.testing.assert_array_equal(dp, tr)
@@ -37,12 +41,16 @@ def test_analysis_matches_tree(case):
     assert_close(res.harm_information, exact.harm_information, tol, "I_t")
     assert_close(res.equilibrium_kl, exact.equilibrium_kl, tol, "KL_t(π*||π)")
     assert_close(res.per_position_kl, exact.per_position_kl, tol, "KL_t(π||π_ref)")
-    assert_close(res.logit_grads, aggregate_tree_grads(exact.logit_grads, res.logit_grads.shape[1]),
-                 tol, "tied logit gradients")
+    assert_close(
+        res.logit_grads,
+        aggregate_tree_grads(exact.logit_grads, res.logit_grads.shape[1]),
+        tol,
+        "tied logit gradients",
+    )
     # Exact zeros past the horizon.
-    assert np.all(res.harm_information[res.horizon:] == 0.0)
-    assert np.all(res.equilibrium_kl[res.horizon:] == 0.0)
-    assert np.all(res.logit_grads[res.horizon:] == 0.0)
+    assert np.all(res.harm_information[res.horizon :] == 0.0)
+    assert np.all(res.equilibrium_kl[res.horizon :] == 0.0)
+    assert np.all(res.logit_grads[res.horizon :] == 0.0)
 
 
 def test_analysis_matches_per_quantity_functions_at_long_horizon():
@@ -57,7 +65,7 @@ def test_analysis_matches_per_quantity_functions_at_long_horizon():
     lam = 0.3
     res = analyze_markov(logits, dfa, lam=lam, ref_logits=ref)
     # 16 (T+1) V² eps: the same derivation as markov_cases.tolerance, at T = 4096, V = 16.
-    tol = 16 * (length + 1) * vocab_size ** 2 * np.finfo(np.float64).eps
+    tol = 16 * (length + 1) * vocab_size**2 * np.finfo(np.float64).eps
     checks = {
         "H": (res.cond_harm, jit(markov.cond_harm)(logits, dfa)),
         "p": (res.state_probs, jit(markov.state_probs)(logits, dfa)),
@@ -94,7 +102,7 @@ def test_without_lambda_or_reference():
 def test_joint_states_and_expansion():
     dfa = make_automaton([[0, 1], [1, 1]], [0.0, 1.0], 0)
     contexts, states = joint_states(dfa, 2, 2)
-    np.testing.assert_array_equal(contexts, [0, 1, 0, 1])     # last token of 00, 01, 10, 11
+    np.testing.assert_array_equal(contexts, [0, 1, 0, 1])  # last token of 00, 01, 10, 11
     np.testing.assert_array_equal(states, [0, 1, 1, 1])
     table = np.arange(3 * 2 * 2, dtype=float).reshape(3, 2, 2)
     np.testing.assert_array_equal(expand_to_tree(table, dfa, [2])[0], table[2][contexts, states])
@@ -118,7 +126,7 @@ def test_float32_within_the_rederived_tolerance():
     high = analyze_markov(logits, dfa, lam=0.5)
     low = analyze_markov(logits, dfa, lam=0.5, dtype=np.float32)
     assert low.cond_harm.dtype == np.float32 and high.cond_harm.dtype == np.float64
-    tol = float(np.finfo(np.float32).eps) * 16 * (length + 1) * vocab_size ** 2
+    tol = float(np.finfo(np.float32).eps) * 16 * (length + 1) * vocab_size**2
     for what in ("cond_harm", "harm_information", "equilibrium_kl"):
         err = np.max(np.abs(getattr(low, what) - getattr(high, what)))
         assert err <= tol, (what, err, tol)

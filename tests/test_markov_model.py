@@ -3,11 +3,15 @@
 import numpy as np
 import pytest
 
-from toy_lm.models.automata import make_automaton, pattern_harm
 from experiments.cli.markov import read_model
 from toy_lm.errors import EnumerationTooLarge, InputError
-from toy_lm.models.markov_model import (MODEL_KEYS, markov_model_arrays, random_markov_model,
-                                 save_markov_model)
+from toy_lm.models.automata import make_automaton, pattern_harm
+from toy_lm.models.markov_model import (
+    MODEL_KEYS,
+    markov_model_arrays,
+    random_markov_model,
+    save_markov_model,
+)
 
 
 def test_arrays_have_the_documented_keys_dtypes_and_shapes():
@@ -44,11 +48,14 @@ def test_random_model_is_reproducible_and_differs_by_seed():
     assert dfa.verdict.max() == 1.0 and dfa.verdict.min() == 0.0
 
 
-@pytest.mark.parametrize("logits, match", [
-    (np.zeros((4, 5, 3)), "not a power of V=3"),
-    (np.zeros((4, 3, 2)), "dfa_transitions has shape"),
-    (np.full((4, 3, 3), np.nan), "finite"),
-])
+@pytest.mark.parametrize(
+    "logits, match",
+    [
+        (np.zeros((4, 5, 3)), "not a power of V=3"),
+        (np.zeros((4, 3, 2)), "dfa_transitions has shape"),
+        (np.full((4, 3, 3), np.nan), "finite"),
+    ],
+)
 def test_bad_models_are_refused(logits, match):
     with pytest.raises(InputError, match=match):
         markov_model_arrays(logits, make_automaton(np.zeros((2, 3), np.int64), [0.0, 1.0], 0))

@@ -72,8 +72,7 @@ def test_two_layer_transformer_and_gradients_through_state():
     policy = TransformerPolicy(2, 3, d_model=8, num_heads=2, num_layers=2)
     params = policy.init(jax.random.key(0))
     assert len(params["blocks"]) == 2
-    grads = jax.jit(jax.grad(lambda p: sum(jnp.sum(t ** 2) for t in policy.level_tables(p))))(
-        params)
+    grads = jax.jit(jax.grad(lambda p: sum(jnp.sum(t**2) for t in policy.level_tables(p))))(params)
     assert jax.tree_util.tree_structure(grads) == jax.tree_util.tree_structure(params)
     assert all(np.all(np.isfinite(g)) for g in jax.tree_util.tree_leaves(grads))
     assert any(np.any(g != 0) for g in jax.tree_util.tree_leaves(grads))

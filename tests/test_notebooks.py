@@ -5,8 +5,8 @@ import pytest
 from nbclient import NotebookClient
 
 from experiments import report
-from experiments.demos._support import OUT_ENV, QUICK_ENV
 from experiments.cli.main import main
+from experiments.demos._support import OUT_ENV, QUICK_ENV
 
 
 def test_every_demo_becomes_a_notebook_with_the_same_cells(tmp_path, capsys):
@@ -31,21 +31,26 @@ def test_a_notebook_runs_through_a_jupyter_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv(OUT_ENV, str(out))  # the kernel inherits the environment
     monkeypatch.setenv(QUICK_ENV, "1")
     nb = nbformat.read(tmp_path / "01_harm_martingale.ipynb", as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3",
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    shown = " ".join(o.get("text", "") + " ".join(map(str, o.get("data", {}).values()))
-                     for o in outputs)  # rich prints rich display data inside Jupyter
+    shown = " ".join(
+        o.get("text", "") + " ".join(map(str, o.get("data", {}).values())) for o in outputs
+    )  # rich prints rich display data inside Jupyter
     assert "numbers recorded" in shown and "case0_tau_star" in shown
     assert (out / "martingale_paths.png").stat().st_size > 1000
     assert (out / "record.json").exists()
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["demo"], "give --out DIR"),
-    (["demo", "--notebooks", "FILE"], "is not a folder"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["demo"], "give --out DIR"),
+        (["demo", "--notebooks", "FILE"], "is not a folder"),
+    ],
+)
 def test_bad_notebook_arguments_give_one_line(tmp_path, capsys, argv, message):
     (tmp_path / "FILE").write_text("x")
     argv = [str(tmp_path / a) if a == "FILE" else a for a in argv]

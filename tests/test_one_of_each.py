@@ -16,8 +16,9 @@ def _modules():
     out = {}
     for package in PACKAGES:
         for path in (ROOT / package).rglob("*.py"):
-            out[".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")] \
-                = path
+            out[
+                ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+            ] = path
     return out
 
 
@@ -33,7 +34,7 @@ def _cross_module_private_uses(name: str, path: pathlib.Path, modules: dict) -> 
         if isinstance(node, ast.ImportFrom) and node.module:
             module = node.module
             if node.level:
-                module = ".".join(name.split(".")[:-node.level] + [node.module])
+                module = ".".join(name.split(".")[: -node.level] + [node.module])
             for alias in node.names:
                 if f"{module}.{alias.name}" in modules:
                     aliases[alias.asname or alias.name] = f"{module}.{alias.name}"
@@ -61,8 +62,11 @@ def test_no_private_name_is_used_outside_its_module():
     modules = _modules()
     users = dict(modules)
     users.update({str(p.relative_to(ROOT)): p for p in (ROOT / "tests").rglob("*.py")})
-    found = [use for name, path in users.items()
-             for use in _cross_module_private_uses(name, path, modules)]
+    found = [
+        use
+        for name, path in users.items()
+        for use in _cross_module_private_uses(name, path, modules)
+    ]
     assert not found, found
 
 
@@ -70,31 +74,44 @@ def test_the_private_name_scan_can_fail(tmp_path):
     """The scan sees both forms of a cross-module private use (a planted error)."""
     modules = _modules()
     planted = tmp_path / "planted.py"
-    planted.write_text("from toy_lm.engines.tree import _hidden\nfrom toy_lm import tables\n"
-                       "tables._human(1)\nimport toy_lm.engines.markov as markov\nmarkov._split\n")
+    planted.write_text(
+        "from toy_lm.engines.tree import _hidden\nfrom toy_lm import tables\n"
+        "tables._human(1)\nimport toy_lm.engines.markov as markov\nmarkov._split\n"
+    )
     found = _cross_module_private_uses("planted", planted, modules)
     assert len(found) == 3, found
 
 
 #: Calls that replace a file by renaming: only toy_lm.outputs.write_atomic_many makes them.
-RENAMES = {("os", "replace"), ("os", "rename"), ("os", "renames"), ("tempfile", "mkstemp"),
-           ("tempfile", "NamedTemporaryFile")}
+RENAMES = {
+    ("os", "replace"),
+    ("os", "rename"),
+    ("os", "renames"),
+    ("tempfile", "mkstemp"),
+    ("tempfile", "NamedTemporaryFile"),
+}
 
 
 def _rename_calls(path: pathlib.Path) -> list[str]:
     found = []
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) \
-                and isinstance(node.func.value, ast.Name) \
-                and (node.func.value.id, node.func.attr) in RENAMES:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and isinstance(node.func.value, ast.Name)
+            and (node.func.value.id, node.func.attr) in RENAMES
+        ):
             found.append(f"{node.func.value.id}.{node.func.attr}:{node.lineno}")
     return found
 
 
 def test_one_atomic_write():
     """Every file is written through toy_lm.outputs (write_atomic and its shorthands)."""
-    elsewhere = {name: calls for name, path in _modules().items()
-                 if name != "toy_lm.outputs" and (calls := _rename_calls(path))}
+    elsewhere = {
+        name: calls
+        for name, path in _modules().items()
+        if name != "toy_lm.outputs" and (calls := _rename_calls(path))
+    }
     assert not elsewhere, elsewhere
     inside = _rename_calls(ROOT / "toy_lm" / "outputs.py")
     assert [c.split(":")[0] for c in inside].count("os.replace") == 1, inside
@@ -102,16 +119,22 @@ def test_one_atomic_write():
 
 def _public_module(path: pathlib.Path) -> bool:
     """Not ``__init__``/private (``_support.py``), not a numbered demo script."""
-    return not path.name.startswith("_") and not (path.parent.name == "demos"
-                                                  and path.name[:2].isdigit())
+    return not path.name.startswith("_") and not (
+        path.parent.name == "demos" and path.name[:2].isdigit()
+    )
 
 
 def _declared_all(tree: ast.Module) -> list[str] | None:
     for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, ast.AnnAssign)
+            else []
+        )
         if any(isinstance(t, ast.Name) and t.id == "__all__" for t in targets):
-            value = ast.literal_eval(node.value)   # a literal list: readable without importing
+            value = ast.literal_eval(node.value)  # a literal list: readable without importing
             assert isinstance(value, list) and all(isinstance(n, str) for n in value)
             return value
     return None
@@ -137,8 +160,12 @@ def _top_level_names(tree: ast.Module) -> tuple[set[str], set[str]]:
 def test_every_public_module_declares_its_public_names():
     """An explicit ``__all__`` everywhere: every name it lists exists, and every public function
     and class is listed (a helper nobody else may use gets a leading underscore)."""
-    problems = [problem for name, path in _modules().items() if _public_module(path)
-                for problem in _all_problems(name, ast.parse(path.read_text(), str(path)))]
+    problems = [
+        problem
+        for name, path in _modules().items()
+        if _public_module(path)
+        for problem in _all_problems(name, ast.parse(path.read_text(), str(path)))
+    ]
     assert not problems, problems
 
 
@@ -147,10 +174,10 @@ def _all_problems(name: str, tree: ast.Module) -> list[str]:
     if declared is None:
         return [f"{name}: no __all__"]
     bound, defined = _top_level_names(tree)
-    problems = [f"{name}: __all__ lists {n}, not defined there" for n in declared
-                if n not in bound]
-    problems += [f"{name}: public {n} missing from __all__" for n in sorted(defined)
-                 if n not in declared]
+    problems = [f"{name}: __all__ lists {n}, not defined there" for n in declared if n not in bound]
+    problems += [
+        f"{name}: public {n} missing from __all__" for n in sorted(defined) if n not in declared
+    ]
     if declared != sorted(set(declared)):
         problems.append(f"{name}: __all__ is not sorted or has duplicates")
     return problems
@@ -160,8 +187,12 @@ def test_the_all_check_can_fail():
     """Planted errors: no ``__all__``, a listed name that does not exist, an unlisted function."""
     assert _all_problems("m", ast.parse("def f(): pass\n")) == ["m: no __all__"]
     assert len(_all_problems("m", ast.parse('__all__ = ["g"]\ndef f(): pass\n'))) == 2
-    assert _all_problems("m", ast.parse('import os\n__all__ = ["f", "os"]\ndef f(): pass\n'
-                                        "def _g(): pass\n")) == []
+    assert (
+        _all_problems(
+            "m", ast.parse('import os\n__all__ = ["f", "os"]\ndef f(): pass\ndef _g(): pass\n')
+        )
+        == []
+    )
 
 
 def test_package_reexports_agree_with_the_modules_all():
@@ -169,12 +200,17 @@ def test_package_reexports_agree_with_the_modules_all():
     modules, problems = _modules(), []
     for package in PACKAGES:
         tree = ast.parse((ROOT / package / "__init__.py").read_text())
-        exports = next(ast.literal_eval(node.value) for node in tree.body
-                       if isinstance(node, ast.Assign)
-                       and any(isinstance(t, ast.Name) and t.id == "_EXPORTS"
-                               for t in node.targets))
+        exports = next(
+            ast.literal_eval(node.value)
+            for node in tree.body
+            if isinstance(node, ast.Assign)
+            and any(isinstance(t, ast.Name) and t.id == "_EXPORTS" for t in node.targets)
+        )
         for module, names in exports.items():
             declared = _declared_all(ast.parse(modules[module].read_text())) or []
-            problems += [f"{package} re-exports {module}.{n}, not in its __all__"
-                         for n in names if n not in declared]
+            problems += [
+                f"{package} re-exports {module}.{n}, not in its __all__"
+                for n in names
+                if n not in declared
+            ]
     assert not problems, problems

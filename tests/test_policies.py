@@ -10,8 +10,17 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from instances import (POLICY_KINDS, SIZES, SMALL_SIZES, examples, init_params, instances, jitted,
-                       make_policy, tol)
+from instances import (
+    POLICY_KINDS,
+    SIZES,
+    SMALL_SIZES,
+    examples,
+    init_params,
+    instances,
+    jitted,
+    make_policy,
+    tol,
+)
 
 from toy_lm.engines import tree
 from toy_lm.errors import InputError
@@ -45,26 +54,32 @@ def test_derived_views_agree_with_next_logits(inst):
     views = _views(policy)(params)
     same = tol(64, "the same logits by another order of operations")
     for level, (table, base) in enumerate(zip(inst.tables, views["base_tables"])):
-        assert table.shape == (vocab_size ** level, vocab_size)
+        assert table.shape == (vocab_size**level, vocab_size)
         np.testing.assert_allclose(table, base, rtol=0, atol=same)
     responses = all_prefixes(vocab_size, length)
     forced = np.asarray(views["forced"])
-    assert forced.shape == (vocab_size ** length, length, vocab_size)
+    assert forced.shape == (vocab_size**length, length, vocab_size)
     logp = [np.asarray(jax.nn.log_softmax(z, axis=-1)) for z in inst.tables]
-    want_tok = np.zeros((vocab_size ** length, length))
+    want_tok = np.zeros((vocab_size**length, length))
     for level in range(length):
         rows = responses[:, :level] @ (vocab_size ** np.arange(level - 1, -1, -1))
         np.testing.assert_allclose(forced[:, level], inst.tables[level][rows], rtol=0, atol=same)
         want_tok[:, level] = logp[level][rows, responses[:, level]]
-    np.testing.assert_allclose(views["token_log_probs"], want_tok, rtol=0,
-                               atol=tol(64 * length, "log-softmax of T rows"))
+    np.testing.assert_allclose(
+        views["token_log_probs"], want_tok, rtol=0, atol=tol(64 * length, "log-softmax of T rows")
+    )
     seq = np.asarray(views["log_prob"])
-    np.testing.assert_allclose(seq, np.asarray(tree.response_log_probs(inst.tables)), rtol=0,
-                               atol=tol(64 * length, "T log-probabilities summed"))
+    np.testing.assert_allclose(
+        seq,
+        np.asarray(tree.response_log_probs(inst.tables)),
+        rtol=0,
+        atol=tol(64 * length, "T log-probabilities summed"),
+    )
     probs = np.exp(seq)
     assert probs.dtype == np.float64 and np.all(probs > 0)
-    assert abs(probs.sum() - 1) <= tol(8 * (length + vocab_size ** length),
-                                       "T factors per term, V**T terms summed")
+    assert abs(probs.sum() - 1) <= tol(
+        8 * (length + vocab_size**length), "T factors per term, V**T terms summed"
+    )
 
 
 @pytest.mark.parametrize("kind", POLICY_KINDS)
@@ -156,7 +171,7 @@ def test_markov_context_is_last_k_tokens_left_padded(vt, order, seed):
         for row, prefix in enumerate(itertools.product(range(vocab_size), repeat=level)):
             padded = (0,) * order + prefix
             context = 0
-            for token in padded[len(padded) - order:]:
+            for token in padded[len(padded) - order :]:
                 context = context * vocab_size + token
             np.testing.assert_array_equal(tabs[level][row], params[0, level, context])
 
@@ -175,7 +190,7 @@ def test_tabular_tables_are_the_parameters():
     params = init_params(policy, "tabular", 0)
     for level, table in enumerate(policy.level_tables(params, prompt=1)):
         np.testing.assert_array_equal(table, params[level][1])
-    tabs = [np.arange(2.0 ** l * 2).reshape(-1, 2) for l in range(3)]
+    tabs = [np.arange(2.0**l * 2).reshape(-1, 2) for l in range(3)]
     for got, want in zip(policy.level_tables(policy.from_tables(tabs)), tabs):
         np.testing.assert_array_equal(got, want)
 
@@ -189,13 +204,16 @@ def test_level_tables_jit_equals_eager(maybe_jit):
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(vocab_size=1, length=2), "vocab_size=1 is too small"),
-    (dict(vocab_size=2, length=0), "length=0 is too small"),
-    (dict(vocab_size=2, length=2, num_prompts=0), "num_prompts=0"),
-    (dict(vocab_size=2.0, length=2), "must be a Python int"),
-    (dict(vocab_size=True, length=2), "must be a Python int"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(vocab_size=1, length=2), "vocab_size=1 is too small"),
+        (dict(vocab_size=2, length=0), "length=0 is too small"),
+        (dict(vocab_size=2, length=2, num_prompts=0), "num_prompts=0"),
+        (dict(vocab_size=2.0, length=2), "must be a Python int"),
+        (dict(vocab_size=True, length=2), "must be a Python int"),
+    ],
+)
 def test_bad_sizes_are_refused(kwargs, match):
     with pytest.raises(InputError, match=match):
         TabularPolicy(**kwargs)

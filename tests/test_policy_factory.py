@@ -3,30 +3,35 @@
 import ast
 import pathlib
 
+import instances as test_instances
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import instances as test_instances
 from toy_lm.errors import InputError
 from toy_lm.models.neural import MLPPolicy, TransformerPolicy
 from toy_lm.models.policies import MarkovPolicy, PositionalPolicy, TabularPolicy
-from toy_lm.models.policy_factory import (POLICY_KINDS, POLICY_OPTIONS, init_params, make_policy,
-                                   policy_kind)
+from toy_lm.models.policy_factory import (
+    POLICY_KINDS,
+    POLICY_OPTIONS,
+    init_params,
+    make_policy,
+    policy_kind,
+)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def test_every_layer_names_the_kinds_of_the_one_factory():
     from experiments import config
-    from proofs_check import instances
     from experiments.cli.check import POLICY_CHOICES
+    from proofs_check import instances
 
-    assert instances.POLICY_KINDS is POLICY_KINDS   # the check instances
+    assert instances.POLICY_KINDS is POLICY_KINDS  # the check instances
     # `check --policy` spells them out (its parser must not import JAX to answer --help)
     assert POLICY_CHOICES == (*POLICY_KINDS, "all")
-    assert set(config.POLICY_KINDS) <= set(POLICY_KINDS)   # experiments configure a subset
+    assert set(config.POLICY_KINDS) <= set(POLICY_KINDS)  # experiments configure a subset
     assert {kind for kind, _ in test_instances.KIND_OPTIONS.values()} == set(POLICY_KINDS)
     assert {inst.kind for inst in instances.builtin_suite()} == set(POLICY_KINDS)
 
@@ -37,23 +42,36 @@ def test_no_other_policy_factory_or_init_params_is_defined():
         for path in (ROOT / layer).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(), str(path))):
                 if isinstance(node, ast.FunctionDef) and node.name in {
-                        "make_policy", "init_params", "init_params_pure", "policy_kind"}:
+                    "make_policy",
+                    "init_params",
+                    "init_params_pure",
+                    "policy_kind",
+                }:
                     defined.append(f"{path.relative_to(ROOT)}:{node.name}")
-    assert sorted(defined) == ["toy_lm/models/policy_factory.py:init_params",
-                               "toy_lm/models/policy_factory.py:make_policy",
-                               "toy_lm/models/policy_factory.py:policy_kind"]
+    assert sorted(defined) == [
+        "toy_lm/models/policy_factory.py:init_params",
+        "toy_lm/models/policy_factory.py:make_policy",
+        "toy_lm/models/policy_factory.py:policy_kind",
+    ]
 
 
-@pytest.mark.parametrize("kind, cls", [("tabular", TabularPolicy), ("positional", PositionalPolicy),
-                                       ("markov", MarkovPolicy), ("transformer", TransformerPolicy),
-                                       ("mlp", MLPPolicy)])
+@pytest.mark.parametrize(
+    "kind, cls",
+    [
+        ("tabular", TabularPolicy),
+        ("positional", PositionalPolicy),
+        ("markov", MarkovPolicy),
+        ("transformer", TransformerPolicy),
+        ("mlp", MLPPolicy),
+    ],
+)
 def test_make_policy_builds_each_kind_with_its_default_options(kind, cls):
     policy = make_policy(kind, 2, 3, num_prompts=2)
     assert type(policy) is cls and policy_kind(policy) == kind
     assert (policy.vocab_size, policy.length, policy.num_prompts) == (2, 3, 2)
     for name, value in POLICY_OPTIONS[kind].items():
         assert getattr(policy, name) == value
-    assert make_policy(kind, 2, 3, num_prompts=2) == policy   # hashable, equal: one jit cache entry
+    assert make_policy(kind, 2, 3, num_prompts=2) == policy  # hashable, equal: one jit cache entry
 
 
 def test_make_policy_refuses_unknown_kinds_and_options():
@@ -93,5 +111,6 @@ def test_init_params_maps_over_scales_and_keys():
     scales = jnp.array([0.1, 0.2, 0.3])
     batch = jax.vmap(lambda k, s: init_params(policy, k, scale=s))(keys, scales)
     assert batch.shape == (3, 1, 3, 2, 2)
-    np.testing.assert_allclose(np.asarray(batch[2]),
-                               np.asarray(init_params(policy, keys[2], scale=0.3)), atol=1e-15)
+    np.testing.assert_allclose(
+        np.asarray(batch[2]), np.asarray(init_params(policy, keys[2], scale=0.3)), atol=1e-15
+    )

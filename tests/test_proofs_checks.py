@@ -21,9 +21,10 @@ def suite():
         out.append(instances.make_instance(kind, v, t, seed=8, tau=tau))
         out.append(instances.make_instance(kind, v, t, seed=9, harm_kind="automaton", lam=0.5))
     out.append(instances.make_instance("tabular", v, t, seed=9, tau=tau, harm_kind="soft"))
-    for kind in instances.POLICY_KINDS:   # prompt mixtures (the T3-prompts check)
-        out.append(instances.make_mixture_instance(kind, v, t, seed=8, taus=(tau, t),
-                                                   weights=(0.6, 0.4)))
+    for kind in instances.POLICY_KINDS:  # prompt mixtures (the T3-prompts check)
+        out.append(
+            instances.make_mixture_instance(kind, v, t, seed=8, taus=(tau, t), weights=(0.6, 0.4))
+        )
     return out
 
 
@@ -48,7 +49,8 @@ def test_check_passes_and_flags_its_planted_errors(check_id, suite):
             planted = check.run(inst, plant.name)
             assert planted.status == "fail", (
                 f"{check_id}: planted error {plant.name} not flagged by a failed comparison on "
-                f"{inst.name} ({planted.status})")
+                f"{inst.name} ({planted.status})"
+            )
             planted_runs += 1
     assert planted_runs > 0, f"{check_id}: no planted error applied to any instance"
 
@@ -84,8 +86,6 @@ def test_t7c_reproduces_the_reference_ratio_trend():
     lams = np.asarray(result.measurements["lambdas"])
     for position, kappa in zip((1, 2), result.measurements["kappa"]):
         error = np.asarray(result.measurements["errors"][position])
-        assert np.all(np.diff(error) < 0)            # shrinks as λ doubles
+        assert np.all(np.diff(error) < 0)  # shrinks as λ doubles
         assert np.all(error[1:] <= error[:-1] / 1.8)
-        assert abs(kappa) / lams[-1] < 1e-3          # so ratio - 1 = κ/λ + O(1/λ²) is small
-
-
+        assert abs(kappa) / lams[-1] < 1e-3  # so ratio - 1 = κ/λ + O(1/λ²) is small

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from experiments.cli.main import main
 from proofs_check import registry
 from proofs_check.results import Part
-from experiments.cli.main import main
 
 HELD_OUT = ["--vocab", "4", "--length", "2", "--horizon", "1", "--seeds", "2", "--first-seed", "8"]
 
@@ -19,15 +19,32 @@ def test_held_out_settings_pass_every_check_on_every_parameterization(tmp_path, 
     out = capsys.readouterr().out
     assert "all good" in out and "theorem checks" in out
     records = json.loads(path.read_text())
-    assert {r["instance"].split()[0] for r in records} == {"tabular", "positional", "markov",
-                                                           "transformer", "mlp"}
+    assert {r["instance"].split()[0] for r in records} == {
+        "tabular",
+        "positional",
+        "markov",
+        "transformer",
+        "mlp",
+    }
     assert {r["instance"].rsplit("[", 1)[-1] for r in records if "[" in r["instance"]} >= {
-        "xla]", "markov]"}
+        "xla]",
+        "markov]",
+    }
     assert {r["check"] for r in records} == {c.id for c in registry.all_checks()}
     for r in records:
         assert r["passed"] is True and r["plant"] is None
-        for field in ("statement", "lhs", "rhs", "lhs_summary", "rhs_summary", "max_abs_error",
-                      "max_rel_error", "tolerance", "tolerance_derivation", "dtype"):
+        for field in (
+            "statement",
+            "lhs",
+            "rhs",
+            "lhs_summary",
+            "rhs_summary",
+            "max_abs_error",
+            "max_rel_error",
+            "tolerance",
+            "tolerance_derivation",
+            "dtype",
+        ):
             assert field in r
         assert r["dtype"] == "float64"
         for part in r["parts"]:
@@ -36,8 +53,22 @@ def test_held_out_settings_pass_every_check_on_every_parameterization(tmp_path, 
 
 
 def test_negative_controls_detects_planted_errors(capsys):
-    assert main(["check", "--negative-controls", "--theorem", "T4", "T10", *HELD_OUT,
-                 "--policy", "tabular", "transformer"]) == 0
+    assert (
+        main(
+            [
+                "check",
+                "--negative-controls",
+                "--theorem",
+                "T4",
+                "T10",
+                *HELD_OUT,
+                "--policy",
+                "tabular",
+                "transformer",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "DETECTED" in out and "MISSED" not in out
 
@@ -60,17 +91,22 @@ def test_an_undetected_planted_error_gives_exit_status_1(monkeypatch, capsys):
         return [Part("blind", "a", "b", [], [], 0.0, 0.0, 1.0, "none", "float64", True)]
 
     monkeypatch.setitem(registry.REGISTRY, "T4", dataclasses.replace(broken, fn=blind))
-    assert main(["check", "--negative-controls", "--theorem", "T4", *HELD_OUT,
-                 "--policy", "tabular"]) == 1
+    assert (
+        main(["check", "--negative-controls", "--theorem", "T4", *HELD_OUT, "--policy", "tabular"])
+        == 1
+    )
     assert "MISSED" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--length", "3", "--horizon", "5"], "horizon 5"),
-    (["--theorem", "T99"], "T99"),
-    (["--vocab", "5", "--length", "5"], "V**T"),
-    (["--json", "/nonexistent-dir/x.json", "--theorem", "T4"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--length", "3", "--horizon", "5"], "horizon 5"),
+        (["--theorem", "T99"], "T99"),
+        (["--vocab", "5", "--length", "5"], "V**T"),
+        (["--json", "/nonexistent-dir/x.json", "--theorem", "T4"], "does not exist"),
+    ],
+)
 def test_bad_options_exit_2_with_one_line(argv, message, capsys):
     assert main(["check", *argv]) == 2
     err = capsys.readouterr().err.strip()

@@ -25,8 +25,12 @@ def test_changed_harm_undetermines_a_determined_prefix():
     assert np.sum(changed != harm) == 1
     new_det = enumeration.direct_determined(changed, 2, 3)
     assert any((d & ~n).any() for d, n in zip(det, new_det))
-    assert controls.changed_below_determined(np.array([0.0, 1.0]), 2, 1,
-                                             enumeration.direct_determined(np.array([0.0, 1.0]), 2, 1)) is None
+    assert (
+        controls.changed_below_determined(
+            np.array([0.0, 1.0]), 2, 1, enumeration.direct_determined(np.array([0.0, 1.0]), 2, 1)
+        )
+        is None
+    )
 
 
 def test_perturbed_tables_keep_determined_rows_bit_for_bit():

@@ -50,18 +50,22 @@ def test_each_planted_error_fails_the_identity_comparison(check_id, tabular):
 def test_gradient_identity_below_u(tabular):
     """∂L_λ/∂z(w) = P_π(u) ∂L_λ^u/∂z(w) for every w below u (the statement T14 integrates)."""
     inst = tabular[0]
-    tables = tuple(jnp.asarray(z) + 0.3 * jnp.sin(jnp.arange(z.size).reshape(z.shape))
-                   for z in inst.tables)  # away from π0, so the KL term contributes
+    tables = tuple(
+        jnp.asarray(z) + 0.3 * jnp.sin(jnp.arange(z.size).reshape(z.shape)) for z in inst.tables
+    )  # away from π0, so the KL term contributes
     base = tuple(jnp.asarray(z) for z in inst.tables)
     whole = jax.grad(objectives.kl_regularized_loss)(tables, base, jnp.asarray(inst.harm), inst.lam)
     probs = np.exp(np.asarray(dynamics.continuation_log_probs([z for z in tables])))
     for level, row in dynamics.checked_prefixes(inst):
         block = inst.vocab_size ** (inst.length - level)
-        p_u = probs[row * block:(row + 1) * block].sum()
+        p_u = probs[row * block : (row + 1) * block].sum()
         sub = dynamics.subtree(tables, level, row)
         alone = jax.grad(dynamics.subtree_loss)(
-            sub, dynamics.subtree(base, level, row),
-            jnp.asarray(inst.harm[row * block:(row + 1) * block]), inst.lam)
+            sub,
+            dynamics.subtree(base, level, row),
+            jnp.asarray(inst.harm[row * block : (row + 1) * block]),
+            inst.lam,
+        )
         for a, b in zip(dynamics.subtree(whole, level, row), alone):
             np.testing.assert_allclose(np.asarray(a), p_u * np.asarray(b), rtol=0, atol=1e-14)
 
@@ -87,6 +91,9 @@ def test_registered_and_selected_by_statement():
 
     assert [c.id for c in select(["T14"])] == ["T14", "T14-natural"]
     assert REGISTRY["T14"].topic == "dynamics"
-    assert set(REGISTRY["T14"].plants) == {"prefix-mass-dropped", "ancestors-not-frozen",
-                                           "lambda-scale"}
+    assert set(REGISTRY["T14"].plants) == {
+        "prefix-mass-dropped",
+        "ancestors-not-frozen",
+        "lambda-scale",
+    }
     assert set(REGISTRY["T14-natural"].plants) == {"prefix-mass-added", "lambda-scale"}

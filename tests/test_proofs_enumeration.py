@@ -8,8 +8,8 @@ from toy_lm.engines.reference import reference_analysis
 
 def _instance(vocab, length, seed=0):
     rng = np.random.default_rng(seed)
-    logits = [rng.normal(size=(vocab ** l, vocab)) for l in range(length)]
-    harm = (rng.random(vocab ** length) < 0.5).astype(float)
+    logits = [rng.normal(size=(vocab**l, vocab)) for l in range(length)]
+    harm = (rng.random(vocab**length) < 0.5).astype(float)
     logp = [enumeration.log_softmax(z) for z in logits]
     probs = np.exp(enumeration.response_log_probs_from_tables(logp, vocab, length))
     return logits, harm, logp, probs
@@ -37,6 +37,7 @@ def test_blocks_and_expand_are_inverse_layouts():
     values = np.arange(27.0)
     sums = enumeration.block_sums(values, 3, 1)
     np.testing.assert_array_equal(sums, [36.0, 117.0, 198.0])
-    np.testing.assert_array_equal(enumeration.expand(np.array([1.0, 2.0, 3.0]), 3, 3),
-                                  np.repeat([1.0, 2.0, 3.0], 9))
+    np.testing.assert_array_equal(
+        enumeration.expand(np.array([1.0, 2.0, 3.0]), 3, 3), np.repeat([1.0, 2.0, 3.0], 9)
+    )
     assert enumeration.all_responses(2, 3).shape == (8, 3)

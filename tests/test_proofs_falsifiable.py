@@ -12,12 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from toy_lm.mutation import active, point
-from toy_lm.precision import Tolerance
 from proofs_check import instances, registry, runner
 from proofs_check.engines import read_through
 from proofs_check.registry import Check
 from proofs_check.results import CheckResult, compare
+from toy_lm.mutation import active, point
+from toy_lm.precision import Tolerance
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +76,16 @@ def test_a_raising_planted_error_is_not_a_detection(inst):
     def fn(instance, plant):
         if plant:
             raise ValueError("the planted error broke the check")
-        return [compare("x = 0", np.zeros(3), 0.0, Tolerance(0.0, "exact", "float64"),
-                        lhs_name="x", rhs_name="0")]
+        return [
+            compare(
+                "x = 0",
+                np.zeros(3),
+                0.0,
+                Tolerance(0.0, "exact", "float64"),
+                lhs_name="x",
+                rhs_name="0",
+            )
+        ]
 
     check = Check("TX", "a check whose planted error raises", fn, ("shifted-H",))
     tasks = runner.plan([check], [inst], negative_controls=True)
@@ -103,13 +111,14 @@ def test_vacuous_parts_no_longer_pass_when_no_prefix_is_determined():
     result = registry.select(["T5"])[0].run(deep)
     statuses = {p.name: p.status for p in result.parts}
     assert statuses["g_t = 0 for t > τ*"] == "n/a"
-    assert result.status == "pass"   # the other parts did compare
+    assert result.status == "pass"  # the other parts did compare
 
 
 def test_dtype_is_read_from_the_arrays():
     tol = Tolerance(1e-6, "x", "float64")
-    part = compare("x", np.ones(2, np.float32), np.ones(2, np.float32), tol, lhs_name="a",
-                   rhs_name="b")
+    part = compare(
+        "x", np.ones(2, np.float32), np.ones(2, np.float32), tol, lhs_name="a", rhs_name="b"
+    )
     assert part.dtype == "float32"
     assert compare("x", np.ones(2), 0.0, tol, lhs_name="a", rhs_name="b").dtype == "float64"
 
@@ -120,7 +129,7 @@ def test_every_engine_is_checked(inst):
     engines = ("tree", "xla", "markov")
     views = read_through([inst, markov], engines)
     assert sorted({v.engine for v in views}) == sorted(engines)
-    assert [v.engine for v in views].count("markov") == 1   # the DP needs a Markov automaton
+    assert [v.engine for v in views].count("markov") == 1  # the DP needs a Markov automaton
     for check in registry.select(["T1", "T12", "T7b"]):
         for view in views:
             if view.engine in check.engines and check.applies(view):

@@ -13,7 +13,11 @@ def test_builtin_suite_covers_every_parameterization_setting_and_harm_kind():
     kinds = {inst.kind for inst in suite}
     assert kinds == set(instances.POLICY_KINDS)
     assert {inst.harm_kind for inst in suite} == {"binary", "soft", "ties", "automaton", "mixed"}
-    assert {(i.vocab_size, i.length) for i in suite if i.kind == "tabular"} == {(2, 3), (3, 4), (4, 5)}
+    assert {(i.vocab_size, i.length) for i in suite if i.kind == "tabular"} == {
+        (2, 3),
+        (3, 4),
+        (4, 5),
+    }
     assert {(i.vocab_size, i.length) for i in suite if i.kind == "transformer"} == {(2, 3), (3, 4)}
     assert max(i.num_responses for i in suite) >= 1024
     assert {1e-2, 1e3} <= {i.lam for i in suite}
@@ -26,7 +30,7 @@ def test_builtin_suite_covers_every_parameterization_setting_and_harm_kind():
     from toy_lm.models.harms import response_horizons
 
     taus = response_horizons(mixed.harm, mixed.vocab_size)
-    assert len(set(taus.tolist())) > 1 and mixed.horizon < mixed.length   # τ(y) varies, τ* < T
+    assert len(set(taus.tolist())) > 1 and mixed.horizon < mixed.length  # τ(y) varies, τ* < T
     rare = next(i for i in suite if "rare" in i.name)
     from proofs_check.enumeration import prefix_marginals
 

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from experiments.cli.main import main
-from toy_lm.mutation import POINTS
 from proofs_check import registry
 from proofs_check.mutants import MUTANTS, Mutant, mutant_suite, run_mutant
+from toy_lm.mutation import POINTS
 
 #: A sample that touches the tree engine, the XLA chunk combine and the Markov DP, chosen because
 #: their checks compile few programs.

@@ -22,8 +22,8 @@ from hypothesis import assume, given, note, settings
 from hypothesis import strategies as st
 
 from proofs_check import all_checks, make_instance
-from toy_lm import POLICY_KINDS
 from proofs_check.strategies import instances, mixtures
+from toy_lm import POLICY_KINDS
 
 SHAPE = dict(kinds=("tabular",), min_vocab=3, max_vocab=3, min_length=3, max_length=3)
 #: The opt-in (slow) run: every parameterization at the same size (four shapes to compile).
@@ -37,13 +37,17 @@ NAMED = ("T7c", "T7d", "T8", "T10", "T11")
 
 def describe(inst, result) -> str:
     """The instance's parameters and every failing comparison (error against tolerance)."""
-    lines = [f"{result.check} on {inst.name}: λ = {inst.lam!r}, seed = {inst.seed}, "
-             f"harm kind = {inst.harm_kind}, τ* = {inst.horizon}, plant = {result.plant}",
-             f"  harm = {np.array2string(inst.harm, precision=17, separator=', ')}"]
+    lines = [
+        f"{result.check} on {inst.name}: λ = {inst.lam!r}, seed = {inst.seed}, "
+        f"harm kind = {inst.harm_kind}, τ* = {inst.horizon}, plant = {result.plant}",
+        f"  harm = {np.array2string(inst.harm, precision=17, separator=', ')}",
+    ]
     for part in result.parts:
         if not part.passed:
-            lines.append(f"  FAILED {part.name}: max |lhs - rhs| = {part.max_abs_error:.6g} > "
-                         f"tolerance {part.tolerance:.6g} ({part.tolerance_derivation})")
+            lines.append(
+                f"  FAILED {part.name}: max |lhs - rhs| = {part.max_abs_error:.6g} > "
+                f"tolerance {part.tolerance:.6g} ({part.tolerance_derivation})"
+            )
     return "\n".join(lines)
 
 
@@ -77,13 +81,17 @@ def _holds(check_id, data, shape):
 
 def _detects(check_id, data, shape):
     check = CHECKS[check_id]
-    inst = data.draw(_drawn(check, shape).filter(lambda i: check.applies(i) and check.plants_for(i)),
-                     label="instance")
+    inst = data.draw(
+        _drawn(check, shape).filter(lambda i: check.applies(i) and check.plants_for(i)),
+        label="instance",
+    )
     note(f"{inst.name}, λ = {inst.lam!r}, seed = {inst.seed}")
     for plant in check.plants_for(inst):
         result = check.run(inst, plant.name)  # an exception here fails the test: not a detection
-        assert status(result) == "fail", (f"planted {plant.name}: {status(result)}, not a failed "
-                                          "comparison\n" + describe(inst, result))
+        assert status(result) == "fail", (
+            f"planted {plant.name}: {status(result)}, not a failed "
+            "comparison\n" + describe(inst, result)
+        )
 
 
 @pytest.mark.parametrize("check_id", list(CHECKS))

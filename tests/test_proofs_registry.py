@@ -5,8 +5,24 @@ import pytest
 from proofs_check import PLANTS, all_checks, select
 from toy_lm.errors import InputError
 
-STATEMENTS = ("T1", "T2", "T3", "T4", "T5", "T6", "T7a", "T7b", "T7c", "T7d", "T7e", "T8", "T9",
-              "T9b", "T10", "T11")
+STATEMENTS = (
+    "T1",
+    "T2",
+    "T3",
+    "T4",
+    "T5",
+    "T6",
+    "T7a",
+    "T7b",
+    "T7c",
+    "T7d",
+    "T7e",
+    "T8",
+    "T9",
+    "T9b",
+    "T10",
+    "T11",
+)
 
 
 def test_every_statement_of_theory_section_3_is_a_check_with_planted_errors():

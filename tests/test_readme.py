@@ -41,8 +41,9 @@ def test_readme_python_block_runs_as_written(index, tmp_path):
     block = python_blocks(README.read_text(encoding="utf-8"))[index]
     script = tmp_path / f"readme_block_{index}.py"
     script.write_text(block + CALL_TESTS, encoding="utf-8")
-    proc = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, f"README block {index} failed:\n{block}\n{proc.stderr[-3000:]}"
     defined = re.findall(r"^def (test_\w+)", block, re.M)
     assert proc.stdout.count("called ") == len(defined)

@@ -16,20 +16,27 @@ import numpy as np
 import pytest
 
 from toy_lm.engines.analysis import analyze_tree
+from toy_lm.engines.sharded import analyze_sharded, split_level
 from toy_lm.errors import ConfigError
 from toy_lm.models.harms import random_decided_harm
-from toy_lm.engines.sharded import analyze_sharded, split_level
 
-FIELDS = ("cond_harm", "logit_grads", "determined", "harm_information", "equilibrium_kl",
-          "per_position_kl")
+FIELDS = (
+    "cond_harm",
+    "logit_grads",
+    "determined",
+    "harm_information",
+    "equilibrium_kl",
+    "per_position_kl",
+)
 
 
 def instance(vocab_size, length, seed=0, binary=True):
     rng = np.random.default_rng(seed)
-    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
-    ref = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
-    harm = np.asarray(random_decided_harm(jax.random.key(seed), vocab_size, length,
-                                          length // 2, binary=binary))
+    logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
+    ref = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
+    harm = np.asarray(
+        random_decided_harm(jax.random.key(seed), vocab_size, length, length // 2, binary=binary)
+    )
     return logits, ref, harm
 
 
@@ -39,8 +46,10 @@ def max_errors(result, exact) -> dict:
     for name in FIELDS:
         a, b = getattr(result, name), getattr(exact, name)
         if isinstance(a, tuple):
-            out[name] = max(float(np.max(np.abs(np.asarray(x, float) - np.asarray(y, float))))
-                            for x, y in zip(a, b))
+            out[name] = max(
+                float(np.max(np.abs(np.asarray(x, float) - np.asarray(y, float))))
+                for x, y in zip(a, b)
+            )
         else:
             out[name] = float(np.max(np.abs(a - b)))
     out["horizon"] = abs(result.horizon - exact.horizon)
@@ -49,17 +58,20 @@ def max_errors(result, exact) -> dict:
 
 def tolerance(vocab_size, length) -> float:
     """eps x 16 (T+1) V²: the per-level softmax and V-term sums of two engines over T+1 levels."""
-    return 16 * (length + 1) * vocab_size ** 2 * np.finfo(np.float64).eps
+    return 16 * (length + 1) * vocab_size**2 * np.finfo(np.float64).eps
 
 
-@pytest.mark.parametrize("vocab_size, length, chunk, binary, splits", [
-    (2, 7, 4, True, (0, 2)), (3, 5, 2, False, (1,)), (4, 4, 1 << 15, True, (0,))])
+@pytest.mark.parametrize(
+    "vocab_size, length, chunk, binary, splits",
+    [(2, 7, 4, True, (0, 2)), (3, 5, 2, False, (1,)), (4, 4, 1 << 15, True, (0,))],
+)
 def test_one_device_matches_analyze_tree(vocab_size, length, chunk, binary, splits):
     logits, ref, harm = instance(vocab_size, length, binary=binary)
     exact = analyze_tree(logits, harm, lam=0.5, ref_logits=ref)
     for split in splits:
-        result = analyze_sharded(logits, harm, lam=0.5, ref_logits=ref, split=split,
-                                 chunk_rows=chunk)
+        result = analyze_sharded(
+            logits, harm, lam=0.5, ref_logits=ref, split=split, chunk_rows=chunk
+        )
         errors = max_errors(result, exact)
         assert errors["horizon"] == 0 and errors["determined"] == 0
         assert max(errors.values()) <= tolerance(vocab_size, length), errors
@@ -70,7 +82,7 @@ def test_kernels_compile_once_for_all_levels(caplog):
     chunk kernels, and the store of each one's values (device_tree.store_chunk)."""
     logits, _, harm = instance(2, 9)
     with caplog.at_level(logging.WARNING), jax.log_compiles():
-        analyze_sharded(logits, harm, split=0, chunk_rows=7)   # a chunk size no test uses
+        analyze_sharded(logits, harm, split=0, chunk_rows=7)  # a chunk size no test uses
     kernels = [r for r in caplog.records if "Finished XLA compilation of jit(local)" in r.message]
     assert len(kernels) == 4, [r.message for r in kernels]
 
@@ -113,10 +125,16 @@ print(json.dumps(out))
 
 
 def test_four_simulated_devices_identical_to_one():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, os.path.dirname(__file__)], env=env,
-                          capture_output=True, text=True, timeout=600)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, os.path.dirname(__file__)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4

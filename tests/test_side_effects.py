@@ -46,15 +46,16 @@ print("ok")
 
 def _run(code: str) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64", "MPLBACKEND")}
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
-                          timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout.strip().splitlines()[-1]
 
 
 def test_importing_the_packages_changes_no_global_state():
     result = json.loads(_run(IMPORTS))
-    assert result["backend_after"] == result["backend_before"], result   # no matplotlib.use
+    assert result["backend_after"] == result["backend_before"], result  # no matplotlib.use
     assert result["x64"] is False, result
 
 
@@ -77,9 +78,15 @@ sys.exit(main(["figures", sys.argv[1]]))
 
 def test_a_missing_extra_is_one_line_with_its_pip_command(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
-    proc = subprocess.run([sys.executable, "-c", MISSING_EXTRA, str(tmp_path)], env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", MISSING_EXTRA, str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines() == [
         "harm-horizon figures: error: this command needs matplotlib, which is not installed; "
-        "install it with pip install 'harm-horizon[experiments]'"], proc.stderr
+        "install it with pip install 'harm-horizon[experiments]'"
+    ], proc.stderr

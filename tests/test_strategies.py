@@ -18,7 +18,7 @@ def test_harms_have_the_requested_horizon(data):
     t = data.draw(st.integers(1, 4))
     tau = data.draw(st.integers(0, t))
     harm = data.draw(harms(v, t, horizon=tau, kinds=("binary",)))
-    assert harm.shape == (v ** t,) and set(np.unique(harm)) <= {0.0, 1.0}
+    assert harm.shape == (v**t,) and set(np.unique(harm)) <= {0.0, 1.0}
     assert toy_lm.horizon(harm, v) == tau
     soft = data.draw(harms(v, t, horizon=tau, kinds=("soft",)))
     assert toy_lm.horizon(soft, v) <= tau and np.all((soft >= 0) & (soft <= 1))
@@ -30,8 +30,9 @@ def test_harms_have_the_requested_horizon(data):
 def test_policies_give_canonical_tables(drawn):
     policy, params = drawn
     tables = policy.level_tables(params)
-    assert [t.shape for t in tables] == [(policy.vocab_size ** l, policy.vocab_size)
-                                         for l in range(policy.length)]
+    assert [t.shape for t in tables] == [
+        (policy.vocab_size**l, policy.vocab_size) for l in range(policy.length)
+    ]
     assert all(t.dtype == np.float64 for t in tables)
 
 
@@ -42,7 +43,7 @@ harm_information = jax.jit(toy_lm.harm_information)
 def test_no_information_beyond_the_horizon(inst):
     """The README example: a property of the engine in a few lines."""
     info = harm_information(inst.tables, inst.harm)
-    assert all(float(i) == 0.0 for i in info[inst.horizon:])
+    assert all(float(i) == 0.0 for i in info[inst.horizon :])
 
 
 @settings(max_examples=min(settings.default.max_examples, 8))
@@ -51,4 +52,4 @@ def test_registered_checks_hold_on_drawn_instances(inst):
     for check in select(["T1", "T3", "T4", "T5", "T7b", "T9b"]):
         if check.applies(inst):
             result = check.run(inst)
-            assert result.status in ("pass", "n/a"), result.to_json()   # n/a: nothing to compare
+            assert result.status in ("pass", "n/a"), result.to_json()  # n/a: nothing to compare

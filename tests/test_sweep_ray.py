@@ -18,14 +18,21 @@ import time
 import pytest
 
 from experiments import sweep
+from experiments.cli.main import main
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
-from experiments.cli.main import main
 
 #: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
-SMALL = {"world.length": 2, "world.num_harmful": 1, "base.steps": 30, "align.steps": 6,
-         "attack.steps": 2, "measure.num_paths": 4, "measure.equilibrium_lams": [3.0, 30.0]}
+SMALL = {
+    "world.length": 2,
+    "world.num_harmful": 1,
+    "base.steps": 30,
+    "align.steps": 6,
+    "attack.steps": 2,
+    "measure.num_paths": 4,
+    "measure.equilibrium_lams": [3.0, 30.0],
+}
 
 
 def small_grid(alone: bool = True, **overrides) -> list:
@@ -71,7 +78,8 @@ def test_a_ray_sweep_writes_the_local_backends_tables_cell_for_cell(tmp_path, ra
     assert "vectorized: 4 runs in 1 program(s), 2 batch(es)" in text, text
     assert "not vectorized: 1 run(s) alone" in text and "ETA" in text
     assert sorted(os.listdir(os.path.join(local, "runs"))) == sorted(
-        os.listdir(os.path.join(on_ray, "runs")))
+        os.listdir(os.path.join(on_ray, "runs"))
+    )
     compared = 0
     for name in TABLES:
         rows_local, rows_ray = _table(local, name), _table(on_ray, name)
@@ -79,7 +87,7 @@ def test_a_ray_sweep_writes_the_local_backends_tables_cell_for_cell(tmp_path, ra
         for a, b in zip(rows_local, rows_ray):
             assert a.keys() == b.keys(), name
             for column in a:
-                if column != "seconds":   # a timing, not a result
+                if column != "seconds":  # a timing, not a result
                     assert a[column] == b[column], (name, column, a[column], b[column])
                     compared += 1
     assert compared > 1000
@@ -119,8 +127,9 @@ def worker_running(task_name: str) -> int | None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds workers through /proc")
 @pytest.mark.parametrize("ray_retries", [3, 0], ids=["ray-retries", "driver-resubmits"])
-def test_a_killed_worker_is_rerun_and_every_run_has_one_row(tmp_path, ray_instance, monkeypatch,
-                                                            ray_retries):
+def test_a_killed_worker_is_rerun_and_every_run_has_one_row(
+    tmp_path, ray_instance, monkeypatch, ray_retries
+):
     from experiments import sweep_ray
 
     # with 0, Ray gives up on the task at once and the driver's re-submission has to do it
@@ -155,13 +164,13 @@ def test_a_killed_worker_is_rerun_and_every_run_has_one_row(tmp_path, ray_instan
 
 
 def test_an_interrupted_ray_sweep_resumes_with_the_missing_runs_only(tmp_path, ray_instance):
-    configs = small_grid()   # the programs of the first test: compiled, in the disk cache
+    configs = small_grid()  # the programs of the first test: compiled, in the disk cache
     out, lines = str(tmp_path / "out"), []
 
     def interrupt_after_first_batch(line):
         lines.append(line)
         if line.startswith("[1/"):
-            raise KeyboardInterrupt   # what Ctrl-C raises in the driver
+            raise KeyboardInterrupt  # what Ctrl-C raises in the driver
 
     with pytest.raises(KeyboardInterrupt):
         sweep.run_sweep(configs, out, jobs=2, log=interrupt_after_first_batch, backend="ray")
@@ -179,13 +188,25 @@ def _sweep_file(tmp_path) -> str:
     return str(spec)
 
 
-@pytest.mark.parametrize("address, message", [("127.0.0.1:1", "cannot reach a Ray cluster"),
-                                              ("no-port-here", "is not host:port")])
+@pytest.mark.parametrize(
+    "address, message",
+    [("127.0.0.1:1", "cannot reach a Ray cluster"), ("no-port-here", "is not host:port")],
+)
 def test_a_bad_address_is_one_line_and_status_2(tmp_path, capsys, address, message):
     pytest.importorskip("ray")
     out = tmp_path / "out"
-    status = main(["sweep", _sweep_file(tmp_path), "--out", str(out), "--backend", "ray",
-                   "--address", address])
+    status = main(
+        [
+            "sweep",
+            _sweep_file(tmp_path),
+            "--out",
+            str(out),
+            "--backend",
+            "ray",
+            "--address",
+            address,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert status == 2 and message in err and "Traceback" not in err
     assert len(err.splitlines()) == 1, err
@@ -193,8 +214,16 @@ def test_a_bad_address_is_one_line_and_status_2(tmp_path, capsys, address, messa
 
 
 def test_address_without_the_ray_backend_is_refused(tmp_path, capsys):
-    status = main(["sweep", _sweep_file(tmp_path), "--out", str(tmp_path / "out"), "--address",
-                   "127.0.0.1:6379"])
+    status = main(
+        [
+            "sweep",
+            _sweep_file(tmp_path),
+            "--out",
+            str(tmp_path / "out"),
+            "--address",
+            "127.0.0.1:6379",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert status == 2 and "needs --backend ray" in err and len(err.splitlines()) == 1
 
@@ -221,9 +250,13 @@ print(json.dumps({"status": status, "err": err.getvalue()}))
 
 def test_the_ray_backend_without_ray_names_the_extra(tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.run([sys.executable, "-c", WITHOUT_RAY, _sweep_file(tmp_path), str(out)],
-                          env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_RAY, _sweep_file(tmp_path), str(out)],
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     err = result["err"].strip()
@@ -235,8 +268,12 @@ def test_the_ray_backend_without_ray_names_the_extra(tmp_path):
 def test_scratch_folders_of_dead_processes_are_removed(tmp_path):
     from experiments import sweep_ray_tasks
 
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     stale = tmp_path / f"harm-horizon-task-{dead.stdout.strip()}-abc"
     live = tmp_path / f"harm-horizon-task-{os.getpid()}-def"
     stale.mkdir()

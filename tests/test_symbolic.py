@@ -10,12 +10,10 @@ expression is a polynomial and an identity holds iff ``expand(lhs - rhs) == 0``.
 has a planted error whose difference must NOT vanish.
 """
 
-
 import pytest
 from exact_trees import V, name, prefixes
 
 sympy = pytest.importorskip("sympy")
-
 
 
 class Tree:
@@ -23,8 +21,11 @@ class Tree:
 
     def __init__(self, length, harm=None, tag="p"):
         self.T = length
-        self.p = {u: sympy.Symbol(f"{tag}_{name(u)}", positive=True)
-                  for level in range(length) for u in prefixes(level)}
+        self.p = {
+            u: sympy.Symbol(f"{tag}_{name(u)}", positive=True)
+            for level in range(length)
+            for u in prefixes(level)
+        }
         self.responses = prefixes(length)
         self.h = harm or {y: sympy.Symbol(f"h_{name(y)}") for y in self.responses}
 
@@ -37,11 +38,11 @@ class Tree:
         out = sympy.Integer(1)
         for t in range(start + 1, self.T + 1):
             table = self.p if live is None or live == t else frozen
-            out *= self.pi(y[:t - 1], y[t - 1], table)
+            out *= self.pi(y[: t - 1], y[t - 1], table)
         return out
 
     def extensions(self, u):
-        return [y for y in self.responses if y[:len(u)] == u]
+        return [y for y in self.responses if y[: len(u)] == u]
 
     def expected_harm(self):
         return sum(self.prob(y) * self.h[y] for y in self.responses)
@@ -50,7 +51,7 @@ class Tree:
         """``P(u) = Π_{t <= |u|} π(u_t|u_<t)``."""
         out = sympy.Integer(1)
         for t in range(1, len(u) + 1):
-            out *= self.pi(u[:t - 1], u[t - 1])
+            out *= self.pi(u[: t - 1], u[t - 1])
         return out
 
     def cond_harm(self, u):
@@ -64,7 +65,7 @@ class Tree:
 
     def score(self, y, t, u, v):
         """``s_t = ∂ log π(y_t|y_<t) / ∂z_v(u)`` (a polynomial: ``1[.] - π(v|u)`` or 0)."""
-        return sympy.cancel(self.d_logit(sympy.log(self.pi(y[:t - 1], y[t - 1])), u, v))
+        return sympy.cancel(self.d_logit(sympy.log(self.pi(y[: t - 1], y[t - 1])), u, v))
 
 
 def is_zero(expr) -> bool:
@@ -84,7 +85,9 @@ def test_t4_logit_form_is_an_identity(tree):
     """``∂E[h]/∂z_v(u) = P(u) π(v|u) (H(uv) - H(u))`` at every prefix; planted: no baseline."""
     expected = tree.expected_harm()
     for u, v in _all_logits(tree):
-        closed = tree.prefix_prob(u) * tree.pi(u, v) * (tree.cond_harm(u + (v,)) - tree.cond_harm(u))
+        closed = (
+            tree.prefix_prob(u) * tree.pi(u, v) * (tree.cond_harm(u + (v,)) - tree.cond_harm(u))
+        )
         assert is_zero(tree.d_logit(expected, u, v) - closed), (u, v)
     # Negative control: the baseline H(u) left out.
     planted = tree.prefix_prob(()) * tree.pi((), 0) * tree.cond_harm((0,))
@@ -104,15 +107,19 @@ def test_t3_gradient_is_covariance(tree):
     for t in range(1, tree.T + 1):
         live = sum(tree.prob(y, live=t, frozen=frozen) * tree.h[y] for y in tree.responses)
         h_t = {y: tree.cond_harm(y[:t]) for y in tree.responses}
-        h_prev = {y: tree.cond_harm(y[:t - 1]) for y in tree.responses}
+        h_prev = {y: tree.cond_harm(y[: t - 1]) for y in tree.responses}
         mean_h_t = sum(tree.prob(y) * h_t[y] for y in tree.responses)
         for u, v in _all_logits(tree):
             g = tree.d_logit(live, u, v).subs(back)
             total[(u, v)] += g
             s = {y: tree.score(y, t, u, v) for y in tree.responses}
             e = lambda f: sum(tree.prob(y) * f(y) * s[y] for y in tree.responses)  # noqa: E731
-            forms = (e(lambda y: tree.h[y]), e(lambda y: h_t[y]), e(lambda y: h_t[y] - h_prev[y]),
-                     e(lambda y: h_t[y]) - mean_h_t * e(lambda y: 1))
+            forms = (
+                e(lambda y: tree.h[y]),
+                e(lambda y: h_t[y]),
+                e(lambda y: h_t[y] - h_prev[y]),
+                e(lambda y: h_t[y]) - mean_h_t * e(lambda y: 1),
+            )
             for form in forms:
                 assert is_zero(g - form), (t, u, v)
     for (u, v), g in total.items():
@@ -139,4 +146,4 @@ def test_t5_zero_beyond_horizon(length, tau):
     last = prefixes(length)[-1]
     changed[last] = sympy.Symbol("b")
     planted = Tree(length, changed)
-    assert not is_zero(planted.d_logit(planted.expected_harm(), last[:length - 1], 0))
+    assert not is_zero(planted.d_logit(planted.expected_harm(), last[: length - 1], 0))

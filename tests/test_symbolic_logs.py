@@ -15,10 +15,11 @@ import random
 from fractions import Fraction
 
 import pytest
-from exact_trees import V, PathTree, prefixes
+from exact_trees import PathTree, V, prefixes
 
 sympy = pytest.importorskip("sympy")
 mpmath = pytest.importorskip("mpmath")
+
 
 class LogQ:
     """An exact ``Σ_prime c_prime log(prime)``, ``c`` rational: the log of a positive rational, and
@@ -52,8 +53,10 @@ class LogQ:
     def value(self, digits=50):
         """The real number, at ``digits`` significant digits (mpmath)."""
         with mpmath.workdps(digits):
-            return mpmath.fsum(mpmath.mpf(c.numerator) / c.denominator * mpmath.log(p)
-                               for p, c in self.coeffs.items())
+            return mpmath.fsum(
+                mpmath.mpf(c.numerator) / c.denominator * mpmath.log(p)
+                for p, c in self.coeffs.items()
+            )
 
 
 def lsum(terms):
@@ -80,9 +83,12 @@ class RationalTree(PathTree):
 
     def __init__(self, length, rng, harm):
         self.T = length
-        self.p = {u: Fraction(rng.randint(1, d - 1), d)
-                  for level in range(length) for u in prefixes(level)
-                  for d in [rng.choice([3, 5, 7, 11, 13])]}
+        self.p = {
+            u: Fraction(rng.randint(1, d - 1), d)
+            for level in range(length)
+            for u in prefixes(level)
+            for d in [rng.choice([3, 5, 7, 11, 13])]
+        }
         self.responses = prefixes(length)
         self.h = harm
 
@@ -105,8 +111,9 @@ class RationalTree(PathTree):
                 for b in (0, 1):
                     j = self.joint(b, u + (v,))
                     if j:
-                        terms.append(x_log_ratio(j, j * self.prob(u),
-                                                 self.joint(b, u) * self.prob(u + (v,))))
+                        terms.append(
+                            x_log_ratio(j, j * self.prob(u), self.joint(b, u) * self.prob(u + (v,)))
+                        )
         return lsum(terms)
 
     def kl_form(self, t, uniform=False, parent_weight=False) -> LogQ:
@@ -157,8 +164,10 @@ def test_t13_mutual_information_exact(length):
             positions = range(1, length + 1)
             mi = [tree.mutual_information(t) for t in positions]
             harmful = sum(tree.prob(y) for y in tree.responses if harm[y])
-            entropy = (-1) * (x_log_ratio(harmful, harmful, Fraction(1))
-                              + x_log_ratio(1 - harmful, 1 - harmful, Fraction(1)))
+            entropy = (-1) * (
+                x_log_ratio(harmful, harmful, Fraction(1))
+                + x_log_ratio(1 - harmful, 1 - harmful, Fraction(1))
+            )
             assert (lsum(mi) - entropy).is_zero()
             for t in positions:
                 assert (mi[t - 1] - tree.kl_form(t)).is_zero(), t
@@ -190,16 +199,23 @@ def test_t7e_chain_rule_exact_at_rational_points(length):
         w = Fraction(rng.randint(1, 9), 10)
         tilt = {y: w ** harm[y] for y in tree.responses}
         levels = [u for level in range(length + 1) for u in prefixes(level)]
-        Z = {u: sum(tree.path(y, len(u), length) * tilt[y] for y in tree.extensions(u)) for u in levels}
+        Z = {
+            u: sum(tree.path(y, len(u), length) * tilt[y] for y in tree.extensions(u))
+            for u in levels
+        }
         star = lambda u, v: tree.pi(u, v) * Z[u + (v,)] / Z[u]  # noqa: E731
         star_prob = {u: Fraction(1) for u in levels}
         for u in levels:
             for t in range(1, len(u) + 1):
-                star_prob[u] *= star(u[:t - 1], u[t - 1])
+                star_prob[u] *= star(u[: t - 1], u[t - 1])
 
         def per_position(weights):
-            return lsum(weights[u] * star(u, v) * (LogQ.log(Z[u + (v,)]) - LogQ.log(Z[u]))
-                        for u in levels if len(u) < length for v in range(V))
+            return lsum(
+                weights[u] * star(u, v) * (LogQ.log(Z[u + (v,)]) - LogQ.log(Z[u]))
+                for u in levels
+                if len(u) < length
+                for v in range(V)
+            )
 
         closed = {y: tree.prob(y) * tilt[y] / Z[()] for y in tree.responses}
         assert all(closed[y] == star_prob[y] for y in tree.responses)  # T7a at this point

@@ -24,11 +24,11 @@ T13 and T7e with real logarithms, exact at rational points: test_symbolic_logs.p
 
 from __future__ import annotations
 
-
 import pytest
-from exact_trees import V, PathTree, name, prefixes
+from exact_trees import PathTree, V, name, prefixes
 
 sympy = pytest.importorskip("sympy")
+
 
 def vanishes(expr) -> bool:
     """``expr == 0`` exactly, as an element of ``Q[symbols]`` or, failing that, of ``Q(symbols)``.
@@ -54,8 +54,11 @@ class Tree(PathTree):
 
     def __init__(self, length, tag="p"):
         self.T = length
-        self.p = {u: sympy.Symbol(f"{tag}_{name(u)}", positive=True)
-                  for level in range(length) for u in prefixes(level)}
+        self.p = {
+            u: sympy.Symbol(f"{tag}_{name(u)}", positive=True)
+            for level in range(length)
+            for u in prefixes(level)
+        }
         self.responses = prefixes(length)
 
     def cond(self, values, u):
@@ -84,18 +87,28 @@ def tree(request):
 
 # --- T1: the Doob martingale, H from its definition ----------------------------------------------
 
+
 def _martingale_claims(tree, h, H):
     """Differences of the four T1 claims for a candidate ``H`` (dict prefix -> expression)."""
     T = tree.T
-    delta = {(y, t): H[y[:t]] - H[y[:t - 1]] for y in tree.responses for t in range(1, T + 1)}
+    delta = {(y, t): H[y[:t]] - H[y[: t - 1]] for y in tree.responses for t in range(1, T + 1)}
     mean_h = tree.mean(h)  # E h as its own sum over responses, not H(())
-    claims = {"mean": [sum(tree.pi(u, v) * (H[u + (v,)] - H[u]) for v in range(V))
-                       for level in range(T) for u in prefixes(level)],
-              "sum": [sum(delta[y, t] for t in range(1, T + 1)) - (h[y] - mean_h)
-                      for y in tree.responses],
-              "orth": [tree.mean({y: delta[y, s] * delta[y, t] for y in tree.responses})
-                       for s in range(1, T + 1) for t in range(s + 1, T + 1)]}
-    var_h = tree.mean({y: h[y] ** 2 for y in tree.responses}) - mean_h ** 2
+    claims = {
+        "mean": [
+            sum(tree.pi(u, v) * (H[u + (v,)] - H[u]) for v in range(V))
+            for level in range(T)
+            for u in prefixes(level)
+        ],
+        "sum": [
+            sum(delta[y, t] for t in range(1, T + 1)) - (h[y] - mean_h) for y in tree.responses
+        ],
+        "orth": [
+            tree.mean({y: delta[y, s] * delta[y, t] for y in tree.responses})
+            for s in range(1, T + 1)
+            for t in range(s + 1, T + 1)
+        ],
+    }
+    var_h = tree.mean({y: h[y] ** 2 for y in tree.responses}) - mean_h**2
     info = [tree.mean({y: delta[y, t] ** 2 for y in tree.responses}) for t in range(1, T + 1)]
     claims["var"] = [var_h - sum(info)]
     return claims
@@ -114,26 +127,33 @@ def test_t1_martingale_identities(tree):
     assert all(sympy.expand(H[y] - h[y]) == 0 for y in tree.responses)  # H_T = h
     for claim, diffs in _martingale_claims(tree, h, H).items():
         assert diffs and all(vanishes(d) for d in diffs), claim
-    uniform = {u: sympy.Rational(1, len(tree.extensions(u))) * sum(h[y] for y in tree.extensions(u))
-               for u in levels}
+    uniform = {
+        u: sympy.Rational(1, len(tree.extensions(u))) * sum(h[y] for y in tree.extensions(u))
+        for u in levels
+    }
     for claim, diffs in _martingale_claims(tree, h, uniform).items():
         assert not all(vanishes(d) for d in diffs), f"planted uniform-weights H passes {claim}"
 
 
 # --- T7a / T7e: the equilibrium π*_λ ∝ π0 e^{-h/λ} -------------------------------------------
 
+
 def _equilibrium(tree, tilt):
     """``Z(u) = E_π0[e | u]`` by sums over continuations, and ``π*(v|u) = π0(v|u) Z(uv) / Z(u)``."""
     Z = {u: tree.cond(tilt, u) for level in range(tree.T + 1) for u in prefixes(level)}
-    star = {(u, v): tree.pi(u, v) * Z[u + (v,)] / Z[u]
-            for level in range(tree.T) for u in prefixes(level) for v in range(V)}
+    star = {
+        (u, v): tree.pi(u, v) * Z[u + (v,)] / Z[u]
+        for level in range(tree.T)
+        for u in prefixes(level)
+        for v in range(V)
+    }
     return Z, star
 
 
 def _product(star, y):
     out = sympy.Integer(1)
     for t in range(1, len(y) + 1):
-        out *= star[y[:t - 1], y[t - 1]]
+        out *= star[y[: t - 1], y[t - 1]]
     return out
 
 
@@ -160,12 +180,16 @@ def test_t7a_equilibrium_conditionals(tree, kind):
         for u in prefixes(level):
             assert vanishes(sum(star[u, v] for v in range(V)) - 1), u
     _, flipped = _equilibrium(tree, {y: 1 / e for y, e in tilt.items()})
-    assert not all(vanishes(_product(flipped, y) - tree.prob(y) * tilt[y] / Z[()])
-                   for y in tree.responses)
-    plain = {(u, v): tree.pi(u, v) * Z[u + (v,)] / (sum(Z[u + (c,)] for c in range(V)) / V)
-             for (u, v) in star}
-    assert not all(vanishes(_product(plain, y) - tree.prob(y) * tilt[y] / Z[()])
-                   for y in tree.responses)
+    assert not all(
+        vanishes(_product(flipped, y) - tree.prob(y) * tilt[y] / Z[()]) for y in tree.responses
+    )
+    plain = {
+        (u, v): tree.pi(u, v) * Z[u + (v,)] / (sum(Z[u + (c,)] for c in range(V)) / V)
+        for (u, v) in star
+    }
+    assert not all(
+        vanishes(_product(plain, y) - tree.prob(y) * tilt[y] / Z[()]) for y in tree.responses
+    )
 
 
 def _log_coefficients(terms):
@@ -179,8 +203,12 @@ def _log_coefficients(terms):
 
 def _per_position_kl(tree, cond, weights, sign=1):
     """``Σ_t KL_t = Σ_{u at level t-1} weights(u) Σ_v cond(v|u) sign (ℓ(uv) - ℓ(u))``, as ℓ-coefficients."""
-    return _log_coefficients((sign * weights(u) * cond[u, v], u + (v,), u)
-                             for level in range(tree.T) for u in prefixes(level) for v in range(V))
+    return _log_coefficients(
+        (sign * weights(u) * cond[u, v], u + (v,), u)
+        for level in range(tree.T)
+        for u in prefixes(level)
+        for v in range(V)
+    )
 
 
 def test_t7e_chain_rule_with_symbolic_logs(tree):
@@ -208,13 +236,17 @@ def test_t7e_chain_rule_with_symbolic_logs(tree):
 
 # --- T9: the recovery objective's logit gradient -----------------------------------------------
 
+
 def _recovery(tree):
     """``L_rec = E h + Σ_k μ_k Σ_{w at level k} q_k(w) H(w)`` with symbolic ``μ_k``, ``q_k``, ``h``."""
     h = harm_symbols(tree.T)
     H = {u: tree.cond(h, u) for level in range(tree.T + 1) for u in prefixes(level)}
     mu = {k: sympy.Symbol(f"mu_{k}", positive=True) for k in range(1, tree.T)}
-    q = {w: sympy.Symbol(f"q_{name(w)}", positive=True)
-         for k in range(1, tree.T) for w in prefixes(k)}
+    q = {
+        w: sympy.Symbol(f"q_{name(w)}", positive=True)
+        for k in range(1, tree.T)
+        for w in prefixes(k)
+    }
     expected = tree.mean(h)
     recovery = sum(mu[len(w)] * q[w] * H[w] for w in q)
     return H, mu, q, expected, recovery
@@ -243,9 +275,11 @@ def test_t9_recovery_closed_form(tree):
     def extra(u, stop, divide=True):
         return sum(mu[k] * _forced_reach(tree, q, u, k, divide) for k in range(1, stop + 1))
 
-    plants = {"mu dropped": lambda u: tree.prob(u),
-              "k < |u| only": lambda u: tree.prob(u) + extra(u, len(u) - 1),
-              "P(u) not divided by P(u_<=k)": lambda u: tree.prob(u) + extra(u, len(u), False)}
+    plants = {
+        "mu dropped": lambda u: tree.prob(u),
+        "k < |u| only": lambda u: tree.prob(u) + extra(u, len(u) - 1),
+        "P(u) not divided by P(u_<=k)": lambda u: tree.prob(u) + extra(u, len(u), False),
+    }
     missed = dict.fromkeys(plants, True)
     for u, v in tree.all_logits():
         grad = tree.d_logit(expected + recovery, u, v)
@@ -259,6 +293,7 @@ def test_t9_recovery_closed_form(tree):
 
 # --- T11: the exact DPO gradient at π = π_ref --------------------------------------------------
 
+
 def _dpo(tree, pref):
     """``∂L_DPO/∂z_v(u)`` at ``π = π_ref`` for every logit, by differentiating the loss itself.
 
@@ -271,16 +306,24 @@ def _dpo(tree, pref):
     beta = sympy.Symbol("beta", positive=True)
     ref = Tree(tree.T, tag="f")
     r = {y: sympy.Symbol(f"r_{name(y)}") for y in tree.responses}
-    loss = sum(ref.prob(y) * ref.prob(z) * pref[y, z]
-               * sympy.log(1 + sympy.exp(-beta * (r[y] - r[z])))  # -log σ(β (r(y) - r(y')))
-               for y in tree.responses for z in tree.responses if pref[y, z] != 0)
+    loss = sum(
+        ref.prob(y)
+        * ref.prob(z)
+        * pref[y, z]
+        * sympy.log(1 + sympy.exp(-beta * (r[y] - r[z])))  # -log σ(β (r(y) - r(y')))
+        for y in tree.responses
+        for z in tree.responses
+        if pref[y, z] != 0
+    )
     at_zero = {s: 0 for s in r.values()}
     d_reward = {y: sympy.diff(loss, r[y]).subs(at_zero) for y in tree.responses}
     at_ref = {tree.p[u]: ref.p[u] for u in tree.p}
     grads = {}
     for u, v in tree.all_logits():
-        scores = {y: sympy.cancel(tree.d_logit(sympy.log(tree.prob(y)), u, v)).subs(at_ref)
-                  for y in tree.responses}  # ∂r(y)/∂z_v(u) = ∂ log π(y)/∂z_v(u) at π = π_ref
+        scores = {
+            y: sympy.cancel(tree.d_logit(sympy.log(tree.prob(y)), u, v)).subs(at_ref)
+            for y in tree.responses
+        }  # ∂r(y)/∂z_v(u) = ∂ log π(y)/∂z_v(u) at π = π_ref
         grads[u, v] = sum(d_reward[y] * scores[y] for y in tree.responses)
     return beta, ref, grads
 
@@ -291,11 +334,18 @@ HALF = sympy.Rational(1, 2)
 def _dpo_closed_form(tree, ref, pref, beta, factor=HALF, with_pi=True):
     """``{(u, v): C(uv) - π(v|u) C(u)}``, ``C(u) = Σ_{y ⊒ u} c(y)``,
     ``c(y) = -(β/2) π_ref(y) Σ_{y'} π_ref(y') (a(y,y') - a(y',y))``."""
-    c = {y: -factor * beta * ref.prob(y) * sum(ref.prob(z) * (pref[y, z] - pref[z, y])
-                                               for z in tree.responses) for y in tree.responses}
+    c = {
+        y: -factor
+        * beta
+        * ref.prob(y)
+        * sum(ref.prob(z) * (pref[y, z] - pref[z, y]) for z in tree.responses)
+        for y in tree.responses
+    }
     big = lambda w: sum(c[y] for y in tree.extensions(w))  # noqa: E731
-    return {(u, v): big(u + (v,)) - (ref.pi(u, v) if with_pi else 1) * big(u)
-            for u, v in tree.all_logits()}
+    return {
+        (u, v): big(u + (v,)) - (ref.pi(u, v) if with_pi else 1) * big(u)
+        for u, v in tree.all_logits()
+    }
 
 
 @pytest.mark.parametrize("length", [2, 3], ids=["T2", "T3"])
@@ -307,12 +357,18 @@ def test_t11_dpo_gradient_at_reference(length):
     ``π(v|u)`` (``C(uv) - C(u)``).
     """
     tree = Tree(length)
-    pref = {(y, z): sympy.Symbol(f"a_{name(y)}_{name(z)}") if y != z else 0
-            for y in tree.responses for z in tree.responses}
+    pref = {
+        (y, z): sympy.Symbol(f"a_{name(y)}_{name(z)}") if y != z else 0
+        for y in tree.responses
+        for z in tree.responses
+    }
     beta, ref, grads = _dpo(tree, pref)
     closed = _dpo_closed_form(tree, ref, pref, beta)
     assert all(vanishes(grads[key] - closed[key]) for key in grads)
-    plants = {"beta instead of beta/2": dict(factor=sympy.Integer(1)), "no π(v|u)": dict(with_pi=False)}
+    plants = {
+        "beta instead of beta/2": dict(factor=sympy.Integer(1)),
+        "no π(v|u)": dict(with_pi=False),
+    }
     for plant, kw in plants.items():
         planted = _dpo_closed_form(tree, ref, pref, beta, **kw)
         assert not all(vanishes(grads[key] - planted[key]) for key in grads), plant
@@ -326,8 +382,11 @@ def test_t11_dpo_gradient_vanishes_at_determined_prefixes(length, tau):
     Planted: one response's preferences changed below a determined prefix.
     """
     tree = Tree(length)
-    b = {(s, w): sympy.Symbol(f"b_{name(s)}_{name(w)}") if s != w else 0
-         for s in prefixes(tau) for w in prefixes(tau)}
+    b = {
+        (s, w): sympy.Symbol(f"b_{name(s)}_{name(w)}") if s != w else 0
+        for s in prefixes(tau)
+        for w in prefixes(tau)
+    }
     pref = {(y, z): b[y[:tau], z[:tau]] for y in tree.responses for z in tree.responses}
     _, _, grads = _dpo(tree, pref)
     for (u, v), grad in grads.items():

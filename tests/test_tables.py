@@ -19,7 +19,7 @@ def test_all_prefixes_is_lexicographic_product(vt):
     got = tables.all_prefixes(vocab_size, level)
     want = np.array(list(itertools.product(range(vocab_size), repeat=level)), np.int32)
     assert got.dtype == np.int32
-    assert got.shape == (vocab_size ** level, level)
+    assert got.shape == (vocab_size**level, level)
     np.testing.assert_array_equal(got, want.reshape(got.shape))
 
 
@@ -27,38 +27,42 @@ def test_all_prefixes_is_lexicographic_product(vt):
 def test_prefix_index_inverts_all_prefixes(vt):
     vocab_size, level = vt
     rows = tables.prefix_index(tables.all_prefixes(vocab_size, level), vocab_size)
-    np.testing.assert_array_equal(rows, np.arange(vocab_size ** level))
+    np.testing.assert_array_equal(rows, np.arange(vocab_size**level))
 
 
 def test_children_layout():
     # Children of row i at level l are rows i*V ... i*V+V-1 at level l+1.
     prefixes = tables.all_prefixes(3, 3)
     parents = tables.all_prefixes(3, 2)
-    np.testing.assert_array_equal(prefixes.reshape(9, 3, 3)[:, :, :2],
-                                  np.repeat(parents[:, None, :], 3, axis=1))
+    np.testing.assert_array_equal(
+        prefixes.reshape(9, 3, 3)[:, :, :2], np.repeat(parents[:, None, :], 3, axis=1)
+    )
 
 
 def test_level_size_and_rows():
-    assert tables.level_size(7, 30) == 7 ** 30  # Python int, no overflow
+    assert tables.level_size(7, 30) == 7**30  # Python int, no overflow
     assert tables.num_tree_rows(3, 4) == 1 + 3 + 9 + 27
 
 
 @given(sizes.filter(lambda vt: vt[1] >= 1))
 def test_infer_sizes_accepts_canonical(vt):
     vocab_size, length = vt
-    tabs = [np.zeros((vocab_size ** l, vocab_size)) for l in range(length)]
+    tabs = [np.zeros((vocab_size**l, vocab_size)) for l in range(length)]
     assert tables.infer_sizes(tabs) == (vocab_size, length)
     assert tables.validate_tables(tabs) == (vocab_size, length)
 
 
-@pytest.mark.parametrize("bad, match", [
-    ([], "no logits tables"),
-    ([np.zeros((2, 2))], r"logits_0 must have shape \(1, V\)"),
-    ([np.zeros(3)], r"logits_0 must have shape \(1, V\)"),
-    ([np.zeros((1, 1))], "V must be at least 2"),
-    ([np.zeros((1, 3)), np.zeros((3, 2))], r"logits_1 has shape \(3, 2\), expected \(3, 3\)"),
-    ([np.zeros((1, 2)), np.zeros((2, 2)), np.zeros((3, 2))], "logits_2 has shape"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "no logits tables"),
+        ([np.zeros((2, 2))], r"logits_0 must have shape \(1, V\)"),
+        ([np.zeros(3)], r"logits_0 must have shape \(1, V\)"),
+        ([np.zeros((1, 1))], "V must be at least 2"),
+        ([np.zeros((1, 3)), np.zeros((3, 2))], r"logits_1 has shape \(3, 2\), expected \(3, 3\)"),
+        ([np.zeros((1, 2)), np.zeros((2, 2)), np.zeros((3, 2))], "logits_2 has shape"),
+    ],
+)
 def test_infer_sizes_rejects(bad, match):
     with pytest.raises(InputError, match=match):
         tables.infer_sizes(bad)
@@ -104,7 +108,7 @@ def test_is_binary():
 def test_size_guard_refuses_before_allocating(monkeypatch):
     need = tables.estimate_tree_bytes(4, 12)
     # The estimate counts at least the logit tables and the harm in float64.
-    assert need >= 8 * (tables.num_tree_rows(4, 12) * 4 + 4 ** 12)
+    assert need >= 8 * (tables.num_tree_rows(4, 12) * 4 + 4**12)
     assert tables.check_enumeration_size(4, 12, budget=need) == need
     with pytest.raises(EnumerationTooLarge, match=r"4\*\*12 .* needs about [0-9.]+ GiB.*Markov"):
         tables.check_enumeration_size(4, 12, budget=need - 1)
@@ -113,8 +117,10 @@ def test_size_guard_refuses_before_allocating(monkeypatch):
         tables.check_enumeration_size(50, 40)
 
 
-@pytest.mark.parametrize("text, value", [("1000", 1000), ("2K", 2048), ("1.5M", 1.5 * 2**20),
-                                         ("8G", 8 * 2**30), ("8gb", 8 * 2**30)])
+@pytest.mark.parametrize(
+    "text, value",
+    [("1000", 1000), ("2K", 2048), ("1.5M", 1.5 * 2**20), ("8G", 8 * 2**30), ("8gb", 8 * 2**30)],
+)
 def test_memory_limit_env(monkeypatch, text, value):
     monkeypatch.setenv(tables.MEMORY_LIMIT_ENV, text)
     assert tables.memory_budget() == int(value)

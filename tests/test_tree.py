@@ -8,21 +8,21 @@ is a sum of at most ``n = V**T`` terms, each a product of at most ``T + 1`` roun
 import jax
 import jax.numpy as jnp
 import numpy as np
+import oracle
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from instances import SMALL_SIZES, examples, instances, tol
 from tree_all import engine
 
-import oracle
-from toy_lm.models import harms
 from toy_lm.engines import tree
 from toy_lm.errors import InputError
+from toy_lm.models import harms
 from toy_lm.tables import is_binary
 
 
 def bound(inst, c=16):
-    n = inst.vocab_size ** inst.length
+    n = inst.vocab_size**inst.length
     return tol(c * (inst.length + 1) * n, f"{c} x (T+1) factors x V**T terms")
 
 
@@ -47,10 +47,15 @@ def check_engine(inst, lam, jit):
     base[0] = base[0] + np.linspace(0, 1, V)
     binary = is_binary(harm)
     if not binary or harm.max() == 0:  # q_k needs E0[h] > 0; soft harms use the weighted form
-        harm = np.where(np.arange(harm.size) == harm.size - 1, 1.0, harm) if harm.max() == 0 \
-            else harm
-    out = engine(jit)([jnp.asarray(z) for z in inst.tables], jnp.asarray(harm),
-                      [jnp.asarray(z) for z in base], lam)
+        harm = (
+            np.where(np.arange(harm.size) == harm.size - 1, 1.0, harm) if harm.max() == 0 else harm
+        )
+    out = engine(jit)(
+        [jnp.asarray(z) for z in inst.tables],
+        jnp.asarray(harm),
+        [jnp.asarray(z) for z in base],
+        lam,
+    )
     out = jax.tree_util.tree_map(np.asarray, out)
     b = bound(inst)
 
@@ -63,7 +68,9 @@ def check_engine(inst, lam, jit):
 
     # log π rows are normalized; prefix probabilities sum to 1 at every level and match the paths.
     for logp in out["log_policy"]:
-        np.testing.assert_allclose(np.exp(logp).sum(axis=1), 1.0, rtol=0, atol=tol(4 * V, "V terms"))
+        np.testing.assert_allclose(
+            np.exp(logp).sum(axis=1), 1.0, rtol=0, atol=tol(4 * V, "V terms")
+        )
     for level, p_l in enumerate(out["probs"]):
         assert abs(p_l.sum() - 1) <= b
         np.testing.assert_allclose(p_l, oracle.prefix_mass(P, V, level), rtol=0, atol=b)
@@ -77,8 +84,12 @@ def check_engine(inst, lam, jit):
         np.testing.assert_allclose(h_l, want, rtol=0, atol=b, err_msg=f"H_{level}")
     for level in range(T):
         pi = np.exp(out["log_policy"][level])
-        np.testing.assert_allclose(H[level], (pi * H[level + 1].reshape(-1, V)).sum(axis=1),
-                                   rtol=0, atol=tol(8 * V, "V products summed"))
+        np.testing.assert_allclose(
+            H[level],
+            (pi * H[level + 1].reshape(-1, V)).sum(axis=1),
+            rtol=0,
+            atol=tol(8 * V, "V products summed"),
+        )
     assert abs(out["expected"] - np.sum(P * harm)) <= b
 
     # Martingale increments: Σ_t Δ_t(y) = h(y) - E[h] per response; E[Δ_t | y_<t] = 0;
@@ -87,8 +98,9 @@ def check_engine(inst, lam, jit):
     np.testing.assert_allclose(total, harm - out["expected"], rtol=0, atol=b)
     for level, d in enumerate(out["deltas"]):
         pi = np.exp(out["log_policy"][level])
-        np.testing.assert_allclose((pi * d.reshape(-1, V)).sum(axis=1), 0.0, rtol=0,
-                                   atol=tol(8 * V, "V products summed"))
+        np.testing.assert_allclose(
+            (pi * d.reshape(-1, V)).sum(axis=1), 0.0, rtol=0, atol=tol(8 * V, "V products summed")
+        )
         assert np.all(d.reshape(-1, V)[masks[level]] == 0.0), f"Δ_{level + 1} at determined"
     full = [np.repeat(d, V ** (T - t - 1)) for t, d in enumerate(out["deltas"])]
     for s in range(T):
@@ -98,7 +110,7 @@ def check_engine(inst, lam, jit):
     # Harm information: Σ_t I_t = Var(h); I_t = E[Δ_t²]; exactly 0 beyond the horizon, > 0 at it.
     var = np.sum(P * (harm - np.sum(P * harm)) ** 2)
     assert abs(out["info"].sum() - var) <= b
-    np.testing.assert_allclose(out["info"], [np.sum(P * f ** 2) for f in full], rtol=0, atol=b)
+    np.testing.assert_allclose(out["info"], [np.sum(P * f**2) for f in full], rtol=0, atol=b)
     assert np.all(out["info"][tau_star:] == 0.0)
     if tau_star > 0:
         assert out["info"][tau_star - 1] > 0
@@ -108,14 +120,18 @@ def check_engine(inst, lam, jit):
     if binary:
         eh = np.sum(P * harm)
         assert abs(out["mi"].sum() - oracle.entropy([eh, 1 - eh])) <= tol(
-            64 * (T + 1) * V ** T, "entropies of V**T-term sums")
+            64 * (T + 1) * V**T, "entropies of V**T-term sums"
+        )
         assert np.all(out["mi"][tau_star:] == 0.0)
         for t in range(1, T + 1):
             joint = lambda lvl, hv: oracle.prefix_mass(P * (harm == hv), V, lvl)  # noqa: E731
-            ent = lambda lvl: sum(oracle.entropy(joint(lvl, hv)) for hv in (0, 1)) \
-                - oracle.entropy(oracle.prefix_mass(P, V, lvl))  # noqa: E731
+            ent = lambda lvl: (
+                sum(oracle.entropy(joint(lvl, hv)) for hv in (0, 1))
+                - oracle.entropy(oracle.prefix_mass(P, V, lvl))
+            )  # noqa: E731
             assert abs(out["mi"][t - 1] - (ent(t - 1) - ent(t))) <= tol(
-                64 * (T + 1) * V ** T, "entropies of V**T-term sums")
+                64 * (T + 1) * V**T, "entropies of V**T-term sums"
+            )
 
     # Per-position KL against another policy: chain rule, non-negativity, zero against itself.
     logQ = oracle.response_log_probs(base)
@@ -128,11 +144,16 @@ def check_engine(inst, lam, jit):
     logP0 = oracle.response_log_probs(base)
     tilted = logP0 - harm / lam
     log_norm = np.log(np.sum(np.exp(tilted - tilted.max()))) + tilted.max()
-    np.testing.assert_allclose(out["logz"][0][0], log_norm, rtol=0,
-                               atol=tol(64 * (T + 1) * V ** T / lam, "log-sum-exp, scale 1/λ"))
+    np.testing.assert_allclose(
+        out["logz"][0][0],
+        log_norm,
+        rtol=0,
+        atol=tol(64 * (T + 1) * V**T / lam, "log-sum-exp, scale 1/λ"),
+    )
     eq_resp = oracle.response_log_probs(out["eq"])
-    np.testing.assert_allclose(np.exp(eq_resp), np.exp(tilted - log_norm), rtol=0,
-                               atol=bound(inst, 64) * max(1.0, 1 / lam))
+    np.testing.assert_allclose(
+        np.exp(eq_resp), np.exp(tilted - log_norm), rtol=0, atol=bound(inst, 64) * max(1.0, 1 / lam)
+    )
     for level, e in enumerate(out["eq"]):
         np.testing.assert_allclose(np.exp(e).sum(axis=1), 1.0, rtol=0, atol=tol(8 * V, "V terms"))
         logp0 = np.asarray(tree.log_policy(base)[level])
@@ -171,7 +192,7 @@ def test_logit_grads_equal_autodiff(inst):
 def test_logit_grads_check_detects_a_wrong_gradient():
     """Planted error: closed-form gradients of a perturbed harm do not match autodiff."""
     rng = np.random.default_rng(0)
-    tables = [jnp.asarray(rng.normal(size=(2 ** l, 2))) for l in range(3)]
+    tables = [jnp.asarray(rng.normal(size=(2**l, 2))) for l in range(3)]
     harm = np.array([0, 1, 1, 0, 1, 0, 0, 1.0])
     wrong = harm.copy()
     wrong[3] = 0.9
@@ -194,8 +215,12 @@ def test_backward_step_gives_exact_zeros_for_constant_children(vocab_size, value
     varied = child.copy()
     varied[:, -1] += 1.0
     parent, delta = tree.backward_step(jnp.asarray(pi), jnp.asarray(varied))
-    np.testing.assert_allclose(parent, (pi * varied).sum(axis=1), rtol=0,
-                               atol=tol(8 * vocab_size * (abs(value) + 1), "V products"))
+    np.testing.assert_allclose(
+        parent,
+        (pi * varied).sum(axis=1),
+        rtol=0,
+        atol=tol(8 * vocab_size * (abs(value) + 1), "V products"),
+    )
 
 
 def test_length_one_and_constant_harm(maybe_jit):
@@ -217,7 +242,7 @@ def test_length_one_and_constant_harm(maybe_jit):
 def test_extreme_lambda_and_logits_stay_finite():
     """Log-space partition functions: no underflow at λ = 1e-3 or with logits of ±30."""
     rng = np.random.default_rng(1)
-    base = [jnp.asarray(30 * np.sign(rng.normal(size=(3 ** l, 3)))) for l in range(3)]
+    base = [jnp.asarray(30 * np.sign(rng.normal(size=(3**l, 3)))) for l in range(3)]
     harm = jnp.asarray((rng.random(27) < 0.5).astype(float))
     eq = tree.equilibrium_policy(base, harm, 1e-3)
     for e in eq:

@@ -30,8 +30,9 @@ def _engine(tables, harm, base, lam):
         # One prefix length k = T // 2 for the two building blocks (each call re-walks the tree);
         # the curve covers every k.
         q_k=tree.harmful_prefix_dist(base, harm, len(tables) // 2),
-        asr=tree.prefill_asr(tables, harm, tree.harmful_prefix_dist(base, harm, len(tables) // 2),
-                             len(tables) // 2),
+        asr=tree.prefill_asr(
+            tables, harm, tree.harmful_prefix_dist(base, harm, len(tables) // 2), len(tables) // 2
+        ),
         asr_curve=tree.prefill_asr_curve(tables, harm, base),
     )
 

@@ -34,12 +34,18 @@ def _is_int(value) -> bool:
 
 def check_lam(value, name: str = "lambda", error: type[HarmHorizonError] = InputError) -> float:
     """``value`` as a float, when it is a finite number ``>= MIN_LAMBDA``; else ``error``."""
-    ok = (isinstance(value, (int, float)) and not isinstance(value, bool)
-          and math.isfinite(value) and value >= MIN_LAMBDA)
+    ok = (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= MIN_LAMBDA
+    )
     if not ok:
-        raise error(f"{_named(name, value)} must be a positive finite number, at least "
-                    f"{MIN_LAMBDA!r} (the smallest normal float64; below it 1/λ overflows and "
-                    "π*_λ cannot be computed)")
+        raise error(
+            f"{_named(name, value)} must be a positive finite number, at least "
+            f"{MIN_LAMBDA!r} (the smallest normal float64; below it 1/λ overflows and "
+            "π*_λ cannot be computed)"
+        )
     return float(value)
 
 
@@ -60,12 +66,15 @@ def check_seed(value, name: str = "seed", error: type[HarmHorizonError] = InputE
     return value
 
 
-def check_count(value, name: str, low: int, high: int,
-                error: type[HarmHorizonError] = InputError, why: str = "") -> int:
+def check_count(
+    value, name: str, low: int, high: int, error: type[HarmHorizonError] = InputError, why: str = ""
+) -> int:
     """``value`` when it is an integer in ``low ... high``; else ``error`` naming the range."""
     if not (_is_int(value) and low <= value <= high):
-        raise error(f"{_named(name, value)} must be an integer from {low} to {high}"
-                    + (f" ({why})" if why else ""))
+        raise error(
+            f"{_named(name, value)} must be an integer from {low} to {high}"
+            + (f" ({why})" if why else "")
+        )
     return value
 
 
@@ -80,4 +89,3 @@ def _short(value) -> str:
         return f"{'-' if value < 0 else ''}~10^{len(str(abs(value))) - 1}"
     text = repr(value)
     return text if len(text) <= 60 else text[:60] + "..."
-

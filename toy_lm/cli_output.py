@@ -62,7 +62,7 @@ def format_value(value: Any, pattern: str = "{:.4g}") -> str:
         return pattern.format(value)
     if isinstance(value, (list, tuple)):
         return "[" + " ".join(format_value(v, pattern) for v in value) + "]"
-    try:   # numpy scalars and arrays
+    try:  # numpy scalars and arrays
         import numpy as np
 
         array = np.asarray(value)
@@ -78,16 +78,29 @@ def make_table(title: str, columns: Sequence[Column] = (), *, caption: str | Non
     from rich.table import Table
     from rich.text import Text
 
-    table = Table(title=Text(title), caption=None if caption is None else Text(caption),
-                  title_justify="left", caption_justify="left")
+    table = Table(
+        title=Text(title),
+        caption=None if caption is None else Text(caption),
+        title_justify="left",
+        caption_justify="left",
+    )
     for col in columns:
-        table.add_column(Text(col.header), justify=col.justify,  # type: ignore[arg-type]
-                         no_wrap=col.justify == "right")
+        table.add_column(
+            Text(col.header),
+            justify=col.justify,  # type: ignore[arg-type]
+            no_wrap=col.justify == "right",
+        )
     return table
 
 
-def print_table(title: str, columns: Sequence[Column], rows: Sequence[Mapping[str, Any]], *,
-                caption: str | None = None, out=None) -> None:
+def print_table(
+    title: str,
+    columns: Sequence[Column],
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    caption: str | None = None,
+    out=None,
+) -> None:
     """Print ``rows`` (dicts) as a table with ``columns``; a missing key prints ``-``.
 
     Args:

@@ -7,8 +7,14 @@ message on one line and exits with status 2; library callers can catch the base 
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "EnumerationTooLarge", "HarmHorizonError", "InputError", "OutputError",
-           "PrecisionError"]
+__all__ = [
+    "ConfigError",
+    "EnumerationTooLarge",
+    "HarmHorizonError",
+    "InputError",
+    "OutputError",
+    "PrecisionError",
+]
 
 
 class HarmHorizonError(ValueError):

@@ -24,16 +24,43 @@ from collections.abc import Mapping
 import numpy as np
 
 from toy_lm.errors import EnumerationTooLarge, InputError
-from toy_lm.tables import (check_enumeration_size, human_bytes, level_size, memory_budget,
-                           validate_harm, validate_tables)
+from toy_lm.tables import (
+    check_enumeration_size,
+    human_bytes,
+    level_size,
+    memory_budget,
+    validate_harm,
+    validate_tables,
+)
 
-__all__ = ["level_keys", "load_npz", "map_npz", "npz_nbytes", "npz_shapes", "open_input",
-           "read_tables", "table_keys"]
+__all__ = [
+    "level_keys",
+    "load_npz",
+    "map_npz",
+    "npz_nbytes",
+    "npz_shapes",
+    "open_input",
+    "read_tables",
+    "table_keys",
+]
 
 #: Everything a damaged archive or header can raise while it is read.
-_DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, EOFError, OSError, SyntaxError,
-            TypeError, OverflowError, RecursionError, MemoryError, NotImplementedError,
-            KeyError, IndexError, UnicodeDecodeError)
+_DAMAGED = (
+    zipfile.BadZipFile,
+    zlib.error,
+    ValueError,
+    EOFError,
+    OSError,
+    SyntaxError,
+    TypeError,
+    OverflowError,
+    RecursionError,
+    MemoryError,
+    NotImplementedError,
+    KeyError,
+    IndexError,
+    UnicodeDecodeError,
+)
 
 
 def open_input(path: str, what: str = "input"):
@@ -67,9 +94,17 @@ def _require_regular(path: str, mode: int, what: str) -> None:
     if stat.S_ISDIR(mode):
         raise InputError(f"cannot read {path}: it is a directory, expected the {what} file")
     if not stat.S_ISREG(mode):
-        kind = ("a character device" if stat.S_ISCHR(mode) else "a FIFO (named pipe)"
-                if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
-                else "a block device" if stat.S_ISBLK(mode) else "not a regular file")
+        kind = (
+            "a character device"
+            if stat.S_ISCHR(mode)
+            else "a FIFO (named pipe)"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a block device"
+            if stat.S_ISBLK(mode)
+            else "not a regular file"
+        )
         raise InputError(f"cannot read {path}: it is {kind}; the {what} must be a regular file")
 
 
@@ -87,12 +122,14 @@ def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo):
     shape, dtype = tuple(int(n) for n in shape), np.dtype(dtype)
     if any(n < 0 for n in shape):
         raise ValueError(f"negative dimension in shape {shape}")
-    if not dtype.hasobject:   # object arrays are pickles, refused when loaded
+    if not dtype.hasobject:  # object arrays are pickles, refused when loaded
         declared = math.prod(shape) * dtype.itemsize
         if header_bytes + declared != info.file_size:
-            raise ValueError(f"{info.filename} declares shape {_short(shape)} of {dtype} "
-                             f"({_count(declared)} bytes) but holds "
-                             f"{info.file_size - header_bytes} bytes of data (truncated or damaged)")
+            raise ValueError(
+                f"{info.filename} declares shape {_short(shape)} of {dtype} "
+                f"({_count(declared)} bytes) but holds "
+                f"{info.file_size - header_bytes} bytes of data (truncated or damaged)"
+            )
     return shape, dtype
 
 
@@ -128,8 +165,9 @@ def npz_shapes(path: str) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
         except PermissionError:
             raise InputError(f"cannot read {path}: permission denied") from None
         except _DAMAGED as err:
-            raise InputError(f"cannot read {path}: not a valid .npz archive "
-                             f"({_one_line(err)})") from None
+            raise InputError(
+                f"cannot read {path}: not a valid .npz archive ({_one_line(err)})"
+            ) from None
 
 
 def _one_line(err: BaseException) -> str:
@@ -154,8 +192,10 @@ def level_keys(keys, prefix: str) -> list[str]:
     found = [(k, m.group(1)) for k in keys if (m := pattern.match(k))]
     odd = sorted(k for k, digits in found if digits != str(int(digits)))
     if odd:
-        raise InputError(f"key {odd[0]} is not a level name; write {prefix}_<l> with l = 0, 1, "
-                         "2, ... in plain decimal (no leading zeros)")
+        raise InputError(
+            f"key {odd[0]} is not a level name; write {prefix}_<l> with l = 0, 1, "
+            "2, ... in plain decimal (no leading zeros)"
+        )
     levels = sorted(int(digits) for _, digits in found)
     if levels != list(range(len(levels))):
         missing = sorted(set(range(len(levels))) - set(levels))
@@ -197,23 +237,34 @@ def map_npz(path: str, keys) -> dict[str, np.ndarray]:
                     if info.compress_type != zipfile.ZIP_STORED:
                         raise InputError(
                             f"{path}: {key} is compressed; a distributed run maps the arrays in "
-                            "place, so save the tables with np.savez (uncompressed)")
+                            "place, so save the tables with np.savez (uncompressed)"
+                        )
                     fh.seek(info.header_offset)
                     local = fh.read(30)
                     if local[:4] != b"PK\x03\x04":
                         raise ValueError(f"bad local header of {key}")
-                    start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
-                             + int.from_bytes(local[28:30], "little"))
+                    start = (
+                        info.header_offset
+                        + 30
+                        + int.from_bytes(local[26:28], "little")
+                        + int.from_bytes(local[28:30], "little")
+                    )
                     fh.seek(start)
                     version = np.lib.format.read_magic(fh)
-                    read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                            else np.lib.format.read_array_header_2_0)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
                     shape, fortran, dtype = read(fh)
                     if fortran or np.dtype(dtype).hasobject:
-                        raise InputError(f"{path}: {key} is Fortran-ordered or holds objects; "
-                                         "save C-ordered numeric arrays")
-                    out[key] = np.memmap(path, dtype=dtype, mode="r", offset=fh.tell(),
-                                         shape=tuple(shape))
+                        raise InputError(
+                            f"{path}: {key} is Fortran-ordered or holds objects; "
+                            "save C-ordered numeric arrays"
+                        )
+                    out[key] = np.memmap(
+                        path, dtype=dtype, mode="r", offset=fh.tell(), shape=tuple(shape)
+                    )
         except InputError:
             raise
         except _DAMAGED as err:
@@ -238,18 +289,24 @@ def table_keys(path: str):
         raise InputError(f"V = {vocab_size} (from logits_0); the vocabulary needs V >= 2")
     ref_keys = level_keys(shapes, "ref_logits")
     if ref_keys and len(ref_keys) != length:
-        raise InputError(f"{len(ref_keys)} ref_logits_* tables for T = {length} logits tables; "
-                         "give all of ref_logits_0 ... ref_logits_(T-1) or none")
+        raise InputError(
+            f"{len(ref_keys)} ref_logits_* tables for T = {length} logits tables; "
+            "give all of ref_logits_0 ... ref_logits_(T-1) or none"
+        )
     for key in keys + ref_keys:
         level = int(key.rsplit("_", 1)[1])
         expected = (level_size(vocab_size, level), vocab_size)
         if shapes[key][0] != expected:
-            raise InputError(f"{key} has shape {shapes[key][0]}, expected {expected} "
-                             f"(V = {vocab_size} from logits_0, T = {length})")
+            raise InputError(
+                f"{key} has shape {shapes[key][0]}, expected {expected} "
+                f"(V = {vocab_size} from logits_0, T = {length})"
+            )
     if shapes["harm"][0] != (level_size(vocab_size, length),):
-        raise InputError(f"harm has shape {shapes['harm'][0]}, expected "
-                         f"({level_size(vocab_size, length)},) = (V**T,) for V = {vocab_size}, "
-                         f"T = {length}")
+        raise InputError(
+            f"harm has shape {shapes['harm'][0]}, expected "
+            f"({level_size(vocab_size, length)},) = (V**T,) for V = {vocab_size}, "
+            f"T = {length}"
+        )
     for key in keys + ref_keys + ["harm"]:
         if shapes[key][1].kind not in ("biuf" if key == "harm" else "iuf"):
             raise InputError(f"{key} has dtype {shapes[key][1]}; it must hold real numbers")
@@ -265,10 +322,12 @@ def read_tables(path: str):
     shapes, keys, ref_keys, vocab_size, length = table_keys(path)
     need = check_enumeration_size(vocab_size, length, what=f"analyzing {path}")
     loaded = npz_nbytes(shapes, keys + ref_keys + ["harm"])
-    if need + loaded > memory_budget():   # inputs in a wider dtype than float64, or many refs
-        raise EnumerationTooLarge(f"analyzing {path} needs about {human_bytes(need + loaded)} "
-                                  f"(the analysis and the {human_bytes(loaded)} of arrays read), "
-                                  f"more than the {human_bytes(memory_budget())} available")
+    if need + loaded > memory_budget():  # inputs in a wider dtype than float64, or many refs
+        raise EnumerationTooLarge(
+            f"analyzing {path} needs about {human_bytes(need + loaded)} "
+            f"(the analysis and the {human_bytes(loaded)} of arrays read), "
+            f"more than the {human_bytes(memory_budget())} available"
+        )
     data = load_npz(path, keys + ref_keys + ["harm"])
     logits = [data[k] for k in keys]
     validate_tables(logits, "logits")

@@ -51,11 +51,11 @@ POINTS: dict[str, str] = {
     "gradients.surrogate.weights": "the stop-gradient tables giving sg(P Δ_t) in the surrogate (ctx: live)",
     "montecarlo.baseline": "the exact baseline b_t(y_<t) = H_{t-1}(y_<t) of REINFORCE (ctx: t, tables, rows, tokens)",
     "step.backward.weights": "π(v|u) weighting the children in the level step that every XLA driver "
-                             "runs (toy_lm.engines.level_step: chunked, on device, sharded)",
+    "runs (toy_lm.engines.level_step: chunked, on device, sharded)",
     "analysis.xla.child_h": "the children's H rows handed to one XLA chunk (ctx: start, full)",
     "analysis.xla.level_sums": "the chunks' I_t sums of a level before they are added (ctx: level)",
     "analysis.numba.level_sums": "the Numba blocks' named level sums (cpu_kernels.BlockSums: I_t, KL, "
-                                 "MI ...) before the combine (ctx: level)",
+    "MI ...) before the combine (ctx: level)",
     "analysis.determined": "the determined mask det_l of the analysis (ctx: level, cond, dets)",
     "markov.child_state": "δ(s, v), the automaton state of a child in the DP's child index (S, V)",
     "markov.backward.weights": "π(v|c) weighting the children in the DP's backward step (both scan paths)",

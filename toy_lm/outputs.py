@@ -30,17 +30,33 @@ from collections.abc import Callable, Mapping, Sequence
 from toy_lm import signals
 from toy_lm.errors import OutputError
 
-__all__ = ["PARTIAL_PREFIX", "check_output", "check_output_folder", "json_text", "new_file_mode",
-           "null_nonfinite", "remove_stale", "save_npz", "write_atomic", "write_atomic_many",
-           "write_json", "write_text"]
+__all__ = [
+    "PARTIAL_PREFIX",
+    "check_output",
+    "check_output_folder",
+    "json_text",
+    "new_file_mode",
+    "null_nonfinite",
+    "remove_stale",
+    "save_npz",
+    "write_atomic",
+    "write_atomic_many",
+    "write_json",
+    "write_text",
+]
 
 PARTIAL_PREFIX = ".partial-"
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket")):
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISLNK, "a symbolic link"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -60,7 +76,7 @@ def remove_stale(folder: str, tag: str) -> int:
     """Delete ``.partial-<tag>-<pid>-*`` files in ``folder`` whose process is gone; how many."""
     removed = 0
     for path in glob.glob(os.path.join(glob.escape(folder), f"{PARTIAL_PREFIX}{tag}-*-*")):
-        pid = os.path.basename(path)[len(PARTIAL_PREFIX) + len(tag) + 1:].split("-", 1)[0]
+        pid = os.path.basename(path)[len(PARTIAL_PREFIX) + len(tag) + 1 :].split("-", 1)[0]
         if pid.isdigit() and not _pid_alive(int(pid)):
             try:
                 os.unlink(path)
@@ -78,8 +94,9 @@ def _probe_folder(folder: str, what: str) -> None:
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise OutputError(f"cannot write {what}: folder {folder} is not writable "
-                          f"({err.strerror or err})") from None
+        raise OutputError(
+            f"cannot write {what}: folder {folder} is not writable ({err.strerror or err})"
+        ) from None
 
 
 def check_output(path: str, *, flag: str, tag: str, inputs: Sequence[str | None] = ()) -> str:
@@ -107,12 +124,16 @@ def check_output(path: str, *, flag: str, tag: str, inputs: Sequence[str | None]
     except OSError as err:
         raise OutputError(f"cannot write {what}: {err.strerror or err}") from None
     if st is not None and not stat.S_ISREG(st.st_mode):
-        raise OutputError(f"cannot write {what}: it is {_kind(st.st_mode)}, and writing would "
-                          "replace it; give the name of a regular file")
+        raise OutputError(
+            f"cannot write {what}: it is {_kind(st.st_mode)}, and writing would "
+            "replace it; give the name of a regular file"
+        )
     for source in inputs:
         if st is not None and source and _same_file(path, source):
-            raise OutputError(f"cannot write {what}: it is the input file {source}; writing "
-                              "would replace the input, give another name")
+            raise OutputError(
+                f"cannot write {what}: it is the input file {source}; writing "
+                "would replace the input, give another name"
+            )
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise OutputError(f"cannot write {what}: folder {folder} does not exist")
@@ -179,8 +200,9 @@ def write_atomic(path: str, write: Callable | bytes, *, tag: str, flag: str = "o
     return write_atomic_many([(path, write)], tag=tag, flag=flag)[0]
 
 
-def write_atomic_many(items: Sequence[tuple[str, Callable | bytes]], *, tag: str,
-                      flag: str = "output") -> list[str]:
+def write_atomic_many(
+    items: Sequence[tuple[str, Callable | bytes]], *, tag: str, flag: str = "output"
+) -> list[str]:
     """:func:`write_atomic` of several files, staged together: every ``write(fh)`` fills its own
     temporary file first, and only when all are written and fsynced are they renamed, so a failure
     or a kill while writing leaves none of them; one killed during the renames leaves each file
@@ -206,8 +228,11 @@ def write_atomic_many(items: Sequence[tuple[str, Callable | bytes]], *, tag: str
             current = path
             folder = os.path.dirname(os.path.abspath(path))
             mode = new_file_mode(path)
-            fd, tmp = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}{tag}-{os.getpid()}-",
-                                       suffix=os.path.splitext(path)[1], dir=folder)
+            fd, tmp = tempfile.mkstemp(
+                prefix=f"{PARTIAL_PREFIX}{tag}-{os.getpid()}-",
+                suffix=os.path.splitext(path)[1],
+                dir=folder,
+            )
             signals.track(tmp)
             staged.append((tmp, path))
             with os.fdopen(fd, "wb") as fh:
@@ -221,9 +246,11 @@ def write_atomic_many(items: Sequence[tuple[str, Callable | bytes]], *, tag: str
         for _, path in staged:
             current = path
             if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
-                raise OutputError(f"cannot write {flag} {path}: it became "
-                                  f"{_kind(os.lstat(path).st_mode)} during the run; nothing "
-                                  "written")
+                raise OutputError(
+                    f"cannot write {flag} {path}: it became "
+                    f"{_kind(os.lstat(path).st_mode)} during the run; nothing "
+                    "written"
+                )
         for tmp, path in staged:
             os.replace(tmp, path)
         for folder in dict.fromkeys(os.path.dirname(os.path.abspath(p)) for _, p in staged):
@@ -266,9 +293,12 @@ def save_npz(path: str, arrays: Mapping, *, tag: str, flag: str = "output") -> s
     """:func:`write_atomic` of an uncompressed ``.npz`` of ``arrays``."""
     import numpy as np
 
-    return write_atomic(path, lambda fh: np.savez(fh, **{k: np.asarray(v)
-                                                        for k, v in arrays.items()}),
-                        tag=tag, flag=flag)
+    return write_atomic(
+        path,
+        lambda fh: np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()}),
+        tag=tag,
+        flag=flag,
+    )
 
 
 def json_text(payload, *, indent=None) -> str:

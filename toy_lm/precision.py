@@ -22,8 +22,15 @@ import numpy as np
 
 from toy_lm.errors import PrecisionError
 
-__all__ = ["FIX", "Tolerance", "check_x64", "default_float", "eps_tolerance", "require_x64",
-           "x64_enabled"]
+__all__ = [
+    "FIX",
+    "Tolerance",
+    "check_x64",
+    "default_float",
+    "eps_tolerance",
+    "require_x64",
+    "x64_enabled",
+]
 
 _FALSEY = {"0", "false", "no", "off"}
 
@@ -63,7 +70,8 @@ def check_x64(what: str) -> None:
     if not jax.config.read("jax_enable_x64"):
         raise PrecisionError(
             f"{what} computes in float64, but JAX's float64 mode is off; turn it on once at the "
-            f"start of your program: {FIX}")
+            f"start of your program: {FIX}"
+        )
 
 
 def x64_enabled() -> bool:

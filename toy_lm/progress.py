@@ -63,8 +63,14 @@ class Heartbeat:
 
 
 @contextlib.contextmanager
-def heartbeat(label: str, status: str = "working", *, interval: float = DEFAULT_INTERVAL,
-              stream=None, terminal: bool | None = None):
+def heartbeat(
+    label: str,
+    status: str = "working",
+    *,
+    interval: float = DEFAULT_INTERVAL,
+    stream=None,
+    terminal: bool | None = None,
+):
     """Context manager yielding a :class:`Heartbeat`; see the module docstring.
 
     Args:
@@ -90,6 +96,7 @@ def heartbeat(label: str, status: str = "working", *, interval: float = DEFAULT_
 
         spinner.start()
     else:
+
         def loop():
             while not stop.wait(min(1.0, interval / 2)):
                 beat.beat_pipe()

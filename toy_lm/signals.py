@@ -31,9 +31,21 @@ import sys
 import threading
 import time
 
-__all__ = ["HANDLED", "Interrupted", "NATIVE_PACKAGES", "RETRY_SECONDS", "exit_status", "install",
-           "received", "remove_tracked", "restore", "safe_to_raise", "signal_name", "track",
-           "untrack"]
+__all__ = [
+    "HANDLED",
+    "Interrupted",
+    "NATIVE_PACKAGES",
+    "RETRY_SECONDS",
+    "exit_status",
+    "install",
+    "received",
+    "remove_tracked",
+    "restore",
+    "safe_to_raise",
+    "signal_name",
+    "track",
+    "untrack",
+]
 
 #: Signals that end a run cleanly; the exit status is ``128 + signal number`` (130, 143).
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -55,8 +67,17 @@ class Interrupted(KeyboardInterrupt):
 #: An import in progress is deferred too (an extension module's initialisation imports Python
 #: modules from C: a SIGINT there broke ``import numpy`` with "PyCapsule_Import could not import
 #: module datetime", and one landing in JAX's start-up ended in SIGSEGV).
-NATIVE_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numba", "llvmlite", "ml_dtypes", "numpy",
-                   "pyarrow")
+NATIVE_PACKAGES = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "numba",
+    "llvmlite",
+    "ml_dtypes",
+    "numpy",
+    "pyarrow",
+)
 
 #: How often a deferred signal is delivered again while the main thread is inside those packages.
 RETRY_SECONDS = 0.01
@@ -83,11 +104,11 @@ def safe_to_raise(frame) -> bool:
     return True
 
 
-_pending: list[int] = []   # a signal recorded but not yet raised (deferred out of native code)
+_pending: list[int] = []  # a signal recorded but not yet raised (deferred out of native code)
 
 
 def _handler(signum, frame):
-    if not _pending:   # a new signal, not the redelivery of a deferred one
+    if not _pending:  # a new signal, not the redelivery of a deferred one
         _received.append(signum)
     if not safe_to_raise(frame):
         if not _pending:
@@ -115,7 +136,7 @@ def _retry(signum: int) -> None:
 
 
 def _redeliver(signum: int) -> None:
-    time.sleep(RETRY_SECONDS)   # let the main thread leave the callback that swallowed the first
+    time.sleep(RETRY_SECONDS)  # let the main thread leave the callback that swallowed the first
     if _active:
         _deliver(signum)
 

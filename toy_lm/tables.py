@@ -23,10 +23,24 @@ import numpy as np
 
 from toy_lm.errors import EnumerationTooLarge, InputError
 
-__all__ = ["MAX_MEMORY_LIMIT", "MEMORY_LIMIT_ENV", "all_prefixes", "check_enumeration_size",
-           "estimate_tree_bytes", "human_bytes", "infer_sizes", "is_binary", "level_size",
-           "log_size", "memory_budget", "non_finite_error", "num_tree_rows", "prefix_index",
-           "validate_harm", "validate_tables"]
+__all__ = [
+    "MAX_MEMORY_LIMIT",
+    "MEMORY_LIMIT_ENV",
+    "all_prefixes",
+    "check_enumeration_size",
+    "estimate_tree_bytes",
+    "human_bytes",
+    "infer_sizes",
+    "is_binary",
+    "level_size",
+    "log_size",
+    "memory_budget",
+    "non_finite_error",
+    "num_tree_rows",
+    "prefix_index",
+    "validate_harm",
+    "validate_tables",
+]
 
 #: Environment variable that caps the memory the size guard lets an enumeration use (bytes, or
 #: with a K/M/G suffix). Without it the guard uses 80% of the memory the OS reports available.
@@ -96,16 +110,19 @@ def infer_sizes(tables: Sequence, name: str = "logits") -> tuple[int, int]:
     return vocab_size, len(tables)
 
 
-def validate_tables(tables: Sequence, name: str = "logits",
-                    check_finite: bool = True) -> tuple[int, int]:
+def validate_tables(
+    tables: Sequence, name: str = "logits", check_finite: bool = True
+) -> tuple[int, int]:
     """:func:`infer_sizes`, a dtype check and (unless ``check_finite=False``, for callers that
     test finiteness themselves) a finiteness check on every entry."""
     vocab_size, length = infer_sizes(tables, name)
     for level, table in enumerate(tables):
         arr = np.asarray(table)
-        if arr.dtype.kind not in "iuf":   # not bool, complex, timedelta, strings, objects
-            raise InputError(f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers "
-                             "(integer or floating)")
+        if arr.dtype.kind not in "iuf":  # not bool, complex, timedelta, strings, objects
+            raise InputError(
+                f"{name}_{level} has dtype {arr.dtype}; logits must be real numbers "
+                "(integer or floating)"
+            )
         if check_finite and not np.all(np.isfinite(arr)):
             raise non_finite_error(arr, f"{name}_{level}")
     return vocab_size, length
@@ -116,7 +133,8 @@ def non_finite_error(table, name: str) -> InputError:
     bad = int(np.size(table) - np.count_nonzero(np.isfinite(table)))
     return InputError(
         f"{name} has {bad} non-finite entries (NaN or inf); logits must be finite "
-        "(use a large negative number, e.g. -30, for a near-zero probability)")
+        "(use a large negative number, e.g. -30, for a near-zero probability)"
+    )
 
 
 def validate_harm(harm, vocab_size: int, length: int) -> np.ndarray:
@@ -132,7 +150,9 @@ def validate_harm(harm, vocab_size: int, length: int) -> np.ndarray:
         raise InputError(f"harm has dtype {arr.dtype}; it must hold numbers in [0, 1]")
     arr = arr.astype(np.float64)
     if np.isnan(arr).any():
-        raise InputError(f"harm has {int(np.isnan(arr).sum())} NaN entries; harm must lie in [0, 1]")
+        raise InputError(
+            f"harm has {int(np.isnan(arr).sum())} NaN entries; harm must lie in [0, 1]"
+        )
     if (arr < 0).any() or (arr > 1).any():
         raise InputError(
             f"harm has {int(((arr < 0) | (arr > 1)).sum())} values outside [0, 1] (min "
@@ -160,14 +180,15 @@ def _parse_bytes(text: str) -> int:
     if not (math.isfinite(value) and 1 <= value <= MAX_MEMORY_LIMIT):
         raise InputError(
             f"{MEMORY_LIMIT_ENV}={text!r} is not a size the memory guard can use; write a number "
-            "of bytes from 1 to 2**60, optionally with K, M, G or T, e.g. 8G (or unset it)")
+            "of bytes from 1 to 2**60, optionally with K, M, G or T, e.g. 8G (or unset it)"
+        )
     return int(value)
 
 
 def memory_budget() -> int:
     """Bytes an enumeration may use: ``$HARM_HORIZON_MEMORY_LIMIT`` or 80% of available memory."""
     env = os.environ.get(MEMORY_LIMIT_ENV)
-    if env is not None and env.strip():   # empty means unset
+    if env is not None and env.strip():  # empty means unset
         return _parse_bytes(env)
     available = None
     try:
@@ -186,8 +207,14 @@ def memory_budget() -> int:
     return int(0.8 * available)
 
 
-def estimate_tree_bytes(vocab_size: int, length: int, *, itemsize: int = 8,
-                        tables_per_level: int = 6, vectors_per_level: int = 6) -> int:
+def estimate_tree_bytes(
+    vocab_size: int,
+    length: int,
+    *,
+    itemsize: int = 8,
+    tables_per_level: int = 6,
+    vectors_per_level: int = 6,
+) -> int:
     """Estimated peak bytes of a full prefix-tree analysis.
 
     The estimate counts ``tables_per_level`` arrays shaped like the logit tables (inputs, logit
@@ -199,8 +226,14 @@ def estimate_tree_bytes(vocab_size: int, length: int, *, itemsize: int = 8,
     return itemsize * (tables_per_level * rows * vocab_size + vectors_per_level * nodes)
 
 
-def check_enumeration_size(vocab_size: int, length: int, *, what: str = "the prefix-tree analysis",
-                           itemsize: int = 8, budget: int | None = None) -> int:
+def check_enumeration_size(
+    vocab_size: int,
+    length: int,
+    *,
+    what: str = "the prefix-tree analysis",
+    itemsize: int = 8,
+    budget: int | None = None,
+) -> int:
     """Refuse, before allocating anything, an enumeration that would not fit in memory.
 
     Sizes far beyond any budget are refused from logarithms (``V**T`` is never formed when
@@ -213,22 +246,26 @@ def check_enumeration_size(vocab_size: int, length: int, *, what: str = "the pre
       EnumerationTooLarge: with the estimate, the budget, and what to use instead.
     """
     budget = memory_budget() if budget is None else budget
-    advice = ("use the Markov x automaton dynamic-programming engine (harm-horizon analyze-markov) "
-              "or the Monte Carlo estimators for models this large, or a smaller V or T (limit set "
-              f"by {MEMORY_LIMIT_ENV})")
+    advice = (
+        "use the Markov x automaton dynamic-programming engine (harm-horizon analyze-markov) "
+        "or the Monte Carlo estimators for models this large, or a smaller V or T (limit set "
+        f"by {MEMORY_LIMIT_ENV})"
+    )
     # The leaves alone are V**T entries: when log2 of that exceeds log2 of the budget, refuse.
     log2_leaves = length * math.log2(vocab_size)
     if log2_leaves > math.log2(max(budget, 2)) + 1:
         raise EnumerationTooLarge(
             f"{what} at V={vocab_size}, T={length} enumerates {vocab_size}**{length} = "
             f"{log_size(vocab_size, length)} responses, far more than the {human_bytes(budget)} "
-            f"available hold; {advice}")
+            f"available hold; {advice}"
+        )
     need = estimate_tree_bytes(vocab_size, length, itemsize=itemsize)
     if need > budget:
         raise EnumerationTooLarge(
             f"{what} at V={vocab_size}, T={length} enumerates {vocab_size}**{length} = "
             f"{log_size(vocab_size, length)} responses and needs about {human_bytes(need)} "
-            f"(estimated), more than the {human_bytes(budget)} available; {advice}")
+            f"(estimated), more than the {human_bytes(budget)} available; {advice}"
+        )
     return need
 
 
@@ -236,7 +273,7 @@ def log_size(base: int, exponent: int) -> str:
     """``base**exponent`` for a message, from logarithms (never forms the number)."""
     digits = exponent * math.log10(base)
     if digits < 15:
-        return f"{base ** exponent:.3e}"
+        return f"{base**exponent:.3e}"
     return f"~1e{int(digits)}"
 
 

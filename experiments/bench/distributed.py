@@ -45,18 +45,22 @@ def write_instance(path: str, vocab_size: int, length: int, seed: int = 0) -> No
     """A random tabular policy and a binary harm decided by the first ``T // 2`` tokens."""
     rng = np.random.default_rng(seed)
     tau = length // 2
-    harm = np.repeat((rng.random(vocab_size ** tau) < 0.5).astype(np.float64),
-                     vocab_size ** (length - tau))
-    np.savez(path, harm=harm, **{f"logits_{l}": rng.normal(size=(vocab_size ** l, vocab_size))
-                                 for l in range(length)})
+    harm = np.repeat(
+        (rng.random(vocab_size**tau) < 0.5).astype(np.float64), vocab_size ** (length - tau)
+    )
+    np.savez(
+        path,
+        harm=harm,
+        **{f"logits_{l}": rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)},
+    )
 
 
 def _timed_share(path: str, index: int, count: int, repeats: int, gather) -> list[dict]:
     """Phase times of ``repeats`` warm runs of one process's share (one untimed run first)."""
     import jax
 
-    from toy_lm.io import map_npz
     from toy_lm.engines.sharded import make_mesh, plan, summarize_share
+    from toy_lm.io import map_npz
 
     data = map_npz(path, [k for k in np.load(path).files])
     length = sum(k.startswith("logits_") for k in data)
@@ -76,9 +80,14 @@ def _timed_share(path: str, index: int, count: int, repeats: int, gather) -> lis
         start = time.perf_counter()
         summarize_share(logits, data["harm"], share, mesh=mesh, lam=LAMBDA, gather=timed_gather)
         end = time.perf_counter()
-        runs.append({"seconds": end - start, "local_seconds": marks["gather"] - start,
-                     "gather_seconds": marks["combine"] - marks["gather"],
-                     "combine_seconds": end - marks["combine"]})
+        runs.append(
+            {
+                "seconds": end - start,
+                "local_seconds": marks["gather"] - start,
+                "gather_seconds": marks["combine"] - marks["gather"],
+                "combine_seconds": end - marks["combine"],
+            }
+        )
     return runs[1:]
 
 
@@ -110,9 +119,23 @@ def _measure(path: str, count: int, repeats: int) -> dict:
     from toy_lm.engines.distributed import free_port
 
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, "-m", "experiments.bench.distributed", path,
-                               f"127.0.0.1:{port}", str(i), str(count), str(repeats)],
-                              stdout=subprocess.PIPE, text=True) for i in range(count)]
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "experiments.bench.distributed",
+                path,
+                f"127.0.0.1:{port}",
+                str(i),
+                str(count),
+                str(repeats),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(count)
+    ]
     try:
         out = procs[0].communicate(timeout=3600)[0]
         for p in procs[1:]:
@@ -134,31 +157,41 @@ def bench_distributed(vocab_size: int, length: int, repeats: int, folder: str) -
     write_instance(path, vocab_size, length)
     one, two = (_measure(path, count, repeats) for count in (1, 2))
     os.remove(path)
-    responses = vocab_size ** length
+    responses = vocab_size**length
     one_seconds, two_seconds = _median(one["runs"], "seconds"), _median(two["runs"], "seconds")
-    return {"name": f"distributed V={vocab_size} T={length}", "vocab_size": vocab_size,
-            "length": length, "sequences": responses, "split": SPLIT,
-            "one_seconds": one_seconds, "responses_per_second": responses / one_seconds,
-            "two_seconds": two_seconds,
-            **{f"two_{k}": _median(two["runs"], k)
-               for k in ("local_seconds", "gather_seconds", "combine_seconds")},
-            "overhead_ratio": two_seconds / one_seconds,
-            "peak_rss_bytes_one": one["peak_rss_bytes"],
-            "peak_rss_bytes_two": two["peak_rss_bytes"],
-            "share_bytes_one": share_bytes(vocab_size, length, SPLIT, 1),
-            "share_bytes_two": share_bytes(vocab_size, length, SPLIT, 2),
-            "load_average": os.getloadavg()[0]}
+    return {
+        "name": f"distributed V={vocab_size} T={length}",
+        "vocab_size": vocab_size,
+        "length": length,
+        "sequences": responses,
+        "split": SPLIT,
+        "one_seconds": one_seconds,
+        "responses_per_second": responses / one_seconds,
+        "two_seconds": two_seconds,
+        **{
+            f"two_{k}": _median(two["runs"], k)
+            for k in ("local_seconds", "gather_seconds", "combine_seconds")
+        },
+        "overhead_ratio": two_seconds / one_seconds,
+        "peak_rss_bytes_one": one["peak_rss_bytes"],
+        "peak_rss_bytes_two": two["peak_rss_bytes"],
+        "share_bytes_one": share_bytes(vocab_size, length, SPLIT, 1),
+        "share_bytes_two": share_bytes(vocab_size, length, SPLIT, 2),
+        "load_average": os.getloadavg()[0],
+    }
 
 
 def suite_distributed(repeats: int, quick: bool, progress) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory(prefix="harm-horizon-bench-") as folder:
         for vocab_size, length in QUICK_SIZES if quick else SIZES:
-            progress(f"distributed V={vocab_size} T={length} ({vocab_size ** length:.3g} "
-                     "responses): 1 process, then 2")
+            progress(
+                f"distributed V={vocab_size} T={length} ({vocab_size**length:.3g} "
+                "responses): 1 process, then 2"
+            )
             rows.append(bench_distributed(vocab_size, length, repeats, folder))
     return rows
 
 
-if __name__ == "__main__":   # a measuring process: PATH COORDINATOR INDEX COUNT REPEATS
+if __name__ == "__main__":  # a measuring process: PATH COORDINATOR INDEX COUNT REPEATS
     worker(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]))

@@ -27,15 +27,29 @@ import time
 
 import numpy as np
 
-__all__ = ["GPU_CHUNK", "LAMBDA", "SKIP_REASON", "VOCABS", "bench_device", "device_memory",
-           "float32_check", "forest_bytes", "gpu_device", "gpu_rows", "largest_size",
-           "random_state", "suite_gpu"]
+__all__ = [
+    "GPU_CHUNK",
+    "LAMBDA",
+    "SKIP_REASON",
+    "VOCABS",
+    "bench_device",
+    "device_memory",
+    "float32_check",
+    "forest_bytes",
+    "gpu_device",
+    "gpu_rows",
+    "largest_size",
+    "random_state",
+    "suite_gpu",
+]
 
 VOCABS = (2, 4)
 GPU_CHUNK = 1 << 20
 LAMBDA = 0.5
-SKIP_REASON = ("no GPU: jax.devices('gpu') found none on this machine, so the gpu suite did not "
-               "run and GPU figures could not be measured")
+SKIP_REASON = (
+    "no GPU: jax.devices('gpu') found none on this machine, so the gpu suite did not "
+    "run and GPU figures could not be measured"
+)
 
 
 def gpu_device():
@@ -52,8 +66,8 @@ def gpu_device():
 def forest_bytes(vocab_size: int, length: int, itemsize: int) -> int:
     """Device bytes of a whole-tree forest with the equilibrium: two ``(R, V)`` row tables, two
     row vectors, three node vectors and the boolean flags (``R`` rows, ``N`` nodes)."""
-    rows = sum(vocab_size ** l for l in range(length))
-    nodes = rows + vocab_size ** length
+    rows = sum(vocab_size**l for l in range(length))
+    nodes = rows + vocab_size**length
     return itemsize * (2 * rows * vocab_size + 2 * rows + 3 * nodes) + nodes
 
 
@@ -64,7 +78,7 @@ def largest_size(memory: int, itemsize: int, fraction: float = 0.6) -> tuple[int
         length = 1
         while forest_bytes(vocab_size, length + 1, itemsize) <= fraction * memory:
             length += 1
-        if vocab_size ** length > best[0] ** best[1]:
+        if vocab_size**length > best[0] ** best[1]:
             best = (vocab_size, length)
     return best
 
@@ -88,13 +102,16 @@ def random_state(key, layout, mesh, dtype) -> dict:
         k1, k2 = jax.random.split(key)
         harm = jax.random.bernoulli(k2, 0.5, (leaves.stop - leaves.start,)).astype(dtype)
         node = jnp.zeros(layout.node_pad, dtype)
-        state = dict(logits=jax.random.normal(k1, (layout.row_pad, layout.vocab_size), dtype),
-                     probs=node.at[0].set(1.0), h=node.at[leaves].set(harm),
-                     det=jnp.ones(layout.node_pad, bool),
-                     grads=jnp.zeros((layout.row_pad, layout.vocab_size), dtype),
-                     info=jnp.zeros(layout.row_pad, dtype),
-                     logz=node.at[leaves].set(-harm / LAMBDA),
-                     eq_kl=jnp.zeros(layout.row_pad, dtype))
+        state = dict(
+            logits=jax.random.normal(k1, (layout.row_pad, layout.vocab_size), dtype),
+            probs=node.at[0].set(1.0),
+            h=node.at[leaves].set(harm),
+            det=jnp.ones(layout.node_pad, bool),
+            grads=jnp.zeros((layout.row_pad, layout.vocab_size), dtype),
+            info=jnp.zeros(layout.row_pad, dtype),
+            logz=node.at[leaves].set(-harm / LAMBDA),
+            eq_kl=jnp.zeros(layout.row_pad, dtype),
+        )
         return {k: v[None] for k, v in state.items()}
 
     return make(key)
@@ -108,8 +125,10 @@ def _floor(state: dict) -> float:
     @jax.jit
     def touch(st):
         read = jnp.sum(st["logits"]) + jnp.sum(st["h"])
-        return read, {k: jnp.zeros_like(st[k]) for k in ("h", "det", "grads", "info", "logz",
-                                                          "eq_kl", "probs")}
+        return read, {
+            k: jnp.zeros_like(st[k])
+            for k in ("h", "det", "grads", "info", "logz", "eq_kl", "probs")
+        }
 
     jax.block_until_ready(touch(state))
     best = np.inf
@@ -120,8 +139,9 @@ def _floor(state: dict) -> float:
     return best
 
 
-def bench_device(device, vocab_size: int, length: int, dtype, repeats: int,
-                 chunk_rows: int = GPU_CHUNK) -> dict:
+def bench_device(
+    device, vocab_size: int, length: int, dtype, repeats: int, chunk_rows: int = GPU_CHUNK
+) -> dict:
     import jax
 
     from toy_lm.engines import device_tree
@@ -136,12 +156,13 @@ def bench_device(device, vocab_size: int, length: int, dtype, repeats: int,
     forward = kernels.forward.lower(state, idx).compile()
     backward = kernels.backward.lower(state, idx, idx, np.asarray(LAMBDA, dtype)).compile()
     kernels.store.lower(state, forward(state, idx), idx, idx).compile()
-    kernels.store.lower(state, backward(state, idx, idx, np.asarray(LAMBDA, dtype)), idx,
-                        idx).compile()
+    kernels.store.lower(
+        state, backward(state, idx, idx, np.asarray(LAMBDA, dtype)), idx, idx
+    ).compile()
     compile_seconds = time.perf_counter() - start
     floor = _floor(state)
     times = []
-    for rep in range(repeats + 1):   # the first run warms up
+    for rep in range(repeats + 1):  # the first run warms up
         state = random_state(jax.random.key(rep), layout, mesh, dtype)
         jax.block_until_ready(state)
         start = time.perf_counter()
@@ -150,12 +171,19 @@ def bench_device(device, vocab_size: int, length: int, dtype, repeats: int,
         jax.block_until_ready(state)
         times.append(time.perf_counter() - start)
     seconds = statistics.median(times[1:])
-    return {"name": f"gpu tree V={vocab_size} T={length} {np.dtype(dtype).name}",
-            "vocab_size": vocab_size, "length": length, "sequences": vocab_size ** length,
-            "dtype": np.dtype(dtype).name, "device": device.device_kind,
-            "bytes": forest_bytes(vocab_size, length, np.dtype(dtype).itemsize),
-            "seconds": seconds, "compile_seconds": compile_seconds, "floor_seconds": floor,
-            "ratio_to_floor": seconds / floor}
+    return {
+        "name": f"gpu tree V={vocab_size} T={length} {np.dtype(dtype).name}",
+        "vocab_size": vocab_size,
+        "length": length,
+        "sequences": vocab_size**length,
+        "dtype": np.dtype(dtype).name,
+        "device": device.device_kind,
+        "bytes": forest_bytes(vocab_size, length, np.dtype(dtype).itemsize),
+        "seconds": seconds,
+        "compile_seconds": compile_seconds,
+        "floor_seconds": floor,
+        "ratio_to_floor": seconds / floor,
+    }
 
 
 def float32_check(device, vocab_size: int = 4, length: int = 10) -> dict:
@@ -163,29 +191,36 @@ def float32_check(device, vocab_size: int = 4, length: int = 10) -> dict:
     from toy_lm.engines.sharded import analyze_sharded, make_mesh
 
     rng = np.random.default_rng(0)
-    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
-    harm = (rng.random(vocab_size ** length) < 0.5).astype(np.float64)
+    logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
+    harm = (rng.random(vocab_size**length) < 0.5).astype(np.float64)
     mesh = make_mesh([device])
     high = analyze_sharded(logits, harm, lam=LAMBDA, mesh=mesh)
     low = analyze_sharded(logits, harm, lam=LAMBDA, mesh=mesh, dtype=np.float32)
-    tol = float(np.finfo(np.float32).eps) * 16 * (length + 1) * vocab_size ** 2
+    tol = float(np.finfo(np.float32).eps) * 16 * (length + 1) * vocab_size**2
     err_h = max(float(np.max(np.abs(a - b))) for a, b in zip(low.cond_harm, high.cond_harm))
     err_i = float(np.max(np.abs(low.harm_information - high.harm_information)))
-    return {"name": f"gpu float32 vs float64 V={vocab_size} T={length}",
-            "vocab_size": vocab_size, "length": length, "device": device.device_kind,
-            "max_abs_error_H": err_h, "max_abs_error_I": err_i, "tolerance_float32": tol,
-            "within_tolerance": bool(max(err_h, err_i) <= tol)}
+    return {
+        "name": f"gpu float32 vs float64 V={vocab_size} T={length}",
+        "vocab_size": vocab_size,
+        "length": length,
+        "device": device.device_kind,
+        "max_abs_error_H": err_h,
+        "max_abs_error_I": err_i,
+        "tolerance_float32": tol,
+        "within_tolerance": bool(max(err_h, err_i) <= tol),
+    }
 
 
-def gpu_rows(device, repeats: int, progress, sizes=None, check_size=(4, 10),
-             dtypes=(np.float32, np.float64)) -> list[dict]:
+def gpu_rows(
+    device, repeats: int, progress, sizes=None, check_size=(4, 10), dtypes=(np.float32, np.float64)
+) -> list[dict]:
     """The suite's rows on ``device`` (``sizes``: ``{dtype: (V, T)}``, default the largest)."""
     rows = []
     for dtype in dtypes:
         vocab_size, length = (sizes or {}).get(dtype) or largest_size(
-            device_memory(device), np.dtype(dtype).itemsize)
-        progress(f"gpu {np.dtype(dtype).name}: V={vocab_size} T={length} on "
-                 f"{device.device_kind}")
+            device_memory(device), np.dtype(dtype).itemsize
+        )
+        progress(f"gpu {np.dtype(dtype).name}: V={vocab_size} T={length} on {device.device_kind}")
         rows.append(bench_device(device, vocab_size, length, dtype, repeats))
     progress("gpu float32 against float64")
     rows.append(float32_check(device, *check_size))

@@ -36,8 +36,20 @@ from toy_lm.cli_output import Column, print_json, print_table
 from toy_lm.errors import InputError
 from toy_lm.outputs import null_nonfinite
 
-__all__ = ["DEFAULT_REPEATS", "LAMBDA", "SUITES", "TREE_SIZES", "bench_tree", "memory_floor",
-           "output_shapes", "register", "run", "suite_distributed", "suite_sweep", "suite_tree"]
+__all__ = [
+    "DEFAULT_REPEATS",
+    "LAMBDA",
+    "SUITES",
+    "TREE_SIZES",
+    "bench_tree",
+    "memory_floor",
+    "output_shapes",
+    "register",
+    "run",
+    "suite_distributed",
+    "suite_sweep",
+    "suite_tree",
+]
 
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
 LAMBDA = 0.5
@@ -45,30 +57,44 @@ LAMBDA = 0.5
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "bench", help="benchmarks with ratios measured in the same run",
+        "bench",
+        help="benchmarks with ratios measured in the same run",
         description="Speed measured side by side in one run and printed as ratios: the tree "
-                    "analysis against a memory-traffic floor, the numpy reference and the XLA "
-                    "backend (tree); the DP engine (markov); Monte Carlo against exact (mc); "
-                    "devices (gpu).")
-    p.add_argument("--suite", default="tree", choices=sorted(SUITES),
-                   help="which benchmark suite to run (default: tree)")
+        "analysis against a memory-traffic floor, the numpy reference and the XLA "
+        "backend (tree); the DP engine (markov); Monte Carlo against exact (mc); "
+        "devices (gpu).",
+    )
+    p.add_argument(
+        "--suite",
+        default="tree",
+        choices=sorted(SUITES),
+        help="which benchmark suite to run (default: tree)",
+    )
     p.add_argument("--json", action="store_true", help="print a JSON list of result objects")
-    p.add_argument("--repeats", type=int, default=None,
-                   help="timed runs per size (default 5 for tree, 3 for the other suites)")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="timed runs per size (default 5 for tree, 3 for the other suites)",
+    )
     p.add_argument("--quick", action="store_true", help="small sizes only (a smoke test)")
-    p.add_argument("--compile", action="store_true",
-                   help="tree suite: also measure compiling the Numba kernels from scratch "
-                        "(needs the numba extra; about a minute on 2 cores; rewrites their "
-                        "on-disk cache)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="tree suite: also measure compiling the Numba kernels from scratch "
+        "(needs the numba extra; about a minute on 2 cores; rewrites their "
+        "on-disk cache)",
+    )
     p.set_defaults(func=run)
 
 
 def _instance(vocab_size, length, seed=0):
     rng = np.random.default_rng(seed)
-    logits = [rng.normal(size=(vocab_size ** l, vocab_size)) for l in range(length)]
+    logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
     tau = length // 2
-    harm = np.repeat((rng.random(vocab_size ** tau) < 0.5).astype(np.float64),
-                     vocab_size ** (length - tau))
+    harm = np.repeat(
+        (rng.random(vocab_size**tau) < 0.5).astype(np.float64), vocab_size ** (length - tau)
+    )
     return logits, harm
 
 
@@ -86,9 +112,9 @@ def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
 
 
 def output_shapes(vocab_size, length):
-    shapes = [((vocab_size ** l,), np.float64) for l in range(length + 1)]          # H_l
-    shapes += [((vocab_size ** l,), np.bool_) for l in range(length + 1)]           # determined_l
-    shapes += [((vocab_size ** l, vocab_size), np.float64) for l in range(length)] * 2  # grad, eq
+    shapes = [((vocab_size**l,), np.float64) for l in range(length + 1)]  # H_l
+    shapes += [((vocab_size**l,), np.bool_) for l in range(length + 1)]  # determined_l
+    shapes += [((vocab_size**l, vocab_size), np.float64) for l in range(length)] * 2  # grad, eq
     return shapes
 
 
@@ -102,14 +128,20 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool = True,
-               compile_seconds: float | None = None, numba: bool | None = None) -> dict:
+def bench_tree(
+    vocab_size: int,
+    length: int,
+    repeats: int = 3,
+    reference: bool = True,
+    compile_seconds: float | None = None,
+    numba: bool | None = None,
+) -> dict:
     """One row of the tree suite (see the module docstring for the fields); ``numba``: also time
     the Numba backend (default: where it is installed)."""
+    import jax
+
     from toy_lm.engines.analysis import analyze_tree, compile_kernels, numba_available
     from toy_lm.engines.reference import reference_analysis
-
-    import jax
 
     numba = numba_available() if numba is None else numba
     logits, harm = _instance(vocab_size, length)
@@ -119,16 +151,28 @@ def bench_tree(vocab_size: int, length: int, repeats: int = 3, reference: bool =
     jax.clear_caches()
     xla_compile = compile_kernels(vocab_size, length, lam=True)
     seconds = _median_seconds(
-        lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"), repeats)
-    row = {"name": f"tree V={vocab_size} T={length}", "vocab_size": vocab_size, "length": length,
-           "sequences": vocab_size ** length, "backend": "xla", "seconds": seconds,
-           "xla_compile_seconds": xla_compile, "floor_seconds": floor,
-           "ratio_to_floor": seconds / floor}
+        lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"), repeats
+    )
+    row = {
+        "name": f"tree V={vocab_size} T={length}",
+        "vocab_size": vocab_size,
+        "length": length,
+        "sequences": vocab_size**length,
+        "backend": "xla",
+        "seconds": seconds,
+        "xla_compile_seconds": xla_compile,
+        "floor_seconds": floor,
+        "ratio_to_floor": seconds / floor,
+    }
     if numba:
         numba_seconds = _median_seconds(
-            lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="numba"), repeats)
-        row.update(numba_seconds=numba_seconds, numba_ratio_to_floor=numba_seconds / floor,
-                   **({} if compile_seconds is None else {"compile_seconds": compile_seconds}))
+            lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="numba"), repeats
+        )
+        row.update(
+            numba_seconds=numba_seconds,
+            numba_ratio_to_floor=numba_seconds / floor,
+            **({} if compile_seconds is None else {"compile_seconds": compile_seconds}),
+        )
     if reference:
         start = time.perf_counter()
         reference_analysis(logits, harm, lam=LAMBDA)
@@ -145,8 +189,10 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
     compile_seconds = None
     numba = numba_available()
     if not numba:
-        progress('numba not installed: timing the XLA backend only (pip install '
-                 '"harm-horizon[numba]" for the Numba columns)')
+        progress(
+            "numba not installed: timing the XLA backend only (pip install "
+            '"harm-horizon[numba]" for the Numba columns)'
+        )
     elif measure_compile:
         from toy_lm.engines.analysis import compile_numba_kernels
 
@@ -157,12 +203,15 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
         from toy_lm.engines.cpu_kernels import cached_on_disk
 
         if not cached_on_disk():
-            progress("compiling the Numba kernels (no on-disk cache yet; about a minute on 2 cores)")
+            progress(
+                "compiling the Numba kernels (no on-disk cache yet; about a minute on 2 cores)"
+            )
     rows = []
     for vocab_size, length in sizes:
-        progress(f"tree V={vocab_size} T={length} ({vocab_size ** length:.3g} responses)")
-        rows.append(bench_tree(vocab_size, length, repeats, compile_seconds=compile_seconds,
-                               numba=numba))
+        progress(f"tree V={vocab_size} T={length} ({vocab_size**length:.3g} responses)")
+        rows.append(
+            bench_tree(vocab_size, length, repeats, compile_seconds=compile_seconds, numba=numba)
+        )
     return rows
 
 
@@ -171,13 +220,15 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
 #: a vCPU descheduled for ~0.1 s, holding up both threads of a parallel level).
 DEFAULT_REPEATS = {"tree": 5}
 
+
 def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
     """Runs per minute of ``harm-horizon sweep``, per-run vs vectorized
     (:mod:`experiments.bench.sweep`), and when Ray is installed a row with the same grid swept by
     the local pool and by Ray (:mod:`experiments.bench.ray_overhead`)."""
     import importlib.util
 
-    from experiments.bench.sweep import bench_grid, suite_sweep as run_suite
+    from experiments.bench.sweep import bench_grid
+    from experiments.bench.sweep import suite_sweep as run_suite
 
     rows = run_suite(repeats, quick, progress)
     if importlib.util.find_spec("ray") is not None:
@@ -194,8 +245,14 @@ def suite_distributed(repeats: int, quick: bool, progress) -> list[dict]:
     return run_suite(repeats, quick, progress)
 
 
-SUITES = {"tree": suite_tree, "markov": suite_markov, "mc": suite_mc, "gpu": suite_gpu,
-          "sweep": suite_sweep, "distributed": suite_distributed}
+SUITES = {
+    "tree": suite_tree,
+    "markov": suite_markov,
+    "mc": suite_mc,
+    "gpu": suite_gpu,
+    "sweep": suite_sweep,
+    "distributed": suite_distributed,
+}
 
 
 def run(args) -> int:
@@ -213,7 +270,10 @@ def run(args) -> int:
     if args.json:
         print_json(null_nonfinite(rows))
     else:
-        keys = [k for k in dict.fromkeys(k for row in rows for k in row)   # rows may differ
-                if k not in ("vocab_size", "length")]
+        keys = [
+            k
+            for k in dict.fromkeys(k for row in rows for k in row)  # rows may differ
+            if k not in ("vocab_size", "length")
+        ]
         print_table(f"harm-horizon bench --suite {args.suite}", [Column(k, k) for k in keys], rows)
     return 0

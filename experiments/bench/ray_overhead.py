@@ -32,8 +32,9 @@ def ray_overhead(configs: list[RunConfig], jobs: int, progress: Callable[[str], 
     """Wall seconds of ``configs`` on the local pool and on a local Ray instance (see above)."""
     ray = sweep_ray.import_ray()
     if ray.is_initialized():
-        raise RuntimeError("the Ray benchmark starts its own local Ray instance; call it "
-                           "outside a Ray session")
+        raise RuntimeError(
+            "the Ray benchmark starts its own local Ray instance; call it outside a Ray session"
+        )
     previous = os.environ.get(CACHE_ENV)
     with tempfile.TemporaryDirectory() as folder:
         os.environ[CACHE_ENV] = os.path.join(folder, "jax-cache")
@@ -54,11 +55,20 @@ def ray_overhead(configs: list[RunConfig], jobs: int, progress: Callable[[str], 
             else:
                 os.environ[CACHE_ENV] = previous
     total = stopped - start
-    progress(f"ray overhead: Ray {total:.1f} s (start {started - start:.1f} s, sweep "
-             f"{on_ray:.1f} s, stop {stopped - stopping:.1f} s)")
-    return {"name": f"sweep on ray vs local, {configs[0].name.split('-')[0]} "
-                    f"T={configs[0].world.length}",
-            "runs": len(configs), "jobs": jobs, "local_seconds": local,
-            "ray_seconds": total, "ray_start_seconds": started - start,
-            "ray_sweep_seconds": on_ray, "ray_stop_seconds": stopped - stopping,
-            "overhead_seconds": total - local, "ray_over_local": total / local}
+    progress(
+        f"ray overhead: Ray {total:.1f} s (start {started - start:.1f} s, sweep "
+        f"{on_ray:.1f} s, stop {stopped - stopping:.1f} s)"
+    )
+    return {
+        "name": f"sweep on ray vs local, {configs[0].name.split('-')[0]} "
+        f"T={configs[0].world.length}",
+        "runs": len(configs),
+        "jobs": jobs,
+        "local_seconds": local,
+        "ray_seconds": total,
+        "ray_start_seconds": started - start,
+        "ray_sweep_seconds": on_ray,
+        "ray_stop_seconds": stopped - stopping,
+        "overhead_seconds": total - local,
+        "ray_over_local": total / local,
+    }

@@ -30,10 +30,23 @@ import time
 
 import numpy as np
 
-__all__ = ["LAMBDA", "MARKOV_LENGTHS", "MARKOV_STATES", "MARKOV_VOCAB", "MC_BATCH", "MC_SIZES",
-           "MC_TARGET", "bench_markov", "bench_markov_vs_tree", "bench_mc",
-           "exact_per_position_kl", "largest_tree_length", "markov_instance", "suite_markov",
-           "suite_mc"]
+__all__ = [
+    "LAMBDA",
+    "MARKOV_LENGTHS",
+    "MARKOV_STATES",
+    "MARKOV_VOCAB",
+    "MC_BATCH",
+    "MC_SIZES",
+    "MC_TARGET",
+    "bench_markov",
+    "bench_markov_vs_tree",
+    "bench_mc",
+    "exact_per_position_kl",
+    "largest_tree_length",
+    "markov_instance",
+    "suite_markov",
+    "suite_mc",
+]
 
 MARKOV_LENGTHS = (256, 1024, 4096)
 MARKOV_VOCAB, MARKOV_STATES, LAMBDA = 64, 16, 0.5
@@ -48,8 +61,9 @@ def markov_instance(vocab_size: int, length: int, num_harmful: int, seed: int = 
     from toy_lm.models.automata import harmful_before_refusal
 
     rng = np.random.default_rng(seed)
-    dfa = harmful_before_refusal(vocab_size, num_harmful, range(1, min(9, vocab_size - 1)),
-                                 [vocab_size - 1])
+    dfa = harmful_before_refusal(
+        vocab_size, num_harmful, range(1, min(9, vocab_size - 1)), [vocab_size - 1]
+    )
     return rng.normal(size=(length, vocab_size, vocab_size)), dfa
 
 
@@ -71,23 +85,32 @@ def bench_markov(vocab_size: int, length: int, num_states: int, repeats: int) ->
     import jax
     import jax.numpy as jnp
 
-    from toy_lm.engines.markov_analysis import compiled_program, markov_scan, analyze_markov
+    from toy_lm.engines.markov_analysis import analyze_markov, compiled_program, markov_scan
 
     logits, dfa = markov_instance(vocab_size, length, num_states - 2)
     first, first_cpu, res = _timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)
     scan = compiled_program(markov_scan, jax.default_backend(), ("with_lam", "scaled"))
-    compile_seconds, _ = _timed(lambda: scan.lower(jnp.asarray(logits), dfa, jnp.asarray(LAMBDA),
-                                                   with_lam=True, scaled=True).compile())
+    compile_seconds, _ = _timed(
+        lambda: scan.lower(
+            jnp.asarray(logits), dfa, jnp.asarray(LAMBDA), with_lam=True, scaled=True
+        ).compile()
+    )
     runs = [_timed_cpu(analyze_markov, logits, dfa, lam=LAMBDA)[:2] for _ in range(repeats)]
-    return {"name": f"markov V={vocab_size} S={num_states} k=1 T={length}",
-            "vocab_size": vocab_size, "length": length, "num_states": num_states, "order": 1,
-            "log10_responses": length * math.log10(vocab_size),
-            "seconds": statistics.median(r[0] for r in runs), "first_call_seconds": first,
-            "compile_seconds": compile_seconds,
-            "cpu_seconds": statistics.median(r[1] for r in runs),
-            "first_call_cpu_seconds": first_cpu,
-            "horizon": res.horizon,
-            "expected_harm": res.expected_harm}
+    return {
+        "name": f"markov V={vocab_size} S={num_states} k=1 T={length}",
+        "vocab_size": vocab_size,
+        "length": length,
+        "num_states": num_states,
+        "order": 1,
+        "log10_responses": length * math.log10(vocab_size),
+        "seconds": statistics.median(r[0] for r in runs),
+        "first_call_seconds": first,
+        "compile_seconds": compile_seconds,
+        "cpu_seconds": statistics.median(r[1] for r in runs),
+        "first_call_cpu_seconds": first_cpu,
+        "horizon": res.horizon,
+        "expected_harm": res.expected_harm,
+    }
 
 
 def largest_tree_length(vocab_size: int, limit: int = 16) -> int:
@@ -105,33 +128,45 @@ def largest_tree_length(vocab_size: int, limit: int = 16) -> int:
     return length
 
 
-def bench_markov_vs_tree(vocab_size: int, num_states: int, repeats: int,
-                         max_length: int = 16) -> dict:
+def bench_markov_vs_tree(
+    vocab_size: int, num_states: int, repeats: int, max_length: int = 16
+) -> dict:
     from toy_lm.engines.analysis import analyze_tree, choose_backend
-    from toy_lm.models.automata import automaton_harm_table
     from toy_lm.engines.markov_analysis import analyze_markov, expand_to_tree
+    from toy_lm.models.automata import automaton_harm_table
     from toy_lm.models.policies import MarkovPolicy
 
     length = largest_tree_length(vocab_size, max_length)
     logits, dfa = markov_instance(vocab_size, length, num_states - 2)
-    analyze_markov(logits, dfa, lam=LAMBDA)   # warm-up (compile)
-    dp_seconds = statistics.median(_timed(analyze_markov, logits, dfa, lam=LAMBDA)[0]
-                                   for _ in range(repeats))
+    analyze_markov(logits, dfa, lam=LAMBDA)  # warm-up (compile)
+    dp_seconds = statistics.median(
+        _timed(analyze_markov, logits, dfa, lam=LAMBDA)[0] for _ in range(repeats)
+    )
     res = analyze_markov(logits, dfa, lam=LAMBDA)
     tables = [np.asarray(t) for t in MarkovPolicy(vocab_size, length).level_tables(logits[None])]
     harm = np.asarray(automaton_harm_table(dfa, length))
-    backend = choose_backend(vocab_size, length)   # what `harm-horizon analyze` would run
-    analyze_tree(tables, harm, lam=LAMBDA, backend=backend)    # warm-up (compile)
+    backend = choose_backend(vocab_size, length)  # what `harm-horizon analyze` would run
+    analyze_tree(tables, harm, lam=LAMBDA, backend=backend)  # warm-up (compile)
     tree_seconds, exact = _timed(analyze_tree, tables, harm, lam=LAMBDA, backend=backend)
-    errors = [np.max(np.abs(a - b)) for a, b in zip(expand_to_tree(res.cond_harm, dfa),
-                                                    exact.cond_harm)]
-    errors += [np.max(np.abs(res.harm_information - exact.harm_information)),
-               np.max(np.abs(res.equilibrium_kl - exact.equilibrium_kl))]
-    return {"name": f"markov vs tree V={vocab_size} S={num_states} k=1 T={length}",
-            "vocab_size": vocab_size, "length": length, "num_states": num_states,
-            "sequences": vocab_size ** length, "seconds": dp_seconds,
-            "tree_seconds": tree_seconds, "tree_backend": backend, "ratio_tree_to_dp": tree_seconds / dp_seconds,
-            "max_abs_error": float(max(errors))}
+    errors = [
+        np.max(np.abs(a - b)) for a, b in zip(expand_to_tree(res.cond_harm, dfa), exact.cond_harm)
+    ]
+    errors += [
+        np.max(np.abs(res.harm_information - exact.harm_information)),
+        np.max(np.abs(res.equilibrium_kl - exact.equilibrium_kl)),
+    ]
+    return {
+        "name": f"markov vs tree V={vocab_size} S={num_states} k=1 T={length}",
+        "vocab_size": vocab_size,
+        "length": length,
+        "num_states": num_states,
+        "sequences": vocab_size**length,
+        "seconds": dp_seconds,
+        "tree_seconds": tree_seconds,
+        "tree_backend": backend,
+        "ratio_tree_to_dp": tree_seconds / dp_seconds,
+        "max_abs_error": float(max(errors)),
+    }
 
 
 def suite_markov(repeats: int, quick: bool, progress) -> list[dict]:
@@ -149,6 +184,7 @@ def suite_markov(repeats: int, quick: bool, progress) -> list[dict]:
 
 def exact_per_position_kl(logits, ref_logits) -> np.ndarray:
     """``KL_t(π || π0)`` by one numpy pass over the levels (the exact baseline of the mc suite)."""
+
     def log_softmax(z):
         z = z - z.max(axis=1, keepdims=True)
         return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
@@ -172,38 +208,44 @@ def bench_mc(vocab_size: int, length: int, seed: int = 0, max_samples: int = 1 <
     params, ref = policy.init(jax.random.key(seed)), policy.init(jax.random.key(seed + 1))
     tables = [np.asarray(t[0]) for t in params]
     ref_tables = [np.asarray(t[0]) for t in ref]
-    exact_per_position_kl(tables, ref_tables)   # warm the caches
+    exact_per_position_kl(tables, ref_tables)  # warm the caches
     exact_seconds, exact = _timed(exact_per_position_kl, tables, ref_tables)
-    mc.kl_samples(jax.random.key(99), policy, params, policy, ref, MC_BATCH)   # compile
+    mc.kl_samples(jax.random.key(99), policy, params, policy, ref, MC_BATCH)  # compile
     total, total_sq, count, batch = np.zeros(length), np.zeros(length), 0, 0
     start = time.perf_counter()
     while True:
         terms = mc.kl_samples(jax.random.key(1000 + batch), policy, params, policy, ref, MC_BATCH)
         total += terms.sum(axis=0)
-        total_sq += (terms ** 2).sum(axis=0)
+        total_sq += (terms**2).sum(axis=0)
         count += MC_BATCH
         batch += 1
         mean = total / count
         if np.max(np.abs(mean - exact) / exact) <= MC_TARGET or count >= max_samples:
             break
     mc_seconds = time.perf_counter() - start
-    stderr = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0) / (count - 1))
-    return {"name": f"mc KL V={vocab_size} T={length}", "vocab_size": vocab_size,
-            "length": length, "sequences": vocab_size ** length, "seconds": mc_seconds,
-            "exact_seconds": exact_seconds, "mc_samples": count,
-            "max_rel_error": float(np.max(np.abs(mean - exact) / exact)),
-            "max_rel_halfwidth_95": float(np.max(1.96 * stderr / exact)),
-            "reached_target": bool(np.max(np.abs(mean - exact) / exact) <= MC_TARGET),
-            "ratio_mc_to_exact": mc_seconds / exact_seconds}
+    stderr = np.sqrt(np.maximum(total_sq / count - mean**2, 0) / (count - 1))
+    return {
+        "name": f"mc KL V={vocab_size} T={length}",
+        "vocab_size": vocab_size,
+        "length": length,
+        "sequences": vocab_size**length,
+        "seconds": mc_seconds,
+        "exact_seconds": exact_seconds,
+        "mc_samples": count,
+        "max_rel_error": float(np.max(np.abs(mean - exact) / exact)),
+        "max_rel_halfwidth_95": float(np.max(1.96 * stderr / exact)),
+        "reached_target": bool(np.max(np.abs(mean - exact) / exact) <= MC_TARGET),
+        "ratio_mc_to_exact": mc_seconds / exact_seconds,
+    }
 
 
 def suite_mc(repeats: int, quick: bool, progress) -> list[dict]:
     sizes = ((4, 6),) if quick else MC_SIZES
     rows = []
     for vocab_size, length in sizes:
-        progress(f"mc V={vocab_size} T={length} ({vocab_size ** length:.3g} responses)")
+        progress(f"mc V={vocab_size} T={length} ({vocab_size**length:.3g} responses)")
         runs = [bench_mc(vocab_size, length, seed=s) for s in range(repeats)]
-        row = dict(runs[0])   # per-run fields of the first instance; medians below
+        row = dict(runs[0])  # per-run fields of the first instance; medians below
         for key in ("seconds", "exact_seconds", "mc_samples", "ratio_mc_to_exact"):
             row[key] = statistics.median(r[key] for r in runs)
         row["repeats"] = len(runs)

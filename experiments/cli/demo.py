@@ -12,18 +12,24 @@ __all__ = ["register", "run"]
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "demo", help="run the teaching demonstrations and write a self-contained HTML report",
+        "demo",
+        help="run the teaching demonstrations and write a self-contained HTML report",
         description="Runs experiments/demos/NN_*.py in order, then the theorem checks on the "
-                    "instances each demo used, and writes OUT/report.html (figures embedded). "
-                    "With --notebooks DIR, also (or, without --out, only) writes the demos as "
-                    "Jupyter notebooks.")
+        "instances each demo used, and writes OUT/report.html (figures embedded). "
+        "With --notebooks DIR, also (or, without --out, only) writes the demos as "
+        "Jupyter notebooks.",
+    )
     p.add_argument("--out", metavar="DIR", help="output folder (created if needed)")
-    p.add_argument("--notebooks", metavar="DIR",
-                   help="write the demos as .ipynb notebooks into DIR (needs jupytext)")
+    p.add_argument(
+        "--notebooks",
+        metavar="DIR",
+        help="write the demos as .ipynb notebooks into DIR (needs jupytext)",
+    )
     p.add_argument("--quick", action="store_true", help="smaller settings (what the tests run)")
     p.add_argument("--only", nargs="+", type=int, metavar="N", help="only these demo numbers")
-    p.add_argument("--no-checks", action="store_true",
-                   help="skip the theorem checks on the demos' instances")
+    p.add_argument(
+        "--no-checks", action="store_true", help="skip the theorem checks on the demos' instances"
+    )
     p.set_defaults(func=run)
 
 
@@ -55,13 +61,19 @@ def run(args) -> int:
     from toy_lm.progress import heartbeat
 
     with heartbeat("demo", "starting") as beat:
+
         def progress(msg):
             print(msg, file=sys.stderr, flush=True)
             beat.update(f"working (last: {msg.removeprefix('[demo] ').splitlines()[0]})")
             beat.touch()
 
-        runs = run_demos(args.out, quick=args.quick, only=args.only,
-                         with_checks=not args.no_checks, progress=progress)
+        runs = run_demos(
+            args.out,
+            quick=args.quick,
+            only=args.only,
+            with_checks=not args.no_checks,
+            progress=progress,
+        )
         from experiments.explorer import write_explorer
 
         progress("[demo] writing the interactive explorer (explorer.html) ...")
@@ -69,6 +81,8 @@ def run(args) -> int:
     path = build_report(runs, args.out)
     failed = [r.script.stem for r in runs if not r.ok]
     checks = sum(len(r.checks) for r in runs)
-    print(f"report: {path} ({len(runs)} demos, {checks} theorem checks"
-          f"{', failed: ' + ', '.join(failed) if failed else ', all passed'})")
+    print(
+        f"report: {path} ({len(runs)} demos, {checks} theorem checks"
+        f"{', failed: ' + ', '.join(failed) if failed else ', all passed'})"
+    )
     return 1 if failed else 0

@@ -7,14 +7,19 @@ __all__ = ["register", "run"]
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "explore", help="write a self-contained interactive page of a small prefix tree",
+        "explore",
+        help="write a self-contained interactive page of a small prefix tree",
         description="One HTML file, no network needed: the prefix tree with H_t, determined "
-                    "prefixes and logit gradients, I_t and the horizon, and a lambda slider "
-                    "showing pi*_lambda's per-position KL next to I_t/(2 lambda^2). Built-in "
-                    "instances, plus your own level tables with --tables (at most 256 leaves).")
+        "prefixes and logit gradients, I_t and the horizon, and a lambda slider "
+        "showing pi*_lambda's per-position KL next to I_t/(2 lambda^2). Built-in "
+        "instances, plus your own level tables with --tables (at most 256 leaves).",
+    )
     p.add_argument("--out", required=True, metavar="FILE.html", help="where to write the page")
-    p.add_argument("--tables", metavar="F.npz",
-                   help="add your own tables (logits_0 ... logits_{T-1}, harm; V**T <= 256)")
+    p.add_argument(
+        "--tables",
+        metavar="F.npz",
+        help="add your own tables (logits_0 ... logits_{T-1}, harm; V**T <= 256)",
+    )
     p.set_defaults(func=run)
 
 

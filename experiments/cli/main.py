@@ -23,8 +23,15 @@ import sys
 from toy_lm import signals
 from toy_lm.errors import HarmHorizonError
 
-__all__ = ["COMMANDS", "COMMAND_MODULES", "EXTRAS", "build_parser", "main", "missing_extra",
-           "one_line"]
+__all__ = [
+    "COMMANDS",
+    "COMMAND_MODULES",
+    "EXTRAS",
+    "build_parser",
+    "main",
+    "missing_extra",
+    "one_line",
+]
 
 #: Modules providing subcommands, in the order ``--help`` lists them.
 COMMAND_MODULES = (
@@ -78,11 +85,12 @@ def _enable_x64() -> None:
     """float64 on: through ``$JAX_ENABLE_X64`` when JAX is not loaded yet (so a refused input
     never waits for JAX to import), else :func:`toy_lm.precision.require_x64`."""
     env = os.environ.get("JAX_ENABLE_X64")
-    if "jax" in sys.modules or (env is not None and env.strip().lower() in ("0", "false", "no",
-                                                                              "off")):
+    if "jax" in sys.modules or (
+        env is not None and env.strip().lower() in ("0", "false", "no", "off")
+    ):
         from toy_lm.precision import require_x64
 
-        require_x64()   # refuses JAX_ENABLE_X64=0 with its one-line message
+        require_x64()  # refuses JAX_ENABLE_X64=0 with its one-line message
     else:
         os.environ["JAX_ENABLE_X64"] = "1"
 
@@ -94,8 +102,12 @@ def _select_agg() -> None:
 
 
 #: Modules of the optional extras -> the extra that installs them.
-EXTRAS = {"matplotlib": "experiments", "pyarrow": "experiments", "markdown": "experiments",
-          "numba": "numba"}
+EXTRAS = {
+    "matplotlib": "experiments",
+    "pyarrow": "experiments",
+    "markdown": "experiments",
+    "numba": "numba",
+}
 
 
 def missing_extra(err: ModuleNotFoundError) -> str | None:
@@ -103,8 +115,10 @@ def missing_extra(err: ModuleNotFoundError) -> str | None:
     top = (err.name or "").split(".")[0]
     if top not in EXTRAS:
         return None
-    return (f"this command needs {top}, which is not installed; install it with "
-            f"pip install 'harm-horizon[{EXTRAS[top]}]'")
+    return (
+        f"this command needs {top}, which is not installed; install it with "
+        f"pip install 'harm-horizon[{EXTRAS[top]}]'"
+    )
 
 
 def one_line(text: object) -> str:
@@ -115,13 +129,13 @@ def one_line(text: object) -> str:
 def main(argv=None) -> int:
     """Run the CLI; returns the exit status (0, 1 for failed checks, 2 for a named input or
     configuration error, 130/143 after SIGINT/SIGTERM)."""
-    as_program = argv is None   # the console script: the interpreter exits after this returns
+    as_program = argv is None  # the console script: the interpreter exits after this returns
     previous = None
     command = "harm-horizon"
     status = 0
     try:
         try:
-            previous = signals.install()   # inside the try: a Ctrl-C at once is one line too
+            previous = signals.install()  # inside the try: a Ctrl-C at once is one line too
             argv = sys.argv[1:] if argv is None else list(argv)
             args = build_parser(argv[0] if argv else None).parse_args(argv)
             command = f"harm-horizon {args.command}"
@@ -139,7 +153,7 @@ def main(argv=None) -> int:
             status = 2
         except KeyboardInterrupt as err:
             status = signals.exit_status(getattr(err, "signum", 2))
-        except BrokenPipeError:   # the reader of stdout went away (``| head``): stop quietly
+        except BrokenPipeError:  # the reader of stdout went away (``| head``): stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             status = 141
         finally:
@@ -147,8 +161,11 @@ def main(argv=None) -> int:
         signum = signals.received()
         if signum is not None or status in (130, 143):
             signum = signum or status - 128
-            print(f"{command}: interrupted by {signals.signal_name(signum)}; nothing partial "
-                  "was written (finished outputs are kept)", file=sys.stderr)
+            print(
+                f"{command}: interrupted by {signals.signal_name(signum)}; nothing partial "
+                "was written (finished outputs are kept)",
+                file=sys.stderr,
+            )
             return signals.exit_status(signum)
         return status
     finally:

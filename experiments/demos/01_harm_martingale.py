@@ -21,9 +21,17 @@ import numpy as np
 
 from experiments.demos._support import setup
 from proofs_check import Instance
-from toy_lm import (TabularPolicy, automaton_harm_table, cond_harm, harm_information,
-                    harmful_before_refusal, horizon, random_decided_harm, response_horizons,
-                    response_log_probs)
+from toy_lm import (
+    TabularPolicy,
+    automaton_harm_table,
+    cond_harm,
+    harm_information,
+    harmful_before_refusal,
+    horizon,
+    random_decided_harm,
+    response_horizons,
+    response_log_probs,
+)
 from toy_lm.tables import prefix_index
 
 demo = setup("01_harm_martingale")
@@ -37,16 +45,23 @@ SEED, NUM_PATHS = 0, 12 if demo.quick else 24
 # content, 2 refusal, 3 filler) that fires when K = 2 harmful tokens appear before any refusal —
 # a refusal ends the harmful path safely, so harm can be averted at many positions (T = 5).
 
+
 # %%
 def paths(policy, params, harm, key, num):
     """Sampled responses and their H_t paths (levels 0..T), computed exactly."""
     tables = policy.level_tables(params)
     values = jax.jit(cond_harm)(tables, harm)  # one compiled program, not op by op
     ys = np.asarray(policy.sample(key, params, num))
-    h_paths = np.stack([np.asarray(values[l])[prefix_index(ys[:, :l], policy.vocab_size)]
-                        for l in range(policy.length + 1)], axis=1)
+    h_paths = np.stack(
+        [
+            np.asarray(values[l])[prefix_index(ys[:, :l], policy.vocab_size)]
+            for l in range(policy.length + 1)
+        ],
+        axis=1,
+    )
     taus = response_horizons(np.asarray(harm), policy.vocab_size)[
-        prefix_index(ys, policy.vocab_size)]
+        prefix_index(ys, policy.vocab_size)
+    ]
     return ys, h_paths, taus, np.asarray(jax.jit(harm_information)(tables, harm))
 
 
@@ -59,10 +74,11 @@ world = TabularPolicy(4, 5)
 world_params = world.init(k_pol2)
 dfa = harmful_before_refusal(4, 2, harmful_tokens=[1], refusal_tokens=[2])
 world_harm = automaton_harm_table(dfa, 5)
-demo.instance(Instance("01 decided early (tabular V3 T6)", early, early_params, early_harm,
-                       seed=SEED), ["T1"])
-demo.instance(Instance("01 refusal world (tabular V4 T5)", world, world_params, world_harm,
-                       seed=SEED, harm_kind="automaton", dfa=dfa), ["T1"])
+demo.instance(
+    Instance("01 decided early (tabular V3 T6)", early, early_params, early_harm, seed=SEED), ["T1"]
+)
+refusal_world = ("01 refusal world (tabular V4 T5)", world, world_params, world_harm)
+demo.instance(Instance(*refusal_world, seed=SEED, harm_kind="automaton", dfa=dfa), ["T1"])
 
 cases = {
     "decided by the first 3 tokens": (early, early_params, early_harm, k_samp),
@@ -82,21 +98,37 @@ for col, (title, (policy, params, harm, key)) in enumerate(cases.items()):
     tau_star = horizon(np.asarray(harm), policy.vocab_size)
     ax = axes[0, col]
     for path, tau in zip(h_paths, taus):
-        line, = ax.plot(range(policy.length + 1), path, alpha=0.6, lw=1.2)
+        (line,) = ax.plot(range(policy.length + 1), path, alpha=0.6, lw=1.2)
         ax.plot(tau, path[tau], "o", color=line.get_color(), ms=5)
     ax.axvline(tau_star, ls="--", color="k", lw=1, label=f"global horizon τ* = {tau_star}")
-    ax.set(title=title, xlabel="level t (tokens written)", ylabel="H_t = E[h | y≤t]", ylim=(-0.05, 1.05))
+    ax.set(
+        title=title,
+        xlabel="level t (tokens written)",
+        ylabel="H_t = E[h | y≤t]",
+        ylim=(-0.05, 1.05),
+    )
     ax.legend(loc="center right")
     axes[1, col].bar(range(1, policy.length + 1), info, color="tab:purple")
-    axes[1, col].set(xlabel="position t", ylabel="I_t = E[Δ_t²]",
-                     title="harm information: where the harm variance gets resolved")
+    axes[1, col].set(
+        xlabel="position t",
+        ylabel="I_t = E[Δ_t²]",
+        title="harm information: where the harm variance gets resolved",
+    )
     flat_after = bool(np.all([np.all(p[t:] == p[t]) for p, t in zip(h_paths, taus)]))
     probs = np.exp(np.asarray(jax.jit(response_log_probs)(policy.level_tables(params))))
     var_h = float(probs @ np.asarray(harm) ** 2 - (probs @ np.asarray(harm)) ** 2)
-    demo.note(**{f"case{col}_tau_star": tau_star, f"case{col}_taus": taus,
-                 f"case{col}_I_t": info, f"case{col}_flat_after_tau": flat_after,
-                 f"case{col}_var_h_minus_sum_I": var_h - float(info.sum())})
-demo.save(fig, "martingale_paths", "Sampled paths of H_t (top) and the harm information I_t (bottom).")
+    demo.note(
+        **{
+            f"case{col}_tau_star": tau_star,
+            f"case{col}_taus": taus,
+            f"case{col}_I_t": info,
+            f"case{col}_flat_after_tau": flat_after,
+            f"case{col}_var_h_minus_sum_I": var_h - float(info.sum()),
+        }
+    )
+demo.save(
+    fig, "martingale_paths", "Sampled paths of H_t (top) and the harm information I_t (bottom)."
+)
 
 # %% [markdown]
 # ## The martingale, checked on the spot

@@ -21,9 +21,15 @@ import numpy as np
 
 from experiments.demos._support import setup
 from proofs_check import Instance
-from toy_lm import (TransformerPolicy, cond_harm, per_position_grads_autodiff,
-                    per_position_grads_surrogate, random_decided_harm, response_log_probs,
-                    total_grad)
+from toy_lm import (
+    TransformerPolicy,
+    cond_harm,
+    per_position_grads_autodiff,
+    per_position_grads_surrogate,
+    random_decided_harm,
+    response_log_probs,
+    total_grad,
+)
 from toy_lm.tables import all_prefixes, prefix_index
 
 demo = setup("02_gradient_is_covariance")
@@ -33,8 +39,9 @@ k_pol, k_harm = jax.random.split(jax.random.key(SEED))
 params = policy.init(k_pol)
 harm = random_decided_harm(k_harm, V, T, TAU)
 tables_fn = policy.level_tables
-demo.instance(Instance("02 transformer V3 T4 tau2", policy, params, harm, seed=SEED),
-              ["T2", "T3", "T4", "T5"])
+demo.instance(
+    Instance("02 transformer V3 T4 tau2", policy, params, harm, seed=SEED), ["T2", "T3", "T4", "T5"]
+)
 
 # %% [markdown]
 # ## Three routes to `g_t`
@@ -46,6 +53,7 @@ demo.instance(Instance("02 transformer V3 T4 tau2", policy, params, harm, seed=S
 # 3. **Literal covariance**: the score `s_t(y)` of every response by `jax.jacrev`, then
 #    `Σ_y P(y) H_t(y≤t) s_t(y)` (the covariance, since `E[s_t] = 0`).
 
+
 # %%
 def flat_per_position(tree):
     leaves = jax.tree_util.tree_leaves(tree)
@@ -54,23 +62,36 @@ def flat_per_position(tree):
 
 # Each route is one jitted program: compiling it whole is much faster than running op by op.
 g_autodiff = flat_per_position(
-    jax.jit(lambda p: per_position_grads_autodiff(tables_fn, p, harm))(params))
+    jax.jit(lambda p: per_position_grads_autodiff(tables_fn, p, harm))(params)
+)
 g_surrogate = flat_per_position(
-    jax.jit(lambda p: per_position_grads_surrogate(tables_fn, p, harm))(params))
+    jax.jit(lambda p: per_position_grads_surrogate(tables_fn, p, harm))(params)
+)
 
 responses = jnp.asarray(all_prefixes(V, T))
 jac = jax.jit(jax.jacrev(lambda p: policy.token_log_probs(p, responses)))(params)  # (Y, T, ...)
-scores = np.concatenate([np.asarray(x).reshape(len(responses), T, -1)
-                         for x in jax.tree_util.tree_leaves(jac)], axis=2).transpose(1, 0, 2)
+scores = np.concatenate(
+    [np.asarray(x).reshape(len(responses), T, -1) for x in jax.tree_util.tree_leaves(jac)], axis=2
+).transpose(1, 0, 2)
 tables = jax.jit(tables_fn)(params)
 prob = np.exp(np.asarray(jax.jit(response_log_probs)(tables)))
 values = jax.jit(cond_harm)(tables, harm)
-g_covariance = np.stack([
-    np.einsum("y,y,yp->p", prob,
-              np.asarray(values[t])[prefix_index(np.asarray(responses)[:, :t], V)], scores[t - 1])
-    for t in range(1, T + 1)])
-full = flat_per_position(jax.tree_util.tree_map(
-    lambda x: x[None], jax.jit(lambda p: total_grad(tables_fn, p, harm))(params)))[0]
+g_covariance = np.stack(
+    [
+        np.einsum(
+            "y,y,yp->p",
+            prob,
+            np.asarray(values[t])[prefix_index(np.asarray(responses)[:, :t], V)],
+            scores[t - 1],
+        )
+        for t in range(1, T + 1)
+    ]
+)
+full = flat_per_position(
+    jax.tree_util.tree_map(
+        lambda x: x[None], jax.jit(lambda p: total_grad(tables_fn, p, harm))(params)
+    )
+)[0]
 
 # %% [markdown]
 # ## Side by side
@@ -85,13 +106,19 @@ for t in range(T):
     ax1.plot(g_autodiff[t], g_covariance[t], ".", ms=4, label=f"t = {t + 1}")
 lim = np.abs(g_autodiff).max() * 1.1
 ax1.plot([-lim, lim], [-lim, lim], "k-", lw=0.5)
-ax1.set(xlabel="g_t by stop-gradient autodiff", ylabel="g_t as Cov(H_t, s_t)",
-        title="every coordinate of every g_t", xlim=(-lim, lim), ylim=(-lim, lim))
+ax1.set(
+    xlabel="g_t by stop-gradient autodiff",
+    ylabel="g_t as Cov(H_t, s_t)",
+    title="every coordinate of every g_t",
+    xlim=(-lim, lim),
+    ylim=(-lim, lim),
+)
 ax1.legend()
 width = 0.27
 positions = np.arange(1, T + 1)
-for i, (name, g) in enumerate([("autodiff", g_autodiff), ("surrogate", g_surrogate),
-                               ("covariance", g_covariance)]):
+for i, (name, g) in enumerate(
+    [("autodiff", g_autodiff), ("surrogate", g_surrogate), ("covariance", g_covariance)]
+):
     ax2.bar(positions + (i - 1) * width, np.linalg.norm(g, axis=1), width, label=name)
 ax2.axvline(TAU + 0.5, ls="--", color="k", lw=1, label="harm horizon")
 ax2.set(xlabel="position t", ylabel="‖g_t‖", title="per-position gradient norm, three routes")

@@ -20,8 +20,7 @@ import numpy as np
 
 from experiments.demos._support import setup
 from proofs_check import Instance
-from toy_lm import (TabularPolicy, cond_harm, horizon, logit_grads, prefix_probs,
-                    random_decided_harm)
+from toy_lm import TabularPolicy, cond_harm, horizon, logit_grads, prefix_probs, random_decided_harm
 from toy_lm.tables import prefix_index
 
 demo = setup("03_nothing_past_the_horizon")
@@ -32,8 +31,9 @@ k_pol, k_harm, k_samp = jax.random.split(jax.random.key(SEED), 3)
 params = policy.init(k_pol)
 harm = random_decided_harm(k_harm, V, T, TAU)
 tables = policy.level_tables(params)
-demo.instance(Instance("03 tabular V3 T6 tau3", policy, params, harm, seed=SEED),
-              ["T4", "T5", "T10"])
+demo.instance(
+    Instance("03 tabular V3 T6 tau3", policy, params, harm, seed=SEED), ["T4", "T5", "T10"]
+)
 
 # %% [markdown]
 # ## Exact logit gradients, level by level
@@ -67,13 +67,14 @@ for name in ("plain", "baseline"):
         row = prefix_index(ys[:, : t - 1], V)
         pi = np.asarray(jax.nn.softmax(tables[t - 1], axis=-1))[row]
         score = np.eye(V)[ys[:, t - 1]] - pi
-        adv = h_y if name == "plain" else (values[t][prefix_index(ys[:, :t], V)]
-                                           - values[t - 1][row])
+        adv = (
+            h_y if name == "plain" else (values[t][prefix_index(ys[:, :t], V)] - values[t - 1][row])
+        )
         per_sample = adv[:, None] * score
         estimate = np.zeros_like(grads[t - 1])
         np.add.at(estimate, row, per_sample / NUM_SAMPLES)
         mean_err.append(np.abs(estimate - grads[t - 1]).sum())
-        sample_rms.append(np.sqrt(np.mean(np.sum(per_sample ** 2, axis=1))))
+        sample_rms.append(np.sqrt(np.mean(np.sum(per_sample**2, axis=1))))
     rows[name] = (np.array(mean_err), np.array(sample_rms))
 
 # %%
@@ -86,9 +87,14 @@ bottom = grad_mass[nonzero].min() / 100
 for t in positions[~nonzero]:
     ax1.text(t, bottom * 3, "exactly\n0.0", ha="center", va="bottom", fontsize=9)
 ax1.axvline(tau_star + 0.5, ls="--", color="k", lw=1, label=f"horizon τ* = {tau_star}")
-ax1.set(xlabel="position t", ylabel="Σ |G| over level t−1 (exact)",
-        title="exact logit gradients: exactly 0 after τ*", ylim=(bottom, None),
-        xlim=(0.5, T + 0.5), xticks=positions)
+ax1.set(
+    xlabel="position t",
+    ylabel="Σ |G| over level t−1 (exact)",
+    title="exact logit gradients: exactly 0 after τ*",
+    ylim=(bottom, None),
+    xlim=(0.5, T + 0.5),
+    xticks=positions,
+)
 ax1.legend()
 ax2.plot(positions, rows["plain"][1], "o-", label="per-sample RMS, plain h(y)·s_t")
 ax2.plot(positions, rows["baseline"][1], "s-", label="per-sample RMS, baseline Δ_t·s_t")
@@ -100,7 +106,8 @@ demo.save(fig, "horizon_zero", "Exact logit gradients by position (left); REINFO
 
 beyond = positions > tau_star
 demo.note(
-    tau_star=tau_star, grad_mass_by_position=grad_mass,
+    tau_star=tau_star,
+    grad_mass_by_position=grad_mass,
     grad_mass_beyond_horizon=float(grad_mass[beyond].sum()),
     plain_rms_beyond_horizon=rows["plain"][1][beyond],
     baseline_rms_beyond_horizon=rows["baseline"][1][beyond],

@@ -26,8 +26,9 @@ from toy_lm import TabularPolicy, analyze_tree, expected_harm, harm_information,
 
 demo = setup("04_equilibrium_kl_tracks_information")
 V, T, TAU, SEED = 3, 4, 2, 0
-LAMBDAS = np.unique(np.concatenate([np.logspace(-1.5, 2.5, 9 if demo.quick else 25),
-                                     [3.0, 30.0, 300.0]]))
+LAMBDAS = np.unique(
+    np.concatenate([np.logspace(-1.5, 2.5, 9 if demo.quick else 25), [3.0, 30.0, 300.0]])
+)
 policy = TabularPolicy(V, T)
 k_pol, k_harm = jax.random.split(jax.random.key(SEED))
 params = policy.init(k_pol)
@@ -44,26 +45,31 @@ demo.instance(Instance("04 tabular V3 T4 tau2", policy, params, harm, seed=SEED)
 # backend compiles in a second, the default Numba one in about 40 s the first time after install).
 
 # %%
-kl = np.stack([analyze_tree(base, harm, lam=lam, backend="xla").equilibrium_kl
-               for lam in LAMBDAS])  # (Λ, T)
+kl = np.stack(
+    [analyze_tree(base, harm, lam=lam, backend="xla").equilibrium_kl for lam in LAMBDAS]
+)  # (Λ, T)
 informative = info > 1e-12
 ratio = 2 * LAMBDAS[:, None] ** 2 * kl[:, informative] / info[informative]
 large = LAMBDAS >= 3
-slopes = [np.polyfit(np.log(LAMBDAS[large]), np.log(np.abs(r[large] - 1)), 1)[0]
-          for r in ratio.T]
+slopes = [np.polyfit(np.log(LAMBDAS[large]), np.log(np.abs(r[large] - 1)), 1)[0] for r in ratio.T]
 
 # %%
 fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(14, 4.2))
 for t in range(T):
     if informative[t]:
-        line, = ax1.loglog(LAMBDAS, kl[:, t], "o-", ms=3, label=f"KL_t, t = {t + 1}")
-        ax1.loglog(LAMBDAS, info[t] / (2 * LAMBDAS ** 2), "--", color=line.get_color(), lw=1)
+        (line,) = ax1.loglog(LAMBDAS, kl[:, t], "o-", ms=3, label=f"KL_t, t = {t + 1}")
+        ax1.loglog(LAMBDAS, info[t] / (2 * LAMBDAS**2), "--", color=line.get_color(), lw=1)
 ax1.set(xlabel="λ", ylabel="KL_t(π*_λ ‖ π0)", title="KL_t (dots) and I_t / 2λ² (dashed)")
 ax1.legend(fontsize=8)
 for j, t in enumerate(np.flatnonzero(informative)):
     ax2.semilogx(LAMBDAS, ratio[:, j], "o-", ms=3, label=f"t = {t + 1}")
-    ax3.loglog(LAMBDAS[large], np.abs(ratio[large, j] - 1), "o-", ms=3,
-               label=f"t = {t + 1}: slope {slopes[j]:.2f}")
+    ax3.loglog(
+        LAMBDAS[large],
+        np.abs(ratio[large, j] - 1),
+        "o-",
+        ms=3,
+        label=f"t = {t + 1}: slope {slopes[j]:.2f}",
+    )
 ax2.axhline(1, color="k", lw=0.8)
 ax2.set(xlabel="λ", ylabel="2λ² KL_t / I_t", title="the ratio tends to 1")
 ax3.set(xlabel="λ", ylabel="|2λ² KL_t / I_t − 1|", title="error ~ 1/λ (log-log slope −1)")

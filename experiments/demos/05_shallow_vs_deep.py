@@ -23,14 +23,23 @@ from experiments.train import train_and_evaluate
 from proofs_check import make_instance
 
 demo = setup("05_shallow_vs_deep")
-OBJECTIVES = {"rlhf": "KL-regularized RLHF", "dpo": "DPO",
-              "augmentation": "safety-recovery augmentation", "recovery_prefill": "recovery penalty"}
-configs = {c.align.objective: c for c in headline_configs(quick=demo.quick)
-           if c.align.objective in ("none", *OBJECTIVES)}
-demo.instance(make_instance("tabular", 3, 4, seed=0, harm_kind="automaton", lam=0.3),
-              ["T8", "T9", "T11"],
-              note="the same harmful-before-refusal automaton family on a tree small enough for "
-                   "the checks to enumerate (V=3, T=4); the demo's world has 5**5 responses")
+OBJECTIVES = {
+    "rlhf": "KL-regularized RLHF",
+    "dpo": "DPO",
+    "augmentation": "safety-recovery augmentation",
+    "recovery_prefill": "recovery penalty",
+}
+configs = {
+    c.align.objective: c
+    for c in headline_configs(quick=demo.quick)
+    if c.align.objective in ("none", *OBJECTIVES)
+}
+demo.instance(
+    make_instance("tabular", 3, 4, seed=0, harm_kind="automaton", lam=0.3),
+    ["T8", "T9", "T11"],
+    note="the same harmful-before-refusal automaton family on a tree small enough for "
+    "the checks to enumerate (V=3, T=4); the demo's world has 5**5 responses",
+)
 
 # %% [markdown]
 # ## Train
@@ -54,32 +63,48 @@ ax1.plot(ks, base["prefill_asr_floor"], "k:", label="floor: harm already in the 
 for name, label in OBJECTIVES.items():
     style = "--s" if name in ("rlhf", "dpo") else "-^"
     ax1.plot(ks, runs[name]["aligned"]["prefill_asr"], style, label=label)
-ax1.set(xlabel="k = forced harmful prefix length", ylabel="ASR(k)", ylim=(-0.02, 1.02),
-        title="prefill attack on the base model's harmful prefixes", xticks=ks)
+ax1.set(
+    xlabel="k = forced harmful prefix length",
+    ylabel="ASR(k)",
+    ylim=(-0.02, 1.02),
+    title="prefill attack on the base model's harmful prefixes",
+    xticks=ks,
+)
 ax1.legend(fontsize=8)
 positions = np.arange(1, T + 1)
 width = 0.2
 for i, (name, label) in enumerate(OBJECTIVES.items()):
     kl = np.asarray(runs[name]["aligned"]["per_position_kl"])
     ax2.bar(positions + (i - 1.5) * width, kl, width, label=label)
-ax2.set(xlabel="position t", ylabel="KL_t(π_aligned ‖ π_base)",
-        title="per-position KL, teacher-forced on base harmful responses")
+ax2.set(
+    xlabel="position t",
+    ylabel="KL_t(π_aligned ‖ π_base)",
+    title="per-position KL, teacher-forced on base harmful responses",
+)
 ax2.legend(fontsize=8)
-demo.save(fig, "shallow_vs_deep", "Prefill ASR(k) (left) and where each objective moved the model "
-                                  "(right).")
+demo.save(
+    fig,
+    "shallow_vs_deep",
+    "Prefill ASR(k) (left) and where each objective moved the model (right).",
+)
 
 demo.note(
-    base_prefill_asr=base["prefill_asr"], base_harm_information=base["harm_information"],
+    base_prefill_asr=base["prefill_asr"],
+    base_harm_information=base["harm_information"],
     harmful_path_horizon=base["harmful_path_horizon"],
     **{f"{n}_expected_harm": runs[n]["aligned"]["expected_harm"] for n in OBJECTIVES},
     **{f"{n}_prefill_asr": runs[n]["aligned"]["prefill_asr"] for n in OBJECTIVES},
     **{f"{n}_per_position_kl": runs[n]["aligned"]["per_position_kl"] for n in OBJECTIVES},
     **{f"{n}_utility": runs[n]["aligned"]["utility"] for n in OBJECTIVES},
-    **{f"{n}_kl_at_decided_prefixes": runs[n]["aligned"]["per_position_kl_beyond_horizon"]
-       for n in OBJECTIVES},
+    **{
+        f"{n}_kl_at_decided_prefixes": runs[n]["aligned"]["per_position_kl_beyond_horizon"]
+        for n in OBJECTIVES
+    },
 )
-mean_asr = {n: float(np.mean([runs[n]["aligned"]["prefill_asr"][k] for k in undecided[1:]]))
-            for n in OBJECTIVES}
+mean_asr = {
+    n: float(np.mean([runs[n]["aligned"]["prefill_asr"][k] for k in undecided[1:]]))
+    for n in OBJECTIVES
+}
 demo.note(mean_asr_over_undecided_k_ge_1=mean_asr, undecided_k=undecided)
 
 # %% [markdown]

@@ -32,9 +32,12 @@ T = 32 if demo.quick else 64
 LAMBDAS = (0.3, 1.0, 3.0)
 END, REFUSE, COMPLY, HARMFUL, NEUTRAL = range(5)
 dfa = harmful_before_refusal(5, 3, harmful_tokens=[HARMFUL], refusal_tokens=[REFUSE])
-demo.instance(make_instance("markov", 3, 4, seed=0, harm_kind="automaton"), ["T7"],
-              note="T7 on a Markov policy with a harmful-before-refusal automaton small enough to "
-                   "enumerate (V=3, T=4); the demo's models have 5**64 responses")
+demo.instance(
+    make_instance("markov", 3, 4, seed=0, harm_kind="automaton"),
+    ["T7"],
+    note="T7 on a Markov policy with a harmful-before-refusal automaton small enough to "
+    "enumerate (V=3, T=4); the demo's models have 5**64 responses",
+)
 
 
 def markov_model(first, rows, late=None):
@@ -52,15 +55,22 @@ def markov_model(first, rows, late=None):
     return np.log(table)
 
 
-ROWS = {END: [1, 0, 0, 0, 0], REFUSE: [0.4, 0, 0, 0, 0.6], COMPLY: [0, 0.02, 0, 0.9, 0.08],
-        HARMFUL: [0.01, 0.02, 0, 0.95, 0.02], NEUTRAL: [0.05, 0.05, 0, 0.05, 0.85]}
+ROWS = {
+    END: [1, 0, 0, 0, 0],
+    REFUSE: [0.4, 0, 0, 0, 0.6],
+    COMPLY: [0, 0.02, 0, 0.9, 0.08],
+    HARMFUL: [0.01, 0.02, 0, 0.95, 0.02],
+    NEUTRAL: [0.05, 0.05, 0, 0.05, 0.85],
+}
 models = {
     # Like a pretrained model on a harmful request: the opener decides (comply -> harmful content).
     "decides early (compliant opener)": markov_model([0, 0.25, 0.6, 0, 0.15], ROWS),
     # A contrast: many neutral tokens first, the harmful/refusal choice comes around t = 12.
     "decides late (neutral preamble)": markov_model(
-        [0, 0, 0, 0, 1], {**ROWS, NEUTRAL: [0, 0, 0, 0, 1]},
-        late=(12, {**ROWS, NEUTRAL: [0, 0.3, 0, 0.6, 0.1]})),
+        [0, 0, 0, 0, 1],
+        {**ROWS, NEUTRAL: [0, 0, 0, 0, 1]},
+        late=(12, {**ROWS, NEUTRAL: [0, 0.3, 0, 0.6, 0.1]}),
+    ),
 }
 
 # %% [markdown]
@@ -79,23 +89,36 @@ for ax, (name, logits) in zip(axes, models.items()):
     ax.semilogy(positions, np.maximum(info, 1e-30), "k-", lw=2, label="I_t (base)")
     for lam in LAMBDAS:
         kl = analyze_markov(logits, dfa, lam=lam).equilibrium_kl
-        line, = ax.semilogy(positions, np.maximum(kl, 1e-30), "o-", ms=2, label=f"KL_t, λ={lam}")
-        ax.semilogy(positions, np.maximum(info / (2 * lam ** 2), 1e-30), "--",
-                    color=line.get_color(), lw=0.8)
+        (line,) = ax.semilogy(positions, np.maximum(kl, 1e-30), "o-", ms=2, label=f"KL_t, λ={lam}")
+        ax.semilogy(
+            positions, np.maximum(info / (2 * lam**2), 1e-30), "--", color=line.get_color(), lw=0.8
+        )
         shares[(name, lam)] = np.cumsum(kl) / kl.sum()
     ax.set(xlabel="position t", ylabel="I_t and KL_t(π*_λ ‖ π0)", ylim=(1e-8, 1), title=name)
     ax.legend(fontsize=8)
-    demo.note(**{f"{name.split()[1]}_I_t_first_8": info[:8],
-                 f"{name.split()[1]}_share_of_I_in_first_5": float(info[:5].sum() / info.sum())})
+    demo.note(
+        **{
+            f"{name.split()[1]}_I_t_first_8": info[:8],
+            f"{name.split()[1]}_share_of_I_in_first_5": float(info[:5].sum() / info.sum()),
+        }
+    )
 for (name, lam), share in shares.items():
     if lam == 1.0:
         axes[2].plot(positions, share, label=name)
 axes[2].axvline(5, color="k", ls=":", lw=1)
-axes[2].set(xlabel="position t", ylabel="fraction of Σ KL in positions ≤ t",
-            title="where the aligned optimum differs (λ = 1)", ylim=(0, 1.02))
+axes[2].set(
+    xlabel="position t",
+    ylabel="fraction of Σ KL in positions ≤ t",
+    title="where the aligned optimum differs (λ = 1)",
+    ylim=(0, 1.02),
+)
 axes[2].legend(fontsize=8)
-demo.save(fig, "beyond_the_toy", "Harm information, equilibrium KL (dashed: I_t/2λ²), and the "
-                                 "cumulative share of KL by position.")
+demo.save(
+    fig,
+    "beyond_the_toy",
+    "Harm information, equilibrium KL (dashed: I_t/2λ²), and the "
+    "cumulative share of KL by position.",
+)
 demo.note(share_of_kl_in_first_5={f"{n}, λ={lam}": float(s[4]) for (n, lam), s in shares.items()})
 
 # %% [markdown]

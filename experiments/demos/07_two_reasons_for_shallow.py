@@ -24,9 +24,12 @@ from experiments.dynamics import make_setting, run_dynamics
 from proofs_check import make_instance
 
 demo = setup("07_two_reasons_for_shallow")
-demo.instance(make_instance("tabular", 3, 4, seed=0, harm_kind="automaton", lam=0.3), ["T14"],
-              note="T14's identity, checked exactly on the harmful-before-refusal automaton at "
-                   "V=3, T=4; the demo's world (5**5 responses) is the experiment's")
+demo.instance(
+    make_instance("tabular", 3, 4, seed=0, harm_kind="automaton", lam=0.3),
+    ["T14"],
+    note="T14's identity, checked exactly on the harmful-before-refusal automaton at "
+    "V=3, T=4; the demo's world (5**5 responses) is the experiment's",
+)
 
 # %% [markdown]
 # ## Train with three optimizers on the same exact objective
@@ -51,8 +54,13 @@ ax1.plot(ks, models["base"]["asr"], "k-o", lw=2, label="base π0")
 ax1.plot(ks, models["optimum"]["asr"], "k--s", label="optimum π*_λ (any optimizer's limit)")
 for name, parts in final.items():
     ax1.plot(ks, parts["asr"], "-^", label=f"{name}, {max(s['trained'][name], key=int)} steps")
-ax1.set(xlabel="k = forced harmful prefix length", ylabel="ASR(k)", ylim=(-0.02, 1.02), xticks=ks,
-        title="prefill ASR: the grey part no objective of this form removes")
+ax1.set(
+    xlabel="k = forced harmful prefix length",
+    ylabel="ASR(k)",
+    ylim=(-0.02, 1.02),
+    xticks=ks,
+    title="prefill ASR: the grey part no objective of this form removes",
+)
 ax1.legend(fontsize=8)
 for name, fit in s["recovery"].items():
     pts = np.array([(p, r) for p, r, _ in fit["points"] if r is not None]).reshape(-1, 2)
@@ -60,20 +68,36 @@ for name, fit in s["recovery"].items():
 c = s["recovery"]["gd"]["eta_sum_P_at_recovery"]["median"]  # T14: recovery when η Σ_n P_πn(u) ≈ c_u
 grid = np.logspace(np.log10(c / (3 * max(s["budgets"]))), 0, 20)
 ax2.plot(grid, c / (s["learning_rates"]["gd"] * grid), "k--", lw=1, label=f"{c:.3g}/(η P)")
-ax2.set(xscale="log", yscale="log", xlabel="P_π0(u)", ylabel="steps until H(u) is half-way to π*",
-        title="steps to recover at undecided forced prefixes", ylim=(0.5, 3 * max(s["budgets"])))
+ax2.set(
+    xscale="log",
+    yscale="log",
+    xlabel="P_π0(u)",
+    ylabel="steps until H(u) is half-way to π*",
+    title="steps to recover at undecided forced prefixes",
+    ylim=(0.5, 3 * max(s["budgets"])),
+)
 ax2.legend(fontsize=8)
-demo.save(fig, "two_reasons", "Left: ASR(k) split into the decided part (grey: the objective) and "
-                              "the rest (the optimizer). Right: steps to recover against P_π0(u).")
+demo.save(
+    fig,
+    "two_reasons",
+    "Left: ASR(k) split into the decided part (grey: the objective) and "
+    "the rest (the optimizer). Right: steps to recover against P_π0(u).",
+)
 
 mean = lambda parts: float(np.mean(parts["undecided_conditional"]))
-demo.note(decided_mass_per_k=split["decided_mass"], undecided_mass_per_k=split["undecided_mass"],
-          undecided_asr_base=mean(models["base"]), undecided_asr_optimum=mean(models["optimum"]),
-          **{f"undecided_asr_{n}": mean(p) for n, p in final.items()},
-          **{f"decided_share_{n}": v["decided_share_pooled"] for n, v in s["shares"].items()},
-          **{f"recovery_slope_vs_P0_{n}": f["slope_vs_P0"] for n, f in s["recovery"].items()},
-          **{f"recovered_{n}": [f["recovered"], f["recovered"] + f["censored"]]
-             for n, f in s["recovery"].items()})
+demo.note(
+    decided_mass_per_k=split["decided_mass"],
+    undecided_mass_per_k=split["undecided_mass"],
+    undecided_asr_base=mean(models["base"]),
+    undecided_asr_optimum=mean(models["optimum"]),
+    **{f"undecided_asr_{n}": mean(p) for n, p in final.items()},
+    **{f"decided_share_{n}": v["decided_share_pooled"] for n, v in s["shares"].items()},
+    **{f"recovery_slope_vs_P0_{n}": f["slope_vs_P0"] for n, f in s["recovery"].items()},
+    **{
+        f"recovered_{n}": [f["recovered"], f["recovered"] + f["censored"]]
+        for n, f in s["recovery"].items()
+    },
+)
 
 # %% [markdown]
 # ## What you should now believe

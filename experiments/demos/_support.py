@@ -58,8 +58,13 @@ class Demo:
 
     def _write(self) -> None:
         """Rewrite ``record.json`` (after every change, so a demo needs no closing call)."""
-        record = {"name": self.name, "quick": self.quick, "figures": self.figures,
-                  "numbers": self.numbers, "instances": self.instances}
+        record = {
+            "name": self.name,
+            "quick": self.quick,
+            "figures": self.figures,
+            "numbers": self.numbers,
+            "instances": self.instances,
+        }
         from toy_lm.outputs import write_atomic
 
         data = json.dumps(record, indent=2).encode()
@@ -85,9 +90,11 @@ def print_numbers(title: str, numbers: dict) -> None:
     """The numbers a demo recorded, as a two-column table (:mod:`toy_lm.cli_output`)."""
     from toy_lm.cli_output import Column, print_table
 
-    print_table(f"{title}: numbers recorded",
-                (Column("name", "name", justify="left"), Column("value", "value", justify="left")),
-                [{"name": key, "value": format_value(value)} for key, value in numbers.items()])
+    print_table(
+        f"{title}: numbers recorded",
+        (Column("name", "name", justify="left"), Column("value", "value", justify="left")),
+        [{"name": key, "value": format_value(value)} for key, value in numbers.items()],
+    )
 
 
 def _plain(value):

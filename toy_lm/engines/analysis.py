@@ -58,17 +58,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toy_lm.bounds import check_concrete_lam
+from toy_lm.engines.level_step import (
+    Children,
+    LevelRows,
+    combine,
+    forward_rows,
+    level_step,
+    level_sums,
+    stack_sums,
+)
 from toy_lm.errors import InputError
 from toy_lm.models.harms import horizon_from_masks
-from toy_lm.engines.level_step import (Children,
-                               LevelRows, combine, forward_rows,
-                               level_step, level_sums, stack_sums)
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, validate_tables
-from toy_lm.bounds import check_concrete_lam
 
-__all__ = ["BACKENDS", "CHUNK_ROWS", "NUMBA_MIN_RESPONSES", "TreeAnalysis", "analyze_tree",
-           "choose_backend", "compile_kernels", "compile_numba_kernels", "numba_available"]
+__all__ = [
+    "BACKENDS",
+    "CHUNK_ROWS",
+    "NUMBA_MIN_RESPONSES",
+    "TreeAnalysis",
+    "analyze_tree",
+    "choose_backend",
+    "compile_kernels",
+    "compile_numba_kernels",
+    "numba_available",
+]
 
 #: Default number of prefixes per chunk.
 CHUNK_ROWS = 1 << 15
@@ -154,21 +169,24 @@ def _pipelined(dispatched, store) -> None:
         store(*pending)
 
 
-def _validate(logits, harm, lam, ref_logits, mutual_information,
-              check_finite: bool = True) -> tuple[int, int]:
+def _validate(
+    logits, harm, lam, ref_logits, mutual_information, check_finite: bool = True
+) -> tuple[int, int]:
     vocab_size, length = validate_tables(logits, check_finite=check_finite)
     if ref_logits is not None:
         validate_tables(ref_logits, "ref_logits")
         if len(ref_logits) != length or np.shape(ref_logits[0]) != np.shape(logits[0]):
             raise InputError(
                 f"ref_logits have V={np.shape(ref_logits[0])[-1]}, T={len(ref_logits)} but logits "
-                f"have V={vocab_size}, T={length}; the reference policy must have the same sizes")
+                f"have V={vocab_size}, T={length}; the reference policy must have the same sizes"
+            )
     if lam is not None:
         check_concrete_lam(lam)
-    if np.shape(harm) != (vocab_size ** length,):
+    if np.shape(harm) != (vocab_size**length,):
         raise InputError(
             f"harm has shape {np.shape(harm)} but the tables (V={vocab_size}, T={length}) need "
-            f"({vocab_size ** length},): one value per response, in canonical order")
+            f"({vocab_size**length},): one value per response, in canonical order"
+        )
     if mutual_information and not is_binary(harm):
         raise InputError("the mutual-information form I_t^MI needs a binary harm (values 0 or 1)")
     return vocab_size, length
@@ -195,14 +213,21 @@ def choose_backend(vocab_size: int, length: int) -> str:
     """The backend for a tree of ``V**T`` responses: ``"numba"`` when it is installed and the tree
     has at least :data:`NUMBA_MIN_RESPONSES` responses (where its speed pays for a one-time
     compile), else ``"xla"`` (the default of :func:`analyze_tree`)."""
-    if vocab_size ** length >= NUMBA_MIN_RESPONSES and numba_available():
+    if vocab_size**length >= NUMBA_MIN_RESPONSES and numba_available():
         return "numba"
     return "xla"
 
 
-def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
-                 ref_logits: Sequence | None = None, mutual_information: bool = False,
-                 backend: str = "xla", chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
+def analyze_tree(
+    logits: Sequence,
+    harm,
+    *,
+    lam: float | None = None,
+    ref_logits: Sequence | None = None,
+    mutual_information: bool = False,
+    backend: str = "xla",
+    chunk_rows: int = CHUNK_ROWS,
+) -> TreeAnalysis:
     """Run the complete analysis of a policy (level tables) and a harm.
 
     Args:
@@ -232,16 +257,25 @@ def analyze_tree(logits: Sequence, harm, *, lam: float | None = None,
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "numba" and not numba_available():
-        raise InputError('backend "numba" needs numba, which is not installed: '
-                         'pip install "harm-horizon[numba]" (or use backend="xla")')
+        raise InputError(
+            'backend "numba" needs numba, which is not installed: '
+            'pip install "harm-horizon[numba]" (or use backend="xla")'
+        )
     # The Numba kernels test every logit for finiteness as they read it (an extra pass over the
     # largest input would cost about a tenth of the analysis) and raise the same error.
     _validate(logits, harm, lam, ref_logits, mutual_information, check_finite=backend != "numba")
     if backend == "numba":
-        return _analyze_tree_numba(logits, harm, lam=lam, ref_logits=ref_logits,
-                                   mutual_information=mutual_information)
-    return _analyze_tree_xla(logits, harm, lam=lam, ref_logits=ref_logits,
-                             mutual_information=mutual_information, chunk_rows=chunk_rows)
+        return _analyze_tree_numba(
+            logits, harm, lam=lam, ref_logits=ref_logits, mutual_information=mutual_information
+        )
+    return _analyze_tree_xla(
+        logits,
+        harm,
+        lam=lam,
+        ref_logits=ref_logits,
+        mutual_information=mutual_information,
+        chunk_rows=chunk_rows,
+    )
 
 
 def _result(cond, grads, dets, info, mi, eqs, eq_kl, ref_kl) -> TreeAnalysis:
@@ -250,8 +284,10 @@ def _result(cond, grads, dets, info, mi, eqs, eq_kl, ref_kl) -> TreeAnalysis:
         expected_harm=float(cond[0][0]),
         cond_harm=tuple(cond),
         logit_grads=tuple(grads),
-        determined=tuple(point("analysis.determined", d, level=level, cond=cond, dets=dets)
-                         for level, d in enumerate(dets)),
+        determined=tuple(
+            point("analysis.determined", d, level=level, cond=cond, dets=dets)
+            for level, d in enumerate(dets)
+        ),
         harm_information=info,
         harm_information_mi=mi,
         horizon=horizon_from_masks(dets),
@@ -272,8 +308,14 @@ def _float64_table(x) -> np.ndarray:
     return view
 
 
-def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
-                        ref_logits: Sequence | None, mutual_information: bool) -> TreeAnalysis:
+def _analyze_tree_numba(
+    logits: Sequence,
+    harm,
+    *,
+    lam: float | None,
+    ref_logits: Sequence | None,
+    mutual_information: bool,
+) -> TreeAnalysis:
     """:func:`analyze_tree` with the compiled kernels: prefix probabilities top-down, then one
     pass leaves first that computes everything else."""
     from toy_lm.engines import cpu_kernels as kernels
@@ -282,7 +324,7 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
     f64 = np.float64
     harm = _float64_table(harm)
     tables = [_float64_table(z) for z in logits]
-    flat = [z.reshape(-1) for z in tables]              # the kernels index rows of V entries
+    flat = [z.reshape(-1) for z in tables]  # the kernels index rows of V entries
     with_lam, with_ref, with_mi = lam is not None, ref_logits is not None, mutual_information
     lam_value = float(lam) if with_lam else 1.0
     # Placeholders of the kernels' argument types for what a call does not use (one compiled
@@ -305,8 +347,10 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
     info, mi, ref_kl = (np.zeros(length) for _ in range(3))
     kl_parts: list = [None] * length
     # log Z and the binary entropies are needed one level up only: two buffers, used in turn.
-    buffers = [(np.empty(n, f64) if with_lam else vec0, np.empty(n, f64) if with_mi else vec0)
-               for n in sizes[::-1][:2]]
+    buffers = [
+        (np.empty(n, f64) if with_lam else vec0, np.empty(n, f64) if with_mi else vec0)
+        for n in sizes[::-1][:2]
+    ]
     child_logz = child_hb = vec0
     for level in reversed(range(length)):
         n = sizes[level]
@@ -317,12 +361,27 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         eq_l = np.empty((n, vocab_size), f64) if with_lam else None
         sums = kernels.sums_buffer(n)
         kernels.analysis_level(
-            vocab_size, flat[level], probs[level], _float64_table(cond[level + 1]),
-            bool0 if leaf else dets[level + 1], no_ref if leaf else _float64_table(child_logz),
+            vocab_size,
+            flat[level],
+            probs[level],
+            _float64_table(cond[level + 1]),
+            bool0 if leaf else dets[level + 1],
+            no_ref if leaf else _float64_table(child_logz),
             vec0 if leaf else child_hb,
-            _float64_table(ref_logits[level]).reshape(-1) if with_ref else no_ref, lam_value,
-            leaf, with_lam, with_ref, with_mi, h_l, det_l, grads[level].reshape(-1), logz_l,
-            vec0 if eq_l is None else eq_l.reshape(-1), hb_l, sums)
+            _float64_table(ref_logits[level]).reshape(-1) if with_ref else no_ref,
+            lam_value,
+            leaf,
+            with_lam,
+            with_ref,
+            with_mi,
+            h_l,
+            det_l,
+            grads[level].reshape(-1),
+            logz_l,
+            vec0 if eq_l is None else eq_l.reshape(-1),
+            hb_l,
+            sums,
+        )
         blocks = point("analysis.numba.level_sums", kernels.block_sums(sums), level=level)
         if np.any(blocks.non_finite):
             raise non_finite_error(tables[level], f"logits_{level}")
@@ -341,10 +400,17 @@ def _analyze_tree_numba(logits: Sequence, harm, *, lam: float | None,
         # KL_t = Σ_u P(u) Z(u) KL(π*(.|u) || π(.|u)) / Z(root): block numerators at their own scale,
         # combined in log space (Z(u) / Z(root) can exceed the float range when λ is small).
         log_root = float(child_logz[0])
-        eq_kl = np.array([_combine_log_scaled(nums, scales, log_root)
-                          for nums, scales in kl_parts])
-    return _result(cond, grads, dets, info, mi if with_mi else None, eqs if with_lam else None,
-                   eq_kl, ref_kl if with_ref else None)
+        eq_kl = np.array([_combine_log_scaled(nums, scales, log_root) for nums, scales in kl_parts])
+    return _result(
+        cond,
+        grads,
+        dets,
+        info,
+        mi if with_mi else None,
+        eqs if with_lam else None,
+        eq_kl,
+        ref_kl if with_ref else None,
+    )
 
 
 def _combine_log_scaled(nums, scales, log_total) -> float:
@@ -359,9 +425,15 @@ def _combine_log_scaled(nums, scales, log_total) -> float:
     return float(np.sum(np.sign(nums[keep]) * terms))
 
 
-def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
-                      ref_logits: Sequence | None = None, mutual_information: bool = False,
-                      chunk_rows: int = CHUNK_ROWS) -> TreeAnalysis:
+def _analyze_tree_xla(
+    logits: Sequence,
+    harm,
+    *,
+    lam: float | None = None,
+    ref_logits: Sequence | None = None,
+    mutual_information: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+) -> TreeAnalysis:
     """:func:`analyze_tree` with the jitted XLA chunk kernels (forward pass, then backward)."""
     vocab_size, length = infer_sizes(logits)
     dtype = np.dtype(jnp.result_type(float))
@@ -378,11 +450,21 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
         nxt = np.empty(n * vocab_size, dtype)
 
         def store_probs(a, b, out, nxt=nxt):
-            nxt[a * vocab_size:b * vocab_size] = np.asarray(out)[: (b - a) * vocab_size]
+            nxt[a * vocab_size : b * vocab_size] = np.asarray(out)[: (b - a) * vocab_size]
 
-        _pipelined(((a, b, _forward_chunk(_padded(np.asarray(z[a:b], dtype), chunk),
-                                           _padded(probs[level][a:b], chunk)))
-                    for a, b in _chunks(n, chunk)), store_probs)
+        _pipelined(
+            (
+                (
+                    a,
+                    b,
+                    _forward_chunk(
+                        _padded(np.asarray(z[a:b], dtype), chunk), _padded(probs[level][a:b], chunk)
+                    ),
+                )
+                for a, b in _chunks(n, chunk)
+            ),
+            store_probs,
+        )
         probs.append(nxt)
 
     # Backward pass, leaves first: the level step on every chunk, then one combine per level.
@@ -395,35 +477,47 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
         n = level_size(vocab_size, level)
         leaf = level == length - 1
         rows_out = LevelRows(
-            h=np.empty(n, dtype), det=np.empty(n, bool), grads=np.empty((n, vocab_size), dtype),
-            info=None, logz=np.empty(n, dtype) if with_lam else None,
+            h=np.empty(n, dtype),
+            det=np.empty(n, bool),
+            grads=np.empty((n, vocab_size), dtype),
+            info=None,
+            logz=np.empty(n, dtype) if with_lam else None,
             eq=np.empty((n, vocab_size), dtype) if with_lam else None,
-            hb=np.empty(n, dtype) if mutual_information else None)
+            hb=np.empty(n, dtype) if mutual_information else None,
+        )
         parts = []
         child_h = cond[level + 1].reshape(n, vocab_size)
         child_det = None if leaf else dets[level + 1].reshape(n, vocab_size)
         clogz = None if (leaf or not with_lam) else child_logz.reshape(n, vocab_size)
         chb = None if (leaf or not mutual_information) else child_hb.reshape(n, vocab_size)
 
-        def dispatch(a, b, level=level, child_h=child_h, child_det=child_det, clogz=clogz,
-                     chb=chb):
+        def dispatch(a, b, level=level, child_h=child_h, child_det=child_det, clogz=clogz, chb=chb):
             children = Children(
-                h=_padded(point("analysis.xla.child_h", child_h[a:b], start=a, full=child_h),
-                          chunk),
+                h=_padded(
+                    point("analysis.xla.child_h", child_h[a:b], start=a, full=child_h), chunk
+                ),
                 det=None if child_det is None else _padded(child_det[a:b], chunk, True),
                 logz=None if clogz is None else _padded(clogz[a:b], chunk),
-                hb=None if chb is None else _padded(chb[a:b], chunk))
-            return a, b, _backward_chunk(
-                _padded(np.asarray(logits[level][a:b], dtype), chunk),
-                _padded(probs[level][a:b], chunk), children,
-                _padded(np.asarray(ref_logits[level][a:b], dtype), chunk) if with_ref else None,
-                lam_arr, with_mi=mutual_information)
+                hb=None if chb is None else _padded(chb[a:b], chunk),
+            )
+            return (
+                a,
+                b,
+                _backward_chunk(
+                    _padded(np.asarray(logits[level][a:b], dtype), chunk),
+                    _padded(probs[level][a:b], chunk),
+                    children,
+                    _padded(np.asarray(ref_logits[level][a:b], dtype), chunk) if with_ref else None,
+                    lam_arr,
+                    with_mi=mutual_information,
+                ),
+            )
 
         def store(a, b, out, rows_out=rows_out, parts=parts):
             rows, sums = out
             for dest, value in zip(rows_out, rows):
                 if dest is not None:
-                    dest[a:b] = np.asarray(value)[:b - a]
+                    dest[a:b] = np.asarray(value)[: b - a]
             parts.append(sums)
 
         _pipelined((dispatch(a, b) for a, b in _chunks(n, chunk)), store)
@@ -441,9 +535,16 @@ def _analyze_tree_xla(logits: Sequence, harm, *, lam: float | None = None,
         if with_ref:
             ref_kl[level] = totals.ref_kl
 
-    return _result(cond, grads, dets, info, mi if mutual_information else None,
-                   eqs if with_lam else None, eq_kl if with_lam else None,
-                   ref_kl if with_ref else None)
+    return _result(
+        cond,
+        grads,
+        dets,
+        info,
+        mi if mutual_information else None,
+        eqs if with_lam else None,
+        eq_kl if with_lam else None,
+        ref_kl if with_ref else None,
+    )
 
 
 def compile_numba_kernels() -> float:
@@ -458,16 +559,28 @@ def compile_numba_kernels() -> float:
     from toy_lm.engines import cpu_kernels as kernels
 
     # Create every signature first (loaded from the disk cache when there is one).
-    _analyze_tree_numba([np.zeros((5 ** l, 5)) for l in range(2)], np.zeros(25), lam=1.0,
-                        ref_logits=None, mutual_information=False)
+    _analyze_tree_numba(
+        [np.zeros((5**l, 5)) for l in range(2)],
+        np.zeros(25),
+        lam=1.0,
+        ref_logits=None,
+        mutual_information=False,
+    )
     start = time.perf_counter()
     for dispatcher in kernels.KERNELS:
         dispatcher.recompile()
     return time.perf_counter() - start
 
 
-def compile_kernels(vocab_size: int, length: int, *, lam: bool = True, ref: bool = False,
-                    mutual_information: bool = False, chunk_rows: int = CHUNK_ROWS) -> float:
+def compile_kernels(
+    vocab_size: int,
+    length: int,
+    *,
+    lam: bool = True,
+    ref: bool = False,
+    mutual_information: bool = False,
+    chunk_rows: int = CHUNK_ROWS,
+) -> float:
     """Seconds to lower and compile every kernel ``backend="xla"`` uses at this size."""
     import time
 
@@ -480,10 +593,17 @@ def compile_kernels(vocab_size: int, length: int, *, lam: bool = True, ref: bool
     _forward_chunk.lower(table, vec).compile()
     for leaf in (True, False) if length > 1 else (True,):
         children = Children(
-            h=table, det=None if leaf else f((chunk, vocab_size), np.bool_),
+            h=table,
+            det=None if leaf else f((chunk, vocab_size), np.bool_),
             logz=None if (leaf or not lam) else table,
-            hb=None if (leaf or not mutual_information) else table)
-        _backward_chunk.lower(table, vec, children, table if ref else None,
-                              f((), dtype) if lam else None,
-                              with_mi=mutual_information).compile()
+            hb=None if (leaf or not mutual_information) else table,
+        )
+        _backward_chunk.lower(
+            table,
+            vec,
+            children,
+            table if ref else None,
+            f((), dtype) if lam else None,
+            with_mi=mutual_information,
+        ).compile()
     return time.perf_counter() - start

@@ -55,8 +55,16 @@ import numpy as np
 
 from toy_lm.engines.fastmath import KERNEL_FASTMATH, fexp, flog
 
-__all__ = ["BLOCK", "BlockSums", "KERNELS", "analysis_level", "block_sums", "cached_on_disk",
-           "probs_level", "sums_buffer"]
+__all__ = [
+    "BLOCK",
+    "BlockSums",
+    "KERNELS",
+    "analysis_level",
+    "block_sums",
+    "cached_on_disk",
+    "probs_level",
+    "sums_buffer",
+]
 
 #: Rows per block: the unit of work of one thread and of the per-block partial sums.
 BLOCK = 1024
@@ -86,7 +94,7 @@ def _shifted_logits(z, rows, vocab, x):
             x[r * vocab + v] = z[r * vocab + v] - m
     finite = True
     for j in range(rows * vocab):
-        finite &= z[j] - z[j] == 0.0    # NaN for NaN or ±inf
+        finite &= z[j] - z[j] == 0.0  # NaN for NaN or ±inf
     return finite
 
 
@@ -123,7 +131,7 @@ def _softmax(z, rows, vocab, x, e, row):
             row[r] = total
             e[2 * r] = ea / total
             e[2 * r + 1] = eb / total
-            finite &= (a - a == 0.0) & (b - b == 0.0)     # NaN for NaN or ±inf
+            finite &= (a - a == 0.0) & (b - b == 0.0)  # NaN for NaN or ±inf
         return finite
     finite = _shifted_logits(z, rows, vocab, x)
     _row_exp(x, e, rows, vocab, row)
@@ -142,11 +150,11 @@ def _probs_block(start, vocab, z, probs, next_probs):
     x = np.empty(rows * vocab)
     e = np.empty(rows * vocab)
     row = np.empty(rows)
-    _softmax(z[first:first + rows * vocab], rows, vocab, x, e, row)
+    _softmax(z[first : first + rows * vocab], rows, vocab, x, e, row)
     # Views of the block's rows: indices derived from range loops alone let LLVM vectorize (an
     # offset index costs a negative-index check that blocks it).
-    p = probs[start:start + rows]
-    out = next_probs[first:first + rows * vocab]
+    p = probs[start : start + rows]
+    out = next_probs[first : first + rows * vocab]
     for r in range(rows):
         for v in range(vocab):
             out[r * vocab + v] = p[r] * e[r * vocab + v]
@@ -162,7 +170,7 @@ def probs_level(vocab, z, probs, next_probs):
     """
     n = probs.shape[0]
     for b in nb.prange((n + BLOCK - 1) // BLOCK):
-        if vocab == 2:                   # specialized block functions, as in analysis_level
+        if vocab == 2:  # specialized block functions, as in analysis_level
             _probs_block(b * BLOCK, 2, z, probs, next_probs)
         elif vocab == 4:
             _probs_block(b * BLOCK, 4, z, probs, next_probs)
@@ -208,9 +216,29 @@ def _ref_rows(vocab, rows, rz, e, x, p, out):
 
 
 @nb.njit(**_BLOCK_JIT)
-def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, child_hb, ref_z,
-                    inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out, grad_out,
-                    logz_out, eq_out, hb_out, sums):
+def _analysis_block(
+    start,
+    vocab,
+    z,
+    probs,
+    child_h,
+    child_det,
+    child_logz,
+    child_hb,
+    ref_z,
+    inv_lam,
+    leaf,
+    with_lam,
+    with_ref,
+    with_mi,
+    h_out,
+    det_out,
+    grad_out,
+    logz_out,
+    eq_out,
+    hb_out,
+    sums,
+):
     """Rows ``start ... start + BLOCK - 1`` of :func:`analysis_level`.
 
     Each loop touches few arrays: LLVM then vectorizes it across rows (with more arrays it gives
@@ -221,20 +249,20 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
     width = rows * vocab
     first = start * vocab
     block = start // BLOCK
-    x = np.empty(width)          # z - max z, then log π
-    e = np.empty(width)          # π
-    y = np.empty(width)          # log Z_child - top
-    t = np.empty(width)          # exp(y), then the tilted masses
-    h = np.empty(rows)           # (separate allocations: LLVM knows that they do not overlap)
+    x = np.empty(width)  # z - max z, then log π
+    e = np.empty(width)  # π
+    y = np.empty(width)  # log Z_child - top
+    t = np.empty(width)  # exp(y), then the tilted masses
+    h = np.empty(rows)  # (separate allocations: LLVM knows that they do not overlap)
     row_a = np.empty(rows)
     row_b = np.empty(rows)
     row_c = np.empty(rows)
     # Views of the block's rows: indices derived from range loops alone let LLVM vectorize (an
     # offset index costs a negative-index check that blocks it).
     stop = first + width
-    p = probs[start:start + rows]
+    p = probs[start : start + rows]
     ch = child_h[first:stop]
-    h_o, det_o = h_out[start:start + rows], det_out[start:start + rows]
+    h_o, det_o = h_out[start : start + rows], det_out[start : start + rows]
     g_o = grad_out[first:stop]
     sums[block, 5] = 0.0 if _softmax(z[first:stop], rows, vocab, x, e, row_a) else 1.0
     # H (exact zeros where the children agree) and the determined masks.
@@ -275,8 +303,18 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
         row_c[r] = info
     sums[block, 0] = _block_sum(row_c, rows)
     if with_mi:
-        _mi_rows(vocab + 0, rows, leaf, h, ch, child_hb[first:stop], e, p,
-                 hb_out[start:start + rows], row_c)
+        _mi_rows(
+            vocab + 0,
+            rows,
+            leaf,
+            h,
+            ch,
+            child_hb[first:stop],
+            e,
+            p,
+            hb_out[start : start + rows],
+            row_c,
+        )
         sums[block, 4] = _block_sum(row_c, rows)
     if not (with_lam or with_ref):
         return
@@ -308,7 +346,7 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
     # (the caller divides by Z at the root: Σ_u P(u) Z(u) over a level is the root's Z).
     sums[block, 1] = 0.0
     sums[block, 2] = -np.inf
-    lz_o, eq_o = logz_out[start:start + rows], eq_out[first:stop]
+    lz_o, eq_o = logz_out[start : start + rows], eq_out[first:stop]
     if not varying:
         # Every row's children share one Z (e.g. beyond the harm horizon): π* = π exactly, and
         # the tilted masses below would all be 1. The same values as the constant branch below.
@@ -319,17 +357,17 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
         return
     _row_exp(y, t, rows, vocab, row_a)
     for j in range(width):
-        t[j] *= e[j]                     # tilted = π exp(log Z_child - top)
+        t[j] *= e[j]  # tilted = π exp(log Z_child - top)
     _row_sums(t, rows, vocab, row_a)
     for r in range(rows):
-        row_c[r] = flog(row_a[r])        # log of the tilted mass
+        row_c[r] = flog(row_a[r])  # log of the tilted mass
     for r in range(rows):
         constant = True
         for v in range(vocab):
             constant &= y[r * vocab + v] == 0.0
-        if constant:                     # every child has the same Z: π* = π exactly
+        if constant:  # every child has the same Z: π* = π exactly
             lz_o[r] = row_b[r]
-            row_c[r] = 0.0               # the row's KL
+            row_c[r] = 0.0  # the row's KL
             for v in range(vocab):
                 eq_o[r * vocab + v] = x[r * vocab + v]
         else:
@@ -346,8 +384,8 @@ def _analysis_block(start, vocab, z, probs, child_h, child_det, child_logz, chil
     for r in range(rows):
         if p[r] > 0.0:
             scale = max(scale, lz_o[r])
-    if scale > -np.inf:                  # else no prefix of positive probability: weight 0
-        for r in range(rows):            # a flat loop: the exp vectorizes
+    if scale > -np.inf:  # else no prefix of positive probability: weight 0
+        for r in range(rows):  # a flat loop: the exp vectorizes
             row_b[r] = p[r] * fexp(lz_o[r] - scale) * row_c[r]
         sums[block, 1] = _block_sum(row_b, rows)
         sums[block, 2] = scale
@@ -384,9 +422,28 @@ def _row_exp(x, out, rows, vocab, scratch):
 
 
 @nb.njit(**_JIT)
-def analysis_level(vocab, z, probs, child_h, child_det, child_logz, child_hb, ref_z, lam, leaf,
-                   with_lam, with_ref, with_mi, h_out, det_out, grad_out, logz_out, eq_out,
-                   hb_out, sums):
+def analysis_level(
+    vocab,
+    z,
+    probs,
+    child_h,
+    child_det,
+    child_logz,
+    child_hb,
+    ref_z,
+    lam,
+    leaf,
+    with_lam,
+    with_ref,
+    with_mi,
+    h_out,
+    det_out,
+    grad_out,
+    logz_out,
+    eq_out,
+    hb_out,
+    sums,
+):
     """One level of the analysis, leaves first (after :func:`probs_level` has run on every level).
 
     Inputs (``n`` prefixes): ``z`` ``(n, V)`` logits; ``probs`` ``(n,)`` = ``P_l``; ``child_h``
@@ -409,17 +466,77 @@ def analysis_level(vocab, z, probs, child_h, child_det, child_logz, child_hb, re
         # row fully unrolled, about 15% faster at V = 4); other sizes share the generic one (each
         # specialization adds about 10 s to the one-time compile).
         if vocab == 2:
-            _analysis_block(b * BLOCK, 2, z, probs, child_h, child_det, child_logz, child_hb,
-                            ref_z, inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out,
-                            grad_out, logz_out, eq_out, hb_out, sums)
+            _analysis_block(
+                b * BLOCK,
+                2,
+                z,
+                probs,
+                child_h,
+                child_det,
+                child_logz,
+                child_hb,
+                ref_z,
+                inv_lam,
+                leaf,
+                with_lam,
+                with_ref,
+                with_mi,
+                h_out,
+                det_out,
+                grad_out,
+                logz_out,
+                eq_out,
+                hb_out,
+                sums,
+            )
         elif vocab == 4:
-            _analysis_block(b * BLOCK, 4, z, probs, child_h, child_det, child_logz, child_hb,
-                            ref_z, inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out,
-                            grad_out, logz_out, eq_out, hb_out, sums)
+            _analysis_block(
+                b * BLOCK,
+                4,
+                z,
+                probs,
+                child_h,
+                child_det,
+                child_logz,
+                child_hb,
+                ref_z,
+                inv_lam,
+                leaf,
+                with_lam,
+                with_ref,
+                with_mi,
+                h_out,
+                det_out,
+                grad_out,
+                logz_out,
+                eq_out,
+                hb_out,
+                sums,
+            )
         else:
-            _analysis_block(b * BLOCK, vocab, z, probs, child_h, child_det, child_logz, child_hb,
-                            ref_z, inv_lam, leaf, with_lam, with_ref, with_mi, h_out, det_out,
-                            grad_out, logz_out, eq_out, hb_out, sums)
+            _analysis_block(
+                b * BLOCK,
+                vocab,
+                z,
+                probs,
+                child_h,
+                child_det,
+                child_logz,
+                child_hb,
+                ref_z,
+                inv_lam,
+                leaf,
+                with_lam,
+                with_ref,
+                with_mi,
+                h_out,
+                det_out,
+                grad_out,
+                logz_out,
+                eq_out,
+                hb_out,
+                sums,
+            )
 
 
 class BlockSums(NamedTuple):
@@ -463,11 +580,22 @@ def cached_on_disk() -> bool:
     root = Path(custom) if custom else here.parent / "__pycache__"
     if not root.is_dir():
         return False
-    names = {p.name for p in (root.rglob(f"{here.stem}.*.nbi") if custom
-                              else root.glob(f"{here.stem}.*.nbi"))}
-    return all(any(n.startswith(f"{here.stem}.{d.py_func.__qualname__}-") for n in names)
-               for d in KERNELS)
+    names = {
+        p.name
+        for p in (root.rglob(f"{here.stem}.*.nbi") if custom else root.glob(f"{here.stem}.*.nbi"))
+    }
+    return all(
+        any(n.startswith(f"{here.stem}.{d.py_func.__qualname__}-") for n in names) for d in KERNELS
+    )
 
 
 #: Every compiled function (what :func:`toy_lm.engines.analysis.compile_numba_kernels` recompiles).
-KERNELS = (_block_sum, _mi_rows, _ref_rows, _probs_block, probs_level, _analysis_block, analysis_level)
+KERNELS = (
+    _block_sum,
+    _mi_rows,
+    _ref_rows,
+    _probs_block,
+    probs_level,
+    _analysis_block,
+    analysis_level,
+)

@@ -35,9 +35,20 @@ import numpy as np
 from toy_lm.compile_options import compiler_options
 from toy_lm.engines.level_step import Children, forward_rows, level_step
 
-__all__ = ["CHUNK_ROWS", "ForestLayout", "Kernels", "backward_chunk", "backward_pass",
-           "compiled_kernels", "forest_layout", "forward_chunk", "forward_pass", "index_scalar",
-           "init_state", "store_chunk"]
+__all__ = [
+    "CHUNK_ROWS",
+    "ForestLayout",
+    "Kernels",
+    "backward_chunk",
+    "backward_pass",
+    "compiled_kernels",
+    "forest_layout",
+    "forward_chunk",
+    "forward_pass",
+    "index_scalar",
+    "init_state",
+    "store_chunk",
+]
 
 #: Default rows per chunk.
 CHUNK_ROWS = 1 << 15
@@ -63,21 +74,38 @@ class ForestLayout(NamedTuple):
     node_pad: int
 
     def rows(self, level: int) -> int:
-        return self.roots * self.vocab_size ** level
+        return self.roots * self.vocab_size**level
 
 
-def forest_layout(vocab_size: int, depth: int, roots: int,
-                  chunk_rows: int = CHUNK_ROWS) -> ForestLayout:
+def forest_layout(
+    vocab_size: int, depth: int, roots: int, chunk_rows: int = CHUNK_ROWS
+) -> ForestLayout:
     """The layout of ``roots`` subtrees of ``depth`` levels (chunk capped by the widest level)."""
-    sizes = [roots * vocab_size ** j for j in range(depth + 1)]
+    sizes = [roots * vocab_size**j for j in range(depth + 1)]
     offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(sizes)])[:-1])
     chunk = max(1, min(int(chunk_rows), vocab_size ** (depth - 1)))
-    return ForestLayout(vocab_size, depth, roots, chunk, offsets,
-                        offsets[-1] + chunk, offsets[-1] + sizes[-1] + chunk * vocab_size)
+    return ForestLayout(
+        vocab_size,
+        depth,
+        roots,
+        chunk,
+        offsets,
+        offsets[-1] + chunk,
+        offsets[-1] + sizes[-1] + chunk * vocab_size,
+    )
 
 
-def init_state(layout: ForestLayout, logits, leaf_values, root_probs, *, leaf_det=None,
-               leaf_logz=None, ref_logits=None, dtype=np.float64) -> dict:
+def init_state(
+    layout: ForestLayout,
+    logits,
+    leaf_values,
+    root_probs,
+    *,
+    leaf_det=None,
+    leaf_logz=None,
+    ref_logits=None,
+    dtype=np.float64,
+) -> dict:
     """Host buffers of one forest: packed logits, leaves and root probabilities.
 
     Args:
@@ -88,23 +116,27 @@ def init_state(layout: ForestLayout, logits, leaf_values, root_probs, *, leaf_de
         none; give ``leaf_logz`` to compute the equilibrium).
       ref_logits: optional reference tables, like ``logits``.
     """
+
     def rows_buffer(tables):
         buf = np.zeros((layout.row_pad, layout.vocab_size), dtype)
         for j, table in enumerate(tables):
-            buf[layout.offsets[j]:layout.offsets[j] + layout.rows(j)] = np.asarray(table)
+            buf[layout.offsets[j] : layout.offsets[j] + layout.rows(j)] = np.asarray(table)
         return buf
 
     def nodes_buffer(leaves, fill, kind=dtype):
         buf = np.full(layout.node_pad, fill, kind)
-        buf[layout.offsets[-1]:layout.offsets[-1] + layout.rows(layout.depth)] = leaves
+        buf[layout.offsets[-1] : layout.offsets[-1] + layout.rows(layout.depth)] = leaves
         return buf
 
-    state = dict(logits=rows_buffer(logits), probs=nodes_buffer(0.0, 0.0),
-                 h=nodes_buffer(leaf_values, 0.0),
-                 det=nodes_buffer(True if leaf_det is None else leaf_det, True, bool),
-                 grads=np.zeros((layout.row_pad, layout.vocab_size), dtype),
-                 info=np.zeros(layout.row_pad, dtype))
-    state["probs"][:layout.roots] = root_probs
+    state = dict(
+        logits=rows_buffer(logits),
+        probs=nodes_buffer(0.0, 0.0),
+        h=nodes_buffer(leaf_values, 0.0),
+        det=nodes_buffer(True if leaf_det is None else leaf_det, True, bool),
+        grads=np.zeros((layout.row_pad, layout.vocab_size), dtype),
+        info=np.zeros(layout.row_pad, dtype),
+    )
+    state["probs"][: layout.roots] = root_probs
     if leaf_logz is not None:
         state.update(logz=nodes_buffer(leaf_logz, 0.0), eq_kl=np.zeros(layout.row_pad, dtype))
     if ref_logits is not None:
@@ -121,8 +153,15 @@ def forward_chunk(state: dict, row_off, *, chunk: int) -> dict:
 
 
 #: The state buffer each per-row output of the level step is written to.
-_STORED = {"h": "h", "det": "det", "grads": "grads", "info": "info", "logz": "logz",
-           "eq_kl": "eq_kl", "ref_kl": "ref_kl"}
+_STORED = {
+    "h": "h",
+    "det": "det",
+    "grads": "grads",
+    "info": "info",
+    "logz": "logz",
+    "eq_kl": "eq_kl",
+    "ref_kl": "ref_kl",
+}
 
 
 def backward_chunk(state: dict, row_off, child_off, lam, *, chunk: int) -> dict:
@@ -135,18 +174,24 @@ def backward_chunk(state: dict, row_off, child_off, lam, *, chunk: int) -> dict:
         return jax.lax.dynamic_slice_in_dim(state[name], row_off, chunk)
 
     def kids(name):
-        return jax.lax.dynamic_slice_in_dim(state[name], child_off,
-                                            chunk * vocab_size).reshape(chunk, vocab_size)
+        return jax.lax.dynamic_slice_in_dim(state[name], child_off, chunk * vocab_size).reshape(
+            chunk, vocab_size
+        )
 
     # The leaves' det and log Z are in the buffers (True and -h/λ), so every level runs the same
     # program with the children's values read from memory.
-    step = level_step(rows("logits"), rows("probs"),
-                      Children(h=kids("h"), det=kids("det"),
-                               logz=kids("logz") if "logz" in state else None),
-                      lam=lam if "logz" in state else None,
-                      ref_logits=rows("ref") if "ref" in state else None)
-    return {name: getattr(step, field) for field, name in _STORED.items()
-            if getattr(step, field) is not None and name in state}
+    step = level_step(
+        rows("logits"),
+        rows("probs"),
+        Children(h=kids("h"), det=kids("det"), logz=kids("logz") if "logz" in state else None),
+        lam=lam if "logz" in state else None,
+        ref_logits=rows("ref") if "ref" in state else None,
+    )
+    return {
+        name: getattr(step, field)
+        for field, name in _STORED.items()
+        if getattr(step, field) is not None and name in state
+    }
 
 
 def store_chunk(state: dict, values: dict, off, valid) -> dict:
@@ -162,8 +207,9 @@ def store_chunk(state: dict, values: dict, off, valid) -> dict:
         n = value.shape[0]
         old = jax.lax.dynamic_slice_in_dim(state[name], off, n)
         mask = (jnp.arange(n) < valid).reshape((n,) + (1,) * (old.ndim - 1))
-        out[name] = jax.lax.dynamic_update_slice_in_dim(state[name], jnp.where(mask, value, old),
-                                                        off, 0)
+        out[name] = jax.lax.dynamic_update_slice_in_dim(
+            state[name], jnp.where(mask, value, old), off, 0
+        )
     return out
 
 
@@ -187,15 +233,18 @@ def compiled_kernels(mesh, chunk: int, backend: str) -> Kernels:
             squeezed = jax.tree.map(lambda v: v[0], args[:n_sharded])
             return jax.tree.map(lambda v: v[None], kernel(*squeezed, *args[n_sharded:]))
 
-        mapped = jax.shard_map(local, mesh=mesh,
-                               in_specs=(P("d"),) * n_sharded + (P(),) * n_scalars,
-                               out_specs=P("d"))
-        return jax.jit(mapped, donate_argnums=0 if donate else (),
-                       compiler_options=compiler_options(backend))
+        mapped = jax.shard_map(
+            local, mesh=mesh, in_specs=(P("d"),) * n_sharded + (P(),) * n_scalars, out_specs=P("d")
+        )
+        return jax.jit(
+            mapped, donate_argnums=0 if donate else (), compiler_options=compiler_options(backend)
+        )
 
-    return Kernels(per_device(functools.partial(forward_chunk, chunk=chunk), 1, 1, False),
-                   per_device(functools.partial(backward_chunk, chunk=chunk), 1, 3, False),
-                   per_device(store_chunk, 2, 2, True))
+    return Kernels(
+        per_device(functools.partial(forward_chunk, chunk=chunk), 1, 1, False),
+        per_device(functools.partial(backward_chunk, chunk=chunk), 1, 3, False),
+        per_device(store_chunk, 2, 2, True),
+    )
 
 
 def index_scalar(x: int) -> jax.Array:
@@ -225,8 +274,16 @@ def backward_pass(state: dict, layout: ForestLayout, mesh, lam: float = 1.0) -> 
     lam_array = jnp.asarray(lam, state["logits"].dtype)
     for j in reversed(range(layout.depth)):
         for a in range(0, layout.rows(j), chunk):
-            values = k.backward(state, index_scalar(off[j] + a), index_scalar(off[j + 1] + a * vocab_size),
-                                lam_array)
-            state = k.store(state, values, index_scalar(off[j] + a),
-                            index_scalar(min(chunk, layout.rows(j) - a)))
+            values = k.backward(
+                state,
+                index_scalar(off[j] + a),
+                index_scalar(off[j + 1] + a * vocab_size),
+                lam_array,
+            )
+            state = k.store(
+                state,
+                values,
+                index_scalar(off[j] + a),
+                index_scalar(min(chunk, layout.rows(j) - a)),
+            )
     return state

@@ -47,8 +47,9 @@ __all__ = ["all_gather", "check_share", "free_port", "initialize", "launch_local
 JOIN_TIMEOUT_S = 120
 
 
-def check_share(vocab_size: int, length: int, split: int, processes: int, what: str, *,
-                ref: bool = False) -> int:
+def check_share(
+    vocab_size: int, length: int, split: int, processes: int, what: str, *, ref: bool = False
+) -> int:
     """Refuse a share that would not fit this process's memory budget; returns its estimate."""
     from toy_lm.engines.sharded import share_bytes
 
@@ -58,12 +59,14 @@ def check_share(vocab_size: int, length: int, split: int, processes: int, what: 
             f"{what} at V={vocab_size}, T={length} on {processes} process(es) needs about "
             f"{human_bytes(need)} per process (estimated, split level m={split}), more than the "
             f"{human_bytes(budget)} available (limit set by HARM_HORIZON_MEMORY_LIMIT); run it "
-            "on more processes (--local-processes N, or more hosts)")
+            "on more processes (--local-processes N, or more hosts)"
+        )
     return need
 
 
-def initialize(coordinator: str | None, num_processes: int | None, process_id: int | None,
-               timeout_s: float) -> tuple[int, int]:
+def initialize(
+    coordinator: str | None, num_processes: int | None, process_id: int | None, timeout_s: float
+) -> tuple[int, int]:
     """Join the run with ``jax.distributed`` (gloo collectives on CPU); ``(index, count)``.
 
     Without ``coordinator`` the cluster is detected from the environment (SLURM, ...).
@@ -75,14 +78,21 @@ def initialize(coordinator: str | None, num_processes: int | None, process_id: i
     # the caller's watchdog (:func:`run_process`), which ends it first with one line.
     late = int(timeout_s) + 60
     try:
-        jax.distributed.initialize(coordinator, num_processes, process_id,
-                                   initialization_timeout=late, heartbeat_timeout_seconds=late)
-    except Exception as err:   # DEADLINE_EXCEEDED, a refused connection, no cluster found ...
+        jax.distributed.initialize(
+            coordinator,
+            num_processes,
+            process_id,
+            initialization_timeout=late,
+            heartbeat_timeout_seconds=late,
+        )
+    except Exception as err:  # DEADLINE_EXCEEDED, a refused connection, no cluster found ...
         where = coordinator or "from the environment"
         reason = " ".join(str(err).split())[:300].rstrip(".")
-        raise ConfigError(f"could not join the distributed run (coordinator {where}, process "
-                          f"{process_id} of {num_processes}): {reason}; give --coordinator "
-                          "HOST:PORT, or run under SLURM") from None
+        raise ConfigError(
+            f"could not join the distributed run (coordinator {where}, process "
+            f"{process_id} of {num_processes}): {reason}; give --coordinator "
+            "HOST:PORT, or run under SLURM"
+        ) from None
     return jax.process_index(), jax.process_count()
 
 
@@ -109,24 +119,29 @@ def _check_rows(logits, harm, ref_logits, plan) -> None:
             continue
         for level in range(plan.split, plan.length):
             n = plan.vocab_size ** (level - plan.split)
-            if not np.isfinite(tables[level][plan.first * n:(plan.first + plan.count) * n]).all():
-                raise InputError(f"{name}_{level} has non-finite entries (NaN or inf); logits "
-                                 "must be finite")
+            if not np.isfinite(tables[level][plan.first * n : (plan.first + plan.count) * n]).all():
+                raise InputError(
+                    f"{name}_{level} has non-finite entries (NaN or inf); logits must be finite"
+                )
         for level in range(plan.split):
             if not np.isfinite(tables[level]).all():
                 raise InputError(f"{name}_{level} has non-finite entries (NaN or inf)")
     n = plan.vocab_size ** (plan.length - plan.split)
-    rows = np.asarray(harm[plan.first * n:(plan.first + plan.count) * n], np.float64)
-    if not ((rows >= 0) & (rows <= 1)).all():   # NaN fails both
+    rows = np.asarray(harm[plan.first * n : (plan.first + plan.count) * n], np.float64)
+    if not ((rows >= 0) & (rows <= 1)).all():  # NaN fails both
         raise InputError("harm has values outside [0, 1] (or NaN); rescale or clip it")
 
 
 def _watchdog(seconds: float, label: str) -> threading.Timer:
     """End the process with one line after ``seconds`` (peers that never join, or a hang)."""
+
     def expire():
-        print(f"harm-horizon analyze: error: {label}: no result after {seconds:g} s (a peer "
-              "process failed, hangs or never joined; --timeout sets the limit); stopping",
-              file=sys.stderr, flush=True)
+        print(
+            f"harm-horizon analyze: error: {label}: no result after {seconds:g} s (a peer "
+            "process failed, hangs or never joined; --timeout sets the limit); stopping",
+            file=sys.stderr,
+            flush=True,
+        )
         os._exit(2)
 
     timer = threading.Timer(seconds, expire)
@@ -137,23 +152,23 @@ def _watchdog(seconds: float, label: str) -> threading.Timer:
 
 def run_process(args, output) -> int:
     """One process of a distributed ``analyze`` (``output(result, V, T)`` prints and writes)."""
-    from toy_lm.io import table_keys
-    from toy_lm.io import map_npz
     from toy_lm.engines.sharded import split_level
+    from toy_lm.io import map_npz, table_keys
 
     shapes, keys, ref_keys, vocab_size, length = table_keys(args.tables)
     timeout = JOIN_TIMEOUT_S if args.timeout is None else args.timeout
     count = args.num_processes
-    if count is not None and args.split is not None:   # refuse before joining
-        check_share(vocab_size, length, args.split, count, f"analyzing {args.tables}",
-                    ref=bool(ref_keys))
+    if count is not None and args.split is not None:  # refuse before joining
+        check_share(
+            vocab_size, length, args.split, count, f"analyzing {args.tables}", ref=bool(ref_keys)
+        )
     watchdog = None
     if count == 1:
         index = 0
     else:
         watchdog = _watchdog(timeout, f"process {args.process_id} of {count}")
         index, count = initialize(args.coordinator, count, args.process_id, timeout)
-        if args.timeout is None:   # the default limits the join only
+        if args.timeout is None:  # the default limits the join only
             watchdog.cancel()
     label = f"process {index} of {count}"
     try:
@@ -162,20 +177,35 @@ def run_process(args, output) -> int:
         from toy_lm.engines.sharded import local_gather, make_mesh, plan, summarize_share
 
         mesh = make_mesh(jax.local_devices())
-        split = (split_level(vocab_size, length, count * mesh.devices.size)
-                 if args.split is None else args.split)
-        check_share(vocab_size, length, split, count, f"analyzing {args.tables}",
-                    ref=bool(ref_keys))
+        split = (
+            split_level(vocab_size, length, count * mesh.devices.size)
+            if args.split is None
+            else args.split
+        )
+        check_share(
+            vocab_size, length, split, count, f"analyzing {args.tables}", ref=bool(ref_keys)
+        )
         share = plan(vocab_size, length, split=split, process_index=index, process_count=count)
         data = map_npz(args.tables, keys + ref_keys + ["harm"])
         logits = [data[k] for k in keys]
         ref = [data[k] for k in ref_keys] or None
         _check_rows(logits, data["harm"], ref, share)
-        result = summarize_share(logits, data["harm"], share, mesh=mesh, lam=args.lam,
-                                 ref_logits=ref, gather=all_gather if count > 1 else local_gather)
+        result = summarize_share(
+            logits,
+            data["harm"],
+            share,
+            mesh=mesh,
+            lam=args.lam,
+            ref_logits=ref,
+            gather=all_gather if count > 1 else local_gather,
+        )
         if index == 0:
-            print(f"[analyze] backend: sharded over {count} process(es) x {mesh.devices.size} "
-                  f"device(s) (xla, split level m={split})", file=sys.stderr, flush=True)
+            print(
+                f"[analyze] backend: sharded over {count} process(es) x {mesh.devices.size} "
+                f"device(s) (xla, split level m={split})",
+                file=sys.stderr,
+                flush=True,
+            )
             output(result, vocab_size, length)
     except BaseException as err:
         if count == 1:
@@ -185,7 +215,7 @@ def run_process(args, output) -> int:
             text = f"{type(err).__name__}: {text}"
         print(f"harm-horizon analyze: error: {label}: {text}", file=sys.stderr, flush=True)
         sys.stdout.flush()
-        os._exit(2)   # not the shutdown barrier: the peers may be gone
+        os._exit(2)  # not the shutdown barrier: the peers may be gone
     if watchdog is not None:
         watchdog.cancel()
     return 0
@@ -205,8 +235,9 @@ def _last_error(path: str) -> str:
     return (errors or lines or ["(no message)"])[-1]
 
 
-def launch_local(command: list[str], argv: list[str], processes: int,
-                 timeout_s: float | None = None) -> int:
+def launch_local(
+    command: list[str], argv: list[str], processes: int, timeout_s: float | None = None
+) -> int:
     """Run ``command <argv> --coordinator 127.0.0.1:PORT --num-processes N --process-id I``
     as ``N`` local processes (``command``: the program, e.g. ``harm-horizon``'s entry point as
     ``[python, "-m", module]``; this layer does not name it); process 0's stdout is this process's. One failure stops the rest
@@ -222,24 +253,38 @@ def launch_local(command: list[str], argv: list[str], processes: int,
             log = os.path.join(folder, f"process{i}.err")
             logs.append(log)
             with open(log, "w") as err:
-                procs.append(subprocess.Popen(
-                    command + argv
-                    + ["--coordinator", f"127.0.0.1:{port}", "--num-processes", str(processes),
-                       "--process-id", str(i)],
-                    stdout=None if i == 0 else subprocess.DEVNULL, stderr=err))
-        deadline = (float("inf") if timeout_s is None
-                    else time.monotonic() + timeout_s + JOIN_TIMEOUT_S)
+                procs.append(
+                    subprocess.Popen(
+                        command
+                        + argv
+                        + [
+                            "--coordinator",
+                            f"127.0.0.1:{port}",
+                            "--num-processes",
+                            str(processes),
+                            "--process-id",
+                            str(i),
+                        ],
+                        stdout=None if i == 0 else subprocess.DEVNULL,
+                        stderr=err,
+                    )
+                )
+        deadline = (
+            float("inf") if timeout_s is None else time.monotonic() + timeout_s + JOIN_TIMEOUT_S
+        )
         failed = None
         try:
             while True:
-                codes = [p.poll() for p in procs]   # every process, every round
+                codes = [p.poll() for p in procs]  # every process, every round
                 failed = next((i for i, c in enumerate(codes) if c not in (None, 0)), None)
                 if failed is not None or all(c == 0 for c in codes):
                     break
                 if time.monotonic() > deadline:
-                    raise ConfigError(f"the {processes} local processes gave no result within "
-                                      f"{timeout_s:g} s (--timeout) and {JOIN_TIMEOUT_S} s to "
-                                      "start; stopped them")
+                    raise ConfigError(
+                        f"the {processes} local processes gave no result within "
+                        f"{timeout_s:g} s (--timeout) and {JOIN_TIMEOUT_S} s to "
+                        "start; stopped them"
+                    )
                 time.sleep(0.05)
         finally:
             for p in procs:
@@ -247,10 +292,11 @@ def launch_local(command: list[str], argv: list[str], processes: int,
                     p.kill()
                     p.wait()
         if failed is not None:
-            raise ConfigError(f"process {failed} of {processes} failed (exit "
-                              f"{procs[failed].returncode}): "
-                              + _last_error(logs[failed]).removeprefix(
-                                  f"process {failed} of {processes}: "))
+            raise ConfigError(
+                f"process {failed} of {processes} failed (exit "
+                f"{procs[failed].returncode}): "
+                + _last_error(logs[failed]).removeprefix(f"process {failed} of {processes}: ")
+            )
         with open(logs[0], errors="replace") as fh:
             sys.stderr.write("".join(line for line in fh if not line.startswith("[Gloo]")))
     return 0

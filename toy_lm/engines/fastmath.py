@@ -50,6 +50,7 @@ KERNEL_FASTMATH = {"contract", "arcp", "nsz"}
 def _bits_to_float(typingctx, x):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.float64))
+
     return types.float64(types.int64), codegen
 
 
@@ -57,13 +58,14 @@ def _bits_to_float(typingctx, x):
 def _float_to_bits(typingctx, x):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.int64))
+
     return types.int64(types.float64), codegen
 
 
 _LOG2E = 1.4426950408889634
-_LN2_HI = 6.93147180369123816490e-01   # fdlibm's split of ln 2: _LN2_HI * k is exact for |k| < 2**20
+_LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: _LN2_HI * k is exact for |k| < 2**20
 _LN2_LO = 1.90821492927058770002e-10
-_MAGIC = 6755399441055744.0            # 1.5 * 2**52: k + _MAGIC holds the integer k in its low bits
+_MAGIC = 6755399441055744.0  # 1.5 * 2**52: k + _MAGIC holds the integer k in its low bits
 _TWO52 = 4503599627370496.0
 _SQRT2 = 1.4142135623730951
 _TWO54 = 18014398509481984.0
@@ -103,7 +105,7 @@ def fexp(x):
 @nb.njit(inline="always", error_model="numpy")
 def flog(x):
     """``log(x)`` for a finite ``x >= 0``, within 3 ulp, vectorizable; ``flog(0) == -inf``."""
-    tiny = x < _MIN_NORMAL                 # subnormal: scale by 2**54 first
+    tiny = x < _MIN_NORMAL  # subnormal: scale by 2**54 first
     y = x * _TWO54 if tiny else x
     bits = _float_to_bits(y)
     e = _bits_to_float((bits >> 52) | 0x4330000000000000) - (_TWO52 + 1023.0)

@@ -26,8 +26,15 @@ import jax.numpy as jnp
 from toy_lm.engines import tree
 from toy_lm.mutation import point
 
-__all__ = ["TablesFn", "expected_harm_fn", "martingale_surrogate", "per_position_grads_autodiff",
-           "per_position_grads_surrogate", "per_position_norms", "total_grad"]
+__all__ = [
+    "TablesFn",
+    "expected_harm_fn",
+    "martingale_surrogate",
+    "per_position_grads_autodiff",
+    "per_position_grads_surrogate",
+    "per_position_norms",
+    "total_grad",
+]
 
 TablesFn = Callable[..., tuple]
 
@@ -57,12 +64,14 @@ def per_position_grads_autodiff(tables_fn: TablesFn, params, harm: jax.Array):
     def live_at_each_position(p):
         tables = tables_fn(p)
         frozen = [jax.lax.stop_gradient(z) for z in tables]
+
         def live_at(level):
             live = point("gradients.autodiff.live", level, length=len(tables))
-            return frozen[:live] + [tables[live]] + frozen[live + 1:]
+            return frozen[:live] + [tables[live]] + frozen[live + 1 :]
 
-        return jnp.stack([_sequence_expectation(live_at(level), harm)
-                          for level in range(len(tables))])
+        return jnp.stack(
+            [_sequence_expectation(live_at(level), harm) for level in range(len(tables))]
+        )
 
     return jax.jacrev(live_at_each_position)(params)
 

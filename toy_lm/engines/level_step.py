@@ -49,9 +49,22 @@ import numpy as np
 
 from toy_lm.mutation import point
 
-__all__ = ["Children", "LevelRows", "LevelSums", "LevelTotals", "UNROLL_MAX_V", "binary_entropy",
-           "combine", "forward_rows", "level_step", "level_sums", "row_all", "row_max", "row_sum",
-           "stack_sums"]
+__all__ = [
+    "Children",
+    "LevelRows",
+    "LevelSums",
+    "LevelTotals",
+    "UNROLL_MAX_V",
+    "binary_entropy",
+    "combine",
+    "forward_rows",
+    "level_step",
+    "level_sums",
+    "row_all",
+    "row_max",
+    "row_sum",
+    "stack_sums",
+]
 
 #: Up to this vocabulary size the reductions over a row (``V`` entries) are unrolled into ``V - 1``
 #: elementwise operations on column slices, which XLA on CPU runs about 1.4x faster than a
@@ -133,7 +146,7 @@ def _row_reduce(op, reduce, x):
         return reduce(x, axis=1, keepdims=True)
     acc = x[:, :1]
     for v in range(1, x.shape[1]):
-        acc = op(acc, x[:, v:v + 1])
+        acc = op(acc, x[:, v : v + 1])
     return acc
 
 
@@ -168,8 +181,9 @@ def forward_rows(logits, probs):
     return (probs[:, None] * (e / row_sum(e))).reshape(-1)
 
 
-def level_step(logits, probs, children: Children, *, lam=None, ref_logits=None,
-               with_mi: bool = False) -> LevelRows:
+def level_step(
+    logits, probs, children: Children, *, lam=None, ref_logits=None, with_mi: bool = False
+) -> LevelRows:
     """One backward level step over a block of ``n`` rows (see the module docstring).
 
     Args:
@@ -209,9 +223,11 @@ def level_step(logits, probs, children: Children, *, lam=None, ref_logits=None,
         tilted = pi * jnp.exp(shifted)  # π(v) Z(uv) / max_v Z(uv)
         log_mass = jnp.where(constant, 0.0, jnp.log(row_sum(tilted)))
         row_kl = row_sum(tilted * (shifted - log_mass))[:, 0] * jnp.exp(-log_mass[:, 0])
-        out.update(logz=(top + log_mass)[:, 0],
-                   eq=jnp.where(constant, logp, logp + shifted - log_mass),
-                   eq_kl=jnp.where(constant[:, 0], 0.0, row_kl))
+        out.update(
+            logz=(top + log_mass)[:, 0],
+            eq=jnp.where(constant, logp, logp + shifted - log_mass),
+            eq_kl=jnp.where(constant[:, 0], 0.0, row_kl),
+        )
     if ref_logits is not None:
         shifted_q = ref_logits - row_max(ref_logits)
         logq = shifted_q - jnp.log(row_sum(jnp.exp(shifted_q)))
@@ -226,8 +242,7 @@ def level_sums(rows: LevelRows, probs) -> LevelSums:
         real = probs > 0
         scale = jnp.max(jnp.where(real, rows.logz, -jnp.inf), initial=-jnp.inf)
         mass = probs * jnp.exp(rows.logz - jnp.where(jnp.isfinite(scale), scale, 0.0))
-        out.update(eq_kl_num=jnp.sum(mass * rows.eq_kl), eq_kl_den=jnp.sum(mass),
-                   eq_kl_scale=scale)
+        out.update(eq_kl_num=jnp.sum(mass * rows.eq_kl), eq_kl_den=jnp.sum(mass), eq_kl_scale=scale)
     if rows.ref_kl is not None:
         out["ref_kl"] = jnp.sum(rows.ref_kl)
     if rows.mi is not None:
@@ -237,10 +252,15 @@ def level_sums(rows: LevelRows, probs) -> LevelSums:
 
 def stack_sums(parts) -> LevelSums:
     """Per-block :class:`LevelSums` stacked into numpy arrays along a leading block axis."""
-    parts = jax.device_get(list(parts))   # one transfer for every block, not one per scalar
-    return LevelSums(*(None if getattr(parts[0], f) is None
-                       else np.array([getattr(p, f) for p in parts], np.float64)
-                       for f in LevelSums._fields))
+    parts = jax.device_get(list(parts))  # one transfer for every block, not one per scalar
+    return LevelSums(
+        *(
+            None
+            if getattr(parts[0], f) is None
+            else np.array([getattr(p, f) for p in parts], np.float64)
+            for f in LevelSums._fields
+        )
+    )
 
 
 def combine(sums: LevelSums) -> LevelTotals:
@@ -249,6 +269,7 @@ def combine(sums: LevelSums) -> LevelTotals:
     The equilibrium KL is ``Σ_b num_b e^{m_b} / Σ_b den_b e^{m_b}``; a block with no prefix of
     positive probability has ``m_b = -inf`` and weight 0.
     """
+
     def total(x):
         return None if x is None else float(np.sum(np.asarray(x)))
 
@@ -258,10 +279,12 @@ def combine(sums: LevelSums) -> LevelTotals:
         finite = np.isfinite(scales)
         eq_kl = 0.0
         if finite.any():
-            weights = np.where(finite,
-                               np.exp(np.where(finite, scales, 0.0) - scales[finite].max()), 0.0)
+            weights = np.where(
+                finite, np.exp(np.where(finite, scales, 0.0) - scales[finite].max()), 0.0
+            )
             den = float(np.sum(np.asarray(sums.eq_kl_den).reshape(-1) * weights))
             num = float(np.sum(np.asarray(sums.eq_kl_num).reshape(-1) * weights))
             eq_kl = num / den if den > 0 else 0.0
-    return LevelTotals(info=total(sums.info), eq_kl=eq_kl, ref_kl=total(sums.ref_kl),
-                       mi=total(sums.mi))
+    return LevelTotals(
+        info=total(sums.info), eq_kl=eq_kl, ref_kl=total(sums.ref_kl), mi=total(sums.mi)
+    )

@@ -37,25 +37,50 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm.models.automata import Automaton
 from toy_lm.errors import InputError
+from toy_lm.models.automata import Automaton
 from toy_lm.mutation import point
 
-__all__ = ["at_least_order_one", "backward_step", "check_markov", "child_index", "children",
-           "cond_harm", "determined", "expected_harm", "forward_step", "grad_terms",
-           "harm_information", "harmful_prefix_dist", "horizon", "information_terms",
-           "initial_state", "lift_order", "log_policy", "logit_grads", "logit_grads_autodiff",
-           "markov_order", "per_position_kl", "prefill_asr", "prefill_asr_curve", "prefix_state",
-           "reachable", "split_context", "state_probs"]
+__all__ = [
+    "at_least_order_one",
+    "backward_step",
+    "check_markov",
+    "child_index",
+    "children",
+    "cond_harm",
+    "determined",
+    "expected_harm",
+    "forward_step",
+    "grad_terms",
+    "harm_information",
+    "harmful_prefix_dist",
+    "horizon",
+    "information_terms",
+    "initial_state",
+    "lift_order",
+    "log_policy",
+    "logit_grads",
+    "logit_grads_autodiff",
+    "markov_order",
+    "per_position_kl",
+    "prefill_asr",
+    "prefill_asr_curve",
+    "prefix_state",
+    "reachable",
+    "split_context",
+    "state_probs",
+]
 
 
 # -- shapes and layout --------------------------------------------------------------------------
 def markov_order(vocab_size: int, num_contexts: int) -> int:
     """The order ``k`` with ``V**k == num_contexts``, or :class:`InputError`."""
     k = round(math.log(num_contexts, vocab_size)) if num_contexts >= 1 else -1
-    if k < 0 or vocab_size ** k != num_contexts:
-        raise InputError(f"markov_logits has {num_contexts} contexts, which is not a power of "
-                         f"V={vocab_size}; the context axis must have V**k entries for order k")
+    if k < 0 or vocab_size**k != num_contexts:
+        raise InputError(
+            f"markov_logits has {num_contexts} contexts, which is not a power of "
+            f"V={vocab_size}; the context axis must have V**k entries for order k"
+        )
     return k
 
 
@@ -63,12 +88,15 @@ def check_markov(logits, dfa: Automaton) -> tuple[int, int, int]:
     """``(T, V, k)`` after checking ``logits`` ``(T, V**k, V)`` against the automaton ``(S, V)``."""
     shape = tuple(np.shape(logits))
     if len(shape) != 3 or shape[0] < 1 or shape[2] < 2:
-        raise InputError(f"markov_logits must have shape (T, V**k, V) with T >= 1, V >= 2; "
-                         f"got {shape}")
+        raise InputError(
+            f"markov_logits must have shape (T, V**k, V) with T >= 1, V >= 2; got {shape}"
+        )
     length, contexts, vocab_size = shape
     if tuple(np.shape(dfa.transitions))[1:] != (vocab_size,):
-        raise InputError(f"dfa_transitions has shape {tuple(np.shape(dfa.transitions))}, expected "
-                         f"(S, V={vocab_size}) to match markov_logits")
+        raise InputError(
+            f"dfa_transitions has shape {tuple(np.shape(dfa.transitions))}, expected "
+            f"(S, V={vocab_size}) to match markov_logits"
+        )
     return length, vocab_size, markov_order(vocab_size, contexts)
 
 
@@ -84,7 +112,7 @@ def lift_order(logits, order: int):
         raise InputError(f"cannot lift an order-{k} policy to the lower order {order}")
     if order == k:
         return jnp.asarray(logits)
-    rows = np.arange(vocab_size ** order) % vocab_size ** k
+    rows = np.arange(vocab_size**order) % vocab_size**k
     return jnp.asarray(logits)[:, rows]
 
 
@@ -180,8 +208,9 @@ def cond_harm(logits, dfa: Automaton) -> jax.Array:
     logits = at_least_order_one(logits)
     vocab_size = logits.shape[2]
     pi = jnp.exp(log_policy(logits))
-    last = jnp.broadcast_to(jnp.asarray(dfa.verdict, pi.dtype), logits.shape[1:2] + (
-        dfa.transitions.shape[0],))
+    last = jnp.broadcast_to(
+        jnp.asarray(dfa.verdict, pi.dtype), logits.shape[1:2] + (dfa.transitions.shape[0],)
+    )
 
     def step(h_next, pi_l):
         parent, _, _ = backward_step(split_context(pi_l, vocab_size), children(h_next, dfa))
@@ -252,7 +281,7 @@ def logit_grads(logits, dfa: Automaton) -> jax.Array:
     check_markov(logits, dfa)
     grads = _per_level(logits, dfa, grad_terms)
     grads = grads.reshape(grads.shape[0], -1, grads.shape[-1])
-    if np.shape(logits)[1] == 1:   # order 0: the lifted contexts share one logit row
+    if np.shape(logits)[1] == 1:  # order 0: the lifted contexts share one logit row
         return grads.sum(axis=1, keepdims=True)
     return grads
 
@@ -265,14 +294,17 @@ def per_position_kl(logits, ref_logits) -> jax.Array:
     """
     logits, ref_logits = jnp.asarray(logits), jnp.asarray(ref_logits)
     if logits.ndim != 3 or ref_logits.shape[::2] != logits.shape[::2]:
-        raise InputError(f"ref_logits shape {ref_logits.shape} does not match markov_logits "
-                         f"shape {logits.shape} in T and V")
+        raise InputError(
+            f"ref_logits shape {ref_logits.shape} does not match markov_logits "
+            f"shape {logits.shape} in T and V"
+        )
     vocab_size = logits.shape[2]
-    order = max(markov_order(vocab_size, logits.shape[1]),
-                markov_order(vocab_size, ref_logits.shape[1]), 1)
+    order = max(
+        markov_order(vocab_size, logits.shape[1]), markov_order(vocab_size, ref_logits.shape[1]), 1
+    )
     logits, ref_logits = lift_order(logits, order), lift_order(ref_logits, order)
     logp, logq = log_policy(logits), log_policy(ref_logits)
-    row_kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)            # (T, C)
+    row_kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)  # (T, C)
     contexts_only = Automaton(np.zeros((1, vocab_size), np.int64), np.zeros(1), 0)
     probs = state_probs(logits, contexts_only)[:-1, :, 0]
     return jnp.sum(probs * row_kl, axis=-1)
@@ -324,8 +356,11 @@ def prefill_asr_curve(logits, dfa: Automaton, base_logits) -> jax.Array:
     check_markov(logits, dfa)
     check_markov(base_logits, dfa)
     vocab_size = np.shape(logits)[2]
-    order = max(1, markov_order(vocab_size, np.shape(logits)[1]),
-                markov_order(vocab_size, np.shape(base_logits)[1]))
+    order = max(
+        1,
+        markov_order(vocab_size, np.shape(logits)[1]),
+        markov_order(vocab_size, np.shape(base_logits)[1]),
+    )
     logits, base_logits = lift_order(logits, order), lift_order(base_logits, order)
     base_values = cond_harm(base_logits, dfa)
     weight = state_probs(base_logits, dfa) * base_values
@@ -371,7 +406,7 @@ def determined(dfa: Automaton, length: int) -> np.ndarray:
         lo, hi = x[:num_states], x[num_states:]
         return np.concatenate([lo[trans].min(axis=1), hi[trans].max(axis=1)])
 
-    ranges = _iterate(np.concatenate([verdict, verdict]), update, length)   # [steps left r]
+    ranges = _iterate(np.concatenate([verdict, verdict]), update, length)  # [steps left r]
     return (ranges[:, :num_states] == ranges[:, num_states:])[::-1].copy()
 
 

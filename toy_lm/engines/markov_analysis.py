@@ -32,16 +32,22 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm.engines import markov
-from toy_lm.engines import markov_equilibrium
-from toy_lm.models.automata import Automaton, level_states, make_automaton
-from toy_lm.compile_options import compiler_options
-from toy_lm.errors import InputError
-from toy_lm.mutation import point
 from toy_lm.bounds import check_concrete_lam
+from toy_lm.compile_options import compiler_options
+from toy_lm.engines import markov, markov_equilibrium
+from toy_lm.errors import InputError
+from toy_lm.models.automata import Automaton, level_states, make_automaton
+from toy_lm.mutation import point
 
-__all__ = ["MarkovAnalysis", "aggregate_tree_grads", "analyze_markov", "compiled_program",
-           "expand_to_tree", "joint_states", "markov_scan"]
+__all__ = [
+    "MarkovAnalysis",
+    "aggregate_tree_grads",
+    "analyze_markov",
+    "compiled_program",
+    "expand_to_tree",
+    "joint_states",
+    "markov_scan",
+]
 
 
 class MarkovAnalysis(NamedTuple):
@@ -91,7 +97,7 @@ def markov_scan(logits, dfa, lam, *, with_lam: bool, scaled: bool):
         p, h_next, logz_next = carry
         pi_fwd = jax.nn.softmax(logits[level], axis=-1)
         z_bwd = logits[length - 1 - level]
-        if with_lam and scaled:   # H and the scaled partition sum in one matrix product
+        if with_lam and scaled:  # H and the scaled partition sum in one matrix product
             both = markov.children(jnp.stack([h_next, logz_next], axis=-1), dfa)
             child, child_logz = both[..., 0], both[..., 1]
             top = jnp.max(child_logz, axis=-1, keepdims=True)
@@ -106,7 +112,8 @@ def markov_scan(logits, dfa, lam, *, with_lam: bool, scaled: bool):
             h, _, _ = markov.backward_step(jnp.exp(logp3), markov.children(h_next, dfa))
             if unscaled:
                 logz_next, _ = markov_equilibrium.log_partition_step(
-                    logp3, markov.children(logz_next, dfa), scaled=False)
+                    logp3, markov.children(logz_next, dfa), scaled=False
+                )
         h = h.reshape(contexts, num_states)
         logz_next = logz_next.reshape(contexts, num_states)
         return (markov.forward_step(p, pi_fwd, dfa), h, logz_next), (p, h, logz_next)
@@ -129,32 +136,34 @@ def _level_sums(probs, last_p, values, logz, verdict, lam, beyond) -> dict:
     table[:length], table[length] = values[::-1], verdict
     values = table
 
-    def differences(level_means):   # m_t - m_{t-1}, exactly 0 beyond the horizon
+    def differences(level_means):  # m_t - m_{t-1}, exactly 0 beyond the horizon
         return np.where(beyond, 0.0, np.diff(level_means))
 
     second = np.einsum("lcs,lcs->l", probs * values, values)
-    out = dict(cond_harm=values, state_probs=probs,
-               harm_information=np.maximum(differences(second), 0.0))
+    out = dict(
+        cond_harm=values, state_probs=probs, harm_information=np.maximum(differences(second), 0.0)
+    )
     if lam is not None:
         table = np.empty_like(probs)
         table[:length], table[length] = logz[::-1], -verdict / lam
         logz = table
         with np.errstate(divide="ignore"):
-            mass = np.log(probs)            # log of the tilted law p_l Z_l / Z_0, per level
+            mass = np.log(probs)  # log of the tilted law p_l Z_l / Z_0, per level
         mass += logz
         mass -= np.max(mass, axis=(1, 2), keepdims=True)
         np.exp(mass, out=mass)
         total = np.sum(mass, axis=(1, 2))
-        out.update(log_partition=logz,
-                   equilibrium_kl=differences(np.einsum("lcs,lcs->l", mass, logz) / total),
-                   equilibrium_harm=float(np.sum(mass[-1] * verdict) / total[-1]))
+        out.update(
+            log_partition=logz,
+            equilibrium_kl=differences(np.einsum("lcs,lcs->l", mass, logz) / total),
+            equilibrium_harm=float(np.sum(mass[-1] * verdict) / total[-1]),
+        )
     return out
 
 
 @functools.cache
 def compiled_program(fn, backend: str, static=()):
-    return jax.jit(fn, static_argnames=static,
-                   compiler_options=compiler_options(backend))
+    return jax.jit(fn, static_argnames=static, compiler_options=compiler_options(backend))
 
 
 @jax.jit
@@ -179,8 +188,15 @@ def _reference_kl(logits, ref_logits, probs):
     return jnp.sum(jnp.sum(probs, axis=-1) * row_kl, axis=-1)
 
 
-def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logits=None,
-                   logit_grads: bool = False, dtype=None) -> MarkovAnalysis:
+def analyze_markov(
+    logits,
+    dfa: Automaton,
+    *,
+    lam: float | None = None,
+    ref_logits=None,
+    logit_grads: bool = False,
+    dtype=None,
+) -> MarkovAnalysis:
     """Run the complete dynamic-programming analysis of a Markov policy and an automaton harm.
 
     Args:
@@ -206,38 +222,50 @@ def analyze_markov(logits, dfa: Automaton, *, lam: float | None = None, ref_logi
     dfa = make_automaton(dfa.transitions, dfa.verdict, dfa.start)
     for name, table in (("markov_logits", logits), ("ref_logits", ref_logits)):
         if table is not None and not np.all(np.isfinite(np.asarray(table))):
-            raise InputError(f"{name} has non-finite entries (NaN or inf); logits must be finite "
-                             "(use a large negative number, e.g. -30, for a near-zero probability)")
+            raise InputError(
+                f"{name} has non-finite entries (NaN or inf); logits must be finite "
+                "(use a large negative number, e.g. -30, for a near-zero probability)"
+            )
     if lam is not None:
         check_concrete_lam(lam)
     order = max(order, 1)
     if ref_logits is not None:
         _, _, ref_order = markov.check_markov(ref_logits, dfa)
         if np.shape(ref_logits)[0] != length:
-            raise InputError(f"ref_logits has T={np.shape(ref_logits)[0]}, expected T={length} "
-                             "as in markov_logits")
+            raise InputError(
+                f"ref_logits has T={np.shape(ref_logits)[0]}, expected T={length} "
+                "as in markov_logits"
+            )
         order = max(order, ref_order)
         ref_logits = markov.lift_order(ref_logits, order)
     dtype = np.dtype(jnp.result_type(float) if dtype is None else dtype)
     if isinstance(logits, jax.Array):
         logits = logits.astype(dtype)
-    else:   # device_put: one copy of a numpy input (jnp.asarray makes two, ~0.1 s at 128 MB)
+    else:  # device_put: one copy of a numpy input (jnp.asarray makes two, ~0.1 s at 128 MB)
         logits = jax.device_put(np.asarray(logits, dtype))
     logits = markov.lift_order(logits, order)
     det, tau = markov.determined(dfa, length), markov.horizon(dfa, length)
     scaled = lam is not None and markov_equilibrium.scaling_is_safe(lam, vocab_size, dtype)
     core = compiled_program(markov_scan, jax.default_backend(), ("with_lam", "scaled"))
-    scanned = core(logits, dfa, jnp.asarray(1.0 if lam is None else lam, dtype),
-                   with_lam=lam is not None, scaled=scaled)
+    scanned = core(
+        logits,
+        dfa,
+        jnp.asarray(1.0 if lam is None else lam, dtype),
+        with_lam=lam is not None,
+        scaled=scaled,
+    )
     verdict = np.broadcast_to(dfa.verdict.astype(dtype), scanned[0].shape[1:])
-    out = _level_sums(*(np.asarray(x) for x in scanned), verdict, lam,
-                      np.arange(1, length + 1) > tau)
+    out = _level_sums(
+        *(np.asarray(x) for x in scanned), verdict, lam, np.arange(1, length + 1) > tau
+    )
     if logit_grads:
-        out["logit_grads"] = np.asarray(_grads(logits, out["state_probs"][:-1],
-                                               out["cond_harm"][1:], dfa))
+        out["logit_grads"] = np.asarray(
+            _grads(logits, out["state_probs"][:-1], out["cond_harm"][1:], dfa)
+        )
     if ref_logits is not None:
-        out["per_position_kl"] = np.asarray(_reference_kl(
-            logits, jnp.asarray(ref_logits, dtype), out["state_probs"][:-1]))
+        out["per_position_kl"] = np.asarray(
+            _reference_kl(logits, jnp.asarray(ref_logits, dtype), out["state_probs"][:-1])
+        )
     return MarkovAnalysis(
         expected_harm=float(out["cond_harm"][0, 0, dfa.start]),
         cond_harm=out["cond_harm"],
@@ -259,7 +287,7 @@ def joint_states(dfa: Automaton, contexts: int, level: int) -> tuple[np.ndarray,
     The context of row ``i`` is ``i mod V**k`` (the last ``k`` tokens, left-padded with 0).
     """
     vocab_size = dfa.transitions.shape[1]
-    rows = np.arange(vocab_size ** level)
+    rows = np.arange(vocab_size**level)
     return rows % contexts, level_states(dfa, level)[level]
 
 

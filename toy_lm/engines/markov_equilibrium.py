@@ -21,13 +21,25 @@ import jax.core  # jax.core.Tracer below (the submodule is not an attribute of j
 import jax.numpy as jnp
 import numpy as np
 
-from toy_lm.models.automata import Automaton
-from toy_lm.engines.markov import (at_least_order_one, split_context, check_markov, children, log_policy,
-                           state_probs)
 from toy_lm.bounds import check_concrete_lam
+from toy_lm.engines.markov import (
+    at_least_order_one,
+    check_markov,
+    children,
+    log_policy,
+    split_context,
+    state_probs,
+)
+from toy_lm.models.automata import Automaton
 
-__all__ = ["equilibrium_kl", "equilibrium_policy", "equilibrium_state_probs", "log_partition",
-           "log_partition_step", "scaling_is_safe"]
+__all__ = [
+    "equilibrium_kl",
+    "equilibrium_policy",
+    "equilibrium_state_probs",
+    "log_partition",
+    "log_partition_step",
+    "scaling_is_safe",
+]
 
 
 def scaling_is_safe(lam, vocab_size: int, dtype) -> bool:
@@ -64,8 +76,11 @@ def log_partition_step(logp: jax.Array, child: jax.Array, *, scaled: bool = True
     shifted = child - top
     if scaled:
         scaled_child = jnp.exp(shifted)
-        both = jnp.einsum("hlv,lsv->hls", jnp.exp(logp),
-                          jnp.concatenate([scaled_child, scaled_child * shifted], axis=1))
+        both = jnp.einsum(
+            "hlv,lsv->hls",
+            jnp.exp(logp),
+            jnp.concatenate([scaled_child, scaled_child * shifted], axis=1),
+        )
         sigma, weighted = jnp.split(both, 2, axis=2)
         log_sigma = jnp.log(sigma)
         logz, row_kl = top[None, ..., 0] + log_sigma, weighted / sigma - log_sigma
@@ -74,8 +89,10 @@ def log_partition_step(logp: jax.Array, child: jax.Array, *, scaled: bool = True
         logz = jax.nn.logsumexp(a, axis=-1)
         tilted = jnp.exp(a - logz[..., None])
         row_kl = jnp.sum(tilted * (child[None] - logz[..., None]), axis=-1)
-    return (jnp.where(constant, top[None, ..., 0], logz),
-            jnp.where(constant, jnp.zeros_like(row_kl), row_kl))
+    return (
+        jnp.where(constant, top[None, ..., 0], logz),
+        jnp.where(constant, jnp.zeros_like(row_kl), row_kl),
+    )
 
 
 def _partition_scan(logits, dfa: Automaton, lam, scaled: bool | None = None):
@@ -85,15 +102,17 @@ def _partition_scan(logits, dfa: Automaton, lam, scaled: bool | None = None):
     """
     vocab_size = logits.shape[2]
     logp = log_policy(logits)
-    last = jnp.broadcast_to(-jnp.asarray(dfa.verdict, logp.dtype) / lam,
-                            logits.shape[1:2] + (dfa.transitions.shape[0],))
+    last = jnp.broadcast_to(
+        -jnp.asarray(dfa.verdict, logp.dtype) / lam, logits.shape[1:2] + (dfa.transitions.shape[0],)
+    )
 
     if scaled is None:
         scaled = scaling_is_safe(lam, vocab_size, logp.dtype)
 
     def step(logz_next, logp_l):
-        logz, row_kl = log_partition_step(split_context(logp_l, vocab_size), children(logz_next, dfa),
-                                          scaled=scaled)
+        logz, row_kl = log_partition_step(
+            split_context(logp_l, vocab_size), children(logz_next, dfa), scaled=scaled
+        )
         logz = logz.reshape(logz_next.shape)
         return logz, (logz, row_kl.reshape(logz_next.shape))
 
@@ -123,8 +142,8 @@ def equilibrium_policy(logits, dfa: Automaton, lam, *, scaled: bool | None = Non
 
     def level(args):
         logp_l, logz_l, logz_next = args
-        child = children(logz_next, dfa)                                  # (L, S, V)
-        logp3 = split_context(logp_l, vocab_size)[:, :, None, :]                 # (V, L, 1, V)
+        child = children(logz_next, dfa)  # (L, S, V)
+        logp3 = split_context(logp_l, vocab_size)[:, :, None, :]  # (V, L, 1, V)
         constant = jnp.all(child == child[..., :1], axis=-1)[None, ..., None]
         tilted = logp3 + child[None] - split_context(logz_l, vocab_size)[..., None]
         return jnp.where(constant, logp3, tilted).reshape(logz_l.shape + (vocab_size,))
@@ -132,8 +151,9 @@ def equilibrium_policy(logits, dfa: Automaton, lam, *, scaled: bool | None = Non
     return jax.lax.map(level, (log_policy(logits), logz[:-1], logz[1:]))
 
 
-def equilibrium_state_probs(logits, dfa: Automaton, lam, *,
-                            scaled: bool | None = None) -> jax.Array:
+def equilibrium_state_probs(
+    logits, dfa: Automaton, lam, *, scaled: bool | None = None
+) -> jax.Array:
     """``π*_λ(joint state (c, s) at level l) = p_l(c, s) Z_l(c, s) / Z_0``, ``(T+1, C, S)``.
 
     Computed in log space and normalized per level (``Σ_{c,s} p_l Z_l = Z_0`` at every level), so

@@ -35,15 +35,30 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.stats
 
-from toy_lm.models.automata import Automaton
 from toy_lm.errors import InputError
-from toy_lm.mutation import point
+from toy_lm.models.automata import Automaton
 from toy_lm.models.policies import Policy
+from toy_lm.mutation import point
 
-__all__ = ["Estimate", "HarmFn", "automaton_harm_fn", "cond_harm_mc", "continue_prefixes",
-           "harmful_prefixes", "kl_samples", "markov_baseline", "per_position_kl_mc",
-           "prefill_asr_mc", "reinforce_batch_grads", "reinforce_grads", "rollout_harms", "sample",
-           "t_interval", "table_baseline", "table_harm_fn"]
+__all__ = [
+    "Estimate",
+    "HarmFn",
+    "automaton_harm_fn",
+    "cond_harm_mc",
+    "continue_prefixes",
+    "harmful_prefixes",
+    "kl_samples",
+    "markov_baseline",
+    "per_position_kl_mc",
+    "prefill_asr_mc",
+    "reinforce_batch_grads",
+    "reinforce_grads",
+    "rollout_harms",
+    "sample",
+    "t_interval",
+    "table_baseline",
+    "table_harm_fn",
+]
 
 HarmFn = Callable[[jax.Array], jax.Array]
 
@@ -120,8 +135,9 @@ def table_harm_fn(harm, vocab_size: int) -> HarmFn:
 
 # -- sampling -----------------------------------------------------------------------------------
 @functools.partial(jax.jit, static_argnames=("policy",))
-def continue_prefixes(key: jax.Array, policy: Policy, params, prefixes: jax.Array,
-                      prompt=0) -> jax.Array:
+def continue_prefixes(
+    key: jax.Array, policy: Policy, params, prefixes: jax.Array, prompt=0
+) -> jax.Array:
     """Complete forced prefixes ``(B, k)`` to responses ``(B, T)`` by sampling from the policy.
 
     One ``fori_loop`` over positions ``k ... T-1``: each step reads the next-token logits from
@@ -147,8 +163,16 @@ def sample(key: jax.Array, policy: Policy, params, num_samples: int, prompt=0) -
 
 
 # -- estimators ---------------------------------------------------------------------------------
-def rollout_harms(key: jax.Array, policy: Policy, params, harm_fn: HarmFn, prefixes,
-                  num_rollouts: int, *, prompt=0) -> np.ndarray:
+def rollout_harms(
+    key: jax.Array,
+    policy: Policy,
+    params,
+    harm_fn: HarmFn,
+    prefixes,
+    num_rollouts: int,
+    *,
+    prompt=0,
+) -> np.ndarray:
     """``h`` of ``num_rollouts`` continuations of each of ``P`` prefixes: ``(P, num_rollouts)``."""
     prefixes = jnp.asarray(prefixes, jnp.int32)
     repeated = jnp.repeat(prefixes, num_rollouts, axis=0)
@@ -156,8 +180,17 @@ def rollout_harms(key: jax.Array, policy: Policy, params, harm_fn: HarmFn, prefi
     return np.asarray(harms).reshape(prefixes.shape[0], num_rollouts)
 
 
-def cond_harm_mc(key: jax.Array, policy: Policy, params, harm_fn: HarmFn, prefixes,
-                 num_rollouts: int, *, prompt=0, level: float = 0.95) -> Estimate:
+def cond_harm_mc(
+    key: jax.Array,
+    policy: Policy,
+    params,
+    harm_fn: HarmFn,
+    prefixes,
+    num_rollouts: int,
+    *,
+    prompt=0,
+    level: float = 0.95,
+) -> Estimate:
     """``H_k(y_<=k)`` for each of ``P`` prefixes ``(P, k)`` from ``num_rollouts`` rollouts each.
 
     Returns an :class:`Estimate` of shape ``(P,)``.
@@ -166,42 +199,84 @@ def cond_harm_mc(key: jax.Array, policy: Policy, params, harm_fn: HarmFn, prefix
     return t_interval(harms, level, axis=1)
 
 
-def per_position_kl_mc(key: jax.Array, policy: Policy, params, ref_policy: Policy, ref_params,
-                       num_samples: int, *, estimator: str = "full", prompt=0,
-                       level: float = 0.95) -> Estimate:
+def per_position_kl_mc(
+    key: jax.Array,
+    policy: Policy,
+    params,
+    ref_policy: Policy,
+    ref_params,
+    num_samples: int,
+    *,
+    estimator: str = "full",
+    prompt=0,
+    level: float = 0.95,
+) -> Estimate:
     """``KL_t(π || π0)`` for ``t = 1 ... T`` from ``num_samples`` responses of ``π``.
 
     ``"full"``: ``KL(π(.|y_<t) || π0(.|y_<t))`` at each sampled prefix (Rao-Blackwellized, what
     Qi et al. plot); ``"sampled"``: ``log π(y_t|y_<t) - log π0(y_t|y_<t)``. Shape ``(T,)``.
     """
-    return t_interval(kl_samples(key, policy, params, ref_policy, ref_params, num_samples,
-                                 estimator=estimator, prompt=prompt), level)
+    return t_interval(
+        kl_samples(
+            key,
+            policy,
+            params,
+            ref_policy,
+            ref_params,
+            num_samples,
+            estimator=estimator,
+            prompt=prompt,
+        ),
+        level,
+    )
 
 
-def kl_samples(key: jax.Array, policy: Policy, params, ref_policy: Policy, ref_params,
-               num_samples: int, *, estimator: str = "full", prompt=0) -> np.ndarray:
+def kl_samples(
+    key: jax.Array,
+    policy: Policy,
+    params,
+    ref_policy: Policy,
+    ref_params,
+    num_samples: int,
+    *,
+    estimator: str = "full",
+    prompt=0,
+) -> np.ndarray:
     """The per-response terms behind :func:`per_position_kl_mc`: ``(num_samples, T)``."""
     if estimator not in ("full", "sampled"):
         raise InputError(f"estimator={estimator!r}; use 'full' or 'sampled'")
     responses = sample(key, policy, params, num_samples, prompt)
-    return np.asarray(_kl_terms(policy, params, ref_policy, ref_params, responses, prompt,
-                                full=estimator == "full"))
+    return np.asarray(
+        _kl_terms(
+            policy, params, ref_policy, ref_params, responses, prompt, full=estimator == "full"
+        )
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("policy", "ref_policy", "full"))
 def _kl_terms(policy, params, ref_policy, ref_params, responses, prompt, *, full):
     logp = jax.nn.log_softmax(policy.teacher_forced_logits(params, responses, prompt), axis=-1)
-    logq = jax.nn.log_softmax(ref_policy.teacher_forced_logits(ref_params, responses, prompt),
-                              axis=-1)
+    logq = jax.nn.log_softmax(
+        ref_policy.teacher_forced_logits(ref_params, responses, prompt), axis=-1
+    )
     if full:
         return jnp.sum(jnp.exp(logp) * (logp - logq), axis=-1)
     picked = responses[..., None]
     return (jnp.take_along_axis(logp, picked, -1) - jnp.take_along_axis(logq, picked, -1))[..., 0]
 
 
-def reinforce_grads(key: jax.Array, policy: Policy, params, harm_fn: HarmFn, num_samples: int, *,
-                    baseline: str | Callable | None = None, num_batches: int = 32, prompt=0,
-                    level: float = 0.95):
+def reinforce_grads(
+    key: jax.Array,
+    policy: Policy,
+    params,
+    harm_fn: HarmFn,
+    num_samples: int,
+    *,
+    baseline: str | Callable | None = None,
+    num_batches: int = 32,
+    prompt=0,
+    level: float = 0.95,
+):
     """REINFORCE estimates of ``g_t = ∇_θ E[h]`` restricted to position ``t`` (THEORY.md T10).
 
     ``ĝ_t = mean_i (h(y^i) - b_t(y^i_<t)) ∇_θ log π_θ(y^i_t | y^i_<t)``. The ``num_samples``
@@ -217,21 +292,38 @@ def reinforce_grads(key: jax.Array, policy: Policy, params, harm_fn: HarmFn, num
       ``(estimates, harms)``: a pytree like ``params`` whose leaves are :class:`Estimate` s with a
       leading axis ``T``, and the sampled harms ``(n,)``.
     """
-    per_batch, harms = reinforce_batch_grads(key, policy, params, harm_fn, num_samples,
-                                             baseline=baseline, num_batches=num_batches,
-                                             prompt=prompt)
+    per_batch, harms = reinforce_batch_grads(
+        key,
+        policy,
+        params,
+        harm_fn,
+        num_samples,
+        baseline=baseline,
+        num_batches=num_batches,
+        prompt=prompt,
+    )
     estimates = jax.tree_util.tree_map(lambda g: t_interval(np.asarray(g), level), per_batch)
     return estimates, harms
 
 
-def reinforce_batch_grads(key: jax.Array, policy: Policy, params, harm_fn: HarmFn,
-                          num_samples: int, *, baseline: str | Callable | None = None,
-                          num_batches: int = 32, prompt=0):
+def reinforce_batch_grads(
+    key: jax.Array,
+    policy: Policy,
+    params,
+    harm_fn: HarmFn,
+    num_samples: int,
+    *,
+    baseline: str | Callable | None = None,
+    num_batches: int = 32,
+    prompt=0,
+):
     """The independent batch means behind :func:`reinforce_grads`: a pytree of ``(B, T, ...)``
     leaves, and the sampled harms ``(n,)``."""
     if num_samples % num_batches or num_samples // num_batches < 2:
-        raise InputError(f"num_samples={num_samples} must be a multiple of num_batches="
-                         f"{num_batches} with at least 2 samples per batch")
+        raise InputError(
+            f"num_samples={num_samples} must be a multiple of num_batches="
+            f"{num_batches} with at least 2 samples per batch"
+        )
     responses = sample(key, policy, params, num_samples, prompt)
     harms = jnp.asarray(harm_fn(responses), jnp.result_type(float))
     size = num_samples // num_batches
@@ -245,9 +337,13 @@ def reinforce_batch_grads(key: jax.Array, policy: Policy, params, harm_fn: HarmF
         advantage = harms[:, None] - jnp.asarray(baseline(responses), harms.dtype)
     else:
         raise InputError(f"baseline={baseline!r}; use None, 'batch_mean' or a callable")
-    per_batch = _batch_grads(policy, params,
-                             responses.reshape(num_batches, size, -1),
-                             advantage.reshape(num_batches, size, -1), prompt)
+    per_batch = _batch_grads(
+        policy,
+        params,
+        responses.reshape(num_batches, size, -1),
+        advantage.reshape(num_batches, size, -1),
+        prompt,
+    )
     return per_batch, np.asarray(harms)
 
 
@@ -256,14 +352,23 @@ def _batch_grads(policy, params, responses, advantage, prompt):
     """Per batch, ``∇_θ mean_i A_it log π_θ(y_it | y_i<t)`` for every ``t``: ``(B, T, ...)``."""
 
     def surrogate(p, batch, adv):
-        return jnp.mean(adv * policy.token_log_probs(p, batch, prompt), axis=0)   # (T,)
+        return jnp.mean(adv * policy.token_log_probs(p, batch, prompt), axis=0)  # (T,)
 
     return jax.vmap(jax.jacrev(surrogate), in_axes=(None, 0, 0))(params, responses, advantage)
 
 
-def harmful_prefixes(key: jax.Array, base_policy: Policy, base_params, harm_fn: HarmFn, k: int,
-                     num_prefixes: int, *, prompt=0, batch: int = 4096,
-                     max_batches: int = 1000) -> jax.Array:
+def harmful_prefixes(
+    key: jax.Array,
+    base_policy: Policy,
+    base_params,
+    harm_fn: HarmFn,
+    k: int,
+    num_prefixes: int,
+    *,
+    prompt=0,
+    batch: int = 4096,
+    max_batches: int = 1000,
+) -> jax.Array:
     """``num_prefixes`` i.i.d. draws of ``y_<=k`` from ``q_k = P_π0(y_<=k | h = 1)``.
 
     Rejection sampling: responses of ``π0`` are accepted with probability ``h(y)`` (exact for soft
@@ -282,12 +387,22 @@ def harmful_prefixes(key: jax.Array, base_policy: Policy, base_params, harm_fn: 
         total += chosen.shape[0]
         if total >= num_prefixes:
             return jnp.asarray(np.concatenate(kept)[:num_prefixes])
-    raise InputError(f"only {total} harmful responses in {max_batches * batch} samples of the "
-                     "base model; E[h] is too small for prefill attacks by sampling")
+    raise InputError(
+        f"only {total} harmful responses in {max_batches * batch} samples of the "
+        "base model; E[h] is too small for prefill attacks by sampling"
+    )
 
 
-def prefill_asr_mc(key: jax.Array, policy: Policy, params, harm_fn: HarmFn, prefixes, *,
-                   prompt=0, level: float = 0.95) -> Estimate:
+def prefill_asr_mc(
+    key: jax.Array,
+    policy: Policy,
+    params,
+    harm_fn: HarmFn,
+    prefixes,
+    *,
+    prompt=0,
+    level: float = 0.95,
+) -> Estimate:
     """``ASR_π(k) = E_{y_<=k ~ q_k}[H^π_k(y_<=k)]``: one continuation per forced prefix.
 
     ``prefixes`` ``(n, k)`` are i.i.d. draws from ``q_k`` (:func:`harmful_prefixes`) or ``n``
@@ -306,8 +421,16 @@ def table_baseline(cond_harm, vocab_size: int) -> Callable:
         rows = jnp.zeros(responses.shape[:1], jnp.int64)
         cols = []
         for t in range(responses.shape[1]):
-            cols.append(point("montecarlo.baseline", tables[t][rows], t=t, tables=tables, rows=rows,
-                              tokens=responses[:, t]))
+            cols.append(
+                point(
+                    "montecarlo.baseline",
+                    tables[t][rows],
+                    t=t,
+                    tables=tables,
+                    rows=rows,
+                    tokens=responses[:, t],
+                )
+            )
             rows = rows * vocab_size + responses[:, t]
         return jnp.stack(cols, axis=1)
 
@@ -325,11 +448,17 @@ def markov_baseline(cond_harm, dfa: Automaton) -> Callable:
         def step(carry, tokens_t):
             context, state, t = carry
             value = table[t, context, state]
-            return ((context * vocab_size + tokens_t) % contexts, trans[state, tokens_t],
-                    t + 1), value
+            return (
+                (context * vocab_size + tokens_t) % contexts,
+                trans[state, tokens_t],
+                t + 1,
+            ), value
 
-        init = (jnp.zeros(responses.shape[:1], jnp.int64),
-                jnp.full(responses.shape[:1], dfa.start, trans.dtype), 0)
+        init = (
+            jnp.zeros(responses.shape[:1], jnp.int64),
+            jnp.full(responses.shape[:1], dfa.start, trans.dtype),
+            0,
+        )
         _, values = jax.lax.scan(step, init, jnp.asarray(responses).T)
         return values.T
 

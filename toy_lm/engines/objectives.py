@@ -24,20 +24,29 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.engines import tree
-from toy_lm.models.automata import Automaton, level_states
 from toy_lm.errors import InputError
+from toy_lm.models.automata import Automaton, level_states
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes, level_size
 
-__all__ = ["automaton_costs", "base_harmful_prefix_dists", "dense_equilibrium_policy",
-           "dense_recovery_loss", "dense_total_cost", "dpo_loss", "kl_regularized_loss",
-           "recovery_prefill_loss"]
+__all__ = [
+    "automaton_costs",
+    "base_harmful_prefix_dists",
+    "dense_equilibrium_policy",
+    "dense_recovery_loss",
+    "dense_total_cost",
+    "dpo_loss",
+    "kl_regularized_loss",
+    "recovery_prefill_loss",
+]
 
 
 def kl_regularized_loss(logits, base_logits, harm, lam) -> jax.Array:
     """``L_λ(π) = E_π[h] + λ Σ_t KL_t(π‖π0)``; its minimizer is ``π*_λ ∝ π0 exp(-h/λ)``."""
     logits, base_logits = point("objectives.kl.pair", (logits, base_logits))
-    return tree.expected_harm(logits, harm) + lam * jnp.sum(tree.per_position_kl(logits, base_logits))
+    return tree.expected_harm(logits, harm) + lam * jnp.sum(
+        tree.per_position_kl(logits, base_logits)
+    )
 
 
 def recovery_prefill_loss(logits, harm, prefix_dists: Sequence, mu) -> jax.Array:
@@ -52,11 +61,16 @@ def recovery_prefill_loss(logits, harm, prefix_dists: Sequence, mu) -> jax.Array
     """
     _, length = infer_sizes(logits)
     if len(prefix_dists) != length - 1:
-        raise InputError(f"need T-1 = {length - 1} prefix distributions q_1 ... q_(T-1), "
-                         f"got {len(prefix_dists)}")
+        raise InputError(
+            f"need T-1 = {length - 1} prefix distributions q_1 ... q_(T-1), got {len(prefix_dists)}"
+        )
     values = tree.cond_harm(logits, harm)
-    asr = jnp.stack([jnp.sum(point("objectives.recovery.dist", jnp.asarray(q), k=k) * values[k])
-                     for k, q in enumerate(prefix_dists, 1)])
+    asr = jnp.stack(
+        [
+            jnp.sum(point("objectives.recovery.dist", jnp.asarray(q), k=k) * values[k])
+            for k, q in enumerate(prefix_dists, 1)
+        ]
+    )
     return values[0][0] + jnp.sum(jnp.asarray(mu) * asr)
 
 
@@ -129,6 +143,7 @@ def dpo_loss(logits, ref_logits, harm, beta) -> jax.Array:
     harm = jnp.asarray(harm)
     preferred = point("objectives.dpo.preferred", harm[:, None] < harm[None, :], harm=harm)
     pair_weight = jnp.exp(ref_logp[:, None] + ref_logp[None, :]) * preferred
-    margin = point("objectives.dpo.margin", beta * (ratio[:, None] - ratio[None, :]), ratio=ratio,
-                   beta=beta)
+    margin = point(
+        "objectives.dpo.margin", beta * (ratio[:, None] - ratio[None, :]), ratio=ratio, beta=beta
+    )
     return jnp.sum(pair_weight * -jax.nn.log_sigmoid(margin))

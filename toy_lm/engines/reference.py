@@ -44,8 +44,11 @@ def reference_analysis(logits, harm, lam=None, ref_logits=None) -> dict:
         delta = values[level + 1].reshape(-1, vocab_size) - values[level][:, None]
         grads.append(probs[level][:, None] * pi[level] * delta)
         info[level] = (probs[level + 1] * delta.reshape(-1) ** 2).sum()
-    out = {"expected_harm": values[0][0], "harm_information": info,
-           "horizon": next(l for l, d in enumerate(det) if d.all())}
+    out = {
+        "expected_harm": values[0][0],
+        "harm_information": info,
+        "horizon": next(l for l, d in enumerate(det) if d.all()),
+    }
     out.update({f"H_{l}": v for l, v in enumerate(values)})
     out.update({f"grad_{l}": g for l, g in enumerate(grads)})
     out.update({f"determined_{l}": d for l, d in enumerate(det)})
@@ -56,8 +59,9 @@ def reference_analysis(logits, harm, lam=None, ref_logits=None) -> dict:
             a = logp[level] + logz[level + 1].reshape(-1, vocab_size)
             m = a.max(axis=1)
             logz[level] = m + np.log(np.exp(a - m[:, None]).sum(axis=1))
-        eq = [logp[l] + logz[l + 1].reshape(-1, vocab_size) - logz[l][:, None]
-              for l in range(length)]
+        eq = [
+            logp[l] + logz[l + 1].reshape(-1, vocab_size) - logz[l][:, None] for l in range(length)
+        ]
         eq_probs, eq_kl = np.ones(1), np.zeros(length)
         for level in range(length):
             p_star = np.exp(eq[level])
@@ -67,6 +71,7 @@ def reference_analysis(logits, harm, lam=None, ref_logits=None) -> dict:
         out["equilibrium_kl"] = eq_kl
     if ref_logits is not None:
         logq = [_log_softmax(np.asarray(z, np.float64)) for z in ref_logits]
-        out["per_position_kl"] = np.array([
-            (probs[l] * (pi[l] * (logp[l] - logq[l])).sum(axis=1)).sum() for l in range(length)])
+        out["per_position_kl"] = np.array(
+            [(probs[l] * (pi[l] * (logp[l] - logq[l])).sum(axis=1)).sum() for l in range(length)]
+        )
     return out

@@ -27,10 +27,25 @@ from toy_lm.bounds import check_concrete_lam
 from toy_lm.mutation import point
 from toy_lm.tables import infer_sizes
 
-__all__ = ["Tables", "backward_step", "cond_harm", "equilibrium_policy", "expected_harm",
-           "harm_information", "harm_information_mi", "harmful_prefix_dist", "increments",
-           "log_partition", "log_policy", "logit_grads", "per_position_kl", "prefill_asr",
-           "prefill_asr_curve", "prefix_probs", "response_log_probs"]
+__all__ = [
+    "Tables",
+    "backward_step",
+    "cond_harm",
+    "equilibrium_policy",
+    "expected_harm",
+    "harm_information",
+    "harm_information_mi",
+    "harmful_prefix_dist",
+    "increments",
+    "log_partition",
+    "log_policy",
+    "logit_grads",
+    "per_position_kl",
+    "prefill_asr",
+    "prefill_asr_curve",
+    "prefix_probs",
+    "response_log_probs",
+]
 
 Tables = Sequence[jax.Array]
 
@@ -120,7 +135,8 @@ def logit_grads(logits: Tables, harm: jax.Array) -> tuple[jax.Array, ...]:
     probs = prefix_probs(logits)
     deltas = increments(logits, harm)
     return tuple(
-        point("tree.grads.prefix_weight", probs[level], level=level)[:, None] * jnp.exp(logp)
+        point("tree.grads.prefix_weight", probs[level], level=level)[:, None]
+        * jnp.exp(logp)
         * deltas[level].reshape(-1, vocab_size)
         for level, logp in enumerate(log_policy(logits))
     )
@@ -133,14 +149,22 @@ def harm_information(logits: Tables, harm: jax.Array) -> jax.Array:
     """
     probs = prefix_probs(logits)
     deltas = increments(logits, harm)
-    return jnp.stack([jnp.sum(point("tree.information.weight", probs[t], level=t) * deltas[t - 1] ** 2)
-                      for t in range(1, len(deltas) + 1)])
+    return jnp.stack(
+        [
+            jnp.sum(point("tree.information.weight", probs[t], level=t) * deltas[t - 1] ** 2)
+            for t in range(1, len(deltas) + 1)
+        ]
+    )
 
 
 def _bernoulli_kl(p: jax.Array, q: jax.Array) -> jax.Array:
     """``KL(Bern(p) || Bern(q))`` in nats, exactly 0.0 when ``p == q``."""
-    return (jax.scipy.special.xlogy(p, p) - jax.scipy.special.xlogy(p, q)
-            + jax.scipy.special.xlogy(1 - p, 1 - p) - jax.scipy.special.xlogy(1 - p, 1 - q))
+    return (
+        jax.scipy.special.xlogy(p, p)
+        - jax.scipy.special.xlogy(p, q)
+        + jax.scipy.special.xlogy(1 - p, 1 - p)
+        - jax.scipy.special.xlogy(1 - p, 1 - q)
+    )
 
 
 def harm_information_mi(logits: Tables, harm: jax.Array) -> jax.Array:
@@ -173,8 +197,9 @@ def per_position_kl(logits: Tables, ref_logits: Tables) -> jax.Array:
     for level, pair in enumerate(zip(log_policy(logits), log_policy(ref_logits))):
         logp, logq = point("tree.kl.rows", pair, level=level)
         kl = jnp.sum(jnp.exp(logp) * (logp - logq), axis=1)
-        out.append(jnp.sum(point("tree.kl.weight", probs[level], level=level, ref_logits=ref_logits)
-                           * kl))
+        out.append(
+            jnp.sum(point("tree.kl.weight", probs[level], level=level, ref_logits=ref_logits) * kl)
+        )
     return jnp.stack(out)
 
 
@@ -218,8 +243,11 @@ def equilibrium_policy(base_logits: Tables, harm: jax.Array, lam) -> tuple[jax.A
     for level, logp in enumerate(log_policy(base_logits)):
         child = point("tree.partition.level", logz[level + 1], level=level, logz=logz)
         child = child.reshape(-1, vocab_size)
-        constant = point("tree.equilibrium.constant",
-                         jnp.all(child == child[:, :1], axis=1, keepdims=True), child=child)
+        constant = point(
+            "tree.equilibrium.constant",
+            jnp.all(child == child[:, :1], axis=1, keepdims=True),
+            child=child,
+        )
         tables.append(jnp.where(constant, logp, logp + child - logz[level][:, None]))
     return tuple(tables)
 
@@ -259,5 +287,9 @@ def prefill_asr_curve(logits: Tables, harm: jax.Array, base_logits: Tables) -> j
     values = cond_harm(logits, harm)
     base_probs = prefix_probs(base_logits)
     base_values = cond_harm(base_logits, harm)
-    return jnp.stack([jnp.sum(base_probs[k] * base_values[k] * values[k]) / base_values[0][0]
-                      for k in range(length)])
+    return jnp.stack(
+        [
+            jnp.sum(base_probs[k] * base_values[k] * values[k]) / base_values[0][0]
+            for k in range(length)
+        ]
+    )

@@ -25,9 +25,17 @@ import numpy as np
 from toy_lm.errors import InputError
 from toy_lm.precision import default_float
 
-__all__ = ["Automaton", "automaton_determined_masks", "automaton_harm_table", "determined_states",
-           "harmful_before_refusal", "level_states", "make_automaton", "pattern_harm",
-           "verdict_range"]
+__all__ = [
+    "Automaton",
+    "automaton_determined_masks",
+    "automaton_harm_table",
+    "determined_states",
+    "harmful_before_refusal",
+    "level_states",
+    "make_automaton",
+    "pattern_harm",
+    "verdict_range",
+]
 
 
 class Automaton(NamedTuple):
@@ -103,8 +111,9 @@ def automaton_determined_masks(dfa: Automaton, length: int) -> tuple[np.ndarray,
     return tuple(det[length - level][states[level]] for level in range(length + 1))
 
 
-def harmful_before_refusal(vocab_size: int, num_harmful: int, harmful_tokens: Sequence[int],
-                           refusal_tokens: Sequence[int]) -> Automaton:
+def harmful_before_refusal(
+    vocab_size: int, num_harmful: int, harmful_tokens: Sequence[int], refusal_tokens: Sequence[int]
+) -> Automaton:
     """Harm when ``K = num_harmful`` harmful tokens occur before any refusal token.
 
     States ``0 ... K-1`` count harmful tokens so far, state ``K`` is HARM (absorbing, verdict 1)

@@ -25,15 +25,25 @@ from toy_lm.mutation import point
 from toy_lm.precision import default_float
 from toy_lm.tables import level_size, validate_harm
 
-__all__ = ["determined_masks", "harm_table", "horizon", "horizon_from_masks", "infer_length",
-           "random_decided_harm", "response_horizons", "soft_harm"]
+__all__ = [
+    "determined_masks",
+    "harm_table",
+    "horizon",
+    "horizon_from_masks",
+    "infer_length",
+    "random_decided_harm",
+    "response_horizons",
+    "soft_harm",
+]
 
 
 def infer_length(harm, vocab_size: int) -> int:
     """``T`` such that ``harm`` has ``V**T`` entries, or :class:`InputError`."""
     n = int(np.shape(harm)[-1]) if np.ndim(harm) else 0
     if np.ndim(harm) != 1 or n < vocab_size:
-        raise InputError(f"harm must be a vector of V**T entries with T >= 1, got shape {np.shape(harm)}")
+        raise InputError(
+            f"harm must be a vector of V**T entries with T >= 1, got shape {np.shape(harm)}"
+        )
     length = round(math.log(n, vocab_size))
     if level_size(vocab_size, length) != n:
         raise InputError(f"harm has {n} entries, which is not a power of V={vocab_size}")
@@ -50,8 +60,9 @@ def _check_tau(tau: int, length: int) -> None:
         raise InputError(f"horizon tau={tau!r} must be an int with 0 <= tau <= T={length}")
 
 
-def random_decided_harm(key: jax.Array, vocab_size: int, length: int, tau: int, *,
-                        binary: bool = True) -> jax.Array:
+def random_decided_harm(
+    key: jax.Array, vocab_size: int, length: int, tau: int, *, binary: bool = True
+) -> jax.Array:
     """A random harm decided by the first ``tau`` tokens, with global horizon exactly ``tau``.
 
     Values on the ``V**tau`` level-``tau`` prefixes are Bernoulli(1/2) (``binary``) or uniform
@@ -75,8 +86,9 @@ def random_decided_harm(key: jax.Array, vocab_size: int, length: int, tau: int, 
 
 def soft_harm(key: jax.Array, vocab_size: int, length: int, tau: int | None = None) -> jax.Array:
     """A soft (non-binary) harm, uniform on ``[0, 1]``, decided by the first ``tau`` tokens."""
-    return random_decided_harm(key, vocab_size, length, length if tau is None else tau,
-                               binary=False)
+    return random_decided_harm(
+        key, vocab_size, length, length if tau is None else tau, binary=False
+    )
 
 
 def determined_masks(harm, vocab_size: int) -> tuple[np.ndarray, ...]:

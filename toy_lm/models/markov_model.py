@@ -34,8 +34,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from toy_lm.models.automata import Automaton, harmful_before_refusal, make_automaton
 from toy_lm.errors import EnumerationTooLarge, InputError
+from toy_lm.models.automata import Automaton, harmful_before_refusal, make_automaton
 
 __all__ = ["MODEL_KEYS", "markov_model_arrays", "random_markov_model", "save_markov_model"]
 
@@ -65,10 +65,12 @@ def markov_model_arrays(logits, dfa: Automaton) -> dict[str, np.ndarray]:
     check_markov(logits, dfa)
     if not np.all(np.isfinite(logits)):
         raise InputError("markov_logits must be finite (use e.g. -30 for a near-zero probability)")
-    return {"markov_logits": logits,
-            "dfa_transitions": np.asarray(dfa.transitions, dtype=np.int64),
-            "dfa_verdict": np.asarray(dfa.verdict, dtype=np.float64),
-            "dfa_start": np.int64(dfa.start)}
+    return {
+        "markov_logits": logits,
+        "dfa_transitions": np.asarray(dfa.transitions, dtype=np.int64),
+        "dfa_verdict": np.asarray(dfa.verdict, dtype=np.float64),
+        "dfa_start": np.int64(dfa.start),
+    }
 
 
 def save_markov_model(path: str, logits, dfa: Automaton) -> None:
@@ -78,8 +80,9 @@ def save_markov_model(path: str, logits, dfa: Automaton) -> None:
     save_npz(path, markov_model_arrays(logits, dfa), tag="npz")
 
 
-def random_markov_model(seed: int, vocab_size: int, length: int, order: int,
-                        num_harmful: int = 2) -> tuple[np.ndarray, Automaton]:
+def random_markov_model(
+    seed: int, vocab_size: int, length: int, order: int, num_harmful: int = 2
+) -> tuple[np.ndarray, Automaton]:
     """A random order-``k`` :class:`~toy_lm.models.policies.MarkovPolicy` (standard normal logits drawn
     from ``jax.random.key(seed)``) and the refusal-world harm: ``K = num_harmful`` harmful tokens
     (token 1) before any refusal (token 2); tokens 0 and ``3 ... V-1`` are neutral. Needs ``V >= 3``.
@@ -93,8 +96,10 @@ def random_markov_model(seed: int, vocab_size: int, length: int, order: int,
     from toy_lm.tables import memory_budget
 
     if vocab_size < 3:
-        raise InputError(f"V = {vocab_size}: the random model's harm needs V >= 3 "
-                         "(token 1 harmful, token 2 refusal)")
+        raise InputError(
+            f"V = {vocab_size}: the random model's harm needs V >= 3 "
+            "(token 1 harmful, token 2 refusal)"
+        )
     if length < 1:
         raise InputError(f"T = {length}; responses need T >= 1")
     if order < 0:
@@ -102,9 +107,11 @@ def random_markov_model(seed: int, vocab_size: int, length: int, order: int,
     # The logits alone hold T * V**(k+1) float64 numbers: refuse before drawing them.
     need, budget = 8 * length * vocab_size ** (order + 1), memory_budget()
     if need > budget:
-        raise EnumerationTooLarge(f"order-{order} Markov logits at V={vocab_size}, T={length} "
-                                  f"need {need / 2**30:.1f} GiB, more than the "
-                                  f"{budget / 2**30:.1f} GiB available; use a lower order")
+        raise EnumerationTooLarge(
+            f"order-{order} Markov logits at V={vocab_size}, T={length} "
+            f"need {need / 2**30:.1f} GiB, more than the "
+            f"{budget / 2**30:.1f} GiB available; use a lower order"
+        )
     policy = MarkovPolicy(vocab_size, length, order=order)
     logits = np.asarray(policy.init(jax.random.key(seed))[0], dtype=np.float64)
     dfa = harmful_before_refusal(vocab_size, num_harmful, harmful_tokens=[1], refusal_tokens=[2])

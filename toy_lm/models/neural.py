@@ -24,8 +24,13 @@ from toy_lm.models.policies import Policy
 from toy_lm.precision import default_float
 from toy_lm.tables import all_prefixes
 
-__all__ = ["CausalSelfAttention", "CausalTransformer", "MLPPolicy", "PrefixMLP",
-           "TransformerPolicy"]
+__all__ = [
+    "CausalSelfAttention",
+    "CausalTransformer",
+    "MLPPolicy",
+    "PrefixMLP",
+    "TransformerPolicy",
+]
 
 
 class CausalTransformer(nnx.Module):
@@ -34,8 +39,18 @@ class CausalTransformer(nnx.Module):
     Token ids ``0 ... V-1`` are the vocabulary; ``V + x`` is the start token of prompt ``x``.
     """
 
-    def __init__(self, vocab_size: int, num_prompts: int, length: int, *, d_model: int,
-                 num_heads: int, num_layers: int, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        vocab_size: int,
+        num_prompts: int,
+        length: int,
+        *,
+        d_model: int,
+        num_heads: int,
+        num_layers: int,
+        dtype,
+        rngs: nnx.Rngs,
+    ):
         self.embed = nnx.Embed(vocab_size + num_prompts, d_model, param_dtype=dtype, rngs=rngs)
         self.pos = nnx.Embed(length, d_model, param_dtype=dtype, rngs=rngs)
         self.blocks = nnx.List([_Block(d_model, num_heads, dtype, rngs) for _ in range(num_layers)])
@@ -90,8 +105,9 @@ class _Block(nnx.Module):
 class PrefixMLP(nnx.Module):
     """An MLP on (one-hot prefix padded to ``T-1`` slots, one-hot position, one-hot prompt)."""
 
-    def __init__(self, vocab_size: int, num_prompts: int, length: int, *, hidden: int, dtype,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self, vocab_size: int, num_prompts: int, length: int, *, hidden: int, dtype, rngs: nnx.Rngs
+    ):
         features = max(length - 1, 0) * vocab_size + length + num_prompts
         self.inp = nnx.Linear(features, hidden, param_dtype=dtype, rngs=rngs)
         self.mid = nnx.Linear(hidden, hidden, param_dtype=dtype, rngs=rngs)
@@ -117,13 +133,21 @@ class TransformerPolicy(Policy):
     def __post_init__(self):
         super().__post_init__()
         if self.d_model % self.num_heads:
-            raise InputError(f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}")
+            raise InputError(
+                f"d_model={self.d_model} must be divisible by num_heads={self.num_heads}"
+            )
 
     def _module(self, key):
-        return CausalTransformer(self.vocab_size, self.num_prompts, self.length,
-                                 d_model=self.d_model, num_heads=self.num_heads,
-                                 num_layers=self.num_layers, dtype=default_float(),
-                                 rngs=nnx.Rngs(key))
+        return CausalTransformer(
+            self.vocab_size,
+            self.num_prompts,
+            self.length,
+            d_model=self.d_model,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            dtype=default_float(),
+            rngs=nnx.Rngs(key),
+        )
 
     @functools.cached_property
     def graphdef(self):
@@ -133,8 +157,9 @@ class TransformerPolicy(Policy):
         return nnx.split(self._module(key))[1]
 
     def _inputs(self, prefixes, prompt):
-        start = jnp.broadcast_to(jnp.asarray(prompt, jnp.int32) + self.vocab_size,
-                                 (prefixes.shape[0], 1))
+        start = jnp.broadcast_to(
+            jnp.asarray(prompt, jnp.int32) + self.vocab_size, (prefixes.shape[0], 1)
+        )
         return jnp.concatenate([start, prefixes.astype(jnp.int32)], axis=1)
 
     def next_logits(self, params, prefixes, prompt=0):
@@ -166,8 +191,14 @@ class MLPPolicy(Policy):
     hidden: int = 32
 
     def _module(self, key):
-        return PrefixMLP(self.vocab_size, self.num_prompts, self.length, hidden=self.hidden,
-                         dtype=default_float(), rngs=nnx.Rngs(key))
+        return PrefixMLP(
+            self.vocab_size,
+            self.num_prompts,
+            self.length,
+            hidden=self.hidden,
+            dtype=default_float(),
+            rngs=nnx.Rngs(key),
+        )
 
     @functools.cached_property
     def graphdef(self):
@@ -182,9 +213,12 @@ class MLPPolicy(Policy):
         slots = max(self.length - 1, 0)
         onehot = jax.nn.one_hot(prefixes, self.vocab_size, dtype=dtype)  # (B, l, V)
         onehot = jnp.pad(onehot, ((0, 0), (0, slots - level), (0, 0))).reshape(batch, -1)
-        pos = jnp.broadcast_to(jax.nn.one_hot(level, self.length, dtype=dtype), (batch, self.length))
-        prm = jnp.broadcast_to(jax.nn.one_hot(prompt, self.num_prompts, dtype=dtype),
-                               (batch, self.num_prompts))
+        pos = jnp.broadcast_to(
+            jax.nn.one_hot(level, self.length, dtype=dtype), (batch, self.length)
+        )
+        prm = jnp.broadcast_to(
+            jax.nn.one_hot(prompt, self.num_prompts, dtype=dtype), (batch, self.num_prompts)
+        )
         return jnp.concatenate([onehot, pos, prm], axis=1)
 
     def next_logits(self, params, prefixes, prompt=0):

@@ -36,8 +36,11 @@ Params = Any
 
 
 def _check_sizes(vocab_size: int, length: int, num_prompts: int) -> None:
-    for name, value, low in (("vocab_size", vocab_size, 2), ("length", length, 1),
-                             ("num_prompts", num_prompts, 1)):
+    for name, value, low in (
+        ("vocab_size", vocab_size, 2),
+        ("length", length, 1),
+        ("num_prompts", num_prompts, 1),
+    ):
         if not isinstance(value, (int, np.integer)) or isinstance(value, bool):
             raise InputError(f"{name} must be a Python int, got {type(value).__name__}")
         if value < low:
@@ -91,7 +94,10 @@ class Policy(abc.ABC):
         """Logits at every position of given responses: ``(B, T) -> (B, T, V)``."""
         responses = _check_responses(responses, self.vocab_size, self.length)
         return jnp.stack(
-            [self.next_logits(params, responses[:, :level], prompt) for level in range(self.length)],
+            [
+                self.next_logits(params, responses[:, :level], prompt)
+                for level in range(self.length)
+            ],
             axis=1,
         )
 
@@ -149,13 +155,16 @@ class TabularPolicy(Policy):
         compiled random program whatever ``T`` is (a draw per level would compile one per level
         shape).
         """
-        shapes = [(self.num_prompts, level_size(self.vocab_size, level), self.vocab_size)
-                  for level in range(self.length)]
+        shapes = [
+            (self.num_prompts, level_size(self.vocab_size, level), self.vocab_size)
+            for level in range(self.length)
+        ]
         sizes = [int(np.prod(shape)) for shape in shapes]
         draw = _normal(key, (sum(sizes),), scale)
         bounds = np.cumsum([0] + sizes)
-        return tuple(draw[a:b].reshape(shape)
-                     for a, b, shape in zip(bounds[:-1], bounds[1:], shapes))
+        return tuple(
+            draw[a:b].reshape(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes)
+        )
 
     def from_tables(self, tables, prompt_axis: bool = False) -> tuple[jax.Array, ...]:
         """Parameters holding given level tables (adds the prompt axis unless present)."""
@@ -182,8 +191,9 @@ class PositionalPolicy(Policy):
 
     def level_tables(self, params, prompt=0):
         return tuple(
-            jnp.broadcast_to(params[prompt, level], (level_size(self.vocab_size, level),
-                                                     self.vocab_size))
+            jnp.broadcast_to(
+                params[prompt, level], (level_size(self.vocab_size, level), self.vocab_size)
+            )
             for level in range(self.length)
         )
 
@@ -210,8 +220,9 @@ class MarkovPolicy(Policy):
         return level_size(self.vocab_size, self.order)
 
     def init(self, key: jax.Array, *, scale: float = 1.0) -> jax.Array:
-        return _normal(key, (self.num_prompts, self.length, self.num_contexts, self.vocab_size),
-                       scale)
+        return _normal(
+            key, (self.num_prompts, self.length, self.num_contexts, self.vocab_size), scale
+        )
 
     def next_logits(self, params, prefixes, prompt=0):
         level = prefixes.shape[1]

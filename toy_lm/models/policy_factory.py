@@ -29,28 +29,43 @@ from toy_lm.errors import InputError
 from toy_lm.models.neural import MLPPolicy, TransformerPolicy
 from toy_lm.models.policies import MarkovPolicy, Params, Policy, PositionalPolicy, TabularPolicy
 
-__all__ = ["POLICY_CLASSES", "POLICY_KINDS", "POLICY_OPTIONS", "init_params", "make_policy",
-           "policy_kind"]
+__all__ = [
+    "POLICY_CLASSES",
+    "POLICY_KINDS",
+    "POLICY_OPTIONS",
+    "init_params",
+    "make_policy",
+    "policy_kind",
+]
 
 #: The class of each parameterization, by the name every layer uses.
 POLICY_CLASSES: Mapping[str, type[Policy]] = {
-    "tabular": TabularPolicy, "positional": PositionalPolicy, "markov": MarkovPolicy,
-    "transformer": TransformerPolicy, "mlp": MLPPolicy}
+    "tabular": TabularPolicy,
+    "positional": PositionalPolicy,
+    "markov": MarkovPolicy,
+    "transformer": TransformerPolicy,
+    "mlp": MLPPolicy,
+}
 
 #: Parameterizations, by name (the names of ``harm-horizon check --policy``).
 POLICY_KINDS = tuple(POLICY_CLASSES)
 
 #: The options each kind takes, with their defaults (the sizes of the exact checks).
 POLICY_OPTIONS: Mapping[str, Mapping[str, int]] = {
-    "tabular": {}, "positional": {}, "markov": {"order": 1},
-    "transformer": {"d_model": 8, "num_heads": 1, "num_layers": 1}, "mlp": {"hidden": 8}}
+    "tabular": {},
+    "positional": {},
+    "markov": {"order": 1},
+    "transformer": {"d_model": 8, "num_heads": 1, "num_layers": 1},
+    "mlp": {"hidden": 8},
+}
 
 #: Kinds whose parameters are logit tables drawn i.i.d. ``N(0, scale**2)`` by ``init``.
 _TABLE_KINDS = (TabularPolicy, PositionalPolicy, MarkovPolicy)
 
 
-def make_policy(kind: str, vocab_size: int, length: int, *, num_prompts: int = 1,
-                **options: int) -> Policy:
+def make_policy(
+    kind: str, vocab_size: int, length: int, *, num_prompts: int = 1, **options: int
+) -> Policy:
     """The policy of a parameterization at a size.
 
     Args:
@@ -79,8 +94,10 @@ def make_policy(kind: str, vocab_size: int, length: int, *, num_prompts: int = 1
     allowed = POLICY_OPTIONS[kind]
     unknown = sorted(set(options) - set(allowed))
     if unknown:
-        raise InputError(f"policy kind {kind!r} takes no option {', '.join(unknown)} "
-                         f"(it takes {', '.join(allowed) or 'none'})")
+        raise InputError(
+            f"policy kind {kind!r} takes no option {', '.join(unknown)} "
+            f"(it takes {', '.join(allowed) or 'none'})"
+        )
     return POLICY_CLASSES[kind](vocab_size, length, num_prompts, **{**allowed, **options})
 
 
