@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import time
+import warnings
 from collections.abc import Callable
 
 from experiments import batch_runs, batch_sweep
@@ -99,6 +100,15 @@ def _one_line(text: object, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
+def _init(ray, **options) -> None:
+    """``ray.init(**options)``. Ray starts its processes with a preexec_fn, so Python runs its
+    fork hooks, and JAX's (when JAX runs in this process) warns that a forked child may deadlock
+    on JAX's threads: each of Ray's children execs at once and runs no JAX code."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+        ray.init(**options)
+
+
 @contextlib.contextmanager
 def ray_session(ray, address: str | None, jobs: int):
     """Ray for one sweep: a caller's running session as it is, the cluster at ``address``, or a
@@ -110,7 +120,7 @@ def ray_session(ray, address: str | None, jobs: int):
     if address is not None:
         check_address(address)
         try:
-            ray.init(address=address, **quiet)
+            _init(ray, address=address, **quiet)
         except Exception as err:  # Ray's own types vary (connection, authentication, version)
             raise ConfigError(
                 f"cannot join the Ray cluster at --address {address}: "
@@ -125,7 +135,8 @@ def ray_session(ray, address: str | None, jobs: int):
         previous = os.environ.get(USAGE_STATS_ENV)
         os.environ[USAGE_STATS_ENV] = "0"  # read by ray.init and the processes it starts
         try:
-            ray.init(
+            _init(
+                ray,
                 num_cpus=jobs,
                 include_dashboard=False,
                 _temp_dir=temp,
