@@ -42,6 +42,7 @@ from collections.abc import Callable
 
 from experiments import results as results_mod
 from experiments.config import (
+    OBJECTIVES,
     RunConfig,
     check_run_memory,
     config_from_dict,
@@ -79,21 +80,7 @@ __all__ = [
 #: Built-in sweeps: name -> (preset, grid).
 SWEEPS = {
     "quick": ("quick", {"align.objective": ["rlhf", "dpo", "augmentation", "recovery_prefill"]}),
-    "objectives": (
-        "default",
-        {
-            "align.objective": [
-                "rlhf",
-                "reinforce",
-                "dpo",
-                "dpo_sampled",
-                "sft_refusal",
-                "augmentation",
-                "recovery_prefill",
-                "recovery_dense",
-            ]
-        },
-    ),
+    "objectives": ("default", {"align.objective": [o for o in OBJECTIVES if o != "none"]}),
     "lambda": ("default", {"align.lam": [0.1, 0.3, 1.0, 3.0]}),
     "baselines": (
         "quick",

@@ -12,23 +12,13 @@ import time
 
 import numpy as np
 import pytest
+from small_runs import SMALL
 
 from experiments import batch_sweep, sweep
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
 from experiments.vectorized import RUN_CHUNK, chunk_size, chunked_size, group_key, not_vectorizable
-
-#: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
-SMALL = {
-    "world.length": 2,
-    "world.num_harmful": 1,
-    "base.steps": 30,
-    "align.steps": 6,
-    "attack.steps": 2,
-    "measure.num_paths": 4,
-    "measure.equilibrium_lams": [3.0, 30.0],
-}
 
 
 def draw_configs(seed: int, objective: str, count: int) -> list:

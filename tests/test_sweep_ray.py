@@ -16,23 +16,13 @@ import threading
 import time
 
 import pytest
+from small_runs import SMALL
 
 from experiments import sweep
 from experiments.cli.main import main
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
-
-#: A small refusal world (V = 5, T = 2) and short runs: the programs compile in seconds.
-SMALL = {
-    "world.length": 2,
-    "world.num_harmful": 1,
-    "base.steps": 30,
-    "align.steps": 6,
-    "attack.steps": 2,
-    "measure.num_paths": 4,
-    "measure.equilibrium_lams": [3.0, 30.0],
-}
 
 
 def small_grid(alone: bool = True, **overrides) -> list:
