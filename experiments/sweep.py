@@ -35,7 +35,6 @@ import itertools
 import multiprocessing
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -58,6 +57,7 @@ from experiments.train import (
     train_and_evaluate,
     write_json_atomic,
 )
+from toy_lm.cli_output import say
 from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
@@ -315,7 +315,7 @@ def run_sweep(
     Returns:
       The result dicts of all ``configs``, in order.
     """
-    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    log = log or (lambda line: say(line))
     if not configs:
         raise ConfigError("the sweep has no runs")
     if jobs < 1:

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
-__all__ = ["Column", "console", "format_value", "make_table", "print_json", "print_table"]
+__all__ = ["Column", "console", "format_value", "make_table", "print_json", "print_table", "say"]
 
 #: Console width when stdout is not a terminal (files, pipes, CI logs).
 PIPE_WIDTH = 140
@@ -126,3 +126,10 @@ def print_json(payload: Any) -> None:
     text = json_text(payload, indent=2)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def say(line: str) -> None:
+    """``line`` and its newline on stderr in one write, flushed: a Ctrl-C between the text and the
+    newline (``print`` writes them apart) would glue the interruption message to the line."""
+    sys.stderr.write(f"{line}\n")
+    sys.stderr.flush()

@@ -56,7 +56,8 @@ class Heartbeat:
         with self._lock:
             quiet = time.monotonic() - self.changed
         if quiet >= self.interval:
-            print(self.line(), file=self.stream, flush=True)
+            self.stream.write(f"{self.line()}\n")  # one write: no other line can split it
+            self.stream.flush()
             self.lines += 1
             with self._lock:
                 self.changed = time.monotonic()

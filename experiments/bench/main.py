@@ -25,14 +25,13 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 import time
 
 import numpy as np
 
 from experiments.bench.gpu import suite_gpu
 from experiments.bench.scale import suite_markov, suite_mc
-from toy_lm.cli_output import Column, print_json, print_table
+from toy_lm.cli_output import Column, print_json, print_table, say
 from toy_lm.errors import InputError
 from toy_lm.outputs import null_nonfinite
 
@@ -261,7 +260,7 @@ def run(args) -> int:
         raise InputError(f"--repeats {repeats} must be at least 1")
 
     def progress(msg):
-        print(f"[bench] {msg}", file=sys.stderr, flush=True)
+        say(f"[bench] {msg}")
 
     if args.compile and args.suite != "tree":
         raise InputError("--compile applies to --suite tree only")

@@ -13,7 +13,7 @@ import sys
 import numpy as np
 
 from toy_lm.bounds import check_lam, check_seed
-from toy_lm.cli_output import print_json
+from toy_lm.cli_output import print_json, say
 from toy_lm.errors import InputError
 from toy_lm.io import read_tables
 from toy_lm.outputs import check_output, json_text, save_npz
@@ -282,16 +282,12 @@ def run(args) -> int:
                 " cached on disk afterwards)"
             )
     if status != "analyzing":
-        print(f"[analyze] {status}", file=sys.stderr, flush=True)
+        say(f"[analyze] {status}")
     with heartbeat("analyze", status):
         result = analyze_tree(
             logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi, backend=backend
         )
     # Which backend ran (after it ran: a refused input still ends with one line).
-    print(
-        f"[analyze] backend: {backend_line(backend, vocab_size, length)}",
-        file=sys.stderr,
-        flush=True,
-    )
+    say(f"[analyze] backend: {backend_line(backend, vocab_size, length)}")
     report(args, result, output_arrays(result, args.lam), vocab_size, length)
     return 0

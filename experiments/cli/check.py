@@ -9,7 +9,6 @@ everything passes (or, with ``--negative-controls``, every planted error is dete
 from __future__ import annotations
 
 import contextlib
-import sys
 import time
 
 from rich.markup import escape
@@ -17,7 +16,7 @@ from rich.markup import escape
 from proofs_check.ids import CHECK_IDS, unknown
 from toy_lm.bounds import MAX_SEED, check_count
 from toy_lm.cli_output import console as cli_console
-from toy_lm.cli_output import make_table
+from toy_lm.cli_output import make_table, say
 from toy_lm.errors import InputError
 from toy_lm.outputs import check_output, null_nonfinite, write_json
 
@@ -117,10 +116,9 @@ def _engines(chosen) -> tuple[str, ...]:
     if "all" in chosen:
         left_out = [e for e in ENGINES if e not in available_engines()]
         if left_out:  # say so: a table without the engine must not read as checked on it
-            print(
+            say(
                 f"[check] engine {', '.join(left_out)} left out: it needs numba "
-                '(pip install "harm-horizon[numba]")',
-                file=sys.stderr,
+                '(pip install "harm-horizon[numba]")'
             )
         return available_engines()
     missing = [e for e in chosen if e not in available_engines()]

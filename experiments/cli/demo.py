@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-import sys
 
+from toy_lm.cli_output import say
 from toy_lm.errors import InputError
 
 __all__ = ["register", "run"]
@@ -63,7 +63,7 @@ def run(args) -> int:
     with heartbeat("demo", "starting") as beat:
 
         def progress(msg):
-            print(msg, file=sys.stderr, flush=True)
+            say(msg)
             beat.update(f"working (last: {msg.removeprefix('[demo] ').splitlines()[0]})")
             beat.touch()
 

@@ -21,6 +21,7 @@ import signal
 import sys
 
 from toy_lm import signals
+from toy_lm.cli_output import say
 from toy_lm.errors import HarmHorizonError
 
 __all__ = [
@@ -143,13 +144,13 @@ def main(argv=None) -> int:
             _select_agg()
             status = int(args.func(args) or 0)
         except HarmHorizonError as err:
-            print(f"{command}: error: {one_line(err)}", file=sys.stderr)
+            say(f"{command}: error: {one_line(err)}")
             status = 2
         except ModuleNotFoundError as err:
             fix = missing_extra(err)
             if fix is None:
                 raise
-            print(f"{command}: error: {fix}", file=sys.stderr)
+            say(f"{command}: error: {fix}")
             status = 2
         except KeyboardInterrupt as err:
             status = signals.exit_status(getattr(err, "signum", 2))
@@ -161,10 +162,9 @@ def main(argv=None) -> int:
         signum = signals.received()
         if signum is not None or status in (130, 143):
             signum = signum or status - 128
-            print(
+            say(
                 f"{command}: interrupted by {signals.signal_name(signum)}; nothing partial "
-                "was written (finished outputs are kept)",
-                file=sys.stderr,
+                "was written (finished outputs are kept)"
             )
             return signals.exit_status(signum)
         return status

@@ -38,6 +38,7 @@ import time
 
 import numpy as np
 
+from toy_lm.cli_output import say
 from toy_lm.errors import ConfigError, EnumerationTooLarge, HarmHorizonError, InputError
 from toy_lm.tables import human_bytes, memory_budget
 
@@ -136,11 +137,9 @@ def _watchdog(seconds: float, label: str) -> threading.Timer:
     """End the process with one line after ``seconds`` (peers that never join, or a hang)."""
 
     def expire():
-        print(
+        say(
             f"harm-horizon analyze: error: {label}: no result after {seconds:g} s (a peer "
-            "process failed, hangs or never joined; --timeout sets the limit); stopping",
-            file=sys.stderr,
-            flush=True,
+            "process failed, hangs or never joined; --timeout sets the limit); stopping"
         )
         os._exit(2)
 
@@ -200,11 +199,9 @@ def run_process(args, output) -> int:
             gather=all_gather if count > 1 else local_gather,
         )
         if index == 0:
-            print(
+            say(
                 f"[analyze] backend: sharded over {count} process(es) x {mesh.devices.size} "
-                f"device(s) (xla, split level m={split})",
-                file=sys.stderr,
-                flush=True,
+                f"device(s) (xla, split level m={split})"
             )
             output(result, vocab_size, length)
     except BaseException as err:
@@ -213,7 +210,7 @@ def run_process(args, output) -> int:
         text = " ".join(str(err).split())[:400] or type(err).__name__
         if not isinstance(err, HarmHorizonError):
             text = f"{type(err).__name__}: {text}"
-        print(f"harm-horizon analyze: error: {label}: {text}", file=sys.stderr, flush=True)
+        say(f"harm-horizon analyze: error: {label}: {text}")
         sys.stdout.flush()
         os._exit(2)  # not the shutdown barrier: the peers may be gone
     if watchdog is not None:
