@@ -83,7 +83,9 @@ def test_cli_bench_json(capsys, numba_compiles, compile_flag):
     measured = bool(compile_flag) and analysis.numba_available()
     assert len(numba_compiles) == (1 if measured else 0)
     rows = json.loads(capsys.readouterr().out)
-    assert isinstance(rows, list) and len(rows) == 2
+    # the two quick sizes, and the no-shortcut case (harm decided at tau = T) of the second
+    assert isinstance(rows, list) and len(rows) == 3
+    assert [row["tau"] for row in rows] == [3, 6, 12]
     for row in rows:
         assert KEYS <= set(row) and ("compile_seconds" in row) == measured
         assert ("numba_seconds" in row) == analysis.numba_available()

@@ -38,6 +38,7 @@ from toy_lm.outputs import null_nonfinite
 __all__ = [
     "DEFAULT_REPEATS",
     "LAMBDA",
+    "NO_SHORTCUT_SIZES",
     "SUITES",
     "TREE_SIZES",
     "bench_tree",
@@ -51,6 +52,9 @@ __all__ = [
 ]
 
 TREE_SIZES = ((4, 10), (4, 11), (4, 12), (2, 20), (2, 22), (2, 24))
+#: Sizes also timed without the horizon's shortcut: harm decided only at ``tau = T`` (no
+#: determined prefix before the last level, so no level is skipped).
+NO_SHORTCUT_SIZES = ((4, 12), (2, 24))
 LAMBDA = 0.5
 
 
@@ -87,10 +91,11 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _instance(vocab_size, length, seed=0):
+def _instance(vocab_size, length, seed=0, tau=None):
+    """Random level tables and a harm decided at ``tau`` (default ``T // 2``)."""
     rng = np.random.default_rng(seed)
     logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
-    tau = length // 2
+    tau = length // 2 if tau is None else tau
     harm = np.repeat(
         (rng.random(vocab_size**tau) < 0.5).astype(np.float64), vocab_size ** (length - tau)
     )
@@ -134,17 +139,20 @@ def bench_tree(
     reference: bool = True,
     compile_seconds: float | None = None,
     numba: bool | None = None,
+    tau: int | None = None,
 ) -> dict:
     """One row of the tree suite (see the module docstring for the fields); ``numba``: also time
-    the Numba backend (default: where it is installed)."""
+    the Numba backend (default: where it is installed); ``tau``: the level where the harm is
+    decided (default ``T // 2``; ``T`` is the no-shortcut case)."""
     import jax
 
     from toy_lm.engines.analysis import analyze_tree, compile_kernels, numba_available
     from toy_lm.engines.reference import reference_analysis
 
     numba = numba_available() if numba is None else numba
-    logits, harm = _instance(vocab_size, length)
-    floor = memory_floor(logits + [harm], output_shapes(vocab_size, length))
+    tau = length // 2 if tau is None else tau
+    logits, harm = _instance(vocab_size, length, tau=tau)
+    floor = memory_floor(logits + [harm], output_shapes(vocab_size, length), repeats=5)
     # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
     # size's would report the time of a cache lookup instead of a compile.
     jax.clear_caches()
@@ -153,9 +161,10 @@ def bench_tree(
         lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"), repeats
     )
     row = {
-        "name": f"tree V={vocab_size} T={length}",
+        "name": f"tree V={vocab_size} T={length} tau={tau}",
         "vocab_size": vocab_size,
         "length": length,
+        "tau": tau,
         "sequences": vocab_size**length,
         "backend": "xla",
         "seconds": seconds,
@@ -185,6 +194,7 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
     from toy_lm.progress import heartbeat
 
     sizes = ((4, 6), (2, 12)) if quick else TREE_SIZES
+    no_shortcut = ((2, 12),) if quick else NO_SHORTCUT_SIZES
     compile_seconds = None
     numba = numba_available()
     if not numba:
@@ -210,6 +220,18 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
         progress(f"tree V={vocab_size} T={length} ({vocab_size**length:.3g} responses)")
         rows.append(
             bench_tree(vocab_size, length, repeats, compile_seconds=compile_seconds, numba=numba)
+        )
+    for vocab_size, length in no_shortcut:
+        progress(f"tree V={vocab_size} T={length} tau=T (no shortcut)")
+        rows.append(
+            bench_tree(
+                vocab_size,
+                length,
+                repeats,
+                compile_seconds=compile_seconds,
+                numba=numba,
+                tau=length,
+            )
         )
     return rows
 

@@ -31,8 +31,8 @@ Performance notes (XLA on a 2-core CPU, jax 0.10; see ``harm-horizon bench --sui
 rows carry ``xla_seconds`` next to the default backend's ``seconds``). XLA pays
 heavily for fresh large buffers (page faults: ``x + 1`` on 2**24 float64 takes ~10x longer into a
 fresh output than into a donated one) and for converting large numpy arrays (a 128 MB
-``device_put`` copies at ~1 GB/s), so whole levels are never handed to XLA: chunks of ``2**15``
-rows are copied in and out at cache speed, and the next chunk's kernel is dispatched before the
+``device_put`` copies at ~1 GB/s), so whole levels are never handed to XLA: chunks of :data:`CHUNK_ENTRIES`
+table entries are copied in and out at cache speed, and the next chunk's kernel is dispatched before the
 previous chunk's results are copied out. Inside the kernels one ``exp`` per entry serves both
 ``π`` and ``log π``, and reductions over a row (``V`` entries) are unrolled into elementwise ops on
 column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
@@ -75,18 +75,27 @@ from toy_lm.tables import infer_sizes, is_binary, level_size, non_finite_error, 
 
 __all__ = [
     "BACKENDS",
-    "CHUNK_ROWS",
+    "CHUNK_ENTRIES",
     "NUMBA_MIN_RESPONSES",
     "TreeAnalysis",
     "analyze_tree",
     "choose_backend",
     "compile_kernels",
     "compile_numba_kernels",
+    "default_chunk_rows",
     "numba_available",
 ]
 
-#: Default number of prefixes per chunk.
-CHUNK_ROWS = 1 << 15
+#: Default size of a chunk in table entries (rows x ``V``): :func:`default_chunk_rows` prefixes.
+#: Measured on the 2-core CPU at 2**24 responses (``/tmp``-free script in the notes of issue 13):
+#: ``V = 2`` took 1.48 s with chunks of 2**16 entries and 0.76-0.83 s with 2**17; ``V = 4``
+#: 0.45 s with 2**17 and 0.50 s with 2**18 - the best size is a number of entries, not of rows.
+CHUNK_ENTRIES = 1 << 17
+
+
+def default_chunk_rows(vocab_size: int) -> int:
+    """Prefixes per chunk by default: :data:`CHUNK_ENTRIES` table entries."""
+    return max(1, CHUNK_ENTRIES // max(1, int(vocab_size)))
 
 
 class TreeAnalysis(NamedTuple):
@@ -226,7 +235,7 @@ def analyze_tree(
     ref_logits: Sequence | None = None,
     mutual_information: bool = False,
     backend: str = "xla",
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> TreeAnalysis:
     """Run the complete analysis of a policy (level tables) and a harm.
 
@@ -242,7 +251,7 @@ def analyze_tree(
         written in place). Both compute the same quantities with the same exact-zero conventions;
         the tests hold them to each other.
       chunk_rows: ``"xla"`` only: prefixes per kernel call (every level runs the same two
-        compiled kernels).
+        compiled kernels); default :func:`default_chunk_rows`.
 
     Returns:
       A :class:`TreeAnalysis` of numpy arrays.
@@ -432,12 +441,16 @@ def _analyze_tree_xla(
     lam: float | None = None,
     ref_logits: Sequence | None = None,
     mutual_information: bool = False,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> TreeAnalysis:
     """:func:`analyze_tree` with the jitted XLA chunk kernels (forward pass, then backward)."""
     vocab_size, length = infer_sizes(logits)
     dtype = np.dtype(jnp.result_type(float))
     harm = np.asarray(harm, dtype)
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(vocab_size)
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(vocab_size)
     chunk = max(1, min(int(chunk_rows), level_size(vocab_size, length - 1)))
     lam_arr = None if lam is None else jnp.asarray(lam, dtype)
     with_lam, with_ref = lam is not None, ref_logits is not None
@@ -579,12 +592,14 @@ def compile_kernels(
     lam: bool = True,
     ref: bool = False,
     mutual_information: bool = False,
-    chunk_rows: int = CHUNK_ROWS,
+    chunk_rows: int | None = None,
 ) -> float:
     """Seconds to lower and compile every kernel ``backend="xla"`` uses at this size."""
     import time
 
     dtype = np.dtype(jnp.result_type(float))
+    if chunk_rows is None:
+        chunk_rows = default_chunk_rows(vocab_size)
     chunk = max(1, min(int(chunk_rows), level_size(vocab_size, length - 1)))
     f = jax.ShapeDtypeStruct
     table = f((chunk, vocab_size), dtype)
