@@ -42,7 +42,7 @@ def _harmful_tables_program(policy: Policy):
 @functools.cache
 def _attack_step(policy: Policy, optimizer: str):
     """The jitted attack step with the learning rate as data: ``(learning_rate, params, state,
-    data) -> ...``, one program per policy and optimizer kind."""
+    data) -> ...``, one program per policy and optimizer kind (the loss selected by data)."""
     return jax.jit(
         lambda learning_rate, *args: attack_step_function(
             policy, make_optimizer(optimizer, learning_rate)
@@ -50,24 +50,41 @@ def _attack_step(policy: Policy, optimizer: str):
     )
 
 
-def attack_step_function(policy: Policy, opt: optax.GradientTransformation):
-    """A pure attack step ``(params, state, data) -> (params, state, E[h] before, E[h] after)``.
+@functools.cache
+def _expected_harm_program(policy: Policy):
+    """Compiled ``(params, harm) -> E[h]`` of the harmful prompt (the end of a curve)."""
+    return jax.jit(lambda p, harm: tree.expected_harm(policy.level_tables(p, HARMFUL), harm))
 
-    One program serves both attacks: ``data["constrained"]`` (0 or 1) selects the loss.
+
+def attack_step_function(
+    policy: Policy, opt: optax.GradientTransformation, constrained: bool | None = None
+):
+    """A pure attack step ``(params, state, data) -> (params, state, E[h] before the step)``.
+
+    ``constrained`` = None: one program serves both attacks, ``data["constrained"]`` (0.0 or 1.0)
+    selecting the loss as ``c L_constrained + (1 - c) L_sft`` (the other term enters times an
+    exact 0, so the value and the gradient are those of the selected loss); True or False: only
+    that loss is computed (what the vectorized program does, which runs both attacks anyway).
+    The ``E[h]`` after a step is the next step's "before"; a curve ends with one more
+    ``E[h]`` of the final parameters.
     """
 
     def loss_fn(p, d):
         tables = policy.level_tables(p, HARMFUL)
-        constrained = constrained_loss(tables, d["reference"], d["weights"], d["betas"])
-        plain = supervised_loss(tables, d["weights"])
-        return d["constrained"] * constrained + (1 - d["constrained"]) * plain
+        if constrained is None:
+            c = d["constrained"]
+            hard = constrained_loss(tables, d["reference"], d["weights"], d["betas"])
+            plain = supervised_loss(tables, d["weights"])
+            return c * hard + (1 - c) * plain
+        if constrained:
+            return constrained_loss(tables, d["reference"], d["weights"], d["betas"])
+        return supervised_loss(tables, d["weights"])
 
     def step(p, state, d):
         before = tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
         grads = jax.grad(loss_fn)(p, d)
         updates, state = opt.update(grads, state, p)
-        p = optax.apply_updates(p, updates)
-        return p, state, before, tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
+        return optax.apply_updates(p, updates), state, before
 
     return step
 
@@ -121,7 +138,7 @@ def fine_tuning_attack(
     harms = []
     state = opt.init(params)
     for _ in range(k.steps):
-        params, state, before, after = step(k.learning_rate, params, state, d)
-        harms = harms or [float(before)]
-        harms.append(float(after))
+        params, state, before = step(k.learning_rate, params, state, d)
+        harms.append(float(before))
+    harms.append(float(_expected_harm_program(policy)(params, world.harm)))
     return {"steps": list(range(k.steps + 1)), "expected_harm": harms}

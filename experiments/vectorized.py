@@ -31,6 +31,7 @@ from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import Objective
 from experiments.train import ALIGN_TAG, BASE_TAG, MEASURE_TAG, step_function
 from experiments.world import HARMFUL, RefusalWorld
+from toy_lm.engines import tree
 from toy_lm.models.policies import Policy
 from toy_lm.models.policy_factory import init_params
 
@@ -172,15 +173,16 @@ class BaseInputs(NamedTuple):
     attack_weights: tuple
 
 
-def _attack_curve(policy, opt, steps, params, d):
-    step = attack_step_function(policy, opt)
+def _attack_curve(policy, opt, steps, params, d, constrained: bool):
+    step = attack_step_function(policy, opt, constrained)
 
     def body(carry, _):
-        p, state, before, after = step(*carry, d)
-        return (p, state), (before, after)
+        p, state, before = step(*carry, d)
+        return (p, state), before
 
-    _, (before, after) = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
-    return jnp.concatenate([before[:1], after])
+    (params, _), before = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
+    final = tree.expected_harm(policy.level_tables(params, HARMFUL), d["harm"])
+    return jnp.concatenate([before, final[None]])
 
 
 def _measurements(world, det, costs, tables, base_tables, mu, lam):
@@ -253,13 +255,10 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
                 "betas": run.betas,
                 "harm": world.harm,
             }
-            names = attack_names(cfg)
-            flags = jnp.asarray([float(name == "constrained") for name in names])
-            # both attacks as one mapped program (the loss is selected by data)
-            curves = jax.vmap(
-                lambda flag: _attack_curve(policy, opt, k.steps, params, {**d, "constrained": flag})
-            )(flags)
-            out["attack"] = {name: curves[i] for i, name in enumerate(names)}
+            out["attack"] = {
+                name: _attack_curve(policy, opt, k.steps, params, d, name == "constrained")
+                for name in attack_names(cfg)
+            }
         out["uniforms"] = jax.random.uniform(
             jax.random.fold_in(key, MEASURE_TAG), (cfg.measure.num_paths, world.length)
         )

@@ -112,7 +112,9 @@ def flops_per_run(cfg: RunConfig, runs_per_base: float) -> float:
         "harm": world.harm,
         "constrained": jnp.asarray(1.0),
     }
-    attack = _flops(attack_step_function(policy, attack_opt), params, attack_opt.init(params), d)
+    attack = _flops(
+        attack_step_function(policy, attack_opt, True), params, attack_opt.init(params), d
+    )
     det = tuple(jnp.asarray(m) for m in world.determined[:-1])
     measured = 3 * _flops(measure.model_arrays, *tables, *tables, world.harm, world.utility, det)
     sft_opt = make_optimizer(cfg.base.optimizer, cfg.base.learning_rate)
