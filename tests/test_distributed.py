@@ -54,21 +54,34 @@ def instance(tmp_path, *, nan_in_last_row=False):
     return str(path), logits, ref, harm
 
 
-def cli(args, cwd, limit=None):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def start_analyze(args, cwd, limit=None, **env_vars) -> subprocess.Popen:
+    """``harm-horizon analyze ARGS`` in a child process on the CPU (pipes for its output), with
+    ``env_vars`` and the memory limit ``limit`` (or none) in its environment."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", **env_vars)
     env.pop(MEMORY_LIMIT_ENV, None)
     if limit is not None:
         env[MEMORY_LIMIT_ENV] = str(limit)
-    start = time.monotonic()
-    proc = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "experiments.cli.main", "analyze", *args],
         cwd=cwd,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=HANG_S,
     )
-    return proc, time.monotonic() - start
+
+
+def cli(args, cwd, limit=None):
+    start = time.monotonic()
+    proc = start_analyze(args, cwd, limit)
+    try:
+        out, err = proc.communicate(timeout=HANG_S)
+    except subprocess.TimeoutExpired:  # a hang fails the test and leaves no process behind
+        proc.kill()
+        proc.communicate()
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return done, time.monotonic() - start
 
 
 def one_error_line(proc) -> str:
@@ -175,24 +188,7 @@ def test_a_failing_process_stops_the_run_with_one_line(tmp_path):
         "--timeout",
         "5",
     ]
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "experiments.cli.main",
-            "analyze",
-            path,
-            *common,
-            "--process-id",
-            "0",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = start_analyze([path, *common, "--process-id", "0"], tmp_path)
     other, _ = cli(["missing.npz", *common, "--process-id", "1"], tmp_path)
     assert "no such file" in one_error_line(other)
     _, err = first.communicate(timeout=HANG_S)
@@ -253,37 +249,16 @@ def test_a_slurm_environment_is_detected_without_coordinator_arguments(tmp_path)
     job = _slurm_port() - 61440
     procs = []
     for rank in range(2):
-        env = dict(
-            os.environ,
-            JAX_PLATFORMS="cpu",
-            SLURM_JOB_ID=str(job),
-            SLURM_NTASKS="2",
-            SLURM_PROCID=str(rank),
-            SLURM_LOCALID=str(rank),
-            SLURM_STEP_NODELIST="localhost",
-            SLURM_NODELIST="localhost",
-        )
-        env.pop(MEMORY_LIMIT_ENV, None)
         procs.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "experiments.cli.main",
-                    "analyze",
-                    path,
-                    "--distributed",
-                    "--lam",
-                    str(LAM),
-                    "--json",
-                    "--timeout",
-                    "60",
-                ],
-                cwd=tmp_path,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
+            start_analyze(
+                [path, "--distributed", "--lam", str(LAM), "--json", "--timeout", "60"],
+                tmp_path,
+                SLURM_JOB_ID=str(job),
+                SLURM_NTASKS="2",
+                SLURM_PROCID=str(rank),
+                SLURM_LOCALID=str(rank),
+                SLURM_STEP_NODELIST="localhost",
+                SLURM_NODELIST="localhost",
             )
         )
     outs = [p.communicate(timeout=HANG_S) for p in procs]

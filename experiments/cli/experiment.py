@@ -58,13 +58,7 @@ def register(subparsers) -> None:
         "objectives, lambda, baselines) or a file with a [sweep] table.",
     )
     p.add_argument("config", metavar="CONFIG")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="parallel worker processes (default: 2, or 1 on one core)",
-    )
+    _out_and_jobs(p)
     p.add_argument(
         "--per-run",
         action="store_true",
@@ -118,13 +112,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--quick", action="store_true", help="the small, fast variant (minutes on 2 cores)"
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=min(2, os.cpu_count() or 1),
-        help="parallel worker processes (default: 2, or 1 on one core)",
-    )
+    _out_and_jobs(p)
     p.add_argument(
         "--policy",
         default="tabular",
@@ -189,6 +177,17 @@ def _setup() -> None:
     from toy_lm.compile_options import enable_compilation_cache
 
     enable_compilation_cache()
+
+
+def _out_and_jobs(p) -> None:
+    """The ``--out DIR`` (required) and ``--jobs N`` options of ``sweep`` and ``experiment``."""
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="parallel worker processes (default: 2, or 1 on one core)",
+    )
 
 
 def _check_jobs(jobs: int) -> None:
