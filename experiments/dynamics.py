@@ -70,7 +70,7 @@ _cond_harm = jax.jit(tree.cond_harm)
 _equilibrium = jax.jit(tree.equilibrium_policy)
 _prefix_probs = jax.jit(tree.prefix_probs)
 _harmful_prefix_dists = jax.jit(
-    lambda base, harm: [tree.harmful_prefix_dist(base, harm, k) for k in range(1, len(base))]
+    lambda base, harm: list(tree.harmful_prefix_dists(base, harm)[1 : len(base)])
 )
 
 

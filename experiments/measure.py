@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments.world import RefusalWorld, describe_response
+from toy_lm.compile_options import one_off_jit
 from toy_lm.engines import objectives as exact
 from toy_lm.engines import tree
 from toy_lm.models.harms import horizon_from_masks
@@ -105,19 +106,16 @@ def value_paths(values, responses, vocab_size: int) -> np.ndarray:
     )
 
 
-_cond_harm = jax.jit(tree.cond_harm)
+_cond_harm = one_off_jit(tree.cond_harm)
 
 
-@jax.jit
+@one_off_jit
 def _base_arrays(base_h, base_b, harm, utility, det, lams):
-    qs = [tree.harmful_prefix_dist(base_h, harm, level) for level in range(len(base_h))]
+    qs = tree.harmful_prefix_dists(base_h, harm)[: len(base_h)]
     values = tree.cond_harm(base_h, harm)
-    eq_kl = jnp.stack(
-        [
-            tree.per_position_kl(tree.equilibrium_policy(base_h, harm, lams[i]), base_h)
-            for i in range(lams.shape[0])
-        ]
-    )
+    eq_kl = jax.vmap(
+        lambda lam: tree.per_position_kl(tree.equilibrium_policy(base_h, harm, lam), base_h)
+    )(lams)
     return {
         "expected_harm": values[0][0],
         "utility": tree.expected_harm(base_b, utility),
@@ -161,10 +159,10 @@ def base_measurements(world: RefusalWorld, base_tables, equilibrium_lams) -> dic
     }
 
 
-@jax.jit
+@one_off_jit
 def model_arrays(tab_h, tab_b, base_h, base_b, harm, utility, det):
     """The exact arrays behind :func:`model_measurements` (jitted; ``jax.vmap`` maps it)."""
-    qs = [tree.harmful_prefix_dist(base_h, harm, level) for level in range(len(base_h))]
+    qs = tree.harmful_prefix_dists(base_h, harm)[: len(base_h)]
     kl_rows = row_kl(tab_h, base_h)
     own = tree.prefix_probs(tab_h)
     return {
@@ -225,7 +223,7 @@ def equilibria_from_arrays(arrays: dict) -> dict:
     }
 
 
-@jax.jit
+@one_off_jit
 def equilibria_arrays(base_h, base_b, harm, utility, det, costs, mu, lam):
     """The exact optima of :func:`equilibrium_measurements`, measured by :func:`model_arrays`."""
     return {

@@ -36,6 +36,7 @@ __all__ = [
     "harm_information",
     "harm_information_mi",
     "harmful_prefix_dist",
+    "harmful_prefix_dists",
     "increments",
     "log_partition",
     "log_policy",
@@ -260,10 +261,18 @@ def harmful_prefix_dist(base_logits: Tables, harm: jax.Array, k: int) -> jax.Arr
     Returns:
       ``(V**k,)`` probabilities summing to 1 (requires ``E_{π0}[h] > 0``).
     """
-    probs = prefix_probs(base_logits)[k]
+    return harmful_prefix_dists(base_logits, harm)[k]
+
+
+def harmful_prefix_dists(base_logits: Tables, harm: jax.Array) -> tuple[jax.Array, ...]:
+    """:func:`harmful_prefix_dist` for every ``k = 0 ... T`` at once (``P0`` and ``H0`` computed
+    once: a caller that needs several ``q_k`` traces one pass, not one per ``k``)."""
+    probs = prefix_probs(base_logits)
     values = cond_harm(base_logits, harm)
-    weight = point("tree.asr.prefix_weight", probs * values[k], level=k, probs=probs)
-    return weight / values[0][0]
+    return tuple(
+        point("tree.asr.prefix_weight", p * v, level=k, probs=p) / values[0][0]
+        for k, (p, v) in enumerate(zip(probs, values))
+    )
 
 
 def prefill_asr(logits: Tables, harm: jax.Array, prefix_dist: jax.Array, k: int) -> jax.Array:
