@@ -59,10 +59,11 @@ def one_off_jit(fun):
     @functools.wraps(fun)
     def call(*args, **kwargs):
         import jax
+        from jax.core import Tracer
 
         # inside a trace (jit, vmap, grad) ``fun`` is a nested jit of the outer program without
         # options (JAX refuses them there; the outer program's apply)
-        if any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
+        if any(isinstance(x, Tracer) for x in jax.tree_util.tree_leaves((args, kwargs))):
             return nested()(*args, **kwargs)
         return jitted()(*args, **kwargs)
 
