@@ -333,6 +333,16 @@ def print_spill_over(results, console=None) -> None:
 
 def run(args) -> int:
     _check_bounds(args)  # argument errors answer before JAX is imported
+    from toy_lm.compile_options import one_off_compiles
+
+    # Most of a first check is compiling small programs that each run a few times; the flags
+    # take effect if JAX's backend starts inside (the CLI) and are taken back after, so nothing
+    # spawned later (or a test process that ran the command in-process) inherits them.
+    with one_off_compiles():
+        return _run(args)
+
+
+def _run(args) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from proofs_check import instances as suite

@@ -1,0 +1,79 @@
+"""Compile options: the one-off programs (measurements) and the options per backend."""
+
+from __future__ import annotations
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from toy_lm.compile_options import (
+    CPU_COMPILER_OPTIONS,
+    ONE_OFF_CPU_COMPILER_OPTIONS,
+    compiler_options,
+    one_off_jit,
+)
+
+
+def _softmax_sum(x, y):
+    return jnp.sum(jax.nn.softmax(x, axis=-1) * y, axis=-1)
+
+
+def test_options_per_backend():
+    assert compiler_options("cpu") == CPU_COMPILER_OPTIONS
+    assert compiler_options("cpu", one_off=True) == ONE_OFF_CPU_COMPILER_OPTIONS
+    assert ONE_OFF_CPU_COMPILER_OPTIONS["xla_backend_optimization_level"] == 0
+    assert compiler_options("gpu") is None and compiler_options("gpu", one_off=True) is None
+
+
+def test_one_off_jit_equals_jit_alone_and_inside_other_programs():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(7, 5)), rng.normal(size=(7, 5))
+    fast = one_off_jit(_softmax_sum)
+    want = np.asarray(jax.jit(_softmax_sum)(x, y))
+    # the other optimization level may round differently (a few ulps: measured 1-2 on these
+    # 5-term sums of O(1) terms); 16 eps bounds two summation orders of 5 terms of size <= 3
+    tol = 16 * np.finfo(np.float64).eps
+    # alone: compiled with the one-off options
+    np.testing.assert_allclose(np.asarray(fast(x, y)), want, rtol=0, atol=tol)
+    # inside jit, vmap and grad: a nested plain jit (JAX refuses compiler options there)
+    np.testing.assert_allclose(np.asarray(jax.jit(fast)(x, y)), want, rtol=0, atol=tol)
+    np.testing.assert_allclose(np.asarray(jax.vmap(fast)(x, y)), want, rtol=0, atol=tol)
+    grad = jax.grad(lambda a: jnp.sum(fast(a, y)))(x)
+    want_grad = jax.grad(lambda a: jnp.sum(_softmax_sum(a, y)))(x)
+    np.testing.assert_allclose(np.asarray(grad), np.asarray(want_grad), rtol=0, atol=tol)
+    assert fast.__name__ == "_softmax_sum"
+
+
+def test_one_off_compiles_adds_the_flags_keeps_the_users_and_restores(monkeypatch):
+    from toy_lm.compile_options import ONE_OFF_XLA_FLAGS, one_off_compiles
+
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    with one_off_compiles():
+        assert os.environ["XLA_FLAGS"].split() == list(ONE_OFF_XLA_FLAGS)
+    assert "XLA_FLAGS" not in os.environ
+    mine = "--xla_force_host_platform_device_count=4 --xla_backend_optimization_level=2"
+    monkeypatch.setenv("XLA_FLAGS", mine)
+    with one_off_compiles():
+        flags = os.environ["XLA_FLAGS"].split()
+        assert flags == [*mine.split(), "--xla_cpu_use_fusion_emitters=false"]
+    assert os.environ["XLA_FLAGS"] == mine
+
+
+def test_the_check_command_runs_with_the_flags_and_leaves_none_behind(monkeypatch):
+    from experiments.cli import check
+    from experiments.cli.main import main
+    from toy_lm.compile_options import ONE_OFF_XLA_FLAGS
+
+    seen = []
+
+    def fake_run(args):
+        seen.append(os.environ.get("XLA_FLAGS"))
+        return 0
+
+    monkeypatch.setattr(check, "_run", fake_run)
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert main(["check", "--theorem", "T1"]) == 0
+    assert seen == [" ".join(ONE_OFF_XLA_FLAGS)]
+    assert "XLA_FLAGS" not in os.environ
