@@ -17,9 +17,9 @@ __all__ = [
     "CACHE_ENV",
     "CPU_COMPILER_OPTIONS",
     "ONE_OFF_CPU_COMPILER_OPTIONS",
+    "ONE_OFF_XLA_FLAGS",
     "compiler_options",
     "enable_compilation_cache",
-    "ONE_OFF_XLA_FLAGS",
     "one_off_compiles",
     "one_off_jit",
 ]
