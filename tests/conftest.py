@@ -10,6 +10,15 @@ import os
 # files only, so they select Agg too, before anything imports matplotlib.
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+# Most tests compile small programs that run once or twice, as `harm-horizon check` does: compile
+# them as one-offs too (LLVM level 0, no fusion emitters; programs with explicit compiler options
+# keep theirs), before JAX starts its backend. HARM_HORIZON_TEST_XLA_DEFAULTS=1 keeps XLA's
+# defaults. Child processes the tests start inherit the flags.
+if os.environ.get("HARM_HORIZON_TEST_XLA_DEFAULTS") != "1":
+    from toy_lm.compile_options import with_one_off_flags  # noqa: E402
+
+    os.environ["XLA_FLAGS"] = with_one_off_flags(os.environ.get("XLA_FLAGS", ""))
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import HealthCheck, settings  # noqa: E402
