@@ -31,6 +31,7 @@ __all__ = [
     "attack_step_function",
     "fine_tuning_attack",
     "fine_tuning_attacks",
+    "harmful_expected_harm",
 ]
 
 
@@ -50,10 +51,15 @@ def _attack_step(policy: Policy, optimizer: str):
     )
 
 
+def harmful_expected_harm(policy: Policy, params, harm) -> jax.Array:
+    """The exact ``E[h]`` of the harmful prompt under ``params``: the survival curve's values."""
+    return tree.expected_harm(policy.level_tables(params, HARMFUL), harm)
+
+
 @functools.cache
 def _expected_harm_program(policy: Policy):
-    """Compiled ``(params, harm) -> E[h]`` of the harmful prompt (the end of a curve)."""
-    return jax.jit(lambda p, harm: tree.expected_harm(policy.level_tables(p, HARMFUL), harm))
+    """Compiled :func:`harmful_expected_harm` (the end of a curve)."""
+    return jax.jit(functools.partial(harmful_expected_harm, policy))
 
 
 def attack_step_function(
@@ -81,7 +87,7 @@ def attack_step_function(
         return supervised_loss(tables, d["weights"])
 
     def step(p, state, d):
-        before = tree.expected_harm(policy.level_tables(p, HARMFUL), d["harm"])
+        before = harmful_expected_harm(policy, p, d["harm"])
         grads = jax.grad(loss_fn)(p, d)
         updates, state = opt.update(grads, state, p)
         return optax.apply_updates(p, updates), state, before

@@ -25,13 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from experiments import measure
-from experiments.attack import attack_names, attack_step_function
+from experiments.attack import attack_names, attack_step_function, harmful_expected_harm
 from experiments.base_model import make_optimizer, prompt_tables, sft_step_function
 from experiments.config import RunConfig, config_to_dict
 from experiments.recipes import Objective
 from experiments.train import ALIGN_TAG, BASE_TAG, MEASURE_TAG, step_function
 from experiments.world import HARMFUL, RefusalWorld
-from toy_lm.engines import tree
 from toy_lm.models.policies import Policy
 from toy_lm.models.policy_factory import init_params
 
@@ -181,7 +180,7 @@ def _attack_curve(policy, opt, steps, params, d, constrained: bool):
         return (p, state), before
 
     (params, _), before = jax.lax.scan(body, (params, opt.init(params)), None, length=steps)
-    final = tree.expected_harm(policy.level_tables(params, HARMFUL), d["harm"])
+    final = harmful_expected_harm(policy, params, d["harm"])
     return jnp.concatenate([before, final[None]])
 
 

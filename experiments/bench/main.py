@@ -91,11 +91,10 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _instance(vocab_size, length, seed=0, tau=None):
-    """Random level tables and a harm decided at ``tau`` (default ``T // 2``)."""
+def _instance(vocab_size, length, tau, seed=0):
+    """Random level tables and a harm decided at level ``tau``."""
     rng = np.random.default_rng(seed)
     logits = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
-    tau = length // 2 if tau is None else tau
     harm = np.repeat(
         (rng.random(vocab_size**tau) < 0.5).astype(np.float64), vocab_size ** (length - tau)
     )
@@ -151,7 +150,7 @@ def bench_tree(
 
     numba = numba_available() if numba is None else numba
     tau = length // 2 if tau is None else tau
-    logits, harm = _instance(vocab_size, length, tau=tau)
+    logits, harm = _instance(vocab_size, length, tau)
     floor = memory_floor(logits + [harm], output_shapes(vocab_size, length), repeats=5)
     # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
     # size's would report the time of a cache lookup instead of a compile.
@@ -216,13 +215,10 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
                 "compiling the Numba kernels (no on-disk cache yet; about a minute on 2 cores)"
             )
     rows = []
-    for vocab_size, length in sizes:
-        progress(f"tree V={vocab_size} T={length} ({vocab_size**length:.3g} responses)")
-        rows.append(
-            bench_tree(vocab_size, length, repeats, compile_seconds=compile_seconds, numba=numba)
-        )
-    for vocab_size, length in no_shortcut:
-        progress(f"tree V={vocab_size} T={length} tau=T (no shortcut)")
+    cases = [(v, t, None) for v, t in sizes] + [(v, t, t) for v, t in no_shortcut]
+    for vocab_size, length, tau in cases:
+        shortcut = "" if tau is None else " tau=T (no shortcut)"
+        progress(f"tree V={vocab_size} T={length}{shortcut} ({vocab_size**length:.3g} responses)")
         rows.append(
             bench_tree(
                 vocab_size,
@@ -230,7 +226,7 @@ def suite_tree(repeats: int, quick: bool, progress, measure_compile: bool = Fals
                 repeats,
                 compile_seconds=compile_seconds,
                 numba=numba,
-                tau=length,
+                tau=tau,
             )
         )
     return rows

@@ -98,6 +98,13 @@ def default_chunk_rows(vocab_size: int) -> int:
     return max(1, CHUNK_ENTRIES // max(1, int(vocab_size)))
 
 
+def _chunk(vocab_size: int, length: int, chunk_rows: int | None) -> int:
+    """The rows per kernel call: ``chunk_rows`` (default :func:`default_chunk_rows`), at most
+    the largest level's rows."""
+    rows = default_chunk_rows(vocab_size) if chunk_rows is None else int(chunk_rows)
+    return max(1, min(rows, level_size(vocab_size, length - 1)))
+
+
 class TreeAnalysis(NamedTuple):
     """Everything ``harm-horizon analyze`` reports (levels ``l``; positions ``t = l + 1``).
 
@@ -449,9 +456,7 @@ def _analyze_tree_xla(
     harm = np.asarray(harm, dtype)
     if chunk_rows is None:
         chunk_rows = default_chunk_rows(vocab_size)
-    if chunk_rows is None:
-        chunk_rows = default_chunk_rows(vocab_size)
-    chunk = max(1, min(int(chunk_rows), level_size(vocab_size, length - 1)))
+    chunk = _chunk(vocab_size, length, chunk_rows)
     lam_arr = None if lam is None else jnp.asarray(lam, dtype)
     with_lam, with_ref = lam is not None, ref_logits is not None
 
@@ -598,9 +603,7 @@ def compile_kernels(
     import time
 
     dtype = np.dtype(jnp.result_type(float))
-    if chunk_rows is None:
-        chunk_rows = default_chunk_rows(vocab_size)
-    chunk = max(1, min(int(chunk_rows), level_size(vocab_size, length - 1)))
+    chunk = _chunk(vocab_size, length, chunk_rows)
     f = jax.ShapeDtypeStruct
     table = f((chunk, vocab_size), dtype)
     vec = f((chunk,), dtype)
