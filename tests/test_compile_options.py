@@ -10,9 +10,11 @@ import numpy as np
 
 from toy_lm.compile_options import (
     CPU_COMPILER_OPTIONS,
+    NO_LIBRARY_FUSIONS,
     ONE_OFF_CPU_COMPILER_OPTIONS,
     compiler_options,
     one_off_jit,
+    supported_options,
 )
 
 
@@ -21,8 +23,9 @@ def _softmax_sum(x, y):
 
 
 def test_options_per_backend():
-    assert compiler_options("cpu") == CPU_COMPILER_OPTIONS
-    assert compiler_options("cpu", one_off=True) == ONE_OFF_CPU_COMPILER_OPTIONS
+    extra = supported_options(NO_LIBRARY_FUSIONS)
+    assert compiler_options("cpu") == {**CPU_COMPILER_OPTIONS, **extra}
+    assert compiler_options("cpu", one_off=True) == {**ONE_OFF_CPU_COMPILER_OPTIONS, **extra}
     assert ONE_OFF_CPU_COMPILER_OPTIONS["xla_backend_optimization_level"] == 0
     assert compiler_options("gpu") is None and compiler_options("gpu", one_off=True) is None
 
@@ -77,3 +80,14 @@ def test_the_check_command_runs_with_the_flags_and_leaves_none_behind(monkeypatc
     assert main(["check", "--theorem", "T1"]) == 0
     assert seen == [" ".join(ONE_OFF_XLA_FLAGS)]
     assert "XLA_FLAGS" not in os.environ
+
+
+def test_supported_options_drops_what_xla_does_not_know():
+    known = {"xla_backend_optimization_level": 1}
+    assert supported_options({**known, "xla_cpu_no_such_option_here": True}) == known
+    # every option compiler_options returns compiles a program
+    x = jnp.arange(3.0)
+    for one_off in (False, True):
+        options = compiler_options("cpu", one_off=one_off)
+        compiled = jax.jit(jnp.sum).lower(x).compile(options)
+        assert float(compiled(x)) == 3.0

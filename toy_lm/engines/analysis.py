@@ -51,7 +51,7 @@ row KL ``KL(π*(.|y_<t) || π0(.|y_<t))``; both sums are accumulated with a comm
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import jax
@@ -59,6 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from toy_lm.bounds import check_concrete_lam
+from toy_lm.compile_options import compiler_options
 from toy_lm.engines.level_step import (
     Children,
     LevelRows,
@@ -141,19 +142,28 @@ class TreeAnalysis(NamedTuple):
         return np.array([float(np.abs(g).sum()) for g in self.logit_grads])
 
 
-@jax.jit
-def _forward_chunk(logits, probs):
-    """``P(y_<=l v) = P(y_<=l) π(v | y_<=l)`` for a chunk of rows, flattened to children order."""
-    return forward_rows(logits, probs)
-
-
-@functools.partial(jax.jit, static_argnames=("with_mi",))
-def _backward_chunk(logits, probs, children: Children, ref_logits, lam, *, with_mi):
+def _backward_rows(logits, probs, children: Children, ref_logits, lam, *, with_mi):
     """One chunk of the backward pass: the level step (:func:`toy_lm.engines.level_step.level_step`) and
     the chunk's :class:`~toy_lm.engines.level_step.LevelSums`; only the per-row outputs the driver
     stores leave the kernel."""
     rows = level_step(logits, probs, children, lam=lam, ref_logits=ref_logits, with_mi=with_mi)
     return rows._replace(info=None, eq_kl=None, ref_kl=None, mi=None), level_sums(rows, probs)
+
+
+class _Kernels(NamedTuple):
+    forward: Callable  # (logits, probs) -> P one level down, flattened to children order
+    backward: Callable  # _backward_rows
+
+
+@functools.cache
+def _kernels(backend: str) -> _Kernels:
+    """The two chunk kernels, jitted with :func:`toy_lm.compile_options.compiler_options` of
+    ``backend`` (made on first use, not at import)."""
+    options = compiler_options(backend)
+    return _Kernels(
+        jax.jit(forward_rows, compiler_options=options),
+        jax.jit(_backward_rows, static_argnames=("with_mi",), compiler_options=options),
+    )
 
 
 def _chunks(n: int, chunk: int):
@@ -459,6 +469,7 @@ def _analyze_tree_xla(
     chunk = _chunk(vocab_size, length, chunk_rows)
     lam_arr = None if lam is None else jnp.asarray(lam, dtype)
     with_lam, with_ref = lam is not None, ref_logits is not None
+    kernels = _kernels(jax.default_backend())
 
     # Forward pass: P_0 ... P_{T-1}.
     probs = [np.ones(1, dtype)]
@@ -475,7 +486,7 @@ def _analyze_tree_xla(
                 (
                     a,
                     b,
-                    _forward_chunk(
+                    kernels.forward(
                         _padded(np.asarray(z[a:b], dtype), chunk), _padded(probs[level][a:b], chunk)
                     ),
                 )
@@ -521,7 +532,7 @@ def _analyze_tree_xla(
             return (
                 a,
                 b,
-                _backward_chunk(
+                kernels.backward(
                     _padded(np.asarray(logits[level][a:b], dtype), chunk),
                     _padded(probs[level][a:b], chunk),
                     children,
@@ -607,8 +618,9 @@ def compile_kernels(
     f = jax.ShapeDtypeStruct
     table = f((chunk, vocab_size), dtype)
     vec = f((chunk,), dtype)
+    kernels = _kernels(jax.default_backend())
     start = time.perf_counter()
-    _forward_chunk.lower(table, vec).compile()
+    kernels.forward.lower(table, vec).compile()
     for leaf in (True, False) if length > 1 else (True,):
         children = Children(
             h=table,
@@ -616,7 +628,7 @@ def compile_kernels(
             logz=None if (leaf or not lam) else table,
             hb=None if (leaf or not mutual_information) else table,
         )
-        _backward_chunk.lower(
+        kernels.backward.lower(
             table,
             vec,
             children,
