@@ -75,10 +75,13 @@ BASE_VECTOR_FIELDS = ("seed", "policy.init_scale", "base.learning_rate")
 VECTOR_POLICIES = ("tabular", "markov")
 #: Runs ``jax.vmap``-ed together inside a batch's program, which ``lax.map``-s over such chunks:
 #: a run's arrays are a few tens of kB, and mapping hundreds at once makes every elementwise pass
-#: stream megabytes through memory instead of the CPU's caches (measured on the 2-core CPU, quick
-#: preset, a batch of 256: about 1.5x the CPU per run of chunks of 4; ``harm-horizon bench
-#: --suite sweep`` measures the whole).
-RUN_CHUNK = 4
+#: stream megabytes through memory instead of the CPU's caches (a batch of 256 in one chunk took
+#: about 1.5x the CPU per run of chunks of 4). Measured on the 2-core CPU, one thread as in a sweep's
+#: workers, quick preset, a batch of 64 compiled with :func:`toy_lm.compile_options.compiler_options`
+#: (YNNPACK fusions off): 23-28 ms per run in chunks of 4, 23 in chunks of 8, 21-22 in chunks of 16,
+#: 23 in chunks of 32 (compiling 7.6-8.0 s with 4, 8.3-8.7 s with 16); ``harm-horizon bench
+#: --suite sweep`` measures the whole.
+RUN_CHUNK = 16
 
 
 def chunk_size(batch: int) -> int:
