@@ -13,6 +13,7 @@ fixed tag per stage, so the same configuration gives the same numbers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -59,8 +60,11 @@ __all__ = [
 BASE_TAG, ALIGN_TAG, ATTACK_TAG, MEASURE_TAG = 1, 2, 3, 4
 
 
+@functools.cache
 def package_version() -> str:
-    """The installed harm-horizon version (recorded in every result row)."""
+    """The installed harm-horizon version (recorded in every result row); read once per process
+    (``importlib.metadata`` parses the package's metadata file on every call, about 2 ms: a
+    tenth of a vectorized run's time)."""
     try:
         return metadata.version("harm-horizon")
     except metadata.PackageNotFoundError:  # pragma: no cover - running from a bare checkout
