@@ -232,17 +232,46 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
             step_plain = step_function(objective, opt, policy, False)
             align_key = jax.random.fold_in(key, ALIGN_TAG)
 
-            def body(carry, i):
-                args = (*carry, jax.random.fold_in(align_key, i), data, world.harm, world.utility)
-                if a.grad_map_every == 1:
-                    p, state, *rest = step_map(*args)
-                else:
-                    p, state, *rest = jax.lax.cond(
-                        i % a.grad_map_every == 0, step_map, step_plain, *args
-                    )
-                return (p, state), tuple(rest)
+            def steps(step):
+                def body(carry, i):
+                    args = (*carry, jax.random.fold_in(align_key, i), data, world.harm)
+                    p, state, *rest = step(*args, world.utility)
+                    return (p, state), tuple(rest)
 
-            (params, _), hist = jax.lax.scan(body, (params, opt.init(params)), jnp.arange(a.steps))
+                return body
+
+            def group(carry, first):
+                # one recorded step (the gradient map), then grad_map_every - 1 plain ones: two
+                # nested scans, not a lax.cond per step, which cost 30% more (15.8 against 12.1
+                # ms per run for the quick preset with grad_map_every = 20, one thread)
+                carry, head = steps(step_map)(carry, first)
+                carry, tail = jax.lax.scan(
+                    steps(step_plain), carry, first + jnp.arange(1, a.grad_map_every)
+                )
+                joined = [jnp.concatenate([h[None], t]) for h, t in zip(head, tail)]
+                return carry, tuple(joined)
+
+            every, carry = a.grad_map_every, (params, opt.init(params))
+            full, extra = divmod(a.steps, every)
+            parts = []
+            if every == 1:
+                carry, hist = jax.lax.scan(steps(step_map), carry, jnp.arange(a.steps))
+                parts.append(hist)
+            else:
+                if full:
+                    carry, hist = jax.lax.scan(group, carry, every * jnp.arange(full))
+                    parts.append(tuple(h.reshape((full * every,) + h.shape[2:]) for h in hist))
+                if extra:  # a last, shorter group: its recorded step, then extra - 1 plain ones
+                    carry, head = steps(step_map)(carry, jnp.asarray(full * every))
+                    parts.append(tuple(h[None] for h in head))
+                    if extra > 1:
+                        first = full * every + 1
+                        carry, hist = jax.lax.scan(
+                            steps(step_plain), carry, first + jnp.arange(extra - 1)
+                        )
+                        parts.append(hist)
+            (params, _) = carry
+            hist = tuple(jnp.concatenate(h) for h in zip(*parts))
             out.update(zip(("loss", "grad_norms", "expected_harm", "utility"), hist))
         tables = prompt_tables(policy, params)
         out["tables"] = tables[HARMFUL]

@@ -146,6 +146,21 @@ def test_vectorized_sweep_equals_the_per_run_path(tmp_path, compile_cache):
     assert assert_same_tables(reference, vectorized, tolerance(configs)) > 100
 
 
+@pytest.mark.parametrize("steps", [7, 8])
+def test_gradient_map_every_few_steps_equals_the_per_run_path(tmp_path, compile_cache, steps):
+    """``grad_map_every = 3``: groups of a recorded step and two plain ones, then a shorter last
+    group (one recorded step at 7 steps; a recorded and a plain one at 8). A sampled objective,
+    so that every step's key (folded from its index) matters."""
+    configs = [
+        with_overrides(c, {"align.grad_map_every": 3, "align.steps": steps})
+        for c in draw_configs(3, "reinforce", 2)
+    ]
+    reference, vectorized = _both_paths(tmp_path, configs)
+    assert assert_same_tables(reference, vectorized, tolerance(configs)) > 50
+    steps_seen = sorted({int(row["step"]) for row in _table(vectorized, "training")})
+    assert steps_seen == list(range(0, steps, 3))
+
+
 def test_chunked_batch_sizes():
     sizes = range(1, 3 * RUN_CHUNK + 2)
     for size in sizes:
