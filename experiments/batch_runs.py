@@ -47,7 +47,7 @@ from experiments.vectorized import (
     run_program,
 )
 from experiments.world import make_world
-from toy_lm.compile_options import compiler_options
+from toy_lm.compile_options import compiler_options, compiling_in_turn
 from toy_lm.errors import HarmHorizonError, InputError
 from toy_lm.outputs import write_atomic_many
 
@@ -124,11 +124,14 @@ def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: i
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
     start = time.perf_counter()
-    compiled = (
-        run_program(cfg, policy, world, objective)
-        .lower(inputs, bases)
-        .compile(compiler_options(jax.default_backend()))
-    )
+    # the sweep's other workers start on the same program: one compiles it, the next loads it
+    # from the persistent cache (a first 1000-run sweep on two workers: see the README)
+    with compiling_in_turn(repr(key)):
+        compiled = (
+            run_program(cfg, policy, world, objective)
+            .lower(inputs, bases)
+            .compile(compiler_options(jax.default_backend()))
+        )
     seconds = time.perf_counter() - start
     memory = compiled.memory_analysis()
     if memory is not None:

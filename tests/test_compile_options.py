@@ -91,3 +91,45 @@ def test_supported_options_drops_what_xla_does_not_know():
         options = compiler_options("cpu", one_off=one_off)
         compiled = jax.jit(jnp.sum).lower(x).compile(options)
         assert float(compiled(x)) == 3.0
+
+
+def test_compiling_in_turn_makes_processes_take_turns(tmp_path):
+    """Two holders of one key never overlap (the second enters after the first leaves); other
+    keys, or no cache folder, do not wait."""
+    import threading
+    import time
+
+    from toy_lm.compile_options import compiling_in_turn
+
+    previous = jax.config.jax_compilation_cache_dir
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    try:
+        spans = {}
+
+        def hold(name, key, seconds):
+            with compiling_in_turn(key):
+                entered = time.monotonic()
+                time.sleep(seconds)
+                spans[name] = (entered, time.monotonic())
+
+        first = threading.Thread(target=hold, args=("first", "program A", 0.5))
+        first.start()
+        time.sleep(0.1)  # the first holds the lock now
+        second = threading.Thread(target=hold, args=("second", "program A", 0.0))
+        other = threading.Thread(target=hold, args=("other", "program B", 0.0))
+        second.start()
+        other.start()
+        for thread in (first, second, other):
+            thread.join(timeout=30)
+        assert spans["second"][0] >= spans["first"][1]  # waited for the first
+        assert spans["other"][0] < spans["first"][1]  # another program: no wait
+        assert [p.name.startswith(".compiling-") for p in tmp_path.iterdir()] == [True, True]
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+    # without a cache folder nothing is locked
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        with compiling_in_turn("program A"), compiling_in_turn("program A"):
+            pass  # the same key twice in one thread: would deadlock if it locked
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
