@@ -101,7 +101,7 @@ def test_compiling_in_turn_makes_processes_take_turns(tmp_path):
 
     from toy_lm.compile_options import compiling_in_turn
 
-    previous = jax.config.jax_compilation_cache_dir
+    previous = getattr(jax.config, "jax_compilation_cache_dir", None)
     jax.config.update("jax_compilation_cache_dir", str(tmp_path))
     try:
         spans = {}

@@ -193,7 +193,7 @@ def compiling_in_turn(key: str) -> Iterator[None]:
     """
     import jax
 
-    folder = jax.config.jax_compilation_cache_dir
+    folder = getattr(jax.config, "jax_compilation_cache_dir", None)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux or macOS
