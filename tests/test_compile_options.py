@@ -123,7 +123,15 @@ def test_compiling_in_turn_makes_processes_take_turns(tmp_path):
             thread.join(timeout=30)
         assert spans["second"][0] >= spans["first"][1]  # waited for the first
         assert spans["other"][0] < spans["first"][1]  # another program: no wait
-        assert [p.name.startswith(".compiling-") for p in tmp_path.iterdir()] == [True, True]
+        names = sorted(p.name for p in tmp_path.iterdir())
+        assert [n.split("-")[0] for n in names] == [".compiled"] * 2 + [".compiling"] * 2
+        # compiled once: later holders of the key do not wait, even while another holds it
+        entered = threading.Event()
+        with compiling_in_turn("program A"):
+            late = threading.Thread(target=lambda: hold("late", "program A", 0.0) or entered.set())
+            late.start()
+            assert entered.wait(timeout=10)
+        late.join(timeout=10)
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
     # without a cache folder nothing is locked

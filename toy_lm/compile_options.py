@@ -187,9 +187,11 @@ def compiling_in_turn(key: str) -> Iterator[None]:
     The worker processes of a sweep start on the same program at the same time; compiling it in
     every worker at once costs each the whole compile, slowed by the others (15-16 s per worker
     for the quick preset's program with two workers on the 2-core CPU). Taking turns, the first
-    compiles it and writes the cache, and the next loads it from there. Without a cache folder
-    (:func:`enable_compilation_cache` off), or where ``flock`` is missing, nothing is shared, so
-    nothing waits. A process that dies inside releases the lock with its files.
+    compiles it and writes the cache, and the next loads it from there. Once a compile inside has
+    finished, a marker file says so and later calls with ``key`` do not wait (loading from the
+    cache is quick and needs no turn). Without a cache folder (:func:`enable_compilation_cache`
+    off), or where ``flock`` is missing, nothing is shared, so nothing waits. A process that dies
+    inside releases the lock with its files.
     """
     import jax
 
@@ -198,13 +200,15 @@ def compiling_in_turn(key: str) -> Iterator[None]:
         import fcntl
     except ImportError:  # pragma: no cover - not on Linux or macOS
         fcntl = None
-    handle = None
+    handle, marker = None, None
     if folder and fcntl is not None:
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        try:
-            handle = open(os.path.join(folder, f".compiling-{digest}.lock"), "a")  # noqa: SIM115
-        except OSError:
-            handle = None
+        marker = os.path.join(folder, f".compiled-{digest}")
+        if not os.path.exists(marker):
+            try:
+                handle = open(os.path.join(folder, f".compiling-{digest}.lock"), "a")  # noqa: SIM115
+            except OSError:
+                handle = None
     if handle is None:
         yield
         return
@@ -212,5 +216,7 @@ def compiling_in_turn(key: str) -> Iterator[None]:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
+            with contextlib.suppress(OSError):
+                open(marker, "a").close()  # noqa: SIM115
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
