@@ -240,16 +240,16 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
 
                 return body
 
-            def group(carry, first):
-                # one recorded step (the gradient map), then grad_map_every - 1 plain ones: two
-                # nested scans, not a lax.cond per step, which cost 30% more (15.8 against 12.1
-                # ms per run for the quick preset with grad_map_every = 20, one thread)
+            def group(carry, first, size):
+                # one recorded step (the gradient map), then size - 1 plain ones: nested scans,
+                # not a lax.cond per step, which cost 30% more (15.8 against 12.1 ms per run for
+                # the quick preset with grad_map_every = 20, one thread)
                 carry, head = steps(step_map)(carry, first)
-                carry, tail = jax.lax.scan(
-                    steps(step_plain), carry, first + jnp.arange(1, a.grad_map_every)
-                )
-                joined = [jnp.concatenate([h[None], t]) for h, t in zip(head, tail)]
-                return carry, tuple(joined)
+                head = tuple(h[None] for h in head)
+                if size == 1:
+                    return carry, head
+                carry, tail = jax.lax.scan(steps(step_plain), carry, first + jnp.arange(1, size))
+                return carry, tuple(jnp.concatenate(pair) for pair in zip(head, tail))
 
             every, carry = a.grad_map_every, (params, opt.init(params))
             full, extra = divmod(a.steps, every)
@@ -259,17 +259,13 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
                 parts.append(hist)
             else:
                 if full:
-                    carry, hist = jax.lax.scan(group, carry, every * jnp.arange(full))
+                    carry, hist = jax.lax.scan(
+                        lambda c, f: group(c, f, every), carry, every * jnp.arange(full)
+                    )
                     parts.append(tuple(h.reshape((full * every,) + h.shape[2:]) for h in hist))
-                if extra:  # a last, shorter group: its recorded step, then extra - 1 plain ones
-                    carry, head = steps(step_map)(carry, jnp.asarray(full * every))
-                    parts.append(tuple(h[None] for h in head))
-                    if extra > 1:
-                        first = full * every + 1
-                        carry, hist = jax.lax.scan(
-                            steps(step_plain), carry, first + jnp.arange(extra - 1)
-                        )
-                        parts.append(hist)
+                if extra:  # a last, shorter group
+                    carry, hist = group(carry, jnp.asarray(full * every), extra)
+                    parts.append(hist)
             (params, _) = carry
             hist = tuple(jnp.concatenate(h) for h in zip(*parts))
             out.update(zip(("loss", "grad_norms", "expected_harm", "utility"), hist))
