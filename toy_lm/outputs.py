@@ -91,8 +91,14 @@ def _probe_folder(folder: str, what: str) -> None:
     it also sees read-only file systems and works for root)."""
     try:
         fd, probe = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}probe-{os.getpid()}-", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        # tracked like write_atomic's temporary files, and removed in a finally: a Ctrl-C
+        # between creating and deleting the probe left it behind (seen in CI's SIGINT test)
+        signals.track(probe)
+        try:
+            os.close(fd)
+        finally:
+            _unlink(probe)
+            signals.untrack(probe)
     except OSError as err:
         raise OutputError(
             f"cannot write {what}: folder {folder} is not writable ({err.strerror or err})"
