@@ -34,7 +34,7 @@ from experiments import batch_runs
 from experiments.config import RunConfig, config_from_dict, config_to_dict
 from experiments.train import base_cache_path
 from experiments.vectorized import base_group_key, group_key, not_vectorizable
-from toy_lm.compile_options import enable_compilation_cache
+from experiments.workers import init_pool_worker
 from toy_lm.tables import memory_budget
 
 __all__ = [
@@ -43,7 +43,6 @@ __all__ = [
     "MIN_GROUP_RUNS",
     "estimated_run_bytes",
     "execute",
-    "init_worker",
     "missing_base_groups",
     "plan_batches",
     "split_vectorizable",
@@ -134,15 +133,6 @@ def missing_base_groups(configs: list[RunConfig], out: str) -> list[list[dict]]:
     return list(groups.values())
 
 
-def init_worker(flags: str) -> None:  # pragma: no cover - runs in the worker processes
-    """Worker set-up: the sweep's XLA flags (one thread per process), float64, compile cache."""
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()
-    from toy_lm.precision import require_x64
-
-    enable_compilation_cache()
-    require_x64()
-
-
 def _bases_task(args):
     configs, out = args
     return batch_runs.train_bases([config_from_dict(c) for c in configs], out)
@@ -188,7 +178,8 @@ def execute(
             f"batch(es) of up to {max(b.size for b in batches)} runs"
         )
         ctx = multiprocessing.get_context("spawn")
-        pool = ctx.Pool(min(jobs, len(batches)), init_worker, (flags,))
+        workers = min(jobs, len(batches))
+        pool = ctx.Pool(workers, init_pool_worker, (os.getpid(), ctx.Value("i", 0), workers, flags))
         try:
             if base_groups:
                 log(

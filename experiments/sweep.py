@@ -34,8 +34,6 @@ import glob
 import itertools
 import multiprocessing
 import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 
@@ -57,14 +55,13 @@ from experiments.train import (
     train_and_evaluate,
     write_json_atomic,
 )
+from experiments.workers import WORKER_XLA_FLAGS, init_pool_worker
 from toy_lm.cli_output import say
-from toy_lm.compile_options import enable_compilation_cache
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
 
 __all__ = [
     "SWEEPS",
-    "WORKER_XLA_FLAGS",
     "cache_base",
     "clean_partial_files",
     "expand",
@@ -182,42 +179,6 @@ def cache_base(args) -> str:
     return os.path.basename(base_cache_path(out, cfg))
 
 
-#: XLA settings of the worker processes: one thread each, so that parallel workers share the cores
-#: instead of competing for them. Every sweep computation runs in such a worker (even with one
-#: job), so a sweep's numbers do not depend on --jobs; a run made in a process with other
-#: settings (``harm-horizon train``) agrees with them to rounding (about 1e-15).
-WORKER_XLA_FLAGS = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-
-
-def _die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the worker processes
-    """End this worker when the sweep process ``parent`` ends (SIGKILL included)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the watchdog below does it within a second
-
-    def watch():
-        while os.getppid() == parent:
-            time.sleep(1.0)
-        os._exit(1)
-
-    if os.getppid() != parent:
-        os._exit(1)
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def _init_worker(parent: int):  # pragma: no cover - runs in the worker processes
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends the pool
-    _die_with_parent(parent)
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {WORKER_XLA_FLAGS}".strip()
-    from toy_lm.precision import require_x64
-
-    enable_compilation_cache()
-    require_x64()
-
-
 def clean_partial_files(out: str) -> int:
     """Remove temporary files left by an interrupted run; returns how many."""
     stale = glob.glob(os.path.join(out, "**", ".partial-*"), recursive=True)
@@ -302,7 +263,7 @@ def run_sweep(
       configs: the sweep's configurations.
       out: output folder (created); results in ``out/runs``, tables in ``out``.
       jobs: parallel worker processes (every run happens in a worker, see
-        :data:`WORKER_XLA_FLAGS`).
+        :data:`experiments.workers.WORKER_XLA_FLAGS`).
       log: progress sink (default: stderr).
       per_run: one run at a time (the reference path) instead of the vectorized batches of
         :mod:`experiments.batch_sweep`, which run whole groups of runs as one compiled program.
@@ -414,9 +375,9 @@ def _execute(todo, out, jobs, log) -> list[str]:
     """Train the missing base models, then run ``todo``, in a pool of worker processes."""
     failures = []
     bases = missing_bases(todo, out)
-    pool = multiprocessing.get_context("spawn").Pool(
-        min(jobs, len(todo)), _init_worker, (os.getpid(),)
-    )
+    ctx = multiprocessing.get_context("spawn")
+    workers = min(jobs, len(todo))
+    pool = ctx.Pool(workers, init_pool_worker, (os.getpid(), ctx.Value("i", 0), workers))
     try:
         if bases:
             log(f"training {len(bases)} base model(s)")

@@ -6,7 +6,7 @@ writing the sweep's output folder: only the driver writes there. The computation
 backend's: :func:`experiments.batch_runs.train_bases` and :func:`~experiments.batch_runs.run_batch`
 for the vectorized path, :func:`experiments.sweep.cache_base` and
 :func:`experiments.train.train_and_evaluate` for the runs that do not vectorize; every task first
-sets up its process as a local worker is (:func:`experiments.batch_sweep.init_worker`: one XLA
+sets up its process as a local worker is (:func:`experiments.workers.init_worker`: one XLA
 thread, float64, the compilation cache).
 """
 
@@ -22,8 +22,9 @@ import time
 
 from experiments import batch_runs, batch_sweep
 from experiments.config import config_from_dict
-from experiments.sweep import WORKER_XLA_FLAGS, cache_base
+from experiments.sweep import cache_base
 from experiments.train import train_and_evaluate
+from experiments.workers import init_worker
 from toy_lm.errors import HarmHorizonError
 
 __all__ = ["base_task", "bases_task", "batch_task", "fresh_folder", "run_task"]
@@ -52,7 +53,7 @@ def fresh_folder(prefix: str, root: str) -> str:
 @contextlib.contextmanager
 def _scratch(bases: dict[str, bytes]):
     """A scratch output folder holding the base models ``bases`` (file name -> bytes)."""
-    batch_sweep.init_worker(WORKER_XLA_FLAGS)
+    init_worker()
     folder = fresh_folder("harm-horizon-task-", tempfile.gettempdir())
     try:
         os.makedirs(os.path.join(folder, "bases"))

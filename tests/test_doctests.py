@@ -18,6 +18,7 @@ MODULES = (
     "toy_lm.mutation",
     "toy_lm.cli_output",
     "proofs_check.runner",
+    "experiments.workers",
 )
 
 

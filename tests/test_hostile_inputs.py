@@ -665,12 +665,12 @@ def test_results_folder_that_is_a_file_is_refused_before_training(tmp_path, caps
 
 
 def test_sweep_workers_die_with_their_parent(tmp_path):
-    """A worker set up like the sweep's (``_die_with_parent``) ends when its parent is killed."""
+    """A worker set up like the sweep's (``experiments.workers.die_with_parent``) ends when its parent is killed."""
     flag = tmp_path / "up"
     worker = (
         "import sys, time\n"
-        "from experiments.sweep import _die_with_parent\n"
-        "_die_with_parent(int(sys.argv[1]))\n"
+        "from experiments.workers import die_with_parent\n"
+        "die_with_parent(int(sys.argv[1]))\n"
         "open(sys.argv[2], 'w').write('up')\n"
         "time.sleep(120)\n"
     )
