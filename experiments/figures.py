@@ -21,18 +21,15 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from experiments.config import config_from_dict, flat_config
+from experiments.labels import NAMES, labels, objective
 from experiments.results import load_results
 
 __all__ = [
     "COLORS",
     "DEEP",
-    "NAMES",
     "STANDARD",
     "fitted_slope",
-    "labels",
     "make_figures",
-    "objective",
     "plot_asr",
     "plot_attack",
     "plot_grad_map",
@@ -43,17 +40,6 @@ __all__ = [
 
 STANDARD = ("rlhf", "reinforce", "dpo", "dpo_sampled", "sft_refusal")
 DEEP = ("augmentation", "recovery_prefill", "recovery_dense")  # recovery_dense: on-policy
-NAMES = {
-    "none": "base",
-    "rlhf": "KL-regularized RLHF",
-    "reinforce": "REINFORCE",
-    "dpo": "DPO",
-    "dpo_sampled": "DPO (sampled)",
-    "sft_refusal": "SFT on refusals",
-    "augmentation": "recovery augmentation",
-    "recovery_prefill": "recovery penalty (prefill)",
-    "recovery_dense": "recovery penalty (dense, on-policy)",
-}
 COLORS = {
     "none": "black",
     "rlhf": "tab:blue",
@@ -65,30 +51,6 @@ COLORS = {
     "recovery_prefill": "tab:red",
     "recovery_dense": "tab:purple",
 }
-
-
-def objective(result: dict) -> str:
-    return result["config"]["align"]["objective"]
-
-
-def labels(results: list[dict]) -> list[str]:
-    """A legend label per run: the objective, plus every other setting that varies between runs."""
-    flats = [flat_config(config_from_dict(r["config"])) for r in results]
-    objectives = [objective(r) for r in results]
-    if len(set(objectives)) == len(objectives):  # the objective alone tells the runs apart
-        return [NAMES.get(o, o) for o in objectives]
-    varying = [
-        k
-        for k in flats[0]
-        if k not in ("name", "align.objective") and len({str(f.get(k)) for f in flats}) > 1
-    ]
-    out = []
-    for result, flat in zip(results, flats):
-        extra = ", ".join(f"{k.split('.')[-1]}={flat[k]}" for k in varying)
-        out.append(
-            NAMES.get(objective(result), objective(result)) + (f" ({extra})" if extra else "")
-        )
-    return out
 
 
 def _save(fig, folder: str, stem: str) -> list[str]:

@@ -1,11 +1,13 @@
 """experiments.figures: every figure is written as PNG and SVG; the fitted slope is right."""
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from experiments import figures
+from experiments import figures, labels
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.train import train_and_evaluate
@@ -44,12 +46,20 @@ def test_a_single_run_draws_without_warnings(tmp_path, tiny_results):
 
 
 def test_labels_name_objectives_and_varying_settings(tiny_results):
-    assert figures.labels(tiny_results) == ["base", "KL-regularized RLHF", "recovery augmentation"]
+    # the tables of train and sweep use the labels: their module stays free of matplotlib
+    code = "import sys, experiments.labels; print('matplotlib' in sys.modules)"
+    assert (
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        == "False"
+    )
+    assert labels.labels(tiny_results) == ["base", "KL-regularized RLHF", "recovery augmentation"]
     twice = [
         tiny_results[1],
         dict(tiny_results[1], config={**tiny_results[1]["config"], "seed": 1}),
     ]
-    assert figures.labels(twice) == ["KL-regularized RLHF (seed=0)", "KL-regularized RLHF (seed=1)"]
+    assert labels.labels(twice) == ["KL-regularized RLHF (seed=0)", "KL-regularized RLHF (seed=1)"]
 
 
 def test_fitted_slope_recovers_a_power_law():

@@ -141,7 +141,7 @@ RUN_COLUMNS = (
 
 def run_rows(results) -> list[dict]:
     """One row per measured policy: the shared base model, then each run's aligned policy."""
-    from experiments.figures import labels
+    from experiments.labels import labels
 
     keys = [c.key for c in RUN_COLUMNS[1:]]
     base = results[0]["base"]
