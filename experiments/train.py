@@ -101,7 +101,11 @@ def make_step(
 
 
 def step_function(
-    objective: Objective, optimizer: optax.GradientTransformation, policy: Policy, with_map: bool
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    policy: Policy,
+    with_map: bool,
+    by_level: bool | None = None,
 ):
     """A pure optax step ``(params, state, key, data, harm, utility) -> (params, state, loss,
     norms (T,), E[h], E[u])`` where ``E[h]`` (harmful prompt) and ``E[u]`` (benign prompt) are
@@ -109,8 +113,12 @@ def step_function(
 
     With ``with_map`` the gradient is assembled as ``Σ_t g_t`` from the ``T`` per-position
     pull-backs (so the recorded norms are of exactly what was applied); without it, one pull-back.
+    ``by_level`` (default: ``policy.separable_levels``): the policy's parameter leaf ``t`` alone
+    makes the features of position ``t``, so ``g_t`` is the gradient's leaf ``t``: one pull-back
+    gives the same gradient and norms.
     """
     length = policy.length
+    by_level = policy.separable_levels if by_level is None else by_level
 
     def step(params, state, key, data, harm, utility):
         before = (
@@ -120,7 +128,12 @@ def step_function(
         batch = objective.prepare(params, key, data)
         feats, pullback = jax.vjp(lambda p: objective.features(p, batch), params)
         loss, cotangent = jax.value_and_grad(objective.loss)(feats, batch, data)
-        if with_map:
+        if with_map and by_level:
+            # g_t is the t-th leaf of the gradient and zeros elsewhere: one pull-back, and the
+            # same numbers as T of them (tests/test_experiments_train.py compares the two)
+            (grads,) = pullback(cotangent)
+            norms = jnp.stack([optax.tree.norm(g) for g in grads])
+        elif with_map:
             per_position = [pullback(_only_position(cotangent, t))[0] for t in range(length)]
             grads = jax.tree_util.tree_map(lambda *g: sum(g), *per_position)
             norms = jnp.stack([optax.tree.norm(g) for g in per_position])

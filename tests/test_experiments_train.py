@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from experiments import base_model, recipes, train
-from experiments.config import with_overrides
+from experiments.config import OBJECTIVES, with_overrides
 from experiments.measure import row_kl
 from experiments.presets import preset
 from experiments.world import HARMFUL, make_world
@@ -101,6 +101,31 @@ def test_per_position_gradients_sum_to_the_gradient_and_match_level_gradients(rl
     grads = jax.grad(lambda p: obj.loss(obj.features(p, None), None, obj.data))(base.params)
     expected = [float(np.linalg.norm(np.asarray(g))) for g in grads]
     np.testing.assert_allclose(np.asarray(norms), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("objective", [o for o in OBJECTIVES if o != "none"])
+def test_one_pull_back_by_level_equals_the_per_position_pull_backs(objective):
+    """A tabular policy's gradient map from one pull-back (``by_level``, the default for it) is
+    the map of the ``T`` per-position pull-backs: same parameters after the step, same norms."""
+    cfg = with_overrides(preset("tiny"), {"align.objective": objective})
+    world = make_world(cfg.world)
+    policy = base_model.policy_from_config(cfg.policy, world)
+    assert policy.separable_levels
+    base = train.get_base(cfg, world, policy, None)
+    obj = recipes.make_objective(cfg, policy, world, base.params, base.tables)
+    opt = optax.sgd(0.5)
+    args = (base.params, opt.init(base.params), jax.random.key(3), obj.data, world.harm)
+    outs = [
+        jax.jit(train.step_function(obj, opt, policy, True, by_level=b))(*args, world.utility)
+        for b in (True, False)
+    ]
+    (p1, _, loss1, norms1, *_), (p2, _, loss2, norms2, *_) = outs
+    assert float(loss1) == float(loss2)
+    assert np.all(np.asarray(norms1) > 0)
+    # the same sums of the same numbers (zeros added elsewhere): equal to a few ulps
+    np.testing.assert_allclose(norms1, norms2, rtol=4 * EPS, atol=0)
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=4 * EPS * max(1.0, float(np.abs(b).max())))
 
 
 def base_harm(world, base):

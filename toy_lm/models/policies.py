@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -60,6 +60,12 @@ class Policy(abc.ABC):
     vocab_size: int
     length: int
     num_prompts: int = 1
+
+    #: ``True`` when the parameters are a tuple with one leaf per level and leaf ``l`` alone makes
+    #: the logits of level ``l`` (:class:`TabularPolicy`): the gradient of whatever is computed
+    #: from the logits of position ``l`` is then the ``l``-th leaf of the full gradient, zeros
+    #: elsewhere (the training step's gradient map uses this: one pull-back instead of ``T``).
+    separable_levels: ClassVar[bool] = False
 
     def __post_init__(self):
         _check_sizes(self.vocab_size, self.length, self.num_prompts)
@@ -147,6 +153,8 @@ class TabularPolicy(Policy):
     The parameters *are* the canonical tables (one set per prompt), so :meth:`level_tables` is a
     slice and the logit gradient ``G`` of THEORY.md is exactly the parameter gradient.
     """
+
+    separable_levels: ClassVar[bool] = True
 
     def init(self, key: jax.Array, *, scale: float = 1.0) -> tuple[jax.Array, ...]:
         """Independent ``N(0, scale**2)`` logits for every prefix and prompt.
