@@ -254,8 +254,15 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
             every, carry = a.grad_map_every, (params, opt.init(params))
             full, extra = divmod(a.steps, every)
             parts = []
-            if every == 1:
+            if every == 1 or policy.separable_levels:
+                # with separable levels the map step is the plain step's one pull-back plus T
+                # norms: every step records it (one step body to compile, not two), and the
+                # steps the per-run path does not record are NaN, as there
                 carry, hist = jax.lax.scan(steps(step_map), carry, jnp.arange(a.steps))
+                if every > 1:
+                    loss, norms, *rest = hist
+                    recorded = (jnp.arange(a.steps) % every == 0)[:, None]
+                    hist = (loss, jnp.where(recorded, norms, jnp.nan), *rest)
                 parts.append(hist)
             else:
                 if full:

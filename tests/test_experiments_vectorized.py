@@ -146,13 +146,16 @@ def test_vectorized_sweep_equals_the_per_run_path(tmp_path, compile_cache):
     assert assert_same_tables(reference, vectorized, tolerance(configs)) > 100
 
 
+@pytest.mark.parametrize("kind", ["tabular", "markov"])
 @pytest.mark.parametrize("steps", [7, 8])
-def test_gradient_map_every_few_steps_equals_the_per_run_path(tmp_path, compile_cache, steps):
-    """``grad_map_every = 3``: groups of a recorded step and two plain ones, then a shorter last
-    group (one recorded step at 7 steps; a recorded and a plain one at 8). A sampled objective,
-    so that every step's key (folded from its index) matters."""
+def test_gradient_map_every_few_steps_equals_the_per_run_path(tmp_path, compile_cache, steps, kind):
+    """``grad_map_every = 3``. Markov policy (shared weights): groups of a recorded step and two
+    plain ones, then a shorter last group (one recorded step at 7 steps; a recorded and a plain
+    one at 8). Tabular policy (separable levels): one step body that records every step, the
+    unrecorded ones NaN. A sampled objective, so that every step's key (folded from its index)
+    matters."""
     configs = [
-        with_overrides(c, {"align.grad_map_every": 3, "align.steps": steps})
+        with_overrides(c, {"align.grad_map_every": 3, "align.steps": steps, "policy.kind": kind})
         for c in draw_configs(3, "reinforce", 2)
     ]
     reference, vectorized = _both_paths(tmp_path, configs)
