@@ -132,6 +132,11 @@ def step_function(
             # g_t is the t-th leaf of the gradient and zeros elsewhere: one pull-back, and the
             # same numbers as T of them (tests/test_experiments_train.py compares the two)
             (grads,) = pullback(cotangent)
+            if not (isinstance(grads, tuple) and len(grads) == length):
+                raise TypeError(
+                    f"{type(policy).__name__}.separable_levels needs parameters with one leaf "
+                    f"per level ({length}), got {jax.tree_util.tree_structure(grads)}"
+                )
             norms = jnp.stack([optax.tree.norm(g) for g in grads])
         elif with_map:
             per_position = [pullback(_only_position(cotangent, t))[0] for t in range(length)]

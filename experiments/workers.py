@@ -53,16 +53,24 @@ def worker_cores(index: int, workers: int, cores) -> set[int] | None:
 
 
 def _pin(slots, workers: int) -> None:
-    """Pin this process to :func:`worker_cores` of the next free slot of ``slots`` (a shared
-    ``multiprocessing.Value`` counter)."""
+    """Pin this process to :func:`worker_cores` of the next slot of ``slots`` (a shared
+    ``multiprocessing.Value`` counter). Only speed depends on it, so nothing here may fail a
+    worker (a pool whose initializer raises starts new workers forever): a worker that replaces
+    a dead one (slot ``>= workers``), or one the system does not let choose its cores, runs
+    where it is."""
     if slots is None or not hasattr(os, "sched_setaffinity"):
         return
     with slots.get_lock():
         index = slots.value
         slots.value += 1
-    cores = worker_cores(index, workers, os.sched_getaffinity(0))
-    if cores:
-        os.sched_setaffinity(0, cores)
+    if index >= workers:
+        return
+    try:
+        cores = worker_cores(index, workers, os.sched_getaffinity(0))
+        if cores:
+            os.sched_setaffinity(0, cores)
+    except OSError:  # a sandbox that forbids it, a cpuset that changed meanwhile
+        pass
 
 
 def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the worker processes
@@ -71,8 +79,8 @@ def die_with_parent(parent: int) -> None:  # pragma: no cover - runs in the work
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass  # not Linux: the watchdog below does it within a second
+    except (OSError, AttributeError, TypeError):
+        pass  # not Linux (Windows: CDLL(None) is a TypeError): the watchdog does it within a second
 
     def watch():
         while os.getppid() == parent:

@@ -11,6 +11,7 @@ from experiments.config import OBJECTIVES, with_overrides
 from experiments.measure import row_kl
 from experiments.presets import preset
 from experiments.world import HARMFUL, make_world
+from toy_lm.models.policy_factory import POLICY_KINDS, make_policy
 
 EPS = np.finfo(np.float64).eps
 
@@ -80,12 +81,15 @@ def test_measured_kl_beyond_horizon_and_spill_over_are_zero_for_tabular_rlhf(rlh
 
 
 def test_per_position_gradients_sum_to_the_gradient_and_match_level_gradients(rlhf_run):
+    """The ``T`` per-position pull-backs (``by_level=False``, what a policy without separable
+    levels uses): they sum to the plain step's gradient, and for a tabular policy each is the
+    gradient of its level's tables."""
     cfg, world, policy, base, _, _ = rlhf_run
     obj = recipes.make_objective(cfg, policy, world, base.params, base.tables)
     opt = optax.sgd(1.0)
     state = opt.init(base.params)
     key = jax.random.key(0)
-    with_map = train.make_step(obj, opt, policy, True)
+    with_map = jax.jit(train.step_function(obj, opt, policy, True, by_level=False))
     plain = train.make_step(obj, opt, policy, False)
     p1, _, loss1, norms, harm1, _ = with_map(
         base.params, state, key, obj.data, world.harm, world.utility
@@ -126,6 +130,28 @@ def test_one_pull_back_by_level_equals_the_per_position_pull_backs(objective):
     np.testing.assert_allclose(norms1, norms2, rtol=4 * EPS, atol=0)
     for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p2)):
         np.testing.assert_allclose(a, b, rtol=0, atol=4 * EPS * max(1.0, float(np.abs(b).max())))
+
+
+@pytest.mark.parametrize("kind", POLICY_KINDS)
+def test_only_tabular_policies_declare_separable_levels(kind):
+    """The flag is a claim about the parameters (one leaf per level, leaf ``t`` alone makes
+    position ``t``'s logits): true for the tabular policy only. Forced on a policy whose
+    parameters are not one leaf per level (Markov: one array shared by the positions), the
+    one-pull-back map refuses instead of recording wrong norms."""
+    policy = make_policy(kind, vocab_size=3, length=3, num_prompts=2)
+    assert policy.separable_levels == (kind == "tabular")
+    if kind != "markov":
+        return
+    cfg = with_overrides(preset("tiny"), {"policy.kind": "markov"})
+    world = make_world(cfg.world)
+    policy = base_model.policy_from_config(cfg.policy, world)
+    base = train.get_base(cfg, world, policy, None)
+    obj = recipes.make_objective(cfg, policy, world, base.params, base.tables)
+    opt = optax.sgd(0.5)
+    step = train.step_function(obj, opt, policy, True, by_level=True)
+    args = (base.params, opt.init(base.params), jax.random.key(3), obj.data, world.harm)
+    with pytest.raises(TypeError, match="separable_levels needs parameters with one leaf"):
+        step(*args, world.utility)
 
 
 def base_harm(world, base):

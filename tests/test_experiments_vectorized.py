@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from small_runs import SMALL
 
-from experiments import batch_sweep, sweep
+from experiments import batch_runs, batch_sweep, sweep
 from experiments.config import with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
@@ -148,7 +148,9 @@ def test_vectorized_sweep_equals_the_per_run_path(tmp_path, compile_cache):
 
 @pytest.mark.parametrize("kind", ["tabular", "markov"])
 @pytest.mark.parametrize("steps", [7, 8])
-def test_gradient_map_every_few_steps_equals_the_per_run_path(tmp_path, compile_cache, steps, kind):
+def test_gradient_map_every_few_steps_equals_the_per_run_path(
+    tmp_path, compile_cache, monkeypatch, steps, kind
+):
     """``grad_map_every = 3``. Markov policy (shared weights): groups of a recorded step and two
     plain ones, then a shorter last group (one recorded step at 7 steps; a recorded and a plain
     one at 8). Tabular policy (separable levels): one step body that records every step, the
@@ -162,6 +164,21 @@ def test_gradient_map_every_few_steps_equals_the_per_run_path(tmp_path, compile_
     assert assert_same_tables(reference, vectorized, tolerance(configs)) > 50
     steps_seen = sorted({int(row["step"]) for row in _table(vectorized, "training")})
     assert steps_seen == list(range(0, steps, 3))
+    if steps == 8:  # the program's own output: norms at the recorded steps, NaN at the others
+        seen = []
+        real = batch_runs.assemble
+
+        def spy(cfg, world, base, arrays, seconds):
+            seen.append(arrays)
+            return real(cfg, world, base, arrays, seconds)
+
+        monkeypatch.setattr(batch_runs, "assemble", spy)
+        batch_runs.run_batch(configs, len(configs), vectorized, 10**12)  # bases cached above
+        recorded = np.arange(steps) % 3 == 0
+        assert len(seen) == len(configs)
+        for arrays in seen:
+            norms = np.asarray(arrays["grad_norms"])
+            assert np.isfinite(norms[recorded]).all() and np.isnan(norms[~recorded]).all()
 
 
 def test_chunked_batch_sizes():
