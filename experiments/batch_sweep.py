@@ -24,7 +24,6 @@ share of its batch's time.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -34,7 +33,7 @@ from experiments import batch_runs
 from experiments.config import RunConfig, config_from_dict, config_to_dict
 from experiments.train import base_cache_path
 from experiments.vectorized import base_group_key, group_key, not_vectorizable
-from experiments.workers import init_pool_worker
+from experiments.workers import worker_pool
 from toy_lm.tables import memory_budget
 
 __all__ = [
@@ -177,9 +176,7 @@ def execute(
             f"vectorized: {len(vectorized)} runs in {len(groups)} program(s), {len(batches)} "
             f"batch(es) of up to {max(b.size for b in batches)} runs"
         )
-        ctx = multiprocessing.get_context("spawn")
-        workers = min(jobs, len(batches))
-        pool = ctx.Pool(workers, init_pool_worker, (os.getpid(), ctx.Value("i", 0), workers, flags))
+        pool = worker_pool(min(jobs, len(batches)), flags)
         try:
             if base_groups:
                 log(

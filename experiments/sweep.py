@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import glob
 import itertools
-import multiprocessing
 import os
 import time
 from collections.abc import Callable
@@ -55,7 +54,7 @@ from experiments.train import (
     train_and_evaluate,
     write_json_atomic,
 )
-from experiments.workers import WORKER_XLA_FLAGS, init_pool_worker
+from experiments.workers import WORKER_XLA_FLAGS, worker_pool
 from toy_lm.cli_output import say
 from toy_lm.errors import ConfigError, HarmHorizonError, InputError
 from toy_lm.outputs import check_output_folder
@@ -375,9 +374,7 @@ def _execute(todo, out, jobs, log) -> list[str]:
     """Train the missing base models, then run ``todo``, in a pool of worker processes."""
     failures = []
     bases = missing_bases(todo, out)
-    ctx = multiprocessing.get_context("spawn")
-    workers = min(jobs, len(todo))
-    pool = ctx.Pool(workers, init_pool_worker, (os.getpid(), ctx.Value("i", 0), workers))
+    pool = worker_pool(min(jobs, len(todo)))
     try:
         if bases:
             log(f"training {len(bases)} base model(s)")

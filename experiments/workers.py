@@ -18,6 +18,7 @@ and get in each other's way.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import threading
@@ -25,7 +26,14 @@ import time
 
 from toy_lm.compile_options import enable_compilation_cache
 
-__all__ = ["WORKER_XLA_FLAGS", "die_with_parent", "init_pool_worker", "init_worker", "worker_cores"]
+__all__ = [
+    "WORKER_XLA_FLAGS",
+    "die_with_parent",
+    "init_pool_worker",
+    "init_worker",
+    "worker_cores",
+    "worker_pool",
+]
 
 #: XLA settings of the worker processes: one thread each, so that parallel workers share the cores
 #: instead of competing for them. Every sweep computation runs in such a worker (even with one
@@ -112,3 +120,10 @@ def init_pool_worker(
     die_with_parent(parent)
     _pin(slots, workers)
     init_worker(flags)
+
+
+def worker_pool(workers: int, flags: str = WORKER_XLA_FLAGS):
+    """A ``spawn`` pool of ``workers`` processes set up by :func:`init_pool_worker` (the caller
+    is the parent they die with; each takes its slot from a counter shared by the pool)."""
+    ctx = multiprocessing.get_context("spawn")
+    return ctx.Pool(workers, init_pool_worker, (os.getpid(), ctx.Value("i", 0), workers, flags))

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from experiments.workers import init_pool_worker, worker_cores
+from experiments.workers import worker_cores, worker_pool
 
 
 def test_worker_cores_are_disjoint_and_cover_the_cores():
@@ -31,9 +31,8 @@ def test_worker_cores_are_disjoint_and_cover_the_cores():
     reason="needs two cores and sched_setaffinity",
 )
 def test_pool_workers_are_pinned_to_disjoint_cores():
-    ctx = multiprocessing.get_context("spawn")
     before = set(multiprocessing.active_children())
-    pool = ctx.Pool(2, init_pool_worker, (os.getpid(), ctx.Value("i", 0), 2))
+    pool = worker_pool(2)
     try:
         pool.map(abs, range(4))  # the pool is up
         workers = [p for p in multiprocessing.active_children() if p not in before]
