@@ -1,7 +1,7 @@
 """experiments: the toy counterpart of Qi et al. 2025 in a configurable refusal world.
 
 Train base models by SFT, align them with the standard objectives and the fixes (optax), measure
-them exactly, sweep (whole grids as one vmapped program per group: :func:`run_program`),
+them exactly, sweep (whole grids as vmapped programs per group: :func:`run_stages`),
 tabulate and plot. Entry points: :func:`train_and_evaluate` (one run), :func:`run_sweep`,
 :func:`make_figures`, :func:`run_headline` (``shallow-vs-deep``), :func:`run_dynamics`
 (``optimum-vs-dynamics``), and the
@@ -45,7 +45,7 @@ _EXPORTS = {
     "experiments.results": ("load_results", "write_tables"),
     "experiments.sweep": ("load_sweep", "run_sweep"),
     "experiments.train": ("train_and_evaluate",),
-    "experiments.vectorized": ("base_program", "group_key", "run_program"),
+    "experiments.vectorized": ("base_program", "group_key", "run_stages"),
     "experiments.world": ("RefusalWorld", "make_world"),
 }
 

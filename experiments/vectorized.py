@@ -3,21 +3,24 @@
 A run of :func:`experiments.train.train_and_evaluate` is, once its base model ``π0`` is known, a
 pure function of a few numbers - the seed, ``λ``, ``β``, ``μ``, the prompt weights, the
 REINFORCE baseline, the learning rates, the attack's ``β_t`` - and of arrays that depend only on
-``π0`` (the objective's data, the attack's dataset). :func:`run_program` writes it so:
+``π0`` (the objective's data, the attack's dataset). :func:`run_stages` writes it so:
 ``lax.scan`` runs the alignment steps and each attack's steps, the exact measurements follow,
 and ``jax.vmap`` maps the whole over a batch of runs; the SFT of the base models is mapped the same
-way by :func:`base_program`. Every step is the per-run path's own step function
-(:func:`experiments.train.step_function`, :func:`experiments.base_model.sft_step_function`,
+way by :func:`base_program`. The run is cut into :func:`run_stages` (alignment, measurements,
+each attack), each its own compiled program, because separate programs compile in parallel.
+Every step is the per-run path's own step function (:func:`experiments.train.step_function`, :func:`experiments.base_model.sft_step_function`,
 :func:`experiments.attack.attack_step_function`), so both paths compute the same quantities.
 
 Runs whose programs differ in shape or structure (``V``, ``T``, policy kind, objective, step
 counts, optimizer kinds, sample sizes...) fall in different *groups* (:func:`group_key`): one
-compiled program per group. The fields that may vary inside a group are :data:`VECTOR_FIELDS`.
+program (one set of stages) per group. The fields that may vary inside a group are
+:data:`VECTOR_FIELDS`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -39,15 +42,19 @@ __all__ = [
     "BaseInputs",
     "RUN_CHUNK",
     "RunInputs",
+    "Stage",
     "VECTOR_FIELDS",
     "VECTOR_POLICIES",
     "base_group_key",
     "base_program",
+    "call_stages",
     "chunk_size",
     "chunked_size",
     "group_key",
+    "lower_stages",
     "not_vectorizable",
-    "run_program",
+    "params_shapes",
+    "run_stages",
 ]
 
 #: Settings that may differ between the runs of one compiled program (they are data).
@@ -151,7 +158,7 @@ def base_program(cfg: RunConfig, policy: Policy):
 
 
 class RunInputs(NamedTuple):
-    """The mapped inputs of :func:`run_program`, each with a leading batch axis ``(B, ...)``.
+    """The mapped inputs of :func:`run_stages`, each with a leading batch axis ``(B, ...)``.
 
     ``base_index`` picks the run's base model among the group's unique ones; ``settings`` is
     :func:`experiments.recipes.objective_settings` of each run; ``betas`` ``(B, T)`` the
@@ -203,10 +210,172 @@ def _measurements(world, det, costs, tables, base_tables, mu, lam):
     return part(0), {n: part(i + 1) for i, n in enumerate(names)}
 
 
-def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: Objective):
-    """``jit(map(vmap(run)))``: ``(RunInputs, BaseInputs) -> dict`` of per-run arrays, batch axis
-    first; the runs go through ``lax.map`` in ``vmap``-ed chunks of :func:`chunk_size` (the batch
-    size must be a multiple of it: :func:`chunked_size`).
+class Stage(NamedTuple):
+    """One compiled part of a run program (:func:`run_stages`).
+
+    ``program`` is ``jit(map(vmap(...)))`` over a batch: ``(RunInputs, BaseInputs) -> (params,
+    outputs)`` for the first stage (``"align"``, which returns the aligned parameters), ``(RunInputs,
+    BaseInputs, params) -> outputs`` for the others (``"measure"`` and one ``"attack:<name>"`` per
+    attack)."""
+
+    name: str
+    program: Callable
+
+
+def _batched(one):
+    """``jit`` of ``lax.map`` of ``one`` over ``vmap``-ed chunks of a batch's runs (and of the
+    mapped arguments after ``bases``); the batch size must be a multiple of its chunk size
+    (:func:`chunked_size`)."""
+
+    def batch(runs: RunInputs, bases: BaseInputs, *mapped):
+        size = runs.seed.shape[0]
+        if size != chunked_size(size):
+            raise ValueError(
+                f"a batch of {size} runs is not a multiple of its chunk size "
+                f"{chunk_size(size)}; pad it to chunked_size({size})"
+            )
+        return jax.lax.map(
+            lambda xs: one(xs[0], bases, *xs[1:]), (runs, *mapped), batch_size=chunk_size(size)
+        )
+
+    return jax.jit(batch)
+
+
+def _pick(run: RunInputs, tree):
+    """The run's own base model's entry of a tree with a leading base axis."""
+    return jax.tree_util.tree_map(lambda x: x[run.base_index], tree)
+
+
+def run_stages(
+    cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: Objective
+) -> tuple[Stage, ...]:
+    """The run program of a group as :class:`Stage` s compiled separately: the alignment, the
+    exact measurements, and each fine-tuning attack. Separate programs compile in parallel
+    (:func:`experiments.batch_runs.compile_stages`: on every core a process has, and the workers
+    of a sweep start on different stages); one program took about as long to compile as its
+    parts one after another. :func:`call_stages` runs them and lists the outputs."""
+    a, k = cfg.align, cfg.attack
+    det = tuple(jnp.asarray(d) for d in world.determined[:-1])
+    costs = measure.recovery_costs(world)
+
+    def align(run: RunInputs, bases: BaseInputs):
+        params, out = _pick(run, bases.params), {}
+        if a.objective == "none":
+            return params, out
+        data = {**_pick(run, bases.objective_data), **run.settings}
+        opt = make_optimizer(a.optimizer, run.align_learning_rate)
+        step_map = step_function(objective, opt, policy, True)
+        step_plain = step_function(objective, opt, policy, False)
+        align_key = jax.random.fold_in(jax.random.key(run.seed), ALIGN_TAG)
+
+        def steps(step):
+            def body(carry, i):
+                args = (*carry, jax.random.fold_in(align_key, i), data, world.harm)
+                p, state, *rest = step(*args, world.utility)
+                return (p, state), tuple(rest)
+
+            return body
+
+        def group(carry, first, size):
+            # one recorded step (the gradient map), then size - 1 plain ones: nested scans,
+            # not a lax.cond per step, which cost 30% more (15.8 against 12.1 ms per run for
+            # the quick preset with grad_map_every = 20, one thread)
+            carry, head = steps(step_map)(carry, first)
+            head = tuple(h[None] for h in head)
+            if size == 1:
+                return carry, head
+            carry, tail = jax.lax.scan(steps(step_plain), carry, first + jnp.arange(1, size))
+            return carry, tuple(jnp.concatenate(pair) for pair in zip(head, tail))
+
+        every, carry = a.grad_map_every, (params, opt.init(params))
+        full, extra = divmod(a.steps, every)
+        parts = []
+        if every == 1 or policy.separable_levels:
+            # with separable levels the map step is the plain step's one pull-back plus T
+            # norms: every step records it (one step body to compile, not two), and the
+            # steps the per-run path does not record are NaN, as there
+            carry, hist = jax.lax.scan(steps(step_map), carry, jnp.arange(a.steps))
+            if every > 1:
+                loss, norms, *rest = hist
+                recorded = (jnp.arange(a.steps) % every == 0)[:, None]
+                hist = (loss, jnp.where(recorded, norms, jnp.nan), *rest)
+            parts.append(hist)
+        else:
+            if full:
+                carry, hist = jax.lax.scan(
+                    lambda c, f: group(c, f, every), carry, every * jnp.arange(full)
+                )
+                parts.append(tuple(h.reshape((full * every,) + h.shape[2:]) for h in hist))
+            if extra:  # a last, shorter group
+                carry, hist = group(carry, jnp.asarray(full * every), extra)
+                parts.append(hist)
+        (params, _) = carry
+        hist = tuple(jnp.concatenate(h) for h in zip(*parts))
+        out.update(zip(("loss", "grad_norms", "expected_harm", "utility"), hist))
+        return params, out
+
+    def measurements(run: RunInputs, bases: BaseInputs, params):
+        tables = prompt_tables(policy, params)
+        out = {"tables": tables[HARMFUL]}
+        out["aligned"], out["equilibria"] = _measurements(
+            world,
+            det,
+            costs,
+            tables,
+            prompt_tables(policy, _pick(run, bases.params)),
+            run.settings["mu"],
+            run.settings["lam"],
+        )
+        out["uniforms"] = jax.random.uniform(
+            jax.random.fold_in(jax.random.key(run.seed), MEASURE_TAG),
+            (cfg.measure.num_paths, world.length),
+        )
+        return out
+
+    def attack(name: str):
+        def one(run: RunInputs, bases: BaseInputs, params):
+            opt = make_optimizer(k.optimizer, run.attack_learning_rate)
+            d = {
+                "reference": prompt_tables(policy, params)[HARMFUL],
+                "weights": _pick(run, bases.attack_weights),
+                "betas": run.betas,
+                "harm": world.harm,
+            }
+            return _attack_curve(policy, opt, k.steps, params, d, name == "constrained")
+
+        return one
+
+    stages = [
+        Stage("align", _batched(align)),
+        Stage("measure", _batched(measurements)),
+    ]
+    if k.steps > 0:
+        stages += [Stage(f"attack:{name}", _batched(attack(name))) for name in attack_names(cfg)]
+    return tuple(stages)
+
+
+def params_shapes(inputs: RunInputs, bases: BaseInputs):
+    """Shapes of the aligned parameters the first stage passes on: the base models' with the
+    batch's size as leading axis."""
+    size = inputs.seed.shape[0]
+    return jax.tree_util.tree_map(
+        lambda x: jax.ShapeDtypeStruct((size,) + tuple(np.shape(x))[1:], np.asarray(x).dtype),
+        bases.params,
+    )
+
+
+def lower_stages(stages, inputs: RunInputs, bases: BaseInputs) -> list:
+    """Every stage's ``jax.stages.Lowered`` for these inputs (traced here, compiled later)."""
+    params = params_shapes(inputs, bases)
+    return [
+        s.program.lower(inputs, bases) if i == 0 else s.program.lower(inputs, bases, params)
+        for i, s in enumerate(stages)
+    ]
+
+
+def call_stages(stages, programs, inputs: RunInputs, bases: BaseInputs) -> dict:
+    """Run the compiled (or jitted: ``[s.program for s in stages]``) ``programs`` of ``stages``
+    in order: ``dict`` of per-run arrays, batch axis first.
 
     The outputs: ``loss``, ``expected_harm``, ``utility`` ``(B, steps)`` and ``grad_norms``
     ``(B, steps, T)`` (NaN at unrecorded steps) of the alignment; ``tables`` (the aligned
@@ -215,96 +384,12 @@ def run_program(cfg: RunConfig, policy: Policy, world: RefusalWorld, objective: 
     steps + 1)}`` the exact ``E[h]`` before and after every attack step; ``uniforms`` ``(B,
     num_paths, T)`` the draws of the martingale paths (:func:`experiments.measure.martingale_paths`).
     """
-    a, k = cfg.align, cfg.attack
-    det = tuple(jnp.asarray(d) for d in world.determined[:-1])
-    costs = measure.recovery_costs(world)
-
-    def one(run: RunInputs, bases: BaseInputs):
-        key = jax.random.key(run.seed)
-        pick = lambda tree: jax.tree_util.tree_map(lambda x: x[run.base_index], tree)  # noqa: E731
-        base_params = pick(bases.params)
-        base_tables = prompt_tables(policy, base_params)
-        params, out = base_params, {}
-        if a.objective != "none":
-            data = {**pick(bases.objective_data), **run.settings}
-            opt = make_optimizer(a.optimizer, run.align_learning_rate)
-            step_map = step_function(objective, opt, policy, True)
-            step_plain = step_function(objective, opt, policy, False)
-            align_key = jax.random.fold_in(key, ALIGN_TAG)
-
-            def steps(step):
-                def body(carry, i):
-                    args = (*carry, jax.random.fold_in(align_key, i), data, world.harm)
-                    p, state, *rest = step(*args, world.utility)
-                    return (p, state), tuple(rest)
-
-                return body
-
-            def group(carry, first, size):
-                # one recorded step (the gradient map), then size - 1 plain ones: nested scans,
-                # not a lax.cond per step, which cost 30% more (15.8 against 12.1 ms per run for
-                # the quick preset with grad_map_every = 20, one thread)
-                carry, head = steps(step_map)(carry, first)
-                head = tuple(h[None] for h in head)
-                if size == 1:
-                    return carry, head
-                carry, tail = jax.lax.scan(steps(step_plain), carry, first + jnp.arange(1, size))
-                return carry, tuple(jnp.concatenate(pair) for pair in zip(head, tail))
-
-            every, carry = a.grad_map_every, (params, opt.init(params))
-            full, extra = divmod(a.steps, every)
-            parts = []
-            if every == 1 or policy.separable_levels:
-                # with separable levels the map step is the plain step's one pull-back plus T
-                # norms: every step records it (one step body to compile, not two), and the
-                # steps the per-run path does not record are NaN, as there
-                carry, hist = jax.lax.scan(steps(step_map), carry, jnp.arange(a.steps))
-                if every > 1:
-                    loss, norms, *rest = hist
-                    recorded = (jnp.arange(a.steps) % every == 0)[:, None]
-                    hist = (loss, jnp.where(recorded, norms, jnp.nan), *rest)
-                parts.append(hist)
-            else:
-                if full:
-                    carry, hist = jax.lax.scan(
-                        lambda c, f: group(c, f, every), carry, every * jnp.arange(full)
-                    )
-                    parts.append(tuple(h.reshape((full * every,) + h.shape[2:]) for h in hist))
-                if extra:  # a last, shorter group
-                    carry, hist = group(carry, jnp.asarray(full * every), extra)
-                    parts.append(hist)
-            (params, _) = carry
-            hist = tuple(jnp.concatenate(h) for h in zip(*parts))
-            out.update(zip(("loss", "grad_norms", "expected_harm", "utility"), hist))
-        tables = prompt_tables(policy, params)
-        out["tables"] = tables[HARMFUL]
-        out["aligned"], out["equilibria"] = _measurements(
-            world, det, costs, tables, base_tables, run.settings["mu"], run.settings["lam"]
-        )
-        if k.steps > 0:
-            opt = make_optimizer(k.optimizer, run.attack_learning_rate)
-            d = {
-                "reference": tables[HARMFUL],
-                "weights": pick(bases.attack_weights),
-                "betas": run.betas,
-                "harm": world.harm,
-            }
-            out["attack"] = {
-                name: _attack_curve(policy, opt, k.steps, params, d, name == "constrained")
-                for name in attack_names(cfg)
-            }
-        out["uniforms"] = jax.random.uniform(
-            jax.random.fold_in(key, MEASURE_TAG), (cfg.measure.num_paths, world.length)
-        )
-        return out
-
-    def batch(runs: RunInputs, bases: BaseInputs):
-        size = runs.seed.shape[0]
-        if size != chunked_size(size):
-            raise ValueError(
-                f"a batch of {size} runs is not a multiple of its chunk size "
-                f"{chunk_size(size)}; pad it to chunked_size({size})"
-            )
-        return jax.lax.map(lambda run: one(run, bases), runs, batch_size=chunk_size(size))
-
-    return jax.jit(batch)
+    params, out = programs[0](inputs, bases)
+    out = dict(out)
+    for stage, program in zip(stages[1:], programs[1:]):
+        result = program(inputs, bases, params)
+        if stage.name.startswith("attack:"):
+            out.setdefault("attack", {})[stage.name.split(":", 1)[1]] = result
+        else:
+            out.update(result)
+    return out

@@ -31,6 +31,7 @@ __all__ = [
     "die_with_parent",
     "init_pool_worker",
     "init_worker",
+    "usable_cores",
     "worker_cores",
     "worker_pool",
 ]
@@ -58,6 +59,13 @@ def worker_cores(index: int, workers: int, cores) -> set[int] | None:
     if workers < 2 or workers > len(cores):
         return None
     return set(cores[index % workers :: workers])
+
+
+def usable_cores() -> int:
+    """How many cores this process may run on (its affinity where the system has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def _pin(slots, workers: int) -> None:

@@ -141,3 +141,44 @@ def test_compiling_in_turn_makes_processes_take_turns(tmp_path):
             pass  # the same key twice in one thread: would deadlock if it locked
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
+
+
+def test_compiling_in_turn_without_waiting_says_whose_turn_it_is(tmp_path):
+    """``wait=False``: a key held elsewhere gives ``False`` at once (no wait, no marker); a free
+    key, a compiled one, or no cache folder gives ``True``."""
+    import threading
+
+    from toy_lm.compile_options import compiling_in_turn
+
+    previous = getattr(jax.config, "jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    try:
+        held, release, seen = threading.Event(), threading.Event(), {}
+
+        def hold():
+            with compiling_in_turn("program A"):
+                held.set()
+                release.wait(timeout=30)
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        assert held.wait(timeout=10)
+        with compiling_in_turn("program A", wait=False) as mine:
+            seen["held"] = mine
+        with compiling_in_turn("program B", wait=False) as mine:
+            seen["free"] = mine
+        release.set()
+        holder.join(timeout=10)
+        with compiling_in_turn("program A", wait=False) as mine:
+            seen["compiled"] = mine
+        assert seen == {"held": False, "free": True, "compiled": True}
+        # a skipped turn leaves no marker: only the holder's and program B's compiles count
+        assert len([p for p in tmp_path.iterdir() if p.name.startswith(".compiled")]) == 2
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+    jax.config.update("jax_compilation_cache_dir", None)
+    try:
+        with compiling_in_turn("program A", wait=False) as mine:
+            assert mine is True
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)

@@ -9,7 +9,9 @@ import signal
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
+import jax
 import numpy as np
 import pytest
 from small_runs import SMALL
@@ -304,3 +306,58 @@ def test_vectorized_sweep_killed_and_restarted_completes_the_missing_runs(tmp_pa
     assert len(keys) == len(set(keys)) == total * 2
     assert {k[0] for k in keys} == {sweep.run_id(c) for c in configs}
     assert not glob.glob(os.path.join(out, "**", ".partial-*"), recursive=True)
+
+
+def test_two_workers_split_the_stages_of_a_program(tmp_path, monkeypatch):
+    """Two callers of :func:`experiments.batch_runs.compile_stages` on one program (two workers
+    of a sweep, one core each) start on different stages, largest first, compile every stage
+    once between them, take turns at each, and both end with every stage, in stage order."""
+    import threading
+    import time
+
+    class Stage(NamedTuple):
+        name: str
+
+    calls, lock = [], threading.Lock()
+
+    class Lowered:
+        def __init__(self, worker, name, size, seconds):
+            self.worker, self.name, self.size, self.seconds = worker, name, size, seconds
+
+        def as_text(self):
+            return "x" * self.size
+
+        def compile(self, options):
+            start = time.monotonic()
+            time.sleep(self.seconds)
+            with lock:
+                calls.append((self.worker, self.name, start, time.monotonic()))
+            return f"compiled {self.name}"
+
+    sizes = {"align": (300, 0.3), "measure": (400, 0.4), "attack:a": (100, 0.1)}
+    stages = [Stage(n) for n in sizes]
+    monkeypatch.setattr(batch_runs, "usable_cores", lambda: 1)
+    previous = getattr(jax.config, "jax_compilation_cache_dir", None)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path))
+    results = {}
+    try:
+
+        def worker(name):
+            lowered = [Lowered(name, s.name, *sizes[s.name]) for s in stages]
+            results[name] = batch_runs.compile_stages("program", stages, lowered, None)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in ("w0", "w1")]
+        for thread in threads:
+            thread.start()
+            time.sleep(0.05)  # w0 first: it takes the largest stage
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        jax.config.update("jax_compilation_cache_dir", previous)
+    expected = [f"compiled {s.name}" for s in stages]
+    assert results == {"w0": expected, "w1": expected}
+    first = {w: min((c for c in calls if c[0] == w), key=lambda c: c[2])[1] for w in ("w0", "w1")}
+    assert first == {"w0": "measure", "w1": "align"}  # largest first, and not the same one
+    for stage in sizes:  # the second compile of a stage (a load) starts after the first ends
+        spans = sorted((c[2], c[3]) for c in calls if c[1] == stage)
+        assert len(spans) == 2 and spans[1][0] >= spans[0][1], (stage, spans)

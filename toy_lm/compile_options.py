@@ -180,7 +180,7 @@ def enable_compilation_cache() -> str | None:
 
 
 @contextlib.contextmanager
-def compiling_in_turn(key: str) -> Iterator[None]:
+def compiling_in_turn(key: str, wait: bool = True) -> Iterator[bool]:
     """Inside: this process is the only one compiling the program named ``key`` into JAX's
     persistent compilation cache (an exclusive ``flock`` on a file next to the cache).
 
@@ -192,6 +192,11 @@ def compiling_in_turn(key: str) -> Iterator[None]:
     cache is quick and needs no turn). Without a cache folder (:func:`enable_compilation_cache`
     off), or where ``flock`` is missing, nothing is shared, so nothing waits. A process that dies
     inside releases the lock with its files.
+
+    The value is ``True`` when the turn is this process's. With ``wait=False`` a key that another
+    process (or thread) holds does not wait: the value is ``False`` and the body must leave the
+    program alone (and come back for it later), so that a caller with several programs can
+    compile another one meanwhile.
     """
     import jax
 
@@ -210,12 +215,16 @@ def compiling_in_turn(key: str) -> Iterator[None]:
             except OSError:
                 handle = None
     if handle is None:
-        yield
+        yield True
         return
     with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
         try:
-            yield
+            fcntl.flock(handle, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
             with contextlib.suppress(OSError):
                 open(marker, "a").close()  # noqa: SIM115
         finally:
