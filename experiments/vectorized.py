@@ -359,7 +359,7 @@ def params_shapes(inputs: RunInputs, bases: BaseInputs):
     batch's size as leading axis."""
     size = inputs.seed.shape[0]
     return jax.tree_util.tree_map(
-        lambda x: jax.ShapeDtypeStruct((size,) + tuple(np.shape(x))[1:], np.asarray(x).dtype),
+        lambda x: jax.ShapeDtypeStruct((size,) + tuple(np.shape(x))[1:], x.dtype),
         bases.params,
     )
 
@@ -384,6 +384,7 @@ def call_stages(stages, programs, inputs: RunInputs, bases: BaseInputs) -> dict:
     steps + 1)}`` the exact ``E[h]`` before and after every attack step; ``uniforms`` ``(B,
     num_paths, T)`` the draws of the martingale paths (:func:`experiments.measure.martingale_paths`).
     """
+    inputs, bases = jax.device_put((inputs, bases))  # once, not once per stage
     params, out = programs[0](inputs, bases)
     out = dict(out)
     for stage, program in zip(stages[1:], programs[1:]):

@@ -163,17 +163,21 @@ def test_compiling_in_turn_without_waiting_says_whose_turn_it_is(tmp_path):
         holder = threading.Thread(target=hold)
         holder.start()
         assert held.wait(timeout=10)
+        markers = lambda: sorted(
+            p.name for p in tmp_path.iterdir() if p.name.startswith(".compiled")
+        )  # noqa: E731
         with compiling_in_turn("program A", wait=False) as mine:
             seen["held"] = mine
+        assert markers() == []  # a skipped turn marks nothing compiled
         with compiling_in_turn("program B", wait=False) as mine:
             seen["free"] = mine
+        assert len(markers()) == 1  # program B's turn, taken and finished
         release.set()
         holder.join(timeout=10)
+        assert len(markers()) == 2
         with compiling_in_turn("program A", wait=False) as mine:
             seen["compiled"] = mine
         assert seen == {"held": False, "free": True, "compiled": True}
-        # a skipped turn leaves no marker: only the holder's and program B's compiles count
-        assert len([p for p in tmp_path.iterdir() if p.name.startswith(".compiled")]) == 2
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
     jax.config.update("jax_compilation_cache_dir", None)

@@ -318,7 +318,7 @@ def test_two_workers_split_the_stages_of_a_program(tmp_path, monkeypatch):
     class Stage(NamedTuple):
         name: str
 
-    calls, lock = [], threading.Lock()
+    calls, lock, started = [], threading.Lock(), threading.Event()
 
     class Lowered:
         def __init__(self, worker, name, size, seconds):
@@ -329,6 +329,10 @@ def test_two_workers_split_the_stages_of_a_program(tmp_path, monkeypatch):
 
         def compile(self, options):
             start = time.monotonic()
+            if self.name == "boom":
+                raise RuntimeError("planted compile error")
+            if (self.worker, self.name) == ("w0", "measure"):
+                started.set()  # w1 starts once w0 holds the largest stage
             time.sleep(self.seconds)
             with lock:
                 calls.append((self.worker, self.name, start, time.monotonic()))
@@ -347,11 +351,16 @@ def test_two_workers_split_the_stages_of_a_program(tmp_path, monkeypatch):
             results[name] = batch_runs.compile_stages("program", stages, lowered, None)
 
         threads = [threading.Thread(target=worker, args=(n,)) for n in ("w0", "w1")]
-        for thread in threads:
-            thread.start()
-            time.sleep(0.05)  # w0 first: it takes the largest stage
+        threads[0].start()
+        assert started.wait(timeout=30)
+        threads[1].start()
         for thread in threads:
             thread.join(timeout=30)
+        # a compile that fails is raised, and the other stages are left alone
+        boom = [Lowered("w2", "boom", 500, 0.0), Lowered("w2", "align", 1, 0.0)]
+        with pytest.raises(RuntimeError, match="planted compile error"):
+            batch_runs.compile_stages("other", [Stage("boom"), Stage("align")], boom, None)
+        assert not [c for c in calls if c[0] == "w2"]
     finally:
         jax.config.update("jax_compilation_cache_dir", previous)
     expected = [f"compiled {s.name}" for s in stages]

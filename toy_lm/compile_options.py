@@ -181,8 +181,9 @@ def enable_compilation_cache() -> str | None:
 
 @contextlib.contextmanager
 def compiling_in_turn(key: str, wait: bool = True) -> Iterator[bool]:
-    """Inside: this process is the only one compiling the program named ``key`` into JAX's
-    persistent compilation cache (an exclusive ``flock`` on a file next to the cache).
+    """Inside, when the value is ``True``: this process is the only one compiling the program
+    named ``key`` into JAX's persistent compilation cache (an exclusive ``flock`` on a file next
+    to the cache).
 
     The worker processes of a sweep start on the same program at the same time; compiling it in
     every worker at once costs each the whole compile, slowed by the others (15-16 s per worker
