@@ -2,8 +2,8 @@
 
 :func:`train_bases` trains base models with :func:`experiments.vectorized.base_program` and caches
 them where :func:`experiments.train.get_base` looks; :func:`run_batch` gathers a batch's inputs,
-compiles (or reuses) its group's stages (:func:`experiments.vectorized.run_stages`), runs it and turns
-its arrays into the result dicts of :func:`experiments.train.train_and_evaluate`.
+compiles (or reuses) its group's stages (:func:`experiments.vectorized.run_stages`), runs
+them and turns their arrays into the result dicts of :func:`experiments.train.train_and_evaluate`.
 """
 
 from __future__ import annotations

@@ -220,6 +220,7 @@ class Stage(NamedTuple):
 
     name: str
     program: Callable
+    attack: str | None = None  #: the attack whose curve this stage computes (``out["attack"]``)
 
 
 def _batched(one):
@@ -350,7 +351,9 @@ def run_stages(
         Stage("measure", _batched(measurements)),
     ]
     if k.steps > 0:
-        stages += [Stage(f"attack:{name}", _batched(attack(name))) for name in attack_names(cfg)]
+        stages += [
+            Stage(f"attack:{name}", _batched(attack(name)), name) for name in attack_names(cfg)
+        ]
     return tuple(stages)
 
 
@@ -389,8 +392,8 @@ def call_stages(stages, programs, inputs: RunInputs, bases: BaseInputs) -> dict:
     out = dict(out)
     for stage, program in zip(stages[1:], programs[1:]):
         result = program(inputs, bases, params)
-        if stage.name.startswith("attack:"):
-            out.setdefault("attack", {})[stage.name.split(":", 1)[1]] = result
+        if stage.attack is not None:
+            out.setdefault("attack", {})[stage.attack] = result
         else:
             out.update(result)
     return out
