@@ -1,11 +1,15 @@
 """experiments.results: tidy tables with the configuration and version in every row."""
 
 import csv
+import io
 import json
 import os
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from experiments import results
 from experiments.config import config_hash, with_overrides
@@ -89,3 +93,76 @@ def test_load_results_in_sweep_order_and_errors(tmp_path, runs):
         results.load_results(str(tmp_path / "runs"))
     with pytest.raises(ValueError, match="not a folder"):
         results.load_results(str(tmp_path / "nothing"))
+
+
+def _reference_table(rows):
+    """The rows as ``csv.DictWriter`` writes them (columns in order of first appearance, a missing
+    cell empty) and a Parquet table of complete columns (a missing cell null)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, restval="")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode(), pa.Table.from_pydict(
+        {c: [row.get(c) for row in rows] for c in columns}
+    )
+
+
+#: One type per column (Parquet's), nulls anywhere; text that CSV must quote.
+_CELLS = {
+    "run_id": st.sampled_from(["", "a,b", 'say "hi"', "two\nlines", "plain"]),
+    "seed": st.integers(-3, 3),
+    "x": st.floats(allow_nan=False, width=64),
+    "cfg": st.booleans(),
+    "step": st.integers(0, 5),
+    "v": st.sampled_from(["", ",", "sft"]),
+    "w": st.floats(allow_nan=False, width=64),
+}
+
+
+@st.composite
+def _blocks(draw):
+    """Runs as (identity, columns): keys shared, missing and repeated between the two parts."""
+
+    def cell(key):
+        return st.one_of(st.none(), _CELLS[key])
+
+    blocks = []
+    for _ in range(draw(st.integers(1, 4))):
+        keys = draw(st.lists(st.sampled_from(["run_id", "seed", "x", "cfg"]), unique=True))
+        ident = {k: draw(cell(k)) for k in keys}
+        n = draw(st.integers(0, 3))
+        keys = draw(st.lists(st.sampled_from(["x", "step", "v", "w"]), unique=True))
+        own = {k: draw(st.lists(cell(k), min_size=n, max_size=n)) for k in keys}
+        blocks.append((ident, own))
+    return blocks
+
+
+@settings(max_examples=200, deadline=None)
+@given(_blocks())
+def test_tables_by_run_are_the_rows_that_csv_dictwriter_and_parquet_write(tmp_path_factory, blocks):
+    # write_tables formats a run's identity once per run; the files must be those of its rows
+    folder = tmp_path_factory.mktemp("blocks")
+    rows = [
+        row
+        for ident, own in blocks
+        for row in (
+            [{**ident, **dict(zip(own, v))} for v in zip(*own.values())] if own else [ident]
+        )
+    ]
+    csv_bytes, table = _reference_table(rows)
+    results.write_runs_table(blocks, str(folder / "t"))
+    assert (folder / "t.csv").read_bytes() == csv_bytes
+    written = pq.read_table(folder / "t.parquet")
+    assert written.column_names == table.column_names
+    assert written.to_pylist() == table.to_pylist()
+
+
+def test_tables_of_real_runs_are_their_rows(tmp_path, runs):
+    _, found = runs
+    results.write_tables(found, str(tmp_path))
+    builders = (results.results_rows, results.training_rows, results.attack_rows)
+    for name, rows_of in zip(results.TABLES, builders):
+        csv_bytes, table = _reference_table([row for r in found for row in rows_of(r)])
+        assert (tmp_path / f"{name}.csv").read_bytes() == csv_bytes
+        assert pq.read_table(tmp_path / f"{name}.parquet").to_pylist() == table.to_pylist()
