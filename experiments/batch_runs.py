@@ -14,7 +14,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -54,12 +54,14 @@ from experiments.workers import usable_cores
 from experiments.world import make_world
 from toy_lm.compile_options import compiler_options, compiling_in_turn
 from toy_lm.errors import HarmHorizonError, InputError
+from toy_lm.models.policy_factory import init_params
 from toy_lm.outputs import write_atomic_many
 
 __all__ = [
     "BatchReport",
     "assemble",
     "compile_stages",
+    "prepare_program",
     "run_batch",
     "train_bases",
     "write_results_atomic",
@@ -209,20 +211,30 @@ def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: i
     return _PROGRAMS[key], seconds
 
 
-def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> BatchReport:
-    """Run ``configs`` (one group) as one call padded to ``size`` runs (rounded up to whole
-    chunks, :func:`experiments.vectorized.chunked_size`); write their results."""
-    start, count = time.perf_counter(), len(configs)
-    size = chunked_size(size)
+class _Batch(NamedTuple):
+    configs: list  # those whose objective could be built (none: the rest is None)
+    failures: list  # "run id: message" of the others
+    world: Any
+    policy: Any
+    objective: Any  # the objective of the last base model (its program is the group's)
+    bases: dict  # base cache path -> BaseModel
+    inputs: Any  # RunInputs
+    base_inputs: Any  # BaseInputs
+
+
+def _batch(configs: list[RunConfig], size: int, out: str, load) -> _Batch:
+    """The inputs of a batch padded to ``size`` runs; ``load(path, policy, policy_cfg)`` gives
+    the base model cached at ``path``."""
     cfg = configs[0]
     world = _world(cfg.world)
     policy = policy_from_config(cfg.policy, world)
     bases, data, attack, failures, broken = {}, [], [], [], set()
+    objective = None
     for c in configs:
         path = base_cache_path(out, c)
         if path in bases or path in broken:
             continue
-        base = load_base(path, policy, c.policy)
+        base = load(path, policy, c.policy)
         try:  # a run whose objective cannot be built fails alone, as on the per-run path
             objective = make_objective(c, policy, world, base.params, base.tables)
         except HarmHorizonError as err:
@@ -240,7 +252,7 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
         )
     configs = [c for c in configs if base_cache_path(out, c) not in broken]
     if not configs:
-        return BatchReport(count, failures, time.perf_counter() - start, 0.0)
+        return _Batch([], failures, world, policy, None, {}, None, None)
     paths = list(bases)
     padded = _pad(configs, size)
     inputs = RunInputs(
@@ -257,6 +269,48 @@ def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> Bat
         _stack(_pad(data, size)),
         _stack(_pad(attack, size)),
     )
+    return _Batch(configs, failures, world, policy, objective, bases, inputs, base_inputs)
+
+
+def _stand_in_base(path: str, policy, cfg) -> BaseModel:
+    """An untrained base model of the right shapes (its values are not part of any program)."""
+    params = init_params(policy, jax.random.key(0), scale=cfg.init_scale)
+    return BaseModel(params, all_tables(policy, params), [], 0.0)
+
+
+def prepare_program(configs: list[RunConfig], size: int, budget: int) -> BatchReport:
+    """Compile (or load from the persistent cache) the program of a batch of ``configs`` (one
+    group) padded to ``size`` runs, before its base models exist, so that a worker left idle
+    while another trains them is not: the program's shapes depend on the configuration alone,
+    and the base models are inputs. The worker's later batches of the group reuse it, and the
+    other workers find it in the persistent cache."""
+    start = time.perf_counter()
+    batch = _batch(configs, chunked_size(size), "", _stand_in_base)
+    if not batch.configs:
+        return BatchReport(0, batch.failures, time.perf_counter() - start, 0.0)
+    _, compile_seconds = _compiled(
+        batch.configs[0],
+        batch.policy,
+        batch.world,
+        batch.objective,
+        batch.inputs,
+        batch.base_inputs,
+        budget,
+    )
+    return BatchReport(0, [], time.perf_counter() - start, compile_seconds)
+
+
+def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> BatchReport:
+    """Run ``configs`` (one group) as one call padded to ``size`` runs (rounded up to whole
+    chunks, :func:`experiments.vectorized.chunked_size`); write their results."""
+    start, count = time.perf_counter(), len(configs)
+    size = chunked_size(size)
+    batch = _batch(configs, size, out, load_base)
+    configs, failures = batch.configs, batch.failures
+    if not configs:
+        return BatchReport(count, failures, time.perf_counter() - start, 0.0)
+    cfg, world, policy, objective = configs[0], batch.world, batch.policy, batch.objective
+    bases, inputs, base_inputs = batch.bases, batch.inputs, batch.base_inputs
     compiled, compile_seconds = _compiled(
         cfg, policy, world, objective, inputs, base_inputs, budget
     )

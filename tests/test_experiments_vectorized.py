@@ -17,7 +17,7 @@ import pytest
 from small_runs import SMALL
 
 from experiments import batch_runs, batch_sweep, sweep
-from experiments.config import with_overrides
+from experiments.config import config_from_dict, with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
 from experiments.vectorized import RUN_CHUNK, chunk_size, chunked_size, group_key, not_vectorizable
@@ -370,3 +370,38 @@ def test_two_workers_split_the_stages_of_a_program(tmp_path, monkeypatch):
     for stage in sizes:  # the second compile of a stage (a load) starts after the first ends
         spans = sorted((c[2], c[3]) for c in calls if c[1] == stage)
         assert len(spans) == 2 and spans[1][0] >= spans[0][1], (stage, spans)
+
+
+def test_a_program_compiled_before_its_base_models_is_the_one_their_batch_runs(
+    tmp_path, compile_cache
+):
+    """A sweep's idle worker compiles a group's program while another trains the base models,
+    from untrained stand-ins of the right shapes (:func:`experiments.batch_runs.prepare_program`).
+    The batch then runs that very program (no compile) and writes the per-run path's tables: no
+    value of a stand-in is part of the program. ``recovery_prefill``: its data come from the base
+    model."""
+    configs = [
+        with_overrides(c, {"align.steps": 5})  # a program of its own (no other test's)
+        for c in draw_configs(8, "recovery_prefill", 2)
+    ]
+    reference, vectorized = str(tmp_path / "per-run"), str(tmp_path / "vectorized")
+    sweep.run_sweep(configs, reference, jobs=1, per_run=True, log=lambda line: None)
+    prepared = batch_runs.prepare_program(configs, len(configs), 10**12)
+    assert prepared.compile_seconds > 0 and not prepared.failures
+    for group in batch_sweep.missing_base_groups(configs, vectorized):
+        batch_runs.train_bases([config_from_dict(c) for c in group], vectorized)
+    ran = batch_runs.run_batch(configs, len(configs), vectorized, 10**12)
+    assert ran.compile_seconds == 0.0 and not ran.failures  # the prepared program
+    sweep.run_sweep(configs, vectorized, jobs=1, log=lambda line: None)  # done: the tables
+    assert assert_same_tables(reference, vectorized, tolerance(configs)) > 50
+
+
+def test_a_sweep_compiles_while_its_base_models_train(tmp_path, compile_cache):
+    """With two workers and one base-model program, the second worker compiles the run program
+    meanwhile, and says so."""
+    configs = [with_overrides(c, {"align.steps": 6}) for c in draw_configs(9, "rlhf", 4)]
+    lines = []
+    sweep.run_sweep(configs, str(tmp_path / "out"), jobs=2, log=lines.append)
+    assert any(line.endswith("; compiling 1 run program(s) meanwhile") for line in lines), lines
+    assert sum(line.startswith("run program ready in ") for line in lines) == 1, lines
+    assert len(_table(str(tmp_path / "out"), "results")) == 4 * configs[0].world.length
