@@ -396,6 +396,34 @@ def test_a_program_compiled_before_its_base_models_is_the_one_their_batch_runs(
     assert assert_same_tables(reference, vectorized, tolerance(configs)) > 50
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "objective",
+    [
+        "rlhf",
+        "reinforce",
+        "dpo",
+        "dpo_sampled",
+        "sft_refusal",
+        "augmentation",
+        "recovery_dense",
+        "none",
+    ],
+)
+def test_every_objective_runs_the_program_prepared_before_its_base_models(
+    tmp_path, compile_cache, objective
+):
+    """Every objective's data take their shapes from the configuration alone: the program
+    compiled from stand-ins is the one the batch runs (``recovery_prefill``: the test above)."""
+    configs = draw_configs(10, objective, 2)
+    prepared = batch_runs.prepare_program(configs, len(configs), 10**12)
+    assert not prepared.failures
+    for group in batch_sweep.missing_base_groups(configs, str(tmp_path)):
+        batch_runs.train_bases([config_from_dict(c) for c in group], str(tmp_path))
+    ran = batch_runs.run_batch(configs, len(configs), str(tmp_path), 10**12)
+    assert ran.compile_seconds == 0.0 and not ran.failures
+
+
 def test_a_sweep_compiles_while_its_base_models_train(tmp_path, compile_cache):
     """With two workers and one base-model program, the second worker compiles the run program
     meanwhile, and says so."""
