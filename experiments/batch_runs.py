@@ -190,7 +190,7 @@ def _compiled(cfg: RunConfig, policy, world, objective, inputs, bases, budget: i
     key = (
         group_key(cfg),
         inputs.seed.shape[0],
-        tuple(np.shape(x) for x in jax.tree_util.tree_leaves((inputs, bases))),
+        tuple((np.shape(x), np.result_type(x)) for x in jax.tree_util.tree_leaves((inputs, bases))),
     )
     if key in _PROGRAMS:
         return _PROGRAMS[key], 0.0
@@ -283,12 +283,16 @@ def prepare_program(configs: list[RunConfig], size: int, budget: int) -> BatchRe
     group) padded to ``size`` runs, before its base models exist, so that a worker left idle
     while another trains them is not: the program's shapes depend on the configuration alone,
     and the base models are inputs. The worker's later batches of the group reuse it, and the
-    other workers find it in the persistent cache."""
+    other workers find it in the persistent cache.
+
+    The report's ``runs`` is 1 when the program is ready, 0 when not (``failures`` says why: the
+    stand-in's objective could not be built, or the program would not fit ``budget``)."""
     start = time.perf_counter()
-    batch = _batch(configs, chunked_size(size), "", _stand_in_base)
+    # one run padded to the batch: the shapes of any batch of the group (one base per run)
+    batch = _batch(configs[:1], chunked_size(size), "", _stand_in_base)
     if not batch.configs:
         return BatchReport(0, batch.failures, time.perf_counter() - start, 0.0)
-    _, compile_seconds = _compiled(
+    program, compile_seconds = _compiled(
         batch.configs[0],
         batch.policy,
         batch.world,
@@ -297,7 +301,10 @@ def prepare_program(configs: list[RunConfig], size: int, budget: int) -> BatchRe
         batch.base_inputs,
         budget,
     )
-    return BatchReport(0, [], time.perf_counter() - start, compile_seconds)
+    if program is None:
+        failures = ["the program would not fit the memory budget; its batches are halved"]
+        return BatchReport(0, failures, time.perf_counter() - start, compile_seconds)
+    return BatchReport(1, [], time.perf_counter() - start, compile_seconds)
 
 
 def run_batch(configs: list[RunConfig], size: int, out: str, budget: int) -> BatchReport:

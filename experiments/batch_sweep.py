@@ -215,13 +215,15 @@ def execute(
             def report_early():
                 for result in [r for r in early if r.ready()]:
                     early.remove(result)
-                    report = result.get()
-                    log(
-                        f"run program ready in {report.compile_seconds:.1f} s"
-                        if isinstance(report, batch_runs.BatchReport)
-                        else f"compiling a run program early failed ({report}); its batches "
-                        "compile it"
-                    )
+                    try:
+                        report = result.get()
+                    except Exception as err:  # only time was at stake
+                        report = f"{type(err).__name__}: {err}"
+                    if isinstance(report, batch_runs.BatchReport) and report.runs:
+                        log(f"run program ready in {report.compile_seconds:.1f} s")
+                    else:
+                        why = report if isinstance(report, str) else "; ".join(report.failures)
+                        log(f"run program not compiled early ({why}); its batches compile it")
 
             report_early()
             start = time.perf_counter()
@@ -239,10 +241,14 @@ def execute(
                 )
                 failures += report.failures
                 report_early()
-            for result in early:  # (a worker may still be compiling when the batches are done)
-                result.wait()
             report_early()
-            pool.close()
+            if early:
+                # still compiling (or its worker died) when the batches are done: the work is
+                # of no use any more, and waiting for a dead worker's task would never end
+                log(f"ending {len(early)} early compile(s) still running: the batches are done")
+                pool.terminate()
+            else:
+                pool.close()
         except BaseException:
             pool.terminate()  # finished batches are on disk; nothing partial is kept
             raise

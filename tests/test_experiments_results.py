@@ -15,6 +15,7 @@ from experiments import results
 from experiments.config import config_hash, with_overrides
 from experiments.presets import preset
 from experiments.train import package_version, train_and_evaluate
+from toy_lm.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -166,3 +167,15 @@ def test_tables_of_real_runs_are_their_rows(tmp_path, runs):
         csv_bytes, table = _reference_table([row for r in found for row in rows_of(r)])
         assert (tmp_path / f"{name}.csv").read_bytes() == csv_bytes
         assert pq.read_table(tmp_path / f"{name}.parquet").to_pylist() == table.to_pylist()
+
+
+def test_a_damaged_result_is_one_clear_error_and_writes_no_table(tmp_path, runs):
+    _, found = runs
+    damaged = json.loads(json.dumps(found[1]))
+    damaged["aligned"]["prefill_asr"] = damaged["aligned"]["prefill_asr"][:-1]
+    with pytest.raises(InputError, match=r"aligned\.prefill_asr has \d+ values for \d+ positions"):
+        results.write_tables([found[0], damaged], str(tmp_path))
+    assert not os.listdir(tmp_path)
+    with pytest.raises(ValueError, match="columns differ in length"):
+        results.write_runs_table([({"run": 1}, {"a": [1, 2], "b": [3]})], str(tmp_path / "t"))
+    assert not os.listdir(tmp_path)

@@ -372,6 +372,21 @@ def test_two_workers_split_the_stages_of_a_program(tmp_path, monkeypatch):
         assert len(spans) == 2 and spans[1][0] >= spans[0][1], (stage, spans)
 
 
+def _prepared_then_run(tmp_path, configs):
+    """The per-run path's tables, and those of one batch run by the program
+    :func:`experiments.batch_runs.prepare_program` compiled before the base models existed."""
+    reference, vectorized = str(tmp_path / "per-run"), str(tmp_path / "vectorized")
+    sweep.run_sweep(configs, reference, jobs=1, per_run=True, log=lambda line: None)
+    prepared = batch_runs.prepare_program(configs, len(configs), 10**12)
+    assert prepared.runs == 1 and prepared.compile_seconds > 0 and not prepared.failures
+    for group in batch_sweep.missing_base_groups(configs, vectorized):
+        batch_runs.train_bases([config_from_dict(c) for c in group], vectorized)
+    ran = batch_runs.run_batch(configs, len(configs), vectorized, 10**12)
+    assert ran.compile_seconds == 0.0 and not ran.failures  # the prepared program
+    sweep.run_sweep(configs, vectorized, jobs=1, log=lambda line: None)  # done: the tables
+    return reference, vectorized
+
+
 def test_a_program_compiled_before_its_base_models_is_the_one_their_batch_runs(
     tmp_path, compile_cache
 ):
@@ -384,15 +399,7 @@ def test_a_program_compiled_before_its_base_models_is_the_one_their_batch_runs(
         with_overrides(c, {"align.steps": 5})  # a program of its own (no other test's)
         for c in draw_configs(8, "recovery_prefill", 2)
     ]
-    reference, vectorized = str(tmp_path / "per-run"), str(tmp_path / "vectorized")
-    sweep.run_sweep(configs, reference, jobs=1, per_run=True, log=lambda line: None)
-    prepared = batch_runs.prepare_program(configs, len(configs), 10**12)
-    assert prepared.compile_seconds > 0 and not prepared.failures
-    for group in batch_sweep.missing_base_groups(configs, vectorized):
-        batch_runs.train_bases([config_from_dict(c) for c in group], vectorized)
-    ran = batch_runs.run_batch(configs, len(configs), vectorized, 10**12)
-    assert ran.compile_seconds == 0.0 and not ran.failures  # the prepared program
-    sweep.run_sweep(configs, vectorized, jobs=1, log=lambda line: None)  # done: the tables
+    reference, vectorized = _prepared_then_run(tmp_path, configs)
     assert assert_same_tables(reference, vectorized, tolerance(configs)) > 50
 
 
@@ -413,15 +420,10 @@ def test_a_program_compiled_before_its_base_models_is_the_one_their_batch_runs(
 def test_every_objective_runs_the_program_prepared_before_its_base_models(
     tmp_path, compile_cache, objective
 ):
-    """Every objective's data take their shapes from the configuration alone: the program
-    compiled from stand-ins is the one the batch runs (``recovery_prefill``: the test above)."""
-    configs = draw_configs(10, objective, 2)
-    prepared = batch_runs.prepare_program(configs, len(configs), 10**12)
-    assert not prepared.failures
-    for group in batch_sweep.missing_base_groups(configs, str(tmp_path)):
-        batch_runs.train_bases([config_from_dict(c) for c in group], str(tmp_path))
-    ran = batch_runs.run_batch(configs, len(configs), str(tmp_path), 10**12)
-    assert ran.compile_seconds == 0.0 and not ran.failures
+    """As above, for every other objective."""
+    configs = [with_overrides(c, {"align.steps": 4}) for c in draw_configs(10, objective, 2)]
+    reference, vectorized = _prepared_then_run(tmp_path, configs)
+    assert_same_tables(reference, vectorized, tolerance(configs))
 
 
 def test_a_sweep_compiles_while_its_base_models_train(tmp_path, compile_cache):
