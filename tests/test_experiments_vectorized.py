@@ -17,7 +17,7 @@ import pytest
 from small_runs import SMALL
 
 from experiments import batch_runs, batch_sweep, sweep
-from experiments.config import config_from_dict, with_overrides
+from experiments.config import OBJECTIVES, config_from_dict, with_overrides
 from experiments.presets import preset
 from experiments.results import TABLES
 from experiments.vectorized import RUN_CHUNK, chunk_size, chunked_size, group_key, not_vectorizable
@@ -404,19 +404,7 @@ def test_a_program_compiled_before_its_base_models_is_the_one_their_batch_runs(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "objective",
-    [
-        "rlhf",
-        "reinforce",
-        "dpo",
-        "dpo_sampled",
-        "sft_refusal",
-        "augmentation",
-        "recovery_dense",
-        "none",
-    ],
-)
+@pytest.mark.parametrize("objective", [o for o in OBJECTIVES if o != "recovery_prefill"])
 def test_every_objective_runs_the_program_prepared_before_its_base_models(
     tmp_path, compile_cache, objective
 ):
