@@ -10,7 +10,7 @@ process per run path of :mod:`experiments.sweep`, the reference):
    the per-run path caches them; the workers that train none compile the run programs meanwhile
    (:func:`experiments.batch_runs.prepare_program`: a program's shapes do not depend on the base
    models, which are its inputs), into the persistent compilation cache where the other workers
-   find them (the README's 1000-run grid, first run: 48-49 s against 52-54 s before, alternated
+   find them (the README's 1000-run grid, first run: 48-50 s against 52-54 s before, alternated
    on the 2-core CPU);
 3. each group is cut into batches of equal size (the last padded with copies of its last run,
    whose results are dropped, so one program serves the group) sized from an estimate of the
@@ -241,7 +241,6 @@ def execute(
                 )
                 failures += report.failures
                 report_early()
-            report_early()
             if early:
                 # still compiling (or its worker died) when the batches are done: the work is
                 # of no use any more, and waiting for a dead worker's task would never end

@@ -142,6 +142,11 @@ def attack_columns(result: dict) -> dict[str, list]:
     }
 
 
+def _height(columns: dict[str, list]) -> int:
+    """Rows in a run's block: the length of its columns (none: the one row of its identity)."""
+    return len(next(iter(columns.values()))) if columns else 1
+
+
 def _rows(ident: dict, columns: dict[str, list]) -> list[dict]:
     return [
         {**ident, **dict(zip(columns, values))} for values in zip(*columns.values(), strict=True)
@@ -190,8 +195,8 @@ def write_runs_table(blocks: list[tuple[dict, dict[str, list]]], path_stem: str)
     # are written row by row
     split = []
     for ident, own in blocks:
-        if own and not len(next(iter(own.values()))):
-            continue  # no rows
+        if not _height(own):
+            continue
         if ident.keys().isdisjoint(own):
             split.append((ident, own))
         else:
@@ -224,12 +229,9 @@ def write_runs_table(blocks: list[tuple[dict, dict[str, list]]], path_stem: str)
 
     values: dict[str, list] = {c: [] for c in columns}
     for ident, own in blocks:
-        n = len(next(iter(own.values()))) if own else 1
+        n = _height(own)
         for c in columns:
-            if c in own:
-                values[c].extend(own[c])
-            else:
-                values[c].extend([ident.get(c)] * n)
+            values[c].extend(own[c] if c in own else [ident.get(c)] * n)
     table = pa.Table.from_pydict(values)  # (built before either file is written)
     write_atomic(f"{path_stem}.csv", lambda fh: fh.write(data), tag="tables")
     write_atomic(f"{path_stem}.parquet", lambda fh: pq.write_table(table, fh), tag="tables")
@@ -245,7 +247,7 @@ def write_tables(results: list[dict], out: str) -> list[str]:
     idents = [_identity(result) for result in results]
     for name in TABLES:
         blocks = [(i, _COLUMNS[name](r)) for r, i in zip(results, idents)]
-        if any(len(next(iter(c.values()))) for _, c in blocks):
+        if any(_height(c) for _, c in blocks):
             paths += write_runs_table(blocks, os.path.join(out, name))
     return paths
 
