@@ -16,6 +16,18 @@ this process, on the default JAX backend:
   alignment step x steps, an attack step x steps x attacks, the measurements, the base model's
   SFT step x steps shared by its runs); ``floor_seconds`` = that / the float64 matrix-product
   rate measured in the same run; ``ratio_to_floor`` = vectorized seconds per run (warm) / it.
+* ``transcendentals_per_run``: the same sum of the *compiled* programs' counts of ``exp``,
+  ``log``... (XLA's cost analysis after its optimizations, so repeated ``exp`` s are counted
+  once); ``exp_ns`` (with the project's compile options, :func:`toy_lm.compile_options.compiler_options`)
+  and ``exp_ns_xla_defaults``: nanoseconds per float64 ``exp`` of a jitted elementwise loop,
+  measured in the same run (:func:`exp_seconds`); ``transcendental_floor_seconds`` =
+  transcendentals per run x the faster of the two (a lower bound: on this CPU a ``log`` costs
+  more than the faster ``exp``), ``ratio_to_transcendental_floor`` = vectorized seconds per run (warm) / it, and
+  ``speedup_at_transcendental_floor`` = per-run path's warm seconds per run / it (the speedup a
+  vectorized program doing nothing but its ``exp`` s and ``log`` s at that rate would have). The
+  matrix-product floor counts an ``exp`` as one operation, where a float64 ``exp`` costs as much
+  as tens of them; the alignment step evaluates about 3.4 per table entry, and this floor is the
+  larger of the two (5x on the ``quick`` grid).
 """
 
 from __future__ import annotations
@@ -43,10 +55,18 @@ from experiments.recipes import make_objective
 from experiments.sweep import expand
 from experiments.train import step_function, train_and_evaluate
 from experiments.world import make_world
+from toy_lm.compile_options import compiler_options
 from toy_lm.models.policy_factory import init_params
 from toy_lm.precision import check_x64
 
-__all__ = ["bench_grid", "flops_per_run", "matmul_flop_rate", "suite_sweep"]
+__all__ = [
+    "bench_grid",
+    "costs_per_run",
+    "exp_seconds",
+    "flops_per_run",
+    "matmul_flop_rate",
+    "suite_sweep",
+]
 
 
 def bench_grid(quick: bool) -> list[RunConfig]:
@@ -81,21 +101,53 @@ def matmul_flop_rate(size: int = 512, repeats: int = 5) -> float:
     return 2 * size**3 / best
 
 
-def _flops(fn, *args) -> float:
-    cost = jax.jit(fn).lower(*args).cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"]) if cost and "flops" in cost else float("nan")
+def exp_seconds(options: dict | None, size: int = 2**16, repeats: int = 5) -> float:
+    """Seconds per float64 ``exp`` in a jitted elementwise loop compiled with ``options`` (best
+    of ``repeats``; 100 passes over ``size`` elements, arguments in ``[-1, 0]`` as a
+    log-softmax's are mostly, then mapped back into that range by one multiply-add)."""
+    x = jnp.asarray(-np.random.default_rng(0).random(size))
+
+    def passes(x):
+        return jax.lax.scan(lambda c, _: (jnp.exp(c) - 1.0, None), x, None, length=100)[0]
+
+    program = jax.jit(passes).lower(x).compile(options)
+    jax.block_until_ready(program(x))
+    best = np.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(program(x))
+        best = min(best, time.perf_counter() - start)
+    return best / (100 * size)
+
+
+def _costs(fn, *args) -> np.ndarray:
+    """``[flops of the unoptimized program, transcendentals of the compiled one]``."""
+    lowered = jax.jit(fn).lower(*args)
+    out = []
+    for cost, key in (
+        (lowered.cost_analysis(), "flops"),
+        (lowered.compile().cost_analysis(), "transcendentals"),
+    ):
+        cost = cost[0] if isinstance(cost, list) else cost
+        out.append(float(cost[key]) if cost and key in cost else float("nan"))
+    return np.array(out)
 
 
 def flops_per_run(cfg: RunConfig, runs_per_base: float) -> float:
     """Estimated floating-point operations of one run of ``cfg`` (see the module docstring)."""
+    return costs_per_run(cfg, runs_per_base)["flops"]
+
+
+def costs_per_run(cfg: RunConfig, runs_per_base: float) -> dict[str, float]:
+    """Estimated ``flops`` (unoptimized programs) and ``transcendentals`` (compiled programs) of
+    one run of ``cfg`` (see the module docstring)."""
     world = make_world(cfg.world)
     policy = policy_from_config(cfg.policy, world)
     params = init_params(policy, jax.random.key(0), scale=cfg.policy.init_scale)
     tables = tuple(tuple(np.asarray(t) for t in policy.level_tables(params, x)) for x in (0, 1))
     objective = make_objective(cfg, policy, world, params, tables)
     opt = make_optimizer(cfg.align.optimizer, cfg.align.learning_rate)
-    step = _flops(
+    step = _costs(
         step_function(objective, opt, policy, True),
         params,
         opt.init(params),
@@ -112,24 +164,25 @@ def flops_per_run(cfg: RunConfig, runs_per_base: float) -> float:
         "harm": world.harm,
         "constrained": jnp.asarray(1.0),
     }
-    attack = _flops(
+    attack = _costs(
         attack_step_function(policy, attack_opt, True), params, attack_opt.init(params), d
     )
     det = tuple(jnp.asarray(m) for m in world.determined[:-1])
-    measured = 3 * _flops(measure.model_arrays, *tables, *tables, world.harm, world.utility, det)
+    measured = 3 * _costs(measure.model_arrays, *tables, *tables, world.harm, world.utility, det)
     sft_opt = make_optimizer(cfg.base.optimizer, cfg.base.learning_rate)
-    sft = _flops(
+    sft = _costs(
         sft_step_function(policy, sft_opt),
         params,
         sft_opt.init(params),
         behaviour_weights(world, jax.random.key(0), 0),
     )
-    return (
+    total = (
         cfg.align.steps * step
         + cfg.attack.steps * len(attack_names(cfg)) * attack
         + measured
         + cfg.base.steps * sft / runs_per_base
     )
+    return {"flops": float(total[0]), "transcendentals": float(total[1])}
 
 
 def _per_run(configs, sample: int, progress) -> dict:
@@ -195,9 +248,13 @@ def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
     per_run = _per_run(configs, max(repeats, 2) + 1, progress)
     vectorized = _vectorized(configs, None, progress)
     bases = len({(c.seed, c.policy.init_scale, c.base.learning_rate) for c in configs})
-    flops = flops_per_run(configs[0], len(configs) / bases)
+    costs = costs_per_run(configs[0], len(configs) / bases)
+    flops = costs["flops"]
     rate = matmul_flop_rate()
     floor = flops / rate
+    exp_ns = 1e9 * exp_seconds(compiler_options(jax.default_backend()))
+    exp_ns_defaults = 1e9 * exp_seconds(None)
+    transcendental_floor = costs["transcendentals"] * min(exp_ns, exp_ns_defaults) * 1e-9
     warm_per_run = (vectorized["vectorized_seconds"] - vectorized["compile_seconds"]) / len(configs)
     return [
         {
@@ -212,5 +269,12 @@ def suite_sweep(repeats: int, quick: bool, progress) -> list[dict]:
             "matmul_flops_per_second": rate,
             "floor_seconds": floor,
             "ratio_to_floor": warm_per_run / floor,
+            "transcendentals_per_run": costs["transcendentals"],
+            "exp_ns": exp_ns,
+            "exp_ns_xla_defaults": exp_ns_defaults,
+            "transcendental_floor_seconds": transcendental_floor,
+            "ratio_to_transcendental_floor": warm_per_run / transcendental_floor,
+            "speedup_at_transcendental_floor": per_run["per_run_warm_seconds"]
+            / transcendental_floor,
         }
     ]
