@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from experiments.bench import best_seconds
+
 __all__ = [
     "GPU_CHUNK",
     "LAMBDA",
@@ -131,12 +133,7 @@ def _floor(state: dict) -> float:
         }
 
     jax.block_until_ready(touch(state))
-    best = np.inf
-    for _ in range(3):
-        start = time.perf_counter()
-        jax.block_until_ready(touch(state))
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_seconds(lambda: jax.block_until_ready(touch(state)), 3)
 
 
 def bench_device(

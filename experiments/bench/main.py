@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 
+from experiments.bench import best_seconds
 from experiments.bench.gpu import suite_gpu
 from experiments.bench.scale import suite_markov, suite_mc
 from toy_lm.cli_output import Column, print_json, print_table, say
@@ -103,15 +104,14 @@ def _instance(vocab_size, length, tau, seed=0):
 
 def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
     """Seconds numpy takes to read every input once and write every output once (best of runs)."""
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
+
+    def touch():
         for x in inputs:
             np.add.reduce(x, axis=None)
         for shape, dtype in output_shapes:
             np.empty(shape, dtype).fill(0)
-        best = min(best, time.perf_counter() - start)
-    return best
+
+    return best_seconds(touch, repeats)
 
 
 def output_shapes(vocab_size, length):

@@ -49,6 +49,7 @@ from experiments.base_model import (
     policy_from_config,
     sft_step_function,
 )
+from experiments.bench import best_seconds
 from experiments.config import RunConfig, config_from_dict, with_overrides
 from experiments.presets import preset
 from experiments.recipes import make_objective
@@ -93,18 +94,13 @@ def bench_grid(quick: bool) -> list[RunConfig]:
 def matmul_flop_rate(size: int = 512, repeats: int = 5) -> float:
     """Float64 floating-point operations per second of a numpy matrix product (best of runs)."""
     a = np.random.default_rng(0).normal(size=(size, size))
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _ = a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+    return 2 * size**3 / best_seconds(lambda: a @ a, repeats)
 
 
 def exp_seconds(options: dict | None, size: int = 2**16, repeats: int = 5) -> float:
     """Seconds per float64 ``exp`` in a jitted elementwise loop compiled with ``options`` (best
     of ``repeats``; 100 passes over ``size`` elements, arguments in ``[-1, 0]`` as a
-    log-softmax's are mostly, then mapped back into that range by one multiply-add)."""
+    log-softmax's are mostly, each pass moved back into that range by subtracting 1)."""
     x = jnp.asarray(-np.random.default_rng(0).random(size))
 
     def passes(x):
@@ -112,12 +108,7 @@ def exp_seconds(options: dict | None, size: int = 2**16, repeats: int = 5) -> fl
 
     program = jax.jit(passes).lower(x).compile(options)
     jax.block_until_ready(program(x))
-    best = np.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(program(x))
-        best = min(best, time.perf_counter() - start)
-    return best / (100 * size)
+    return best_seconds(lambda: jax.block_until_ready(program(x)), repeats) / (100 * size)
 
 
 def _costs(fn, *args) -> np.ndarray:
