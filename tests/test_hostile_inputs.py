@@ -18,6 +18,8 @@ import signal
 import stat
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import zipfile
 
@@ -730,3 +732,43 @@ def test_signal_is_deferred_out_of_native_callers():
     assert signals.safe_to_raise(sys._getframe())
     inside = jax.tree_util.tree_map(lambda _: sys._getframe(), [0])[0]  # called by JAX's C++
     assert not signals.safe_to_raise(inside)
+
+
+@pytest.fixture
+def sigint_raises():
+    """SIGINT raises KeyboardInterrupt in this (main) thread for the test, as Python's default."""
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be set in the main thread")
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _mkstemp_then_sigint(monkeypatch):
+    """``tempfile.mkstemp`` that receives a SIGINT right after creating its file, before it
+    returns: the moment a signal once left an untracked ``.partial-*`` file behind."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        made = real(*args, **kwargs)
+        signal.raise_signal(signal.SIGINT)
+        return made
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+
+
+def test_a_signal_as_the_temporary_file_is_created_leaves_nothing(
+    tmp_path, monkeypatch, sigint_raises
+):
+    """The signal is held until the file is registered (signals.held), then delivered: the
+    write stops with KeyboardInterrupt and its cleanup removes the file."""
+    _mkstemp_then_sigint(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        outputs.write_atomic(str(tmp_path / "x.npz"), b"data", tag="t")
+    assert os.listdir(tmp_path) == []
+    with pytest.raises(KeyboardInterrupt):
+        outputs.check_output(str(tmp_path / "y.npz"), flag="--out", tag="t")  # the probe
+    assert os.listdir(tmp_path) == []
+    assert signals.remove_tracked() == 0  # nothing left for the CLI's last cleanup either

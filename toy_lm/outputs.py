@@ -90,15 +90,14 @@ def _probe_folder(folder: str, what: str) -> None:
     """Create and delete a temporary file in ``folder`` (the only reliable writability test:
     it also sees read-only file systems and works for root)."""
     try:
-        fd, probe = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}probe-{os.getpid()}-", dir=folder)
-        # tracked like write_atomic's temporary files, and removed in a finally: a Ctrl-C
-        # between creating and deleting the probe left it behind (seen in CI's SIGINT test)
-        signals.track(probe)
-        try:
-            os.close(fd)
-        finally:
-            _unlink(probe)
-            signals.untrack(probe)
+        # The probe's whole life (created, closed, removed) with SIGINT and SIGTERM held: a
+        # Ctrl-C between creating and deleting it left it behind (seen in CI's SIGINT test).
+        with signals.held():
+            fd, probe = tempfile.mkstemp(prefix=f"{PARTIAL_PREFIX}probe-{os.getpid()}-", dir=folder)
+            try:
+                os.close(fd)
+            finally:
+                _unlink(probe)
     except OSError as err:
         raise OutputError(
             f"cannot write {what}: folder {folder} is not writable ({err.strerror or err})"
@@ -228,20 +227,26 @@ def write_atomic_many(
         refused a write (full, read-only, permission); nothing is renamed then.
     """
     staged: list[tuple[str, str]] = []
+    handles: list = []
     current = ""
     try:
         for path, write in items:
             current = path
             folder = os.path.dirname(os.path.abspath(path))
             mode = new_file_mode(path)
-            fd, tmp = tempfile.mkstemp(
-                prefix=f"{PARTIAL_PREFIX}{tag}-{os.getpid()}-",
-                suffix=os.path.splitext(path)[1],
-                dir=folder,
-            )
-            signals.track(tmp)
-            staged.append((tmp, path))
-            with os.fdopen(fd, "wb") as fh:
+            # Created, registered and opened as one step, with SIGINT and SIGTERM held: a signal
+            # landing between the file's creation and its registration left an untracked
+            # temporary file behind (seen in CI's SIGINT test under load).
+            with signals.held():
+                fd, tmp = tempfile.mkstemp(
+                    prefix=f"{PARTIAL_PREFIX}{tag}-{os.getpid()}-",
+                    suffix=os.path.splitext(path)[1],
+                    dir=folder,
+                )
+                signals.track(tmp)
+                staged.append((tmp, path))
+                handles.append(fh := os.fdopen(fd, "wb"))
+            with fh:
                 if isinstance(write, bytes):
                     fh.write(write)
                 else:
@@ -264,6 +269,8 @@ def write_atomic_many(
     except OSError as err:
         raise OutputError(f"cannot write {flag} {current}: {err.strerror or err}") from None
     finally:
+        for fh in handles:
+            fh.close()  # a no-op for those already closed
         for tmp, _ in staged:
             _unlink(tmp)
             signals.untrack(tmp)

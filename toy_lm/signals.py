@@ -20,11 +20,14 @@ record also lets the entry point exit 130 / 143 regardless (:func:`received`): a
 interrupted never ends with status 0.
 
 Temporary output files register themselves (:func:`track`) until they are renamed into place;
-:func:`remove_tracked` deletes the leftovers. Only the standard library is imported here.
+:func:`remove_tracked` deletes the leftovers. A file is created and registered inside
+:func:`held`, so no signal lands between the two (one that did left an untracked
+``.partial-*`` file behind, seen in CI under load). Only the standard library is imported here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -37,6 +40,7 @@ __all__ = [
     "NATIVE_PACKAGES",
     "RETRY_SECONDS",
     "exit_status",
+    "held",
     "install",
     "received",
     "remove_tracked",
@@ -204,6 +208,18 @@ def exit_status(signum: int) -> int:
 
 def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
+
+
+@contextlib.contextmanager
+def held():
+    """Hold SIGINT and SIGTERM (in this thread) for the block: one that arrives meanwhile is
+    delivered when the block ends, and its handler runs then. For a step that must not be cut in
+    two, such as creating a temporary file and registering it with :func:`track`."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def track(path: str) -> None:
