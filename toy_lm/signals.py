@@ -171,17 +171,14 @@ def install() -> dict | None:
     _received.clear()
     _pending.clear()
     previous = {"hook": sys.unraisablehook}
-    # Blocked while the handlers go in: a signal that arrives meanwhile waits for the unblock at
-    # the end and then meets a complete installation (raising here, half-installed, would leave
+    # Held while the handlers go in: a signal that arrives meanwhile waits for the end of the
+    # block and then meets a complete installation (raising here, half-installed, would leave
     # the caller without ``previous``); it raises out of this call, which callers put in their try.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, HANDLED)
-    try:
+    with held():
         for signum in HANDLED:
             previous[signum] = signal.signal(signum, _handler)
         sys.unraisablehook = _unraisable
         _active[:] = [True]
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return previous
 
 
