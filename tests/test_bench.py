@@ -53,6 +53,22 @@ def test_output_shapes_cover_every_output():
     assert sorted(s for s, _ in shapes) == sorted([(1,), (3,), (9,)] * 2 + [(1, 3), (3, 3)] * 2)
 
 
+def test_interleaved_rounds_call_each_in_turn():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("floor", "xla", "numba")}
+    times = bench.interleaved_seconds(fns, 3)
+    assert calls == ["floor", "xla", "numba"] * 4  # a warm-up round, then 3 timed ones
+    assert {name: len(t) for name, t in times.items()} == {"floor": 3, "xla": 3, "numba": 3}
+    assert all(t >= 0 for ts in times.values() for t in ts)
+
+
+def test_paired_ratio_is_the_median_of_the_rounds_ratios():
+    # rounds' ratios 2, 3, 5: median 3, where median(times) / min(floors) would be 5
+    assert bench.paired_ratio([2.0, 9.0, 5.0], [1.0, 3.0, 1.0]) == 3.0
+    with pytest.raises(ValueError):
+        bench.paired_ratio([1.0, 2.0], [1.0])
+
+
 @pytest.mark.parametrize("numba", [False, pytest.param(True, marks=needs_numba)])
 def test_bench_tree_row_is_consistent(keep_caches, numba_compiles, numba):
     row = bench.bench_tree(2, 4, repeats=1, compile_seconds=1.0, numba=numba)
@@ -62,6 +78,8 @@ def test_bench_tree_row_is_consistent(keep_caches, numba_compiles, numba):
     assert row["sequences"] == 16
     assert all(row[k] > 0 for k in ("seconds", "floor_seconds"))
     assert row["ratio_to_floor"] == pytest.approx(row["seconds"] / row["floor_seconds"])
+    # one round: the paired ratio is that round's time over that round's floor (the best one)
+    assert row["paired_ratio_to_floor"] == pytest.approx(row["ratio_to_floor"])
     assert row["ratio_to_reference"] == pytest.approx(row["reference_seconds"] / row["seconds"])
     assert not numba_compiles  # Numba's compile: by the suite, on request
     assert ("numba_seconds" in row) == ("compile_seconds" in row) == numba
@@ -70,6 +88,7 @@ def test_bench_tree_row_is_consistent(keep_caches, numba_compiles, numba):
         assert row["numba_ratio_to_floor"] == pytest.approx(
             row["numba_seconds"] / row["floor_seconds"]
         )
+        assert row["numba_paired_ratio_to_floor"] == pytest.approx(row["numba_ratio_to_floor"])
 
 
 @pytest.mark.parametrize("compile_flag", [[], ["--compile"]])

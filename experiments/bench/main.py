@@ -8,10 +8,15 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
   chunk kernels);
 * ``xla_compile_seconds``: compiling those kernels from empty caches for that size;
 * ``floor_seconds``: a memory-traffic floor measured in the same run - the time numpy takes to read
-  every input array once (a sum) and write every output array once (a fill);
+  every input array once (a sum) and write every output array once (a fill), the best of its runs;
 * ``ratio_to_floor`` = seconds / floor_seconds;
 * ``numba_seconds`` / ``numba_ratio_to_floor`` (only where the optional Numba extra is installed):
   the same analysis with ``backend="numba"``;
+* ``paired_ratio_to_floor`` (and ``numba_paired_ratio_to_floor``): the runs are interleaved - in
+  each round the floor, then XLA, then Numba, back to back - and this is the median over rounds
+  of the round's time over the round's floor. A shared VM's speed drifts by tens of percent
+  within a minute, and a slow spell then slows both sides of a pair: this ratio moves less from
+  run to run than ``ratio_to_floor``, which divides a median by a best;
 * ``compile_seconds`` (only with ``--compile``, and Numba installed): compiling the Numba kernels
   from scratch (every specialization; they do not depend on ``V`` or ``T``, so this is measured
   once per run and repeated in every row). Compiled Numba kernels are cached on disk: a user pays
@@ -43,8 +48,10 @@ __all__ = [
     "SUITES",
     "TREE_SIZES",
     "bench_tree",
+    "interleaved_seconds",
     "memory_floor",
     "output_shapes",
+    "paired_ratio",
     "register",
     "run",
     "suite_distributed",
@@ -102,8 +109,8 @@ def _instance(vocab_size, length, tau, seed=0):
     return logits, harm
 
 
-def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
-    """Seconds numpy takes to read every input once and write every output once (best of runs)."""
+def _touch(inputs, output_shapes):
+    """One pass of the memory floor: read every input once, write every output once."""
 
     def touch():
         for x in inputs:
@@ -111,7 +118,12 @@ def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
         for shape, dtype in output_shapes:
             np.empty(shape, dtype).fill(0)
 
-    return best_seconds(touch, repeats)
+    return touch
+
+
+def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
+    """Seconds numpy takes to read every input once and write every output once (best of runs)."""
+    return best_seconds(_touch(inputs, output_shapes), repeats)
 
 
 def output_shapes(vocab_size, length):
@@ -121,14 +133,23 @@ def output_shapes(vocab_size, length):
     return shapes
 
 
-def _median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def interleaved_seconds(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Each of ``fns`` once as a warm-up, then ``repeats`` rounds calling each once, in order:
+    the seconds of every call by name (round ``i`` at index ``i``)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def paired_ratio(times: list[float], floors: list[float]) -> float:
+    """The median over rounds of ``times[i] / floors[i]`` (see ``paired_ratio_to_floor``)."""
+    return statistics.median(t / f for t, f in zip(times, floors, strict=True))
 
 
 def bench_tree(
@@ -151,14 +172,19 @@ def bench_tree(
     numba = numba_available() if numba is None else numba
     tau = length // 2 if tau is None else tau
     logits, harm = _instance(vocab_size, length, tau)
-    floor = memory_floor(logits + [harm], output_shapes(vocab_size, length), repeats=5)
     # Start from empty caches: otherwise a size whose kernels have the same shapes as an earlier
     # size's would report the time of a cache lookup instead of a compile.
     jax.clear_caches()
     xla_compile = compile_kernels(vocab_size, length, lam=True)
-    seconds = _median_seconds(
-        lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"), repeats
-    )
+    runs = {
+        "floor": _touch(logits + [harm], output_shapes(vocab_size, length)),
+        "xla": lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"),
+    }
+    if numba:
+        runs["numba"] = lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="numba")
+    times = interleaved_seconds(runs, repeats)
+    floor = min(times["floor"])
+    seconds = statistics.median(times["xla"])
     row = {
         "name": f"tree V={vocab_size} T={length} tau={tau}",
         "vocab_size": vocab_size,
@@ -170,14 +196,14 @@ def bench_tree(
         "xla_compile_seconds": xla_compile,
         "floor_seconds": floor,
         "ratio_to_floor": seconds / floor,
+        "paired_ratio_to_floor": paired_ratio(times["xla"], times["floor"]),
     }
     if numba:
-        numba_seconds = _median_seconds(
-            lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="numba"), repeats
-        )
+        numba_seconds = statistics.median(times["numba"])
         row.update(
             numba_seconds=numba_seconds,
             numba_ratio_to_floor=numba_seconds / floor,
+            numba_paired_ratio_to_floor=paired_ratio(times["numba"], times["floor"]),
             **({} if compile_seconds is None else {"compile_seconds": compile_seconds}),
         )
     if reference:
