@@ -15,8 +15,9 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 * ``paired_ratio_to_floor`` (and ``numba_paired_ratio_to_floor``): the runs are interleaved - in
   each round the floor, then XLA, then Numba, back to back - and this is the median over rounds
   of the round's time over the round's floor. A shared VM's speed drifts by tens of percent
-  within a minute, and a slow spell then slows both sides of a pair: this ratio moves less from
-  run to run than ``ratio_to_floor``, which divides a median by a best;
+  within a minute, and a slow spell then slows both sides of a pair: in three runs (README,
+  "Benchmarks") pairing shrank the worst run-to-run spread of a row (1.95x against 3.11x for
+  XLA) but not the typical one;
 * ``compile_seconds`` (only with ``--compile``, and Numba installed): compiling the Numba kernels
   from scratch (every specialization; they do not depend on ``V`` or ``T``, so this is measured
   once per run and repeated in every row). Compiled Numba kernels are cached on disk: a user pays
