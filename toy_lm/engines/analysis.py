@@ -36,9 +36,9 @@ table entries are copied in and out, and the next chunk's kernel is dispatched b
 previous chunk's results are copied out. (JAX takes a numpy chunk without a copy only when it
 starts on a 64-byte boundary, which numpy's large arrays never do, and copies it at about
 1.8 GB/s otherwise; aligning every chunk changed nothing end to end, alternated side by side:
-the kernels bound the driver, whose main thread mostly waits for them.) Inside the kernels one ``exp`` per entry serves both
-``π`` and ``log π``, and reductions over a row (``V`` entries) are unrolled into elementwise ops on
-column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
+the kernels bound the driver, whose main thread mostly waits for them.) Inside the kernels one
+``exp`` per entry serves both ``π`` and ``log π``, and reductions over a row (``V`` entries) are
+unrolled into elementwise ops on column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
 remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
 forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
 on this CPU, several times the memory-traffic floor of the benchmark (the optional Numba backend
