@@ -127,6 +127,36 @@ def test_every_key_matches_engine_and_reference(backend, inst, lam):
     )
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@settings(max_examples=examples(6))
+@given(inst=instances(), lam=st.sampled_from((None, 0.05, 2.0)))
+def test_summary_without_tables_equals_the_summary_of_the_tables(backend, inst, lam):
+    """``tables=False`` (what ``analyze`` runs without ``--out``) gives the per-level results of
+    the full analysis: equal to the bit, but ``Σ|G|``, which the XLA backend sums per chunk."""
+    V, T, harm = inst.vocab_size, inst.length, inst.harm
+    kwargs = dict(
+        lam=lam,
+        ref_logits=reference_policy(inst) if lam is not None else None,
+        mutual_information=is_binary(harm),
+        backend=backend,
+        chunk_rows=2 if backend == "xla" else None,
+    )
+    want = analyze_tree(inst.tables, harm, **kwargs).summary()
+    got = analyze_tree(inst.tables, harm, tables=False, **kwargs)
+    assert type(got).__name__ == "TreeSummary"
+    for field in got._fields:
+        a, b = getattr(got, field), getattr(want, field)
+        if field == "grad_abs_sums":
+            # V**(l+1) non-negative terms per level, summed in another order: each sum is within
+            # (terms) eps of the other, relative.
+            terms = np.array([V ** (l + 1) for l in range(T)], float)
+            assert np.all(np.abs(a - b) <= terms * np.finfo(np.float64).eps * b), (a, b)
+        elif b is None:
+            assert a is None, field
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=field)
+
+
 @pytest.mark.parametrize("chunk_rows", [1, None])
 def test_chunking_does_not_change_results(chunk_rows):
     rng = np.random.default_rng(1)

@@ -118,6 +118,16 @@ def test_json_shape(tmp_path, capsys):
         assert row["determined_fraction"] == want[f"determined_{t - 1}"].mean()
         assert abs(row["equilibrium_kl"] - want["equilibrium_kl"][t - 1]) <= 1e-12
         assert abs(row["per_position_kl"] - want["per_position_kl"][t - 1]) <= 1e-12
+    # Without --out the tables are never made (analyze_tree(tables=False)); with it, the same
+    # numbers but Σ|G|, summed in another order (8 terms at most here: within 8 eps, relative).
+    out = str(tmp_path / "with_tables.npz")
+    status, stdout, _ = run(
+        ["analyze", tables, "--lam", "2", "--json", "--mi", "--out", out], capsys
+    )
+    assert status == 0
+    for row, other in zip(info["positions"], json.loads(stdout)["positions"], strict=True):
+        grad, other_grad = row.pop("grad_abs_sum"), other.pop("grad_abs_sum")
+        assert row == other and abs(grad - other_grad) <= 8 * np.finfo(float).eps * grad
     plain = write(tmp_path / "plain.npz", logits, harm)
     status, stdout, _ = run(["analyze", plain, "--json"], capsys)
     assert set(json.loads(stdout)["positions"][0]) == {

@@ -111,20 +111,25 @@ def test_named_results_and_the_combine():
     """The step's results are named (no sum read back by column number); the combine of several
     blocks equals the combine of their union, empty blocks (scale -inf) weigh nothing."""
     assert LevelRows._fields[:4] == ("h", "det", "grads", "info")
-    assert {"info", "eq_kl_num", "eq_kl_den", "eq_kl_scale", "ref_kl", "mi"} == set(
+    assert {"info", "eq_kl_num", "eq_kl_den", "eq_kl_scale", "ref_kl", "mi", "grad_abs"} == set(
         LevelSums._fields
     )
     logits, ref, harm = instance(3, 3, 2, seed=1)
     probs, rows, _ = step_through(logits, harm, 0.3, ref)
     out, p = rows[2], probs[2]
-    whole = combine(stack_sums([level_sums(out, p)]))
+    assert level_sums(out, p).grad_abs is None  # only when asked
+    whole = combine(stack_sums([level_sums(out, p, grad_abs=True)]))
     pieces = [
-        level_sums(LevelRows(*(None if x is None else x[a:b] for x in out)), p[a:b])
+        level_sums(LevelRows(*(None if x is None else x[a:b] for x in out)), p[a:b], grad_abs=True)
         for a, b in ((0, 2), (2, 2), (2, 9))
     ]
     parts = combine(stack_sums(pieces))
-    for field in ("info", "eq_kl", "ref_kl", "mi"):
+    for field in ("info", "eq_kl", "ref_kl", "mi", "grad_abs"):
         assert getattr(parts, field) == pytest.approx(getattr(whole, field), rel=1e-14, abs=1e-300)
+    # Σ|G| of a 9-row block: 27 terms, each rounded once in the sum (eps-sized relative errors).
+    assert whole.grad_abs == pytest.approx(
+        float(np.abs(out.grads).sum()), rel=27 * np.finfo(np.float64).eps, abs=0
+    )
 
 
 # --- the test of oneness ------------------------------------------------------------------------

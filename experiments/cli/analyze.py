@@ -124,7 +124,9 @@ def random_instance(vocab_size: int, length: int, tau: int, seed: int):
 
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     policy = TabularPolicy(vocab_size, length)
-    logits = [np.asarray(t) for t in policy.level_tables(policy.init(key_policy))]
+    # The tabular parameters are the tables: numpy views of them (cut in JAX, every level shape
+    # would compile a program of its own).
+    logits = [np.asarray(t)[0] for t in policy.init(key_policy)]
     harm = np.asarray(random_decided_harm(key_harm, vocab_size, length, tau))
     return logits, harm
 
@@ -284,10 +286,19 @@ def run(args) -> int:
     if status != "analyzing":
         say(f"[analyze] {status}")
     with heartbeat("analyze", status):
+        # The per-prefix tables only for --out: without them the analysis holds about a third of
+        # the memory (first touches of fresh memory are slow on some VMs).
         result = analyze_tree(
-            logits, harm, lam=args.lam, ref_logits=ref, mutual_information=args.mi, backend=backend
+            logits,
+            harm,
+            lam=args.lam,
+            ref_logits=ref,
+            mutual_information=args.mi,
+            backend=backend,
+            tables=args.out is not None,
         )
     # Which backend ran (after it ran: a refused input still ends with one line).
     say(f"[analyze] backend: {backend_line(backend, vocab_size, length)}")
-    report(args, result, output_arrays(result, args.lam), vocab_size, length)
+    arrays = None if args.out is None else output_arrays(result, args.lam)
+    report(args, result, arrays, vocab_size, length)
     return 0

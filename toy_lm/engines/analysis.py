@@ -82,6 +82,7 @@ __all__ = [
     "CHUNK_ENTRIES",
     "NUMBA_MIN_RESPONSES",
     "TreeAnalysis",
+    "TreeSummary",
     "analyze_tree",
     "choose_backend",
     "compile_kernels",
@@ -144,13 +145,61 @@ class TreeAnalysis(NamedTuple):
         """``Σ |G|`` over each level's table, ``(T,)``."""
         return np.array([float(np.abs(g).sum()) for g in self.logit_grads])
 
+    def summary(self) -> TreeSummary:
+        """The per-level results alone (what ``analyze_tree(..., tables=False)`` returns)."""
+        return TreeSummary(
+            expected_harm=self.expected_harm,
+            horizon=self.horizon,
+            harm_information=self.harm_information,
+            equilibrium_kl=self.equilibrium_kl,
+            per_position_kl=self.per_position_kl,
+            grad_abs_sums=self.grad_abs_sum(),
+            determined_fractions=self.determined_fraction(),
+            harm_information_mi=self.harm_information_mi,
+        )
 
-def _backward_rows(logits, probs, children: Children, ref_logits, lam, *, with_mi):
+
+class TreeSummary(NamedTuple):
+    """The per-level results of the analysis without its per-prefix tables (what ``harm-horizon
+    analyze`` prints): from ``analyze_tree(..., tables=False)``, :meth:`TreeAnalysis.summary`, or
+    a run whose tables are spread over processes (:mod:`toy_lm.engines.sharded`). Levels ``l``,
+    positions ``t = l + 1``.
+
+    Attributes:
+      expected_harm: ``E_π[h]``. horizon: ``τ*``.
+      harm_information: ``I_t``, ``(T,)``. equilibrium_kl / per_position_kl: ``(T,)`` or None.
+      grad_abs_sums: ``Σ |G|`` per level ``0 ... T-1``. determined_fractions: the fraction of
+        determined prefixes per level ``0 ... T-1``.
+      harm_information_mi: ``I_t^MI`` ``(T,)``, or None (not requested; the sharded engine has
+        none).
+    """
+
+    expected_harm: float
+    horizon: int
+    harm_information: np.ndarray
+    equilibrium_kl: np.ndarray | None
+    per_position_kl: np.ndarray | None
+    grad_abs_sums: np.ndarray
+    determined_fractions: np.ndarray
+    harm_information_mi: np.ndarray | None = None
+
+    def grad_abs_sum(self) -> np.ndarray:
+        return self.grad_abs_sums
+
+    def determined_fraction(self) -> np.ndarray:
+        return self.determined_fractions
+
+
+def _backward_rows(logits, probs, children: Children, ref_logits, lam, *, with_mi, tables):
     """One chunk of the backward pass: the level step (:func:`toy_lm.engines.level_step.level_step`) and
     the chunk's :class:`~toy_lm.engines.level_step.LevelSums`; only the per-row outputs the driver
-    stores leave the kernel."""
+    stores leave the kernel (without ``tables``: no gradient or equilibrium table, whose
+    computation XLA then drops but for ``Σ |G|``)."""
     rows = level_step(logits, probs, children, lam=lam, ref_logits=ref_logits, with_mi=with_mi)
-    return rows._replace(info=None, eq_kl=None, ref_kl=None, mi=None), level_sums(rows, probs)
+    keep = rows._replace(info=None, eq_kl=None, ref_kl=None, mi=None)
+    if not tables:
+        keep = keep._replace(grads=None, eq=None)
+    return keep, level_sums(rows, probs, grad_abs=not tables)
 
 
 class _Kernels(NamedTuple):
@@ -165,7 +214,7 @@ def _kernels(backend: str) -> _Kernels:
     options = compiler_options(backend)
     return _Kernels(
         jax.jit(forward_rows, compiler_options=options),
-        jax.jit(_backward_rows, static_argnames=("with_mi",), compiler_options=options),
+        jax.jit(_backward_rows, static_argnames=("with_mi", "tables"), compiler_options=options),
     )
 
 
@@ -256,7 +305,8 @@ def analyze_tree(
     mutual_information: bool = False,
     backend: str = "xla",
     chunk_rows: int | None = None,
-) -> TreeAnalysis:
+    tables: bool = True,
+) -> TreeAnalysis | TreeSummary:
     """Run the complete analysis of a policy (level tables) and a harm.
 
     Args:
@@ -272,9 +322,14 @@ def analyze_tree(
         the tests hold them to each other.
       chunk_rows: ``"xla"`` only: prefixes per kernel call (every level runs the same two
         compiled kernels); default :func:`default_chunk_rows`.
+      tables: False: the per-level results alone, a :class:`TreeSummary`. The XLA backend then
+        holds no gradient or equilibrium table and only one level's ``H``, masks and ``log Z``
+        at a time (at ``V = 4, T = 12``: about 0.15 GB besides the inputs, against 0.6 GB), and
+        sums ``Σ |G|`` per chunk (equal to the tables' sums up to rounding); the Numba backend
+        computes the tables and summarizes them.
 
     Returns:
-      A :class:`TreeAnalysis` of numpy arrays.
+      A :class:`TreeAnalysis` of numpy arrays (a :class:`TreeSummary` without ``tables``).
 
     Example:
       >>> import numpy as np
@@ -294,9 +349,10 @@ def analyze_tree(
     # largest input would cost about a tenth of the analysis) and raise the same error.
     _validate(logits, harm, lam, ref_logits, mutual_information, check_finite=backend != "numba")
     if backend == "numba":
-        return _analyze_tree_numba(
+        result = _analyze_tree_numba(
             logits, harm, lam=lam, ref_logits=ref_logits, mutual_information=mutual_information
         )
+        return result if tables else result.summary()
     return _analyze_tree_xla(
         logits,
         harm,
@@ -304,6 +360,7 @@ def analyze_tree(
         ref_logits=ref_logits,
         mutual_information=mutual_information,
         chunk_rows=chunk_rows,
+        tables=tables,
     )
 
 
@@ -462,7 +519,8 @@ def _analyze_tree_xla(
     ref_logits: Sequence | None = None,
     mutual_information: bool = False,
     chunk_rows: int | None = None,
-) -> TreeAnalysis:
+    tables: bool = True,
+) -> TreeAnalysis | TreeSummary:
     """:func:`analyze_tree` with the jitted XLA chunk kernels (forward pass, then backward)."""
     vocab_size, length = infer_sizes(logits)
     dtype = np.dtype(jnp.result_type(float))
@@ -500,10 +558,12 @@ def _analyze_tree_xla(
         probs.append(nxt)
 
     # Backward pass, leaves first: the level step on every chunk, then one combine per level.
+    # Without tables, a level's H, masks and log Z live until the level above has read them.
     cond = [None] * length + [harm]
-    dets = [None] * length + [np.ones(harm.shape, bool)]
+    dets = [None] * length + [np.ones(harm.shape, bool) if tables else None]
     grads, eqs = [None] * length, [None] * length
-    info, mi, eq_kl, ref_kl = (np.zeros(length) for _ in range(4))
+    info, mi, eq_kl, ref_kl, grad_abs = (np.zeros(length) for _ in range(5))
+    det_count = np.zeros(length, np.int64)
     child_logz = child_hb = None
     for level in reversed(range(length)):
         n = level_size(vocab_size, level)
@@ -511,10 +571,10 @@ def _analyze_tree_xla(
         rows_out = LevelRows(
             h=np.empty(n, dtype),
             det=np.empty(n, bool),
-            grads=np.empty((n, vocab_size), dtype),
+            grads=np.empty((n, vocab_size), dtype) if tables else None,
             info=None,
             logz=np.empty(n, dtype) if with_lam else None,
-            eq=np.empty((n, vocab_size), dtype) if with_lam else None,
+            eq=np.empty((n, vocab_size), dtype) if with_lam and tables else None,
             hb=np.empty(n, dtype) if mutual_information else None,
         )
         parts = []
@@ -542,6 +602,7 @@ def _analyze_tree_xla(
                     _padded(np.asarray(ref_logits[level][a:b], dtype), chunk) if with_ref else None,
                     lam_arr,
                     with_mi=mutual_information,
+                    tables=tables,
                 ),
             )
 
@@ -557,6 +618,10 @@ def _analyze_tree_xla(
         sums = sums._replace(info=point("analysis.xla.level_sums", sums.info, level=level))
         totals = combine(sums)
         cond[level], dets[level], grads[level] = rows_out.h, rows_out.det, rows_out.grads
+        if not tables:
+            cond[level + 1] = dets[level + 1] = None
+            det_count[level] = np.count_nonzero(rows_out.det)
+            grad_abs[level] = totals.grad_abs
         info[level] = totals.info
         if with_lam:
             eqs[level], child_logz = rows_out.eq, rows_out.logz
@@ -567,6 +632,18 @@ def _analyze_tree_xla(
         if with_ref:
             ref_kl[level] = totals.ref_kl
 
+    if not tables:
+        sizes = np.array([level_size(vocab_size, level) for level in range(length)])
+        return TreeSummary(
+            expected_harm=float(cond[0][0]),
+            horizon=next((l for l in range(length) if det_count[l] == sizes[l]), length),
+            harm_information=info,
+            equilibrium_kl=eq_kl if with_lam else None,
+            per_position_kl=ref_kl if with_ref else None,
+            grad_abs_sums=grad_abs,
+            determined_fractions=det_count / sizes,
+            harm_information_mi=mi if mutual_information else None,
+        )
     return _result(
         cond,
         grads,
@@ -612,8 +689,10 @@ def compile_kernels(
     ref: bool = False,
     mutual_information: bool = False,
     chunk_rows: int | None = None,
+    tables: bool = True,
 ) -> float:
-    """Seconds to lower and compile every kernel ``backend="xla"`` uses at this size."""
+    """Seconds to lower and compile every kernel ``backend="xla"`` uses at this size (``tables``:
+    as :func:`analyze_tree`'s)."""
     import time
 
     dtype = np.dtype(jnp.result_type(float))
@@ -638,5 +717,6 @@ def compile_kernels(
             table if ref else None,
             f((), dtype) if lam else None,
             with_mi=mutual_information,
+            tables=tables,
         ).compile()
     return time.perf_counter() - start

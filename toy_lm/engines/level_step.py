@@ -120,6 +120,8 @@ class LevelSums(NamedTuple):
       eq_kl_num / eq_kl_den: ``Σ P Z kl`` and ``Σ P Z`` at the scale ``e^{eq_kl_scale}``.
       eq_kl_scale: ``max log Z`` over the block's rows of positive probability (``-inf``: none).
       ref_kl: ``Σ_u P KL(π || π_ref)``. mi: ``Σ_u`` of the rows' ``I_t^MI`` shares.
+      grad_abs: ``Σ |G|`` over the block's table (only when asked: a driver that keeps the
+        tables sums them itself).
     """
 
     info: jax.Array
@@ -128,16 +130,18 @@ class LevelSums(NamedTuple):
     eq_kl_scale: jax.Array | None = None
     ref_kl: jax.Array | None = None
     mi: jax.Array | None = None
+    grad_abs: jax.Array | None = None
 
 
 class LevelTotals(NamedTuple):
     """One level's totals (Python floats; None: not requested): ``I_t``, ``KL_t(π*_λ || π)``,
-    ``KL_t(π || π_ref)``, ``I_t^MI``."""
+    ``KL_t(π || π_ref)``, ``I_t^MI``, ``Σ |G|``."""
 
     info: float
     eq_kl: float | None = None
     ref_kl: float | None = None
     mi: float | None = None
+    grad_abs: float | None = None
 
 
 def _row_reduce(op, reduce, x):
@@ -235,9 +239,12 @@ def level_step(
     return LevelRows(**out)
 
 
-def level_sums(rows: LevelRows, probs) -> LevelSums:
-    """A block's :class:`LevelSums` from its :class:`LevelRows` and prefix probabilities."""
+def level_sums(rows: LevelRows, probs, *, grad_abs: bool = False) -> LevelSums:
+    """A block's :class:`LevelSums` from its :class:`LevelRows` and prefix probabilities
+    (``grad_abs``: also ``Σ |G|``; padding rows have ``P = 0``, so ``G = 0``)."""
     out = dict(info=jnp.sum(rows.info))
+    if grad_abs:
+        out["grad_abs"] = jnp.sum(jnp.abs(rows.grads))
     if rows.eq_kl is not None:
         real = probs > 0
         scale = jnp.max(jnp.where(real, rows.logz, -jnp.inf), initial=-jnp.inf)
@@ -286,5 +293,9 @@ def combine(sums: LevelSums) -> LevelTotals:
             num = float(np.sum(np.asarray(sums.eq_kl_num).reshape(-1) * weights))
             eq_kl = num / den if den > 0 else 0.0
     return LevelTotals(
-        info=total(sums.info), eq_kl=eq_kl, ref_kl=total(sums.ref_kl), mi=total(sums.mi)
+        info=total(sums.info),
+        eq_kl=eq_kl,
+        ref_kl=total(sums.ref_kl),
+        mi=total(sums.mi),
+        grad_abs=total(sums.grad_abs),
     )

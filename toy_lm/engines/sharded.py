@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from toy_lm.engines import device_tree
-from toy_lm.engines.analysis import TreeAnalysis
+from toy_lm.engines.analysis import TreeAnalysis, TreeSummary
 from toy_lm.engines.level_step import (
     LevelRows,
     LevelSums,
@@ -380,34 +380,6 @@ def level_totals(high: dict, low_sums: list[LevelSums]) -> list[LevelTotals]:
         for l in range(len(high.get("info", [])))
     ]
     return top + [combine(s) for s in low_sums]
-
-
-class TreeSummary(NamedTuple):
-    """The per-level results of a run whose per-prefix tables are spread over processes (what
-    ``harm-horizon analyze`` prints; levels ``l``, positions ``t = l + 1``).
-
-    Attributes:
-      expected_harm: ``E_π[h]``. horizon: ``τ*``.
-      harm_information: ``I_t``, ``(T,)``. equilibrium_kl / per_position_kl: ``(T,)`` or None.
-      grad_abs_sums: ``Σ |G|`` per level ``0 ... T-1``. determined_fractions: the fraction of
-        determined prefixes per level ``0 ... T-1``.
-      harm_information_mi: always None (the sharded engine has no ``I^MI``).
-    """
-
-    expected_harm: float
-    horizon: int
-    harm_information: np.ndarray
-    equilibrium_kl: np.ndarray | None
-    per_position_kl: np.ndarray | None
-    grad_abs_sums: np.ndarray
-    determined_fractions: np.ndarray
-    harm_information_mi: None = None
-
-    def grad_abs_sum(self) -> np.ndarray:
-        return self.grad_abs_sums
-
-    def determined_fraction(self) -> np.ndarray:
-        return self.determined_fractions
 
 
 def local_gather(tree: dict) -> dict:

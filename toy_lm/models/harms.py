@@ -14,6 +14,7 @@ Automaton harms live in :mod:`toy_lm.models.automata`.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax
@@ -74,14 +75,27 @@ def random_decided_harm(
       ``(V**T,)`` harm in the default float dtype.
     """
     _check_tau(tau, length)
-    n_tau = level_size(vocab_size, tau)
+    return _decided_harm(
+        key,
+        level_size(vocab_size, tau),
+        level_size(vocab_size, length - tau),
+        tau >= 1,
+        binary,
+        np.dtype(default_float()),
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5))
+def _decided_harm(key, n_tau, repeats, pin, binary, dtype):
+    """:func:`random_decided_harm` as one compiled program (eagerly, each of its five operations
+    compiled a program of its own for every size)."""
     if binary:
-        values = jax.random.bernoulli(key, 0.5, (n_tau,)).astype(default_float())
+        values = jax.random.bernoulli(key, 0.5, (n_tau,)).astype(dtype)
     else:
-        values = jax.random.uniform(key, (n_tau,), default_float())
-    if tau >= 1:
+        values = jax.random.uniform(key, (n_tau,), dtype)
+    if pin:
         values = values.at[0].set(0.0).at[1].set(1.0)
-    return jnp.repeat(values, level_size(vocab_size, length - tau))
+    return jnp.repeat(values, repeats)
 
 
 def soft_harm(key: jax.Array, vocab_size: int, length: int, tau: int | None = None) -> jax.Array:
