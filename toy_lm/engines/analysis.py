@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple, overload
 
 import jax
 import jax.numpy as jnp
@@ -294,6 +294,34 @@ def choose_backend(vocab_size: int, length: int) -> str:
     if vocab_size**length >= NUMBA_MIN_RESPONSES and numba_available():
         return "numba"
     return "xla"
+
+
+@overload
+def analyze_tree(
+    logits: Sequence,
+    harm,
+    *,
+    lam: float | None = None,
+    ref_logits: Sequence | None = None,
+    mutual_information: bool = False,
+    backend: str = "xla",
+    chunk_rows: int | None = None,
+    tables: Literal[True] = True,
+) -> TreeAnalysis: ...
+
+
+@overload
+def analyze_tree(
+    logits: Sequence,
+    harm,
+    *,
+    lam: float | None = None,
+    ref_logits: Sequence | None = None,
+    mutual_information: bool = False,
+    backend: str = "xla",
+    chunk_rows: int | None = None,
+    tables: bool,
+) -> TreeAnalysis | TreeSummary: ...
 
 
 def analyze_tree(
