@@ -377,10 +377,14 @@ def analyze_tree(
     # largest input would cost about a tenth of the analysis) and raise the same error.
     _validate(logits, harm, lam, ref_logits, mutual_information, check_finite=backend != "numba")
     if backend == "numba":
-        result = _analyze_tree_numba(
-            logits, harm, lam=lam, ref_logits=ref_logits, mutual_information=mutual_information
+        return _analyze_tree_numba(
+            logits,
+            harm,
+            lam=lam,
+            ref_logits=ref_logits,
+            mutual_information=mutual_information,
+            tables=tables,
         )
-        return result if tables else result.summary()
     return _analyze_tree_xla(
         logits,
         harm,
@@ -411,6 +415,21 @@ def _result(cond, grads, dets, info, mi, eqs, eq_kl, ref_kl) -> TreeAnalysis:
     )
 
 
+def _summary(vocab_size, root_h, det_count, grad_abs, info, mi, eq_kl, ref_kl) -> TreeSummary:
+    """Assemble a :class:`TreeSummary` from per-level counts and totals (None: not computed)."""
+    sizes = np.array([level_size(vocab_size, level) for level in range(len(info))])
+    return TreeSummary(
+        expected_harm=float(root_h[0]),
+        horizon=next((l for l in range(len(info)) if det_count[l] == sizes[l]), len(info)),
+        harm_information=info,
+        equilibrium_kl=eq_kl,
+        per_position_kl=ref_kl,
+        grad_abs_sums=grad_abs,
+        determined_fractions=det_count / sizes,
+        harm_information_mi=mi,
+    )
+
+
 def _float64_table(x) -> np.ndarray:
     """``x`` as a read-only, C-contiguous float64 numpy array (no copy when it already is one).
 
@@ -429,16 +448,18 @@ def _analyze_tree_numba(
     lam: float | None,
     ref_logits: Sequence | None,
     mutual_information: bool,
-) -> TreeAnalysis:
+    tables: bool = True,
+) -> TreeAnalysis | TreeSummary:
     """:func:`analyze_tree` with the compiled kernels: prefix probabilities top-down, then one
-    pass leaves first that computes everything else."""
+    pass leaves first that computes everything else (without ``tables``: no equilibrium table,
+    and a level's ``H`` and masks kept until the level above has read them)."""
     from toy_lm.engines import cpu_kernels as kernels
 
     vocab_size, length = infer_sizes(logits)
     f64 = np.float64
     harm = _float64_table(harm)
-    tables = [_float64_table(z) for z in logits]
-    flat = [z.reshape(-1) for z in tables]  # the kernels index rows of V entries
+    inputs = [_float64_table(z) for z in logits]
+    flat = [z.reshape(-1) for z in inputs]  # the kernels index rows of V entries
     with_lam, with_ref, with_mi = lam is not None, ref_logits is not None, mutual_information
     lam_value = float(lam) if with_lam else 1.0
     # Placeholders of the kernels' argument types for what a call does not use (one compiled
@@ -456,9 +477,10 @@ def _analyze_tree_numba(
         kernels.probs_level(vocab_size, flat[level], probs[level], probs[level + 1])
 
     cond = [None] * length + [harm]
-    dets = [None] * length + [np.ones(harm.shape, bool)]
+    dets = [None] * length + [np.ones(harm.shape, bool) if tables else None]
     eqs = [None] * length
-    info, mi, ref_kl = (np.zeros(length) for _ in range(3))
+    info, mi, ref_kl, grad_abs = (np.zeros(length) for _ in range(4))
+    det_count = np.zeros(length, np.int64)
     kl_parts: list = [None] * length
     # log Z and the binary entropies are needed one level up only: two buffers, used in turn.
     buffers = [
@@ -472,7 +494,7 @@ def _analyze_tree_numba(
         h_l, det_l = np.empty(n, f64), np.empty(n, np.bool_)
         logz_buf, hb_buf = buffers[(length - 1 - level) % 2]
         logz_l, hb_l = logz_buf[:n], hb_buf[:n]
-        eq_l = np.empty((n, vocab_size), f64) if with_lam else None
+        eq_l = np.empty((n, vocab_size), f64) if with_lam and tables else None
         sums = kernels.sums_buffer(n)
         kernels.analysis_level(
             vocab_size,
@@ -498,8 +520,12 @@ def _analyze_tree_numba(
         )
         blocks = point("analysis.numba.level_sums", kernels.block_sums(sums), level=level)
         if np.any(blocks.non_finite):
-            raise non_finite_error(tables[level], f"logits_{level}")
+            raise non_finite_error(inputs[level], f"logits_{level}")
         cond[level], dets[level], eqs[level] = h_l, det_l, eq_l
+        if not tables:
+            cond[level + 1] = dets[level + 1] = None
+            det_count[level] = np.count_nonzero(det_l)
+            grad_abs[level] = _abs_sum(grads[level])
         info[level] = float(np.sum(blocks.info))
         if with_lam:
             kl_parts[level] = (blocks.eq_kl_num, blocks.eq_kl_scale)
@@ -515,6 +541,17 @@ def _analyze_tree_numba(
         # combined in log space (Z(u) / Z(root) can exceed the float range when λ is small).
         log_root = float(child_logz[0])
         eq_kl = np.array([_combine_log_scaled(nums, scales, log_root) for nums, scales in kl_parts])
+    if not tables:
+        return _summary(
+            vocab_size,
+            cond[0],
+            det_count,
+            grad_abs,
+            info,
+            mi if with_mi else None,
+            eq_kl,
+            ref_kl if with_ref else None,
+        )
     return _result(
         cond,
         grads,
@@ -525,6 +562,12 @@ def _analyze_tree_numba(
         eq_kl,
         ref_kl if with_ref else None,
     )
+
+
+def _abs_sum(x, piece: int = CHUNK_ENTRIES) -> float:
+    """``Σ |x|`` in pieces of ``piece`` entries (no temporary the size of ``x``)."""
+    flat = x.reshape(-1)
+    return float(sum(np.abs(flat[a : a + piece]).sum() for a in range(0, flat.size, piece)))
 
 
 def _combine_log_scaled(nums, scales, log_total) -> float:
@@ -661,16 +704,15 @@ def _analyze_tree_xla(
             ref_kl[level] = totals.ref_kl
 
     if not tables:
-        sizes = np.array([level_size(vocab_size, level) for level in range(length)])
-        return TreeSummary(
-            expected_harm=float(cond[0][0]),
-            horizon=next((l for l in range(length) if det_count[l] == sizes[l]), length),
-            harm_information=info,
-            equilibrium_kl=eq_kl if with_lam else None,
-            per_position_kl=ref_kl if with_ref else None,
-            grad_abs_sums=grad_abs,
-            determined_fractions=det_count / sizes,
-            harm_information_mi=mi if mutual_information else None,
+        return _summary(
+            vocab_size,
+            cond[0],
+            det_count,
+            grad_abs,
+            info,
+            mi if mutual_information else None,
+            eq_kl if with_lam else None,
+            ref_kl if with_ref else None,
         )
     return _result(
         cond,

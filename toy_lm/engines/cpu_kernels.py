@@ -318,11 +318,15 @@ def _analysis_block(
         sums[block, 4] = _block_sum(row_c, rows)
     if not (with_lam or with_ref):
         return
-    # log π = (z - max) - log Σ exp(z - max).
-    for r in range(rows):
-        log_total = flog(row_a[r])
-        for v in range(vocab):
-            x[r * vocab + v] -= log_total
+    # An empty eq_out: the caller keeps no equilibrium tables (analyze_tree(tables=False)).
+    with_eq = eq_out.shape[0] > 0
+    if with_eq or with_ref:
+        # log π = (z - max) - log Σ exp(z - max) (read by the equilibrium tables and the
+        # reference KL only).
+        for r in range(rows):
+            log_total = flog(row_a[r])
+            for v in range(vocab):
+                x[r * vocab + v] -= log_total
     if with_ref:
         _ref_rows(vocab + 0, rows, ref_z[first:stop], e, x, p, row_c)
         sums[block, 3] = _block_sum(row_c, rows)
@@ -352,8 +356,9 @@ def _analysis_block(
         # the tilted masses below would all be 1. The same values as the constant branch below.
         for r in range(rows):
             lz_o[r] = row_b[r]
-        for j in range(width):
-            eq_o[j] = x[j]
+        if with_eq:
+            for j in range(width):
+                eq_o[j] = x[j]
         return
     _row_exp(y, t, rows, vocab, row_a)
     for j in range(width):
@@ -371,11 +376,12 @@ def _analysis_block(
         row_c[r] = 0.0 if constant else row_c[r]
     for r in range(rows):
         lz_o[r] = row_b[r] + row_c[r]
-    for r in range(rows):
-        log_mass = row_c[r]
-        for v in range(vocab):
-            j = r * vocab + v
-            eq_o[j] = x[j] + (y[j] - log_mass)
+    if with_eq:
+        for r in range(rows):
+            log_mass = row_c[r]
+            for v in range(vocab):
+                j = r * vocab + v
+                eq_o[j] = x[j] + (y[j] - log_mass)
     for r in range(rows):
         log_mass = row_c[r]
         acc = 0.0
@@ -457,7 +463,7 @@ def analysis_level(
 
     Outputs: ``h_out``, ``det_out``, ``grad_out`` ``(n, V)`` = the logit gradients
     ``P π (H_{l+1} - H_l)``; with ``with_lam``: ``logz_out`` and ``eq_out`` (log-probabilities of
-    ``π*_λ``); with ``with_mi``: ``hb_out`` = binary entropy of ``H_l``. ``sums[b]`` receives
+    ``π*_λ``; an empty ``eq_out``: none are computed); with ``with_mi``: ``hb_out`` = binary entropy of ``H_l``. ``sums[b]`` receives
     block ``b``'s ``(I_t part, equilibrium-KL numerator Σ P Z_u/e^s KL(π*(.|u) || π(.|u)),
     its scale s (-inf for none), Σ P KL(π || π_ref), Σ P (MI part), 1.0 if a logit is not finite
     else 0.0)``.
