@@ -3,6 +3,9 @@ sampling) for policies of every kind, and the table-like parameterizations thems
 
 import functools
 import itertools
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -193,6 +196,37 @@ def test_tabular_tables_are_the_parameters():
     tabs = [np.arange(2.0**l * 2).reshape(-1, 2) for l in range(3)]
     for got, want in zip(policy.level_tables(policy.from_tables(tabs)), tabs):
         np.testing.assert_array_equal(got, want)
+
+
+#: Run under XLA's default options (what the command line compiles with): the one-off options of
+#: this suite (LLVM level 0) compile a lone draw and a draw inside a larger program a last bit apart.
+TO_THE_BIT = """
+import jax, numpy as np, jax.numpy as jnp
+jax.config.update("jax_enable_x64", True)
+from toy_lm.models.policies import TabularPolicy
+policy, key = TabularPolicy(3, 4, num_prompts=2), jax.random.key(7)
+for scale in (1.0, 0.3, 2.5):
+    draw = np.asarray(scale * jax.random.normal(key, (2 * (1 + 3 + 9 + 27) * 3,), jnp.float64))
+    start = 0
+    for level, table in enumerate(policy.init(key, scale=scale)):
+        size = 2 * 3**level * 3
+        want = draw[start : start + size].reshape(2, 3**level, 3)
+        assert np.array_equal(np.asarray(table), want), (scale, level)
+        start += size
+print("bitwise")
+"""
+
+
+def test_tabular_init_is_the_scaled_flat_draw_to_the_bit():
+    """init draws and cuts in one compiled program; its values are the eager ``scale * normal``
+    of the flat draw (what earlier versions returned), cut in order, to the bit (fused, XLA
+    contracts the scaling into the draw's last multiply-add and changes the last bit of many
+    entries)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run(
+        [sys.executable, "-c", TO_THE_BIT], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "bitwise", done.stderr[-2000:]
 
 
 def test_level_tables_jit_equals_eager(maybe_jit):

@@ -155,8 +155,9 @@ def _normal_tables(key, scale, shapes, dtype):
     about 40 compiles, 2 s, for a first ``analyze --random`` at ``T = 12``)."""
     sizes = [math.prod(shape) for shape in shapes]
     # The barrier keeps the scaling out of the draw's fused loop: the same values, to the bit, as
-    # the eager ``scale * jax.random.normal(...)`` of earlier versions (fused, XLA contracts it
-    # into the normal's last multiply-add and the last bit differs).
+    # the eager ``scale * jax.random.normal(...)`` of earlier versions under XLA's default compile
+    # options (fused, XLA contracts it into the normal's last multiply-add and the last bit
+    # differs; tests/test_policies.py).
     draw = scale * jax.lax.optimization_barrier(jax.random.normal(key, (sum(sizes),), dtype))
     bounds = np.cumsum([0] + sizes)
     return tuple(draw[a:b].reshape(shape) for a, b, shape in zip(bounds[:-1], bounds[1:], shapes))
