@@ -157,6 +157,27 @@ def test_summary_without_tables_equals_the_summary_of_the_tables(backend, inst, 
             np.testing.assert_array_equal(a, b, err_msg=field)
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("vocab_size, length", [(2, 1), (4, 3), (5, 2)])
+def test_summary_without_tables_at_other_sizes(backend, vocab_size, length):
+    """The sizes the default Hypothesis profile does not draw: ``T = 1`` (the root is the leaf
+    level), Numba's ``V = 4`` block function and its generic one (``V = 5``)."""
+    rng = np.random.default_rng(vocab_size * 10 + length)
+    tables = [rng.normal(size=(vocab_size**l, vocab_size)) for l in range(length)]
+    ref = [z * 0.5 for z in tables]
+    harm = (rng.random(vocab_size**length) < 0.5).astype(float)
+    kwargs = dict(lam=0.7, ref_logits=ref, mutual_information=True, backend=backend)
+    want = analyze_tree(tables, harm, **kwargs).summary()
+    got = analyze_tree(tables, harm, tables=False, **kwargs)
+    for field in got._fields:
+        a, b = getattr(got, field), getattr(want, field)
+        if field == "grad_abs_sums":  # another summation order: within (terms) eps, relative
+            terms = vocab_size ** np.arange(1, length + 1)
+            assert np.all(np.abs(a - b) <= terms * np.finfo(np.float64).eps * b), (a, b)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=field)
+
+
 @pytest.mark.parametrize("chunk_rows", [1, None])
 def test_chunking_does_not_change_results(chunk_rows):
     rng = np.random.default_rng(1)
