@@ -42,7 +42,13 @@ unrolled into elementwise ops on column slices for ``V <= UNROLL_MAX_V`` (XLA's 
 remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
 forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
 on this CPU, several times the memory-traffic floor of the benchmark (the optional Numba backend
-comes closer to it).
+comes closer to it). The transcendentals are about half of the backward kernel: with every
+``exp`` and ``log`` of the step replaced by a multiply-add (wrong values, same program shape),
+a chunk of ``2**17`` entries took 15-22 against 35-51 ns per row at ``V = 2`` and 32-36 against
+50-63 at ``V = 4`` (four alternated rounds); the ``log`` alone accounted for 10-16 ns per row at
+``V = 2`` (two per row), the ``exp`` for 5-9. Computing one ``exp`` per row instead of two at
+``V = 2`` (the row maximum's is 1) gave 29-40 against 29-50 ns per row, within the spread, and
+was not kept.
 
 Equilibrium KL without a forward pass over ``π*``. ``π*_λ(y_<=l) = P0(y_<=l) Z_l(y_<=l) / Z_0`` and
 ``Z_0 = Σ_{y_<=l} P0(y_<=l) Z_l(y_<=l)`` at every level, so
