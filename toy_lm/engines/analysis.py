@@ -38,8 +38,8 @@ starts on a 64-byte boundary, which numpy's large arrays never do, and copies it
 1.8 GB/s otherwise; aligning every chunk changed nothing end to end, alternated side by side:
 the kernels bound the driver, whose main thread mostly waits for them.) Inside the kernels one
 ``exp`` per entry serves both ``π`` and ``log π``, and reductions over a row (``V`` entries) are
-unrolled into elementwise ops on column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over a tiny minor axis are slow). What
-remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
+unrolled into elementwise ops on column slices for ``V <= UNROLL_MAX_V`` (XLA's reductions over
+a tiny minor axis are slow). What remains is compute: the analysis needs at least two ``exp`` per table entry (three with the
 forward pass) and two ``log`` per prefix, and XLA's fused kernels run at roughly 20-30 ns per entry
 on this CPU, several times the memory-traffic floor of the benchmark (the optional Numba backend
 comes closer to it). The transcendentals are about half of the backward kernel: with every
@@ -95,6 +95,7 @@ __all__ = [
     "compile_numba_kernels",
     "default_chunk_rows",
     "numba_available",
+    "tree_summary",
 ]
 
 #: Default size of a chunk in table entries (rows x ``V``): :func:`default_chunk_rows` prefixes.
@@ -424,16 +425,21 @@ def _result(cond, grads, dets, info, mi, eqs, eq_kl, ref_kl) -> TreeAnalysis:
     )
 
 
-def _summary(vocab_size, root_h, det_count, grad_abs, info, mi, eq_kl, ref_kl) -> TreeSummary:
-    """Assemble a :class:`TreeSummary` from per-level counts and totals (None: not computed)."""
+def tree_summary(
+    vocab_size, root_h, det_count, grad_abs, info, mi=None, eq_kl=None, ref_kl=None
+) -> TreeSummary:
+    """A :class:`TreeSummary` from per-level counts and totals (levels ``0 ... T-1``; None: not
+    computed): ``root_h[0]`` is ``E[h]``, ``det_count`` the determined prefixes per level, from
+    which the fractions and the horizon (the first level all determined, else ``T``) follow."""
+    det_count = np.asarray(det_count)
     sizes = np.array([level_size(vocab_size, level) for level in range(len(info))])
     return TreeSummary(
         expected_harm=float(root_h[0]),
         horizon=next((l for l in range(len(info)) if det_count[l] == sizes[l]), len(info)),
-        harm_information=info,
+        harm_information=np.asarray(info),
         equilibrium_kl=eq_kl,
         per_position_kl=ref_kl,
-        grad_abs_sums=grad_abs,
+        grad_abs_sums=np.asarray(grad_abs),
         determined_fractions=det_count / sizes,
         harm_information_mi=mi,
     )
@@ -551,7 +557,7 @@ def _analyze_tree_numba(
         log_root = float(child_logz[0])
         eq_kl = np.array([_combine_log_scaled(nums, scales, log_root) for nums, scales in kl_parts])
     if not tables:
-        return _summary(
+        return tree_summary(
             vocab_size,
             cond[0],
             det_count,
@@ -713,7 +719,7 @@ def _analyze_tree_xla(
             ref_kl[level] = totals.ref_kl
 
     if not tables:
-        return _summary(
+        return tree_summary(
             vocab_size,
             cond[0],
             det_count,

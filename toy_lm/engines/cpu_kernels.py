@@ -463,7 +463,8 @@ def analysis_level(
 
     Outputs: ``h_out``, ``det_out``, ``grad_out`` ``(n, V)`` = the logit gradients
     ``P π (H_{l+1} - H_l)``; with ``with_lam``: ``logz_out`` and ``eq_out`` (log-probabilities of
-    ``π*_λ``; an empty ``eq_out``: none are computed); with ``with_mi``: ``hb_out`` = binary entropy of ``H_l``. ``sums[b]`` receives
+    ``π*_λ``; an empty ``eq_out``: none are computed); with ``with_mi``: ``hb_out`` = binary
+    entropy of ``H_l``. ``sums[b]`` receives
     block ``b``'s ``(I_t part, equilibrium-KL numerator Σ P Z_u/e^s KL(π*(.|u) || π(.|u)),
     its scale s (-inf for none), Σ P KL(π || π_ref), Σ P (MI part), 1.0 if a logit is not finite
     else 0.0)``.

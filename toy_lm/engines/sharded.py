@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from toy_lm.engines import device_tree
-from toy_lm.engines.analysis import TreeAnalysis, TreeSummary
+from toy_lm.engines.analysis import TreeAnalysis, TreeSummary, tree_summary
 from toy_lm.engines.level_step import (
     LevelRows,
     LevelSums,
@@ -469,14 +469,12 @@ def summarize_share(
     det_count = [int(np.sum(d)) for d in high.get("det", [])[:m]] + [
         int(np.sum(x)) for x in every["det_count"]
     ]
-    fractions = np.array([c / level_size(vocab_size, l) for l, c in enumerate(det_count)])
-    horizon = next((l for l, c in enumerate(det_count) if c == level_size(vocab_size, l)), length)
-    return TreeSummary(
-        expected_harm=float(high["h"][0][0] if m else every["root_h"][0]),
-        horizon=horizon,
-        harm_information=np.array([t.info for t in totals]),
-        equilibrium_kl=np.array([t.eq_kl for t in totals]) if with_lam else None,
-        per_position_kl=np.array([t.ref_kl for t in totals]) if with_ref else None,
-        grad_abs_sums=np.array(grad_abs),
-        determined_fractions=fractions,
+    return tree_summary(
+        vocab_size,
+        high["h"][0] if m else every["root_h"],
+        det_count,
+        grad_abs,
+        [t.info for t in totals],
+        eq_kl=np.array([t.eq_kl for t in totals]) if with_lam else None,
+        ref_kl=np.array([t.ref_kl for t in totals]) if with_ref else None,
     )
