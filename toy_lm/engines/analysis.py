@@ -358,13 +358,14 @@ def analyze_tree(
       chunk_rows: ``"xla"`` only: prefixes per kernel call (every level runs the same two
         compiled kernels); default :func:`default_chunk_rows`.
       tables: False: the per-level results alone, a :class:`TreeSummary`. The XLA backend then
-        holds no gradient or equilibrium table and only one level's ``H``, masks and ``log Z``
-        at a time, and sums ``Σ |G|`` per chunk (equal to the tables' sums up to rounding); the
-        Numba backend makes no equilibrium table and drops ``H`` and the masks level by level
-        (its gradient tables hold the prefix probabilities, so they stay). Peak numpy memory
-        besides the inputs (tracemalloc, ``lam`` given): at ``V = 4, T = 12`` 0.14 GB (XLA) and
-        0.27 GB (Numba) against 0.51 and 0.50 GB with tables; at ``V = 2, T = 24`` 0.38 and
-        0.48 GB against 0.87 and 0.81 GB.
+        holds no gradient or equilibrium table, keeps ``H``, the masks and ``log Z`` in two
+        buffers that the levels use in turn, and sums ``Σ |G|`` per chunk (equal to the tables'
+        sums up to rounding); the Numba backend makes no equilibrium table and drops ``H`` and
+        the masks level by level (its gradient tables hold the prefix probabilities, so they
+        stay; with tables both backends keep them there). Peak numpy memory besides the inputs
+        (tracemalloc, ``lam`` given): at ``V = 4, T = 12`` 0.14 GB (XLA) and 0.27 GB (Numba)
+        against 0.47 and 0.50 GB with tables; at ``V = 2, T = 24`` 0.36 and 0.48 GB against
+        0.81 and 0.81 GB.
 
     Returns:
       A :class:`TreeAnalysis` of numpy arrays (a :class:`TreeSummary` without ``tables``).
@@ -607,7 +608,18 @@ def _analyze_tree_xla(
     chunk_rows: int | None = None,
     tables: bool = True,
 ) -> TreeAnalysis | TreeSummary:
-    """:func:`analyze_tree` with the jitted XLA chunk kernels (forward pass, then backward)."""
+    """:func:`analyze_tree` with the jitted XLA chunk kernels (forward pass, then backward).
+
+    Memory that a process touches for the first time is what a large call pays most for on a
+    VM: each fresh page faults and is zeroed, and where the host has taken freed memory back
+    (``page_reporting``) it must back it again. In a ``perf`` profile of repeated calls at
+    ``V = 4, T = 12`` on the 2-core VM, 56% of all samples were the kernel's ``clear_page``. So
+    the driver touches little besides what it returns: the prefix probabilities live in the
+    gradient tables' memory, and ``log Z`` (and without tables ``H`` and the masks) in two
+    buffers that the levels use in turn. Against a fresh array per level and per ``P_l``, in 20
+    interleaved rounds: median 0.52 against 0.65 s at ``V = 4, T = 12`` and 1.05 against 1.62 s
+    at ``V = 2, T = 24``, with the same results to the bit.
+    """
     vocab_size, length = infer_sizes(logits)
     dtype = np.dtype(jnp.result_type(float))
     harm = np.asarray(harm, dtype)
@@ -618,12 +630,17 @@ def _analyze_tree_xla(
     with_lam, with_ref = lam is not None, ref_logits is not None
     kernels = _kernels(jax.default_backend())
 
-    # Forward pass: P_0 ... P_{T-1}.
+    sizes = [level_size(vocab_size, level) for level in range(length)]
+    # Forward pass: P_0 ... P_{T-1}. With tables, P_{l+1} goes into the memory of level l's
+    # gradient table (as in the Numba driver), which the backward pass writes only after level
+    # l + 1, the last reader of P_{l+1}, is done: fresh memory is what a first touch pays for
+    # (see the docstring of _analyze_tree_xla).
+    grads = [np.empty((n, vocab_size), dtype) for n in sizes] if tables else [None] * length
     probs = [np.ones(1, dtype)]
     for level in range(length - 1):
         z = logits[level]
-        n = level_size(vocab_size, level)
-        nxt = np.empty(n * vocab_size, dtype)
+        n = sizes[level]
+        nxt = grads[level].reshape(-1) if tables else np.empty(n * vocab_size, dtype)
 
         def store_probs(a, b, out, nxt=nxt):
             nxt[a * vocab_size : b * vocab_size] = np.asarray(out)[: (b - a) * vocab_size]
@@ -644,24 +661,35 @@ def _analyze_tree_xla(
         probs.append(nxt)
 
     # Backward pass, leaves first: the level step on every chunk, then one combine per level.
-    # Without tables, a level's H, masks and log Z live until the level above has read them.
+    # What only the level above reads (log Z, the binary entropies; without tables also H and
+    # the masks) lives in two buffers that the levels use in turn.
     cond = [None] * length + [harm]
     dets = [None] * length + [np.ones(harm.shape, bool) if tables else None]
-    grads, eqs = [None] * length, [None] * length
+    eqs = [None] * length
     info, mi, eq_kl, ref_kl, grad_abs = (np.zeros(length) for _ in range(5))
     det_count = np.zeros(length, np.int64)
     child_logz = child_hb = None
+
+    def two(dtype) -> list[np.ndarray]:
+        return [np.empty(n, dtype) for n in sizes[::-1][:2]]  # sized for the two deepest levels
+
+    def turn(buffers, level):
+        return None if buffers is None else buffers[(length - 1 - level) % 2][: sizes[level]]
+
+    logz_bufs = two(dtype) if with_lam else None
+    hb_bufs = two(dtype) if mutual_information else None
+    h_bufs, det_bufs = (None, None) if tables else (two(dtype), two(np.bool_))
     for level in reversed(range(length)):
-        n = level_size(vocab_size, level)
+        n = sizes[level]
         leaf = level == length - 1
         rows_out = LevelRows(
-            h=np.empty(n, dtype),
-            det=np.empty(n, bool),
-            grads=np.empty((n, vocab_size), dtype) if tables else None,
+            h=np.empty(n, dtype) if tables else turn(h_bufs, level),
+            det=np.empty(n, bool) if tables else turn(det_bufs, level),
+            grads=grads[level],
             info=None,
-            logz=np.empty(n, dtype) if with_lam else None,
+            logz=turn(logz_bufs, level),
             eq=np.empty((n, vocab_size), dtype) if with_lam and tables else None,
-            hb=np.empty(n, dtype) if mutual_information else None,
+            hb=turn(hb_bufs, level),
         )
         parts = []
         child_h = cond[level + 1].reshape(n, vocab_size)
@@ -703,7 +731,7 @@ def _analyze_tree_xla(
         sums = stack_sums(parts)
         sums = sums._replace(info=point("analysis.xla.level_sums", sums.info, level=level))
         totals = combine(sums)
-        cond[level], dets[level], grads[level] = rows_out.h, rows_out.det, rows_out.grads
+        cond[level], dets[level] = rows_out.h, rows_out.det
         if not tables:
             cond[level + 1] = dets[level + 1] = None
             det_count[level] = np.count_nonzero(rows_out.det)
