@@ -2,6 +2,7 @@
 (Speed targets live in the benchmark itself, never in timed unit tests.)"""
 
 import json
+import weakref
 
 import jax
 import numpy as np
@@ -41,10 +42,34 @@ def numba_compiles(monkeypatch):
     return calls
 
 
-def test_memory_floor_reads_and_writes():
+@pytest.mark.parametrize("resident", [False, True])
+def test_memory_floor_reads_and_writes(resident):
     inputs = [np.ones(1000), np.ones((10, 4))]
-    floor = bench.memory_floor(inputs, [((100,), np.float64), ((5, 4), np.bool_)], repeats=2)
+    floor = bench.memory_floor(
+        inputs, [((100,), np.float64), ((5, 4), np.bool_)], repeats=2, resident=resident
+    )
     assert 0 < floor < 10
+
+
+def test_resident_floor_holds_every_output_at_once(monkeypatch):
+    """The resident floor keeps each output alive until the last is written; the plain one lets
+    each go before making the next (counted by the outputs alive when each one is made)."""
+    alive = []
+    real_empty = np.empty
+
+    def empty(shape, dtype):
+        alive.append(sum(ref() is not None for ref in made))
+        out = real_empty(shape, dtype)
+        made.append(weakref.ref(out))
+        return out
+
+    shapes = [((10,), np.float64)] * 4
+    for resident, expected in ((False, [0, 0, 0, 0]), (True, [0, 1, 2, 3])):
+        made, alive[:] = [], []
+        monkeypatch.setattr(np, "empty", empty)
+        bench._touch([np.ones(3)], shapes, resident=resident)()
+        monkeypatch.setattr(np, "empty", real_empty)
+        assert alive == expected
 
 
 def test_output_shapes_cover_every_output():
@@ -56,10 +81,12 @@ def test_output_shapes_cover_every_output():
 def test_interleaved_rounds_call_each_in_turn():
     calls = []
     fns = {name: (lambda name=name: calls.append(name)) for name in ("floor", "xla", "numba")}
-    times = bench.interleaved_seconds(fns, 3)
+    system: dict = {}
+    times = bench.interleaved_seconds(fns, 3, system)
     assert calls == ["floor", "xla", "numba"] * 4  # a warm-up round, then 3 timed ones
     assert {name: len(t) for name, t in times.items()} == {"floor": 3, "xla": 3, "numba": 3}
-    assert all(t >= 0 for ts in times.values() for t in ts)
+    assert {name: len(t) for name, t in system.items()} == {"floor": 3, "xla": 3, "numba": 3}
+    assert all(t >= 0 for ts in [*times.values(), *system.values()] for t in ts)
 
 
 def test_paired_ratio_is_the_median_of_the_rounds_ratios():
@@ -81,6 +108,12 @@ def test_bench_tree_row_is_consistent(keep_caches, numba_compiles, numba):
     # one round: the paired ratio is that round's time over that round's floor (the best one)
     assert row["paired_ratio_to_floor"] == pytest.approx(row["ratio_to_floor"])
     assert row["ratio_to_reference"] == pytest.approx(row["reference_seconds"] / row["seconds"])
+    assert row["resident_floor_seconds"] > 0
+    assert row["ratio_to_resident_floor"] == pytest.approx(
+        row["seconds"] / row["resident_floor_seconds"]
+    )
+    for key in ("floor_system_seconds", "resident_floor_system_seconds", "system_seconds"):
+        assert row[key] >= 0
     assert not numba_compiles  # Numba's compile: by the suite, on request
     assert ("numba_seconds" in row) == ("compile_seconds" in row) == numba
     if numba:
@@ -89,6 +122,10 @@ def test_bench_tree_row_is_consistent(keep_caches, numba_compiles, numba):
             row["numba_seconds"] / row["floor_seconds"]
         )
         assert row["numba_paired_ratio_to_floor"] == pytest.approx(row["numba_ratio_to_floor"])
+        assert row["numba_ratio_to_resident_floor"] == pytest.approx(
+            row["numba_seconds"] / row["resident_floor_seconds"]
+        )
+        assert row["numba_system_seconds"] >= 0
 
 
 @pytest.mark.parametrize("compile_flag", [[], ["--compile"]])

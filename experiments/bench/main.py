@@ -12,12 +12,22 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
 * ``ratio_to_floor`` = seconds / floor_seconds;
 * ``numba_seconds`` / ``numba_ratio_to_floor`` (only where the optional Numba extra is installed):
   the same analysis with ``backend="numba"``;
+* ``resident_floor_seconds`` / ``ratio_to_resident_floor`` (and ``numba_ratio_to_resident_floor``):
+  the floor with every output kept until the last one is written, as the analysis, which returns
+  them all, must. The plain floor frees each output before making the next, so the operating
+  system hands it the same freshly freed memory over and over; a process that holds all of them
+  gets memory the system may have to find and zero first, and on a VM that returns freed memory
+  to its host (this one: ``page_reporting``) that costs from nothing to several seconds a
+  gigabyte, varying by the minute;
+* ``floor_system_seconds``, ``resident_floor_system_seconds``, ``system_seconds`` and
+  ``numba_system_seconds``: the median system CPU seconds of each call (all threads of the
+  process), where that cost shows: page faults and the zeroing of fresh pages;
 * ``paired_ratio_to_floor`` (and ``numba_paired_ratio_to_floor``): the runs are interleaved - in
-  each round the floor, then XLA, then Numba, back to back - and this is the median over rounds
-  of the round's time over the round's floor. A shared VM's speed drifts by tens of percent
-  within a minute, and a slow spell then slows both sides of a pair: in three runs (README,
-  "Benchmarks") pairing shrank the worst run-to-run spread of a row (1.95x against 3.11x for
-  XLA) but not the typical one;
+  each round the floor, the resident floor, then XLA, then Numba, back to back - and this is the
+  median over rounds of the round's time over the round's floor. A shared VM's speed drifts by
+  tens of percent within a minute, and a slow spell then slows both sides of a pair: in three
+  runs (README, "Benchmarks") pairing shrank the worst run-to-run spread of a row (1.95x against
+  3.11x for XLA) but not the typical one;
 * ``compile_seconds`` (only with ``--compile``, and Numba installed): compiling the Numba kernels
   from scratch (every specialization; they do not depend on ``V`` or ``T``, so this is measured
   once per run and repeated in every row). Compiled Numba kernels are cached on disk: a user pays
@@ -110,21 +120,28 @@ def _instance(vocab_size, length, tau, seed=0):
     return logits, harm
 
 
-def _touch(inputs, output_shapes):
-    """One pass of the memory floor: read every input once, write every output once."""
+def _touch(inputs, output_shapes, resident: bool = False):
+    """One pass of the memory floor: read every input once, write every output once (``resident``:
+    keep every output until the last one is written, as a call that returns them all must)."""
 
     def touch():
         for x in inputs:
             np.add.reduce(x, axis=None)
+        kept = []
         for shape, dtype in output_shapes:
-            np.empty(shape, dtype).fill(0)
+            if resident:
+                kept.append(np.empty(shape, dtype))
+                kept[-1].fill(0)
+            else:
+                np.empty(shape, dtype).fill(0)  # gone before the next one is made
 
     return touch
 
 
-def memory_floor(inputs, output_shapes, repeats: int = 3) -> float:
-    """Seconds numpy takes to read every input once and write every output once (best of runs)."""
-    return best_seconds(_touch(inputs, output_shapes), repeats)
+def memory_floor(inputs, output_shapes, repeats: int = 3, resident: bool = False) -> float:
+    """Seconds numpy takes to read every input once and write every output once (best of runs;
+    ``resident``: with every output kept until the last one is written)."""
+    return best_seconds(_touch(inputs, output_shapes, resident), repeats)
 
 
 def output_shapes(vocab_size, length):
@@ -134,17 +151,23 @@ def output_shapes(vocab_size, length):
     return shapes
 
 
-def interleaved_seconds(fns: dict, repeats: int) -> dict[str, list[float]]:
+def interleaved_seconds(
+    fns: dict, repeats: int, system: dict[str, list[float]] | None = None
+) -> dict[str, list[float]]:
     """Each of ``fns`` once as a warm-up, then ``repeats`` rounds calling each once, in order:
-    the seconds of every call by name (round ``i`` at index ``i``)."""
+    the seconds of every call by name (round ``i`` at index ``i``). ``system``: a dict to fill,
+    alike, with the system CPU seconds of the process (all threads) during each call."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            sys_start = os.times().system
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
+            if system is not None:
+                system.setdefault(name, []).append(os.times().system - sys_start)
     return times
 
 
@@ -177,14 +200,18 @@ def bench_tree(
     # size's would report the time of a cache lookup instead of a compile.
     jax.clear_caches()
     xla_compile = compile_kernels(vocab_size, length, lam=True)
+    shapes = output_shapes(vocab_size, length)
     runs = {
-        "floor": _touch(logits + [harm], output_shapes(vocab_size, length)),
+        "floor": _touch(logits + [harm], shapes),
+        "resident_floor": _touch(logits + [harm], shapes, resident=True),
         "xla": lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="xla"),
     }
     if numba:
         runs["numba"] = lambda: analyze_tree(logits, harm, lam=LAMBDA, backend="numba")
-    times = interleaved_seconds(runs, repeats)
+    system: dict[str, list[float]] = {}
+    times = interleaved_seconds(runs, repeats, system)
     floor = min(times["floor"])
+    resident = min(times["resident_floor"])
     seconds = statistics.median(times["xla"])
     row = {
         "name": f"tree V={vocab_size} T={length} tau={tau}",
@@ -198,6 +225,11 @@ def bench_tree(
         "floor_seconds": floor,
         "ratio_to_floor": seconds / floor,
         "paired_ratio_to_floor": paired_ratio(times["xla"], times["floor"]),
+        "resident_floor_seconds": resident,
+        "ratio_to_resident_floor": seconds / resident,
+        "floor_system_seconds": statistics.median(system["floor"]),
+        "resident_floor_system_seconds": statistics.median(system["resident_floor"]),
+        "system_seconds": statistics.median(system["xla"]),
     }
     if numba:
         numba_seconds = statistics.median(times["numba"])
@@ -205,6 +237,8 @@ def bench_tree(
             numba_seconds=numba_seconds,
             numba_ratio_to_floor=numba_seconds / floor,
             numba_paired_ratio_to_floor=paired_ratio(times["numba"], times["floor"]),
+            numba_ratio_to_resident_floor=numba_seconds / resident,
+            numba_system_seconds=statistics.median(system["numba"]),
             **({} if compile_seconds is None else {"compile_seconds": compile_seconds}),
         )
     if reference:
