@@ -208,11 +208,17 @@ policy, key = TabularPolicy(3, 4, num_prompts=2), jax.random.key(7)
 for scale in (1.0, 0.3, 2.5):
     draw = np.asarray(scale * jax.random.normal(key, (2 * (1 + 3 + 9 + 27) * 3,), jnp.float64))
     start = 0
+    on_host = policy.init_tables(key, scale=scale)
     for level, table in enumerate(policy.init(key, scale=scale)):
         size = 2 * 3**level * 3
         want = draw[start : start + size].reshape(2, 3**level, 3)
         assert np.array_equal(np.asarray(table), want), (scale, level)
+        assert isinstance(on_host[level], np.ndarray), type(on_host[level])
+        assert np.array_equal(on_host[level], want), ("init_tables", scale, level)
         start += size
+    # views of one flat draw, read-only
+    assert all(np.shares_memory(t, on_host[0].base) for t in on_host)
+    assert not any(t.flags.writeable for t in on_host)
 print("bitwise")
 """
 
@@ -221,7 +227,7 @@ def test_tabular_init_is_the_scaled_flat_draw_to_the_bit():
     """init draws and cuts in one compiled program; its values are the eager ``scale * normal``
     of the flat draw (what earlier versions returned), cut in order, to the bit (fused, XLA
     contracts the scaling into the draw's last multiply-add and changes the last bit of many
-    entries)."""
+    entries); init_tables gives the same values as numpy views of one draw."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     done = subprocess.run(
         [sys.executable, "-c", TO_THE_BIT], env=env, capture_output=True, text=True, timeout=300

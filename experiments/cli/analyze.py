@@ -124,9 +124,8 @@ def random_instance(vocab_size: int, length: int, tau: int, seed: int):
 
     key_policy, key_harm = jax.random.split(jax.random.key(seed))
     policy = TabularPolicy(vocab_size, length)
-    # The tabular parameters are the tables: numpy views of them (cut in JAX, every level shape
-    # would compile a program of its own).
-    logits = [np.asarray(t)[0] for t in policy.init(key_policy)]
+    # The tabular parameters are the tables, read as numpy views of one flat draw.
+    logits = [t[0] for t in policy.init_tables(key_policy)]
     harm = np.asarray(random_decided_harm(key_harm, vocab_size, length, tau))
     return logits, harm
 
