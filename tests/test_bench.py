@@ -67,7 +67,7 @@ def test_resident_floor_holds_every_output_at_once(monkeypatch):
     for resident, expected in ((False, [0, 0, 0, 0]), (True, [0, 1, 2, 3])):
         made, alive[:] = [], []
         monkeypatch.setattr(np, "empty", empty)
-        bench._touch([np.ones(3)], shapes, resident=resident)()
+        bench.memory_floor([np.ones(3)], shapes, repeats=1, resident=resident)
         monkeypatch.setattr(np, "empty", real_empty)
         assert alive == expected
 
