@@ -14,11 +14,11 @@ Suite ``tree``: the full analysis (everything ``harm-horizon analyze --lam`` com
   the same analysis with ``backend="numba"``;
 * ``resident_floor_seconds`` / ``ratio_to_resident_floor`` (and ``numba_ratio_to_resident_floor``):
   the floor with every output kept until the last one is written, as the analysis, which returns
-  them all, must. The plain floor frees each output before making the next, so the operating
-  system hands it the same freshly freed memory over and over; a process that holds all of them
-  gets memory the system may have to find and zero first, and on a VM that returns freed memory
-  to its host (this one: ``page_reporting``) that costs from nothing to several seconds a
-  gigabyte, varying by the minute;
+  them all, must. Both fault in and zero every output's pages, but the plain floor frees each
+  output before making the next and so never holds more than one; holding them all needs
+  several times that memory at once, and on a VM whose host takes freed guest memory back (this
+  one: ``page_reporting``) memory beyond what was freed moments ago must be backed afresh, at a
+  cost from nothing to several seconds a gigabyte, varying by the minute;
 * ``floor_system_seconds``, ``resident_floor_system_seconds``, ``system_seconds`` and
   ``numba_system_seconds``: the median system CPU seconds of each call (all threads of the
   process), where that cost shows: page faults and the zeroing of fresh pages;
@@ -151,6 +151,16 @@ def output_shapes(vocab_size, length):
     return shapes
 
 
+def _system_seconds() -> float:
+    """System CPU seconds of this process so far, all threads (microseconds where ``resource``
+    exists; ``os.times`` counts in clock ticks, 10 ms on Linux)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return os.times().system
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
+
+
 def interleaved_seconds(
     fns: dict, repeats: int, system: dict[str, list[float]] | None = None
 ) -> dict[str, list[float]]:
@@ -162,12 +172,12 @@ def interleaved_seconds(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
-            sys_start = os.times().system
+            sys_start = _system_seconds()
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
             if system is not None:
-                system.setdefault(name, []).append(os.times().system - sys_start)
+                system.setdefault(name, []).append(_system_seconds() - sys_start)
     return times
 
 
