@@ -239,6 +239,14 @@ def _padded(x, rows: int, fill=0):
     return np.concatenate([x, pad])
 
 
+def _in_turn(sizes: Sequence[int], dtype) -> Callable[[int], np.ndarray]:
+    """Memory for what only the level above reads: two buffers, sized for the two deepest of the
+    levels ``sizes``, that the levels use in turn; the returned function gives level ``l``'s
+    (``sizes[l]`` entries, the other buffer than level ``l + 1``'s)."""
+    buffers = [np.empty(n, dtype) for n in sizes[::-1][:2]]
+    return lambda level: buffers[(len(sizes) - 1 - level) % 2][: sizes[level]]
+
+
 def _pipelined(dispatched, store) -> None:
     """Consume ``(a, b, out)`` kernel results one call behind their dispatch.
 
@@ -498,18 +506,15 @@ def _analyze_tree_numba(
     info, mi, ref_kl, grad_abs = (np.zeros(length) for _ in range(4))
     det_count = np.zeros(length, np.int64)
     kl_parts: list = [None] * length
-    # log Z and the binary entropies are needed one level up only: two buffers, used in turn.
-    buffers = [
-        (np.empty(n, f64) if with_lam else vec0, np.empty(n, f64) if with_mi else vec0)
-        for n in sizes[::-1][:2]
-    ]
+    # log Z and the binary entropies are needed one level up only.
+    logz_at = _in_turn(sizes, f64) if with_lam else lambda level: vec0
+    hb_at = _in_turn(sizes, f64) if with_mi else lambda level: vec0
     child_logz = child_hb = vec0
     for level in reversed(range(length)):
         n = sizes[level]
         leaf = level == length - 1
         h_l, det_l = np.empty(n, f64), np.empty(n, np.bool_)
-        logz_buf, hb_buf = buffers[(length - 1 - level) % 2]
-        logz_l, hb_l = logz_buf[:n], hb_buf[:n]
+        logz_l, hb_l = logz_at(level), hb_at(level)
         eq_l = np.empty((n, vocab_size), f64) if with_lam and tables else None
         sums = kernels.sums_buffer(n)
         kernels.analysis_level(
@@ -616,9 +621,10 @@ def _analyze_tree_xla(
     ``V = 4, T = 12`` on the 2-core VM, 56% of all samples were the kernel's ``clear_page``. So
     the driver touches little besides what it returns: with tables the prefix probabilities live
     in the gradient tables' memory, and ``log Z``, the binary entropies (and without tables ``H``
-    and the masks) in two buffers that the levels use in turn. Against a fresh array per level and per ``P_l``, in 20
-    interleaved rounds: median 0.52 against 0.65 s at ``V = 4, T = 12`` and 1.05 against 1.62 s
-    at ``V = 2, T = 24``, with the same results to the bit.
+    and the masks) in two buffers that the levels use in turn (:func:`_in_turn`). Against a
+    fresh array per level and per ``P_l``, in 20 interleaved rounds: median 0.52 against 0.65 s
+    at ``V = 4, T = 12`` and 1.05 against 1.62 s at ``V = 2, T = 24``, with the same results to
+    the bit.
     """
     vocab_size, length = infer_sizes(logits)
     dtype = np.dtype(jnp.result_type(float))
@@ -670,26 +676,27 @@ def _analyze_tree_xla(
     det_count = np.zeros(length, np.int64)
     child_logz = child_hb = None
 
-    def two(dtype) -> list[np.ndarray]:
-        return [np.empty(n, dtype) for n in sizes[::-1][:2]]  # sized for the two deepest levels
+    def fresh(dtype):
+        return lambda level: np.empty(sizes[level], dtype)
 
-    def turn(buffers, level):
-        return None if buffers is None else buffers[(length - 1 - level) % 2][: sizes[level]]
+    def nothing(level):
+        return None
 
-    logz_bufs = two(dtype) if with_lam else None
-    hb_bufs = two(dtype) if mutual_information else None
-    h_bufs, det_bufs = (None, None) if tables else (two(dtype), two(np.bool_))
+    logz_at = _in_turn(sizes, dtype) if with_lam else nothing
+    hb_at = _in_turn(sizes, dtype) if mutual_information else nothing
+    h_at = fresh(dtype) if tables else _in_turn(sizes, dtype)
+    det_at = fresh(np.bool_) if tables else _in_turn(sizes, np.bool_)
     for level in reversed(range(length)):
         n = sizes[level]
         leaf = level == length - 1
         rows_out = LevelRows(
-            h=np.empty(n, dtype) if tables else turn(h_bufs, level),
-            det=np.empty(n, bool) if tables else turn(det_bufs, level),
+            h=h_at(level),
+            det=det_at(level),
             grads=grads[level],
             info=None,
-            logz=turn(logz_bufs, level),
+            logz=logz_at(level),
             eq=np.empty((n, vocab_size), dtype) if with_lam and tables else None,
-            hb=turn(hb_bufs, level),
+            hb=hb_at(level),
         )
         parts = []
         child_h = cond[level + 1].reshape(n, vocab_size)

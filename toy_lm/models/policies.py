@@ -148,9 +148,10 @@ def _normal(key, shape, scale):
     return scale * jax.random.normal(key, shape, default_float())
 
 
-@functools.partial(jax.jit, static_argnames=("size", "dtype"))
-def _normal_flat(key, scale, size, dtype):
-    """A flat ``N(0, scale**2)`` draw of ``size`` values."""
+@functools.partial(jax.jit, static_argnames=("shapes", "dtype"))
+def _normal_flat(key, scale, shapes, dtype):
+    """A flat ``N(0, scale**2)`` draw of as many values as tables of ``shapes`` hold."""
+    size = sum(math.prod(shape) for shape in shapes)
     # The barrier keeps the scaling out of the draw's fused loop: the same values, to the bit, as
     # the eager ``scale * jax.random.normal(...)`` of earlier versions under XLA's default compile
     # options (fused, XLA contracts it into the normal's last multiply-add and the last bit
@@ -169,7 +170,7 @@ def _normal_tables(key, scale, shapes, dtype):
     """One flat ``N(0, scale**2)`` draw cut into tables of ``shapes``, in order, as one compiled
     program (cut eagerly, every slice and reshape compiled a program of its own per level shape:
     about 40 compiles, 2 s, for a first ``analyze --random`` at ``T = 12``)."""
-    return _cut(_normal_flat(key, scale, sum(math.prod(shape) for shape in shapes), dtype), shapes)
+    return _cut(_normal_flat(key, scale, shapes, dtype), shapes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +203,7 @@ class TabularPolicy(Policy):
         then copies every table out of it).
         """
         shapes = self._table_shapes()
-        size = sum(math.prod(shape) for shape in shapes)
-        return _cut(np.asarray(_normal_flat(key, scale, size, np.dtype(default_float()))), shapes)
+        return _cut(np.asarray(_normal_flat(key, scale, shapes, np.dtype(default_float()))), shapes)
 
     def _table_shapes(self) -> tuple[tuple[int, int, int], ...]:
         return tuple(
